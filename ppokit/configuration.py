@@ -1,0 +1,198 @@
+"""Turning YAML files, dicts and ``key=value`` overrides into validated config dataclasses.
+
+Every trainer config is a dataclass whose fields carry a one-line ``help`` in their metadata. This
+module is the one place that parses values into the declared field types, so the YAML file, the
+Python API and ``--set`` on the command line all fail the same way, naming the field and source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+import yaml
+
+from ppokit.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def doc(help_text: str, **kwargs: Any) -> Any:
+    """A dataclass field with a one-line description (TRL-style)."""
+    return dataclasses.field(metadata={"help": help_text}, **kwargs)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert ``value`` to the annotated type ``tp`` or raise a ConfigError naming ``where``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(value, arg, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{where}: {value!r} is not a valid {_type_name(tp)}")
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                as_float = float(value.replace("_", ""))
+            except ValueError:
+                pass
+            else:
+                if as_float.is_integer():
+                    return int(as_float)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if origin in (list, tuple) or tp in (list, tuple):
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        item_type = args[0] if args else Any
+        return [coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    raise ConfigError(f"{where}: unsupported field type {_type_name(tp)}")
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def from_mapping(cls: type[T], data: Mapping[str, Any], source: str = "config") -> T:
+    """Build ``cls`` from a mapping, rejecting unknown keys and ill-typed values by name."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a mapping of field: value, got {type(data).__name__}")
+    types_ = field_types(cls)
+    unknown = [k for k in data if k not in types_]
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown config field {unknown[0]!r}"
+            + _suggest(str(unknown[0]), types_)
+        )
+    values = {k: coerce(v, types_[k], f"{source}: field {k!r}") for k, v in data.items()}
+    try:
+        return cls(**values)  # __post_init__ validates ranges and consistency
+    except ConfigError as err:
+        if source == "config":
+            raise
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def _suggest(name: str, choices: Mapping[str, Any]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with ``yaml.safe_load``; errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}{line}: invalid YAML: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of field: value at the top level")
+    return data
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """Parse ``key=value`` strings; values are read as YAML scalars (``1e-3``, ``true``, ``[64, 64]``)."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ConfigError(f"--set {pair!r}: expected key=value")
+        key, raw = pair.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"--set {pair!r}: empty key")
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            out[key] = raw
+    return out
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def replace(config: T, source: str = "override", **changes: Any) -> T:
+    """A copy of ``config`` with ``changes`` applied through the same parsing and validation."""
+    data = to_dict(config)
+    types_ = field_types(type(config))
+    for key in changes:
+        if key not in types_:
+            raise ConfigError(f"{source}: unknown config field {key!r}" + _suggest(key, types_))
+    data.update(changes)
+    return from_mapping(type(config), data, source)
+
+
+def describe(cls: type) -> list[tuple[str, str, Any, str]]:
+    """``(name, type, default, help)`` for every field, for ``--help`` style listings."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+        )
+        rows.append((f.name, _type_name(field_types(cls)[f.name]), default, f.metadata.get("help", "")))
+    return rows

@@ -1,0 +1,1 @@
+"""The Gymnasium front end: envs, actor-critic networks, rollouts, the trainer and evaluation."""

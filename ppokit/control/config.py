@@ -1,0 +1,147 @@
+"""Configuration of a PPO run on a Gymnasium environment.
+
+Defaults follow the PPO paper's MuJoCo settings as adopted by CleanRL and Stable-Baselines3 where
+they agree; per-environment presets (``ppokit presets``) override them with tuned values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ppokit.configuration import doc
+from ppokit.core.schedules import SCHEDULES
+from ppokit.errors import ConfigError
+
+
+@dataclass
+class PPOConfig:
+    """Every knob of a control run. Built from a preset, a YAML file, ``--set`` overrides or code."""
+
+    # --- environment ---
+    env_id: str = doc("Gymnasium env id, 'module:EnvClass', or 'module:Env-v0' to import then make.", default="CartPole-v1")
+    env_kwargs: dict[str, Any] = doc("Keyword arguments passed to the environment constructor.", default_factory=dict)
+    num_envs: int = doc("Number of parallel environments in the vector env.", default=8)
+    vectorization: str = doc("'auto' (native vector env if the env has one, else sync), 'sync' or 'async'.", default="auto")
+    total_steps: int = doc("Environment steps to train for, summed over all parallel envs.", default=1_000_000)
+    seed: int = doc("Seed for torch, numpy and the environments.", default=1)
+
+    # --- rollout and advantages ---
+    num_steps: int = doc("Steps collected per env per rollout; batch size = num_envs * num_steps.", default=2048)
+    gamma: float = doc("Discount factor γ.", default=0.99)
+    gae_lambda: float = doc("GAE λ: 0 is one-step TD, 1 is Monte-Carlo.", default=0.95)
+
+    # --- optimisation ---
+    num_epochs: int = doc("K: passes over each rollout batch.", default=10)
+    num_minibatches: int = doc("Minibatches per epoch; must divide the batch size.", default=32)
+    learning_rate: float = doc("Adam learning rate (initial value when scheduled).", default=3e-4)
+    lr_schedule: str = doc("'constant' or 'linear' (anneal to 0 over training).", default="linear")
+    adam_eps: float = doc("Adam epsilon.", default=1e-5)
+    max_grad_norm: float = doc("Global gradient-norm clip; 0 disables it.", default=0.5)
+    normalize_advantages: bool = doc("Whiten advantages within each minibatch.", default=True)
+
+    # --- the objective ---
+    loss: str = doc("'clip' (PPO-Clip) or 'penalty' (PPO-Penalty, r·A − β·KL).", default="clip")
+    clip_range: float = doc("ε of the clipped surrogate (initial value when scheduled or adaptive).", default=0.2)
+    clip_schedule: str = doc("'constant' or 'linear' (anneal ε to 0).", default="constant")
+    adaptive_clip: bool = doc("Adapt ε after each update to keep the KL near kl_target.", default=False)
+    clip_range_vf: float | None = doc("Clip the value update to ±this around the old values; null disables.", default=None)
+    vf_coef: float = doc("c1: weight of the value loss.", default=0.5)
+    ent_coef: float = doc("c2: weight of the entropy bonus.", default=0.0)
+    kl_coef: float = doc("β: initial KL penalty coefficient (loss='penalty').", default=1.0)
+    adaptive_kl: bool = doc("Adapt β after each update with the paper's rule (loss='penalty').", default=True)
+    kl_target: float = doc("Target KL per update for adaptive β and adaptive ε.", default=0.01)
+    target_kl: float | None = doc("Stop the epoch loop early when a minibatch's KL exceeds 1.5× this; null disables.", default=None)
+
+    # --- the network ---
+    network: str = doc("'auto' (CNN for image observations, else MLP), 'mlp' or 'cnn'.", default="auto")
+    hidden_sizes: list[int] = doc("Hidden layer widths of the MLP trunk(s).", default_factory=lambda: [64, 64])
+    activation: str = doc("'tanh', 'relu' or 'elu'.", default="tanh")
+    shared_trunk: bool = doc("One trunk for actor and critic (else separate networks).", default=False)
+    ortho_init: bool = doc("Orthogonal init: gain √2 hidden, 0.01 policy head, 1 value head.", default=True)
+    log_std_init: float = doc("Initial log standard deviation of the Gaussian head (Box actions).", default=0.0)
+
+    # --- normalisation ---
+    normalize_obs: bool = doc("Running mean/std observation normalisation (saved with the policy).", default=False)
+    normalize_reward: bool = doc("Scale rewards by the running std of the discounted return.", default=False)
+    clip_obs: float = doc("Clip normalised observations to ±this.", default=10.0)
+    clip_reward: float = doc("Clip scaled rewards to ±this.", default=10.0)
+
+    # --- runtime and output ---
+    device: str = doc("'cpu', 'cuda', 'cuda:N' or 'auto'.", default="cpu")
+    torch_threads: int = doc("torch intra-op threads; small MLPs run fastest on 1; 0 keeps torch's default.", default=1)
+    run_dir: str | None = doc("Where the run is written; null picks runs/<env>__<seed>__<time>.", default=None)
+    checkpoint_every: int = doc("Save a checkpoint every this many updates; 0 saves only at the end.", default=0)
+    keep_checkpoints: int = doc("How many periodic checkpoints to keep (oldest removed first).", default=3)
+    eval_episodes: int = doc("Episodes of the evaluation written to eval.json after training; 0 skips it.", default=20)
+    eval_deterministic: bool = doc("Evaluate with the mode of the policy rather than samples.", default=True)
+    tensorboard: bool = doc("Write TensorBoard event files into the run directory.", default=True)
+    progress: bool = doc("Show a progress bar with steps/s and recent return.", default=True)
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.batch_size // self.num_minibatches
+
+    def __post_init__(self) -> None:
+        def bad(name: str, allowed: str) -> ConfigError:
+            return ConfigError(f"config field {name!r} = {getattr(self, name)!r} is invalid: {allowed}")
+
+        if not isinstance(self.env_id, str) or not self.env_id.strip():
+            raise bad("env_id", "must be a non-empty env id")
+        for name in ("num_envs", "total_steps", "num_steps", "num_epochs", "num_minibatches"):
+            if getattr(self, name) < 1:
+                raise bad(name, "must be at least 1")
+        for name in ("gamma", "gae_lambda"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise bad(name, "must lie in [0, 1]")
+        if self.learning_rate <= 0:
+            raise bad("learning_rate", "must be positive")
+        if self.adam_eps <= 0:
+            raise bad("adam_eps", "must be positive")
+        for name in ("max_grad_norm", "vf_coef", "ent_coef", "kl_coef"):
+            if getattr(self, name) < 0:
+                raise bad(name, "must not be negative")
+        if self.clip_range <= 0:
+            raise bad("clip_range", "must be positive (a typical value is 0.1 to 0.3)")
+        if self.clip_range_vf is not None and self.clip_range_vf <= 0:
+            raise bad("clip_range_vf", "must be positive, or null to disable value clipping")
+        if self.kl_target <= 0:
+            raise bad("kl_target", "must be positive")
+        if self.target_kl is not None and self.target_kl <= 0:
+            raise bad("target_kl", "must be positive, or null to disable the early stop")
+        for name in ("lr_schedule", "clip_schedule"):
+            if getattr(self, name) not in SCHEDULES:
+                raise bad(name, f"expected one of {', '.join(SCHEDULES)}")
+        if self.adaptive_clip and self.clip_schedule != "constant":
+            raise bad("clip_schedule", "adaptive_clip sets ε itself; use clip_schedule='constant' with it")
+        choices = {
+            "loss": ("clip", "penalty"),
+            "vectorization": ("auto", "sync", "async"),
+            "network": ("auto", "mlp", "cnn"),
+            "activation": ("tanh", "relu", "elu"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise bad(name, f"expected one of {', '.join(allowed)}")
+        if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
+            raise bad("hidden_sizes", "must be a non-empty list of positive widths")
+        if self.batch_size % self.num_minibatches != 0:
+            raise ConfigError(
+                f"config field 'num_minibatches' = {self.num_minibatches} does not divide the batch "
+                f"size num_envs * num_steps = {self.num_envs} * {self.num_steps} = {self.batch_size}"
+            )
+        if self.clip_obs <= 0 or self.clip_reward <= 0:
+            raise bad("clip_obs" if self.clip_obs <= 0 else "clip_reward", "must be positive")
+        if self.torch_threads < 0:
+            raise bad("torch_threads", "must be 0 (torch's default) or a positive thread count")
+        for name in ("checkpoint_every", "eval_episodes"):
+            if getattr(self, name) < 0:
+                raise bad(name, "must not be negative")
+        if self.keep_checkpoints < 1:
+            raise bad("keep_checkpoints", "must be at least 1")
+        if not (self.device in ("cpu", "auto", "cuda", "mps") or self.device.startswith("cuda:")):
+            raise bad("device", "expected 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'")

@@ -1,0 +1,111 @@
+"""Building vector environments from an env id, with clear errors for ids that do not exist."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+import gymnasium as gym
+from gymnasium import spaces
+
+from ppokit.errors import EnvError
+
+
+def _resolve_callable(env_id: str) -> Callable[..., gym.Env] | None:
+    """For ``module:EnvClass`` return the class (or factory); None when the id is a registered one."""
+    if ":" not in env_id:
+        return None
+    module_name, attr = env_id.rsplit(":", 1)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise EnvError(f"env id {env_id!r}: cannot import module {module_name!r} ({err})") from None
+    target = getattr(module, attr, None)
+    if target is None:
+        # Gymnasium's own 'module:Env-v0' form: importing the module registered the env.
+        return None
+    if not callable(target):
+        raise EnvError(f"env id {env_id!r}: {attr!r} in {module_name!r} is not an environment class")
+    return target
+
+
+def _registered_id(env_id: str) -> str:
+    return env_id.rsplit(":", 1)[1] if ":" in env_id else env_id
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise :class:`EnvError` with Gymnasium's suggestion when ``env_id`` names no environment."""
+    if _resolve_callable(env_id) is not None:
+        return
+    name = _registered_id(env_id)
+    try:
+        gym.spec(name)
+    except gym.error.Error as err:
+        raise EnvError(f"unknown env id {env_id!r}: {err}") from None
+
+
+def make_single_env(env_id: str, env_kwargs: dict[str, Any] | None = None, **extra: Any) -> gym.Env:
+    """One environment instance (used for evaluation videos and as the sync/async building block)."""
+    kwargs = {**(env_kwargs or {}), **extra}
+    factory = _resolve_callable(env_id)
+    try:
+        if factory is not None:
+            env = factory(**kwargs)
+            if not isinstance(env, gym.Env):
+                raise EnvError(f"env id {env_id!r}: the factory returned {type(env).__name__}, not a gymnasium.Env")
+            return env
+        return gym.make(_registered_id(env_id), **kwargs)
+    except gym.error.DependencyNotInstalled as err:
+        raise EnvError(f"env {env_id!r} needs a package that is not installed: {err}") from None
+    except gym.error.Error as err:
+        raise EnvError(f"cannot make env {env_id!r}: {err}") from None
+    except TypeError as err:
+        raise EnvError(f"cannot make env {env_id!r} with env_kwargs {kwargs}: {err}") from None
+
+
+def make_vector_env(
+    env_id: str,
+    num_envs: int,
+    env_kwargs: dict[str, Any] | None = None,
+    vectorization: str = "auto",
+    render_mode: str | None = None,
+) -> gym.vector.VectorEnv:
+    """A Gymnasium vector env with next-step autoreset.
+
+    ``vectorization='auto'`` uses the env's native vectorised implementation where it registers one
+    (CartPole's numpy-batched env steps many envs in one call), else runs the envs in-process
+    (``sync``); ``async`` runs each in its own worker process.
+    """
+    check_env_id(env_id)
+    kwargs = dict(env_kwargs or {})
+    if render_mode is not None:
+        kwargs["render_mode"] = render_mode
+    factory = _resolve_callable(env_id)
+    if factory is None and vectorization == "auto":
+        spec = gym.spec(_registered_id(env_id))
+        if spec.vector_entry_point is not None:
+            try:
+                return gym.make_vec(spec.id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
+            except gym.error.Error as err:
+                raise EnvError(f"cannot make env {env_id!r}: {err}") from None
+            except TypeError as err:
+                raise EnvError(f"cannot make env {env_id!r} with env_kwargs {kwargs}: {err}") from None
+    fns = [lambda: make_single_env(env_id, kwargs) for _ in range(num_envs)]
+    # Build one env up front so construction errors surface here, in this process, with a message.
+    make_single_env(env_id, kwargs).close()
+    if vectorization == "async":
+        return gym.vector.AsyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+    return gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+
+
+def check_spaces(observation_space: spaces.Space, action_space: spaces.Space, env_id: str) -> None:
+    if not isinstance(observation_space, spaces.Box):
+        raise EnvError(
+            f"env {env_id!r}: observation space {observation_space} is not supported "
+            "(ppokit handles Box observations; flatten Dict/Tuple spaces with a wrapper)"
+        )
+    if not isinstance(action_space, (spaces.Discrete, spaces.Box, spaces.MultiDiscrete)):
+        raise EnvError(
+            f"env {env_id!r}: action space {action_space} is not supported "
+            "(ppokit handles Discrete, Box and MultiDiscrete actions)"
+        )

@@ -1,0 +1,118 @@
+"""Evaluating a policy: N whole episodes on fresh env instances, rewards as the env gives them."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ppokit.control.envs import make_single_env, make_vector_env
+from ppokit.errors import EnvError
+
+#: ``act(obs_batch, deterministic) -> actions`` in the env's format.
+Act = Callable[[np.ndarray, bool], np.ndarray]
+
+
+def evaluate_policy(
+    act: Act,
+    env_id: str,
+    episodes: int,
+    *,
+    env_kwargs: dict[str, Any] | None = None,
+    deterministic: bool = True,
+    seed: int = 0,
+    num_envs: int = 8,
+) -> dict[str, Any]:
+    """Run ``episodes`` episodes and summarise their undiscounted returns.
+
+    Episodes are spread over up to ``num_envs`` parallel envs with a fixed quota per env, so short
+    episodes are not over-represented (taking the first N to finish would favour them).
+    """
+    if episodes < 1:
+        raise ValueError("episodes must be at least 1")
+    n = min(num_envs, episodes)
+    quota = np.array([episodes // n + (1 if i < episodes % n else 0) for i in range(n)])
+    env = make_vector_env(env_id, n, env_kwargs)
+    try:
+        obs, _ = env.reset(seed=seed)
+        done_count = np.zeros(n, dtype=np.int64)
+        ep_return = np.zeros(n, dtype=np.float64)
+        ep_length = np.zeros(n, dtype=np.int64)
+        pending = np.zeros(n, dtype=bool)
+        returns: list[float] = []
+        lengths: list[int] = []
+        while np.any(done_count < quota):
+            obs, reward, term, trunc, _ = env.step(act(obs, deterministic))
+            counting = ~pending & (done_count < quota)
+            ep_return += np.asarray(reward, dtype=np.float64) * counting
+            ep_length += counting
+            done = np.asarray(term, dtype=bool) | np.asarray(trunc, dtype=bool)
+            for i in np.flatnonzero(done & counting):
+                returns.append(float(ep_return[i]))
+                lengths.append(int(ep_length[i]))
+                done_count[i] += 1
+            ep_return[done] = 0.0
+            ep_length[done] = 0
+            pending = done
+    finally:
+        env.close()
+    return summarize(returns, lengths, deterministic)
+
+
+def summarize(returns: list[float], lengths: list[int], deterministic: bool) -> dict[str, Any]:
+    arr = np.asarray(returns, dtype=np.float64)
+    return {
+        "mean_return": float(arr.mean()),
+        "std_return": float(arr.std()),
+        "min_return": float(arr.min()),
+        "max_return": float(arr.max()),
+        "mean_length": float(np.mean(lengths)),
+        "episodes": int(arr.size),
+        "deterministic": bool(deterministic),
+        "returns": [float(r) for r in arr],
+    }
+
+
+def record_video(
+    act: Act,
+    env_id: str,
+    episodes: int,
+    video_dir: str | Path,
+    *,
+    env_kwargs: dict[str, Any] | None = None,
+    deterministic: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Play ``episodes`` episodes one after another with Gymnasium's RecordVideo into ``video_dir``."""
+    import gymnasium as gym
+
+    try:
+        env = make_single_env(env_id, env_kwargs, render_mode="rgb_array")
+        env = gym.wrappers.RecordVideo(
+            env, str(video_dir), episode_trigger=lambda _: True, name_prefix="eval", disable_logger=True
+        )
+    except gym.error.DependencyNotInstalled as err:
+        raise EnvError(f"recording video needs moviepy: pip install 'ppokit[video]' ({err})") from None
+    returns: list[float] = []
+    lengths: list[int] = []
+    try:
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=seed + episode)
+            total, length, done = 0.0, 0, False
+            while not done:
+                action = act(obs[None], deterministic)[0]
+                obs, reward, term, trunc, _ = env.step(action)
+                total += float(reward)
+                length += 1
+                done = bool(term or trunc)
+            returns.append(total)
+            lengths.append(length)
+    except gym.error.DependencyNotInstalled as err:
+        raise EnvError(f"recording video needs moviepy: pip install 'ppokit[video]' ({err})") from None
+    finally:
+        env.close()
+    if not math.isfinite(sum(returns)):
+        raise EnvError(f"env {env_id!r} returned non-finite rewards during evaluation")
+    return summarize(returns, lengths, deterministic)

@@ -1,0 +1,204 @@
+"""Collecting experience from a vector env into preallocated rollout storage.
+
+Gymnasium 1.x vector envs reset an env on the step *after* its episode ended ("next-step"
+autoreset): that step ignores the action and returns the first observation of the new episode. The
+collector marks such steps ``valid = False``; they are never trained on, and because the previous
+step carries ``episode_end = True``, no advantage flows across the boundary. On truncation the
+observation returned with the ending step is the true final observation, so its value (computed by
+the next step's forward pass anyway) is exactly the bootstrap GAE needs.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import Tensor
+
+from ppokit.control.networks import ActorCritic
+from ppokit.core.running_stats import RunningMeanStd
+
+
+@dataclass
+class Rollout:
+    """One rollout, time-major ``[T, N, ...]``."""
+
+    obs: Tensor
+    actions: Tensor
+    logp: Tensor
+    values: Tensor
+    rewards: Tensor
+    terminated: Tensor
+    truncated: Tensor
+    valid: Tensor
+    last_value: Tensor
+
+
+class ActionAdapter:
+    """Turns policy outputs into what the env accepts: start offsets, shape and clipping to bounds."""
+
+    def __init__(self, action_space: spaces.Space) -> None:
+        self.space = action_space
+        if isinstance(action_space, (spaces.Discrete, spaces.MultiDiscrete)):
+            self.start = np.asarray(action_space.start)
+            self.has_start = bool(np.any(self.start != 0))
+        elif isinstance(action_space, spaces.Box):
+            self.low = action_space.low.reshape(-1).astype(np.float32)
+            self.high = action_space.high.reshape(-1).astype(np.float32)
+            self.shape = action_space.shape
+            self.dtype = action_space.dtype
+
+    def __call__(self, actions: Tensor) -> np.ndarray:
+        a = actions.detach().cpu().numpy()
+        if isinstance(self.space, spaces.Box):
+            # Clip only what the env sees; the unclipped sample keeps its log-probability.
+            return np.clip(a, self.low, self.high).reshape(a.shape[:-1] + self.shape).astype(self.dtype, copy=False)
+        return a + self.start if self.has_start else a
+
+
+class RolloutCollector:
+    """Owns the env's running state between rollouts: last observation, pending resets, episode stats."""
+
+    def __init__(
+        self,
+        env: gym.vector.VectorEnv,
+        policy: ActorCritic,
+        device: torch.device,
+        num_steps: int,
+        *,
+        obs_rms: RunningMeanStd | None = None,
+        ret_rms: RunningMeanStd | None = None,
+        gamma: float = 0.99,
+        clip_obs: float = 10.0,
+        clip_reward: float = 10.0,
+    ) -> None:
+        self.env = env
+        self.policy = policy
+        self.device = device
+        self.num_steps = num_steps
+        self.num_envs = env.num_envs
+        self.obs_rms = obs_rms
+        self.ret_rms = ret_rms
+        self.gamma = gamma
+        self.clip_obs = clip_obs
+        self.clip_reward = clip_reward
+        self.to_env = ActionAdapter(env.single_action_space)
+        obs_space = env.single_observation_space
+        self.obs_dtype = torch.uint8 if obs_space.dtype == np.uint8 else torch.float32
+        self.obs_shape = tuple(obs_space.shape)
+        action_space = env.single_action_space
+        if isinstance(action_space, spaces.Box):
+            self.action_shape: tuple[int, ...] = (int(np.prod(action_space.shape)),)
+            self.action_dtype = torch.float32
+        elif isinstance(action_space, spaces.MultiDiscrete):
+            self.action_shape = (len(np.asarray(action_space.nvec).ravel()),)
+            self.action_dtype = torch.int64
+        else:
+            self.action_shape = ()
+            self.action_dtype = torch.int64
+        self._obs: Tensor | None = None
+        self._pending_reset = np.zeros(self.num_envs, dtype=bool)
+        self._disc_return = np.zeros(self.num_envs, dtype=np.float64)
+        self._ep_return = np.zeros(self.num_envs, dtype=np.float64)
+        self._ep_length = np.zeros(self.num_envs, dtype=np.int64)
+        self.episode_returns: deque[float] = deque(maxlen=100)
+        self.episode_lengths: deque[int] = deque(maxlen=100)
+        self.episodes_total = 0
+        #: (returns, lengths) of the episodes that ended during the latest rollout.
+        self.last_finished: tuple[list[float], list[int]] = ([], [])
+
+    def reset(self, seed: int | None = None) -> None:
+        obs, _ = self.env.reset(seed=seed)
+        if seed is not None:
+            self.env.action_space.seed(seed)
+        self._pending_reset[:] = False
+        self._disc_return[:] = 0.0
+        self._ep_return[:] = 0.0
+        self._ep_length[:] = 0
+        self._obs = self._process_obs(obs, update_stats=True)
+
+    def _process_obs(self, obs: np.ndarray, update_stats: bool) -> Tensor:
+        t = torch.as_tensor(obs, dtype=self.obs_dtype, device=self.device)
+        if self.obs_rms is not None:
+            if update_stats:
+                self.obs_rms.update(t.cpu())
+            t = self.obs_rms.normalize(t, self.clip_obs).to(torch.float32)
+        return t
+
+    def _scale_rewards(self, rewards: np.ndarray, done: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Divide rewards by the running std of the discounted return (as in baselines' VecNormalize)."""
+        assert self.ret_rms is not None
+        self._disc_return = self._disc_return * self.gamma + rewards
+        if valid.any():
+            self.ret_rms.update(torch.from_numpy(self._disc_return[valid]))
+        self._disc_return[done] = 0.0
+        scaled = rewards / np.sqrt(float(self.ret_rms.var) + 1e-8)
+        return np.clip(scaled, -self.clip_reward, self.clip_reward)
+
+    @torch.inference_mode()
+    def collect(self) -> Rollout:
+        if self._obs is None:
+            self.reset()
+        T, N, dev = self.num_steps, self.num_envs, self.device
+        obs_buf = torch.empty((T, N, *self.obs_shape), dtype=torch.float32 if self.obs_rms is not None else self.obs_dtype, device=dev)
+        act_buf = torch.empty((T, N, *self.action_shape), dtype=self.action_dtype, device=dev)
+        logp_buf = torch.empty((T, N), device=dev)
+        val_buf = torch.empty((T, N), device=dev)
+        rewards = np.empty((T, N), dtype=np.float32)
+        terminated = np.empty((T, N), dtype=bool)
+        truncated = np.empty((T, N), dtype=bool)
+        valid = np.empty((T, N), dtype=bool)
+        finished_r: list[float] = []
+        finished_l: list[int] = []
+
+        obs = self._obs
+        for t in range(T):
+            obs_buf[t] = obs
+            action, logp, value = self.policy.act(obs)
+            act_buf[t] = action
+            logp_buf[t] = logp
+            val_buf[t] = value
+            next_obs, reward, term, trunc, _ = self.env.step(self.to_env(action))
+            reward = np.asarray(reward, dtype=np.float64)
+            term = np.asarray(term, dtype=bool)
+            trunc = np.asarray(trunc, dtype=bool)
+            ok = ~self._pending_reset
+            valid[t] = ok
+            terminated[t] = term
+            truncated[t] = trunc
+            done = term | trunc
+
+            self._ep_return += reward * ok
+            self._ep_length += ok
+            ended = done & ok
+            if ended.any():
+                for i in np.flatnonzero(ended):
+                    finished_r.append(float(self._ep_return[i]))
+                    finished_l.append(int(self._ep_length[i]))
+                self._ep_return[ended] = 0.0
+                self._ep_length[ended] = 0
+            rewards[t] = self._scale_rewards(reward, done, ok) if self.ret_rms is not None else reward
+            self._pending_reset = done
+            obs = self._process_obs(next_obs, update_stats=True)
+
+        self._obs = obs
+        last_value = self.policy.value(obs)
+        self.episode_returns.extend(finished_r)
+        self.episode_lengths.extend(finished_l)
+        self.episodes_total += len(finished_r)
+        self.last_finished = (finished_r, finished_l)
+        return Rollout(
+            obs=obs_buf,
+            actions=act_buf,
+            logp=logp_buf,
+            values=val_buf,
+            rewards=torch.from_numpy(rewards).to(dev),
+            terminated=torch.from_numpy(terminated).to(dev),
+            truncated=torch.from_numpy(truncated).to(dev),
+            valid=torch.from_numpy(valid).to(dev),
+            last_value=last_value,
+        )

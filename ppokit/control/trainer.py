@@ -1,0 +1,468 @@
+"""PPO on Gymnasium environments: the training loop, saving, loading and acting.
+
+The loop is the PPO paper's algorithm box::
+
+    for each update:
+        collect T steps from N envs with the current policy          (rollout.py)
+        estimate advantages with GAE(γ, λ)                            (core.advantages)
+        K epochs of minibatch updates on the clipped surrogate       (core.update)
+        adapt β / ε, log diagnostics, checkpoint                      (here)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ppokit import __version__
+from ppokit.configuration import from_mapping, replace, to_dict
+from ppokit.control.config import PPOConfig
+from ppokit.control.envs import check_spaces, make_vector_env
+from ppokit.control.evaluation import evaluate_policy, record_video
+from ppokit.control.networks import ActorCritic
+from ppokit.control.rollout import ActionAdapter, Rollout, RolloutCollector
+from ppokit.control.spaces_json import space_from_json, space_to_json
+from ppokit.core.advantages import gae
+from ppokit.core.diagnostics import explained_variance, health_warnings
+from ppokit.core.kl import AdaptiveClipController, AdaptiveKLController, kl_k3
+from ppokit.core.running_stats import RunningMeanStd
+from ppokit.core.schedules import make_schedule
+from ppokit.core.update import PPOUpdateSettings, ppo_update
+from ppokit.errors import CheckpointError, ConfigError, TrainingError
+from ppokit.io.atomic import atomic_write_dir, atomic_write_json, atomic_write_text
+from ppokit.io.metrics import MetricsLogger
+from ppokit.io.run_dir import default_run_dir, prepare_run_dir
+
+log = logging.getLogger("ppokit")
+
+CHECKPOINT_FORMAT = 1
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+
+#: Called after every update with the trainer and that update's metrics; return False to stop.
+Callback = Callable[["PPO", dict[str, Any]], bool | None]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"config field 'device' = {name!r}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+class PPO:
+    """Proximal Policy Optimization for a Gymnasium environment.
+
+    >>> agent = PPO(PPOConfig(env_id="CartPole-v1", total_steps=50_000))   # doctest: +SKIP
+    >>> agent.learn()                                                     # doctest: +SKIP
+    >>> action = agent.predict(obs)                                       # doctest: +SKIP
+    """
+
+    def __init__(self, config: PPOConfig | None = None, **overrides: Any) -> None:
+        config = config or PPOConfig()
+        if overrides:
+            config = replace(config, source="PPO(...)", **overrides)
+        self.config = config
+        if config.torch_threads > 0:
+            torch.set_num_threads(config.torch_threads)
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed)
+
+        self.env = make_vector_env(config.env_id, config.num_envs, config.env_kwargs, config.vectorization)
+        self.observation_space = self.env.single_observation_space
+        self.action_space = self.env.single_action_space
+        check_spaces(self.observation_space, self.action_space, config.env_id)
+        self._build(self.observation_space, self.action_space)
+        self.collector = RolloutCollector(
+            self.env, self.policy, self.device, config.num_steps,
+            obs_rms=self.obs_rms, ret_rms=self.ret_rms, gamma=config.gamma,
+            clip_obs=config.clip_obs, clip_reward=config.clip_reward,
+        )
+        self.collector.reset(seed=config.seed)
+
+    # ------------------------------------------------------------------ construction
+    def _build(self, observation_space: Any, action_space: Any) -> None:
+        c = self.config
+        self.observation_space, self.action_space = observation_space, action_space
+        self.policy = ActorCritic(
+            observation_space, action_space, network=c.network, hidden_sizes=c.hidden_sizes,
+            activation=c.activation, shared_trunk=c.shared_trunk, ortho_init=c.ortho_init,
+            log_std_init=c.log_std_init,
+        ).to(self.device)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=c.learning_rate, eps=c.adam_eps)
+        image = observation_space.dtype == np.uint8 and len(observation_space.shape) == 3
+        self.obs_rms = RunningMeanStd(tuple(observation_space.shape)) if c.normalize_obs and not image else None
+        self.ret_rms = RunningMeanStd(()) if c.normalize_reward else None
+        self.lr_schedule = make_schedule(c.lr_schedule, c.learning_rate)
+        self.clip_schedule = make_schedule(c.clip_schedule, c.clip_range)
+        self.kl_controller = (
+            AdaptiveKLController(c.kl_coef, c.kl_target) if c.loss == "penalty" and c.adaptive_kl else None
+        )
+        self.clip_controller = AdaptiveClipController(c.clip_range, c.kl_target) if c.adaptive_clip else None
+        self.to_env = ActionAdapter(action_space)
+        self.global_step = 0
+        self.num_updates = 0
+        self.run_dir: Path | None = None
+        self._initial_entropy: float | None = None
+        self._warned: set[str] = set()
+
+    @property
+    def kl_coef(self) -> float:
+        return self.kl_controller.beta if self.kl_controller is not None else self.config.kl_coef
+
+    def current_clip_range(self, fraction: float) -> float:
+        if self.clip_controller is not None:
+            return self.clip_controller.clip_range
+        return self.clip_schedule(fraction)
+
+    # ------------------------------------------------------------------ training
+    def learn(
+        self,
+        total_steps: int | None = None,
+        *,
+        run_dir: str | Path | None = None,
+        overwrite: bool = False,
+        callback: Callback | None = None,
+    ) -> "PPO":
+        """Train until ``total_steps`` environment steps (default: the config's), then save and evaluate.
+
+        Writes the run directory (config, metrics, TensorBoard, checkpoints, final model, eval.json).
+        """
+        c = self.config
+        total = int(total_steps if total_steps is not None else c.total_steps)
+        if total < 1:
+            raise ConfigError(f"total_steps = {total} is invalid: must be at least 1")
+        self.run_dir = prepare_run_dir(run_dir or c.run_dir or default_run_dir(c.env_id, c.seed), overwrite)
+        atomic_write_text(self.run_dir / "config.yaml", config_to_yaml(replace(c, total_steps=total, run_dir=str(self.run_dir))))
+        steps_per_update = c.num_envs * c.num_steps
+        # Never exceed the step budget: a partial rollout at the end would be a different batch size.
+        num_updates = max(1, (total - self.global_step) // steps_per_update)
+        start_step = self.global_step
+        start_time = time.perf_counter()
+
+        progress = None
+        if c.progress:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=total, initial=self.global_step, unit="step", unit_scale=True,
+                            dynamic_ncols=True, desc=c.env_id, leave=True)
+        with MetricsLogger(self.run_dir, tensorboard=c.tensorboard) as metrics:
+            for _ in range(num_updates):
+                fraction = self.global_step / total
+                record = self.train_one_update(fraction)
+                elapsed = time.perf_counter() - start_time
+                record["sps"] = (self.global_step - start_step) / max(elapsed, 1e-9)
+                record["time_elapsed"] = elapsed
+                self._warn(record, fraction)
+                metrics.log(record, self.global_step)
+                if progress is not None:
+                    progress.update(self.global_step - progress.n)
+                    ret = record["episodic_return"]
+                    progress.set_postfix(sps=f"{record['sps']:.0f}",
+                                         ret="-" if ret is None else f"{ret:.1f}", refresh=False)
+                if c.checkpoint_every and self.num_updates % c.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if callback is not None and callback(self, record) is False:
+                    break
+        if progress is not None:
+            progress.close()
+        self.save(self.run_dir / "model")
+        if c.eval_episodes > 0:
+            result = self.evaluate(c.eval_episodes, deterministic=c.eval_deterministic)
+            result["global_step"] = self.global_step
+            atomic_write_json(self.run_dir / "eval.json", result)
+        return self
+
+    def train_one_update(self, fraction: float = 0.0) -> dict[str, Any]:
+        """Collect one rollout, estimate advantages and run the K-epoch update; returns the metrics."""
+        c = self.config
+        lr = self.lr_schedule(fraction)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        clip_range = self.current_clip_range(fraction)
+
+        rollout = self.collector.collect()
+        self.global_step += c.num_envs * c.num_steps
+        batch = self._make_batch(rollout)
+
+        obs, actions = batch.pop("obs"), batch.pop("actions")
+        settings = PPOUpdateSettings(
+            num_epochs=c.num_epochs, num_minibatches=c.num_minibatches, clip_range=clip_range,
+            vf_coef=c.vf_coef, ent_coef=c.ent_coef,
+            max_grad_norm=c.max_grad_norm if c.max_grad_norm > 0 else None,
+            clip_range_vf=c.clip_range_vf, normalize_advantages=c.normalize_advantages,
+            target_kl=c.target_kl, loss=c.loss, kl_coef=self.kl_coef,
+        )
+        try:
+            stats = ppo_update(batch, lambda idx: self.policy.evaluate(obs[idx], actions[idx]),
+                               self.optimizer, self.policy.parameters(), settings)
+        except TrainingError as err:
+            raise TrainingError(f"update {self.num_updates + 1} (step {self.global_step}): {err}") from None
+        self.num_updates += 1
+
+        if self.kl_controller is not None or self.clip_controller is not None:
+            with torch.no_grad():
+                logp_new, _, _ = self.policy.evaluate(obs, actions)
+                kl_after = float(kl_k3(logp_new - batch["logp"]).mean())
+            stats["kl_after_update"] = kl_after
+            if self.kl_controller is not None:
+                self.kl_controller.update(kl_after)
+            if self.clip_controller is not None:
+                self.clip_controller.update(kl_after)
+
+        returns = list(self.collector.episode_returns)
+        lengths = list(self.collector.episode_lengths)
+        record: dict[str, Any] = {
+            "global_step": self.global_step,
+            "update": self.num_updates,
+            "episodic_return": float(np.mean(returns)) if returns else None,
+            "episodic_length": float(np.mean(lengths)) if lengths else None,
+            "episodes": len(self.collector.last_finished[0]),
+            **stats,
+            "explained_variance": explained_variance(batch["values"], batch["returns"]),
+            "learning_rate": lr,
+            "clip_range": clip_range,
+            "kl_coef": settings.kl_coef,
+        }
+        if self._initial_entropy is None:
+            self._initial_entropy = stats["entropy"]
+        return record
+
+    def _make_batch(self, rollout: Rollout) -> dict[str, torch.Tensor]:
+        """GAE over the rollout, then flatten the valid steps into one batch."""
+        c = self.config
+        following = torch.cat([rollout.values[1:], rollout.last_value.unsqueeze(0)])
+        # Termination: the future is worth nothing. Truncation: the following step's input is the
+        # true final observation (next-step autoreset), so ``following`` already bootstraps from it.
+        next_values = torch.where(rollout.terminated, torch.zeros_like(following), following)
+        episode_ends = rollout.terminated | rollout.truncated
+        advantages, returns = gae(rollout.rewards, rollout.values, next_values, episode_ends, c.gamma, c.gae_lambda)
+        keep = rollout.valid.reshape(-1).nonzero().squeeze(1)
+
+        def flat(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(-1, *x.shape[2:]).index_select(0, keep)
+
+        return {
+            "obs": flat(rollout.obs), "actions": flat(rollout.actions), "logp": flat(rollout.logp),
+            "values": flat(rollout.values), "advantages": flat(advantages), "returns": flat(returns),
+        }
+
+    def _warn(self, record: dict[str, Any], fraction: float) -> None:
+        found = health_warnings(
+            record, progress=fraction, initial_entropy=self._initial_entropy,
+            target_kl=self.config.target_kl or (self.config.kl_target if self.kl_controller or self.clip_controller else None),
+            normalize_reward=self.config.normalize_reward,
+            shared_trunk=self.policy.shared_trunk,
+        )
+        messages = []
+        for key, message in found:
+            messages.append(message)
+            if key not in self._warned:  # each kind once on the console; every time in metrics
+                self._warned.add(key)
+                log.warning("update %d: %s", self.num_updates, message)
+        if messages:
+            record["warnings"] = messages
+
+    # ------------------------------------------------------------------ acting
+    def _policy_input(self, obs: np.ndarray) -> torch.Tensor:
+        t = torch.as_tensor(np.asarray(obs), device=self.device)
+        t = t.to(torch.uint8 if self.observation_space.dtype == np.uint8 else torch.float32)
+        if self.obs_rms is not None:
+            t = self.obs_rms.normalize(t, self.config.clip_obs).to(torch.float32)
+        return t
+
+    @torch.inference_mode()
+    def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        """Actions for one observation or a batch, in the env's format (clipped to Box bounds)."""
+        obs = np.asarray(obs)
+        single = obs.shape == tuple(self.observation_space.shape)
+        batch = obs[None] if single else obs
+        if tuple(batch.shape[1:]) != tuple(self.observation_space.shape):
+            raise ValueError(
+                f"predict: observation shape {obs.shape} does not match the policy's "
+                f"{tuple(self.observation_space.shape)} (or a batch of them)"
+            )
+        action, _, _ = self.policy.act(self._policy_input(batch), deterministic)
+        out = self.to_env(action)
+        return out[0] if single else out
+
+    def evaluate(
+        self, episodes: int = 20, deterministic: bool = True, seed: int | None = None,
+        video_dir: str | Path | None = None,
+    ) -> dict[str, Any]:
+        """Mean and std of the return over ``episodes`` fresh episodes (see eval.json)."""
+        seed = self.config.seed + 10_000 if seed is None else seed
+        act = lambda obs, det: self.predict(obs, det)  # noqa: E731
+        if video_dir is not None:
+            return record_video(act, self.config.env_id, episodes, video_dir,
+                                env_kwargs=self.config.env_kwargs, deterministic=deterministic, seed=seed)
+        return evaluate_policy(act, self.config.env_id, episodes, env_kwargs=self.config.env_kwargs,
+                               deterministic=deterministic, seed=seed)
+
+    # ------------------------------------------------------------------ saving and loading
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {f"policy.{k}": v.detach().cpu().contiguous() for k, v in self.policy.state_dict().items()}
+        for name, rms in (("obs_rms", self.obs_rms), ("ret_rms", self.ret_rms)):
+            if rms is not None:
+                tensors.update({f"{name}.{k}": v.contiguous() for k, v in rms.state_dict().items()})
+        return tensors
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "kind": "ppokit.control",
+            "ppokit_version": __version__,
+            "config": to_dict(self.config),
+            "observation_space": space_to_json(self.observation_space),
+            "action_space": space_to_json(self.action_space),
+            "global_step": self.global_step,
+            "num_updates": self.num_updates,
+            "kl_controller": self.kl_controller.state_dict() if self.kl_controller else None,
+            "clip_controller": self.clip_controller.state_dict() if self.clip_controller else None,
+        }
+
+    def save(self, path: str | Path, include_optimizer: bool = False) -> Path:
+        """Write the policy (safetensors) and its metadata (JSON) to directory ``path``, atomically."""
+        path = Path(path)
+
+        def fill(tmp: Path) -> None:
+            save_file(self._tensors(), str(tmp / MODEL_FILE))
+            (tmp / STATE_FILE).write_text(json.dumps(self._state(), indent=2) + "\n", encoding="utf-8")
+            if include_optimizer:
+                torch.save(self.optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+
+        atomic_write_dir(path, fill)
+        return path
+
+    def save_checkpoint(self) -> Path:
+        """A periodic checkpoint under ``RUN_DIR/checkpoints``; keeps the newest ``keep_checkpoints``."""
+        assert self.run_dir is not None
+        root = self.run_dir / "checkpoints"
+        path = self.save(root / f"step_{self.global_step:012d}", include_optimizer=True)
+        existing = sorted(p for p in root.glob("step_*") if p.is_dir())
+        for old in existing[: -self.config.keep_checkpoints]:
+            import shutil
+
+            shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, **overrides: Any) -> "PPO":
+        """Load a saved policy from a model or checkpoint directory, or a run directory (its ``model``).
+
+        The environment is created from the saved config (``overrides`` may change fields such as
+        ``num_envs`` or ``device``), so the result can ``predict``, ``evaluate`` and ``learn`` more.
+        """
+        model_dir = find_model_dir(path)
+        state = read_state(model_dir)
+        try:
+            config = from_mapping(PPOConfig, {**state["config"], **overrides}, f"{model_dir / STATE_FILE}")
+        except ConfigError as err:
+            raise CheckpointError(f"{model_dir}: saved config is not valid for this ppokit: {err}") from None
+        agent = cls.__new__(cls)
+        agent.config = config
+        if config.torch_threads > 0:
+            torch.set_num_threads(config.torch_threads)
+        agent.device = resolve_device(config.device)
+        agent.env = None  # made on demand by learn()
+        agent._build(space_from_json(state["observation_space"]), space_from_json(state["action_space"]))
+        agent._load_tensors(model_dir)
+        agent.global_step = int(state.get("global_step", 0))
+        agent.num_updates = int(state.get("num_updates", 0))
+        if agent.kl_controller is not None and state.get("kl_controller"):
+            agent.kl_controller.load_state_dict(state["kl_controller"])
+        if agent.clip_controller is not None and state.get("clip_controller"):
+            agent.clip_controller.load_state_dict(state["clip_controller"])
+        optimizer_path = model_dir / OPTIMIZER_FILE
+        if optimizer_path.exists():
+            try:
+                agent.optimizer.load_state_dict(torch.load(optimizer_path, map_location=agent.device, weights_only=True))
+            except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
+                raise CheckpointError(f"{optimizer_path}: cannot load optimizer state safely: {err}") from None
+        agent.collector = None  # type: ignore[assignment]
+        return agent
+
+    def _load_tensors(self, model_dir: Path) -> None:
+        file = model_dir / MODEL_FILE
+        try:
+            tensors = load_file(str(file))
+        except Exception as err:  # noqa: BLE001 - safetensors raises several types for bad files
+            raise CheckpointError(f"{file}: not a readable safetensors file ({err})") from None
+        policy_state = {k[len("policy."):]: v for k, v in tensors.items() if k.startswith("policy.")}
+        try:
+            self.policy.load_state_dict(policy_state)
+        except RuntimeError as err:
+            raise CheckpointError(f"{file}: weights do not fit the configured network: {err}") from None
+        for name, rms in (("obs_rms", self.obs_rms), ("ret_rms", self.ret_rms)):
+            if rms is not None:
+                try:
+                    rms.load_state_dict({k: tensors[f"{name}.{k}"] for k in ("mean", "var", "count")})
+                except (KeyError, ValueError) as err:
+                    raise CheckpointError(f"{file}: missing or bad {name} statistics ({err})") from None
+
+    def ensure_env(self) -> None:
+        """Create the training env (after :meth:`load`) so that :meth:`learn` can continue."""
+        if getattr(self, "collector", None) is not None:
+            return
+        c = self.config
+        self.env = make_vector_env(c.env_id, c.num_envs, c.env_kwargs, c.vectorization)
+        self.collector = RolloutCollector(
+            self.env, self.policy, self.device, c.num_steps, obs_rms=self.obs_rms, ret_rms=self.ret_rms,
+            gamma=c.gamma, clip_obs=c.clip_obs, clip_reward=c.clip_reward,
+        )
+        self.collector.reset(seed=c.seed + self.num_updates)
+
+    def close(self) -> None:
+        if getattr(self, "env", None) is not None:
+            self.env.close()
+
+
+def find_model_dir(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{str(path)!r} does not exist")
+    for candidate in (path, path / "model"):
+        if (candidate / STATE_FILE).is_file():
+            return candidate
+    raise CheckpointError(
+        f"{str(path)!r} holds no saved policy (expected {STATE_FILE} and {MODEL_FILE} in it or in its "
+        "'model' folder; was training finished or checkpointed?)"
+    )
+
+
+def read_state(model_dir: Path) -> dict[str, Any]:
+    file = model_dir / STATE_FILE
+    try:
+        state = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{file}: unreadable checkpoint metadata ({err})") from None
+    if not isinstance(state, Mapping) or state.get("kind") != "ppokit.control":
+        raise CheckpointError(f"{file}: not a ppokit control checkpoint")
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{file}: checkpoint format {state.get('format')!r} is not supported by ppokit {__version__} "
+            f"(expected {CHECKPOINT_FORMAT})"
+        )
+    if not isinstance(state.get("config"), Mapping):
+        raise CheckpointError(f"{file}: checkpoint has no config")
+    return dict(state)
+
+
+def config_to_yaml(config: PPOConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(to_dict(config), sort_keys=False)

@@ -1,0 +1,113 @@
+"""Advantage and return estimation, and masked statistics.
+
+Tensors are time-major: ``[T, ...]`` where ``T`` is the step (control) or token (RLHF) index and the
+trailing dims are independent sequences. The RLHF front end transposes its ``[batch, tokens]``
+tensors before calling in.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def gae(
+    rewards: Tensor,
+    values: Tensor,
+    next_values: Tensor,
+    episode_ends: Tensor,
+    gamma: float,
+    lam: float,
+) -> tuple[Tensor, Tensor]:
+    r"""Generalised Advantage Estimation (Schulman et al., 2016), time-major.
+
+    .. math::
+        \delta_t = r_t + \gamma V'_t - V(s_t), \qquad
+        \hat A_t = \delta_t + \gamma\lambda\,(1 - e_t)\,\hat A_{t+1}, \qquad
+        \hat R_t = \hat A_t + V(s_t)
+
+    ``next_values`` holds :math:`V'_t`, the value of the state *after* step ``t``: ``V(s_{t+1})`` while
+    the episode goes on, ``V(final observation)`` when the episode was **truncated** (a time limit
+    says nothing about the future, so we bootstrap), and ``0`` when it **terminated**. ``episode_ends``
+    (:math:`e_t`) is true when an episode ended at step ``t`` either way, so no advantage flows back
+    across an episode boundary. Keeping the two apart is what lets one formula treat termination and
+    truncation differently.
+
+    Returns ``(advantages, returns)``, both shaped like ``rewards``.
+    """
+    if not (rewards.shape == values.shape == next_values.shape == episode_ends.shape):
+        raise ValueError(
+            "gae: rewards, values, next_values and episode_ends must share one shape, got "
+            f"{tuple(rewards.shape)}, {tuple(values.shape)}, {tuple(next_values.shape)}, "
+            f"{tuple(episode_ends.shape)}"
+        )
+    deltas = rewards + gamma * next_values - values
+    carry_on = (1.0 - episode_ends.to(rewards.dtype)) * (gamma * lam)
+    advantages = torch.empty_like(rewards)
+    running = torch.zeros_like(rewards[0])
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        running = deltas[t] + carry_on[t] * running
+        advantages[t] = running
+    return advantages, advantages + values
+
+
+def discounted_returns(
+    rewards: Tensor, next_values: Tensor, episode_ends: Tensor, gamma: float
+) -> Tensor:
+    r"""Bootstrapped discounted returns, time-major.
+
+    .. math::
+        G_t = r_t + \gamma\,\big[e_t V'_t + (1 - e_t)\,G_{t+1}\big], \qquad G_T := V'_{T-1}
+
+    with ``next_values`` and ``episode_ends`` as in :func:`gae`. This equals GAE with λ = 1 plus
+    the values, written out on its own because it needs no value baseline.
+    """
+    ends = episode_ends.to(rewards.dtype)
+    returns = torch.empty_like(rewards)
+    following = next_values[-1]
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        following = rewards[t] + gamma * (ends[t] * next_values[t] + (1.0 - ends[t]) * following)
+        returns[t] = following
+    return returns
+
+
+def masked_mean(x: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean of ``x`` over the entries where ``mask`` is true (all entries when ``mask`` is None)."""
+    if mask is None:
+        return x.mean()
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def masked_var(x: Tensor, mask: Tensor | None = None, unbiased: bool = True) -> Tensor:
+    """Variance of ``x`` over the valid entries, with Bessel's correction when ``unbiased``."""
+    if mask is None:
+        return x.var(unbiased=unbiased) if x.numel() > 1 else torch.zeros((), dtype=x.dtype)
+    mask_f = mask.to(x.dtype)
+    count = mask_f.sum()
+    mean = (x * mask_f).sum() / count.clamp_min(1.0)
+    sq = (((x - mean) ** 2) * mask_f).sum()
+    denom = (count - 1.0) if unbiased else count
+    return sq / denom.clamp_min(1.0)
+
+
+def masked_whiten(
+    x: Tensor, mask: Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8
+) -> Tensor:
+    r"""Normalise ``x`` to zero mean and unit variance using only the valid entries.
+
+    .. math:: \tilde x = (x - \mu_m) / \sqrt{\sigma_m^2 + \epsilon}
+
+    where :math:`\mu_m, \sigma_m^2` are the masked mean and variance. Padding must not leak into the
+    statistics, and invalid entries come back as zeros so they can never contribute downstream.
+    With ``shift_mean=False`` the mean is added back (only the scale changes), which some RLHF
+    recipes use for rewards.
+    """
+    mean = masked_mean(x, mask)
+    var = masked_var(x, mask)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    if mask is not None:
+        out = out * mask.to(out.dtype)
+    return out

@@ -1,0 +1,28 @@
+"""The library's own error types.
+
+Everything a user can get wrong (a config value, an env id, a file) raises a :class:`PPOKitError`
+with a message that names what was wrong and where. The CLI prints that message on one line and
+exits non-zero; anything else escaping is a bug in ppokit.
+"""
+
+from __future__ import annotations
+
+
+class PPOKitError(Exception):
+    """Base class of every error ppokit raises on purpose."""
+
+
+class ConfigError(PPOKitError, ValueError):
+    """A configuration value, key or file is invalid."""
+
+
+class EnvError(PPOKitError):
+    """An environment could not be made or is not supported."""
+
+
+class CheckpointError(PPOKitError):
+    """A run directory or checkpoint is missing, incomplete or incompatible."""
+
+
+class TrainingError(PPOKitError):
+    """Training cannot continue (for example, a loss became non-finite)."""

@@ -1,0 +1,1 @@
+"""Everything that touches the disk: run directories, checkpoints and metric sinks."""

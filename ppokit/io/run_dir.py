@@ -1,0 +1,46 @@
+"""Run directories: where a run writes its config, metrics, checkpoints, model and evaluation."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from ppokit.errors import CheckpointError
+
+#: Files whose presence means a directory already holds a run.
+RUN_MARKERS = ("config.yaml", "metrics.jsonl")
+
+
+def default_run_dir(env_id: str, seed: int, root: str | Path = "runs") -> Path:
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in env_id)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(root) / f"{safe}__seed{seed}__{stamp}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = Path(root) / f"{safe}__seed{seed}__{stamp}-{n}"
+    return path
+
+
+def holds_run(path: Path) -> bool:
+    return any((path / marker).exists() for marker in RUN_MARKERS)
+
+
+def prepare_run_dir(path: str | Path, overwrite: bool = False) -> Path:
+    """Create ``path``; refuse one that already holds a run unless ``overwrite`` is set."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"run directory {str(path)!r} exists and is not a directory")
+    if holds_run(path) and not overwrite:
+        raise CheckpointError(
+            f"run directory {str(path)!r} already holds a run; choose another --run-dir, "
+            "or pass --overwrite to start over in it"
+        )
+    if holds_run(path) and overwrite:
+        for name in ("metrics.jsonl", "eval.json", "config.yaml"):
+            (path / name).unlink(missing_ok=True)
+        for name in ("tensorboard", "checkpoints", "model"):
+            shutil.rmtree(path / name, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
