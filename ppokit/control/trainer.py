@@ -434,7 +434,7 @@ class PPO:
 def find_model_dir(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"{str(path)!r} does not exist")
+        raise CheckpointError(f"run or model directory {str(path)!r} does not exist")
     for candidate in (path, path / "model"):
         if (candidate / STATE_FILE).is_file():
             return candidate

@@ -1,0 +1,200 @@
+"""The ``ppokit`` command. Thin: it parses arguments and calls the library.
+
+Every error the library raises on purpose (:class:`~ppokit.errors.PPOKitError`) is printed as one
+line, ``ppokit: error: ...``, with exit code 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from ppokit import __version__
+from ppokit.errors import PPOKitError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _config_fields_help() -> str:
+    from ppokit.configuration import describe
+    from ppokit.control.config import PPOConfig
+
+    lines = ["config fields (set any of them with --set key=value or in a --config YAML file):"]
+    for name, type_name, default, help_text in describe(PPOConfig):
+        lines.append(f"  {name:<22} {help_text} [default: {default!r}]")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ppokit", description="Proximal Policy Optimization for Gymnasium environments."
+    )
+    parser.add_argument("--version", action="version", version=f"ppokit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = sub.add_parser(
+        "train", help="train an agent on a Gymnasium env",
+        description="Train with PPO. Settings come from, in increasing priority: ppokit's defaults, "
+        "the preset (the one named after ENV_ID when there is one), --config, the flags, --set.",
+        epilog=_config_fields_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("env_id", nargs="?", help="Gymnasium env id, or module:EnvClass (default: from the preset/config)")
+    train.add_argument("--preset", help="named preset (see `ppokit presets`); default: the one for ENV_ID if any")
+    train.add_argument("--no-preset", action="store_true", help="ignore the env's default preset")
+    train.add_argument("--config", help="YAML file of config fields")
+    train.add_argument("--total-steps", type=int, help="environment steps to train for")
+    train.add_argument("--seed", type=int, help="random seed")
+    train.add_argument("--run-dir", help="where to write the run (default: runs/<env>__seed<N>__<time>)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override any config field (repeatable), e.g. --set learning_rate=1e-3")
+    train.add_argument("--overwrite", action="store_true", help="start over in a run directory that holds a run")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    ev = sub.add_parser("eval", help="evaluate a saved policy and write eval.json into its run directory")
+    ev.add_argument("run_dir", help="a run directory (or a model/checkpoint directory)")
+    ev.add_argument("--episodes", type=int, default=20, help="episodes to play (default 20)")
+    mode = ev.add_mutually_exclusive_group()
+    mode.add_argument("--deterministic", dest="deterministic", action="store_true", default=True,
+                      help="act with the policy's mode (default)")
+    mode.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions")
+    ev.add_argument("--seed", type=int, default=None, help="seed of the evaluation envs")
+    ev.add_argument("--video", metavar="DIR", help="record the episodes as videos into DIR (needs ppokit[video])")
+
+    pr = sub.add_parser("presets", help="list the named presets, or show one")
+    pr.add_argument("name", nargs="?", help="show this preset's settings")
+    return parser
+
+
+def resolve_train_config(args: argparse.Namespace) -> Any:
+    """Merge defaults, preset, config file, flags and --set into one validated PPOConfig."""
+    from ppokit.configuration import from_mapping, load_yaml, parse_overrides
+    from ppokit.control.config import PPOConfig
+    from ppokit.presets import default_preset_for, load_preset
+
+    file_data = load_yaml(args.config) if args.config else {}
+    env_id = args.env_id or file_data.get("env_id")
+    preset = args.preset
+    if preset is None and not args.no_preset and env_id:
+        preset = default_preset_for(str(env_id))
+    data: dict[str, Any] = {}
+    if preset:
+        data.update(load_preset(preset))
+    data.update(file_data)
+    if args.env_id:
+        data["env_id"] = args.env_id
+    if "env_id" not in data:
+        from ppokit.errors import ConfigError
+
+        raise ConfigError("no environment given: pass ENV_ID, --preset or a --config with env_id")
+    for flag, field in (("total_steps", "total_steps"), ("seed", "seed"), ("run_dir", "run_dir")):
+        if getattr(args, flag) is not None:
+            data[field] = getattr(args, flag)
+    if args.no_progress:
+        data["progress"] = False
+    overrides = parse_overrides(args.overrides)
+    from ppokit.configuration import field_types
+
+    known = field_types(PPOConfig)
+    for key in overrides:
+        if key not in known:
+            from ppokit.configuration import _suggest
+            from ppokit.errors import ConfigError
+
+            raise ConfigError(f"--set {key}=...: unknown config field {key!r}{_suggest(key, known)}")
+    data.update(overrides)
+    source = f"config (preset {preset!r}" + (f", {args.config}" if args.config else "") + ")" if preset else (
+        f"{args.config}" if args.config else "config")
+    return from_mapping(PPOConfig, data, source), preset
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ppokit.control.envs import check_env_id
+    from ppokit.control.trainer import PPO
+
+    config, preset = resolve_train_config(args)
+    check_env_id(config.env_id)
+    print(f"ppokit: training {config.env_id} for {config.total_steps} steps"
+          + (f" with preset {preset!r}" if preset else " with the general defaults"), file=sys.stderr)
+    agent = PPO(config)
+    try:
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        with logging_redirect_tqdm(loggers=[logging.getLogger("ppokit")]):
+            agent.learn(overwrite=args.overwrite)
+    finally:
+        agent.close()
+    assert agent.run_dir is not None
+    print(f"run directory: {agent.run_dir}")
+    eval_file = agent.run_dir / "eval.json"
+    if eval_file.exists():
+        result = json.loads(eval_file.read_text())
+        print(_eval_line(result))
+    return 0
+
+
+def _eval_line(result: dict[str, Any]) -> str:
+    kind = "deterministic" if result["deterministic"] else "stochastic"
+    return (f"evaluation ({result['episodes']} episodes, {kind}): mean return "
+            f"{result['mean_return']:.2f} ± {result['std_return']:.2f}")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ppokit.control.trainer import PPO, find_model_dir
+    from ppokit.errors import ConfigError
+    from ppokit.io.atomic import atomic_write_json
+
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes {args.episodes}: must be at least 1")
+    model_dir = find_model_dir(args.run_dir)
+    agent = PPO.load(model_dir, progress=False)
+    result = agent.evaluate(args.episodes, deterministic=args.deterministic, seed=args.seed,
+                            video_dir=args.video)
+    result["global_step"] = agent.global_step
+    run_dir = Path(args.run_dir)
+    out = run_dir / "eval.json" if (run_dir / "model").is_dir() or (run_dir / "config.yaml").exists() else model_dir / "eval.json"
+    atomic_write_json(out, result)
+    print(_eval_line(result))
+    if args.video:
+        print(f"videos: {args.video}")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from ppokit.presets import list_presets, preset_path
+
+    if args.name:
+        print(preset_path(args.name).read_text(encoding="utf-8"), end="")
+        return 0
+    presets = list_presets()
+    width = max(len(n) for n in presets)
+    for name, description in presets.items():
+        print(f"{name:<{width}}  {description}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    logging.basicConfig(level=logging.INFO, format="ppokit: %(levelname)s: %(message)s")
+    handlers = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets}
+    try:
+        return handlers[args.command](args)
+    except PPOKitError as err:
+        print(f"ppokit: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("ppokit: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

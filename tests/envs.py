@@ -1,0 +1,109 @@
+"""Tiny environments for tests, importable as ``tests.envs:ClassName`` env ids."""
+
+from __future__ import annotations
+
+import numpy as np
+import gymnasium as gym
+from gymnasium import spaces
+
+
+class CountingEnv(gym.Env):
+    """Observation = [episode index, step within the episode]; ends after ``length`` steps.
+
+    ``terminate=True`` ends episodes by termination, else by truncation (a time limit).
+    Reward = 1 per step, so an episode's return is its length.
+    """
+
+    def __init__(self, length: int = 3, terminate: bool = False):
+        self.length = length
+        self.terminate = terminate
+        self.observation_space = spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
+        self.action_space = spaces.Discrete(2)
+        self.episode = -1
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.episode += 1
+        self.t = 0
+        return np.array([self.episode, self.t], dtype=np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        end = self.t >= self.length
+        obs = np.array([self.episode, self.t], dtype=np.float32)
+        return obs, 1.0, end and self.terminate, end and not self.terminate, {}
+
+
+class TinyImageEnv(gym.Env):
+    """A 12x12 uint8 image with a bright pixel left or right; the right action earns 1. 8 steps."""
+
+    def __init__(self):
+        self.observation_space = spaces.Box(0, 255, shape=(12, 12, 1), dtype=np.uint8)
+        self.action_space = spaces.Discrete(2)
+        self.t = 0
+        self.side = 0
+
+    def _obs(self):
+        img = np.zeros((12, 12, 1), dtype=np.uint8)
+        img[6, 1 if self.side == 0 else 10, 0] = 255
+        return img
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        self.side = int(self.np_random.integers(2))
+        return self._obs(), {}
+
+    def step(self, action):
+        reward = 1.0 if int(action) == self.side else 0.0
+        self.t += 1
+        self.side = int(self.np_random.integers(2))
+        return self._obs(), reward, False, self.t >= 8, {}
+
+
+class MultiDiscreteMatchEnv(gym.Env):
+    """Observation is a one-hot pair of targets; the MultiDiscrete action earns 0.5 per match. 10 steps."""
+
+    def __init__(self):
+        self.observation_space = spaces.Box(0, 1, shape=(6,), dtype=np.float32)
+        self.action_space = spaces.MultiDiscrete([3, 3])
+        self.t = 0
+        self.target = np.zeros(2, dtype=np.int64)
+
+    def _obs(self):
+        obs = np.zeros(6, dtype=np.float32)
+        obs[self.target[0]] = 1
+        obs[3 + self.target[1]] = 1
+        return obs
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        self.target = self.np_random.integers(3, size=2)
+        return self._obs(), {}
+
+    def step(self, action):
+        reward = 0.5 * float(np.sum(np.asarray(action) == self.target))
+        self.t += 1
+        self.target = self.np_random.integers(3, size=2)
+        return self._obs(), reward, False, self.t >= 10, {}
+
+
+class CrashingEnv(gym.Env):
+    """Raises inside step() after a few steps."""
+
+    def __init__(self):
+        self.observation_space = spaces.Box(-1, 1, shape=(1,), dtype=np.float32)
+        self.action_space = spaces.Discrete(2)
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(1, dtype=np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        if self.t > 5:
+            raise RuntimeError("the simulator exploded")
+        return np.zeros(1, dtype=np.float32), 0.0, False, False, {}

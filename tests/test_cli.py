@@ -1,0 +1,111 @@
+"""The command line: the train → run directory → eval round trip, and one-line errors for bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ppokit.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--total-steps", "512", "--set", "num_envs=4", "--set", "num_steps=64", "--set", "num_minibatches=2",
+        "--set", "num_epochs=2", "--set", "eval_episodes=3", "--no-progress"]
+
+
+def _run(*args, cwd=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "ppokit.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def test_train_writes_a_complete_run_directory_and_eval_reads_it(tmp_path):
+    run = tmp_path / "run"
+    result = _run("train", "CartPole-v1", "--run-dir", str(run), "--seed", "3", *TINY)
+    assert result.returncode == 0, result.stderr
+    assert f"run directory: {run}" in result.stdout
+    assert "evaluation (3 episodes, deterministic): mean return" in result.stdout
+    assert "with preset 'CartPole-v1'" in result.stderr
+
+    config = (run / "config.yaml").read_text()
+    assert "env_id: CartPole-v1" in config and "seed: 3" in config and "total_steps: 512" in config
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["global_step"] for r in rows] == [256, 512]
+    for key in ("global_step", "episodic_return", "episodic_length", "sps", "policy_loss", "value_loss", "entropy",
+                "approx_kl_k1", "approx_kl_k3", "clip_fraction", "explained_variance", "learning_rate",
+                "clip_range", "kl_coef"):
+        assert key in rows[-1], key
+    assert any(p.name.startswith("events.out.tfevents") for p in (run / "tensorboard").iterdir())
+    assert (run / "model" / "model.safetensors").is_file() and (run / "model" / "state.json").is_file()
+    ev = json.loads((run / "eval.json").read_text())
+    assert set(ev) >= {"mean_return", "std_return", "episodes", "deterministic"} and ev["episodes"] == 3
+
+    again = _run("eval", str(run), "--episodes", "4", "--stochastic")
+    assert again.returncode == 0, again.stderr
+    ev2 = json.loads((run / "eval.json").read_text())
+    assert ev2["episodes"] == 4 and ev2["deterministic"] is False
+
+    # A directory holding a run is never silently reused.
+    clash = _run("train", "CartPole-v1", "--run-dir", str(run), *TINY)
+    assert clash.returncode == 2 and "already holds a run" in clash.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "CartPol-v1"], "unknown env id 'CartPol-v1'"),
+        (["train", "CartPole-v1", "--preset", "nope"], "unknown preset 'nope'"),
+        (["train", "CartPole-v1", "--set", "learnig_rate=1"], "unknown config field 'learnig_rate'"),
+        (["train", "CartPole-v1", "--set", "clip_range=-0.2"], "'clip_range' = -0.2 is invalid"),
+        (["train", "CartPole-v1", "--set", "num_minibatches=3"], "does not divide the batch size"),
+        (["train", "no_such_module:Env"], "cannot import module 'no_such_module'"),
+        (["eval", "/nonexistent/run"], "'/nonexistent/run' does not exist"),
+        (["eval", "."], "holds no saved policy"),
+    ],
+)
+def test_bad_input_gives_one_line_error_and_exit_2(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+
+
+def test_bad_config_file_names_the_file_and_field(tmp_path, capsys):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("env_id: CartPole-v1\nnum_epochs: -1\n")
+    assert main(["train", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "exp.yaml" in err and "'num_epochs' = -1" in err
+
+
+def test_presets_lists_and_shows(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "CartPole-v1" in out and "Pendulum-v1" in out
+    assert main(["presets", "Pendulum-v1"]) == 0
+    assert "env_id: Pendulum-v1" in capsys.readouterr().out
+
+
+def test_train_help_lists_config_fields(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "clip_range" in out and "gae_lambda" in out and "--set KEY=VALUE" in out
+
+
+def test_eval_records_video(tmp_path):
+    pytest.importorskip("moviepy")
+    pytest.importorskip("pygame")
+    run = tmp_path / "run"
+    assert _run("train", "CartPole-v1", "--run-dir", str(run), *TINY).returncode == 0
+    videos = tmp_path / "videos"
+    result = _run("eval", str(run), "--episodes", "2", "--video", str(videos))
+    assert result.returncode == 0, result.stderr
+    files = sorted(videos.glob("*.mp4"))
+    assert len(files) == 2 and all(f.stat().st_size > 1000 for f in files)
+    assert json.loads((run / "eval.json").read_text())["episodes"] == 2

@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from ppokit.core.update import NonFiniteError, PPOUpdateSettings, ppo_update
+
+
+def _setup(n=64, seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(3, 3)  # logits for 2 actions + a value
+    obs = torch.randn(n, 3)
+    actions = torch.randint(0, 2, (n,))
+    with torch.no_grad():
+        out = model(obs)
+        logp = torch.log_softmax(out[:, :2], -1).gather(1, actions[:, None]).squeeze(1)
+        values = out[:, 2]
+    batch = {"logp": logp, "values": values, "advantages": torch.randn(n), "returns": torch.randn(n)}
+
+    def evaluate(idx):
+        out = model(obs[idx])
+        lp = torch.log_softmax(out[:, :2], -1)
+        return lp.gather(1, actions[idx, None]).squeeze(1), -(lp.exp() * lp).sum(-1), out[:, 2]
+
+    return model, batch, evaluate
+
+
+def _settings(**kw):
+    base = dict(num_epochs=4, num_minibatches=4, clip_range=0.2, vf_coef=0.5, ent_coef=0.01)
+    base.update(kw)
+    return PPOUpdateSettings(**base)
+
+
+def test_update_runs_all_epochs_and_reports_diagnostics():
+    model, batch, evaluate = _setup()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    stats = ppo_update(batch, evaluate, opt, model.parameters(), _settings())
+    assert stats["epochs"] == 4 and stats["minibatch_steps"] == 16
+    for key in ("policy_loss", "value_loss", "entropy", "approx_kl_k1", "approx_kl_k3", "clip_fraction", "grad_norm"):
+        assert key in stats and stats[key] == stats[key]
+    assert stats["approx_kl_k3"] >= 0
+
+
+def test_early_stop_at_target_kl_skips_the_offending_step():
+    model, batch, evaluate = _setup()
+    opt = torch.optim.SGD(model.parameters(), lr=5.0)  # huge steps: KL explodes after the first one
+    stats = ppo_update(batch, evaluate, opt, model.parameters(), _settings(target_kl=1e-4))
+    assert stats["early_stopped"] == 1.0
+    assert stats["minibatch_steps"] < 16
+
+
+def test_non_finite_loss_stops_before_the_step():
+    model, batch, evaluate = _setup()
+    batch["advantages"][5] = float("nan")
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    with pytest.raises(NonFiniteError, match="non-finite loss"):
+        ppo_update(batch, evaluate, opt, model.parameters(), _settings(num_minibatches=1, normalize_advantages=False))
+    for p, b in zip(model.parameters(), before):
+        torch.testing.assert_close(p, b)
+
+
+def test_masked_rows_do_not_contribute():
+    model, batch, evaluate = _setup(n=8)
+    batch["mask"] = torch.tensor([1, 1, 1, 1, 0, 0, 0, 0], dtype=torch.bool)
+    batch["advantages"][4:] = 1e6  # would dominate the loss if it leaked through the mask
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    stats = ppo_update(batch, evaluate, opt, model.parameters(), _settings(num_epochs=1, num_minibatches=1, normalize_advantages=False))
+    assert abs(stats["policy_loss"]) < 100
