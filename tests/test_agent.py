@@ -39,7 +39,6 @@ def test_loaded_agent_can_continue_learning(tmp_path):
     agent = PPO(_tiny())
     agent.learn(run_dir=tmp_path / "a")
     more = PPO.load(tmp_path / "a")
-    more.ensure_env()
     more.learn(512, run_dir=tmp_path / "b")
     assert more.global_step == 512
 

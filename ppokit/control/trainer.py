@@ -143,6 +143,7 @@ class PPO:
         Writes the run directory (config, metrics, TensorBoard, checkpoints, final model, eval.json).
         """
         c = self.config
+        self.ensure_env()
         total = int(total_steps if total_steps is not None else c.total_steps)
         if total < 1:
             raise ConfigError(f"total_steps = {total} is invalid: must be at least 1")
