@@ -70,10 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_train_config(args: argparse.Namespace) -> Any:
+def resolve_train_config(args: argparse.Namespace) -> tuple[Any, str | None]:
     """Merge defaults, preset, config file, flags and --set into one validated PPOConfig."""
-    from ppokit.configuration import from_mapping, load_yaml, parse_overrides
+    from ppokit.configuration import field_types, from_mapping, load_yaml, parse_overrides, suggest
     from ppokit.control.config import PPOConfig
+    from ppokit.errors import ConfigError
     from ppokit.presets import default_preset_for, load_preset
 
     file_data = load_yaml(args.config) if args.config else {}
@@ -81,35 +82,25 @@ def resolve_train_config(args: argparse.Namespace) -> Any:
     preset = args.preset
     if preset is None and not args.no_preset and env_id:
         preset = default_preset_for(str(env_id))
-    data: dict[str, Any] = {}
-    if preset:
-        data.update(load_preset(preset))
+    data: dict[str, Any] = load_preset(preset) if preset else {}
     data.update(file_data)
     if args.env_id:
         data["env_id"] = args.env_id
     if "env_id" not in data:
-        from ppokit.errors import ConfigError
-
         raise ConfigError("no environment given: pass ENV_ID, --preset or a --config with env_id")
-    for flag, field in (("total_steps", "total_steps"), ("seed", "seed"), ("run_dir", "run_dir")):
-        if getattr(args, flag) is not None:
-            data[field] = getattr(args, flag)
+    for field in ("total_steps", "seed", "run_dir"):
+        if getattr(args, field) is not None:
+            data[field] = getattr(args, field)
     if args.no_progress:
         data["progress"] = False
     overrides = parse_overrides(args.overrides)
-    from ppokit.configuration import field_types
-
     known = field_types(PPOConfig)
     for key in overrides:
         if key not in known:
-            from ppokit.configuration import _suggest
-            from ppokit.errors import ConfigError
-
-            raise ConfigError(f"--set {key}=...: unknown config field {key!r}{_suggest(key, known)}")
+            raise ConfigError(f"--set {key}=...: unknown config field {key!r}{suggest(key, known)}")
     data.update(overrides)
-    source = f"config (preset {preset!r}" + (f", {args.config}" if args.config else "") + ")" if preset else (
-        f"{args.config}" if args.config else "config")
-    return from_mapping(PPOConfig, data, source), preset
+    sources = ([f"preset {preset!r}"] if preset else []) + ([args.config] if args.config else [])
+    return from_mapping(PPOConfig, data, f"config ({', '.join(sources)})" if sources else "config"), preset
 
 
 def cmd_train(args: argparse.Namespace) -> int:

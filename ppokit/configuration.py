@@ -116,7 +116,7 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], source: str = "config") 
     if unknown:
         raise ConfigError(
             f"{source}: unknown config field {unknown[0]!r}"
-            + _suggest(str(unknown[0]), types_)
+            + suggest(str(unknown[0]), types_)
         )
     values = {k: coerce(v, types_[k], f"{source}: field {k!r}") for k, v in data.items()}
     try:
@@ -127,7 +127,8 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], source: str = "config") 
         raise ConfigError(f"{source}: {err}") from None
 
 
-def _suggest(name: str, choices: Mapping[str, Any]) -> str:
+def suggest(name: str, choices: Mapping[str, Any]) -> str:
+    """' (did you mean X?)' for the closest of ``choices``, or ''."""
     import difflib
 
     close = difflib.get_close_matches(name, list(choices), n=1)
@@ -182,7 +183,7 @@ def replace(config: T, source: str = "override", **changes: Any) -> T:
     types_ = field_types(type(config))
     for key in changes:
         if key not in types_:
-            raise ConfigError(f"{source}: unknown config field {key!r}" + _suggest(key, types_))
+            raise ConfigError(f"{source}: unknown config field {key!r}" + suggest(key, types_))
     data.update(changes)
     return from_mapping(type(config), data, source)
 

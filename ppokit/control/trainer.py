@@ -75,26 +75,22 @@ class PPO:
         config = config or PPOConfig()
         if overrides:
             config = replace(config, source="PPO(...)", **overrides)
-        self.config = config
-        if config.torch_threads > 0:
-            torch.set_num_threads(config.torch_threads)
-        self.device = resolve_device(config.device)
+        self._set_runtime(config)
         torch.manual_seed(config.seed)
         np.random.seed(config.seed)
 
         self.env = make_vector_env(config.env_id, config.num_envs, config.env_kwargs, config.vectorization)
-        self.observation_space = self.env.single_observation_space
-        self.action_space = self.env.single_action_space
-        check_spaces(self.observation_space, self.action_space, config.env_id)
-        self._build(self.observation_space, self.action_space)
-        self.collector = RolloutCollector(
-            self.env, self.policy, self.device, config.num_steps,
-            obs_rms=self.obs_rms, ret_rms=self.ret_rms, gamma=config.gamma,
-            clip_obs=config.clip_obs, clip_reward=config.clip_reward,
-        )
-        self.collector.reset(seed=config.seed)
+        check_spaces(self.env.single_observation_space, self.env.single_action_space, config.env_id)
+        self._build(self.env.single_observation_space, self.env.single_action_space)
+        self.ensure_env()
 
     # ------------------------------------------------------------------ construction
+    def _set_runtime(self, config: PPOConfig) -> None:
+        self.config = config
+        if config.torch_threads > 0:
+            torch.set_num_threads(config.torch_threads)
+        self.device = resolve_device(config.device)
+
     def _build(self, observation_space: Any, action_space: Any) -> None:
         c = self.config
         self.observation_space, self.action_space = observation_space, action_space
@@ -119,6 +115,7 @@ class PPO:
         self.run_dir: Path | None = None
         self._initial_entropy: float | None = None
         self._warned: set[str] = set()
+        self.collector: RolloutCollector | None = None
 
     @property
     def kl_coef(self) -> float:
@@ -375,10 +372,7 @@ class PPO:
         except ConfigError as err:
             raise CheckpointError(f"{model_dir}: saved config is not valid for this ppokit: {err}") from None
         agent = cls.__new__(cls)
-        agent.config = config
-        if config.torch_threads > 0:
-            torch.set_num_threads(config.torch_threads)
-        agent.device = resolve_device(config.device)
+        agent._set_runtime(config)
         agent.env = None  # made on demand by learn()
         agent._build(space_from_json(state["observation_space"]), space_from_json(state["action_space"]))
         agent._load_tensors(model_dir)
@@ -394,7 +388,6 @@ class PPO:
                 agent.optimizer.load_state_dict(torch.load(optimizer_path, map_location=agent.device, weights_only=True))
             except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
                 raise CheckpointError(f"{optimizer_path}: cannot load optimizer state safely: {err}") from None
-        agent.collector = None  # type: ignore[assignment]
         return agent
 
     def _load_tensors(self, model_dir: Path) -> None:
@@ -416,11 +409,16 @@ class PPO:
                     raise CheckpointError(f"{file}: missing or bad {name} statistics ({err})") from None
 
     def ensure_env(self) -> None:
-        """Create the training env (after :meth:`load`) so that :meth:`learn` can continue."""
-        if getattr(self, "collector", None) is not None:
+        """Create the training env if needed (after :meth:`load`) and start collecting from it.
+
+        Envs are seeded with ``seed + num_updates`` so a loaded agent does not replay the episodes
+        its first run began with.
+        """
+        if self.collector is not None:
             return
         c = self.config
-        self.env = make_vector_env(c.env_id, c.num_envs, c.env_kwargs, c.vectorization)
+        if self.env is None:
+            self.env = make_vector_env(c.env_id, c.num_envs, c.env_kwargs, c.vectorization)
         self.collector = RolloutCollector(
             self.env, self.policy, self.device, c.num_steps, obs_rms=self.obs_rms, ret_rms=self.ret_rms,
             gamma=c.gamma, clip_obs=c.clip_obs, clip_reward=c.clip_reward,
@@ -428,7 +426,7 @@ class PPO:
         self.collector.reset(seed=c.seed + self.num_updates)
 
     def close(self) -> None:
-        if getattr(self, "env", None) is not None:
+        if self.env is not None:
             self.env.close()
 
 

@@ -41,12 +41,12 @@ class RunningMeanStd:
 
     def normalize(self, x: Tensor, clip: float | None = None, eps: float = 1e-8) -> Tensor:
         """``(x - mean) / sqrt(var + eps)``, clipped to ``±clip``, in ``x``'s dtype."""
-        out = (x - self.mean.to(x.dtype)) * torch.rsqrt(self.var.to(x.dtype) + eps)
+        out = (x - self.mean.to(x.device, x.dtype)) * torch.rsqrt(self.var.to(x.device, x.dtype) + eps)
         return out.clamp(-clip, clip) if clip is not None else out
 
     def scale(self, x: Tensor, clip: float | None = None, eps: float = 1e-8) -> Tensor:
         """``x / sqrt(var + eps)`` without shifting the mean (used for rewards)."""
-        out = x * torch.rsqrt(self.var.to(x.dtype) + eps)
+        out = x * torch.rsqrt(self.var.to(x.device, x.dtype) + eps)
         return out.clamp(-clip, clip) if clip is not None else out
 
     def state_dict(self) -> dict[str, Tensor]:
