@@ -115,7 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
-        with logging_redirect_tqdm(loggers=[logging.getLogger("ppokit")]):
+        with logging_redirect_tqdm():  # warnings print above the bar, not through it
             agent.learn(overwrite=args.overwrite)
     finally:
         agent.close()

@@ -125,3 +125,27 @@ def test_periodic_checkpoints_keep_the_newest(tmp_path):
     assert (tmp_path / "ck" / "checkpoints" / kept[-1] / "optimizer.pt").is_file()
     restored = PPO.load(tmp_path / "ck" / "checkpoints" / kept[-1])
     assert restored.global_step == 640
+
+
+def test_debugging_checklist_warns_when_updates_overshoot(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="ppokit")
+    # A trust region of ±0.1 % with a large step: nearly every ratio lands outside it.
+    agent = PPO(_tiny(learning_rate=0.01, clip_range=0.001, num_epochs=10, total_steps=128 * 6, lr_schedule="constant"))
+    agent.learn(run_dir=tmp_path / "hot")
+    rows = [json.loads(l) for l in (tmp_path / "hot" / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        flagged = any("clip fraction" in w for w in row.get("warnings", []))
+        assert flagged == (row["clip_fraction"] > 0.6)
+    assert sum(r["clip_fraction"] > 0.6 for r in rows[:3]) == 3, [r["clip_fraction"] for r in rows]
+    console = [rec.getMessage() for rec in caplog.records if rec.name == "ppokit"]
+    assert len([m for m in console if "clip fraction" in m]) == 1  # reported once, after 3 updates in a row
+    assert console[0].startswith("update 3:")
+
+
+def test_gentle_updates_raise_no_warning(tmp_path):
+    agent = PPO(_tiny(total_steps=128 * 4))
+    agent.learn(run_dir=tmp_path / "calm")
+    rows = [json.loads(l) for l in (tmp_path / "calm" / "metrics.jsonl").read_text().splitlines()]
+    assert not any(w for r in rows for w in r.get("warnings", []) if "approx KL" in w or "clip fraction" in w)

@@ -48,6 +48,8 @@ CHECKPOINT_FORMAT = 1
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.pt"
+#: Consecutive updates a health check must fail before it is reported on the console.
+WARN_AFTER = 3
 
 #: Called after every update with the trainer and that update's metrics; return False to stop.
 Callback = Callable[["PPO", dict[str, Any]], bool | None]
@@ -115,6 +117,7 @@ class PPO:
         self.run_dir: Path | None = None
         self._initial_entropy: float | None = None
         self._warned: set[str] = set()
+        self._streaks: dict[str, int] = {}
         self.collector: RolloutCollector | None = None
 
     @property
@@ -170,8 +173,7 @@ class PPO:
                 if progress is not None:
                     progress.update(self.global_step - progress.n)
                     ret = record["episodic_return"]
-                    progress.set_postfix(sps=f"{record['sps']:.0f}",
-                                         ret="-" if ret is None else f"{ret:.1f}", refresh=False)
+                    progress.set_postfix(ret="-" if ret is None else f"{ret:.1f}", refresh=False)
                 if c.checkpoint_every and self.num_updates % c.checkpoint_every == 0:
                     self.save_checkpoint()
                 if callback is not None and callback(self, record) is False:
@@ -267,11 +269,19 @@ class PPO:
             shared_trunk=self.policy.shared_trunk,
         )
         messages = []
+        seen = set()
         for key, message in found:
             messages.append(message)
-            if key not in self._warned:  # each kind once on the console; every time in metrics
+            seen.add(key)
+            self._streaks[key] = self._streaks.get(key, 0) + 1
+            # One bad update is often noise; say it on the console once it has held for
+            # WARN_AFTER updates in a row, and only once per kind. metrics.jsonl gets every one.
+            if self._streaks[key] == WARN_AFTER and key not in self._warned:
                 self._warned.add(key)
                 log.warning("update %d: %s", self.num_updates, message)
+        for key in list(self._streaks):
+            if key not in seen:
+                del self._streaks[key]
         if messages:
             record["warnings"] = messages
 
