@@ -41,6 +41,13 @@ def test_loaded_agent_can_continue_learning(tmp_path):
     more = PPO.load(tmp_path / "a")
     more.learn(512, run_dir=tmp_path / "b")
     assert more.global_step == 512
+    more.learn(600, run_dir=tmp_path / "c")  # less than one more rollout left: the budget holds
+    assert more.global_step == 512
+
+
+def test_a_budget_below_one_rollout_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="less than one rollout"):
+        PPO(_tiny(total_steps=100)).learn(run_dir=tmp_path / "r")
 
 
 def test_predict_rejects_wrong_shapes():

@@ -145,13 +145,16 @@ class PPO:
         c = self.config
         self.ensure_env()
         total = int(total_steps if total_steps is not None else c.total_steps)
-        if total < 1:
-            raise ConfigError(f"total_steps = {total} is invalid: must be at least 1")
-        self.run_dir = prepare_run_dir(run_dir or c.run_dir or default_run_dir(c.env_id, c.seed), overwrite)
-        atomic_write_text(self.run_dir / "config.yaml", config_to_yaml(replace(c, total_steps=total, run_dir=str(self.run_dir))))
         steps_per_update = c.num_envs * c.num_steps
         # Never exceed the step budget: a partial rollout at the end would be a different batch size.
-        num_updates = max(1, (total - self.global_step) // steps_per_update)
+        num_updates = max(0, (total - self.global_step) // steps_per_update)
+        if num_updates == 0 and self.global_step == 0:
+            raise ConfigError(
+                f"total_steps = {total} is less than one rollout (num_envs * num_steps = "
+                f"{c.num_envs} * {c.num_steps} = {steps_per_update}); nothing would be trained"
+            )
+        self.run_dir = prepare_run_dir(run_dir or c.run_dir or default_run_dir(c.env_id, c.seed), overwrite)
+        atomic_write_text(self.run_dir / "config.yaml", config_to_yaml(replace(c, total_steps=total, run_dir=str(self.run_dir))))
         start_step = self.global_step
         start_time = time.perf_counter()
 
