@@ -46,8 +46,11 @@ def test_loaded_agent_can_continue_learning(tmp_path):
 
 
 def test_a_budget_below_one_rollout_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="less than one rollout"):
-        PPO(_tiny(total_steps=100)).learn(run_dir=tmp_path / "r")
+    with pytest.raises(ConfigError, match="'total_steps' = 100 is less than one rollout"):
+        _tiny(total_steps=100)
+    with pytest.raises(ConfigError, match="total_steps = 100 is less than one rollout"):
+        PPO(_tiny()).learn(100, run_dir=tmp_path / "r")
+    assert not (tmp_path / "r").exists()  # a refused run leaves nothing behind
 
 
 def test_predict_rejects_wrong_shapes():

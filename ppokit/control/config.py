@@ -134,6 +134,11 @@ class PPOConfig:
                 f"config field 'num_minibatches' = {self.num_minibatches} does not divide the batch "
                 f"size num_envs * num_steps = {self.num_envs} * {self.num_steps} = {self.batch_size}"
             )
+        if self.total_steps < self.batch_size:
+            raise ConfigError(
+                f"config field 'total_steps' = {self.total_steps} is less than one rollout "
+                f"(num_envs * num_steps = {self.num_envs} * {self.num_steps} = {self.batch_size})"
+            )
         if self.clip_obs <= 0 or self.clip_reward <= 0:
             raise bad("clip_obs" if self.clip_obs <= 0 else "clip_reward", "must be positive")
         if self.torch_threads < 0:
