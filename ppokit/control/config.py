@@ -6,7 +6,7 @@ they agree; per-environment presets (``ppokit presets``) override them with tune
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ppokit.configuration import doc

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -366,8 +366,6 @@ class PPO:
         path = self.save(root / f"step_{self.global_step:012d}", include_optimizer=True)
         existing = sorted(p for p in root.glob("step_*") if p.is_dir())
         for old in existing[: -self.config.keep_checkpoints]:
-            import shutil
-
             shutil.rmtree(old, ignore_errors=True)
         return path
 
