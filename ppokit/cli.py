@@ -145,7 +145,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     agent = PPO.load(model_dir, progress=False)
     result = agent.evaluate(args.episodes, deterministic=args.deterministic, seed=args.seed,
                             video_dir=args.video)
-    result["global_step"] = agent.global_step
     run_dir = Path(args.run_dir)
     out = run_dir / "eval.json" if (run_dir / "model").is_dir() or (run_dir / "config.yaml").exists() else model_dir / "eval.json"
     atomic_write_json(out, result)

@@ -45,6 +45,7 @@ def test_train_writes_a_complete_run_directory_and_eval_reads_it(tmp_path):
     assert again.returncode == 0, again.stderr
     ev2 = json.loads((run / "eval.json").read_text())
     assert ev2["episodes"] == 4 and ev2["deterministic"] is False
+    assert ev["global_step"] == ev2["global_step"] == 512
 
     # A directory holding a run is never silently reused.
     clash = _run("train", "CartPole-v1", "--run-dir", str(run), *TINY)

@@ -186,7 +186,6 @@ class PPO:
         self.save(self.run_dir / "model")
         if c.eval_episodes > 0:
             result = self.evaluate(c.eval_episodes, deterministic=c.eval_deterministic)
-            result["global_step"] = self.global_step
             atomic_write_json(self.run_dir / "eval.json", result)
         return self
 
@@ -315,14 +314,17 @@ class PPO:
         self, episodes: int = 20, deterministic: bool = True, seed: int | None = None,
         video_dir: str | Path | None = None,
     ) -> dict[str, Any]:
-        """Mean and std of the return over ``episodes`` fresh episodes (see eval.json)."""
+        """Mean and std of the return over ``episodes`` fresh episodes, as written to eval.json."""
         seed = self.config.seed + 10_000 if seed is None else seed
         act = lambda obs, det: self.predict(obs, det)  # noqa: E731
         if video_dir is not None:
-            return record_video(act, self.config.env_id, episodes, video_dir,
-                                env_kwargs=self.config.env_kwargs, deterministic=deterministic, seed=seed)
-        return evaluate_policy(act, self.config.env_id, episodes, env_kwargs=self.config.env_kwargs,
-                               deterministic=deterministic, seed=seed)
+            result = record_video(act, self.config.env_id, episodes, video_dir,
+                                  env_kwargs=self.config.env_kwargs, deterministic=deterministic, seed=seed)
+        else:
+            result = evaluate_policy(act, self.config.env_id, episodes, env_kwargs=self.config.env_kwargs,
+                                     deterministic=deterministic, seed=seed)
+        result["global_step"] = self.global_step  # which policy was evaluated
+        return result
 
     # ------------------------------------------------------------------ saving and loading
     def _tensors(self) -> dict[str, torch.Tensor]:
