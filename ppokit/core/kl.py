@@ -125,3 +125,47 @@ class AdaptiveClipController:
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.clip_range = float(state["clip_range"])
+
+
+class ProportionalKLController:
+    r"""The RLHF penalty controller of Ziegler et al. (2019), "Fine-Tuning Language Models from
+    Human Preferences", section 2.2: a proportional controller that steers the measured KL
+    :math:`d` of the policy to the reference towards a target :math:`d_{targ}`.
+
+    .. math::
+        e = \mathrm{clip}\Big(\frac{d}{d_{targ}} - 1,\ -0.2,\ 0.2\Big), \qquad
+        \beta \leftarrow \beta\,\Big(1 + K_\beta\, e\, \frac{n}{H}\Big)
+
+    where :math:`n` is the number of samples (sequences) in the step and :math:`H` the horizon:
+    the number of samples over which the controller may move β by about :math:`\pm 20\,\%`.
+    Unlike :class:`AdaptiveKLController` it moves β gently, because every RLHF step resamples text
+    and the measured KL is noisy.
+    """
+
+    def __init__(
+        self,
+        init_beta: float,
+        target: float,
+        horizon: float = 10_000,
+        gain: float = 1.0,
+        clip_error: float = 0.2,
+    ) -> None:
+        self.beta = float(init_beta)
+        self.target = float(target)
+        self.horizon = float(horizon)
+        self.gain = float(gain)
+        self.clip_error = float(clip_error)
+
+    def update(self, kl: float, num_samples: int) -> float:
+        """Adjust β from the mean per-sequence KL of the last step; returns the new β."""
+        if not math.isfinite(kl):
+            return self.beta
+        error = min(max(kl / self.target - 1.0, -self.clip_error), self.clip_error)
+        self.beta *= 1.0 + self.gain * error * num_samples / self.horizon
+        return self.beta
+
+    def state_dict(self) -> dict[str, float]:
+        return {"beta": self.beta}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.beta = float(state["beta"])

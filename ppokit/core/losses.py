@@ -101,3 +101,26 @@ def entropy_bonus(entropy: Tensor, mask: Tensor | None = None) -> Tensor:
     maximising entropy keeps exploration alive.
     """
     return masked_mean(entropy, mask)
+
+
+def bradley_terry_loss(
+    r_chosen: Tensor, r_rejected: Tensor, margin: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    r"""Pairwise reward-model loss under the Bradley-Terry preference model.
+
+    The probability that a rater prefers :math:`y_c` over :math:`y_r` for prompt :math:`x` is
+    modelled as :math:`P(y_c \succ y_r) = \sigma(r(x, y_c) - r(x, y_r))`, so the negative
+    log-likelihood of the observed preferences is
+
+    .. math:: L = -\mathbb{E}\big[\log \sigma\big(r_c - r_r - m\big)\big]
+
+    with an optional per-pair margin :math:`m \ge 0` (0 by default). ``logsigmoid`` keeps it finite
+    for large reward gaps. Returns ``(loss, accuracy)`` where accuracy is the fraction of pairs with
+    :math:`r_c > r_r`.
+    """
+    diff = r_chosen - r_rejected
+    if margin is not None:
+        diff = diff - margin
+    loss = -torch.nn.functional.logsigmoid(diff).mean()
+    accuracy = (r_chosen > r_rejected).to(r_chosen.dtype).mean().detach()
+    return loss, accuracy

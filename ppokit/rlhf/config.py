@@ -1,0 +1,208 @@
+"""Configuration of the three RLHF stages: one dataclass per trainer, every field documented.
+
+The same :mod:`ppokit.configuration` machinery as control runs builds them from YAML, ``--set``
+overrides or code, and rejects a bad value with a message naming the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ppokit.configuration import doc
+from ppokit.errors import ConfigError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _positive(config: object, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value <= 0:
+            raise ConfigError(f"field {name!r} must be > 0, got {value!r}")
+
+
+def _non_negative(config: object, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < 0:
+            raise ConfigError(f"field {name!r} must be >= 0, got {value!r}")
+
+
+def _choice(config: object, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(config, name)
+    if value not in choices:
+        raise ConfigError(f"field {name!r} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+@dataclass
+class LMRuntime:
+    """Fields every RLHF stage shares: where the run goes and how models are loaded."""
+
+    seed: int = doc("Seed for torch, numpy, Python and data shuffling.", default=0)
+    device: str = doc("'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:N'.", default="auto")
+    dtype: str = doc("Model weights dtype: 'auto' (float32 on CPU, bfloat16 on GPUs that support it), 'float32', 'bfloat16', 'float16'.", default="auto")
+    torch_threads: int = doc("torch intra-op threads; 0 keeps torch's default.", default=0)
+    trust_remote_code: bool = doc("Allow a hub model's own Python code to run when loading it. Off unless you trust the model.", default=False)
+    run_dir: str | None = doc("Where the run is written; null picks runs/<stage>__seed<N>__<time>.", default=None)
+    tensorboard: bool = doc("Write TensorBoard event files into the run directory.", default=True)
+    progress: bool = doc("Show a progress bar.", default=True)
+    skip_bad_rows: bool = doc("Skip malformed data rows (and count them) instead of stopping at the first.", default=False)
+
+    def _check_runtime(self) -> None:
+        _choice(self, "dtype", DTYPES)
+        _non_negative(self, "torch_threads")
+
+
+@dataclass
+class SFTConfig(LMRuntime):
+    """Supervised fine-tuning of a causal LM on prompt/response pairs (loss on the response only)."""
+
+    model: str = doc("Hub id or local directory of the causal LM to fine-tune.", default="")
+    data: str = doc("JSONL, JSON, CSV or Parquet file of prompt/response rows.", default="")
+    prompt_column: str = doc("Column holding the prompt text.", default="prompt")
+    response_column: str = doc("Column holding the response text.", default="response")
+    max_length: int = doc("Maximum tokens of prompt + response (+ EOS); longer rows are an error (or skipped).", default=512)
+    epochs: int = doc("Passes over the data.", default=1)
+    batch_size: int = doc("Sequences per optimiser step.", default=8)
+    learning_rate: float = doc("AdamW learning rate (linear decay to 0).", default=5e-5)
+    weight_decay: float = doc("AdamW weight decay.", default=0.0)
+    max_grad_norm: float = doc("Global gradient-norm clip; 0 disables it.", default=1.0)
+    add_eos: bool = doc("Append the EOS token to every response so the model learns to stop.", default=True)
+
+    def __post_init__(self) -> None:
+        self._check_runtime()
+        if not self.model:
+            raise ConfigError("field 'model' is required: a hub id or a local model directory")
+        _positive(self, "max_length", "epochs", "batch_size", "learning_rate")
+        _non_negative(self, "weight_decay", "max_grad_norm")
+
+
+PREFERENCE_FORMATS = ("auto", "pairs", "rankings", "ratings")
+
+
+@dataclass
+class RewardConfig(LMRuntime):
+    """Reward-model training from human preferences: pairs, K-way rankings or scalar ratings."""
+
+    model: str = doc("Hub id or directory to start from (usually the SFT model).", default="")
+    data: str = doc("JSONL, JSON, CSV or Parquet file of preferences.", default="")
+    eval_data: str | None = doc("Held-out preference file; null holds out eval_fraction of the prompts.", default=None)
+    eval_fraction: float = doc("Fraction of prompts held out for the pairwise-accuracy report when eval_data is null.", default=0.1)
+    format: str = doc("'pairs' (prompt, chosen, rejected), 'rankings' (prompt, responses, ranking), 'ratings' (prompt, response, rating) or 'auto' (from the columns).", default="auto")
+    prompt_column: str = doc("Column holding the prompt.", default="prompt")
+    chosen_column: str = doc("Column of the preferred response (pairs).", default="chosen")
+    rejected_column: str = doc("Column of the dispreferred response (pairs).", default="rejected")
+    responses_column: str = doc("Column of the list of K responses (rankings).", default="responses")
+    ranking_column: str = doc("Column of the K ranks, aligned with responses, 1 = best; equal ranks are ties (rankings).", default="ranking")
+    response_column: str = doc("Column of the rated response (ratings).", default="response")
+    rating_column: str = doc("Column of the numeric rating, higher = better (ratings).", default="rating")
+    ratings_as: str = doc("'pairs' (within a prompt, the higher-rated response is preferred) or 'regression' (fit the standardised rating).", default="pairs")
+    head: str = doc("'classification' (AutoModelForSequenceClassification, num_labels=1) or 'value_head' (a linear head on a causal LM's last hidden state).", default="classification")
+    max_length: int = doc("Maximum tokens of prompt + response; longer rows are an error (or skipped).", default=512)
+    epochs: int = doc("Passes over the training pairs.", default=1)
+    batch_size: int = doc("Pairs per optimiser step.", default=8)
+    learning_rate: float = doc("AdamW learning rate (linear decay to 0).", default=1e-5)
+    weight_decay: float = doc("AdamW weight decay.", default=0.0)
+    max_grad_norm: float = doc("Global gradient-norm clip; 0 disables it.", default=1.0)
+
+    def __post_init__(self) -> None:
+        self._check_runtime()
+        if not self.model:
+            raise ConfigError("field 'model' is required: a hub id or a local model directory")
+        _choice(self, "format", PREFERENCE_FORMATS)
+        _choice(self, "ratings_as", ("pairs", "regression"))
+        _choice(self, "head", ("classification", "value_head"))
+        _positive(self, "max_length", "epochs", "batch_size", "learning_rate")
+        _non_negative(self, "weight_decay", "max_grad_norm")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ConfigError(f"field 'eval_fraction' must be in [0, 1), got {self.eval_fraction!r}")
+
+
+@dataclass
+class RLHFConfig(LMRuntime):
+    """PPO on a causal LM: generate completions for prompts, score them, and update the policy."""
+
+    # --- models ---
+    policy: str = doc("Hub id or directory of the policy to train (usually the SFT model).", default="")
+    reference: str | None = doc("Frozen reference model; null = a frozen copy of the starting policy (with LoRA: the adapter-free base).", default=None)
+    rewards: list[str] = doc("Reward sources: reward-model directories (from `ppokit rlhf reward`, or a sequence-classification model) and/or Python callables 'module:function(prompts, completions) -> list[float]'.", default_factory=list)
+    reward_weights: list[float] | None = doc("Weight of each reward source, in order; null weights them all 1.", default=None)
+    value_model: str = doc("'separate' (a critic network of its own) or 'head' (a value head on the policy's trunk).", default="separate")
+    value_init: str = doc("Initialise a separate critic from 'reward' (the first reward model) or 'policy'.", default="reward")
+    lora: bool = doc("Train LoRA adapters (peft) instead of all policy weights; the reference is then the adapter-free base.", default=False)
+    lora_r: int = doc("LoRA rank.", default=8)
+    lora_alpha: float = doc("LoRA scaling α.", default=16.0)
+    lora_dropout: float = doc("LoRA dropout.", default=0.0)
+    lora_target_modules: list[str] | None = doc("Module names that get adapters; null lets peft pick for known architectures.", default=None)
+
+    # --- data ---
+    data: str = doc("JSONL, JSON, CSV or Parquet file of prompts.", default="")
+    prompt_column: str = doc("Column holding the prompt text.", default="prompt")
+    max_prompt_length: int = doc("Maximum prompt tokens; longer prompts are an error (or skipped).", default=256)
+
+    # --- generation ---
+    max_new_tokens: int = doc("Maximum completion tokens per prompt.", default=32)
+    temperature: float = doc("Sampling temperature; log-probs are computed at the same temperature.", default=1.0)
+    missing_eos_penalty: float | None = doc("Subtract this from the score of a completion that never emits EOS; null disables.", default=None)
+
+    # --- reward shaping ---
+    kl_coef: float = doc("β: weight of the per-token KL penalty to the reference (initial value when adaptive).", default=0.05)
+    kl_estimator: str = doc("Per-token KL estimator in the reward: 'k1' (log-ratio) or 'k3' (non-negative, low variance).", default="k1")
+    adaptive_kl: bool = doc("Adapt β with the proportional controller of Ziegler et al. to reach kl_target.", default=False)
+    kl_target: float = doc("Target KL per completion (nats, summed over tokens) for the adaptive β.", default=6.0)
+    kl_horizon: int = doc("Horizon (in completions) of the adaptive β controller.", default=10_000)
+    score_clip: float | None = doc("Clip the combined score to ±this; null disables.", default=None)
+
+    # --- PPO ---
+    total_steps: int = doc("PPO steps (one step = generate for batch_size prompts, score, K epochs of updates).", default=100)
+    batch_size: int = doc("Prompts per PPO step.", default=8)
+    num_minibatches: int = doc("Minibatches per PPO epoch; must divide batch_size.", default=1)
+    num_epochs: int = doc("K: PPO epochs over each batch.", default=4)
+    gamma: float = doc("Discount γ over tokens.", default=1.0)
+    gae_lambda: float = doc("GAE λ over tokens.", default=0.95)
+    whiten_advantages: bool = doc("Whiten advantages over the valid tokens of the batch.", default=True)
+    clip_range: float = doc("ε of the clipped surrogate.", default=0.2)
+    clip_range_vf: float | None = doc("Clip the value update to ±this around the rollout's values; null disables.", default=0.2)
+    vf_coef: float = doc("c1: weight of the value loss.", default=0.1)
+    ent_coef: float = doc("c2: weight of the entropy bonus.", default=0.0)
+    target_kl: float | None = doc("Stop the epoch loop when a minibatch's KL to the rollout policy exceeds 1.5× this; null disables.", default=None)
+    learning_rate: float = doc("AdamW learning rate (policy and value).", default=1e-5)
+    lr_schedule: str = doc("'constant' or 'linear' (anneal to 0 over total_steps).", default="constant")
+    weight_decay: float = doc("AdamW weight decay.", default=0.0)
+    max_grad_norm: float = doc("Global gradient-norm clip; 0 disables it.", default=1.0)
+
+    # --- logging ---
+    sample_every: int = doc("Log sample completions every this many steps; 0 never.", default=10)
+    num_samples: int = doc("How many sample completions to log each time.", default=3)
+    save_every: int = doc("Save the policy (and value model) every this many steps; 0 saves only at the end.", default=0)
+
+    def __post_init__(self) -> None:
+        self._check_runtime()
+        if not self.policy:
+            raise ConfigError("field 'policy' is required: a hub id or a local model directory")
+        _choice(self, "value_model", ("separate", "head"))
+        _choice(self, "value_init", ("reward", "policy"))
+        _choice(self, "kl_estimator", ("k1", "k3"))
+        _choice(self, "lr_schedule", ("constant", "linear"))
+        _positive(self, "max_prompt_length", "max_new_tokens", "temperature", "total_steps", "batch_size",
+                  "num_minibatches", "num_epochs", "learning_rate", "kl_target", "kl_horizon", "lora_r")
+        _non_negative(self, "kl_coef", "vf_coef", "ent_coef", "weight_decay", "max_grad_norm",
+                      "sample_every", "num_samples", "save_every", "clip_range_vf", "missing_eos_penalty",
+                      "lora_dropout")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ConfigError(f"field 'gamma' must be in [0, 1], got {self.gamma!r}")
+        if not 0.0 <= self.gae_lambda <= 1.0:
+            raise ConfigError(f"field 'gae_lambda' must be in [0, 1], got {self.gae_lambda!r}")
+        if not 0.0 < self.clip_range < 1.0:
+            raise ConfigError(f"field 'clip_range' must be in (0, 1), got {self.clip_range!r}")
+        if self.batch_size % self.num_minibatches:
+            raise ConfigError(
+                f"num_minibatches ({self.num_minibatches}) must divide batch_size ({self.batch_size})"
+            )
+        if self.score_clip is not None and self.score_clip <= 0:
+            raise ConfigError(f"field 'score_clip' must be > 0 or null, got {self.score_clip!r}")
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
+            raise ConfigError(
+                f"reward_weights has {len(self.reward_weights)} entries but rewards has {len(self.rewards)}; "
+                "give one weight per reward source"
+            )

@@ -1,0 +1,304 @@
+"""Loading language models and the scalar-head models built on them (value and reward models).
+
+Every loader takes a hub id or a local directory and passes ``trust_remote_code`` through only as
+the user set it. A *scalar-head model* is a transformer trunk plus a linear head that reads one
+number off each position's last hidden state: per token it is a critic, at the last token a reward
+model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ppokit.errors import CheckpointError, ConfigError
+
+log = logging.getLogger("ppokit")
+
+#: Written next to a reward model saved by ppokit: head type and output normalisation.
+REWARD_META = "ppokit_reward.json"
+HEAD_WEIGHTS = "scalar_head.safetensors"
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' per-load reports and progress bars; ppokit reports what matters."""
+    import warnings
+
+    import transformers
+
+    # peft calls an API transformers has deprecated; the warning is for peft's authors, not users.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"field 'device': {device!r} is not a device ('auto', 'cpu', 'cuda', 'cuda:N')") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"field 'device': {device!r} asked for, but CUDA is not available on this machine")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def _load_error(kind: str, name: str, err: Exception) -> CheckpointError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    hint = ""
+    if not Path(name).exists():
+        hint = " (not a local directory; as a hub id it needs network access to the hub)"
+    return CheckpointError(f"could not load {kind} {name!r}{hint}: {first}")
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
+    """The tokenizer of ``name``, with a pad token (EOS when it has none) and left padding."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except Exception as err:  # noqa: BLE001 - transformers raises OSError, ValueError, ...
+        raise _load_error("tokenizer", name, err) from None
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise CheckpointError(f"tokenizer {name!r} has neither a pad nor an EOS token; add one before training")
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.eos_token_id is None:
+        raise CheckpointError(f"tokenizer {name!r} has no EOS token, so completions could never end; add one")
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_causal_lm(name: str, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code)
+    except Exception as err:  # noqa: BLE001
+        raise _load_error("causal LM", name, err) from None
+    return model.to(device)
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """Positions that count only real tokens, so a left-padded row starts at position 0.
+
+    Without them a left-padded prompt would be read at positions shifted by its padding, and its
+    log-probs would differ from the same prompt unpadded.
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def trunk_of(model: nn.Module) -> nn.Module:
+    """The bare transformer inside a ``*ForCausalLM`` / ``*ForSequenceClassification`` model."""
+    prefix = getattr(model, "base_model_prefix", None)
+    trunk = getattr(model, prefix, None) if prefix else None
+    if trunk is None:
+        raise ConfigError(f"cannot find the transformer trunk of {type(model).__name__} (base_model_prefix={prefix!r})")
+    return trunk
+
+
+def hidden_size_of(model: nn.Module) -> int:
+    config = model.config
+    for name in ("hidden_size", "n_embd", "d_model"):
+        if getattr(config, name, None):
+            return int(getattr(config, name))
+    raise ConfigError(f"cannot tell the hidden size of {type(model).__name__} from its config")
+
+
+class ScalarHeadModel(nn.Module):
+    """A transformer trunk and a linear head giving one number per position.
+
+    ``forward`` returns ``[batch, seq]`` values; :meth:`last_token` reads the value at each row's
+    last real token (a right-padded batch), which is what a reward model outputs.
+    """
+
+    def __init__(self, trunk: nn.Module, hidden_size: int, head: nn.Linear | None = None) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.head = head if head is not None else nn.Linear(hidden_size, 1)
+        if head is None:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    @property
+    def config(self) -> Any:
+        return self.trunk.config
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None) -> Tensor:
+        if position_ids is None:
+            position_ids = position_ids_from_mask(attention_mask)
+        hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            use_cache=False).last_hidden_state
+        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
+
+    def last_token(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        values = self(input_ids, attention_mask)
+        last = attention_mask.long().sum(-1).clamp_min(1) - 1
+        return values.gather(1, last.unsqueeze(1)).squeeze(1)
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        self.trunk.save_pretrained(path)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, path / HEAD_WEIGHTS)
+
+    @classmethod
+    def from_causal_lm(cls, model: nn.Module) -> "ScalarHeadModel":
+        """A value model on a causal LM's trunk, with a zero-initialised head (values start at 0)."""
+        return cls(trunk_of(model), hidden_size_of(model))
+
+    @classmethod
+    def from_sequence_classifier(cls, model: nn.Module) -> "ScalarHeadModel":
+        """Per-token values from a ``*ForSequenceClassification`` reward model: its trunk and its
+        score head, so a critic initialised from the reward model starts out predicting scores."""
+        score = getattr(model, "score", None) or getattr(model, "classifier", None)
+        if not isinstance(score, nn.Linear) or score.out_features != 1:
+            raise ConfigError(
+                f"{type(model).__name__} has no single-output linear 'score' head to initialise a critic from; "
+                "set value_init: policy"
+            )
+        head = nn.Linear(score.in_features, 1, bias=score.bias is not None)
+        head.load_state_dict(score.state_dict())
+        head = head.to(score.weight.device, score.weight.dtype)
+        return cls(trunk_of(model), score.in_features, head)
+
+    @classmethod
+    def load(cls, path: str | Path, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False) -> "ScalarHeadModel":
+        from safetensors.torch import load_file
+        from transformers import AutoModel
+
+        path = Path(path)
+        if not (path / HEAD_WEIGHTS).is_file():
+            raise CheckpointError(f"{path}: no {HEAD_WEIGHTS}; not a ppokit scalar-head model directory")
+        try:
+            trunk = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        except Exception as err:  # noqa: BLE001
+            raise _load_error("model trunk", str(path), err) from None
+        state = load_file(path / HEAD_WEIGHTS)
+        if "weight" not in state or state["weight"].ndim != 2:
+            raise CheckpointError(f"{path / HEAD_WEIGHTS}: not a linear head's weights")
+        head = nn.Linear(state["weight"].shape[1], 1, bias="bias" in state)
+        head.load_state_dict(state)
+        return cls(trunk, head.in_features, head).to(device=device, dtype=dtype)
+
+
+class PolicyWithValueHead(nn.Module):
+    """A causal LM and a value head on its last hidden state: one forward pass gives both the
+    next-token logits and a value per position (``value_model: head``)."""
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+        base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+        self.value_head = nn.Linear(hidden_size_of(base), 1)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+        param = next(lm.parameters())
+        self.value_head.to(param.device)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      use_cache=False, output_hidden_states=True)
+        hidden = out.hidden_states[-1]
+        values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
+        return out.logits, values
+
+
+# ---- reward models ----------------------------------------------------------------------------
+
+class RewardModel(nn.Module):
+    """A scalar reward for whole texts: a sequence classifier (num_labels=1) or a scalar-head model,
+    with the output normalisation it was saved with, ``(r - mean) / std``."""
+
+    def __init__(self, model: nn.Module, kind: str, mean: float = 0.0, std: float = 1.0) -> None:
+        super().__init__()
+        self.model = model
+        self.kind = kind
+        self.mean = float(mean)
+        self.std = float(std)
+
+    def raw(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Unnormalised rewards of right-padded rows."""
+        if self.kind == "value_head":
+            return self.model.last_token(input_ids, attention_mask)
+        position_ids = position_ids_from_mask(attention_mask)
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+        if logits.shape[-1] != 1:
+            raise ConfigError(f"reward model outputs {logits.shape[-1]} labels; a reward model needs num_labels=1")
+        return logits[:, 0]
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return (self.raw(input_ids, attention_mask) - self.mean) / self.std
+
+    def save(self, path: str | Path, tokenizer: Any) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        if self.kind == "value_head":
+            self.model.save(path)
+        else:
+            self.model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        meta = {"format": 1, "head": self.kind, "mean": self.mean, "std": self.std}
+        (path / REWARD_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def new_reward_model(base: str, head: str, dtype: torch.dtype, device: torch.device, pad_token_id: int,
+                     trust_remote_code: bool = False) -> RewardModel:
+    """A reward model to train, starting from the weights of ``base`` (a causal LM or classifier)."""
+    if head == "value_head":
+        lm = load_causal_lm(base, dtype, device, trust_remote_code)
+        return RewardModel(ScalarHeadModel.from_causal_lm(lm).to(device), "value_head")
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            base, num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+    except Exception as err:  # noqa: BLE001
+        raise _load_error("sequence classifier", base, err) from None
+    model.config.pad_token_id = pad_token_id  # the classifier finds each row's last token by it
+    return RewardModel(model.to(device), "classification")
+
+
+def load_reward_model(path: str, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False) -> RewardModel:
+    """A reward model saved by ppokit (with its normalisation), or any sequence-classification
+    model with one label (hub id or directory), used as it is."""
+    meta_path = Path(path) / REWARD_META
+    meta: dict[str, Any] = {"head": "classification", "mean": 0.0, "std": 1.0}
+    if meta_path.is_file():
+        try:
+            meta.update(json.loads(meta_path.read_text(encoding="utf-8")))
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{meta_path}, line {err.lineno}: broken JSON ({err.msg})") from None
+        if meta.get("head") not in ("classification", "value_head"):
+            raise CheckpointError(f"{meta_path}: unknown head {meta.get('head')!r}")
+        if not (isinstance(meta.get("std"), (int, float)) and meta["std"] > 0):
+            raise CheckpointError(f"{meta_path}: 'std' must be a positive number, got {meta.get('std')!r}")
+    if meta["head"] == "value_head":
+        model: nn.Module = ScalarHeadModel.load(path, dtype, device, trust_remote_code)
+    else:
+        from transformers import AutoModelForSequenceClassification
+
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        except Exception as err:  # noqa: BLE001
+            raise _load_error("reward model", path, err) from None
+        if model.config.num_labels != 1:
+            raise CheckpointError(f"reward model {path!r} has {model.config.num_labels} labels; a reward model needs 1")
+        model = model.to(device)
+    return RewardModel(model, meta["head"], meta["mean"], meta["std"]).eval()

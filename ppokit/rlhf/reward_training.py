@@ -1,0 +1,176 @@
+"""Training a reward model from human preferences (Bradley-Terry), or from ratings by regression.
+
+Pairs come from ``chosen``/``rejected`` columns, from K-way rankings expanded into all their pairs
+(InstructGPT), or from ratings within a prompt. The loss is
+:func:`ppokit.core.losses.bradley_terry_loss`; ratings fitted by regression use the squared error
+to the standardised rating. After training, the model's output is normalised to mean 0 and std 1
+over the training responses, and that normalisation is saved with it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ppokit.core.losses import bradley_terry_loss
+from ppokit.errors import TrainingError
+from ppokit.io.atomic import atomic_write_json
+from ppokit.rlhf import data as rdata
+from ppokit.rlhf.common import linear_decay, open_run, progress_bar, runtime, shuffled_batches
+from ppokit.rlhf.config import RewardConfig
+from ppokit.rlhf.models import RewardModel, load_tokenizer, new_reward_model
+from ppokit.rlhf.rewards import encode_pairs
+
+log = logging.getLogger("ppokit")
+
+
+def split_by_prompt(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Hold out whole prompts (not single pairs), so no held-out prompt was seen in training."""
+    prompts = sorted({r["prompt"] for r in rows})
+    if fraction <= 0 or len(prompts) < 2:
+        return rows, []
+    random.Random(seed).shuffle(prompts)
+    n_eval = max(1, round(len(prompts) * fraction))
+    held = set(prompts[:n_eval])
+    return [r for r in rows if r["prompt"] not in held], [r for r in rows if r["prompt"] in held]
+
+
+@torch.no_grad()
+def score_texts(model: RewardModel, tokenizer: Any, prompts: list[str], responses: list[str],
+                device: torch.device, batch_size: int = 64, raw: bool = True) -> torch.Tensor:
+    """Rewards of ``prompt + response`` texts (unnormalised when ``raw``)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for s in range(0, len(prompts), batch_size):
+        ids, mask = encode_pairs(tokenizer, prompts[s:s + batch_size], responses[s:s + batch_size], device)
+        out.append((model.raw(ids, mask) if raw else model(ids, mask)).float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def pairwise_accuracy(model: RewardModel, tokenizer: Any, pairs: list[dict], device: torch.device) -> float:
+    """Fraction of pairs where the chosen response gets the higher reward (ties count as wrong)."""
+    if not pairs:
+        return float("nan")
+    prompts = [p["prompt"] for p in pairs]
+    chosen = score_texts(model, tokenizer, prompts, [p["chosen"] for p in pairs], device)
+    rejected = score_texts(model, tokenizer, prompts, [p["rejected"] for p in pairs], device)
+    return float((chosen > rejected).float().mean())
+
+
+def train_reward_model(config: RewardConfig, data: Any = None, eval_data: Any = None,
+                       run_dir: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Train a reward model; saves ``<run_dir>/model`` and writes ``eval.json`` with the held-out
+    pairwise accuracy. Returns that summary."""
+    device, dtype = runtime(config)
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    tokenizer.padding_side = "right"
+    fmt, loaded = rdata.load_preferences(data if data is not None else config.data, config)
+    texts_key = ("chosen", "rejected") if fmt == "pairs" else ("response",)
+    lengths = [max(len(tokenizer(r["prompt"])["input_ids"]) + len(tokenizer(r[k], add_special_tokens=False)["input_ids"])
+                   for k in texts_key) for r in loaded.rows]
+    loaded = rdata.drop_long(loaded, lengths, config.max_length, "prompt + response", "max_length", config.skip_bad_rows)
+
+    if eval_data is not None or config.eval_data:
+        eval_fmt, eval_loaded = rdata.load_preferences(eval_data if eval_data is not None else config.eval_data, config)
+        train_rows, eval_rows = loaded.rows, eval_loaded.rows
+        if eval_fmt == "ratings":
+            eval_rows = rdata.ratings_to_pairs(eval_rows)
+    else:
+        train_rows, eval_rows = split_by_prompt(loaded.rows, config.eval_fraction, config.seed)
+        if fmt == "ratings":
+            eval_rows = rdata.ratings_to_pairs(eval_rows)
+    if not train_rows:
+        raise TrainingError("no training rows left after holding out the evaluation prompts; lower eval_fraction")
+
+    model = new_reward_model(config.model, config.head, dtype, device, tokenizer.pad_token_id, config.trust_remote_code)
+    model.train()
+    rating_mean, rating_std = 0.0, 1.0
+    if fmt == "ratings":
+        ratings = torch.tensor([r["rating"] for r in train_rows])
+        rating_mean, rating_std = float(ratings.mean()), float(ratings.std().clamp_min(1e-6)) if len(ratings) > 1 else 1.0
+
+    path, metrics = open_run(config, "reward", run_dir, overwrite)
+    steps_per_epoch = -(-len(train_rows) // config.batch_size)
+    total = steps_per_epoch * config.epochs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = linear_decay(optimizer, total)
+    generator = torch.Generator().manual_seed(config.seed)
+    bar = progress_bar(config.progress, total, "reward")
+    step, start = 0, time.perf_counter()
+    history = []
+    try:
+        for epoch in range(config.epochs):
+            for batch in shuffled_batches(len(train_rows), config.batch_size, generator):
+                rows = [train_rows[i] for i in batch]
+                prompts = [r["prompt"] for r in rows]
+                if fmt == "pairs":
+                    # chosen and rejected in one forward pass
+                    ids, mask = encode_pairs(tokenizer, prompts + prompts,
+                                             [r["chosen"] for r in rows] + [r["rejected"] for r in rows], device)
+                    rewards = model.raw(ids, mask).float()
+                    loss, accuracy = bradley_terry_loss(rewards[: len(rows)], rewards[len(rows):])
+                    record = {"loss": float(loss.detach()), "accuracy": float(accuracy),
+                              "margin": float((rewards[: len(rows)] - rewards[len(rows):]).mean())}
+                else:
+                    ids, mask = encode_pairs(tokenizer, prompts, [r["response"] for r in rows], device)
+                    target = (torch.tensor([r["rating"] for r in rows], device=device) - rating_mean) / rating_std
+                    loss = 0.5 * (model.raw(ids, mask).float() - target).square().mean()
+                    record = {"loss": float(loss.detach())}
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"reward-model step {step + 1}: non-finite loss; the weights were not updated")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                record["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or float("inf")))
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                record.update(step=step, epoch=epoch, learning_rate=scheduler.get_last_lr()[0])
+                metrics.log(record, step)
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.3f}")
+            eval_accuracy = pairwise_accuracy(model, tokenizer, eval_rows, device)
+            history.append(eval_accuracy)
+            metrics.log({"step": step, "epoch": epoch, "eval_accuracy": eval_accuracy}, step, prefix="eval")
+            log.info("reward model: epoch %d, held-out pairwise accuracy %.3f", epoch + 1, eval_accuracy)
+    finally:
+        bar.close()
+        metrics.close()
+
+    # Normalise the output over the training responses: the PPO stage then sees scores of mean 0
+    # and std 1 whatever scale the model drifted to.
+    prompts, responses = [], []
+    for r in train_rows:
+        for k in texts_key:
+            prompts.append(r["prompt"])
+            responses.append(r[k])
+    raw = score_texts(model, tokenizer, prompts, responses, device)
+    model.mean = float(raw.mean())
+    model.std = float(raw.std().clamp_min(1e-6)) if raw.numel() > 1 else 1.0
+
+    train_pairs = train_rows if fmt == "pairs" else rdata.ratings_to_pairs(train_rows)
+    train_accuracy = pairwise_accuracy(model, tokenizer, train_pairs[:2048], device)
+    model_dir = path / "model"
+    tokenizer.padding_side = "left"
+    model.save(model_dir, tokenizer)
+    summary = {
+        "run_dir": str(path), "model_dir": str(model_dir), "format": fmt, "steps": step,
+        "train_pairs": len(train_pairs), "eval_pairs": len(eval_rows),
+        "train_accuracy": train_accuracy, "eval_accuracy": history[-1] if history else float("nan"),
+        "eval_accuracy_per_epoch": history, "reward_mean": model.mean, "reward_std": model.std,
+        "skipped_rows": loaded.skipped, "seconds": time.perf_counter() - start,
+    }
+    atomic_write_json(path / "eval.json", summary)
+    log.info("reward model saved to %s (held-out accuracy %.3f)", model_dir, summary["eval_accuracy"])
+    return summary
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / "eval.json").read_text(encoding="utf-8"))

@@ -1,0 +1,194 @@
+"""Where the score comes from, and how it becomes a per-token reward.
+
+A *reward source* maps ``(prompts, completions)`` texts to one score per completion. ppokit has two
+kinds, a trained reward model and a plain Python callable, and any weighted sum of them. Sources
+read text rather than token ids so a reward model with its own tokenizer works, and a callable
+sees what a person would read.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ppokit.core.kl import KL_ESTIMATORS
+from ppokit.errors import ConfigError, TrainingError
+
+RewardFn = Callable[[list[str], list[str]], Sequence[float]]
+
+
+def per_token_rewards(
+    scores: Tensor,
+    logp: Tensor,
+    ref_logp: Tensor,
+    mask: Tensor,
+    kl_coef: float,
+    estimator: str = "k1",
+) -> tuple[Tensor, Tensor]:
+    r"""The RLHF reward of every completion token (Ziegler et al., 2019; Ouyang et al., 2022).
+
+    .. math::
+        r_t = -\beta\,\widehat{\mathrm{KL}}_t + [t = T_{last}]\,s, \qquad
+        \widehat{\mathrm{KL}}_t = k\big(\log\pi_{ref}(y_t) - \log\pi(y_t)\big)
+
+    with :math:`k` the chosen estimator of :math:`\mathrm{KL}(\pi\,\|\,\pi_{ref})` (``k1``: the
+    log-ratio :math:`\log\pi - \log\pi_{ref}`; ``k3``: :math:`(\rho - 1) - \log\rho`, never negative),
+    :math:`s` the sequence's score, and :math:`T_{last}` its last valid token (the EOS, or the last
+    token when it ran out of length). Padding gets nothing.
+
+    Returns ``(rewards, kl)``, both ``[B, T]`` and zero on padding.
+    """
+    if not (scores.ndim == 1 and logp.shape == ref_logp.shape == mask.shape and scores.shape[0] == logp.shape[0]):
+        raise ValueError(
+            f"per_token_rewards: scores [B] and logp/ref_logp/mask [B, T] expected, got {tuple(scores.shape)}, "
+            f"{tuple(logp.shape)}, {tuple(ref_logp.shape)}, {tuple(mask.shape)}"
+        )
+    valid = mask.to(logp.dtype)
+    kl = KL_ESTIMATORS[estimator](ref_logp - logp) * valid
+    rewards = -kl_coef * kl
+    last = (mask.long().sum(-1) - 1).clamp_min(0)
+    has_any = mask.any(-1)
+    rewards = rewards.scatter_add(1, last.unsqueeze(1), (scores * has_any.to(scores.dtype)).unsqueeze(1).to(rewards.dtype))
+    return rewards, kl
+
+
+class CallableReward:
+    """A Python function ``fn(prompts, completions) -> list[float]``, given directly or as
+    ``'module:function'`` (the module is imported; a file path is not executed)."""
+
+    def __init__(self, fn: RewardFn | str) -> None:
+        if isinstance(fn, str):
+            self.name = fn
+            fn = import_callable(fn)
+        else:
+            self.name = getattr(fn, "__qualname__", repr(fn))
+        self.fn = fn
+
+    def __call__(self, prompts: list[str], completions: list[str]) -> Tensor:
+        try:
+            values = self.fn(list(prompts), list(completions))
+        except Exception as err:  # noqa: BLE001 - the user's code; report it with its name
+            raise TrainingError(f"reward function {self.name} raised {type(err).__name__}: {err}") from err
+        try:
+            values = [float(v) for v in values]
+        except (TypeError, ValueError):
+            raise TrainingError(f"reward function {self.name} must return a list of numbers, got {type(values).__name__}") from None
+        if len(values) != len(completions):
+            raise TrainingError(
+                f"reward function {self.name} returned {len(values)} scores for {len(completions)} completions"
+            )
+        bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+        if bad:
+            raise TrainingError(f"reward function {self.name} returned a non-finite score ({values[bad[0]]}) for completion {bad[0]}")
+        return torch.tensor(values, dtype=torch.float32)
+
+
+def import_callable(spec: str) -> RewardFn:
+    """``'package.module:function'`` → the function, with a clear error for each way it can fail."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"reward {spec!r}: expected 'module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(f"reward {spec!r}: cannot import module {module_name!r}: {err}") from None
+    fn = module
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise ConfigError(f"reward {spec!r}: module {module_name!r} has no attribute {attr!r}")
+    if not callable(fn):
+        raise ConfigError(f"reward {spec!r}: {attr!r} is not callable")
+    return fn
+
+
+class RewardModelScorer:
+    """Scores texts with a reward model: tokenises prompt + completion with the reward model's own
+    tokenizer (right-padded), reads the normalised scalar."""
+
+    def __init__(self, path: str, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False,
+                 batch_size: int = 64) -> None:
+        from ppokit.rlhf.models import load_reward_model, load_tokenizer
+
+        self.name = path
+        self.tokenizer = load_tokenizer(path, trust_remote_code)
+        self.model = load_reward_model(path, dtype, device, trust_remote_code)
+        if self.model.kind == "classification" and self.model.model.config.pad_token_id is None:
+            self.model.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.model.requires_grad_(False)
+        self.device = device
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], completions: list[str]) -> Tensor:
+        scores = []
+        for start in range(0, len(prompts), self.batch_size):
+            ids, mask = encode_pairs(self.tokenizer, prompts[start:start + self.batch_size],
+                                     completions[start:start + self.batch_size], self.device)
+            scores.append(self.model(ids, mask).float().cpu())
+        return torch.cat(scores)
+
+
+def encode_pairs(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], device: torch.device,
+                 max_length: int | None = None) -> tuple[Tensor, Tensor]:
+    """Right-padded ``prompt + response`` token ids, tokenised in two parts and joined, the way the
+    policy produced them (a joint tokenisation could merge across the boundary)."""
+    p_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    r_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
+    rows = [p + r for p, r in zip(p_ids, r_ids)]
+    if max_length is not None:
+        rows = [row[:max_length] for row in rows]
+    width = max(1, max(len(r) for r in rows))
+    pad = tokenizer.pad_token_id
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids.to(device), mask.to(device)
+
+
+class CombinedReward:
+    """The weighted sum :math:`s = \\sum_i w_i\\, s_i(x, y)` of several reward sources."""
+
+    def __init__(self, sources: Sequence[Any], weights: Sequence[float] | None = None) -> None:
+        if not sources:
+            raise ConfigError(
+                "no reward source: set 'rewards' to a reward-model directory or a 'module:function' callable"
+            )
+        self.sources = list(sources)
+        self.weights = [1.0] * len(self.sources) if weights is None else [float(w) for w in weights]
+        if len(self.weights) != len(self.sources):
+            raise ConfigError(f"{len(self.weights)} reward weights for {len(self.sources)} reward sources")
+
+    def __call__(self, prompts: list[str], completions: list[str]) -> tuple[Tensor, dict[str, float]]:
+        total = torch.zeros(len(completions))
+        parts = {}
+        for i, (source, weight) in enumerate(zip(self.sources, self.weights)):
+            score = source(prompts, completions).float().cpu()
+            total += weight * score
+            if len(self.sources) > 1:
+                parts[f"score_{i}"] = float(score.mean())
+        return total, parts
+
+
+def build_reward(specs: Sequence[Any], weights: Sequence[float] | None, dtype: torch.dtype,
+                 device: torch.device, trust_remote_code: bool = False) -> CombinedReward:
+    """Reward sources from config entries: a directory (or hub id) is a reward model,
+    ``'module:function'`` or a Python callable is a function."""
+    sources = []
+    for spec in specs:
+        if callable(spec):
+            sources.append(CallableReward(spec))
+        elif isinstance(spec, str) and ":" in spec and not Path(spec).exists():
+            sources.append(CallableReward(spec))
+        elif isinstance(spec, str):
+            sources.append(RewardModelScorer(spec, dtype, device, trust_remote_code))
+        else:
+            raise ConfigError(f"reward source {spec!r}: expected a directory, a 'module:function' or a callable")
+    return CombinedReward(sources, weights)

@@ -1,0 +1,105 @@
+"""Supervised fine-tuning: teach a causal LM to answer prompts, with the loss on the response only.
+
+.. math:: L = -\\frac{1}{|R|}\\sum_{t \\in R} \\log \\pi_\\theta(y_t \\mid x, y_{<t})
+
+where :math:`R` is the set of response tokens (the prompt is context, not a target).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ppokit.errors import TrainingError
+from ppokit.rlhf import data as rdata
+from ppokit.rlhf.common import linear_decay, open_run, pad_right, progress_bar, runtime, shuffled_batches
+from ppokit.rlhf.config import SFTConfig
+from ppokit.rlhf.generation import token_logprobs
+from ppokit.rlhf.models import load_causal_lm, load_tokenizer, position_ids_from_mask
+
+log = logging.getLogger("ppokit")
+
+
+def tokenize_sft(tokenizer: Any, rows: list[dict], add_eos: bool) -> list[tuple[list[int], int]]:
+    """``(ids, prompt_length)`` per row: prompt and response tokenised apart and joined, as generation
+    produces them, with EOS after the response so the model learns to stop."""
+    prompts = tokenizer([r["prompt"] for r in rows], add_special_tokens=True)["input_ids"]
+    responses = tokenizer([r["response"] for r in rows], add_special_tokens=False)["input_ids"]
+    eos = [tokenizer.eos_token_id] if add_eos else []
+    return [(p + r + eos, len(p)) for p, r in zip(prompts, responses)]
+
+
+def sft_loss(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of the target (response) tokens."""
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False).logits
+    logp = token_logprobs(logits[:, :-1], ids[:, 1:])
+    targets = target_mask[:, 1:].to(logp.dtype)
+    return -(logp * targets).sum() / targets.sum().clamp_min(1.0)
+
+
+def train_sft(config: SFTConfig, data: Any = None, run_dir: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Fine-tune ``config.model`` on prompt/response rows; saves ``<run_dir>/model``.
+
+    ``data`` (a ``datasets.Dataset`` or list of dicts) replaces ``config.data`` when given.
+    Returns a summary with the run directory, the model directory and the final loss.
+    """
+    device, dtype = runtime(config)
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    loaded = rdata.load(
+        data if data is not None else config.data,
+        {"prompt": (config.prompt_column, "text"), "response": (config.response_column, "text")},
+        config.skip_bad_rows,
+    )
+    encoded = tokenize_sft(tokenizer, loaded.rows, config.add_eos)
+    loaded = rdata.drop_long(loaded, [len(ids) for ids, _ in encoded], config.max_length,
+                             "prompt + response", "max_length", config.skip_bad_rows)
+    encoded = tokenize_sft(tokenizer, loaded.rows, config.add_eos)
+    model = load_causal_lm(config.model, dtype, device, config.trust_remote_code)
+    model.train()
+
+    path, metrics = open_run(config, "sft", run_dir, overwrite)
+    steps_per_epoch = -(-len(encoded) // config.batch_size)
+    total = steps_per_epoch * config.epochs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = linear_decay(optimizer, total)
+    generator = torch.Generator().manual_seed(config.seed)
+    bar = progress_bar(config.progress, total, "sft")
+    step, loss_value, start = 0, float("nan"), time.perf_counter()
+    try:
+        for epoch in range(config.epochs):
+            for batch in shuffled_batches(len(encoded), config.batch_size, generator):
+                ids, mask = pad_right([encoded[i][0] for i in batch], tokenizer.pad_token_id)
+                target = mask.clone()
+                for row, i in enumerate(batch):
+                    target[row, : encoded[i][1]] = 0
+                ids, mask, target = ids.to(device), mask.to(device), target.to(device)
+                t0 = time.perf_counter()
+                loss = sft_loss(model, ids, mask, target)
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"SFT step {step + 1}: non-finite loss; the weights were not updated")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or float("inf"))
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                loss_value = float(loss.detach())
+                metrics.log({"step": step, "epoch": epoch, "loss": loss_value, "grad_norm": float(grad_norm),
+                             "learning_rate": scheduler.get_last_lr()[0],
+                             "tokens_per_s": float(target.sum()) / max(time.perf_counter() - t0, 1e-9)}, step)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.3f}")
+    finally:
+        bar.close()
+        metrics.close()
+    model_dir = path / "model"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    summary = {"run_dir": str(path), "model_dir": str(model_dir), "steps": step, "final_loss": loss_value,
+               "rows": len(encoded), "skipped_rows": loaded.skipped, "seconds": time.perf_counter() - start}
+    log.info("SFT: %d steps, final loss %.4f; model saved to %s", step, loss_value, model_dir)
+    return summary
