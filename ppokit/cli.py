@@ -32,7 +32,7 @@ def _config_fields_help() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ppokit", description="Proximal Policy Optimization for Gymnasium environments."
+        prog="ppokit", description="Proximal Policy Optimization for Gymnasium environments and causal language models."
     )
     parser.add_argument("--version", action="version", version=f"ppokit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions")
     ev.add_argument("--seed", type=int, default=None, help="seed of the evaluation envs")
     ev.add_argument("--video", metavar="DIR", help="record the episodes as videos into DIR (needs ppokit[video])")
+
+    from ppokit.rlhf.cli import add_parser as add_rlhf_parser
+
+    add_rlhf_parser(sub)
 
     pr = sub.add_parser("presets", help="list the named presets, or show one")
     pr.add_argument("name", nargs="?", help="show this preset's settings")
@@ -168,6 +172,12 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rlhf(args: argparse.Namespace) -> int:
+    from ppokit.rlhf.cli import run
+
+    return run(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -175,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     logging.basicConfig(level=logging.INFO, format="ppokit: %(levelname)s: %(message)s")
-    handlers = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets}
+    handlers = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets, "rlhf": cmd_rlhf}
     try:
         return handlers[args.command](args)
     except PPOKitError as err:

@@ -15,7 +15,6 @@ policy learned what the preferences meant, not just how to please the reward mod
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time

@@ -33,6 +33,8 @@ def quiet_transformers() -> None:
 
     # peft calls an API transformers has deprecated; the warning is for peft's authors, not users.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    # peft notices GPT-2's Conv1D layers and sets fan_in_fan_out itself; nothing for the user to do.
+    warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False", category=UserWarning)
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 

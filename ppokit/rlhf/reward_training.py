@@ -118,7 +118,7 @@ def train_reward_model(config: RewardConfig, data: Any = None, eval_data: Any = 
                     rewards = model.raw(ids, mask).float()
                     loss, accuracy = bradley_terry_loss(rewards[: len(rows)], rewards[len(rows):])
                     record = {"loss": float(loss.detach()), "accuracy": float(accuracy),
-                              "margin": float((rewards[: len(rows)] - rewards[len(rows):]).mean())}
+                              "margin": float((rewards[: len(rows)] - rewards[len(rows):]).mean().detach())}
                 else:
                     ids, mask = encode_pairs(tokenizer, prompts, [r["response"] for r in rows], device)
                     target = (torch.tensor([r["rating"] for r in rows], device=device) - rating_mean) / rating_std

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -93,6 +95,10 @@ def import_callable(spec: str) -> RewardFn:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"reward {spec!r}: expected 'module:function'")
+    # Like other 'module:attr' loaders (uvicorn, gunicorn), look in the working directory too, so a
+    # rules.py next to the user's data works from the console script.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
@@ -161,7 +167,8 @@ class CombinedReward:
             raise ConfigError(
                 "no reward source: set 'rewards' to a reward-model directory or a 'module:function' callable"
             )
-        self.sources = list(sources)
+        # Plain functions get CallableReward's checks (length, finiteness, a named error).
+        self.sources = [s if isinstance(s, (CallableReward, RewardModelScorer)) else CallableReward(s) for s in sources]
         self.weights = [1.0] * len(self.sources) if weights is None else [float(w) for w in weights]
         if len(self.weights) != len(self.sources):
             raise ConfigError(f"{len(self.weights)} reward weights for {len(self.sources)} reward sources")

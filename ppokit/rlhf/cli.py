@@ -1,0 +1,142 @@
+"""``ppokit rlhf sft|reward|ppo|demo``: argument parsing for the language-model stages.
+
+Settings come from, in increasing priority: the config dataclass's defaults, ``--config`` (YAML),
+the flags, ``--set key=value``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+STAGES = {
+    "sft": ("SFTConfig", "supervised fine-tuning on prompt/response pairs (loss on the response)"),
+    "reward": ("RewardConfig", "train a reward model from preference pairs, rankings or ratings"),
+    "ppo": ("RLHFConfig", "PPO against a reward model or a Python reward function"),
+}
+
+
+def _config_class(stage: str) -> type:
+    from ppokit.rlhf import config
+
+    return getattr(config, STAGES[stage][0])
+
+
+def _fields_help(stage: str) -> str:
+    from ppokit.configuration import describe
+
+    lines = ["config fields (set any of them with --set key=value or in a --config YAML file):"]
+    for name, _type, default, help_text in describe(_config_class(stage)):
+        lines.append(f"  {name:<20} {help_text} [default: {default!r}]")
+    return "\n".join(lines)
+
+
+def add_parser(sub: Any) -> None:
+    rlhf = sub.add_parser("rlhf", help="tune a causal language model: sft, reward, ppo, demo",
+                          description="RLHF for causal language models (needs ppokit[rlhf]).")
+    stages = rlhf.add_subparsers(dest="stage", metavar="STAGE")
+    for stage, (_cls, help_text) in STAGES.items():
+        p = stages.add_parser(stage, help=help_text, description=help_text.capitalize() + ".",
+                              epilog=_fields_help(stage), formatter_class=argparse.RawDescriptionHelpFormatter)
+        if stage == "ppo":
+            p.add_argument("--policy", help="hub id or directory of the policy (e.g. the SFT run's model/)")
+            p.add_argument("--reward", dest="rewards", action="append", metavar="SOURCE",
+                           help="reward-model directory or module:function (repeatable; combine with --set reward_weights=[...])")
+            p.add_argument("--total-steps", type=int, help="PPO steps")
+        else:
+            p.add_argument("--model", help="hub id or directory of the model to start from")
+        p.add_argument("--data", help="JSONL, JSON, CSV or Parquet file")
+        if stage == "reward":
+            p.add_argument("--eval-data", help="held-out preference file")
+        p.add_argument("--config", help="YAML file of config fields")
+        p.add_argument("--seed", type=int, help="random seed")
+        p.add_argument("--run-dir", help="where to write the run (default: runs/rlhf-<stage>__seed<N>__<time>)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override any config field (repeatable)")
+        p.add_argument("--overwrite", action="store_true", help="start over in a run directory that holds a run")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo = stages.add_parser("demo", help="the whole pipeline on a tiny model built from scratch, offline, in minutes",
+                             description="Build a tokenizer and a tiny GPT-2, SFT it, train a reward model on "
+                             "preferences from a hidden rule, PPO against it, and show the hidden rule's score rise.")
+    demo.add_argument("--out", default="runs/rlhf-demo", help="output directory (default runs/rlhf-demo)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument("--steps", type=int, default=60, help="PPO steps (default 60)")
+    demo.add_argument("--overwrite", action="store_true", help="run again in an output directory that holds a demo")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    rlhf.set_defaults(rlhf_parser=rlhf)
+
+
+def resolve_config(stage: str, args: argparse.Namespace) -> Any:
+    from ppokit.configuration import field_types, from_mapping, load_yaml, parse_overrides, suggest
+    from ppokit.errors import ConfigError
+
+    cls = _config_class(stage)
+    data: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    flags = {"model": "model", "policy": "policy", "data": "data", "eval_data": "eval_data", "seed": "seed",
+             "run_dir": "run_dir", "rewards": "rewards", "total_steps": "total_steps"}
+    for attr, field in flags.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            data[field] = value
+    if args.no_progress:
+        data["progress"] = False
+    overrides = parse_overrides(args.overrides)
+    known = field_types(cls)
+    for key in overrides:
+        if key not in known:
+            raise ConfigError(f"--set {key}=...: unknown config field {key!r}{suggest(key, known)}")
+    data.update(overrides)
+    return from_mapping(cls, data, f"config ({args.config})" if args.config else "config")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.stage is None:
+        args.rlhf_parser.print_help()
+        return 2
+    _require_rlhf_extra()
+    if args.stage == "demo":
+        from ppokit.errors import ConfigError
+        from ppokit.rlhf.demo import run_demo
+
+        if args.steps < 1:
+            raise ConfigError(f"--steps {args.steps}: must be at least 1")
+        run_demo(args.out, seed=args.seed, ppo_steps=args.steps, overwrite=args.overwrite,
+                 progress=not args.no_progress)
+        return 0
+    config = resolve_config(args.stage, args)
+    if args.stage == "sft":
+        from ppokit.rlhf.sft import train_sft
+
+        summary = train_sft(config, overwrite=args.overwrite)
+        print(f"SFT done: final loss {summary['final_loss']:.4f}; model: {summary['model_dir']}")
+    elif args.stage == "reward":
+        from ppokit.rlhf.reward_training import train_reward_model
+
+        summary = train_reward_model(config, overwrite=args.overwrite)
+        print(f"reward model: held-out pairwise accuracy {summary['eval_accuracy']:.3f} "
+              f"({summary['eval_pairs']} pairs); model: {summary['model_dir']}")
+    else:
+        from ppokit.rlhf.ppo import RLHFTrainer
+
+        trainer = RLHFTrainer(config, overwrite=args.overwrite)
+        summary = trainer.train()
+        print(f"PPO done: score {summary['score_first']:+.3f} -> {summary['score_last']:+.3f}, "
+              f"KL {summary['kl_last']:.3f}; policy: {summary['policy_dir']}")
+    print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, list)}), file=sys.stderr)
+    return 0
+
+
+def _require_rlhf_extra() -> None:
+    from ppokit.errors import ConfigError
+
+    missing = [name for name in ("transformers", "datasets", "peft") if _missing(name)]
+    if missing:
+        raise ConfigError(f"`ppokit rlhf` needs {', '.join(missing)}: pip install 'ppokit[rlhf]'")
+
+
+def _missing(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is None

@@ -1,0 +1,22 @@
+"""Reward functions importable as 'tests.rlhf_helpers:NAME' by the RLHF tests."""
+
+from ppokit.rlhf.demo import PLEASANT, UNPLEASANT
+
+
+def pleasant_minus_unpleasant(prompts, completions):
+    return [float(sum(w in PLEASANT for w in c.split()) - sum(w in UNPLEASANT for w in c.split())) for c in completions]
+
+
+def wrong_length(prompts, completions):
+    return [0.0]
+
+
+def not_finite(prompts, completions):
+    return [float("nan")] * len(completions)
+
+
+def raises(prompts, completions):
+    raise RuntimeError("boom")
+
+
+not_callable = 3
