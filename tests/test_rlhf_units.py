@@ -304,3 +304,17 @@ def test_combined_reward_is_the_weighted_sum():
     total, parts = CombinedReward([lambda p, c: [1.0, 2.0], lambda p, c: [10.0, 0.0]], [0.5, 2.0])(["p", "q"], ["a", "b"])
     assert total.tolist() == [20.5, 1.0]
     assert parts == {"score_0": 1.5, "score_1": 5.0}
+
+
+def test_fused_activation_gives_the_same_logits(tmp_path):
+    from transformers import AutoModelForCausalLM
+    from transformers.activations import NewGELUActivation
+
+    path = build_tiny_gpt2(tmp_path / "m", WORDS, n_layer=2, n_embd=32, n_head=2, seed=5)
+    plain = AutoModelForCausalLM.from_pretrained(str(path)).eval()
+    fused = load_causal_lm(str(path), torch.float32, torch.device("cpu")).eval()
+    assert any(isinstance(m, NewGELUActivation) for m in plain.modules())
+    assert not any(isinstance(m, NewGELUActivation) for m in fused.modules())
+    ids = torch.randint(4, len(WORDS), (3, 9))
+    with torch.no_grad():
+        assert torch.allclose(plain(input_ids=ids).logits, fused(input_ids=ids).logits, atol=1e-5)
