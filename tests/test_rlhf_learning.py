@@ -110,7 +110,12 @@ def test_ppo_variants_run_and_save_transformers_loadable_models(base_model, tmp_
 
 
 def test_lora_reference_is_the_policy_at_the_start(base_model, tmp_path):
-    trainer = RLHFTrainer(_ppo_config(base_model, lora=True, total_steps=1), prompts=PROMPTS, run_dir=tmp_path / "run")
+    def first_word_is_pleasant(prompts, completions):  # a plain callable passed in code
+        return [float(c.split()[:1] == ["good"]) for c in completions]
+
+    trainer = RLHFTrainer(_ppo_config(base_model, lora=True, total_steps=1), prompts=PROMPTS,
+                          rewards=[first_word_is_pleasant], run_dir=tmp_path / "run")
+    assert "python callable" in (tmp_path / "run" / "config.yaml").read_text()
     record = trainer.step()
     assert record["kl"] == pytest.approx(0.0, abs=1e-5)  # LoRA B starts at zero: policy == reference
 
@@ -140,6 +145,10 @@ def test_reward_model_directory_drives_ppo_and_initialises_the_critic(base_model
     assert torch.equal(trainer.critic.head.weight.detach(), head.detach())  # critic starts as the reward model
     record = trainer.step()
     assert "score_0" in record and "score_1" in record
+    import yaml
+
+    saved = yaml.safe_load((tmp_path / "ppo" / "config.yaml").read_text())
+    assert saved["rewards"] == [rm["model_dir"], "tests.rlhf_helpers:pleasant_minus_unpleasant"]
 
 
 def test_cli_rlhf_ppo_runs_and_bad_data_exits_cleanly(base_model, tmp_path, capsys):

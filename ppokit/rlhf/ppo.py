@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import gc
 import json
 import logging
@@ -139,7 +140,8 @@ class RLHFTrainer:
         self.kl_controller = ProportionalKLController(c.kl_coef, c.kl_target, c.kl_horizon) if c.adaptive_kl else None
         self.kl_coef = c.kl_coef
         self.global_step = 0
-        self.run_dir, self.metrics = open_run(c, "ppo", run_dir, overwrite)
+        # config.yaml records the reward sources actually used, also when they came in as an argument.
+        self.run_dir, self.metrics = open_run(dataclasses.replace(c, rewards=reward_specs), "ppo", run_dir, overwrite)
         self.history: list[dict[str, float]] = []
 
     # ---- models ------------------------------------------------------------------------------
