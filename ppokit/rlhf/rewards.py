@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ppokit.core.kl import KL_ESTIMATORS
 from ppokit.errors import ConfigError, TrainingError
+from ppokit.rlhf.common import pad_right
 
 RewardFn = Callable[[list[str], list[str]], Sequence[float]]
 
@@ -149,13 +150,7 @@ def encode_pairs(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str
     rows = [p + r for p, r in zip(p_ids, r_ids)]
     if max_length is not None:
         rows = [row[:max_length] for row in rows]
-    width = max(1, max(len(r) for r in rows))
-    pad = tokenizer.pad_token_id
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
+    ids, mask = pad_right(rows, tokenizer.pad_token_id)
     return ids.to(device), mask.to(device)
 
 
