@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_train_config(args: argparse.Namespace) -> tuple[Any, str | None]:
     """Merge defaults, preset, config file, flags and --set into one validated PPOConfig."""
-    from ppokit.configuration import field_types, from_mapping, load_yaml, parse_overrides, suggest
+    from ppokit.configuration import from_mapping, load_yaml, merge_overrides
     from ppokit.control.config import PPOConfig
     from ppokit.errors import ConfigError
     from ppokit.presets import default_preset_for, load_preset
@@ -97,12 +97,7 @@ def resolve_train_config(args: argparse.Namespace) -> tuple[Any, str | None]:
             data[field] = getattr(args, field)
     if args.no_progress:
         data["progress"] = False
-    overrides = parse_overrides(args.overrides)
-    known = field_types(PPOConfig)
-    for key in overrides:
-        if key not in known:
-            raise ConfigError(f"--set {key}=...: unknown config field {key!r}{suggest(key, known)}")
-    data.update(overrides)
+    merge_overrides(PPOConfig, data, args.overrides)
     sources = ([f"preset {preset!r}"] if preset else []) + ([args.config] if args.config else [])
     return from_mapping(PPOConfig, data, f"config ({', '.join(sources)})" if sources else "config"), preset
 

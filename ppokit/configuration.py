@@ -172,6 +172,17 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def merge_overrides(cls: type, data: dict[str, Any], pairs: list[str] | None) -> dict[str, Any]:
+    """Apply ``--set key=value`` pairs to ``data``, rejecting keys that are not fields of ``cls``."""
+    overrides = parse_overrides(pairs)
+    known = field_types(cls)
+    for key in overrides:
+        if key not in known:
+            raise ConfigError(f"--set {key}=...: unknown config field {key!r}{suggest(key, known)}")
+    data.update(overrides)
+    return data
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 

@@ -69,8 +69,7 @@ def add_parser(sub: Any) -> None:
 
 
 def resolve_config(stage: str, args: argparse.Namespace) -> Any:
-    from ppokit.configuration import field_types, from_mapping, load_yaml, parse_overrides, suggest
-    from ppokit.errors import ConfigError
+    from ppokit.configuration import from_mapping, load_yaml, merge_overrides
 
     cls = _config_class(stage)
     data: dict[str, Any] = load_yaml(args.config) if args.config else {}
@@ -82,12 +81,7 @@ def resolve_config(stage: str, args: argparse.Namespace) -> Any:
             data[field] = value
     if args.no_progress:
         data["progress"] = False
-    overrides = parse_overrides(args.overrides)
-    known = field_types(cls)
-    for key in overrides:
-        if key not in known:
-            raise ConfigError(f"--set {key}=...: unknown config field {key!r}{suggest(key, known)}")
-    data.update(overrides)
+    merge_overrides(cls, data, args.overrides)
     return from_mapping(cls, data, f"config ({args.config})" if args.config else "config")
 
 
