@@ -72,8 +72,13 @@ def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
     return ids, mask
 
 
-def linear_decay(optimizer: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / max(1, total)))
+def supervised_setup(model: torch.nn.Module, config: Any, rows: int) -> tuple[int, torch.optim.Optimizer, Any, torch.Generator]:
+    """What SFT and reward training both start with: ``(total_steps, AdamW, linear-decay schedule,
+    shuffling generator)`` for ``config.epochs`` passes over ``rows`` rows in ``config.batch_size``."""
+    total = -(-rows // config.batch_size) * config.epochs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / max(1, total)))
+    return total, optimizer, scheduler, torch.Generator().manual_seed(config.seed)
 
 
 def progress_bar(enabled: bool, total: int, desc: str) -> Any:

@@ -202,9 +202,6 @@ class RLHFTrainer:
         trunk = AutoModel.from_pretrained(c.policy, dtype=self.dtype, trust_remote_code=c.trust_remote_code)
         return ScalarHeadModel(fuse_activations(trunk), hidden_size_of(trunk))
 
-    def _generator_model(self) -> nn.Module:
-        return self.policy
-
     @contextlib.contextmanager
     def _reference_ctx(self):
         """The frozen reference: a separate model, or the policy with its LoRA adapter disabled."""
@@ -239,7 +236,7 @@ class RLHFTrainer:
         t_start = time.perf_counter()
         prompts = self.prompts.next()
         prompt_ids, prompt_mask = encode_prompts(self.tokenizer, prompts, self.device)
-        batch = sample(self._generator_model(), self.tokenizer, prompt_ids, prompt_mask, c.max_new_tokens, c.temperature)
+        batch = sample(self.policy, self.tokenizer, prompt_ids, prompt_mask, c.max_new_tokens, c.temperature)
         mask = batch.completion_mask
         tokens = batch.completion_ids
         t_generated = time.perf_counter()

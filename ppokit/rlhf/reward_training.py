@@ -9,7 +9,6 @@ over the training responses, and that normalisation is saved with it.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -22,7 +21,7 @@ from ppokit.core.losses import bradley_terry_loss
 from ppokit.errors import TrainingError
 from ppokit.io.atomic import atomic_write_json
 from ppokit.rlhf import data as rdata
-from ppokit.rlhf.common import linear_decay, open_run, progress_bar, runtime, shuffled_batches
+from ppokit.rlhf.common import open_run, progress_bar, runtime, shuffled_batches, supervised_setup
 from ppokit.rlhf.config import RewardConfig
 from ppokit.rlhf.models import RewardModel, load_tokenizer, new_reward_model
 from ppokit.rlhf.rewards import encode_pairs
@@ -98,11 +97,7 @@ def train_reward_model(config: RewardConfig, data: Any = None, eval_data: Any = 
         rating_mean, rating_std = float(ratings.mean()), float(ratings.std().clamp_min(1e-6)) if len(ratings) > 1 else 1.0
 
     path, metrics = open_run(config, "reward", run_dir, overwrite)
-    steps_per_epoch = -(-len(train_rows) // config.batch_size)
-    total = steps_per_epoch * config.epochs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = linear_decay(optimizer, total)
-    generator = torch.Generator().manual_seed(config.seed)
+    total, optimizer, scheduler, generator = supervised_setup(model, config, len(train_rows))
     bar = progress_bar(config.progress, total, "reward")
     step, start = 0, time.perf_counter()
     history = []
@@ -170,7 +165,3 @@ def train_reward_model(config: RewardConfig, data: Any = None, eval_data: Any = 
     atomic_write_json(path / "eval.json", summary)
     log.info("reward model saved to %s (held-out accuracy %.3f)", model_dir, summary["eval_accuracy"])
     return summary
-
-
-def read_summary(run_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / "eval.json").read_text(encoding="utf-8"))

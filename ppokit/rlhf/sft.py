@@ -16,7 +16,7 @@ import torch
 
 from ppokit.errors import TrainingError
 from ppokit.rlhf import data as rdata
-from ppokit.rlhf.common import linear_decay, open_run, pad_right, progress_bar, runtime, shuffled_batches
+from ppokit.rlhf.common import open_run, pad_right, progress_bar, runtime, shuffled_batches, supervised_setup
 from ppokit.rlhf.config import SFTConfig
 from ppokit.rlhf.generation import token_logprobs
 from ppokit.rlhf.models import load_causal_lm, load_tokenizer, position_ids_from_mask
@@ -54,19 +54,16 @@ def train_sft(config: SFTConfig, data: Any = None, run_dir: str | Path | None = 
         {"prompt": (config.prompt_column, "text"), "response": (config.response_column, "text")},
         config.skip_bad_rows,
     )
-    encoded = tokenize_sft(tokenizer, loaded.rows, config.add_eos)
-    loaded = rdata.drop_long(loaded, [len(ids) for ids, _ in encoded], config.max_length,
+    for row, tokens in zip(loaded.rows, tokenize_sft(tokenizer, loaded.rows, config.add_eos)):
+        row["_tokens"] = tokens
+    loaded = rdata.drop_long(loaded, [len(r["_tokens"][0]) for r in loaded.rows], config.max_length,
                              "prompt + response", "max_length", config.skip_bad_rows)
-    encoded = tokenize_sft(tokenizer, loaded.rows, config.add_eos)
+    encoded = [r["_tokens"] for r in loaded.rows]
     model = load_causal_lm(config.model, dtype, device, config.trust_remote_code)
     model.train()
 
     path, metrics = open_run(config, "sft", run_dir, overwrite)
-    steps_per_epoch = -(-len(encoded) // config.batch_size)
-    total = steps_per_epoch * config.epochs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = linear_decay(optimizer, total)
-    generator = torch.Generator().manual_seed(config.seed)
+    total, optimizer, scheduler, generator = supervised_setup(model, config, len(encoded))
     bar = progress_bar(config.progress, total, "sft")
     step, loss_value, start = 0, float("nan"), time.perf_counter()
     try:
