@@ -47,12 +47,12 @@ from ppokit.rlhf.generation import (
     token_logprobs,
 )
 from ppokit.rlhf.models import (
-    REWARD_META,
     PolicyWithValueHead,
     ScalarHeadModel,
     fuse_activations,
     hidden_size_of,
     load_causal_lm,
+    load_reward_model,
     load_tokenizer,
 )
 from ppokit.rlhf.rewards import RewardModelScorer, build_reward, per_token_rewards
@@ -174,27 +174,22 @@ class RLHFTrainer:
             self.trainable: nn.Module = self.with_head
         else:
             self.with_head = None
-            self.critic = self._build_critic(reward_specs).to(self.device)
+            self.critic = self._build_critic().to(self.device)
             self.trainable = nn.ModuleDict({"policy": policy, "critic": self.critic})
         # Dropout off throughout: the rollout's log-probs and the first epoch's must agree exactly,
         # or the ratio starts away from 1 for no reason.
         self.trainable.eval()
 
-    def _build_critic(self, reward_specs: Sequence[Any]) -> ScalarHeadModel:
+    def _build_critic(self) -> ScalarHeadModel:
         c = self.config
         if c.value_init == "reward":
             scorer = next((s for s in self.reward.sources if isinstance(s, RewardModelScorer)), None)
             if scorer is not None:
-                path = scorer.name
-                meta = Path(path) / REWARD_META
-                head = json.loads(meta.read_text(encoding="utf-8")).get("head") if meta.is_file() else "classification"
-                if head == "value_head":
-                    return ScalarHeadModel.load(path, self.dtype, self.device, c.trust_remote_code)
-                from transformers import AutoModelForSequenceClassification
-
-                classifier = AutoModelForSequenceClassification.from_pretrained(
-                    path, dtype=self.dtype, trust_remote_code=c.trust_remote_code)
-                return ScalarHeadModel.from_sequence_classifier(fuse_activations(classifier))
+                # A second load: the critic trains while the scorer's copy stays frozen.
+                reward_model = load_reward_model(scorer.name, self.dtype, self.device, c.trust_remote_code)
+                if reward_model.kind == "value_head":
+                    return reward_model.model
+                return ScalarHeadModel.from_sequence_classifier(reward_model.model)
             log.info("value_init is 'reward' but no reward model is among the reward sources; "
                      "initialising the critic from the policy")
         from transformers import AutoModel
