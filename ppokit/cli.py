@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ppokit import __version__
-from ppokit.errors import PPOKitError
+from ppokit.errors import PPOKitError, TrainingInterrupted
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -53,7 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override any config field (repeatable), e.g. --set learning_rate=1e-3")
     train.add_argument("--overwrite", action="store_true", help="start over in a run directory that holds a run")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --run-dir from its latest checkpoint (start it if there is none)")
+    train.add_argument("--stop-at-return", type=float, metavar="R",
+                       help="evaluate during training and stop once the mean return reaches R")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    rs = sub.add_parser("resume", help="continue an interrupted run (control or RLHF PPO) from its latest checkpoint",
+                        description="Continue a run exactly where its latest checkpoint left it: weights, "
+                        "optimizer, schedules, normalisation, RNGs, environments (or, for RLHF, the prompt order).")
+    rs.add_argument("run_dir", help="the run directory")
+    rs.add_argument("--total-steps", type=int, help="train to this many steps instead of the run's own total")
+    rs.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     ev = sub.add_parser("eval", help="evaluate a saved policy and write eval.json into its run directory")
     ev.add_argument("run_dir", help="a run directory (or a model/checkpoint directory)")
@@ -97,6 +108,9 @@ def resolve_train_config(args: argparse.Namespace) -> tuple[Any, str | None]:
             data[field] = getattr(args, field)
     if args.no_progress:
         data["progress"] = False
+    if args.stop_at_return is not None:
+        data["stop_at_return"] = args.stop_at_return
+        data.setdefault("eval_every", 1)
     merge_overrides(PPOConfig, data, args.overrides)
     sources = ([f"preset {preset!r}"] if preset else []) + ([args.config] if args.config else [])
     return from_mapping(PPOConfig, data, f"config ({', '.join(sources)})" if sources else "config"), preset
@@ -106,18 +120,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ppokit.control.envs import check_env_id
     from ppokit.control.trainer import PPO
 
+    from ppokit.errors import ConfigError
+
     config, preset = resolve_train_config(args)
     check_env_id(config.env_id)
+    if args.resume and config.run_dir is None:
+        raise ConfigError("--resume needs --run-dir (the run to continue)")
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other; pass one")
     print(f"ppokit: training {config.env_id} for {config.total_steps} steps"
           + (f" with preset {preset!r}" if preset else " with the general defaults"), file=sys.stderr)
     agent = PPO(config)
+    _run_learn(agent, overwrite=args.overwrite, resume=args.resume)
+    return _report_run(agent)
+
+
+def _run_learn(agent: Any, **kwargs: Any) -> None:
     try:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         with logging_redirect_tqdm():  # warnings print above the bar, not through it
-            agent.learn(overwrite=args.overwrite)
+            agent.learn(**kwargs)
     finally:
         agent.close()
+
+
+def _report_run(agent: Any) -> int:
     assert agent.run_dir is not None
     print(f"run directory: {agent.run_dir}")
     eval_file = agent.run_dir / "eval.json"
@@ -154,6 +182,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_resume(args: argparse.Namespace) -> int:
+    from ppokit.errors import CheckpointError
+    from ppokit.io.checkpoints import RESUME_FILE, latest_checkpoint
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {str(run_dir)!r} does not exist")
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise CheckpointError(f"{str(run_dir)!r} has no resumable checkpoint (checkpoints/step_*/{RESUME_FILE})")
+    try:
+        kind = json.loads((checkpoint / RESUME_FILE).read_text(encoding="utf-8")).get("kind")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
+        raise CheckpointError(f"{checkpoint / RESUME_FILE}: unreadable resume state ({err})") from None
+    overrides = {"progress": False} if args.no_progress else {}
+    if kind == "ppokit.rlhf":
+        from ppokit.rlhf.cli import resume_ppo
+
+        return resume_ppo(run_dir, args.total_steps, overrides)
+    if kind != "ppokit.control":
+        raise CheckpointError(f"{checkpoint / RESUME_FILE}: unknown run kind {kind!r}")
+    from ppokit.control.trainer import PPO
+
+    agent = PPO.resume(run_dir, **overrides)
+    print(f"ppokit: resuming {agent.config.env_id} at step {agent.global_step} from {checkpoint}", file=sys.stderr)
+    _run_learn(agent, total_steps=args.total_steps)
+    return _report_run(agent)
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from ppokit.presets import list_presets, preset_path
 
@@ -180,14 +237,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     logging.basicConfig(level=logging.INFO, format="ppokit: %(levelname)s: %(message)s")
-    handlers = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets, "rlhf": cmd_rlhf}
+    handlers = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets, "rlhf": cmd_rlhf,
+                "resume": cmd_resume}
     try:
         return handlers[args.command](args)
+    except TrainingInterrupted as err:
+        from ppokit.io.interrupt import EXIT_CODES
+
+        print(f"ppokit: {err}", file=sys.stderr)
+        return EXIT_CODES.get(err.signal_name, EXIT_INTERRUPTED)
     except PPOKitError as err:
         print(f"ppokit: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("ppokit: interrupted", file=sys.stderr)
+        print("ppokit: interrupted at once; the files written so far are intact (every save is atomic), "
+              "`ppokit resume RUN_DIR` continues from the latest checkpoint", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

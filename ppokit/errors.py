@@ -26,3 +26,15 @@ class CheckpointError(PPOKitError):
 
 class TrainingError(PPOKitError):
     """Training cannot continue (for example, a loss became non-finite)."""
+
+
+class TrainingInterrupted(PPOKitError):
+    """Training stopped on SIGINT or SIGTERM after saving a checkpoint it can resume from."""
+
+    def __init__(self, signal_name: str, checkpoint: str, resume_command: str) -> None:
+        self.signal_name = signal_name
+        self.checkpoint = checkpoint
+        self.resume_command = resume_command
+        super().__init__(
+            f"stopped by {signal_name}; checkpoint saved to {checkpoint}; resume with: {resume_command}"
+        )

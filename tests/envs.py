@@ -91,19 +91,26 @@ class MultiDiscreteMatchEnv(gym.Env):
 
 
 class CrashingEnv(gym.Env):
-    """Raises inside step() after a few steps."""
+    """Steps normally until ``crash_at`` steps, then raises (``mode='raise'``) or kills its own
+    process (``mode='exit'``), as a buggy or segfaulting env would."""
 
-    def __init__(self):
-        self.observation_space = spaces.Box(-1, 1, shape=(1,), dtype=np.float32)
+    def __init__(self, crash_at: int = 5, mode: str = "raise"):
+        self.crash_at = crash_at
+        self.mode = mode
+        self.observation_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
         self.action_space = spaces.Discrete(2)
         self.t = 0
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
-        return np.zeros(1, dtype=np.float32), {}
+        return np.zeros(2, dtype=np.float32), {}
 
     def step(self, action):
         self.t += 1
-        if self.t > 5:
-            raise RuntimeError("the simulator exploded")
-        return np.zeros(1, dtype=np.float32), 0.0, False, False, {}
+        if self.t >= self.crash_at:
+            if self.mode == "exit":
+                import os
+
+                os._exit(3)
+            raise RuntimeError(f"simulator diverged at step {self.t}")
+        return np.zeros(2, dtype=np.float32), 0.0, False, False, {}

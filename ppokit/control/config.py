@@ -71,9 +71,13 @@ class PPOConfig:
     device: str = doc("'cpu', 'cuda', 'cuda:N' or 'auto'.", default="cpu")
     torch_threads: int = doc("torch intra-op threads; small MLPs run fastest on 1; 0 keeps torch's default.", default=1)
     run_dir: str | None = doc("Where the run is written; null picks runs/<env>__<seed>__<time>.", default=None)
-    checkpoint_every: int = doc("Save a checkpoint every this many updates; 0 saves only at the end.", default=0)
+    checkpoint_every: int = doc("Save a resumable checkpoint every this many updates; 0: only by time, at the end and on Ctrl-C.", default=0)
+    checkpoint_minutes: float = doc("Also save one when this many minutes have passed since the last; 0 disables.", default=10.0)
     keep_checkpoints: int = doc("How many periodic checkpoints to keep (oldest removed first).", default=3)
-    eval_episodes: int = doc("Episodes of the evaluation written to eval.json after training; 0 skips it.", default=20)
+    eval_every: int = doc("Evaluate every this many updates on separate envs, log eval_return, keep the best policy in RUN_DIR/best; 0 disables.", default=0)
+    eval_episodes: int = doc("Episodes per evaluation (periodic, and the final one written to eval.json; 0 skips the final one).", default=20)
+    stop_at_return: float | None = doc("Stop once an evaluation's mean return reaches this, saving that policy and its eval.json; null disables.", default=None)
+    on_nonfinite: str = doc("A NaN/inf loss or gradient: 'stop' the run with an error, or 'skip' that minibatch and count it.", default="stop")
     eval_deterministic: bool = doc("Evaluate with the mode of the policy rather than samples.", default=True)
     tensorboard: bool = doc("Write TensorBoard event files into the run directory.", default=True)
     progress: bool = doc("Show a progress bar with steps/s and recent return.", default=True)
@@ -143,9 +147,15 @@ class PPOConfig:
             raise bad("clip_obs" if self.clip_obs <= 0 else "clip_reward", "must be positive")
         if self.torch_threads < 0:
             raise bad("torch_threads", "must be 0 (torch's default) or a positive thread count")
-        for name in ("checkpoint_every", "eval_episodes"):
+        for name in ("checkpoint_every", "eval_episodes", "eval_every", "checkpoint_minutes"):
             if getattr(self, name) < 0:
                 raise bad(name, "must not be negative")
+        if self.eval_every and self.eval_episodes < 1:
+            raise bad("eval_episodes", "must be at least 1 when eval_every is set")
+        if self.stop_at_return is not None and not self.eval_every:
+            raise bad("stop_at_return", "needs periodic evaluation: set eval_every (updates between evaluations)")
+        if self.on_nonfinite not in ("stop", "skip"):
+            raise bad("on_nonfinite", "expected 'stop' or 'skip'")
         if self.keep_checkpoints < 1:
             raise bad("keep_checkpoints", "must be at least 1")
         if not (self.device in ("cpu", "auto", "cuda", "mps") or self.device.startswith("cuda:")):

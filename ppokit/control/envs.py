@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import multiprocessing
+import signal
 from typing import Any, Callable
 
 import gymnasium as gym
@@ -94,7 +96,8 @@ def make_vector_env(
     # Build one env up front so construction errors surface here, in this process, with a message.
     make_single_env(env_id, kwargs).close()
     if vectorization == "async":
-        return gym.vector.AsyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+        worker_fns = [lambda: _in_worker(env_id, kwargs) for _ in range(num_envs)]
+        return ReportingAsyncVectorEnv(worker_fns, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
     return gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
 
 
@@ -109,3 +112,78 @@ def check_spaces(observation_space: spaces.Space, action_space: spaces.Space, en
             f"env {env_id!r}: action space {action_space} is not supported "
             "(ppokit handles Discrete, Box and MultiDiscrete actions)"
         )
+
+
+def _in_worker(env_id: str, kwargs: dict[str, Any]) -> gym.Env:
+    """Build an env inside an async worker process, deaf to Ctrl-C.
+
+    Ctrl-C reaches every process of the terminal's group; the trainer handles it in the main process
+    (finish the update, checkpoint), which needs the workers alive until it is done.
+    """
+    if multiprocessing.parent_process() is not None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return make_single_env(env_id, kwargs)
+
+
+class ReportingAsyncVectorEnv(gym.vector.AsyncVectorEnv):
+    """Gymnasium's AsyncVectorEnv, but a failing or dead worker raises :class:`EnvError` naming the
+    env index and the worker's error, instead of a bare exception of the worker's type."""
+
+    def _raise_if_errors(self, successes: Any) -> None:
+        successes = list(successes)
+        if all(successes):
+            return
+        failures = []
+        for _ in range(len(successes) - sum(successes)):
+            index, exctype, value, trace = self.error_queue.get()
+            self.parent_pipes[index].close()
+            self.parent_pipes[index] = None
+            failures.append((index, exctype, value, trace))
+        self._state = gym.vector.async_vector_env.AsyncState.DEFAULT
+        index, exctype, value, trace = min(failures, key=lambda f: f[0])
+        where = _last_frame(trace)
+        others = f" ({len(failures) - 1} other worker(s) failed too)" if len(failures) > 1 else ""
+        raise EnvError(
+            f"environment worker {index} (of {self.num_envs}) failed: {exctype.__name__}: {value}"
+            f"{f' at {where}' if where else ''}{others}"
+        )
+
+    def _dead_worker(self, during: str) -> EnvError:
+        dead = []
+        for index, process in enumerate(self.processes):
+            process.join(timeout=1.0)
+            if not process.is_alive():
+                dead.append(f"{index} (exit code {process.exitcode})")
+                if self.parent_pipes[index] is not None:
+                    self.parent_pipes[index].close()
+                    self.parent_pipes[index] = None
+        # Nothing is pending any more; lets close() shut the live workers down instead of waiting.
+        self._state = gym.vector.async_vector_env.AsyncState.DEFAULT
+        named = ", ".join(dead) if dead else "unknown"
+        return EnvError(f"environment worker {named} of {self.num_envs} died during {during} "
+                        "(killed, out of memory, or crashed in native code)")
+
+    def step(self, actions: Any) -> Any:
+        try:
+            return super().step(actions)
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            raise self._dead_worker("step") from None
+
+    def reset(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().reset(*args, **kwargs)
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            raise self._dead_worker("reset") from None
+
+
+def _last_frame(trace: str) -> str:
+    """``file:line`` of the innermost frame of a formatted traceback."""
+    frames = [line.strip() for line in trace.splitlines() if line.strip().startswith("File ")]
+    if not frames:
+        return ""
+    parts = frames[-1].split(",")
+    try:
+        file = parts[0].split('"')[1]
+        return f"{file}:{parts[1].split()[-1]}"
+    except IndexError:
+        return ""

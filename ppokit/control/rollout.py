@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -120,6 +121,38 @@ class RolloutCollector:
         self._ep_return[:] = 0.0
         self._ep_length[:] = 0
         self._obs = self._process_obs(obs, update_stats=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The running state between rollouts (current observation, episode counters), as plain data."""
+        return {
+            "obs": None if self._obs is None else self._obs.cpu().numpy(),
+            "pending_reset": self._pending_reset.copy(),
+            "disc_return": self._disc_return.copy(),
+            "ep_return": self._ep_return.copy(),
+            "ep_length": self._ep_length.copy(),
+            "episode_returns": list(self.episode_returns),
+            "episode_lengths": list(self.episode_lengths),
+            "episodes_total": self.episodes_total,
+            "last_finished": [list(self.last_finished[0]), list(self.last_finished[1])],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        obs = state["obs"]
+        if obs is not None and tuple(obs.shape) != (self.num_envs, *self.obs_shape):
+            raise ValueError(f"saved observation batch has shape {tuple(obs.shape)}, expected "
+                             f"{(self.num_envs, *self.obs_shape)} (was num_envs changed?)")
+        self._obs = None if obs is None else torch.as_tensor(obs, device=self.device)
+        for name in ("pending_reset", "disc_return", "ep_return", "ep_length"):
+            current = getattr(self, f"_{name}")
+            value = np.asarray(state[name], dtype=current.dtype)
+            if value.shape != current.shape:
+                raise ValueError(f"saved {name} has shape {value.shape}, expected {current.shape}")
+            setattr(self, f"_{name}", value.copy())
+        self.episode_returns = deque((float(r) for r in state["episode_returns"]), maxlen=100)
+        self.episode_lengths = deque((int(n) for n in state["episode_lengths"]), maxlen=100)
+        self.episodes_total = int(state["episodes_total"])
+        self.last_finished = ([float(r) for r in state["last_finished"][0]],
+                              [int(n) for n in state["last_finished"][1]])
 
     def _process_obs(self, obs: np.ndarray, update_stats: bool) -> Tensor:
         t = torch.as_tensor(obs, dtype=self.obs_dtype, device=self.device)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,14 +36,28 @@ from ppokit.core.kl import AdaptiveClipController, AdaptiveKLController, kl_k3
 from ppokit.core.running_stats import RunningMeanStd
 from ppokit.core.schedules import make_schedule
 from ppokit.core.update import PPOUpdateSettings, ppo_update
-from ppokit.errors import CheckpointError, ConfigError, TrainingError
-from ppokit.io.atomic import atomic_write_dir, atomic_write_json, atomic_write_text
-from ppokit.io.metrics import MetricsLogger
-from ppokit.io.run_dir import default_run_dir, prepare_run_dir
+from ppokit.control.env_state import capture_env_state, restore_env_state
+from ppokit.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
+from ppokit.io.atomic import atomic_write_dir, atomic_write_json, atomic_write_text, recover_dir
+from ppokit.io.checkpoints import (
+    BEST,
+    RESUME_FILE,
+    checkpoint_path,
+    latest_checkpoint,
+    load_torch_state,
+    prune_checkpoints,
+)
+from ppokit.io.interrupt import StopOnSignal
+from ppokit.io.metrics import MetricsLogger, truncate_metrics
+from ppokit.io.rng import rng_state, set_rng_state
+from ppokit.io.run_dir import default_run_dir, holds_run, prepare_run_dir
+from ppokit.io.state_codec import decode, encode
 
 log = logging.getLogger("ppokit")
 
 CHECKPOINT_FORMAT = 1
+#: Version of resume.json, the training state beyond the weights (RNGs, envs, counters).
+RESUME_FORMAT = 1
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -119,6 +132,11 @@ class PPO:
         self._warned: set[str] = set()
         self._streaks: dict[str, int] = {}
         self.collector: RolloutCollector | None = None
+        #: Total steps of the current (or resumed) learn() call; sets the schedules' progress.
+        self.total_steps: int | None = None
+        self.best_eval_return: float | None = None
+        self._last_checkpoint_time = time.monotonic()
+        self._resume_from: Path | None = None
 
     @property
     def kl_coef(self) -> float:
@@ -136,15 +154,38 @@ class PPO:
         *,
         run_dir: str | Path | None = None,
         overwrite: bool = False,
+        resume: bool = False,
         callback: Callback | None = None,
     ) -> "PPO":
         """Train until ``total_steps`` environment steps (default: the config's), then save and evaluate.
 
         Writes the run directory (config, metrics, TensorBoard, checkpoints, final model, eval.json).
+        ``resume=True`` continues the run in ``run_dir`` from its latest checkpoint when it has one
+        (and starts it when the directory holds no run yet), bit-identically to an uninterrupted run
+        where the environments' state could be saved. SIGINT or SIGTERM end the current update,
+        save a checkpoint and raise :class:`~ppokit.errors.TrainingInterrupted`.
         """
         c = self.config
+        directory = Path(run_dir or self.run_dir or c.run_dir or default_run_dir(c.env_id, c.seed))
+        if resume and self._resume_from is None:
+            if run_dir is None and self.run_dir is None and c.run_dir is None:
+                raise ConfigError("resume=True needs the run directory to resume (run_dir)")
+            checkpoint = latest_checkpoint(directory)
+            if checkpoint is not None:
+                self._restore_checkpoint(checkpoint, directory)
+            elif holds_run(directory):
+                raise CheckpointError(
+                    f"run directory {str(directory)!r} holds a run but no checkpoint to resume from; "
+                    "pass --overwrite (overwrite=True) to start over in it"
+                )
+        resuming = self._resume_from is not None
         self.ensure_env()
-        total = int(total_steps if total_steps is not None else c.total_steps)
+        if total_steps is not None:
+            total = int(total_steps)
+        elif resuming and self.total_steps is not None:
+            total = self.total_steps
+        else:
+            total = c.total_steps
         steps_per_update = c.num_envs * c.num_steps
         # Never exceed the step budget: a partial rollout at the end would be a different batch size.
         num_updates = max(0, (total - self.global_step) // steps_per_update)
@@ -153,10 +194,19 @@ class PPO:
                 f"total_steps = {total} is less than one rollout (num_envs * num_steps = "
                 f"{c.num_envs} * {c.num_steps} = {steps_per_update}); nothing would be trained"
             )
-        self.run_dir = prepare_run_dir(run_dir or c.run_dir or default_run_dir(c.env_id, c.seed), overwrite)
+        self.total_steps = total
+        if resuming:
+            self.run_dir = directory
+            directory.mkdir(parents=True, exist_ok=True)
+            # Rows logged after the checkpoint (before the crash) are redone by this run.
+            truncate_metrics(directory / "metrics.jsonl", "global_step", self.global_step)
+        else:
+            self.run_dir = prepare_run_dir(directory, overwrite)
         atomic_write_text(self.run_dir / "config.yaml", config_to_yaml(replace(c, total_steps=total, run_dir=str(self.run_dir))))
         start_step = self.global_step
         start_time = time.perf_counter()
+        self._last_checkpoint_time = time.monotonic()
+        final_eval: dict[str, Any] | None = None
 
         progress = None
         if c.progress:
@@ -164,30 +214,68 @@ class PPO:
 
             progress = tqdm(total=total, initial=self.global_step, unit="step", unit_scale=True,
                             dynamic_ncols=True, desc=c.env_id, leave=True)
-        with MetricsLogger(self.run_dir, tensorboard=c.tensorboard) as metrics:
-            for _ in range(num_updates):
-                fraction = self.global_step / total
-                record = self.train_one_update(fraction)
-                elapsed = time.perf_counter() - start_time
-                record["sps"] = (self.global_step - start_step) / max(elapsed, 1e-9)
-                record["time_elapsed"] = elapsed
-                self._warn(record, fraction)
-                metrics.log(record, self.global_step)
-                if progress is not None:
-                    progress.update(self.global_step - progress.n)
-                    ret = record["episodic_return"]
-                    progress.set_postfix(ret="-" if ret is None else f"{ret:.1f}", refresh=False)
-                if c.checkpoint_every and self.num_updates % c.checkpoint_every == 0:
+        purge = self.global_step + 1 if resuming else None
+        try:
+            with StopOnSignal("update") as stop, MetricsLogger(self.run_dir, tensorboard=c.tensorboard, purge_step=purge) as metrics:
+                for _ in range(num_updates):
+                    fraction = self.global_step / total
+                    record = self.train_one_update(fraction)
+                    elapsed = time.perf_counter() - start_time
+                    record["sps"] = (self.global_step - start_step) / max(elapsed, 1e-9)
+                    record["time_elapsed"] = elapsed
+                    reached = False
+                    if c.eval_every and self.num_updates % c.eval_every == 0:
+                        result = self._periodic_eval(c.eval_episodes)
+                        record["eval_return"] = result["mean_return"]
+                        reached = c.stop_at_return is not None and result["mean_return"] >= c.stop_at_return
+                        if reached:
+                            final_eval = result
+                    self._warn(record, fraction)
+                    metrics.log(record, self.global_step)
+                    if progress is not None:
+                        progress.update(self.global_step - progress.n)
+                        ret = record["episodic_return"]
+                        progress.set_postfix(ret="-" if ret is None else f"{ret:.1f}", refresh=False)
+                    if stop.signal_name is not None:
+                        checkpoint = self.save_checkpoint()
+                        raise TrainingInterrupted(stop.signal_name, str(checkpoint), f"ppokit resume {self.run_dir}")
+                    if reached:
+                        log.info("update %d: evaluation mean return %.2f reached stop_at_return %.2f; stopping",
+                                 self.num_updates, final_eval["mean_return"], c.stop_at_return)
+                        break
+                    due = c.checkpoint_every and self.num_updates % c.checkpoint_every == 0
+                    overdue = c.checkpoint_minutes and time.monotonic() - self._last_checkpoint_time >= 60 * c.checkpoint_minutes
+                    if due or overdue:
+                        self.save_checkpoint()
+                    if callback is not None and callback(self, record) is False:
+                        break
+                # The final state is a checkpoint too, so `ppokit resume --total-steps` can extend the run.
+                if latest_checkpoint(self.run_dir) != checkpoint_path(self.run_dir, self.global_step):
                     self.save_checkpoint()
-                if callback is not None and callback(self, record) is False:
-                    break
-        if progress is not None:
-            progress.close()
+        finally:
+            if progress is not None:
+                progress.close()
+        self._resume_from = None
         self.save(self.run_dir / "model")
-        if c.eval_episodes > 0:
+        if final_eval is not None:
+            atomic_write_json(self.run_dir / "eval.json", final_eval)
+        elif c.eval_episodes > 0:
             result = self.evaluate(c.eval_episodes, deterministic=c.eval_deterministic)
             atomic_write_json(self.run_dir / "eval.json", result)
         return self
+
+    def _periodic_eval(self, episodes: int) -> dict[str, Any]:
+        """Evaluate now; keep the policy in ``RUN_DIR/best`` when it is the best so far."""
+        assert self.run_dir is not None
+        result = self.evaluate(episodes, deterministic=self.config.eval_deterministic)
+        if self.best_eval_return is None or result["mean_return"] > self.best_eval_return:
+            self.best_eval_return = result["mean_return"]
+
+            def extra(tmp: Path) -> None:
+                (tmp / "eval.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+            self.save(self.run_dir / BEST, extra=extra)
+        return result
 
     def train_one_update(self, fraction: float = 0.0) -> dict[str, Any]:
         """Collect one rollout, estimate advantages and run the K-epoch update; returns the metrics."""
@@ -208,12 +296,15 @@ class PPO:
             max_grad_norm=c.max_grad_norm if c.max_grad_norm > 0 else None,
             clip_range_vf=c.clip_range_vf, normalize_advantages=c.normalize_advantages,
             target_kl=c.target_kl, loss=c.loss, kl_coef=self.kl_coef,
+            skip_nonfinite=c.on_nonfinite == "skip",
         )
         try:
             stats = ppo_update(batch, lambda idx: self.policy.evaluate(obs[idx], actions[idx]),
                                self.optimizer, self.policy.parameters(), settings)
         except TrainingError as err:
-            raise TrainingError(f"update {self.num_updates + 1} (step {self.global_step}): {err}") from None
+            last = latest_checkpoint(self.run_dir) if self.run_dir is not None else None
+            saved = f"; the last checkpoint, {last}, is intact" if last is not None else ""
+            raise TrainingError(f"update {self.num_updates + 1} (step {self.global_step}): {err}{saved}") from None
         self.num_updates += 1
 
         if self.kl_controller is not None or self.clip_controller is not None:
@@ -317,12 +408,15 @@ class PPO:
         """Mean and std of the return over ``episodes`` fresh episodes, as written to eval.json."""
         seed = self.config.seed + 10_000 if seed is None else seed
         act = lambda obs, det: self.predict(obs, det)  # noqa: E731
-        if video_dir is not None:
-            result = record_video(act, self.config.env_id, episodes, video_dir,
-                                  env_kwargs=self.config.env_kwargs, deterministic=deterministic, seed=seed)
-        else:
-            result = evaluate_policy(act, self.config.env_id, episodes, env_kwargs=self.config.env_kwargs,
-                                     deterministic=deterministic, seed=seed)
+        # Stochastic evaluation draws from torch's generator; training must not see those draws,
+        # or evaluating during a run would change its results.
+        with torch.random.fork_rng(devices=[]):
+            if video_dir is not None:
+                result = record_video(act, self.config.env_id, episodes, video_dir,
+                                      env_kwargs=self.config.env_kwargs, deterministic=deterministic, seed=seed)
+            else:
+                result = evaluate_policy(act, self.config.env_id, episodes, env_kwargs=self.config.env_kwargs,
+                                         deterministic=deterministic, seed=seed)
         result["global_step"] = self.global_step  # which policy was evaluated
         return result
 
@@ -348,7 +442,8 @@ class PPO:
             "clip_controller": self.clip_controller.state_dict() if self.clip_controller else None,
         }
 
-    def save(self, path: str | Path, include_optimizer: bool = False) -> Path:
+    def save(self, path: str | Path, include_optimizer: bool = False,
+             extra: Callable[[Path], None] | None = None) -> Path:
         """Write the policy (safetensors) and its metadata (JSON) to directory ``path``, atomically."""
         path = Path(path)
 
@@ -357,18 +452,45 @@ class PPO:
             (tmp / STATE_FILE).write_text(json.dumps(self._state(), indent=2) + "\n", encoding="utf-8")
             if include_optimizer:
                 torch.save(self.optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+            if extra is not None:
+                extra(tmp)
 
         atomic_write_dir(path, fill)
         return path
 
+    def _resume_state(self) -> dict[str, Any]:
+        """Everything beyond weights and optimizer that an exact resume needs, as plain JSON."""
+        assert self.collector is not None
+        env_state, why = capture_env_state(self.env)
+        return {
+            "format": RESUME_FORMAT,
+            "kind": "ppokit.control",
+            "global_step": self.global_step,
+            "num_updates": self.num_updates,
+            "total_steps": self.total_steps,
+            "best_eval_return": self.best_eval_return,
+            "initial_entropy": self._initial_entropy,
+            "warned": sorted(self._warned),
+            "streaks": dict(self._streaks),
+            "rng": rng_state(),
+            "collector": encode(self.collector.state_dict()),
+            "env": env_state,
+            "env_not_saved": why,
+        }
+
     def save_checkpoint(self) -> Path:
-        """A periodic checkpoint under ``RUN_DIR/checkpoints``; keeps the newest ``keep_checkpoints``."""
+        """A resumable checkpoint ``RUN_DIR/checkpoints/step_<N>`` (weights, optimizer, RNGs, envs,
+        counters); keeps the newest ``keep_checkpoints``."""
         assert self.run_dir is not None
-        root = self.run_dir / "checkpoints"
-        path = self.save(root / f"step_{self.global_step:012d}", include_optimizer=True)
-        existing = sorted(p for p in root.glob("step_*") if p.is_dir())
-        for old in existing[: -self.config.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+        resume_state = self._resume_state()
+
+        def write_resume(tmp: Path) -> None:
+            # Written last: its presence marks the checkpoint complete (see io.checkpoints).
+            (tmp / RESUME_FILE).write_text(json.dumps(resume_state) + "\n", encoding="utf-8")
+
+        path = self.save(checkpoint_path(self.run_dir, self.global_step), include_optimizer=True, extra=write_resume)
+        prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
+        self._last_checkpoint_time = time.monotonic()
         return path
 
     @classmethod
@@ -377,6 +499,7 @@ class PPO:
 
         The environment is created from the saved config (``overrides`` may change fields such as
         ``num_envs`` or ``device``), so the result can ``predict``, ``evaluate`` and ``learn`` more.
+        Use :meth:`resume` to continue a run exactly where it stopped.
         """
         model_dir = find_model_dir(path)
         state = read_state(model_dir)
@@ -387,21 +510,106 @@ class PPO:
         agent = cls.__new__(cls)
         agent._set_runtime(config)
         agent.env = None  # made on demand by learn()
-        agent._build(space_from_json(state["observation_space"]), space_from_json(state["action_space"]))
-        agent._load_tensors(model_dir)
-        agent.global_step = int(state.get("global_step", 0))
-        agent.num_updates = int(state.get("num_updates", 0))
-        if agent.kl_controller is not None and state.get("kl_controller"):
-            agent.kl_controller.load_state_dict(state["kl_controller"])
-        if agent.clip_controller is not None and state.get("clip_controller"):
-            agent.clip_controller.load_state_dict(state["clip_controller"])
+        try:
+            observation_space = space_from_json(state["observation_space"])
+            action_space = space_from_json(state["action_space"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{model_dir / STATE_FILE}: bad saved spaces ({err})") from None
+        agent._build(observation_space, action_space)
+        agent._load_weights(model_dir, state)
+        return agent
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, **overrides: Any) -> "PPO":
+        """The run in ``run_dir`` as of its latest checkpoint, ready for :meth:`learn` to continue.
+
+        ``overrides`` change config fields for the rest of the run (``progress``, ``device``, …);
+        changing ones that shape the batch breaks exactness.
+        """
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise CheckpointError(f"run directory {str(run_dir)!r} does not exist")
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None:
+            raise CheckpointError(
+                f"{str(run_dir)!r} has no resumable checkpoint (expected checkpoints/step_*/{RESUME_FILE}); "
+                "was it started with a ppokit that saves them, or stopped before the first one?"
+            )
+        agent = cls.load(checkpoint, **overrides)
+        agent._restore_training(checkpoint, run_dir)
+        return agent
+
+    def _load_weights(self, model_dir: Path, state: dict[str, Any]) -> None:
+        """Weights, normaliser statistics, counters, controllers and (if saved) optimizer state."""
+        self._load_tensors(model_dir)
+        self.global_step = int(state.get("global_step", 0))
+        self.num_updates = int(state.get("num_updates", 0))
+        try:
+            if self.kl_controller is not None and state.get("kl_controller"):
+                self.kl_controller.load_state_dict(state["kl_controller"])
+            if self.clip_controller is not None and state.get("clip_controller"):
+                self.clip_controller.load_state_dict(state["clip_controller"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{model_dir / STATE_FILE}: bad controller state ({err})") from None
         optimizer_path = model_dir / OPTIMIZER_FILE
         if optimizer_path.exists():
             try:
-                agent.optimizer.load_state_dict(torch.load(optimizer_path, map_location=agent.device, weights_only=True))
-            except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
-                raise CheckpointError(f"{optimizer_path}: cannot load optimizer state safely: {err}") from None
-        return agent
+                self.optimizer.load_state_dict(load_torch_state(optimizer_path, self.device))
+            except (ValueError, KeyError, RuntimeError) as err:
+                raise CheckpointError(f"{optimizer_path}: optimizer state does not fit this network ({err})") from None
+
+    def _restore_checkpoint(self, checkpoint: Path, run_dir: Path) -> None:
+        """Load a checkpoint of this same run into this (freshly built) agent."""
+        state = read_state(checkpoint)
+        saved = state["config"]
+        for key in ("env_id", "num_envs", "num_steps", "hidden_sizes", "network", "shared_trunk"):
+            if key in saved and saved[key] != getattr(self.config, key):
+                raise CheckpointError(
+                    f"{checkpoint}: the run was made with {key} = {saved[key]!r}, this config has "
+                    f"{getattr(self.config, key)!r}; resume it with `ppokit resume {run_dir}`"
+                )
+        self._load_weights(checkpoint, state)
+        self._restore_training(checkpoint, run_dir)
+
+    def _restore_training(self, checkpoint: Path, run_dir: Path) -> None:
+        file = checkpoint / RESUME_FILE
+        try:
+            resume = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CheckpointError(f"{file}: unreadable resume state ({err})") from None
+        if not isinstance(resume, Mapping) or resume.get("kind") != "ppokit.control":
+            raise CheckpointError(f"{file}: not a ppokit control resume state")
+        if resume.get("format") != RESUME_FORMAT:
+            raise CheckpointError(f"{file}: resume format {resume.get('format')!r} is not supported by "
+                                  f"ppokit {__version__} (expected {RESUME_FORMAT})")
+        try:
+            self.total_steps = resume["total_steps"]
+            self.best_eval_return = resume["best_eval_return"]
+            self._initial_entropy = resume["initial_entropy"]
+            self._warned = set(resume["warned"])
+            self._streaks = {str(k): int(v) for k, v in resume["streaks"].items()}
+            # No reset when the env state is restored: a reset would feed its observations into
+            # the restored normalisation statistics.
+            self.ensure_env(reset=resume["env"] is None)
+            assert self.collector is not None
+            if resume["env"] is not None:
+                restore_env_state(self.env, resume["env"])
+                self.collector.load_state_dict(decode(resume["collector"]))
+            else:
+                # Envs whose state cannot be saved start fresh (seeded) episodes; the statistics of
+                # finished episodes carry over.
+                log.warning("resuming with fresh episodes, not bit-identically: %s", resume["env_not_saved"])
+                collector = decode(resume["collector"])
+                self.collector.episode_returns.extend(collector["episode_returns"])
+                self.collector.episode_lengths.extend(collector["episode_lengths"])
+                self.collector.episodes_total = int(collector["episodes_total"])
+            set_rng_state(resume["rng"])
+        except CheckpointError as err:
+            raise CheckpointError(f"{file}: {err}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise CheckpointError(f"{file}: bad or incompatible resume state ({type(err).__name__}: {err})") from None
+        self.run_dir = run_dir
+        self._resume_from = checkpoint
 
     def _load_tensors(self, model_dir: Path) -> None:
         file = model_dir / MODEL_FILE
@@ -421,11 +629,11 @@ class PPO:
                 except (KeyError, ValueError) as err:
                     raise CheckpointError(f"{file}: missing or bad {name} statistics ({err})") from None
 
-    def ensure_env(self) -> None:
+    def ensure_env(self, reset: bool = True) -> None:
         """Create the training env if needed (after :meth:`load`) and start collecting from it.
 
         Envs are seeded with ``seed + num_updates`` so a loaded agent does not replay the episodes
-        its first run began with.
+        its first run began with. ``reset=False`` leaves that to a state restore.
         """
         if self.collector is not None:
             return
@@ -436,7 +644,8 @@ class PPO:
             self.env, self.policy, self.device, c.num_steps, obs_rms=self.obs_rms, ret_rms=self.ret_rms,
             gamma=c.gamma, clip_obs=c.clip_obs, clip_reward=c.clip_reward,
         )
-        self.collector.reset(seed=c.seed + self.num_updates)
+        if reset:
+            self.collector.reset(seed=c.seed + self.num_updates)
 
     def close(self) -> None:
         if self.env is not None:
@@ -444,9 +653,10 @@ class PPO:
 
 
 def find_model_dir(path: str | Path) -> Path:
-    path = Path(path)
+    path = recover_dir(path)
     if not path.exists():
         raise CheckpointError(f"run or model directory {str(path)!r} does not exist")
+    recover_dir(path / "model")
     for candidate in (path, path / "model"):
         if (candidate / STATE_FILE).is_file():
             return candidate

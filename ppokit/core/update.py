@@ -43,17 +43,31 @@ class PPOUpdateSettings:
     target_kl: float | None = None
     loss: str = "clip"
     kl_coef: float = 1.0
+    #: On a non-finite loss or gradient, skip that minibatch (and count it) instead of raising.
+    skip_nonfinite: bool = False
 
 
 class NonFiniteError(TrainingError):
-    """A loss or gradient became NaN or infinite; the optimiser step was not taken."""
+    """A loss, gradient or parameter became NaN or infinite."""
 
     def __init__(self, quantity: str, epoch: int, minibatch: int) -> None:
         self.quantity = quantity
-        super().__init__(
-            f"non-finite {quantity} in epoch {epoch + 1}, minibatch {minibatch + 1}; "
-            "the weights were left as they were before this step"
-        )
+        if quantity == "parameter":
+            detail = (f"non-finite parameter after epoch {epoch + 1}, minibatch {minibatch + 1} "
+                      "(the step itself overflowed); these weights must not be saved")
+        else:
+            detail = (f"non-finite {quantity} in epoch {epoch + 1}, minibatch {minibatch + 1}; "
+                      "the weights were left as they were before this step")
+        super().__init__(detail)
+
+
+def _all_finite(tensors: list[Tensor]) -> bool:
+    if not tensors:
+        return True
+    # One fused reduction per device instead of a check per tensor: a non-finite entry makes its
+    # tensor's norm non-finite.
+    norms = torch._foreach_norm(tensors)
+    return bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
 
 
 def ppo_update(
@@ -76,6 +90,11 @@ def ppo_update(
     with advantages whitened within the minibatch when ``normalize_advantages`` is set. When
     ``target_kl`` is set, the epoch loop stops as soon as a minibatch's approximate KL
     (:math:`k_3`) exceeds ``1.5 × target_kl``, *before* that minibatch's step is taken.
+
+    A non-finite loss or gradient raises :class:`NonFiniteError` before the optimiser step, so the
+    weights and optimiser state are those of the last good step (with ``skip_nonfinite`` the
+    minibatch is skipped and counted in ``skipped_minibatches`` instead). The parameters are checked
+    once after the last step; non-finite ones raise too.
     """
     params = [p for p in parameters if p.requires_grad]
     mask_all = batch.get("mask")
@@ -84,6 +103,7 @@ def ppo_update(
     rows: list[Tensor] = []
     epochs_done = 0
     early_stopped = False
+    skipped = 0
     for epoch in range(settings.num_epochs):
         for mb, idx in enumerate(torch.randperm(n, device=device).tensor_split(settings.num_minibatches)):
             if idx.numel() == 0:
@@ -118,15 +138,24 @@ def ppo_update(
             loss = policy_loss + settings.vf_coef * v_loss - settings.ent_coef * mean_entropy
 
             if not torch.isfinite(loss):
+                if settings.skip_nonfinite:
+                    skipped += 1
+                    continue
                 raise NonFiniteError("loss", epoch, mb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             max_norm = settings.max_grad_norm if settings.max_grad_norm is not None else float("inf")
+            # The total norm is non-finite exactly when some gradient entry is; checked before the
+            # step, so a bad gradient never reaches the weights or Adam's moments.
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
             if not torch.isfinite(grad_norm):
                 optimizer.zero_grad(set_to_none=True)
+                if settings.skip_nonfinite:
+                    skipped += 1
+                    continue
                 raise NonFiniteError("gradient", epoch, mb)
             optimizer.step()
+            last_step = (epoch, mb)
             rows.append(torch.stack([
                 policy_loss.detach(), v_loss.detach(), mean_entropy.detach(),
                 approx_kl_k1, approx_kl_k3, clip_fraction, grad_norm.detach(), loss.detach(),
@@ -135,6 +164,8 @@ def ppo_update(
             break
         epochs_done += 1
 
+    if rows and not _all_finite(params):
+        raise NonFiniteError("parameter", *last_step)
     names = ("policy_loss", "value_loss", "entropy", "approx_kl_k1", "approx_kl_k3",
              "clip_fraction", "grad_norm", "loss")
     if rows:
@@ -145,4 +176,5 @@ def ppo_update(
     stats["epochs"] = float(epochs_done)
     stats["early_stopped"] = float(early_stopped)
     stats["minibatch_steps"] = float(len(rows))
+    stats["skipped_minibatches"] = float(skipped)
     return stats

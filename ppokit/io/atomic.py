@@ -59,23 +59,46 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(json_safe(data), indent=2, sort_keys=False) + "\n")
 
 
+def _old_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def recover_dir(path: str | Path) -> Path:
+    """Finish a replacement :func:`atomic_write_dir` was killed in the middle of.
+
+    Replacing a directory takes two renames (old aside, new in); a kill between them leaves only
+    the old one, under its aside name. Put it back, so readers find the previous version.
+    """
+    path = Path(path)
+    old = _old_name(path)
+    if not path.exists() and old.is_dir():
+        os.replace(old, path)
+        _fsync_dir(path.parent)
+    return path
+
+
 def atomic_write_dir(path: str | Path, fill: Callable[[Path], None]) -> None:
     """Create directory ``path`` atomically: ``fill`` writes into a temporary sibling, then it is renamed.
 
     An existing ``path`` is replaced only after the new one is complete, so killing the process at
-    any moment leaves either the old directory or the new one in place.
+    any moment leaves either the old directory or the new one in place (between the two renames of a
+    replacement, the old one under a temporary name that :func:`recover_dir` restores).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         fill(tmp)
-        for child in tmp.iterdir():
-            with open(child, "rb") as f:
-                os.fsync(f.fileno())
+        for child in tmp.rglob("*"):
+            if child.is_file():
+                with open(child, "rb") as f:
+                    os.fsync(f.fileno())
+            elif child.is_dir():
+                _fsync_dir(child)
         _fsync_dir(tmp)
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
+            old = _old_name(path)
             if old.exists():
                 shutil.rmtree(old)
             os.replace(path, old)

@@ -12,7 +12,9 @@ from ppokit.io.atomic import json_safe
 class MetricsLogger:
     """Appends each record to ``metrics.jsonl`` (flushed per line) and mirrors numbers to TensorBoard."""
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, purge_step: int | None = None) -> None:
+        """``purge_step``: when resuming, TensorBoard drops the events at or after this step that the
+        interrupted run wrote after its checkpoint."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._file = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
@@ -20,7 +22,7 @@ class MetricsLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # imported lazily: it is slow to import
 
-            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=purge_step)
 
     def log(self, record: Mapping[str, Any], step: int, prefix: str = "train") -> None:
         self._file.write(json.dumps(json_safe(dict(record))) + "\n")
@@ -45,3 +47,27 @@ class MetricsLogger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def truncate_metrics(path: str | Path, key: str, last: int) -> None:
+    """Drop the rows of a metrics.jsonl whose ``key`` is beyond ``last`` (and a torn final line), so a
+    resumed run does not log the steps after its checkpoint twice. Rewritten atomically."""
+    from ppokit.io.atomic import atomic_write_text
+
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = []
+    changed = False
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            changed = True  # a line cut short by the crash
+            continue
+        if isinstance(row, dict) and isinstance(row.get(key), (int, float)) and row[key] > last:
+            changed = True
+            continue
+        kept.append(line)
+    if changed:
+        atomic_write_text(path, "".join(line + "\n" for line in kept))

@@ -34,13 +34,13 @@ def prepare_run_dir(path: str | Path, overwrite: bool = False) -> Path:
         raise CheckpointError(f"run directory {str(path)!r} exists and is not a directory")
     if holds_run(path) and not overwrite:
         raise CheckpointError(
-            f"run directory {str(path)!r} already holds a run; choose another --run-dir, "
-            "or pass --overwrite to start over in it"
+            f"run directory {str(path)!r} already holds a run; continue it with `ppokit resume {path}` "
+            "(or --resume), choose another --run-dir, or pass --overwrite to start over in it"
         )
     if holds_run(path) and overwrite:
         for name in ("metrics.jsonl", "eval.json", "config.yaml"):
             (path / name).unlink(missing_ok=True)
-        for name in ("tensorboard", "checkpoints", "model"):
+        for name in ("tensorboard", "checkpoints", "model", "best"):
             shutil.rmtree(path / name, ignore_errors=True)
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -1,0 +1,124 @@
+"""Saving and restoring the state of running environments, so a resumed run continues mid-episode.
+
+There is no Gymnasium API for this, so ppokit walks the env objects it created (the vector env, its
+wrappers, each sub-env and the unwrapped env) and captures the attributes that are plain data:
+numbers, arrays, numpy generators (the envs' RNGs), and MuJoCo's integration state. Objects it
+knows to be fixed for an env's life (spaces, specs, callables, the MuJoCo model and renderer) are
+skipped. Anything else (a Box2D world, a worker process) means the state cannot be captured exactly;
+the checkpoint then records why, and a resumed run starts fresh episodes instead (seeded, so still
+reproducible, but not bit-identical to an uninterrupted run).
+"""
+
+from __future__ import annotations
+
+import enum
+import types
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from ppokit.errors import CheckpointError
+from ppokit.io.state_codec import SKIP, decode, encode
+
+try:  # MuJoCo is an optional extra
+    import mujoco
+except ImportError:  # pragma: no cover - depends on the install
+    mujoco = None
+
+
+def _is_fixed(value: Any) -> bool:
+    """Objects that do not change while an env runs, so need not be saved."""
+    fixed: tuple[type, ...] = (spaces.Space, gym.envs.registration.EnvSpec, types.FunctionType,
+                               types.MethodType, types.BuiltinFunctionType, types.ModuleType, type,
+                               types.LambdaType, enum.Enum)
+    if isinstance(value, fixed) or value is None:
+        return True
+    if mujoco is not None and isinstance(value, mujoco.MjModel):
+        return True
+    name = type(value).__name__
+    # Renderers are rebuilt on demand; training never renders.
+    if "Renderer" in name or "Viewer" in name:
+        return True
+    if isinstance(value, (list, tuple)) and all(_is_fixed(v) for v in value):
+        return True
+    if isinstance(value, dict) and all(_is_fixed(v) or encode(v) is not SKIP for v in value.values()):
+        return True  # e.g. metadata holding a callable; its plain entries never change either
+    return False
+
+
+def _is_env(value: Any) -> bool:
+    return isinstance(value, (gym.Env, gym.vector.VectorEnv, gym.Wrapper, gym.vector.VectorWrapper))
+
+
+def _capture(obj: Any, path: str, problems: list[str]) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
+    children: dict[str, Any] = {}
+    for key, value in vars(obj).items():
+        where = f"{path}.{key}"
+        if _is_env(value):
+            children[key] = _capture(value, where, problems)
+        elif isinstance(value, list) and value and all(_is_env(v) for v in value):
+            children[key] = [_capture(v, f"{where}[{i}]", problems) for i, v in enumerate(value)]
+        elif mujoco is not None and isinstance(value, mujoco.MjData):
+            model = getattr(obj, "model", None)
+            if not isinstance(model, mujoco.MjModel):
+                problems.append(f"{where} (MjData without its model)")
+                continue
+            spec = mujoco.mjtState.mjSTATE_INTEGRATION
+            state = np.empty(mujoco.mj_stateSize(model, spec), dtype=np.float64)
+            mujoco.mj_getState(model, value, state, spec)
+            attrs[key] = {"__mujoco_state__": encode(state)}
+        else:
+            encoded = encode(value)
+            if encoded is not SKIP:
+                attrs[key] = encoded
+            elif not _is_fixed(value):
+                problems.append(f"{where} ({type(value).__name__})")
+    return {"type": f"{type(obj).__module__}.{type(obj).__qualname__}", "attrs": attrs, "children": children}
+
+
+def capture_env_state(env: gym.vector.VectorEnv) -> tuple[dict[str, Any] | None, str | None]:
+    """``(state, None)`` when the env's whole state was captured, else ``(None, reason)``."""
+    if isinstance(env, gym.vector.AsyncVectorEnv):
+        return None, "the envs run in worker processes (vectorization 'async')"
+    problems: list[str] = []
+    state = _capture(env, "env", problems)
+    if problems:
+        shown = ", ".join(problems[:3]) + (f" and {len(problems) - 3} more" if len(problems) > 3 else "")
+        return None, f"these env attributes are not plain data: {shown}"
+    return state, None
+
+
+def _restore(obj: Any, state: dict[str, Any], path: str) -> None:
+    kind = f"{type(obj).__module__}.{type(obj).__qualname__}"
+    if state.get("type") != kind:
+        raise CheckpointError(f"saved env state at {path} is for {state.get('type')!r}, but the env is {kind!r}")
+    for key, child in state.get("children", {}).items():
+        value = getattr(obj, key, None)
+        if isinstance(child, list):
+            if not isinstance(value, list) or len(value) != len(child):
+                raise CheckpointError(f"saved env state at {path}.{key} has {len(child)} envs; the env has "
+                                      f"{len(value) if isinstance(value, list) else 'none'}")
+            for i, (sub, sub_state) in enumerate(zip(value, child)):
+                _restore(sub, sub_state, f"{path}.{key}[{i}]")
+        else:
+            if value is None:
+                raise CheckpointError(f"saved env state has {path}.{key}, the env has not")
+            _restore(value, child, f"{path}.{key}")
+    for key, encoded in state.get("attrs", {}).items():
+        if isinstance(encoded, dict) and "__mujoco_state__" in encoded:
+            model, data = obj.model, getattr(obj, key)
+            spec = mujoco.mjtState.mjSTATE_INTEGRATION
+            saved = decode(encoded["__mujoco_state__"])
+            if saved.shape != (mujoco.mj_stateSize(model, spec),):
+                raise CheckpointError(f"saved MuJoCo state at {path}.{key} does not fit this model")
+            mujoco.mj_setState(model, data, saved, spec)
+        else:
+            setattr(obj, key, decode(encoded))
+
+
+def restore_env_state(env: gym.vector.VectorEnv, state: dict[str, Any]) -> None:
+    """Put a state from :func:`capture_env_state` back into an env built from the same config."""
+    _restore(env, state, "env")

@@ -1,0 +1,74 @@
+"""Checkpoint directories of a run: naming, finding the latest, pruning, and safe torch loading.
+
+A run keeps its resumable checkpoints in ``RUN_DIR/checkpoints/step_<12-digit step>``; each is
+written with :func:`ppokit.io.atomic.atomic_write_dir`, so one either exists complete or not at
+all. ``RUN_DIR/best`` holds the policy with the best evaluation so far.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ppokit.errors import CheckpointError
+
+CHECKPOINTS = "checkpoints"
+BEST = "best"
+#: Written last into every resumable checkpoint; its presence marks one as complete.
+RESUME_FILE = "resume.json"
+
+
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"step_{step:012d}"
+
+
+def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
+    """Complete resumable checkpoints of a run, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step_*") if p.is_dir() and (p / RESUME_FILE).is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    dirs = checkpoint_dirs(run_dir)
+    return dirs[-1] if dirs else None
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
+    """Remove all but the newest ``keep`` checkpoints (and leftovers of interrupted writes).
+
+    Each is first renamed to a hidden name (atomic), so a kill during the slow delete never leaves a
+    half-deleted directory that looks like a checkpoint.
+    """
+    root = Path(run_dir) / CHECKPOINTS
+    for old in checkpoint_dirs(run_dir)[:-keep] if keep > 0 else []:
+        doomed = old.with_name(f".{old.name}.deleting")
+        os.replace(old, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+    if root.is_dir():
+        for leftover in root.glob(".step_*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def load_torch_state(path: str | Path, map_location: Any = "cpu") -> Any:
+    """``torch.load`` restricted to tensors and plain containers (``weights_only=True``).
+
+    A file holding any other pickled object, one that would run code when unpickled, is refused
+    with a :class:`CheckpointError` instead of being executed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file is missing")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unpickling failures come in many types
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path}: refused to load: not a plain tensor state file ({first[:300]})"
+        ) from None
