@@ -46,6 +46,7 @@ from ppokit.io.checkpoints import (
     latest_checkpoint,
     load_torch_state,
     prune_checkpoints,
+    read_resume_state,
 )
 from ppokit.io.interrupt import StopOnSignal
 from ppokit.io.metrics import MetricsLogger, truncate_metrics
@@ -573,15 +574,7 @@ class PPO:
 
     def _restore_training(self, checkpoint: Path, run_dir: Path) -> None:
         file = checkpoint / RESUME_FILE
-        try:
-            resume = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CheckpointError(f"{file}: unreadable resume state ({err})") from None
-        if not isinstance(resume, Mapping) or resume.get("kind") != "ppokit.control":
-            raise CheckpointError(f"{file}: not a ppokit control resume state")
-        if resume.get("format") != RESUME_FORMAT:
-            raise CheckpointError(f"{file}: resume format {resume.get('format')!r} is not supported by "
-                                  f"ppokit {__version__} (expected {RESUME_FORMAT})")
+        resume = read_resume_state(checkpoint, "ppokit.control", RESUME_FORMAT)
         try:
             self.total_steps = resume["total_steps"]
             self.best_eval_return = resume["best_eval_return"]

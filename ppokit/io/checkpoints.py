@@ -72,3 +72,23 @@ def load_torch_state(path: str | Path, map_location: Any = "cpu") -> Any:
         raise CheckpointError(
             f"{path}: refused to load: not a plain tensor state file ({first[:300]})"
         ) from None
+
+
+def read_resume_state(checkpoint: str | Path, kind: str, version: int) -> dict[str, Any]:
+    """The checkpoint's ``resume.json``, checked to be of ``kind`` and format ``version``."""
+    import json
+
+    from ppokit import __version__
+
+    file = Path(checkpoint) / RESUME_FILE
+    try:
+        state = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{file}: unreadable resume state ({err})") from None
+    if not isinstance(state, dict) or state.get("kind") != kind:
+        found = state.get("kind") if isinstance(state, dict) else None
+        raise CheckpointError(f"{file}: a {found!r} checkpoint, not a {kind!r} one")
+    if state.get("format") != version:
+        raise CheckpointError(f"{file}: resume format {state.get('format')!r} is not supported by "
+                              f"ppokit {__version__} (expected {version})")
+    return state

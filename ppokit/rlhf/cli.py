@@ -56,6 +56,9 @@ def add_parser(sub: Any) -> None:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override any config field (repeatable)")
         p.add_argument("--overwrite", action="store_true", help="start over in a run directory that holds a run")
+        if stage == "ppo":
+            p.add_argument("--resume", action="store_true",
+                           help="continue the run in --run-dir from its latest checkpoint (start it if there is none)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo = stages.add_parser("demo", help="the whole pipeline on a tiny model built from scratch, offline, in minutes",
                              description="Build a tokenizer and a tiny GPT-2, SFT it, train a reward model on "
@@ -112,14 +115,37 @@ def run(args: argparse.Namespace) -> int:
         print(f"reward model: held-out pairwise accuracy {summary['eval_accuracy']:.3f} "
               f"({summary['eval_pairs']} pairs); model: {summary['model_dir']}")
     else:
+        from ppokit.errors import ConfigError
         from ppokit.rlhf.ppo import RLHFTrainer
 
-        trainer = RLHFTrainer(config, overwrite=args.overwrite)
-        summary = trainer.train()
-        print(f"PPO done: score {summary['score_first']:+.3f} -> {summary['score_last']:+.3f}, "
-              f"KL {summary['kl_last']:.3f}; policy: {summary['policy_dir']}")
+        if args.resume and config.run_dir is None:
+            raise ConfigError("--resume needs --run-dir (the run to continue)")
+        if args.resume and args.overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other; pass one")
+        trainer = RLHFTrainer(config, overwrite=args.overwrite, resume=args.resume)
+        return _finish_ppo(trainer)
     print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, list)}), file=sys.stderr)
     return 0
+
+
+def _finish_ppo(trainer: Any) -> int:
+    summary = trainer.train()
+    print(f"PPO done: score {summary['score_first']:+.3f} -> {summary['score_last']:+.3f}, "
+          f"KL {summary['kl_last']:.3f}; policy: {summary['policy_dir']}")
+    print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, list)}), file=sys.stderr)
+    return 0
+
+
+def resume_ppo(run_dir: Any, total_steps: int | None, overrides: dict[str, Any]) -> int:
+    """``ppokit resume`` for an RLHF PPO run: rebuild the trainer from its config.yaml and continue."""
+    _require_rlhf_extra()
+    from ppokit.rlhf.ppo import RLHFTrainer
+
+    if total_steps is not None:
+        overrides = {**overrides, "total_steps": total_steps}
+    trainer = RLHFTrainer.resume(run_dir, **overrides)
+    print(f"ppokit: resuming RLHF PPO at step {trainer.global_step} in {run_dir}", file=sys.stderr)
+    return _finish_ppo(trainer)
 
 
 def _require_rlhf_extra() -> None:

@@ -45,13 +45,24 @@ def config_yaml(config: Any) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
-def open_run(config: Any, stage: str, run_dir: str | Path | None, overwrite: bool) -> tuple[Path, MetricsLogger]:
-    """Create the run directory (refusing to overwrite a run), write config.yaml, open the metrics."""
-    from ppokit.io.atomic import atomic_write_text
+def open_run(config: Any, stage: str, run_dir: str | Path | None, overwrite: bool,
+             resume_step: int | None = None) -> tuple[Path, MetricsLogger]:
+    """Create the run directory (refusing to overwrite a run), write config.yaml, open the metrics.
 
-    path = prepare_run_dir(run_dir or config.run_dir or default_run_dir(f"rlhf-{stage}", config.seed), overwrite)
+    With ``resume_step`` the directory is the run being resumed: metrics rows after that step
+    (written after its checkpoint, before the stop) are dropped, as they will be redone.
+    """
+    from ppokit.io.atomic import atomic_write_text
+    from ppokit.io.metrics import truncate_metrics
+
+    if resume_step is not None:
+        path = Path(run_dir or config.run_dir)
+        truncate_metrics(path / "metrics.jsonl", "step", resume_step)
+    else:
+        path = prepare_run_dir(run_dir or config.run_dir or default_run_dir(f"rlhf-{stage}", config.seed), overwrite)
     atomic_write_text(path / "config.yaml", config_yaml(config))
-    return path, MetricsLogger(path, tensorboard=config.tensorboard)
+    purge = resume_step + 1 if resume_step is not None else None
+    return path, MetricsLogger(path, tensorboard=config.tensorboard, purge_step=purge)
 
 
 def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:

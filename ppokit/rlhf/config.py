@@ -174,7 +174,10 @@ class RLHFConfig(LMRuntime):
     # --- logging ---
     sample_every: int = doc("Log sample completions every this many steps; 0 never.", default=10)
     num_samples: int = doc("How many sample completions to log each time.", default=3)
-    save_every: int = doc("Save the policy (and value model) every this many steps; 0 saves only at the end.", default=0)
+    save_every: int = doc("Save a resumable checkpoint (models, optimizer, RNGs, prompt position) every this many steps; 0: only by time, at the end and on Ctrl-C.", default=0)
+    checkpoint_minutes: float = doc("Also save one when this many minutes have passed since the last; 0 disables.", default=10.0)
+    keep_checkpoints: int = doc("How many checkpoints to keep (oldest removed first).", default=2)
+    on_nonfinite: str = doc("A NaN/inf loss or gradient: 'stop' the run with an error, or 'skip' that minibatch and count it.", default="stop")
 
     def __post_init__(self) -> None:
         self._check_runtime()
@@ -184,11 +187,13 @@ class RLHFConfig(LMRuntime):
         _choice(self, "value_init", ("reward", "policy"))
         _choice(self, "kl_estimator", ("k1", "k3"))
         _choice(self, "lr_schedule", ("constant", "linear"))
+        _choice(self, "on_nonfinite", ("stop", "skip"))
         _positive(self, "max_prompt_length", "max_new_tokens", "temperature", "total_steps", "batch_size",
-                  "num_minibatches", "num_epochs", "learning_rate", "kl_target", "kl_horizon", "lora_r")
+                  "num_minibatches", "num_epochs", "learning_rate", "kl_target", "kl_horizon", "lora_r",
+                  "keep_checkpoints")
         _non_negative(self, "kl_coef", "vf_coef", "ent_coef", "weight_decay", "max_grad_norm",
                       "sample_every", "num_samples", "save_every", "clip_range_vf", "missing_eos_penalty",
-                      "lora_dropout")
+                      "lora_dropout", "checkpoint_minutes")
         if not 0.0 <= self.gamma <= 1.0:
             raise ConfigError(f"field 'gamma' must be in [0, 1], got {self.gamma!r}")
         if not 0.0 <= self.gae_lambda <= 1.0:

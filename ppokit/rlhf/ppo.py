@@ -32,8 +32,19 @@ from torch import Tensor, nn
 from ppokit.core.advantages import gae, masked_mean, masked_whiten
 from ppokit.core.kl import ProportionalKLController
 from ppokit.core.update import PPOUpdateSettings, ppo_update
-from ppokit.errors import ConfigError
-from ppokit.io.atomic import atomic_write_json
+from ppokit.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
+from ppokit.io.atomic import atomic_write_dir, atomic_write_json
+from ppokit.io.checkpoints import (
+    RESUME_FILE,
+    checkpoint_path,
+    latest_checkpoint,
+    load_torch_state,
+    prune_checkpoints,
+    read_resume_state,
+)
+from ppokit.io.interrupt import StopOnSignal
+from ppokit.io.rng import rng_state, set_rng_state
+from ppokit.io.run_dir import holds_run
 from ppokit.rlhf import data as rdata
 from ppokit.rlhf.common import open_run, progress_bar, runtime
 from ppokit.rlhf.config import RLHFConfig
@@ -58,6 +69,11 @@ from ppokit.rlhf.models import (
 from ppokit.rlhf.rewards import RewardModelScorer, build_reward, per_token_rewards
 
 log = logging.getLogger("ppokit")
+
+#: Version of an RLHF checkpoint's resume.json.
+RESUME_FORMAT = 1
+TRAINABLE_FILE = "trainable.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
 
 
 def make_adamw(params: list[Tensor], lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -108,7 +124,8 @@ class RLHFTrainer:
 
     ``prompts`` (a ``datasets.Dataset`` or list of dicts with the prompt column) replaces
     ``config.data``; ``rewards`` (reward-model paths, ``'module:function'`` strings or Python
-    callables) replaces ``config.rewards``.
+    callables) replaces ``config.rewards``. ``resume=True`` continues the run in ``run_dir`` from its
+    latest checkpoint (bit-identically on one CPU thread), or starts it when there is no run yet.
     """
 
     def __init__(
@@ -118,8 +135,20 @@ class RLHFTrainer:
         rewards: Sequence[str | Callable[..., Sequence[float]]] | None = None,
         run_dir: str | Path | None = None,
         overwrite: bool = False,
+        resume: bool = False,
     ) -> None:
         self.config = c = config
+        checkpoint, resume_state = None, None
+        if resume:
+            directory = run_dir or c.run_dir
+            if directory is None:
+                raise ConfigError("resume needs the run directory to continue (run_dir)")
+            checkpoint = latest_checkpoint(directory)
+            if checkpoint is not None:
+                resume_state = read_resume_state(checkpoint, "ppokit.rlhf", RESUME_FORMAT)
+            elif holds_run(Path(directory)):
+                raise CheckpointError(f"run directory {str(directory)!r} holds a run but no checkpoint to "
+                                      "resume from; pass --overwrite (overwrite=True) to start over in it")
         self.device, self.dtype = runtime(c)
         self.tokenizer = load_tokenizer(c.policy, c.trust_remote_code)
 
@@ -140,9 +169,36 @@ class RLHFTrainer:
         self.kl_controller = ProportionalKLController(c.kl_coef, c.kl_target, c.kl_horizon) if c.adaptive_kl else None
         self.kl_coef = c.kl_coef
         self.global_step = 0
-        # config.yaml records the reward sources actually used, also when they came in as an argument.
-        self.run_dir, self.metrics = open_run(dataclasses.replace(c, rewards=reward_specs), "ppo", run_dir, overwrite)
         self.history: list[dict[str, float]] = []
+        self._last_checkpoint_time = time.monotonic()
+        # config.yaml records the reward sources actually used, also when they came in as an argument.
+        resume_step = int(resume_state["global_step"]) if resume_state is not None else None
+        self.run_dir, self.metrics = open_run(dataclasses.replace(c, rewards=reward_specs), "ppo", run_dir,
+                                              overwrite, resume_step=resume_step)
+        if checkpoint is not None:
+            self._restore(checkpoint, resume_state)
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, prompts: Any = None,
+               rewards: Sequence[str | Callable[..., Sequence[float]]] | None = None,
+               **overrides: Any) -> "RLHFTrainer":
+        """The run in ``run_dir`` as of its latest checkpoint, built from its config.yaml.
+
+        A run whose rewards or prompts came in as Python objects needs them passed again.
+        """
+        from ppokit.configuration import from_mapping, load_yaml
+
+        run_dir = Path(run_dir)
+        if latest_checkpoint(run_dir) is None:
+            raise CheckpointError(f"{str(run_dir)!r} has no resumable checkpoint (checkpoints/step_*/{RESUME_FILE})")
+        data = dict(load_yaml(run_dir / "config.yaml"))
+        data.update(overrides)
+        data["run_dir"] = str(run_dir)
+        if rewards is None and any(isinstance(r, str) and r.startswith("<python callable") for r in data.get("rewards", [])):
+            raise ConfigError(f"{run_dir / 'config.yaml'}: the run's reward is a Python callable; resume it "
+                              "from Python with RLHFTrainer.resume(run_dir, rewards=[your_function])")
+        config = from_mapping(RLHFConfig, data, str(run_dir / "config.yaml"))
+        return cls(config, prompts=prompts, rewards=rewards, run_dir=run_dir, resume=True)
 
     # ---- models ------------------------------------------------------------------------------
 
@@ -285,12 +341,18 @@ class RLHFTrainer:
             num_epochs=c.num_epochs, num_minibatches=c.num_minibatches, clip_range=c.clip_range,
             vf_coef=c.vf_coef, ent_coef=c.ent_coef, max_grad_norm=c.max_grad_norm or None,
             clip_range_vf=c.clip_range_vf, normalize_advantages=False, target_kl=c.target_kl,
+            skip_nonfinite=c.on_nonfinite == "skip",
         )
         self._set_learning_rate()
-        update_stats = ppo_update(
-            {"logp": logp, "values": values, "advantages": advantages, "returns": returns, "mask": mask},
-            evaluate, self.optimizer, self.parameters, settings,
-        )
+        try:
+            update_stats = ppo_update(
+                {"logp": logp, "values": values, "advantages": advantages, "returns": returns, "mask": mask},
+                evaluate, self.optimizer, self.parameters, settings,
+            )
+        except TrainingError as err:
+            last = latest_checkpoint(self.run_dir)
+            saved = f"; the last checkpoint, {last}, is intact" if last is not None else ""
+            raise TrainingError(f"PPO step {self.global_step + 1}: {err}{saved}") from None
         t_updated = time.perf_counter()
 
         kl_per_sequence = kl.sum(-1)
@@ -347,18 +409,29 @@ class RLHFTrainer:
         gc.collect()
         gc.freeze()
         try:
-            while self.global_step < target:
-                record = self.step()
-                self.metrics.log(record, self.global_step)
-                self.history.append(record)
-                if c.sample_every and (self.global_step % c.sample_every == 0 or self.global_step == 1):
-                    self._log_samples()
-                if c.save_every and self.global_step % c.save_every == 0 and self.global_step < target:
-                    self.save(self.run_dir / "checkpoints" / f"step_{self.global_step}")
-                bar.update(1)
-                bar.set_postfix(score=f"{record['score']:.3f}", kl=f"{record['kl']:.2f}")
-                if callback is not None and callback(record) is False:
-                    break
+            with StopOnSignal("PPO step") as stop:
+                while self.global_step < target:
+                    record = self.step()
+                    self.metrics.log(record, self.global_step)
+                    self.history.append(record)
+                    if c.sample_every and (self.global_step % c.sample_every == 0 or self.global_step == 1):
+                        self._log_samples()
+                    bar.update(1)
+                    bar.set_postfix(score=f"{record['score']:.3f}", kl=f"{record['kl']:.2f}")
+                    if stop.signal_name is not None:
+                        saved = self.save_checkpoint()
+                        self.metrics.close()
+                        raise TrainingInterrupted(stop.signal_name, str(saved), f"ppokit resume {self.run_dir}")
+                    due = c.save_every and self.global_step % c.save_every == 0
+                    overdue = (c.checkpoint_minutes
+                               and time.monotonic() - self._last_checkpoint_time >= 60 * c.checkpoint_minutes)
+                    if (due or overdue) and self.global_step < target:
+                        self.save_checkpoint()
+                    if callback is not None and callback(record) is False:
+                        break
+                # The final state is a checkpoint too, so a resume can extend the run.
+                if latest_checkpoint(self.run_dir) != checkpoint_path(self.run_dir, self.global_step):
+                    self.save_checkpoint()
         finally:
             bar.close()
             gc.unfreeze()
@@ -395,6 +468,62 @@ class RLHFTrainer:
             "mean_step_s": mean(self.history, "step_s"), "skipped_rows": self.skipped_rows,
         }
 
+    # ---- checkpoints -------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path:
+        """A resumable checkpoint ``RUN_DIR/checkpoints/step_<N>``: the trainable weights (policy,
+        value model or head, LoRA adapter), optimizer, KL controller, prompt position, RNGs, history;
+        plus ``policy/`` and ``value_model/`` as usable models. Keeps the newest ``keep_checkpoints``."""
+        from safetensors.torch import save_model
+
+        state = {
+            "format": RESUME_FORMAT, "kind": "ppokit.rlhf", "global_step": self.global_step,
+            "kl_coef": self.kl_coef,
+            "kl_controller": self.kl_controller.state_dict() if self.kl_controller is not None else None,
+            "prompts": self.prompts.state_dict(), "rng": rng_state(), "history": self.history,
+        }
+
+        def fill(tmp: Path) -> None:
+            save_model(self.trainable, str(tmp / TRAINABLE_FILE))
+            torch.save(self.optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+            self.save(tmp)
+            # Written last: its presence marks the checkpoint complete.
+            (tmp / RESUME_FILE).write_text(json.dumps(state) + "\n", encoding="utf-8")
+
+        path = checkpoint_path(self.run_dir, self.global_step)
+        atomic_write_dir(path, fill)
+        prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
+        self._last_checkpoint_time = time.monotonic()
+        return path
+
+    def _restore(self, checkpoint: Path, state: dict[str, Any]) -> None:
+        from safetensors.torch import load_model
+
+        file = checkpoint / TRAINABLE_FILE
+        try:
+            missing, unexpected = load_model(self.trainable, str(file), strict=False, device=str(self.device))
+        except Exception as err:  # noqa: BLE001 - safetensors raises several types for bad files
+            raise CheckpointError(f"{file}: not a readable safetensors file ({err})") from None
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{file}: the saved weights do not fit this model (missing {list(missing)[:3]}, "
+                f"unexpected {list(unexpected)[:3]}); was the policy, value_model or lora setting changed?"
+            )
+        try:
+            self.optimizer.load_state_dict(load_torch_state(checkpoint / OPTIMIZER_FILE, self.device))
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise CheckpointError(f"{checkpoint / OPTIMIZER_FILE}: optimizer state does not fit ({err})") from None
+        try:
+            self.global_step = int(state["global_step"])
+            self.kl_coef = float(state["kl_coef"])
+            if self.kl_controller is not None and state["kl_controller"] is not None:
+                self.kl_controller.load_state_dict(state["kl_controller"])
+            self.prompts.load_state_dict(state["prompts"])
+            self.history = list(state["history"])
+            set_rng_state(state["rng"])
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise CheckpointError(f"{checkpoint / RESUME_FILE}: bad resume state ({type(err).__name__}: {err})") from None
+
     # ---- saving ------------------------------------------------------------------------------
 
     def save(self, directory: str | Path) -> None:
@@ -430,6 +559,6 @@ class RLHFTrainer:
 
 
 def train_rlhf(config: RLHFConfig, prompts: Any = None, rewards: Any = None,
-               run_dir: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
+               run_dir: str | Path | None = None, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """Build an :class:`RLHFTrainer` and train it; returns its summary."""
-    return RLHFTrainer(config, prompts, rewards, run_dir, overwrite).train()
+    return RLHFTrainer(config, prompts, rewards, run_dir, overwrite, resume).train()
