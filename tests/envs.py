@@ -114,3 +114,25 @@ class CrashingEnv(gym.Env):
                 os._exit(3)
             raise RuntimeError(f"simulator diverged at step {self.t}")
         return np.zeros(2, dtype=np.float32), 0.0, False, False, {}
+
+
+class NaNRewardEnv(gym.Env):
+    """Reward 1 per step until ``nan_after`` steps in total, then NaN: a reward bug showing up mid-run."""
+
+    def __init__(self, nan_after: int = 100):
+        self.nan_after = nan_after
+        self.observation_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+        self.action_space = spaces.Discrete(2)
+        self.steps = 0
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.np_random.uniform(-1, 1, size=2).astype(np.float32), {}
+
+    def step(self, action):
+        self.steps += 1
+        self.t += 1
+        reward = float("nan") if self.steps > self.nan_after else 1.0
+        return self.np_random.uniform(-1, 1, size=2).astype(np.float32), reward, False, self.t >= 20, {}
