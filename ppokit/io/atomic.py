@@ -70,6 +70,8 @@ def recover_dir(path: str | Path) -> Path:
     the old one, under its aside name. Put it back, so readers find the previous version.
     """
     path = Path(path)
+    if not path.name:  # '.', '/': nothing of ours to recover
+        return path
     old = _old_name(path)
     if not path.exists() and old.is_dir():
         os.replace(old, path)
