@@ -332,3 +332,12 @@ def test_a_saved_model_does_not_load_into_a_different_network(tmp_path):
 def test_cli_resume_of_a_missing_directory_is_a_one_line_error(tmp_path, capsys):
     assert main(["resume", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_learning_more_in_the_same_process_starts_a_new_run_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    agent = PPO(_config(total_steps=4 * 32 * 2))
+    agent.learn()
+    first = agent.run_dir
+    agent.learn(total_steps=4 * 32 * 4)
+    assert agent.run_dir != first and agent.global_step == 4 * 32 * 4

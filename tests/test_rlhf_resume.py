@@ -106,3 +106,26 @@ def test_an_rlhf_checkpoint_does_not_load_into_a_different_setup(base_model, tmp
     with pytest.raises(CheckpointError, match="do not fit this model"):
         RLHFTrainer(_config(base_model, total_steps=2, value_model="head"), prompts=PROMPTS,
                     run_dir=tmp_path / "run", resume=True)
+
+
+def test_ctrl_c_finishes_the_step_checkpoints_and_resume_matches(base_model, tmp_path):
+    import os
+    import signal
+
+    from ppokit.errors import TrainingInterrupted
+
+    config = _config(base_model)
+    straight = RLHFTrainer(config, prompts=PROMPTS, run_dir=tmp_path / "straight")
+    straight.train()
+
+    def press_ctrl_c(record):
+        if record["step"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives while the loop runs; handled after step 3
+
+    first = RLHFTrainer(config, prompts=PROMPTS, run_dir=tmp_path / "split")
+    with pytest.raises(TrainingInterrupted, match=f"ppokit resume {tmp_path / 'split'}") as info:
+        first.train(callback=press_ctrl_c)
+    assert info.value.signal_name == "SIGINT" and info.value.checkpoint.endswith("step_000000000003")
+    resumed = RLHFTrainer(config, prompts=PROMPTS, run_dir=tmp_path / "split", resume=True)
+    resumed.train()
+    assert _same(resumed, straight)

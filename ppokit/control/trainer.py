@@ -167,9 +167,12 @@ class PPO:
         save a checkpoint and raise :class:`~ppokit.errors.TrainingInterrupted`.
         """
         c = self.config
-        directory = Path(run_dir or self.run_dir or c.run_dir or default_run_dir(c.env_id, c.seed))
+        if self._resume_from is not None and self.run_dir is not None:
+            directory = self.run_dir  # made by PPO.resume
+        else:
+            directory = Path(run_dir or c.run_dir or default_run_dir(c.env_id, c.seed))
         if resume and self._resume_from is None:
-            if run_dir is None and self.run_dir is None and c.run_dir is None:
+            if run_dir is None and c.run_dir is None:
                 raise ConfigError("resume=True needs the run directory to resume (run_dir)")
             checkpoint = latest_checkpoint(directory)
             if checkpoint is not None:
