@@ -1,0 +1,42 @@
+"""The limit: raw stepping speed of the vector env ppokit trains on, with random actions and no learner.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/env_limit.py --task cartpole --steps 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from control_tasks import TASKS  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--task", choices=sorted(TASKS), required=True)
+    parser.add_argument("--steps", type=int)
+    args = parser.parse_args()
+    from ppokit.control.envs import make_vector_env
+
+    t = TASKS[args.task]
+    steps = args.steps or t["default_steps"]
+    env = make_vector_env(t["env_id"], t["num_envs"])
+    env.reset(seed=0)
+    env.action_space.seed(0)
+    actions = [env.action_space.sample() for _ in range(64)]
+    n = steps // t["num_envs"]
+    start = time.perf_counter()
+    for i in range(n):
+        env.step(actions[i % 64])
+    seconds = time.perf_counter() - start
+    env.close()
+    print(json.dumps({"library": "env", "task": args.task, "steps": n * t["num_envs"], "seconds": seconds,
+                      "sps": n * t["num_envs"] / seconds}))
+
+
+if __name__ == "__main__":
+    main()
