@@ -184,18 +184,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from ppokit.errors import CheckpointError
-    from ppokit.io.checkpoints import RESUME_FILE, latest_checkpoint
+    from ppokit.io.checkpoints import RESUME_FILE, find_resumable, read_resume_state
 
     run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run directory {str(run_dir)!r} does not exist")
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is None:
-        raise CheckpointError(f"{str(run_dir)!r} has no resumable checkpoint (checkpoints/step_*/{RESUME_FILE})")
-    try:
-        kind = json.loads((checkpoint / RESUME_FILE).read_text(encoding="utf-8")).get("kind")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
-        raise CheckpointError(f"{checkpoint / RESUME_FILE}: unreadable resume state ({err})") from None
+    checkpoint = find_resumable(run_dir)
+    kind = read_resume_state(checkpoint).get("kind")
     overrides = {"progress": False} if args.no_progress else {}
     if kind == "ppokit.rlhf":
         from ppokit.rlhf.cli import resume_ppo

@@ -43,6 +43,7 @@ from ppokit.io.checkpoints import (
     BEST,
     RESUME_FILE,
     checkpoint_path,
+    find_resumable,
     latest_checkpoint,
     load_torch_state,
     prune_checkpoints,
@@ -530,17 +531,9 @@ class PPO:
         ``overrides`` change config fields for the rest of the run (``progress``, ``device``, …);
         changing ones that shape the batch breaks exactness.
         """
-        run_dir = Path(run_dir)
-        if not run_dir.is_dir():
-            raise CheckpointError(f"run directory {str(run_dir)!r} does not exist")
-        checkpoint = latest_checkpoint(run_dir)
-        if checkpoint is None:
-            raise CheckpointError(
-                f"{str(run_dir)!r} has no resumable checkpoint (expected checkpoints/step_*/{RESUME_FILE}); "
-                "was it started with a ppokit that saves them, or stopped before the first one?"
-            )
+        checkpoint = find_resumable(run_dir)
         agent = cls.load(checkpoint, **overrides)
-        agent._restore_training(checkpoint, run_dir)
+        agent._restore_training(checkpoint, Path(run_dir))
         return agent
 
     def _load_weights(self, model_dir: Path, state: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ all. ``RUN_DIR/best`` holds the policy with the best evaluation so far.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -74,10 +75,22 @@ def load_torch_state(path: str | Path, map_location: Any = "cpu") -> Any:
         ) from None
 
 
-def read_resume_state(checkpoint: str | Path, kind: str, version: int) -> dict[str, Any]:
-    """The checkpoint's ``resume.json``, checked to be of ``kind`` and format ``version``."""
-    import json
+def find_resumable(run_dir: str | Path) -> Path:
+    """The latest resumable checkpoint of ``run_dir``, or a :class:`CheckpointError` saying why none."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {str(run_dir)!r} does not exist")
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise CheckpointError(
+            f"{str(run_dir)!r} has no resumable checkpoint (expected {CHECKPOINTS}/step_*/{RESUME_FILE}); "
+            "was it started with a ppokit that saves them, or stopped before the first one?"
+        )
+    return checkpoint
 
+
+def read_resume_state(checkpoint: str | Path, kind: str | None = None, version: int | None = None) -> dict[str, Any]:
+    """The checkpoint's ``resume.json``, checked to be of ``kind`` and format ``version`` when given."""
     from ppokit import __version__
 
     file = Path(checkpoint) / RESUME_FILE
@@ -85,6 +98,10 @@ def read_resume_state(checkpoint: str | Path, kind: str, version: int) -> dict[s
         state = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{file}: unreadable resume state ({err})") from None
+    if kind is None:
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{file}: not a resume state")
+        return state
     if not isinstance(state, dict) or state.get("kind") != kind:
         found = state.get("kind") if isinstance(state, dict) else None
         raise CheckpointError(f"{file}: a {found!r} checkpoint, not a {kind!r} one")

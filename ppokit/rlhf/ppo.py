@@ -37,6 +37,7 @@ from ppokit.io.atomic import atomic_write_dir, atomic_write_json
 from ppokit.io.checkpoints import (
     RESUME_FILE,
     checkpoint_path,
+    find_resumable,
     latest_checkpoint,
     load_torch_state,
     prune_checkpoints,
@@ -189,8 +190,7 @@ class RLHFTrainer:
         from ppokit.configuration import from_mapping, load_yaml
 
         run_dir = Path(run_dir)
-        if latest_checkpoint(run_dir) is None:
-            raise CheckpointError(f"{str(run_dir)!r} has no resumable checkpoint (checkpoints/step_*/{RESUME_FILE})")
+        find_resumable(run_dir)
         data = dict(load_yaml(run_dir / "config.yaml"))
         data.update(overrides)
         data["run_dir"] = str(run_dir)
