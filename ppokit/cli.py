@@ -120,14 +120,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ppokit.control.envs import check_env_id
     from ppokit.control.trainer import PPO
 
-    from ppokit.errors import ConfigError
+    from ppokit.io.run_dir import check_resume_flags
 
     config, preset = resolve_train_config(args)
     check_env_id(config.env_id)
-    if args.resume and config.run_dir is None:
-        raise ConfigError("--resume needs --run-dir (the run to continue)")
-    if args.resume and args.overwrite:
-        raise ConfigError("--resume and --overwrite contradict each other; pass one")
+    check_resume_flags(args.resume, args.overwrite, config.run_dir)
     print(f"ppokit: training {config.env_id} for {config.total_steps} steps"
           + (f" with preset {preset!r}" if preset else " with the general defaults"), file=sys.stderr)
     agent = PPO(config)

@@ -44,3 +44,13 @@ def prepare_run_dir(path: str | Path, overwrite: bool = False) -> Path:
             shutil.rmtree(path / name, ignore_errors=True)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def check_resume_flags(resume: bool, overwrite: bool, run_dir: str | Path | None) -> None:
+    """The CLI's ``--resume`` needs the run it continues and cannot go with ``--overwrite``."""
+    from ppokit.errors import ConfigError
+
+    if resume and run_dir is None:
+        raise ConfigError("--resume needs --run-dir (the run to continue)")
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other; pass one")

@@ -115,13 +115,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"reward model: held-out pairwise accuracy {summary['eval_accuracy']:.3f} "
               f"({summary['eval_pairs']} pairs); model: {summary['model_dir']}")
     else:
-        from ppokit.errors import ConfigError
+        from ppokit.io.run_dir import check_resume_flags
         from ppokit.rlhf.ppo import RLHFTrainer
 
-        if args.resume and config.run_dir is None:
-            raise ConfigError("--resume needs --run-dir (the run to continue)")
-        if args.resume and args.overwrite:
-            raise ConfigError("--resume and --overwrite contradict each other; pass one")
+        check_resume_flags(args.resume, args.overwrite, config.run_dir)
         trainer = RLHFTrainer(config, overwrite=args.overwrite, resume=args.resume)
         return _finish_ppo(trainer)
     print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, list)}), file=sys.stderr)
