@@ -42,6 +42,7 @@ from ppokit.io.atomic import atomic_write_dir, atomic_write_json, atomic_write_t
 from ppokit.io.checkpoints import (
     BEST,
     RESUME_FILE,
+    checkpoint_due,
     checkpoint_path,
     find_resumable,
     latest_checkpoint,
@@ -248,9 +249,8 @@ class PPO:
                         log.info("update %d: evaluation mean return %.2f reached stop_at_return %.2f; stopping",
                                  self.num_updates, final_eval["mean_return"], c.stop_at_return)
                         break
-                    due = c.checkpoint_every and self.num_updates % c.checkpoint_every == 0
-                    overdue = c.checkpoint_minutes and time.monotonic() - self._last_checkpoint_time >= 60 * c.checkpoint_minutes
-                    if due or overdue:
+                    if checkpoint_due(self.num_updates, c.checkpoint_every, c.checkpoint_minutes,
+                                      self._last_checkpoint_time):
                         self.save_checkpoint()
                     if callback is not None and callback(self, record) is False:
                         break

@@ -41,6 +41,16 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return dirs[-1] if dirs else None
 
 
+def checkpoint_due(count: int, every: int, minutes: float, last_saved: float) -> bool:
+    """Whether to checkpoint after update/step ``count``: every ``every`` of them (0: never by count),
+    or when ``minutes`` (0: never by time) have passed since ``last_saved`` (a ``time.monotonic()``)."""
+    import time
+
+    by_count = every > 0 and count % every == 0
+    by_time = minutes > 0 and time.monotonic() - last_saved >= 60 * minutes
+    return by_count or by_time
+
+
 def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
     """Remove all but the newest ``keep`` checkpoints (and leftovers of interrupted writes).
 

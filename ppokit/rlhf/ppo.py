@@ -36,6 +36,7 @@ from ppokit.errors import CheckpointError, ConfigError, TrainingError, TrainingI
 from ppokit.io.atomic import atomic_write_dir, atomic_write_json
 from ppokit.io.checkpoints import (
     RESUME_FILE,
+    checkpoint_due,
     checkpoint_path,
     find_resumable,
     latest_checkpoint,
@@ -422,10 +423,9 @@ class RLHFTrainer:
                         saved = self.save_checkpoint()
                         self.metrics.close()
                         raise TrainingInterrupted(stop.signal_name, str(saved), f"ppokit resume {self.run_dir}")
-                    due = c.save_every and self.global_step % c.save_every == 0
-                    overdue = (c.checkpoint_minutes
-                               and time.monotonic() - self._last_checkpoint_time >= 60 * c.checkpoint_minutes)
-                    if (due or overdue) and self.global_step < target:
+                    due = checkpoint_due(self.global_step, c.save_every, c.checkpoint_minutes,
+                                         self._last_checkpoint_time)
+                    if due and self.global_step < target:
                         self.save_checkpoint()
                     if callback is not None and callback(record) is False:
                         break
