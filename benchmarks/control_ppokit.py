@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -13,26 +12,19 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from control_tasks import TASKS  # noqa: E402
+from control_tasks import parse_task_args  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--task", choices=sorted(TASKS), required=True)
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args()
+    name, task, steps, seed = parse_task_args(__doc__.split("\n\n")[0])
     import torch
 
     from ppokit import PPO, PPOConfig
 
     torch.set_num_threads(1)
-    task = dict(TASKS[args.task])
-    steps = args.steps or task.pop("default_steps")
-    task.pop("default_steps", None)
     normalize = task.pop("normalize")
     with tempfile.TemporaryDirectory() as tmp:
-        config = PPOConfig(**task, total_steps=steps, seed=args.seed, lr_schedule="linear",
+        config = PPOConfig(**task, total_steps=steps, seed=seed, lr_schedule="linear",
                            normalize_obs=normalize, normalize_reward=normalize, torch_threads=1,
                            progress=False, tensorboard=False, eval_episodes=0, run_dir=str(Path(tmp) / "run"))
         agent = PPO(config)
@@ -41,7 +33,7 @@ def main() -> None:
         seconds = time.perf_counter() - start
         returns = list(agent.collector.episode_returns)
         agent.close()
-    print(json.dumps({"library": "ppokit", "task": args.task, "steps": agent.global_step, "seconds": seconds,
+    print(json.dumps({"library": "ppokit", "task": name, "steps": agent.global_step, "seconds": seconds,
                       "sps": agent.global_step / seconds,
                       "final_return": sum(returns) / len(returns) if returns else None}))
 

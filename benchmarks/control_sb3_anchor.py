@@ -10,31 +10,24 @@ same network (64-64 tanh, separate actor and critic, orthogonal init).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from control_tasks import TASKS  # noqa: E402
+from control_tasks import parse_task_args  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--task", choices=sorted(TASKS), required=True)
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args()
+    name, t, steps, seed = parse_task_args(__doc__.split("\n\n")[0])
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import VecNormalize
 
     torch.set_num_threads(1)
-    t = TASKS[args.task]
-    steps = args.steps or t["default_steps"]
-    env = make_vec_env(t["env_id"], n_envs=t["num_envs"], seed=args.seed)
+    env = make_vec_env(t["env_id"], n_envs=t["num_envs"], seed=seed)
     if t["normalize"]:
         env = VecNormalize(env, norm_obs=True, norm_reward=True, gamma=t["gamma"])
     lr = t["learning_rate"]
@@ -42,14 +35,14 @@ def main() -> None:
         "MlpPolicy", env, n_steps=t["num_steps"], batch_size=t["num_envs"] * t["num_steps"] // t["num_minibatches"],
         n_epochs=t["num_epochs"], learning_rate=lambda remaining: lr * remaining, gamma=t["gamma"],
         gae_lambda=t["gae_lambda"], clip_range=t["clip_range"], clip_range_vf=t["clip_range_vf"],
-        ent_coef=t["ent_coef"], vf_coef=t["vf_coef"], max_grad_norm=t["max_grad_norm"], seed=args.seed,
+        ent_coef=t["ent_coef"], vf_coef=t["vf_coef"], max_grad_norm=t["max_grad_norm"], seed=seed,
         device="cpu", verbose=0,
     )
     start = time.perf_counter()
     model.learn(total_timesteps=steps)
     seconds = time.perf_counter() - start
     returns = [info["r"] for info in model.ep_info_buffer]
-    print(json.dumps({"library": "sb3", "task": args.task, "steps": int(model.num_timesteps), "seconds": seconds,
+    print(json.dumps({"library": "sb3", "task": name, "steps": int(model.num_timesteps), "seconds": seconds,
                       "sps": model.num_timesteps / seconds,
                       "final_return": sum(returns) / len(returns) if returns else None}))
 

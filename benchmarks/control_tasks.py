@@ -19,3 +19,19 @@ TASKS = {
         "ent_coef": 0.0, "vf_coef": 0.5, "max_grad_norm": 0.5, "normalize": True, "default_steps": 40_960,
     },
 }
+
+
+def parse_task_args(description: str, seed: bool = True) -> tuple[str, dict, int, int]:
+    """``--task``, ``--steps`` (default: the task's) and ``--seed`` of a single-run script;
+    returns ``(task name, its settings without default_steps, steps, seed)``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--task", choices=sorted(TASKS), required=True)
+    parser.add_argument("--steps", type=int)
+    if seed:
+        parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    settings = dict(TASKS[args.task])
+    default_steps = settings.pop("default_steps")
+    return args.task, settings, args.steps or default_steps, getattr(args, "seed", 0)

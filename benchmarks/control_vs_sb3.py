@@ -15,24 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_run import run  # noqa: E402
 from control_tasks import TASKS  # noqa: E402
 
-
-def run(python: Path, script: str, args: list[str]) -> dict:
-    cmd = [str(python), str(ROOT / "benchmarks" / script), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+#: Native libraries (OpenMP, MKL) one thread too, not only torch's intra-op pool.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def main() -> int:
@@ -53,7 +46,7 @@ def main() -> int:
         steps = ["--steps", str(args.steps)] if args.steps else []
         for r in range(args.rounds):
             for name, py, script in variants:
-                result = run(py, script, ["--task", task, *steps])
+                result = run(py, script, ["--task", task, *steps], ONE_THREAD)
                 results.setdefault((task, name), []).append(result)
                 print(f"round {r + 1} {task:<12} {name:<9} {result['sps']:9.0f} steps/s", file=sys.stderr)
     print("| task | ppokit steps/s | SB3 steps/s | ppokit / SB3 | env alone steps/s | ppokit / env alone |")

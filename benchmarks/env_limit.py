@@ -5,25 +5,19 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from control_tasks import TASKS  # noqa: E402
+from control_tasks import parse_task_args  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--task", choices=sorted(TASKS), required=True)
-    parser.add_argument("--steps", type=int)
-    args = parser.parse_args()
+    name, t, steps, _ = parse_task_args(__doc__.split("\n\n")[0], seed=False)
     from ppokit.control.envs import make_vector_env
 
-    t = TASKS[args.task]
-    steps = args.steps or t["default_steps"]
     env = make_vector_env(t["env_id"], t["num_envs"])
     env.reset(seed=0)
     env.action_space.seed(0)
@@ -34,7 +28,7 @@ def main() -> None:
         env.step(actions[i % 64])
     seconds = time.perf_counter() - start
     env.close()
-    print(json.dumps({"library": "env", "task": args.task, "steps": n * t["num_envs"], "seconds": seconds,
+    print(json.dumps({"library": "env", "task": name, "steps": n * t["num_envs"], "seconds": seconds,
                       "sps": n * t["num_envs"] / seconds}))
 
 

@@ -15,19 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def run(python: Path, script: str, args: list[str]) -> dict:
-    cmd = [str(python), str(ROOT / "benchmarks" / script), *args]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_run import run  # noqa: E402
 
 
 def main() -> int:
