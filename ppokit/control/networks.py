@@ -8,12 +8,14 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium import spaces
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ppokit.control.heads import CategoricalHead, GaussianHead, MultiCategoricalHead
 from ppokit.errors import ConfigError
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
+_ACTIVATION_FNS = {"tanh": torch.tanh, "relu": torch.relu, "elu": F.elu}
 
 
 def is_image_space(space: spaces.Box) -> bool:
@@ -25,11 +27,27 @@ def _channels_last(shape: tuple[int, ...]) -> bool:
     return shape[-1] in (1, 3, 4) and shape[0] not in (1, 3, 4)
 
 
-def mlp(sizes: list[int], activation: str) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(a, b), _ACTIVATIONS[activation]()]
-    return nn.Sequential(*layers)
+class MLP(nn.Sequential):
+    """Linear layers, each followed by the activation.
+
+    It is an ``nn.Sequential`` (so the parameter names are ``0.weight``, ``2.weight``, …), but its
+    forward calls ``F.linear`` and the activation directly: for 64-wide layers the per-call
+    machinery of ``nn.Module`` (hooks, attribute lookups) costs about as much as the matrix products,
+    and the rollout calls the policy once per step.
+    """
+
+    def __init__(self, sizes: list[int], activation: str) -> None:
+        layers: list[nn.Module] = []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(a, b), _ACTIVATIONS[activation]()]
+        super().__init__(*layers)
+        self._linears = [m for m in layers if isinstance(m, nn.Linear)]
+        self._activation = _ACTIVATION_FNS[activation]
+
+    def forward(self, x: Tensor) -> Tensor:
+        for linear in self._linears:
+            x = self._activation(F.linear(x, linear.weight, linear.bias))
+        return x
 
 
 class ImageEncoder(nn.Module):
@@ -89,6 +107,7 @@ class ActorCritic(nn.Module):
                 f"{observation_space.shape}"
             )
         self.obs_shape = tuple(observation_space.shape)
+        self.use_cnn = use_cnn
         if use_cnn:
             self.encoder: nn.Module = ImageEncoder(self.obs_shape)
             feat = self.encoder.out_features
@@ -99,8 +118,8 @@ class ActorCritic(nn.Module):
         else:
             self.encoder = nn.Flatten()
             feat = int(np.prod(self.obs_shape))
-            self.actor_trunk = mlp([feat, *hidden_sizes], activation)
-            self.critic_trunk = None if shared_trunk else mlp([feat, *hidden_sizes], activation)
+            self.actor_trunk = MLP([feat, *hidden_sizes], activation)
+            self.critic_trunk = None if shared_trunk else MLP([feat, *hidden_sizes], activation)
             actor_out = hidden_sizes[-1]
         self.shared_trunk = shared_trunk
 
@@ -125,8 +144,13 @@ class ActorCritic(nn.Module):
         nn.init.orthogonal_(self.head.linear.weight, 0.01)
         nn.init.orthogonal_(self.value_head.weight, 1.0)
 
+    def _encode(self, obs: Tensor) -> Tensor:
+        if self.use_cnn:
+            return self.encoder(obs)
+        return obs if obs.dim() == 2 else obs.flatten(1)
+
     def _features(self, obs: Tensor) -> tuple[Tensor, Tensor]:
-        x = self.encoder(obs)
+        x = self._encode(obs)
         actor = self.actor_trunk(x)
         critic = actor if self.critic_trunk is None else self.critic_trunk(x)
         return actor, critic
@@ -144,7 +168,7 @@ class ActorCritic(nn.Module):
         return logp, entropy, self.value_head(critic).squeeze(-1)
 
     def value(self, obs: Tensor) -> Tensor:
-        x = self.encoder(obs)
+        x = self._encode(obs)
         critic = self.actor_trunk(x) if self.critic_trunk is None else self.critic_trunk(x)
         return self.value_head(critic).squeeze(-1)
 

@@ -33,6 +33,7 @@ from ppokit.control.spaces_json import space_from_json, space_to_json
 from ppokit.core.advantages import gae
 from ppokit.core.diagnostics import explained_variance, health_warnings
 from ppokit.core.kl import AdaptiveClipController, AdaptiveKLController, kl_k3
+from ppokit.core.optim import FlatAdam
 from ppokit.core.running_stats import RunningMeanStd
 from ppokit.core.schedules import make_schedule
 from ppokit.core.update import PPOUpdateSettings, ppo_update
@@ -117,7 +118,7 @@ class PPO:
             activation=c.activation, shared_trunk=c.shared_trunk, ortho_init=c.ortho_init,
             log_std_init=c.log_std_init,
         ).to(self.device)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=c.learning_rate, eps=c.adam_eps)
+        self.optimizer = FlatAdam(self.policy.parameters(), lr=c.learning_rate, eps=c.adam_eps)
         image = observation_space.dtype == np.uint8 and len(observation_space.shape) == 3
         self.obs_rms = RunningMeanStd(tuple(observation_space.shape)) if c.normalize_obs and not image else None
         self.ret_rms = RunningMeanStd(()) if c.normalize_reward else None
@@ -427,7 +428,8 @@ class PPO:
 
     # ------------------------------------------------------------------ saving and loading
     def _tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {f"policy.{k}": v.detach().cpu().contiguous() for k, v in self.policy.state_dict().items()}
+        # clone: the parameters are views of one buffer (FlatAdam), and safetensors refuses shared memory.
+        tensors = {f"policy.{k}": v.detach().cpu().clone() for k, v in self.policy.state_dict().items()}
         for name, rms in (("obs_rms", self.obs_rms), ("ret_rms", self.ret_rms)):
             if rms is not None:
                 tensors.update({f"{name}.{k}": v.contiguous() for k, v in rms.state_dict().items()})

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from ppokit.core.advantages import gae, masked_mean, masked_whiten
 from ppokit.core.kl import ProportionalKLController
+from ppokit.core.optim import make_adam
 from ppokit.core.update import PPOUpdateSettings, ppo_update
 from ppokit.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from ppokit.io.atomic import atomic_write_dir, atomic_write_json
@@ -76,15 +77,6 @@ log = logging.getLogger("ppokit")
 RESUME_FORMAT = 1
 TRAINABLE_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
-
-
-def make_adamw(params: list[Tensor], lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW with the fused kernel where this torch build has one (one kernel for every tensor
-    instead of a Python loop over them), else the multi-tensor version."""
-    try:
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
 class PromptLoader:
@@ -167,7 +159,7 @@ class RLHFTrainer:
         self._build_models(reward_specs)
         params = [p for p in self.trainable.parameters() if p.requires_grad]
         self.parameters = params
-        self.optimizer = make_adamw(params, c.learning_rate, c.weight_decay)
+        self.optimizer = make_adam(params, lr=c.learning_rate, weight_decay=c.weight_decay, decoupled=True)
         self.kl_controller = ProportionalKLController(c.kl_coef, c.kl_target, c.kl_horizon) if c.adaptive_kl else None
         self.kl_coef = c.kl_coef
         self.global_step = 0
