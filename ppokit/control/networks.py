@@ -42,6 +42,7 @@ class MLP(nn.Sequential):
             layers += [nn.Linear(a, b), _ACTIVATIONS[activation]()]
         super().__init__(*layers)
         self._linears = [m for m in layers if isinstance(m, nn.Linear)]
+        self.activation_name = activation
         self._activation = _ACTIVATION_FNS[activation]
 
     def forward(self, x: Tensor) -> Tensor:

@@ -21,6 +21,7 @@ from gymnasium import spaces
 from torch import Tensor
 
 from ppokit.control.networks import ActorCritic
+from ppokit.control.numpy_policy import NumpyPolicy
 from ppokit.core.running_stats import RunningMeanStd
 
 
@@ -53,8 +54,8 @@ class ActionAdapter:
             self.shape = action_space.shape
             self.dtype = action_space.dtype
 
-    def __call__(self, actions: Tensor) -> np.ndarray:
-        a = actions.detach().cpu().numpy()
+    def __call__(self, actions: Tensor | np.ndarray) -> np.ndarray:
+        a = actions if isinstance(actions, np.ndarray) else actions.detach().cpu().numpy()
         if isinstance(self.space, spaces.Box):
             # Clip only what the env sees; the unclipped sample keeps its log-probability.
             return np.clip(a, self.low, self.high).reshape(a.shape[:-1] + self.shape).astype(self.dtype, copy=False)
@@ -101,7 +102,11 @@ class RolloutCollector:
         else:
             self.action_shape = ()
             self.action_dtype = torch.int64
-        self._obs: Tensor | None = None
+        # MLP policies on a CPU act through NumPy (see numpy_policy.py); sampling then draws from
+        # this generator instead of torch's, seeded by reset() and saved with the collector's state.
+        self.numpy_policy = NumpyPolicy(policy) if NumpyPolicy.supports(policy, device) else None
+        self.rng = np.random.default_rng([0, 1])
+        self._obs: np.ndarray | None = None
         self._pending_reset = np.zeros(self.num_envs, dtype=bool)
         self._disc_return = np.zeros(self.num_envs, dtype=np.float64)
         self._ep_return = np.zeros(self.num_envs, dtype=np.float64)
@@ -116,6 +121,8 @@ class RolloutCollector:
         obs, _ = self.env.reset(seed=seed)
         if seed is not None:
             self.env.action_space.seed(seed)
+            # Not default_rng(seed): that would be the same stream the env draws its resets from.
+            self.rng = np.random.default_rng([seed, 1])
         self._pending_reset[:] = False
         self._disc_return[:] = 0.0
         self._ep_return[:] = 0.0
@@ -125,7 +132,8 @@ class RolloutCollector:
     def state_dict(self) -> dict[str, Any]:
         """The running state between rollouts (current observation, episode counters), as plain data."""
         return {
-            "obs": None if self._obs is None else self._obs.cpu().numpy(),
+            "obs": None if self._obs is None else self._obs.copy(),
+            "action_rng": self.rng,
             "pending_reset": self._pending_reset.copy(),
             "disc_return": self._disc_return.copy(),
             "ep_return": self._ep_return.copy(),
@@ -141,7 +149,9 @@ class RolloutCollector:
         if obs is not None and tuple(obs.shape) != (self.num_envs, *self.obs_shape):
             raise ValueError(f"saved observation batch has shape {tuple(obs.shape)}, expected "
                              f"{(self.num_envs, *self.obs_shape)} (was num_envs changed?)")
-        self._obs = None if obs is None else torch.as_tensor(obs, device=self.device)
+        self._obs = None if obs is None else np.asarray(obs)
+        if isinstance(state.get("action_rng"), np.random.Generator):  # absent in older checkpoints
+            self.rng = state["action_rng"]
         for name in ("pending_reset", "disc_return", "ep_return", "ep_length"):
             current = getattr(self, f"_{name}")
             value = np.asarray(state[name], dtype=current.dtype)
@@ -154,33 +164,48 @@ class RolloutCollector:
         self.last_finished = ([float(r) for r in state["last_finished"][0]],
                               [int(n) for n in state["last_finished"][1]])
 
-    def _process_obs(self, obs: np.ndarray, update_stats: bool) -> Tensor:
-        t = torch.as_tensor(obs, dtype=self.obs_dtype, device=self.device)
-        if self.obs_rms is not None:
-            if update_stats:
-                self.obs_rms.update(t.cpu())
-            t = self.obs_rms.normalize(t, self.clip_obs).to(torch.float32)
-        return t
+    def _process_obs(self, obs: np.ndarray, update_stats: bool) -> np.ndarray:
+        if self.obs_rms is None:
+            return np.asarray(obs, dtype=np.uint8 if self.obs_dtype == torch.uint8 else np.float32)
+        if update_stats:
+            self.obs_rms.update_array(obs)
+        return self.obs_rms.normalize_array(obs, self.clip_obs)
+
+    def _act(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.numpy_policy is not None:
+            return self.numpy_policy.act(obs, self.rng)
+        action, logp, value = self.policy.act(torch.as_tensor(obs, device=self.device))
+        return action.cpu().numpy(), logp.cpu().numpy(), value.cpu().numpy()
+
+    def _value(self, obs: np.ndarray) -> np.ndarray:
+        if self.numpy_policy is not None:
+            return self.numpy_policy.value(obs)
+        return self.policy.value(torch.as_tensor(obs, device=self.device)).cpu().numpy()
 
     def _scale_rewards(self, rewards: np.ndarray, done: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """Divide rewards by the running std of the discounted return (as in baselines' VecNormalize)."""
         assert self.ret_rms is not None
         self._disc_return = self._disc_return * self.gamma + rewards
         if valid.any():
-            self.ret_rms.update(torch.from_numpy(self._disc_return[valid]))
+            self.ret_rms.update_array(self._disc_return[valid])
         self._disc_return[done] = 0.0
         scaled = rewards / np.sqrt(float(self.ret_rms.var) + 1e-8)
         return np.clip(scaled, -self.clip_reward, self.clip_reward)
 
     @torch.inference_mode()
     def collect(self) -> Rollout:
+        """Run the policy for ``num_steps`` steps of every env. The loop works on NumPy arrays and
+        hands the buffers to torch (and the device) once at the end."""
         if self._obs is None:
             self.reset()
-        T, N, dev = self.num_steps, self.num_envs, self.device
-        obs_buf = torch.empty((T, N, *self.obs_shape), dtype=torch.float32 if self.obs_rms is not None else self.obs_dtype, device=dev)
-        act_buf = torch.empty((T, N, *self.action_shape), dtype=self.action_dtype, device=dev)
-        logp_buf = torch.empty((T, N), device=dev)
-        val_buf = torch.empty((T, N), device=dev)
+        if self.numpy_policy is not None:
+            self.numpy_policy.refresh()
+        T, N = self.num_steps, self.num_envs
+        obs_dtype = np.uint8 if self.obs_dtype == torch.uint8 and self.obs_rms is None else np.float32
+        obs_buf = np.empty((T, N, *self.obs_shape), dtype=obs_dtype)
+        act_buf = np.empty((T, N, *self.action_shape), dtype=np.float32 if self.action_dtype == torch.float32 else np.int64)
+        logp_buf = np.empty((T, N), dtype=np.float32)
+        val_buf = np.empty((T, N), dtype=np.float32)
         rewards = np.empty((T, N), dtype=np.float32)
         terminated = np.empty((T, N), dtype=bool)
         truncated = np.empty((T, N), dtype=bool)
@@ -191,7 +216,7 @@ class RolloutCollector:
         obs = self._obs
         for t in range(T):
             obs_buf[t] = obs
-            action, logp, value = self.policy.act(obs)
+            action, logp, value = self._act(obs)
             act_buf[t] = action
             logp_buf[t] = logp
             val_buf[t] = value
@@ -219,19 +244,16 @@ class RolloutCollector:
             obs = self._process_obs(next_obs, update_stats=True)
 
         self._obs = obs
-        last_value = self.policy.value(obs)
         self.episode_returns.extend(finished_r)
         self.episode_lengths.extend(finished_l)
         self.episodes_total += len(finished_r)
         self.last_finished = (finished_r, finished_l)
+
+        def to_device(a: np.ndarray) -> Tensor:
+            return torch.from_numpy(a).to(self.device)
+
         return Rollout(
-            obs=obs_buf,
-            actions=act_buf,
-            logp=logp_buf,
-            values=val_buf,
-            rewards=torch.from_numpy(rewards).to(dev),
-            terminated=torch.from_numpy(terminated).to(dev),
-            truncated=torch.from_numpy(truncated).to(dev),
-            valid=torch.from_numpy(valid).to(dev),
-            last_value=last_value,
+            obs=to_device(obs_buf), actions=to_device(act_buf), logp=to_device(logp_buf),
+            values=to_device(val_buf), rewards=to_device(rewards), terminated=to_device(terminated),
+            truncated=to_device(truncated), valid=to_device(valid), last_value=to_device(self._value(obs)),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -38,6 +39,26 @@ class RunningMeanStd:
         m2 = self.var * self.count + batch_var * batch_count + delta.square() * self.count * batch_count / total
         self.var = m2 / total
         self.count = total
+
+    def update_array(self, batch: np.ndarray) -> None:
+        """:meth:`update` for a NumPy batch, computed in NumPy: the rollout calls it every env step,
+        where a dozen small torch ops would cost more than the statistics."""
+        batch = np.asarray(batch, dtype=np.float64)
+        batch_count = batch.shape[0]
+        if batch_count == 0:
+            return
+        mean, var, count = self.mean.numpy(), self.var.numpy(), float(self.count)
+        delta = batch.mean(axis=0) - mean
+        total = count + batch_count
+        m2 = var * count + batch.var(axis=0) * batch_count + np.square(delta) * count * batch_count / total
+        self.mean = torch.from_numpy(np.asarray(mean + delta * (batch_count / total)))
+        self.var = torch.from_numpy(np.asarray(m2 / total))
+        self.count = torch.tensor(total, dtype=torch.float64)
+
+    def normalize_array(self, x: np.ndarray, clip: float | None = None, eps: float = 1e-8) -> np.ndarray:
+        """:meth:`normalize` for a NumPy array, returned as float32."""
+        out = ((x - self.mean.numpy()) / np.sqrt(self.var.numpy() + eps)).astype(np.float32)
+        return np.clip(out, -clip, clip, out=out) if clip is not None else out
 
     def normalize(self, x: Tensor, clip: float | None = None, eps: float = 1e-8) -> Tensor:
         """``(x - mean) / sqrt(var + eps)``, clipped to ``±clip``, in ``x``'s dtype."""
