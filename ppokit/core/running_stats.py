@@ -27,38 +27,34 @@ class RunningMeanStd:
         self.count = torch.tensor(float(epsilon), dtype=torch.float64)
 
     def update(self, batch: Tensor) -> None:
-        batch = batch.detach().to(torch.float64)
-        batch_count = batch.shape[0]
-        if batch_count == 0:
-            return
-        batch_mean = batch.mean(dim=0)
-        batch_var = batch.var(dim=0, unbiased=False)
-        delta = batch_mean - self.mean
-        total = self.count + batch_count
-        self.mean = self.mean + delta * (batch_count / total)
-        m2 = self.var * self.count + batch_var * batch_count + delta.square() * self.count * batch_count / total
-        self.var = m2 / total
-        self.count = total
+        self.update_array(batch.detach().cpu().numpy())
 
     def update_array(self, batch: np.ndarray) -> None:
-        """:meth:`update` for a NumPy batch, computed in NumPy: the rollout calls it every env step,
-        where a dozen small torch ops would cost more than the statistics."""
+        """:meth:`update` from a NumPy batch. The rollout calls this every env step, so it works on
+        NumPy views of the statistics in place: a dozen small torch ops would cost more than the
+        arithmetic."""
         batch = np.asarray(batch, dtype=np.float64)
-        batch_count = batch.shape[0]
-        if batch_count == 0:
+        n = batch.shape[0]
+        if n == 0:
             return
-        mean, var, count = self.mean.numpy(), self.var.numpy(), float(self.count)
-        delta = batch.mean(axis=0) - mean
-        total = count + batch_count
-        m2 = var * count + batch.var(axis=0) * batch_count + np.square(delta) * count * batch_count / total
-        self.mean = torch.from_numpy(np.asarray(mean + delta * (batch_count / total)))
-        self.var = torch.from_numpy(np.asarray(m2 / total))
-        self.count = torch.tensor(total, dtype=torch.float64)
+        mean, var, count = self.mean.numpy(), self.var.numpy(), self.count.numpy()
+        # ufunc reductions directly: np.mean/np.var add ~10 µs of Python per call.
+        batch_mean = np.add.reduce(batch, axis=0) / n
+        diff = batch - batch_mean
+        batch_var = np.add.reduce(diff * diff, axis=0) / n
+        delta = batch_mean - mean
+        total = count + n
+        m2 = var * count + batch_var * n + delta * delta * (count * n / total)
+        mean += delta * (n / total)
+        var[...] = m2 / total
+        count[...] = total
 
     def normalize_array(self, x: np.ndarray, clip: float | None = None, eps: float = 1e-8) -> np.ndarray:
         """:meth:`normalize` for a NumPy array, returned as float32."""
         out = ((x - self.mean.numpy()) / np.sqrt(self.var.numpy() + eps)).astype(np.float32)
-        return np.clip(out, -clip, clip, out=out) if clip is not None else out
+        if clip is not None:
+            np.minimum(np.maximum(out, -clip, out=out), clip, out=out)
+        return out
 
     def normalize(self, x: Tensor, clip: float | None = None, eps: float = 1e-8) -> Tensor:
         """``(x - mean) / sqrt(var + eps)``, clipped to ``±clip``, in ``x``'s dtype."""
