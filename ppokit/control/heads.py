@@ -85,13 +85,16 @@ class GaussianHead(nn.Module):
         self.log_std = nn.Parameter(torch.full((action_dim,), float(log_std_init)))
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        mean = self.linear(features)
-        return mean, self.log_std.expand_as(mean)
+        # log_std stays a [action_dim] vector (broadcast, not expanded to the batch): its terms of
+        # the log-probability and the entropy are then sums over a vector, not over [B, D] tensors
+        # whose backward needs extra reductions.
+        return self.linear(features), self.log_std
 
     @staticmethod
     def _log_prob(mean: Tensor, log_std: Tensor, actions: Tensor) -> Tensor:
         z = (actions - mean) * torch.exp(-log_std)
-        return -(0.5 * z.square() + log_std + 0.5 * _LOG_2PI).sum(-1)
+        dim = mean.shape[-1]
+        return -0.5 * z.square().sum(-1) - (log_std.sum(-1) + dim * 0.5 * _LOG_2PI)
 
     @staticmethod
     def sample(params: tuple[Tensor, Tensor], deterministic: bool = False) -> tuple[Tensor, Tensor]:
@@ -105,5 +108,5 @@ class GaussianHead(nn.Module):
     @staticmethod
     def log_prob_entropy(params: tuple[Tensor, Tensor], actions: Tensor) -> tuple[Tensor, Tensor]:
         mean, log_std = params
-        entropy = (0.5 + 0.5 * _LOG_2PI + log_std).sum(-1)
+        entropy = (0.5 + 0.5 * _LOG_2PI + log_std).sum(-1).expand(mean.shape[:-1])
         return GaussianHead._log_prob(mean, log_std, actions), entropy
