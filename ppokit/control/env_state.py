@@ -12,6 +12,7 @@ reproducible, but not bit-identical to an uninterrupted run).
 from __future__ import annotations
 
 import enum
+import sys
 import types
 from typing import Any
 
@@ -22,10 +23,12 @@ from gymnasium import spaces
 from ppokit.errors import CheckpointError
 from ppokit.io.state_codec import SKIP, decode, encode
 
-try:  # MuJoCo is an optional extra
-    import mujoco
-except ImportError:  # pragma: no cover - depends on the install
-    mujoco = None
+
+
+def _mujoco() -> Any:
+    """The mujoco module if an env has loaded it, else None. Never imported here: it is an optional
+    extra, and importing it costs ~0.1 s of every run's start-up, MuJoCo or not."""
+    return sys.modules.get("mujoco")
 
 
 def _is_fixed(value: Any) -> bool:
@@ -35,6 +38,7 @@ def _is_fixed(value: Any) -> bool:
                                types.LambdaType, enum.Enum)
     if isinstance(value, fixed) or value is None:
         return True
+    mujoco = _mujoco()
     if mujoco is not None and isinstance(value, mujoco.MjModel):
         return True
     name = type(value).__name__
@@ -53,6 +57,7 @@ def _is_env(value: Any) -> bool:
 
 
 def _capture(obj: Any, path: str, problems: list[str]) -> dict[str, Any]:
+    mujoco = _mujoco()
     attrs: dict[str, Any] = {}
     children: dict[str, Any] = {}
     for key, value in vars(obj).items():
@@ -109,6 +114,9 @@ def _restore(obj: Any, state: dict[str, Any], path: str) -> None:
             _restore(value, child, f"{path}.{key}")
     for key, encoded in state.get("attrs", {}).items():
         if isinstance(encoded, dict) and "__mujoco_state__" in encoded:
+            mujoco = _mujoco()
+            if mujoco is None:
+                raise CheckpointError(f"saved env state at {path}.{key} is MuJoCo's, but this env does not use MuJoCo")
             model, data = obj.model, getattr(obj, key)
             spec = mujoco.mjtState.mjSTATE_INTEGRATION
             saved = decode(encoded["__mujoco_state__"])

@@ -24,17 +24,22 @@ def evaluate_policy(
     deterministic: bool = True,
     seed: int = 0,
     num_envs: int = 8,
+    env: Any = None,
 ) -> dict[str, Any]:
     """Run ``episodes`` episodes and summarise their undiscounted returns.
 
     Episodes are spread over up to ``num_envs`` parallel envs with a fixed quota per env, so short
-    episodes are not over-represented (taking the first N to finish would favour them).
+    episodes are not over-represented (taking the first N to finish would favour them). ``env``: a
+    vector env of the task to use (and leave open) instead of making one.
     """
     if episodes < 1:
         raise ValueError("episodes must be at least 1")
-    n = min(num_envs, episodes)
-    quota = np.array([episodes // n + (1 if i < episodes % n else 0) for i in range(n)])
-    env = make_vector_env(env_id, n, env_kwargs)
+    owned = env is None
+    if owned:
+        env = make_vector_env(env_id, min(num_envs, episodes), env_kwargs)
+    n = min(env.num_envs, episodes)
+    # Envs beyond the first n (a shared env wider than needed) play nothing that counts.
+    quota = np.array([(episodes // n + (1 if i < episodes % n else 0)) if i < n else 0 for i in range(env.num_envs)])
     try:
         obs, _ = env.reset(seed=seed)
         done_count = np.zeros(n, dtype=np.int64)
@@ -57,7 +62,8 @@ def evaluate_policy(
             ep_length[done] = 0
             pending = done
     finally:
-        env.close()
+        if owned:
+            env.close()
     return summarize(returns, lengths, deterministic)
 
 

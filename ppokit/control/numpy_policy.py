@@ -73,23 +73,28 @@ class NumpyPolicy:
         actor = self._trunk(x, self.actor)
         return actor, actor if self.critic is None else self._trunk(x, self.critic)
 
-    def act(self, obs: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Sample actions for a batch of (already normalised) observations: ``(action, logp, value)``."""
+    def act(self, obs: np.ndarray, rng: np.random.Generator, deterministic: bool = False
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sample (or, ``deterministic``, take the mode of) actions for a batch of already normalised
+        observations: ``(action, logp, value)``."""
         actor, critic = self._features(obs)
         value = (critic @ self.value_w + self.value_b)[:, 0]
         out = actor @ self.head_w + self.head_b
         if self.gaussian:
             std = np.exp(self.log_std)
-            action = out + std * rng.standard_normal(out.shape, dtype=np.float32)
+            action = out if deterministic else out + std * rng.standard_normal(out.shape, dtype=np.float32)
             z = (action - out) * np.exp(-self.log_std)
             logp = -(0.5 * z * z + self.log_std + _HALF_LOG_2PI).sum(-1)
             return action, logp, value
         # log-softmax, then the inverse CDF: the first action whose cumulative probability exceeds u.
         shifted = out - out.max(-1, keepdims=True)
         log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-        cdf = np.cumsum(np.exp(log_probs), axis=-1)
-        u = rng.random((out.shape[0], 1), dtype=np.float32)
-        action = (u >= cdf[:, :-1]).sum(-1)
+        if deterministic:
+            action = log_probs.argmax(-1)
+        else:
+            cdf = np.cumsum(np.exp(log_probs), axis=-1)
+            u = rng.random((out.shape[0], 1), dtype=np.float32)
+            action = (u >= cdf[:, :-1]).sum(-1)
         return action, np.take_along_axis(log_probs, action[:, None], -1)[:, 0], value
 
     def value(self, obs: np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ from ppokit.control.config import PPOConfig
 from ppokit.control.envs import check_spaces, make_vector_env
 from ppokit.control.evaluation import evaluate_policy, record_video
 from ppokit.control.networks import ActorCritic
+from ppokit.control.numpy_policy import NumpyPolicy
 from ppokit.control.rollout import ActionAdapter, Rollout, RolloutCollector
 from ppokit.control.spaces_json import space_from_json, space_to_json
 from ppokit.core.advantages import gae
@@ -63,6 +64,8 @@ CHECKPOINT_FORMAT = 1
 #: Version of resume.json, the training state beyond the weights (RNGs, envs, counters).
 RESUME_FORMAT = 1
 MODEL_FILE = "model.safetensors"
+#: Periodic evaluations run their episodes in parallel in up to this many envs.
+MAX_EVAL_ENVS = 32
 STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 #: Consecutive updates a health check must fail before it is reported on the console.
@@ -129,6 +132,10 @@ class PPO:
         )
         self.clip_controller = AdaptiveClipController(c.clip_range, c.kl_target) if c.adaptive_clip else None
         self.to_env = ActionAdapter(action_space)
+        # After the optimiser: FlatAdam moves the parameters, and the NumPy views must see the moved ones.
+        self.numpy_policy = NumpyPolicy(self.policy) if NumpyPolicy.supports(self.policy, self.device) else None
+        self._predict_rng = np.random.default_rng([c.seed, 3])
+        self._eval_env: Any = None
         self.global_step = 0
         self.num_updates = 0
         self.run_dir: Path | None = None
@@ -261,6 +268,7 @@ class PPO:
         finally:
             if progress is not None:
                 progress.close()
+            self._close_eval_env()
         self._resume_from = None
         self.save(self.run_dir / "model")
         if final_eval is not None:
@@ -273,7 +281,13 @@ class PPO:
     def _periodic_eval(self, episodes: int) -> dict[str, Any]:
         """Evaluate now; keep the policy in ``RUN_DIR/best`` when it is the best so far."""
         assert self.run_dir is not None
-        result = self.evaluate(episodes, deterministic=self.config.eval_deterministic)
+        if self._eval_env is None:
+            # Kept for the whole run, one env per episode: each evaluation is then as many vector
+            # steps as its longest episode, with no env construction.
+            self._eval_env = make_vector_env(self.config.env_id, min(episodes, MAX_EVAL_ENVS), self.config.env_kwargs)
+        # A new seed per evaluation, so "best" is not chosen on one fixed set of start states.
+        result = self.evaluate(episodes, deterministic=self.config.eval_deterministic,
+                               seed=self.config.seed + 10_000 + self.num_updates, env=self._eval_env)
         if self.best_eval_return is None or result["mean_return"] > self.best_eval_return:
             self.best_eval_return = result["mean_return"]
 
@@ -392,9 +406,12 @@ class PPO:
             t = self.obs_rms.normalize(t, self.config.clip_obs).to(torch.float32)
         return t
 
-    @torch.inference_mode()
-    def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
-        """Actions for one observation or a batch, in the env's format (clipped to Box bounds)."""
+    def predict(self, obs: np.ndarray, deterministic: bool = True, rng: np.random.Generator | None = None
+                ) -> np.ndarray:
+        """Actions for one observation or a batch, in the env's format (clipped to Box bounds).
+
+        Stochastic actions of MLP policies on a CPU are drawn from ``rng`` (default: a generator of
+        the agent's own, never the training one); other policies draw from torch's generator."""
         obs = np.asarray(obs)
         single = obs.shape == tuple(self.observation_space.shape)
         batch = obs[None] if single else obs
@@ -403,26 +420,36 @@ class PPO:
                 f"predict: observation shape {obs.shape} does not match the policy's "
                 f"{tuple(self.observation_space.shape)} (or a batch of them)"
             )
-        action, _, _ = self.policy.act(self._policy_input(batch), deterministic)
+        if self.numpy_policy is not None:
+            x = (self.obs_rms.normalize_array(batch, self.config.clip_obs) if self.obs_rms is not None
+                 else batch.astype(np.float32, copy=False))
+            action = self.numpy_policy.act(x, rng or self._predict_rng, deterministic)[0]
+        else:
+            with torch.inference_mode():
+                action = self.policy.act(self._policy_input(batch), deterministic)[0]
         out = self.to_env(action)
         return out[0] if single else out
 
     def evaluate(
         self, episodes: int = 20, deterministic: bool = True, seed: int | None = None,
-        video_dir: str | Path | None = None,
+        video_dir: str | Path | None = None, env: Any = None,
     ) -> dict[str, Any]:
-        """Mean and std of the return over ``episodes`` fresh episodes, as written to eval.json."""
+        """Mean and std of the return over ``episodes`` fresh episodes, as written to eval.json.
+
+        ``env``: a vector env of this task to play them in (reset with ``seed``); by default one is
+        made for the call and closed after it."""
         seed = self.config.seed + 10_000 if seed is None else seed
-        act = lambda obs, det: self.predict(obs, det)  # noqa: E731
-        # Stochastic evaluation draws from torch's generator; training must not see those draws,
-        # or evaluating during a run would change its results.
+        rng = np.random.default_rng([seed, 2])
+        act = lambda obs, det: self.predict(obs, det, rng)  # noqa: E731
+        # Stochastic evaluation of a torch-path policy draws from torch's generator; training must
+        # not see those draws, or evaluating during a run would change its results.
         with torch.random.fork_rng(devices=[]):
             if video_dir is not None:
                 result = record_video(act, self.config.env_id, episodes, video_dir,
                                       env_kwargs=self.config.env_kwargs, deterministic=deterministic, seed=seed)
             else:
                 result = evaluate_policy(act, self.config.env_id, episodes, env_kwargs=self.config.env_kwargs,
-                                         deterministic=deterministic, seed=seed)
+                                         deterministic=deterministic, seed=seed, env=env)
         result["global_step"] = self.global_step  # which policy was evaluated
         return result
 
@@ -641,6 +668,12 @@ class PPO:
     def close(self) -> None:
         if self.env is not None:
             self.env.close()
+        self._close_eval_env()
+
+    def _close_eval_env(self) -> None:
+        if self._eval_env is not None:
+            self._eval_env.close()
+            self._eval_env = None
 
 
 def find_model_dir(path: str | Path) -> Path:
