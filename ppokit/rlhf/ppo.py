@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ppokit.core.advantages import gae, masked_mean, masked_whiten
 from ppokit.core.kl import ProportionalKLController
-from ppokit.core.optim import make_adam
+from ppokit.core.optim import make_adamw
 from ppokit.core.update import PPOUpdateSettings, ppo_update
 from ppokit.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from ppokit.io.atomic import atomic_write_dir, atomic_write_json
@@ -159,7 +159,7 @@ class RLHFTrainer:
         self._build_models(reward_specs)
         params = [p for p in self.trainable.parameters() if p.requires_grad]
         self.parameters = params
-        self.optimizer = make_adam(params, lr=c.learning_rate, weight_decay=c.weight_decay, decoupled=True)
+        self.optimizer = make_adamw(params, lr=c.learning_rate, weight_decay=c.weight_decay)
         self.kl_controller = ProportionalKLController(c.kl_coef, c.kl_target, c.kl_horizon) if c.adaptive_kl else None
         self.kl_coef = c.kl_coef
         self.global_step = 0
