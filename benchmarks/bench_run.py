@@ -19,3 +19,12 @@ def run(python: Path, script: str, args: list[str], env: dict[str, str] | None =
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def pythons(anchor: str) -> tuple[Path, Path]:
+    """``(ppokit's python, the benchmark venv's python)``; exits with how to make whichever is missing."""
+    ppokit_py, bench_py = ROOT / ".venv" / "bin" / "python", ROOT / ".venv-bench" / "bin" / "python"
+    for py in (ppokit_py, bench_py):
+        if not py.exists():
+            sys.exit(f"{py} missing: run bash scripts/test.sh --co -q (ppokit) / bash benchmarks/make_bench_venv.sh ({anchor})")
+    return ppokit_py, bench_py

@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_run import run  # noqa: E402
+from bench_run import pythons, run  # noqa: E402
 from control_tasks import TASKS  # noqa: E402
 
 #: Native libraries (OpenMP, MKL) one thread too, not only torch's intra-op pool.
@@ -35,10 +35,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, help="env steps per run (default: the task's)")
     p.add_argument("--json", help="write every run's result here")
     args = p.parse_args()
-    ppokit_py, bench_py = ROOT / ".venv" / "bin" / "python", ROOT / ".venv-bench" / "bin" / "python"
-    for py in (ppokit_py, bench_py):
-        if not py.exists():
-            sys.exit(f"{py} missing: run bash scripts/test.sh --co -q (ppokit) / bash benchmarks/make_bench_venv.sh (SB3)")
+    ppokit_py, bench_py = pythons("SB3")
     variants = [("ppokit", ppokit_py, "control_ppokit.py"), ("sb3", bench_py, "control_sb3_anchor.py"),
                 ("env only", ppokit_py, "env_limit.py")]
     results: dict[tuple[str, str], list[dict]] = {}

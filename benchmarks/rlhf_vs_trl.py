@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_run import run  # noqa: E402
+from bench_run import pythons, run  # noqa: E402
 
 
 def main() -> int:
@@ -32,10 +32,7 @@ def main() -> int:
     p.add_argument("--lora", action="store_true", help="also run both with LoRA (r=8 on c_attn)")
     p.add_argument("--json", help="write every run's result here")
     args = p.parse_args()
-    ppokit_py, trl_py = ROOT / ".venv" / "bin" / "python", ROOT / ".venv-bench" / "bin" / "python"
-    for py in (ppokit_py, trl_py):
-        if not py.exists():
-            sys.exit(f"{py} missing: run bash scripts/test.sh --co -q (ppokit) / bash benchmarks/make_bench_venv.sh (TRL)")
+    ppokit_py, trl_py = pythons("TRL")
     variants = [("ppokit", ppokit_py, "rlhf_ppokit.py", []),
                 ("trl", trl_py, "rlhf_trl_anchor.py", []),
                 ("trl-no-forced-gc", trl_py, "rlhf_trl_anchor.py", ["--no-forced-gc"])]

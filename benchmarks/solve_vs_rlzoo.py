@@ -28,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_run import pythons  # noqa: E402
 from solve_tasks import TASKS  # noqa: E402
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -67,9 +68,7 @@ def main() -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--json", help="write every run's result here")
     args = p.parse_args()
-    for py in (ROOT / ".venv" / "bin" / "ppokit", ROOT / ".venv-bench" / "bin" / "python"):
-        if not py.exists():
-            sys.exit(f"{py} missing: run bash scripts/test.sh --co -q (ppokit) / bash benchmarks/make_bench_venv.sh (SB3)")
+    pythons("SB3")
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks:
