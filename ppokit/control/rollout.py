@@ -62,6 +62,14 @@ class ActionAdapter:
         return a + self.start if self.has_start else a
 
 
+def policy_input(obs: np.ndarray, obs_rms: RunningMeanStd | None, clip_obs: float, image: bool = False) -> np.ndarray:
+    """What the policy is fed: observations normalised by ``obs_rms`` (float32) when there is one,
+    else as they are (uint8 images stay uint8, anything else becomes float32)."""
+    if obs_rms is not None:
+        return obs_rms.normalize_array(obs, clip_obs)
+    return np.asarray(obs, dtype=np.uint8 if image else np.float32)
+
+
 class RolloutCollector:
     """Owns the env's running state between rollouts: last observation, pending resets, episode stats."""
 
@@ -165,11 +173,9 @@ class RolloutCollector:
                               [int(n) for n in state["last_finished"][1]])
 
     def _process_obs(self, obs: np.ndarray, update_stats: bool) -> np.ndarray:
-        if self.obs_rms is None:
-            return np.asarray(obs, dtype=np.uint8 if self.obs_dtype == torch.uint8 else np.float32)
-        if update_stats:
+        if update_stats and self.obs_rms is not None:
             self.obs_rms.update_array(obs)
-        return self.obs_rms.normalize_array(obs, self.clip_obs)
+        return policy_input(obs, self.obs_rms, self.clip_obs, image=self.obs_dtype == torch.uint8)
 
     def _act(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self.numpy_policy is not None:

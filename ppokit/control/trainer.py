@@ -29,7 +29,7 @@ from ppokit.control.envs import check_spaces, make_vector_env
 from ppokit.control.evaluation import evaluate_policy, record_video
 from ppokit.control.networks import ActorCritic
 from ppokit.control.numpy_policy import NumpyPolicy
-from ppokit.control.rollout import ActionAdapter, Rollout, RolloutCollector
+from ppokit.control.rollout import ActionAdapter, Rollout, RolloutCollector, policy_input
 from ppokit.control.spaces_json import space_from_json, space_to_json
 from ppokit.core.advantages import gae
 from ppokit.core.diagnostics import explained_variance, health_warnings
@@ -421,8 +421,7 @@ class PPO:
                 f"{tuple(self.observation_space.shape)} (or a batch of them)"
             )
         if self.numpy_policy is not None:
-            x = (self.obs_rms.normalize_array(batch, self.config.clip_obs) if self.obs_rms is not None
-                 else batch.astype(np.float32, copy=False))
+            x = policy_input(batch, self.obs_rms, self.config.clip_obs)
             action = self.numpy_policy.act(x, rng or self._predict_rng, deterministic)[0]
         else:
             with torch.inference_mode():
