@@ -29,6 +29,7 @@ from ppokit.control.envs import check_spaces, make_vector_env
 from ppokit.control.evaluation import evaluate_policy, record_video
 from ppokit.control.networks import ActorCritic
 from ppokit.control.numpy_policy import NumpyPolicy
+from ppokit.control.numpy_update import NumpyMinibatchStep
 from ppokit.control.rollout import ActionAdapter, Rollout, RolloutCollector, policy_input
 from ppokit.control.spaces_json import space_from_json, space_to_json
 from ppokit.core.advantages import gae
@@ -37,7 +38,7 @@ from ppokit.core.kl import AdaptiveClipController, AdaptiveKLController, kl_k3
 from ppokit.core.optim import FlatAdam
 from ppokit.core.running_stats import RunningMeanStd
 from ppokit.core.schedules import make_schedule
-from ppokit.core.update import PPOUpdateSettings, ppo_update
+from ppokit.core.update import PPOUpdateSettings, ppo_update, run_epochs
 from ppokit.control.env_state import capture_env_state, restore_env_state
 from ppokit.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from ppokit.io.atomic import atomic_write_dir, atomic_write_json, atomic_write_text, recover_dir
@@ -134,6 +135,8 @@ class PPO:
         self.to_env = ActionAdapter(action_space)
         # After the optimiser: FlatAdam moves the parameters, and the NumPy views must see the moved ones.
         self.numpy_policy = NumpyPolicy(self.policy) if NumpyPolicy.supports(self.policy, self.device) else None
+        # The same small-MLP-on-a-CPU case: the minibatch loss and its gradient in NumPy.
+        self.numpy_update = NumpyMinibatchStep.supports(self.policy, self.device, self.optimizer)
         self._predict_rng = np.random.default_rng([c.seed, 3])
         self._eval_env: Any = None
         self.global_step = 0
@@ -319,8 +322,12 @@ class PPO:
             skip_nonfinite=c.on_nonfinite == "skip",
         )
         try:
-            stats = ppo_update(batch, lambda idx: self.policy.evaluate(obs[idx], actions[idx]),
-                               self.optimizer, self.policy.parameters(), settings)
+            if self.numpy_update:
+                step = NumpyMinibatchStep(self.policy, obs, actions, batch, settings)
+                stats = run_epochs(step, obs.shape[0], self.optimizer, self.policy.parameters(), settings)
+            else:
+                stats = ppo_update(batch, lambda idx: self.policy.evaluate(obs[idx], actions[idx]),
+                                   self.optimizer, self.policy.parameters(), settings)
         except TrainingError as err:
             last = latest_checkpoint(self.run_dir) if self.run_dir is not None else None
             saved = f"; the last checkpoint, {last}, is intact" if last is not None else ""

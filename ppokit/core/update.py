@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -72,6 +73,76 @@ def _all_finite(tensors: list[Tensor]) -> bool:
     return bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
 
 
+class MinibatchStep(Protocol):
+    """One minibatch's forward and backward pass, as :func:`run_epochs` drives it.
+
+    :func:`ppo_update` builds the autograd version from an ``evaluate`` callback; the control
+    trainer has a NumPy version with a hand-derived backward pass for small MLPs on a CPU
+    (:mod:`ppokit.control.numpy_update`). Both compute the same loss.
+    """
+
+    def forward(self, idx: Tensor) -> tuple[float, float]:
+        """Compute the losses on rows ``idx``; return ``(approx_kl_k3, total_loss)``."""
+
+    def backward(self) -> None:
+        """Write the gradient of the last forward's total loss into the parameters' ``.grad``."""
+
+    def stats(self, grad_norm: Tensor) -> Sequence[Any]:
+        """The last forward's diagnostics, in the order of :data:`STAT_NAMES`."""
+
+
+#: The per-minibatch diagnostics that :func:`run_epochs` averages.
+STAT_NAMES = ("policy_loss", "value_loss", "entropy", "approx_kl_k1", "approx_kl_k3",
+              "clip_fraction", "grad_norm", "loss")
+
+
+class _AutogradStep:
+    """The minibatch loss of :func:`ppo_update`, differentiated by autograd."""
+
+    def __init__(self, batch: Mapping[str, Tensor], evaluate: Evaluate, settings: PPOUpdateSettings) -> None:
+        self.batch, self.evaluate, self.settings = batch, evaluate, settings
+        self.mask_all = batch.get("mask")
+
+    def forward(self, idx: Tensor) -> tuple[float, float]:
+        settings, batch = self.settings, self.batch
+        logp, entropy, values = self.evaluate(idx)
+        mask = self.mask_all[idx] if self.mask_all is not None else None
+        logp_old = batch["logp"][idx]
+        advantages = batch["advantages"][idx]
+        if settings.normalize_advantages:
+            advantages = masked_whiten(advantages, mask)
+
+        with torch.no_grad():
+            log_ratio = logp - logp_old  # samples came from the old policy: KL(old || new)
+            self.approx_kl_k1 = masked_mean(kl_k1(log_ratio), mask)
+            self.approx_kl_k3 = masked_mean(kl_k3(log_ratio), mask)
+
+        if settings.loss == "penalty":
+            self.policy_loss, _ = kl_penalty_surrogate_loss(logp, logp_old, advantages, settings.kl_coef, mask)
+            with torch.no_grad():
+                self.clip_fraction = masked_mean(
+                    ((log_ratio.exp() - 1.0).abs() > settings.clip_range).to(logp.dtype), mask
+                )
+        else:
+            self.policy_loss, self.clip_fraction = clipped_surrogate_loss(
+                logp, logp_old, advantages, settings.clip_range, mask
+            )
+        self.v_loss = value_loss(values, batch["values"][idx], batch["returns"][idx], settings.clip_range_vf, mask)
+        self.mean_entropy = entropy_bonus(entropy, mask)
+        self.loss = self.policy_loss + settings.vf_coef * self.v_loss - settings.ent_coef * self.mean_entropy
+        # float() rather than torch.isfinite: one host read instead of three small kernels.
+        return float(self.approx_kl_k3), float(self.loss.detach())
+
+    def backward(self) -> None:
+        self.loss.backward()
+
+    def stats(self, grad_norm: Tensor) -> Tensor:
+        return torch.stack([
+            self.policy_loss.detach(), self.v_loss.detach(), self.mean_entropy.detach(),
+            self.approx_kl_k1, self.approx_kl_k3, self.clip_fraction, grad_norm.detach(), self.loss.detach(),
+        ])
+
+
 def ppo_update(
     batch: Mapping[str, Tensor],
     evaluate: Evaluate,
@@ -89,8 +160,24 @@ def ppo_update(
 
     .. math:: L = L^{CLIP\,\text{or}\,KLPEN} + c_1 L^{VF} - c_2 H
 
-    with advantages whitened within the minibatch when ``normalize_advantages`` is set. When
-    ``target_kl`` is set, the epoch loop stops as soon as a minibatch's approximate KL
+    with advantages whitened within the minibatch when ``normalize_advantages`` is set. The epochs,
+    the early stop and the checks are :func:`run_epochs`'s.
+    """
+    return run_epochs(_AutogradStep(batch, evaluate, settings), batch["logp"].shape[0], optimizer,
+                      parameters, settings, device=batch["logp"].device)
+
+
+def run_epochs(
+    step: MinibatchStep,
+    n: int,
+    optimizer: torch.optim.Optimizer | FlatAdam,
+    parameters: Iterable[Tensor],
+    settings: PPOUpdateSettings,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """K epochs over ``n`` rows in shuffled minibatches (``torch.randperm``), one optimiser step each.
+
+    When ``target_kl`` is set, the epoch loop stops as soon as a minibatch's approximate KL
     (:math:`k_3`) exceeds ``1.5 × target_kl``, *before* that minibatch's step is taken.
 
     A non-finite loss or gradient raises :class:`NonFiniteError` before the optimiser step, so the
@@ -100,10 +187,8 @@ def ppo_update(
     """
     params = [p for p in parameters if p.requires_grad]
     flat = isinstance(optimizer, FlatAdam)
-    mask_all = batch.get("mask")
-    n = batch["logp"].shape[0]
-    device = batch["logp"].device
-    rows: list[Tensor] = []
+    max_norm = settings.max_grad_norm if settings.max_grad_norm is not None else float("inf")
+    rows: list[Any] = []
     epochs_done = 0
     early_stopped = False
     skipped = 0
@@ -111,44 +196,17 @@ def ppo_update(
         for mb, idx in enumerate(torch.randperm(n, device=device).tensor_split(settings.num_minibatches)):
             if idx.numel() == 0:
                 continue
-            logp, entropy, values = evaluate(idx)
-            mask = mask_all[idx] if mask_all is not None else None
-            logp_old = batch["logp"][idx]
-            advantages = batch["advantages"][idx]
-            if settings.normalize_advantages:
-                advantages = masked_whiten(advantages, mask)
-
-            with torch.no_grad():
-                log_ratio = logp - logp_old  # samples came from the old policy: KL(old || new)
-                approx_kl_k1 = masked_mean(kl_k1(log_ratio), mask)
-                approx_kl_k3 = masked_mean(kl_k3(log_ratio), mask)
-            if settings.target_kl is not None and float(approx_kl_k3) > 1.5 * settings.target_kl:
+            approx_kl_k3, loss = step.forward(idx)
+            if settings.target_kl is not None and approx_kl_k3 > 1.5 * settings.target_kl:
                 early_stopped = True
                 break
-
-            if settings.loss == "penalty":
-                policy_loss, _ = kl_penalty_surrogate_loss(logp, logp_old, advantages, settings.kl_coef, mask)
-                with torch.no_grad():
-                    clip_fraction = masked_mean(
-                        ((log_ratio.exp() - 1.0).abs() > settings.clip_range).to(logp.dtype), mask
-                    )
-            else:
-                policy_loss, clip_fraction = clipped_surrogate_loss(
-                    logp, logp_old, advantages, settings.clip_range, mask
-                )
-            v_loss = value_loss(values, batch["values"][idx], batch["returns"][idx], settings.clip_range_vf, mask)
-            mean_entropy = entropy_bonus(entropy, mask)
-            loss = policy_loss + settings.vf_coef * v_loss - settings.ent_coef * mean_entropy
-
-            # float() rather than torch.isfinite: one host read instead of three small kernels.
-            if not math.isfinite(float(loss.detach())):
+            if not math.isfinite(loss):
                 if settings.skip_nonfinite:
                     skipped += 1
                     continue
                 raise NonFiniteError("loss", epoch, mb)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            max_norm = settings.max_grad_norm if settings.max_grad_norm is not None else float("inf")
+            step.backward()
             # The total norm is non-finite exactly when some gradient entry is; checked before the
             # step, so a bad gradient never reaches the weights or Adam's moments.
             if flat:
@@ -163,23 +221,20 @@ def ppo_update(
                 raise NonFiniteError("gradient", epoch, mb)
             optimizer.step()
             last_step = (epoch, mb)
-            rows.append(torch.stack([
-                policy_loss.detach(), v_loss.detach(), mean_entropy.detach(),
-                approx_kl_k1, approx_kl_k3, clip_fraction, grad_norm.detach(), loss.detach(),
-            ]))
+            rows.append(step.stats(grad_norm))
         if early_stopped:
             break
         epochs_done += 1
 
     if rows and not (optimizer.params_finite() if flat else _all_finite(params)):
         raise NonFiniteError("parameter", *last_step)
-    names = ("policy_loss", "value_loss", "entropy", "approx_kl_k1", "approx_kl_k3",
-             "clip_fraction", "grad_norm", "loss")
-    if rows:
+    if not rows:
+        means = [float("nan")] * len(STAT_NAMES)
+    elif isinstance(rows[0], Tensor):
         means = torch.stack(rows).float().mean(dim=0).tolist()
     else:
-        means = [float("nan")] * len(names)
-    stats = dict(zip(names, means))
+        means = np.mean(np.asarray(rows, dtype=np.float64), axis=0).tolist()
+    stats = dict(zip(STAT_NAMES, means))
     stats["epochs"] = float(epochs_done)
     stats["early_stopped"] = float(early_stopped)
     stats["minibatch_steps"] = float(len(rows))
