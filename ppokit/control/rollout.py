@@ -195,8 +195,7 @@ class RolloutCollector:
         if valid.any():
             self.ret_rms.update_array(self._disc_return[valid])
         self._disc_return[done] = 0.0
-        scaled = rewards / np.sqrt(float(self.ret_rms.var) + 1e-8)
-        return np.minimum(np.maximum(scaled, -self.clip_reward), self.clip_reward)
+        return self.ret_rms.scale_array(rewards, self.clip_reward)
 
     @torch.inference_mode()
     def collect(self) -> Rollout:

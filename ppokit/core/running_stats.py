@@ -21,39 +21,53 @@ class RunningMeanStd:
     """
 
     def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4) -> None:
-        self.mean = torch.zeros(shape, dtype=torch.float64)
-        self.var = torch.ones(shape, dtype=torch.float64)
+        # The statistics live in NumPy arrays (the rollout updates them every env step, where a
+        # dozen small torch ops would cost more than the arithmetic); ``mean``, ``var`` and
+        # ``count`` are torch views of them, and loading state copies into them in place.
+        self._mean = np.zeros(shape, dtype=np.float64)
+        self._var = np.ones(shape, dtype=np.float64)
         # A tiny prior count keeps the first normalisation finite, as in baselines' RunningMeanStd.
-        self.count = torch.tensor(float(epsilon), dtype=torch.float64)
+        self._count = np.array(float(epsilon), dtype=np.float64)
+        self.mean = torch.from_numpy(self._mean)
+        self.var = torch.from_numpy(self._var)
+        self.count = torch.from_numpy(self._count)
 
     def update(self, batch: Tensor) -> None:
         self.update_array(batch.detach().cpu().numpy())
 
     def update_array(self, batch: np.ndarray) -> None:
-        """:meth:`update` from a NumPy batch. The rollout calls this every env step, so it works on
-        NumPy views of the statistics in place: a dozen small torch ops would cost more than the
-        arithmetic."""
+        """:meth:`update` from a NumPy batch, in place."""
         batch = np.asarray(batch, dtype=np.float64)
         n = batch.shape[0]
         if n == 0:
             return
-        mean, var, count = self.mean.numpy(), self.var.numpy(), self.count.numpy()
-        # ufunc reductions directly: np.mean/np.var add ~10 µs of Python per call.
-        batch_mean = np.add.reduce(batch, axis=0) / n
-        diff = batch - batch_mean
-        batch_var = np.add.reduce(diff * diff, axis=0) / n
-        delta = batch_mean - mean
+        mean, var, count = self._mean, self._var, self._count
         total = count + n
-        m2 = var * count + batch_var * n + delta * delta * (count * n / total)
+        if n == 1:  # one env: the batch's own variance is 0
+            delta = batch[0] - mean
+            m2 = var * count + delta * delta * (count / total)
+        else:
+            # ufunc reductions directly: np.mean/np.var add ~10 µs of Python per call.
+            batch_mean = np.add.reduce(batch, axis=0) / n
+            diff = batch - batch_mean
+            delta = batch_mean - mean
+            m2 = var * count + np.add.reduce(diff * diff, axis=0) + delta * delta * (count * n / total)
         mean += delta * (n / total)
         var[...] = m2 / total
         count[...] = total
 
     def normalize_array(self, x: np.ndarray, clip: float | None = None, eps: float = 1e-8) -> np.ndarray:
         """:meth:`normalize` for a NumPy array, returned as float32."""
-        out = ((x - self.mean.numpy()) / np.sqrt(self.var.numpy() + eps)).astype(np.float32)
+        out = ((x - self._mean) / np.sqrt(self._var + eps)).astype(np.float32)
         if clip is not None:
             np.minimum(np.maximum(out, -clip, out=out), clip, out=out)
+        return out
+
+    def scale_array(self, x: np.ndarray, clip: float | None = None, eps: float = 1e-8) -> np.ndarray:
+        """:meth:`scale` for a NumPy array."""
+        out = x / np.sqrt(float(self._var) + eps) if self._var.ndim == 0 else x / np.sqrt(self._var + eps)
+        if clip is not None:
+            out = np.minimum(np.maximum(out, -clip), clip)
         return out
 
     def normalize(self, x: Tensor, clip: float | None = None, eps: float = 1e-8) -> Tensor:
@@ -75,6 +89,6 @@ class RunningMeanStd:
                 f"running statistics have shape {tuple(state['mean'].shape)}, "
                 f"expected {tuple(self.mean.shape)}"
             )
-        self.mean = state["mean"].to(torch.float64).clone()
-        self.var = state["var"].to(torch.float64).clone()
-        self.count = state["count"].to(torch.float64).reshape(()).clone()
+        self._mean[...] = state["mean"].to(torch.float64).numpy()
+        self._var[...] = state["var"].to(torch.float64).numpy()
+        self._count[...] = state["count"].to(torch.float64).reshape(()).numpy()
