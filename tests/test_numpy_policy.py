@@ -66,3 +66,13 @@ def test_unsupported_policies_keep_the_torch_path():
     image = ActorCritic(spaces.Box(0, 255, (16, 16, 3), np.uint8), spaces.Discrete(2))
     assert not NumpyPolicy.supports(image, torch.device("cpu"))
     assert not NumpyPolicy.supports(_policy(spaces.Discrete(2), "tanh", False), torch.device("meta"))
+
+
+@pytest.mark.parametrize("action_space", [spaces.Discrete(4), spaces.Box(-1, 1, (2,), np.float32)],
+                         ids=["discrete", "box"])
+def test_action_alone_is_act_without_the_critic(action_space):
+    fast = NumpyPolicy(_policy(action_space, "tanh", False))
+    obs = np.random.default_rng(1).normal(size=(32, 3, 2)).astype(np.float32)
+    for deterministic in (False, True):
+        expected = fast.act(obs, np.random.default_rng(7), deterministic)[0]
+        np.testing.assert_array_equal(fast.action(obs, np.random.default_rng(7), deterministic), expected)

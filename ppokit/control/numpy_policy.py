@@ -79,13 +79,21 @@ class NumpyPolicy:
         observations: ``(action, logp, value)``."""
         actor, critic = self._features(obs)
         value = (critic @ self.value_w + self.value_b)[:, 0]
-        out = actor @ self.head_w + self.head_b
+        return (*self._sample(actor @ self.head_w + self.head_b, rng, deterministic), value)
+
+    def action(self, obs: np.ndarray, rng: np.random.Generator, deterministic: bool = False) -> np.ndarray:
+        """The action of :meth:`act` alone (the critic is not run): what evaluation and ``predict`` need."""
+        actor = self._trunk(obs.reshape(obs.shape[0], -1), self.actor)
+        return self._sample(actor @ self.head_w + self.head_b, rng, deterministic)[0]
+
+    def _sample(self, out: np.ndarray, rng: np.random.Generator, deterministic: bool
+                ) -> tuple[np.ndarray, np.ndarray]:
         if self.gaussian:
             std = np.exp(self.log_std)
             action = out if deterministic else out + std * rng.standard_normal(out.shape, dtype=np.float32)
             z = (action - out) * np.exp(-self.log_std)
             logp = -(0.5 * z * z + self.log_std + _HALF_LOG_2PI).sum(-1)
-            return action, logp, value
+            return action, logp
         # log-softmax, then the inverse CDF: the first action whose cumulative probability exceeds u.
         shifted = out - out.max(-1, keepdims=True)
         log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
@@ -95,7 +103,7 @@ class NumpyPolicy:
             cdf = np.cumsum(np.exp(log_probs), axis=-1)
             u = rng.random((out.shape[0], 1), dtype=np.float32)
             action = (u >= cdf[:, :-1]).sum(-1)
-        return action, np.take_along_axis(log_probs, action[:, None], -1)[:, 0], value
+        return action, np.take_along_axis(log_probs, action[:, None], -1)[:, 0]
 
     def value(self, obs: np.ndarray) -> np.ndarray:
         _, critic = self._features(obs)

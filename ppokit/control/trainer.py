@@ -429,7 +429,7 @@ class PPO:
             )
         if self.numpy_policy is not None:
             x = policy_input(batch, self.obs_rms, self.config.clip_obs)
-            action = self.numpy_policy.act(x, rng or self._predict_rng, deterministic)[0]
+            action = self.numpy_policy.action(x, rng or self._predict_rng, deterministic)
         else:
             with torch.inference_mode():
                 action = self.policy.act(self._policy_input(batch), deterministic)[0]
