@@ -111,3 +111,17 @@ def test_eval_records_video(tmp_path):
     files = sorted(videos.glob("*.mp4"))
     assert len(files) == 2 and all(f.stat().st_size > 1000 for f in files)
     assert json.loads((run / "eval.json").read_text())["episodes"] == 2
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ([], 2),                                            # the CartPole preset: 16 x 32 = 512 steps an update
+    (["--set", "num_steps=64"], 1),                     # 1024 steps an update
+    (["--set", "num_envs=1", "--set", "num_steps=100"], 11),
+    (["--set", "eval_every=3"], 3),                     # said explicitly: kept
+])
+def test_stop_at_return_evaluates_about_every_thousand_steps_unless_told(extra, expected):
+    from ppokit.cli import build_parser, resolve_train_config
+
+    args = build_parser().parse_args(["train", "CartPole-v1", "--stop-at-return", "475", *extra])
+    config, _ = resolve_train_config(args)
+    assert config.stop_at_return == 475 and config.eval_every == expected
