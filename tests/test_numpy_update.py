@@ -13,7 +13,7 @@ from ppokit import PPO, PPOConfig
 from ppokit.control.networks import ActorCritic
 from ppokit.control.numpy_update import NumpyMinibatchStep
 from ppokit.core.optim import FlatAdam
-from ppokit.core.update import STAT_NAMES, PPOUpdateSettings, _AutogradStep, ppo_update, run_epochs
+from ppokit.core.update import STAT_NAMES, PPOUpdateSettings, AutogradStep, ppo_update, run_epochs
 
 OBS = spaces.Box(-np.inf, np.inf, (3, 2), np.float32)  # rank 2: the flattening is exercised too
 N = 96
@@ -62,7 +62,7 @@ def test_numpy_step_matches_autograd(action_space, activation, shared, loss, cli
                                  clip_range_vf=clip_range_vf, normalize_advantages=normalize_advantages,
                                  loss=loss, kl_coef=0.3)
     idx = torch.randperm(N, generator=torch.Generator().manual_seed(2))[:64]
-    reference = _AutogradStep(batch, lambda i: policy.evaluate(obs[i], actions[i]), settings)
+    reference = AutogradStep(batch, lambda i: policy.evaluate(obs[i], actions[i]), settings)
     ref_kl3, ref_loss, ref_grad, ref_stats = _grads(reference, optimizer, idx)
     assert NumpyMinibatchStep.supports(policy, torch.device("cpu"), optimizer)
     fast = NumpyMinibatchStep(policy, obs, actions, batch, settings)

@@ -22,14 +22,14 @@ import torch
 from ppokit.control.heads import CategoricalHead, GaussianHead
 from ppokit.control.networks import MLP, ActorCritic
 
-_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 def _elu(x: np.ndarray) -> np.ndarray:
     return np.where(x > 0, x, np.expm1(np.minimum(x, 0)))
 
 
-_ACTIVATIONS = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0), "elu": _elu}
+NUMPY_ACTIVATIONS = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0), "elu": _elu}
 
 
 def _layers(trunk: MLP) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -50,7 +50,7 @@ class NumpyPolicy:
 
     def __init__(self, policy: ActorCritic) -> None:
         self.policy = policy
-        self.activation = _ACTIVATIONS[policy.actor_trunk.activation_name]
+        self.activation = NUMPY_ACTIVATIONS[policy.actor_trunk.activation_name]
         self.gaussian = isinstance(policy.head, GaussianHead)
         self.refresh()
 
@@ -92,7 +92,7 @@ class NumpyPolicy:
             std = np.exp(self.log_std)
             action = out if deterministic else out + std * rng.standard_normal(out.shape, dtype=np.float32)
             z = (action - out) * np.exp(-self.log_std)
-            logp = -(0.5 * z * z + self.log_std + _HALF_LOG_2PI).sum(-1)
+            logp = -(0.5 * z * z + self.log_std + HALF_LOG_2PI).sum(-1)
             return action, logp
         # log-softmax, then the inverse CDF: the first action whose cumulative probability exceeds u.
         shifted = out - out.max(-1, keepdims=True)

@@ -32,30 +32,21 @@ The gradients, for a minibatch of :math:`B` rows and the total loss
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import Tensor
 
 from ppokit.control.heads import GaussianHead
 from ppokit.control.networks import ActorCritic
-from ppokit.control.numpy_policy import NumpyPolicy
+from ppokit.control.numpy_policy import NUMPY_ACTIVATIONS, HALF_LOG_2PI, NumpyPolicy
 from ppokit.core.optim import FlatAdam
 from ppokit.core.update import PPOUpdateSettings
 
-_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
-
-
-def _elu(x: np.ndarray) -> np.ndarray:
-    return np.where(x > 0, x, np.expm1(np.minimum(x, 0)))
-
-
-# (activation, its derivative written in terms of the activation's output)
-_ACTIVATIONS = {
-    "tanh": (np.tanh, lambda h: 1.0 - h * h),
-    "relu": (lambda x: np.maximum(x, 0), lambda h: (h > 0).astype(h.dtype)),
-    "elu": (_elu, lambda h: np.where(h > 0, 1.0, h + 1.0).astype(h.dtype)),
+# Each activation's derivative, written in terms of the activation's output.
+_DERIVATIVES = {
+    "tanh": lambda h: 1.0 - h * h,
+    "relu": lambda h: (h > 0).astype(h.dtype),
+    "elu": lambda h: np.where(h > 0, 1.0, h + 1.0).astype(h.dtype),
 }
 
 
@@ -93,7 +84,8 @@ class NumpyMinibatchStep:
     def __init__(self, policy: ActorCritic, obs: Tensor, actions: Tensor, batch: dict[str, Tensor],
                  settings: PPOUpdateSettings) -> None:
         self.settings = settings
-        self.activation, self.activation_grad = _ACTIVATIONS[policy.actor_trunk.activation_name]
+        name = policy.actor_trunk.activation_name
+        self.activation, self.activation_grad = NUMPY_ACTIVATIONS[name], _DERIVATIVES[name]
         self.actor = [_Layer(m) for m in policy.actor_trunk._linears]
         self.critic = None if policy.critic_trunk is None else [_Layer(m) for m in policy.critic_trunk._linears]
         self.head = _Layer(policy.head.linear)
@@ -136,8 +128,8 @@ class NumpyMinibatchStep:
                 actions = self.actions[rows]
                 inv_std = np.exp(-self.log_std)
                 u = (actions - out) * inv_std
-                logp = -0.5 * (u * u).sum(-1) - (self.log_std.sum() + out.shape[1] * _HALF_LOG_2PI)
-                entropy = float((0.5 + _HALF_LOG_2PI + self.log_std).sum())
+                logp = -0.5 * (u * u).sum(-1) - (self.log_std.sum() + out.shape[1] * HALF_LOG_2PI)
+                entropy = float((0.5 + HALF_LOG_2PI + self.log_std).sum())
                 self.u, self.inv_std = u, inv_std
             else:
                 actions = self.actions[rows].astype(np.intp)

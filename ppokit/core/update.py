@@ -3,7 +3,9 @@
 This is the part of the algorithm box that both front ends share verbatim. The front end supplies the
 batch (old log-probs, values, advantages, returns, optional mask) and an ``evaluate`` callback that
 re-runs its model on a minibatch; everything else, the losses, the clipping, the early stop at a
-target KL, gradient clipping and the diagnostics, lives here once.
+target KL, gradient clipping and the diagnostics, lives here once. The epoch loop
+(:func:`run_epochs`) drives a :class:`MinibatchStep`: :class:`AutogradStep` here, or the control
+trainer's NumPy step with a hand-derived gradient of the same loss for small MLPs on a CPU.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ STAT_NAMES = ("policy_loss", "value_loss", "entropy", "approx_kl_k1", "approx_kl
               "clip_fraction", "grad_norm", "loss")
 
 
-class _AutogradStep:
+class AutogradStep:
     """The minibatch loss of :func:`ppo_update`, differentiated by autograd."""
 
     def __init__(self, batch: Mapping[str, Tensor], evaluate: Evaluate, settings: PPOUpdateSettings) -> None:
@@ -163,7 +165,7 @@ def ppo_update(
     with advantages whitened within the minibatch when ``normalize_advantages`` is set. The epochs,
     the early stop and the checks are :func:`run_epochs`'s.
     """
-    return run_epochs(_AutogradStep(batch, evaluate, settings), batch["logp"].shape[0], optimizer,
+    return run_epochs(AutogradStep(batch, evaluate, settings), batch["logp"].shape[0], optimizer,
                       parameters, settings, device=batch["logp"].device)
 
 
