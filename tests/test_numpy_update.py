@@ -43,7 +43,8 @@ def _setup(action_space: spaces.Space, activation: str, shared: bool):
 
 
 def _grads(step, optimizer: FlatAdam, idx: torch.Tensor):
-    kl3, loss = step.forward(idx)
+    loss = step.forward(idx)
+    kl3 = step.approx_kl()
     optimizer.zero_grad()
     step.backward()
     return kl3, loss, optimizer.flat_grad.clone(), [float(x) for x in step.stats(torch.tensor(0.0))]

@@ -112,7 +112,7 @@ class NumpyMinibatchStep:
             delta = grad * self.activation_grad(outs[i + 1])
             grad = layers[i].backward(outs[i], delta, need_input_grad=i > 0)
 
-    def forward(self, idx: Tensor) -> tuple[float, float]:
+    def forward(self, idx: Tensor) -> float:
         s = self.settings
         rows = idx.numpy()
         x = self.obs[rows]
@@ -181,7 +181,10 @@ class NumpyMinibatchStep:
         self.g_logp, self.g_values = g_logp.astype(np.float32), (s.vf_coef * g_values).astype(np.float32)
         loss = policy_loss + s.vf_coef * v_loss - s.ent_coef * entropy
         self.row = [policy_loss, v_loss, entropy, kl_k1, kl_k3, clip_fraction, 0.0, loss]
-        return kl_k3, loss
+        return loss
+
+    def approx_kl(self) -> float:
+        return self.row[4]
 
     def backward(self) -> None:
         s = self.settings

@@ -83,8 +83,11 @@ class MinibatchStep(Protocol):
     (:mod:`ppokit.control.numpy_update`). Both compute the same loss.
     """
 
-    def forward(self, idx: Tensor) -> tuple[float, float]:
-        """Compute the losses on rows ``idx``; return ``(approx_kl_k3, total_loss)``."""
+    def forward(self, idx: Tensor) -> float:
+        """Compute the losses on rows ``idx``; return the total loss."""
+
+    def approx_kl(self) -> float:
+        """The last forward's :math:`k_3` estimate of KL(old || new) (read only for ``target_kl``)."""
 
     def backward(self) -> None:
         """Write the gradient of the last forward's total loss into the parameters' ``.grad``."""
@@ -105,7 +108,7 @@ class AutogradStep:
         self.batch, self.evaluate, self.settings = batch, evaluate, settings
         self.mask_all = batch.get("mask")
 
-    def forward(self, idx: Tensor) -> tuple[float, float]:
+    def forward(self, idx: Tensor) -> float:
         settings, batch = self.settings, self.batch
         logp, entropy, values = self.evaluate(idx)
         mask = self.mask_all[idx] if self.mask_all is not None else None
@@ -133,7 +136,10 @@ class AutogradStep:
         self.mean_entropy = entropy_bonus(entropy, mask)
         self.loss = self.policy_loss + settings.vf_coef * self.v_loss - settings.ent_coef * self.mean_entropy
         # float() rather than torch.isfinite: one host read instead of three small kernels.
-        return float(self.approx_kl_k3), float(self.loss.detach())
+        return float(self.loss.detach())
+
+    def approx_kl(self) -> float:
+        return float(self.approx_kl_k3)
 
     def backward(self) -> None:
         self.loss.backward()
@@ -198,8 +204,8 @@ def run_epochs(
         for mb, idx in enumerate(torch.randperm(n, device=device).tensor_split(settings.num_minibatches)):
             if idx.numel() == 0:
                 continue
-            approx_kl_k3, loss = step.forward(idx)
-            if settings.target_kl is not None and approx_kl_k3 > 1.5 * settings.target_kl:
+            loss = step.forward(idx)
+            if settings.target_kl is not None and step.approx_kl() > 1.5 * settings.target_kl:
                 early_stopped = True
                 break
             if not math.isfinite(loss):
