@@ -115,3 +115,6 @@ def test_the_trainer_takes_the_numpy_step_for_mlps_and_autograd_otherwise(tmp_pa
     mlp = ActorCritic(OBS, spaces.Discrete(2))
     assert not NumpyMinibatchStep.supports(mlp, cpu, torch.optim.Adam(mlp.parameters()))
     assert not NumpyMinibatchStep.supports(mlp, torch.device("meta"), FlatAdam(mlp.parameters(), lr=1e-3))
+    # An activation without a NumPy form and derivative (a future addition) falls back to torch.
+    mlp.actor_trunk.activation_name = "gelu"
+    assert not NumpyMinibatchStep.supports(mlp, cpu, FlatAdam(mlp.parameters(), lr=1e-3))

@@ -44,6 +44,7 @@ class NumpyPolicy:
         return (
             device.type == "cpu"
             and not policy.use_cnn
+            and policy.actor_trunk.activation_name in NUMPY_ACTIVATIONS
             and isinstance(policy.head, (CategoricalHead, GaussianHead))
             and all(p.dtype == torch.float32 for p in policy.parameters())
         )

@@ -79,7 +79,8 @@ class NumpyMinibatchStep:
 
     @staticmethod
     def supports(policy: ActorCritic, device: torch.device, optimizer: object) -> bool:
-        return isinstance(optimizer, FlatAdam) and NumpyPolicy.supports(policy, device)
+        return (isinstance(optimizer, FlatAdam) and NumpyPolicy.supports(policy, device)
+                and policy.actor_trunk.activation_name in _DERIVATIVES)
 
     def __init__(self, policy: ActorCritic, obs: Tensor, actions: Tensor, batch: dict[str, Tensor],
                  settings: PPOUpdateSettings) -> None:
