@@ -122,7 +122,7 @@ class NumpyMinibatchStep:
             self.actor_outs = self._trunk(x, self.actor)
             self.critic_outs = self.actor_outs if self.critic is None else self._trunk(x, self.critic)
             h_actor, h_critic = self.actor_outs[-1], self.critic_outs[-1]
-            values = (h_critic @ self.value_head.w.T)[:, 0] + self.value_head.b[0]
+            values = self.value_head.forward(h_critic)[:, 0]
             out = self.head.forward(h_actor)
 
             if self.gaussian:
@@ -149,10 +149,10 @@ class NumpyMinibatchStep:
             log_ratio = logp - self.logp_old[rows]
             ratio = np.exp(log_ratio)
             kl_k1 = float(-log_ratio.mean())
-            kl_k3 = float((np.expm1(log_ratio) - log_ratio).mean())
+            k3 = np.expm1(log_ratio) - log_ratio  # per sample; also the penalty's KL term
+            kl_k3 = float(k3.mean())
             if s.loss == "penalty":
-                kl = np.expm1(log_ratio) - log_ratio
-                policy_loss = -float((ratio * adv - s.kl_coef * kl).mean())
+                policy_loss = -float((ratio * adv - s.kl_coef * k3).mean())
                 clip_fraction = float((np.abs(ratio - 1.0) > s.clip_range).mean())
                 g_logp = -(ratio * adv - s.kl_coef * (ratio - 1.0)) / b
             else:
