@@ -4,16 +4,16 @@ __version__ = "0.1.0"
 
 from ppokit.errors import PPOKitError  # noqa: E402
 
-__all__ = ["PPO", "PPOConfig", "PPOKitError", "__version__"]
+__all__ = ["PPO", "ControlConfig", "PPOKitError", "__version__"]
 
 
-def __getattr__(name: str):  # lazy: importing ppokit should not import torch and gymnasium
+def __getattr__(name: str) -> object:  # lazy: importing ppokit should not import torch and gymnasium
     if name == "PPO":
-        from ppokit.control.trainer import PPO
+        from ppokit.control.agent import PPO
 
         return PPO
-    if name == "PPOConfig":
-        from ppokit.control.config import PPOConfig
+    if name == "ControlConfig":
+        from ppokit.control.config import ControlConfig
 
-        return PPOConfig
+        return ControlConfig
     raise AttributeError(f"module 'ppokit' has no attribute {name!r}")

@@ -12,8 +12,9 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ppokit import __version__
 from ppokit.errors import PPOKitError, TrainingInterrupted
@@ -24,10 +25,10 @@ EXIT_INTERRUPTED = 130
 
 def _config_fields_help() -> str:
     from ppokit.configuration import describe
-    from ppokit.control.config import PPOConfig
+    from ppokit.control.config import ControlConfig
 
     lines = ["config fields (set any of them with --set key=value or in a --config YAML file):"]
-    for name, type_name, default, help_text in describe(PPOConfig):
+    for name, _type_name, default, help_text in describe(ControlConfig):
         lines.append(f"  {name:<22} {help_text} [default: {default!r}]")
     return "\n".join(lines)
 
@@ -84,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Continue a run exactly where its latest checkpoint left it: weights, "
                         "optimizer, schedules, normalisation, RNGs, environments (or, for RLHF, the prompt order).")
     rs.add_argument("run_dir", help="the run directory")
-    rs.add_argument("--total-steps", type=int, help="train to this many steps instead of the run's own total")
+    budget = rs.add_mutually_exclusive_group()
+    budget.add_argument("--total-steps", type=int, help="control runs: train to this many env steps instead of the run's own total")
+    budget.add_argument("--total-updates", type=int, help="RLHF runs: train to this many PPO updates instead of the run's own total")
     rs.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     ev = sub.add_parser("eval", help="evaluate a saved policy and write eval.json into its run directory")
@@ -107,9 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_train_config(args: argparse.Namespace) -> tuple[Any, str | None]:
-    """Merge defaults, preset, config file, flags and --set into one validated PPOConfig."""
+    """Merge defaults, preset, config file, flags and --set into one validated ControlConfig."""
     from ppokit.configuration import from_mapping, load_yaml, merge_overrides
-    from ppokit.control.config import PPOConfig
+    from ppokit.control.config import ControlConfig
     from ppokit.errors import ConfigError
     from ppokit.presets import default_preset_for, load_preset
 
@@ -131,17 +134,16 @@ def resolve_train_config(args: argparse.Namespace) -> tuple[Any, str | None]:
         data["progress"] = False
     if args.stop_at_return is not None:
         data["stop_at_return"] = args.stop_at_return
-    merge_overrides(PPOConfig, data, args.overrides)
+    merge_overrides(ControlConfig, data, args.overrides)
     if args.stop_at_return is not None and "eval_every" not in data:
-        data["eval_every"] = _stop_eval_every(PPOConfig, data)
+        data["eval_every"] = _stop_eval_every(ControlConfig, data)
     sources = ([f"preset {preset!r}"] if preset else []) + ([args.config] if args.config else [])
-    return from_mapping(PPOConfig, data, f"config ({', '.join(sources)})" if sources else "config"), preset
+    return from_mapping(ControlConfig, data, f"config ({', '.join(sources)})" if sources else "config"), preset
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from ppokit.control.agent import PPO
     from ppokit.control.envs import check_env_id
-    from ppokit.control.trainer import PPO
-
     from ppokit.io.run_dir import check_resume_flags
 
     config, preset = resolve_train_config(args)
@@ -181,7 +183,8 @@ def _eval_line(result: dict[str, Any]) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ppokit.control.trainer import PPO, find_model_dir
+    from ppokit.control.agent import PPO
+    from ppokit.control.checkpointing import find_model_dir
     from ppokit.errors import ConfigError
     from ppokit.io.atomic import atomic_write_json
 
@@ -202,7 +205,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from ppokit.errors import CheckpointError
+    from ppokit.errors import CheckpointError, ConfigError
     from ppokit.io.checkpoints import RESUME_FILE, find_resumable, read_resume_state
 
     run_dir = Path(args.run_dir)
@@ -212,10 +215,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if kind == "ppokit.rlhf":
         from ppokit.rlhf.cli import resume_ppo
 
-        return resume_ppo(run_dir, args.total_steps, overrides)
+        if args.total_steps is not None:
+            raise ConfigError(f"{run_dir} is an RLHF run, counted in PPO updates: pass --total-updates, not --total-steps")
+        return resume_ppo(run_dir, args.total_updates, overrides)
     if kind != "ppokit.control":
         raise CheckpointError(f"{checkpoint / RESUME_FILE}: unknown run kind {kind!r}")
-    from ppokit.control.trainer import PPO
+    if args.total_updates is not None:
+        raise ConfigError(f"{run_dir} is a control run, counted in env steps: pass --total-steps, not --total-updates")
+    from ppokit.control.agent import PPO
 
     agent = PPO.resume(run_dir, **overrides)
     print(f"ppokit: resuming {agent.config.env_id} at step {agent.global_step} from {checkpoint}", file=sys.stderr)

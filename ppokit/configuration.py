@@ -11,8 +11,9 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -55,6 +56,10 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {value!r} is not a valid {_type_name(tp)}")
     if tp is Any:
         return value
+    if origin is typing.Literal:
+        if value in args and type(value) is type(args[args.index(value)]):
+            return value
+        raise ConfigError(f"{where}: {value!r} is not allowed; expected one of {', '.join(map(repr, args))}")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -115,9 +120,39 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported field type {_type_name(tp)}")
 
 
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
 def field_types(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    """The resolved type annotation of every field of dataclass ``cls``."""
+    if cls not in _HINTS:
+        hints = typing.get_type_hints(cls)
+        _HINTS[cls] = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    return _HINTS[cls]
+
+
+def literal_choices(tp: Any) -> tuple[Any, ...]:
+    """The allowed values of a ``Literal[...]`` (or optional ``Literal``) annotation; () for others."""
+    if typing.get_origin(tp) is typing.Literal:
+        return typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return tuple(v for arg in typing.get_args(tp) for v in literal_choices(arg))
+    return ()
+
+
+def check_choices(config: Any) -> None:
+    """Reject a value outside its field's ``Literal[...]`` choices, naming the field and the choices.
+
+    Called from the configs' ``__post_init__``, so a config built directly in code is checked as
+    strictly as one parsed from YAML or ``--set``.
+    """
+    for name, tp in field_types(type(config)).items():
+        choices = literal_choices(tp)
+        value = getattr(config, name)
+        if choices and value not in choices and not (value is None and type(None) in typing.get_args(tp)):
+            raise ConfigError(
+                f"config field {name!r} = {value!r} is invalid: expected one of {', '.join(map(repr, choices))}"
+            )
 
 
 def from_mapping(cls: type[T], data: Mapping[str, Any], source: str = "config") -> T:
@@ -199,6 +234,23 @@ def merge_overrides(cls: type, data: dict[str, Any], pairs: list[str] | None) ->
 
 def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+def config_to_yaml(config: Any) -> str:
+    """The config as the YAML a run directory keeps; a Python callable among the values (an RLHF
+    reward passed in code) is written as ``<python callable NAME>``, which no loader will import."""
+
+    def plain(value: Any) -> Any:
+        if callable(value):
+            return f"<python callable {getattr(value, '__qualname__', repr(value))}>"
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return yaml.safe_dump({f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)},
+                          sort_keys=False)
 
 
 def replace(config: T, source: str = "override", **changes: Any) -> T:

@@ -125,3 +125,13 @@ def test_stop_at_return_evaluates_about_every_thousand_steps_unless_told(extra, 
     args = build_parser().parse_args(["train", "CartPole-v1", "--stop-at-return", "475", *extra])
     config, _ = resolve_train_config(args)
     assert config.stop_at_return == 475 and config.eval_every == expected
+
+
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["rlhf", "ppo", "--help"], ["resume", "--help"]])
+def test_help_answers_without_importing_torch_or_gymnasium(args):
+    code = ("import sys\nfrom ppokit.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'gymnasium', 'transformers') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: ppokit" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

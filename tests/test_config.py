@@ -1,7 +1,7 @@
 import pytest
 
 from ppokit.configuration import from_mapping, load_yaml, parse_overrides, replace
-from ppokit.control.config import PPOConfig
+from ppokit.control.config import ControlConfig
 from ppokit.errors import ConfigError
 from ppokit.presets import list_presets, load_preset
 
@@ -9,9 +9,9 @@ from ppokit.presets import list_presets, load_preset
 def test_defaults_are_valid_and_documented():
     import dataclasses
 
-    cfg = PPOConfig()
+    cfg = ControlConfig()
     assert cfg.batch_size == cfg.num_envs * cfg.num_steps
-    for f in dataclasses.fields(PPOConfig):
+    for f in dataclasses.fields(ControlConfig):
         assert f.metadata.get("help"), f"field {f.name} has no help text"
 
 
@@ -21,7 +21,7 @@ def test_defaults_are_valid_and_documented():
         ({"clip_range": -0.1}, "'clip_range' = -0.1 is invalid"),
         ({"num_minibatches": 3}, "does not divide the batch size"),
         ({"gamma": 1.5}, "'gamma' = 1.5 is invalid"),
-        ({"loss": "ppo2"}, "expected one of clip, penalty"),
+        ({"loss": "ppo2"}, "expected one of .clip., .penalty."),
         ({"lr_schedule": "cosine"}, "'lr_schedule'"),
         ({"adaptive_clip": True, "clip_schedule": "linear"}, "adaptive_clip"),
         ({"hidden_sizes": []}, "hidden_sizes"),
@@ -30,21 +30,21 @@ def test_defaults_are_valid_and_documented():
 )
 def test_out_of_range_values_are_rejected_by_name(changes, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("'", "'")):
-        replace(PPOConfig(), **changes)
+        replace(ControlConfig(), **changes)
 
 
 def test_unknown_and_ill_typed_fields_name_the_source():
     with pytest.raises(ConfigError, match=r"my\.yaml: unknown config field 'learnig_rate' \(did you mean 'learning_rate'\?\)"):
-        from_mapping(PPOConfig, {"learnig_rate": 1e-3}, "my.yaml")
+        from_mapping(ControlConfig, {"learnig_rate": 1e-3}, "my.yaml")
     with pytest.raises(ConfigError, match=r"field 'num_envs': expected an integer, got 'many'"):
-        from_mapping(PPOConfig, {"num_envs": "many"}, "my.yaml")
+        from_mapping(ControlConfig, {"num_envs": "many"}, "my.yaml")
     with pytest.raises(ConfigError, match="expected true or false"):
-        from_mapping(PPOConfig, {"normalize_obs": "sometimes"}, "my.yaml")
+        from_mapping(ControlConfig, {"normalize_obs": "sometimes"}, "my.yaml")
 
 
 def test_overrides_parse_as_yaml_scalars():
     data = parse_overrides(["learning_rate=1e-3", "hidden_sizes=[32, 32]", "normalize_obs=true", "clip_range_vf=null"])
-    cfg = from_mapping(PPOConfig, data)
+    cfg = from_mapping(ControlConfig, data)
     assert cfg.learning_rate == 1e-3 and cfg.hidden_sizes == [32, 32]
     assert cfg.normalize_obs is True and cfg.clip_range_vf is None
     with pytest.raises(ConfigError, match="expected key=value"):
@@ -69,5 +69,5 @@ def test_every_preset_builds_a_valid_config():
     for required in ("CartPole-v1", "Acrobot-v1", "Pendulum-v1", "LunarLander-v3", "HalfCheetah-v5", "Hopper-v5", "Walker2d-v5"):
         assert required in presets
     for name in presets:
-        cfg = from_mapping(PPOConfig, load_preset(name), f"preset {name}")
+        cfg = from_mapping(ControlConfig, load_preset(name), f"preset {name}")
         assert cfg.env_id

@@ -5,15 +5,15 @@ never crash with anything else."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import tempfile
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ppokit.configuration import from_mapping, load_yaml, merge_overrides
-from ppokit.control.config import PPOConfig
+from ppokit.control.config import ControlConfig
 from ppokit.errors import ConfigError, PPOKitError
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -25,7 +25,7 @@ scalars = st.one_of(
 values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
                                                        st.dictionaries(st.text(max_size=8), inner, max_size=4)),
                       max_leaves=8)
-PPO_FIELDS = sorted(PPOConfig.__dataclass_fields__)
+PPO_FIELDS = sorted(ControlConfig.__dataclass_fields__)
 field_names = st.one_of(st.sampled_from(PPO_FIELDS), st.text(max_size=15))
 
 
@@ -37,11 +37,11 @@ field_names = st.one_of(st.sampled_from(PPO_FIELDS), st.text(max_size=15))
 @example({"clip_range": "inf"})
 def test_ppo_config_from_any_mapping_is_built_or_refused_with_a_config_error(data):
     try:
-        config = from_mapping(PPOConfig, data, "fuzz.yaml")
+        config = from_mapping(ControlConfig, data, "fuzz.yaml")
     except ConfigError as err:
         assert str(err)
     else:
-        assert isinstance(config, PPOConfig)
+        assert isinstance(config, ControlConfig)
         assert config.batch_size % config.num_minibatches == 0
 
 
@@ -49,7 +49,7 @@ def test_ppo_config_from_any_mapping_is_built_or_refused_with_a_config_error(dat
 @given(st.dictionaries(st.sampled_from(PPO_FIELDS), values, max_size=3))
 def test_wrong_values_for_real_fields_are_named_in_the_error(data):
     try:
-        from_mapping(PPOConfig, data, "fuzz.yaml")
+        from_mapping(ControlConfig, data, "fuzz.yaml")
     except ConfigError as err:
         assert any(name in str(err) for name in data) or "batch" in str(err) or "total_steps" in str(err), str(err)
 
@@ -70,19 +70,19 @@ def test_config_files_with_any_text_load_or_raise_a_config_error(text):
         path.write_text(text, encoding="utf-8", errors="surrogatepass")
         try:
             data = load_yaml(path)
-            config = from_mapping(PPOConfig, data, str(path))
+            config = from_mapping(ControlConfig, data, str(path))
         except ConfigError as err:
             assert str(err)
         else:
-            assert isinstance(config, PPOConfig)
+            assert isinstance(config, ControlConfig)
 
 
 @SETTINGS
 @given(st.lists(st.text(max_size=30), max_size=5))
 def test_set_overrides_parse_or_raise_a_config_error(pairs):
     try:
-        data = merge_overrides(PPOConfig, {}, pairs)
-        from_mapping(PPOConfig, data, "--set")
+        data = merge_overrides(ControlConfig, {}, pairs)
+        from_mapping(ControlConfig, data, "--set")
     except ConfigError as err:
         assert str(err)
 
@@ -150,4 +150,4 @@ def test_rlhf_config_from_any_mapping_is_built_or_refused_with_a_config_error(da
 @pytest.mark.parametrize("field, value", [("learning_rate", float("nan")), ("clip_range", "inf"), ("gamma", "nan")])
 def test_non_finite_numbers_are_refused_by_field(field, value):
     with pytest.raises(ConfigError, match=f"field '{field}'.*finite"):
-        from_mapping(PPOConfig, {field: value}, "fuzz.yaml")
+        from_mapping(ControlConfig, {field: value}, "fuzz.yaml")

@@ -7,22 +7,30 @@ they agree; per-environment presets (``ppokit presets``) override them with tune
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from ppokit.configuration import doc
-from ppokit.core.schedules import SCHEDULES
+from ppokit.configuration import check_choices, doc
+from ppokit.core.choices import Loss, OnNonFinite, ScheduleKind
 from ppokit.errors import ConfigError
+
+Vectorization = Literal["auto", "sync", "async"]
+Network = Literal["auto", "mlp", "cnn"]
+Activation = Literal["tanh", "relu", "elu"]
+#: Who runs the rollout's forward pass and the update: 'torch' (the reference), 'numpy' (the fast
+#: path, ppokit.control.fast), or 'auto' (the fast path wherever its allow-list accepts the run).
+UpdateBackend = Literal["auto", "torch", "numpy"]
 
 
 @dataclass
-class PPOConfig:
-    """Every knob of a control run. Built from a preset, a YAML file, ``--set`` overrides or code."""
+class ControlConfig:
+    """Every knob of a control run (PPO on a Gymnasium env). Built from a preset, a YAML file,
+    ``--set`` overrides or code."""
 
     # --- environment ---
     env_id: str = doc("Gymnasium env id, 'module:EnvClass', or 'module:Env-v0' to import then make.", default="CartPole-v1")
     env_kwargs: dict[str, Any] = doc("Keyword arguments passed to the environment constructor.", default_factory=dict)
     num_envs: int = doc("Number of parallel environments in the vector env.", default=8)
-    vectorization: str = doc("'auto' (native vector env if the env has one, else sync), 'sync' or 'async'.", default="auto")
+    vectorization: Vectorization = doc("'auto' (native vector env if the env has one, else sync), 'sync' or 'async'.", default="auto")
     total_steps: int = doc("Environment steps to train for, summed over all parallel envs.", default=1_000_000)
     seed: int = doc("Seed for torch, numpy and the environments.", default=1)
 
@@ -35,15 +43,15 @@ class PPOConfig:
     num_epochs: int = doc("K: passes over each rollout batch.", default=10)
     num_minibatches: int = doc("Minibatches per epoch; must divide the batch size.", default=32)
     learning_rate: float = doc("Adam learning rate (initial value when scheduled).", default=3e-4)
-    lr_schedule: str = doc("'constant' or 'linear' (anneal to 0 over training).", default="linear")
+    lr_schedule: ScheduleKind = doc("'constant' or 'linear' (anneal to 0 over training).", default="linear")
     adam_eps: float = doc("Adam epsilon.", default=1e-5)
     max_grad_norm: float = doc("Global gradient-norm clip; 0 disables it.", default=0.5)
-    normalize_advantages: bool = doc("Whiten advantages within each minibatch.", default=True)
+    whiten_advantages: bool = doc("Whiten the advantages within each minibatch.", default=True)
 
     # --- the objective ---
-    loss: str = doc("'clip' (PPO-Clip) or 'penalty' (PPO-Penalty, r·A − β·KL).", default="clip")
+    loss: Loss = doc("'clip' (PPO-Clip) or 'penalty' (PPO-Penalty, r·A − β·KL).", default="clip")
     clip_range: float = doc("ε of the clipped surrogate (initial value when scheduled or adaptive).", default=0.2)
-    clip_schedule: str = doc("'constant' or 'linear' (anneal ε to 0).", default="constant")
+    clip_schedule: ScheduleKind = doc("'constant' or 'linear' (anneal ε to 0).", default="constant")
     adaptive_clip: bool = doc("Adapt ε after each update to keep the KL near kl_target.", default=False)
     clip_range_vf: float | None = doc("Clip the value update to ±this around the old values; null disables.", default=None)
     vf_coef: float = doc("c1: weight of the value loss.", default=0.5)
@@ -54,9 +62,9 @@ class PPOConfig:
     target_kl: float | None = doc("Stop the epoch loop early when a minibatch's KL exceeds 1.5× this; null disables.", default=None)
 
     # --- the network ---
-    network: str = doc("'auto' (CNN for image observations, else MLP), 'mlp' or 'cnn'.", default="auto")
+    network: Network = doc("'auto' (CNN for image observations, else MLP), 'mlp' or 'cnn'.", default="auto")
     hidden_sizes: list[int] = doc("Hidden layer widths of the MLP trunk(s).", default_factory=lambda: [64, 64])
-    activation: str = doc("'tanh', 'relu' or 'elu'.", default="tanh")
+    activation: Activation = doc("Activation of the MLP trunk(s).", default="tanh")
     shared_trunk: bool = doc("One trunk for actor and critic (else separate networks).", default=False)
     ortho_init: bool = doc("Orthogonal init: gain √2 hidden, 0.01 policy head, 1 value head.", default=True)
     log_std_init: float = doc("Initial log standard deviation of the Gaussian head (Box actions).", default=0.0)
@@ -69,6 +77,7 @@ class PPOConfig:
 
     # --- runtime and output ---
     device: str = doc("'cpu', 'cuda', 'cuda:N' or 'auto'.", default="cpu")
+    update_backend: UpdateBackend = doc("'auto' (the NumPy fast path where it applies: MLP policies with categorical or Gaussian heads on a CPU), 'torch' (always the reference) or 'numpy' (the fast path; an error where it cannot apply).", default="auto")
     torch_threads: int = doc("torch intra-op threads; small MLPs run fastest on 1; 0 keeps torch's default.", default=1)
     run_dir: str | None = doc("Where the run is written; null picks runs/<env>__<seed>__<time>.", default=None)
     checkpoint_every: int = doc("Save a resumable checkpoint every this many updates; 0: only by time, at the end and on Ctrl-C.", default=0)
@@ -77,7 +86,7 @@ class PPOConfig:
     eval_every: int = doc("Evaluate every this many updates on separate envs, log eval_return, keep the best policy in RUN_DIR/best; 0 disables.", default=0)
     eval_episodes: int = doc("Episodes per evaluation (periodic, and the final one written to eval.json; 0 skips the final one).", default=20)
     stop_at_return: float | None = doc("Stop once an evaluation's mean return reaches this, saving that policy and its eval.json; null disables.", default=None)
-    on_nonfinite: str = doc("A NaN/inf loss or gradient: 'stop' the run with an error, or 'skip' that minibatch and count it.", default="stop")
+    on_nonfinite: OnNonFinite = doc("A NaN/inf loss or gradient: 'stop' the run with an error, or 'skip' that minibatch and count it.", default="stop")
     eval_deterministic: bool = doc("Evaluate with the mode of the policy rather than samples.", default=True)
     tensorboard: bool = doc("Write TensorBoard event files into the run directory.", default=True)
     progress: bool = doc("Show a progress bar with steps/s and recent return.", default=True)
@@ -93,6 +102,8 @@ class PPOConfig:
     def __post_init__(self) -> None:
         def bad(name: str, allowed: str) -> ConfigError:
             return ConfigError(f"config field {name!r} = {getattr(self, name)!r} is invalid: {allowed}")
+
+        check_choices(self)
 
         if not isinstance(self.env_id, str) or not self.env_id.strip():
             raise bad("env_id", "must be a non-empty env id")
@@ -117,20 +128,8 @@ class PPOConfig:
             raise bad("kl_target", "must be positive")
         if self.target_kl is not None and self.target_kl <= 0:
             raise bad("target_kl", "must be positive, or null to disable the early stop")
-        for name in ("lr_schedule", "clip_schedule"):
-            if getattr(self, name) not in SCHEDULES:
-                raise bad(name, f"expected one of {', '.join(SCHEDULES)}")
         if self.adaptive_clip and self.clip_schedule != "constant":
             raise bad("clip_schedule", "adaptive_clip sets ε itself; use clip_schedule='constant' with it")
-        choices = {
-            "loss": ("clip", "penalty"),
-            "vectorization": ("auto", "sync", "async"),
-            "network": ("auto", "mlp", "cnn"),
-            "activation": ("tanh", "relu", "elu"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise bad(name, f"expected one of {', '.join(allowed)}")
         if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
             raise bad("hidden_sizes", "must be a non-empty list of positive widths")
         if self.batch_size % self.num_minibatches != 0:
@@ -154,8 +153,6 @@ class PPOConfig:
             raise bad("eval_episodes", "must be at least 1 when eval_every is set")
         if self.stop_at_return is not None and not self.eval_every:
             raise bad("stop_at_return", "needs periodic evaluation: set eval_every (updates between evaluations)")
-        if self.on_nonfinite not in ("stop", "skip"):
-            raise bad("on_nonfinite", "expected 'stop' or 'skip'")
         if self.keep_checkpoints < 1:
             raise bad("keep_checkpoints", "must be at least 1")
         if not (self.device in ("cpu", "auto", "cuda", "mps") or self.device.startswith("cuda:")):

@@ -24,7 +24,6 @@ from ppokit.errors import CheckpointError
 from ppokit.io.state_codec import SKIP, decode, encode
 
 
-
 def _mujoco() -> Any:
     """The mujoco module if an env has loaded it, else None. Never imported here: it is an optional
     extra, and importing it costs ~0.1 s of every run's start-up, MuJoCo or not."""

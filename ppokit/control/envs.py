@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 import multiprocessing
 import signal
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gymnasium as gym
 from gymnasium import spaces

@@ -1,21 +1,32 @@
-"""Actor-critic networks: an observation encoder, actor and critic trunks, and the heads."""
+"""Actor-critic networks: the policy spec, an observation encoder, actor and critic trunks, the heads.
+
+A :class:`PolicySpec` says what a policy is made of, in plain values, built from the spaces and the
+config. The network is built from it, and whatever reads a policy without running it (the fast
+path's allow-list, exporters) reads the spec and :meth:`ActorCritic.layers`, never private attributes.
+A new policy feature is a new spec field.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
-from gymnasium import spaces
 import torch.nn.functional as F
+from gymnasium import spaces
 from torch import Tensor, nn
 
+from ppokit.control.config import Activation
 from ppokit.control.heads import CategoricalHead, GaussianHead, MultiCategoricalHead
 from ppokit.errors import ConfigError
 
-_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
-_ACTIVATION_FNS = {"tanh": torch.tanh, "relu": torch.relu, "elu": F.elu}
+HeadKind = Literal["categorical", "multi_categorical", "gaussian"]
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
+_ACTIVATION_FNS: dict[str, Callable[[Tensor], Tensor]] = {"tanh": torch.tanh, "relu": torch.relu, "elu": F.elu}
 
 
 def is_image_space(space: spaces.Box) -> bool:
@@ -41,12 +52,13 @@ class MLP(nn.Sequential):
         for a, b in zip(sizes[:-1], sizes[1:]):
             layers += [nn.Linear(a, b), _ACTIVATIONS[activation]()]
         super().__init__(*layers)
-        self._linears = [m for m in layers if isinstance(m, nn.Linear)]
+        #: The linear layers, input to output; each is followed by the activation.
+        self.linears: tuple[nn.Linear, ...] = tuple(m for m in layers if isinstance(m, nn.Linear))
         self.activation_name = activation
         self._activation = _ACTIVATION_FNS[activation]
 
     def forward(self, x: Tensor) -> Tensor:
-        for linear in self._linears:
+        for linear in self.linears:
             x = self._activation(F.linear(x, linear.weight, linear.bias))
         return x
 
@@ -79,62 +91,125 @@ class ImageEncoder(nn.Module):
         return self.fc(self.convs(x))
 
 
+@dataclass(frozen=True)
+class PolicySpec:
+    """What an actor-critic is made of, in plain values."""
+
+    #: Shape of one observation.
+    obs_shape: tuple[int, ...]
+    #: 'mlp' (flattened vector input) or 'cnn' (the image encoder, one trunk shared by actor and critic).
+    encoder: Literal["mlp", "cnn"]
+    #: Hidden layer widths of the MLP trunk(s) (unused with the CNN).
+    hidden_sizes: tuple[int, ...]
+    #: Activation of the MLP trunk(s).
+    activation: Activation
+    #: One trunk for actor and critic (else one each).
+    shared_trunk: bool
+    #: The action distribution: 'categorical' (Discrete), 'multi_categorical' (MultiDiscrete), 'gaussian' (Box).
+    head: HeadKind
+    #: The number of actions (categorical), of each dimension's choices (multi_categorical), or the
+    #: action dimension (gaussian).
+    action_dims: tuple[int, ...]
+    #: Orthogonal initialisation (gains √2 hidden, 0.01 policy head, 1 value head).
+    ortho_init: bool = True
+    #: Initial log standard deviation of the Gaussian head.
+    log_std_init: float = 0.0
+
+    @classmethod
+    def from_spaces(
+        cls,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        *,
+        network: str = "auto",
+        hidden_sizes: Sequence[int] = (64, 64),
+        activation: str = "tanh",
+        shared_trunk: bool = False,
+        ortho_init: bool = True,
+        log_std_init: float = 0.0,
+    ) -> PolicySpec:
+        obs_shape = tuple(int(d) for d in (observation_space.shape or ()))
+        cnn = network == "cnn" or (network == "auto" and is_image_space(observation_space))
+        if cnn and len(obs_shape) != 3:
+            raise ConfigError(
+                f"config field 'network' = 'cnn' needs image observations of rank 3, got shape {obs_shape}"
+            )
+        head: HeadKind
+        if isinstance(action_space, spaces.Discrete):
+            head, dims = "categorical", (int(action_space.n),)
+        elif isinstance(action_space, spaces.MultiDiscrete):
+            head, dims = "multi_categorical", tuple(int(n) for n in np.asarray(action_space.nvec).ravel())
+        elif isinstance(action_space, spaces.Box):
+            head, dims = "gaussian", (int(np.prod(action_space.shape)),)
+        else:  # checked earlier with a friendlier message; kept as a guard for API users
+            raise ConfigError(f"unsupported action space {action_space}")
+        return cls(
+            obs_shape=obs_shape, encoder="cnn" if cnn else "mlp", hidden_sizes=tuple(hidden_sizes),
+            activation=activation,  # type: ignore[arg-type]  # checked by the config
+            shared_trunk=True if cnn else shared_trunk, head=head, action_dims=dims,
+            ortho_init=ortho_init, log_std_init=log_std_init,
+        )
+
+
+@dataclass(frozen=True)
+class Layers:
+    """The parameters of an MLP actor-critic, layer by layer, for code that computes with them directly."""
+
+    actor: tuple[nn.Linear, ...]
+    #: None when the trunk is shared.
+    critic: tuple[nn.Linear, ...] | None
+    #: The policy head's linear layer (logits, or the Gaussian mean).
+    head: nn.Linear
+    value: nn.Linear
+    #: The Gaussian head's log standard deviation; None for other heads.
+    log_std: nn.Parameter | None
+
+
 class ActorCritic(nn.Module):
-    """Policy and value function for one observation space and one action space.
+    """Policy and value function, built from a :class:`PolicySpec`.
 
     ``shared_trunk=False`` (the default for control) gives the actor and the critic their own MLPs,
     as in the PPO paper's MuJoCo experiments; ``True`` shares one trunk (always the case with a CNN,
     as in the paper's Atari experiments).
     """
 
-    def __init__(
-        self,
-        observation_space: spaces.Box,
-        action_space: spaces.Space,
-        *,
-        network: str = "auto",
-        hidden_sizes: list[int] | None = None,
-        activation: str = "tanh",
-        shared_trunk: bool = False,
-        ortho_init: bool = True,
-        log_std_init: float = 0.0,
-    ) -> None:
+    def __init__(self, spec: PolicySpec) -> None:
         super().__init__()
-        hidden_sizes = list(hidden_sizes or [64, 64])
-        use_cnn = network == "cnn" or (network == "auto" and is_image_space(observation_space))
-        if use_cnn and len(observation_space.shape) != 3:
-            raise ConfigError(
-                f"config field 'network' = 'cnn' needs image observations of rank 3, got shape "
-                f"{observation_space.shape}"
-            )
-        self.obs_shape = tuple(observation_space.shape)
-        self.use_cnn = use_cnn
-        if use_cnn:
+        self.spec = spec
+        self.obs_shape = spec.obs_shape
+        self.use_cnn = spec.encoder == "cnn"
+        self.actor_trunk: nn.Module
+        self.critic_trunk: nn.Module | None
+        if self.use_cnn:
             self.encoder: nn.Module = ImageEncoder(self.obs_shape)
-            feat = self.encoder.out_features
-            shared_trunk = True
-            self.actor_trunk: nn.Module = nn.Identity()
-            self.critic_trunk: nn.Module | None = None
-            actor_out = feat
+            self.actor_trunk, self.critic_trunk = nn.Identity(), None
+            actor_out = self.encoder.out_features
         else:
             self.encoder = nn.Flatten()
             feat = int(np.prod(self.obs_shape))
-            self.actor_trunk = MLP([feat, *hidden_sizes], activation)
-            self.critic_trunk = None if shared_trunk else MLP([feat, *hidden_sizes], activation)
-            actor_out = hidden_sizes[-1]
-        self.shared_trunk = shared_trunk
+            self.actor_trunk = MLP([feat, *spec.hidden_sizes], spec.activation)
+            self.critic_trunk = None if spec.shared_trunk else MLP([feat, *spec.hidden_sizes], spec.activation)
+            actor_out = spec.hidden_sizes[-1]
+        self.shared_trunk = spec.shared_trunk
 
-        if isinstance(action_space, spaces.Discrete):
-            self.head: nn.Module = CategoricalHead(actor_out, int(action_space.n))
-        elif isinstance(action_space, spaces.MultiDiscrete):
-            self.head = MultiCategoricalHead(actor_out, [int(n) for n in np.asarray(action_space.nvec).ravel()])
-        elif isinstance(action_space, spaces.Box):
-            self.head = GaussianHead(actor_out, int(np.prod(action_space.shape)), log_std_init)
-        else:  # checked earlier with a friendlier message; kept as a guard for API users
-            raise ConfigError(f"unsupported action space {action_space}")
+        self.head: CategoricalHead | MultiCategoricalHead | GaussianHead
+        if spec.head == "categorical":
+            self.head = CategoricalHead(actor_out, spec.action_dims[0])
+        elif spec.head == "multi_categorical":
+            self.head = MultiCategoricalHead(actor_out, list(spec.action_dims))
+        else:
+            self.head = GaussianHead(actor_out, spec.action_dims[0], spec.log_std_init)
         self.value_head = nn.Linear(actor_out, 1)
-        if ortho_init:
+        if spec.ortho_init:
             self._orthogonal_init()
+
+    def layers(self) -> Layers:
+        """The linear layers of an MLP policy (a CNN's encoder is not described this way)."""
+        if not isinstance(self.actor_trunk, MLP):
+            raise TypeError("layers(): only MLP policies are described layer by layer")
+        critic = self.critic_trunk.linears if isinstance(self.critic_trunk, MLP) else None
+        log_std = self.head.log_std if isinstance(self.head, GaussianHead) else None
+        return Layers(self.actor_trunk.linears, critic, self.head.linear, self.value_head, log_std)
 
     def _orthogonal_init(self) -> None:
         """Orthogonal weights, zero biases; gains √2 (hidden), 0.01 (policy), 1 (value)."""
@@ -147,8 +222,10 @@ class ActorCritic(nn.Module):
 
     def _encode(self, obs: Tensor) -> Tensor:
         if self.use_cnn:
-            return self.encoder(obs)
-        return obs if obs.dim() == 2 else obs.flatten(1)
+            out: Tensor = self.encoder(obs)
+            return out
+        x = obs if obs.dtype.is_floating_point else obs.float()
+        return x if x.dim() == 2 else x.flatten(1)
 
     def _features(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         x = self._encode(obs)
@@ -173,5 +250,3 @@ class ActorCritic(nn.Module):
         critic = self.actor_trunk(x) if self.critic_trunk is None else self.critic_trunk(x)
         return self.value_head(critic).squeeze(-1)
 
-    def architecture(self) -> dict[str, Any]:
-        return {"shared_trunk": self.shared_trunk, "head": type(self.head).__name__}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -21,8 +21,10 @@ from gymnasium import spaces
 from torch import Tensor
 
 from ppokit.control.networks import ActorCritic
-from ppokit.control.numpy_policy import NumpyPolicy
 from ppokit.core.running_stats import RunningMeanStd
+
+if TYPE_CHECKING:
+    from ppokit.control.fast.policy import NumpyPolicy
 
 
 @dataclass
@@ -80,6 +82,7 @@ class RolloutCollector:
         device: torch.device,
         num_steps: int,
         *,
+        numpy_policy: NumpyPolicy | None = None,
         obs_rms: RunningMeanStd | None = None,
         ret_rms: RunningMeanStd | None = None,
         gamma: float = 0.99,
@@ -110,9 +113,9 @@ class RolloutCollector:
         else:
             self.action_shape = ()
             self.action_dtype = torch.int64
-        # MLP policies on a CPU act through NumPy (see numpy_policy.py); sampling then draws from
+        # Fast-path policies act through NumPy (ppokit.control.fast.policy); sampling then draws from
         # this generator instead of torch's, seeded by reset() and saved with the collector's state.
-        self.numpy_policy = NumpyPolicy(policy) if NumpyPolicy.supports(policy, device) else None
+        self.numpy_policy = numpy_policy
         self.rng = np.random.default_rng([0, 1])
         self._obs: np.ndarray | None = None
         self._pending_reset = np.zeros(self.num_envs, dtype=bool)

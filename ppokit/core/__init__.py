@@ -1,42 +1,16 @@
 """The PPO algorithm as pure tensor functions.
 
-Nothing in here knows about environments, tokens or files: both front ends (control and RLHF) call
-these functions, so each piece of maths exists exactly once.
+Nothing in here knows about environments, tokens, files or any accelerated implementation: both
+front ends (control and RLHF) call these functions, so each piece of maths exists exactly once.
+
+- :mod:`~ppokit.core.advantages`: GAE, discounted returns, masked mean / variance / whitening
+- :mod:`~ppokit.core.losses`: the clipped and penalised surrogates, the value loss, the entropy bonus
+- :mod:`~ppokit.core.kl`: KL estimators and the adaptive β / ε controllers
+- :mod:`~ppokit.core.update`: the K-epoch minibatch loop over a ``MinibatchStep``
+- :mod:`~ppokit.core.optim`: the optimiser protocol the loop drives, and torch's optimisers behind it
+- :mod:`~ppokit.core.running_stats`, :mod:`~ppokit.core.schedules`, :mod:`~ppokit.core.diagnostics`,
+  :mod:`~ppokit.core.health`: normalisation, schedules, explained variance, live warnings
+
+The submodules are imported on demand (``from ppokit.core.update import ppo_update``), so that
+reading a config (whose choices live here) does not import torch.
 """
-
-from ppokit.core.advantages import discounted_returns, gae, masked_mean, masked_var, masked_whiten
-from ppokit.core.kl import AdaptiveClipController, AdaptiveKLController, kl_k1, kl_k2, kl_k3
-from ppokit.core.losses import (
-    clipped_surrogate_loss,
-    entropy_bonus,
-    kl_penalty_surrogate_loss,
-    value_loss,
-)
-from ppokit.core.running_stats import RunningMeanStd
-from ppokit.core.schedules import Schedule, make_schedule
-from ppokit.core.update import PPOUpdateSettings, ppo_update
-from ppokit.core.diagnostics import explained_variance, health_warnings
-
-__all__ = [
-    "AdaptiveClipController",
-    "AdaptiveKLController",
-    "PPOUpdateSettings",
-    "RunningMeanStd",
-    "Schedule",
-    "clipped_surrogate_loss",
-    "discounted_returns",
-    "entropy_bonus",
-    "explained_variance",
-    "gae",
-    "health_warnings",
-    "kl_k1",
-    "kl_k2",
-    "kl_k3",
-    "kl_penalty_surrogate_loss",
-    "make_schedule",
-    "masked_mean",
-    "masked_var",
-    "masked_whiten",
-    "ppo_update",
-    "value_loss",
-]

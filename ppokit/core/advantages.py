@@ -19,6 +19,7 @@ def gae(
     episode_ends: Tensor,
     gamma: float,
     lam: float,
+    recursion: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""Generalised Advantage Estimation (Schulman et al., 2016), time-major.
 
@@ -34,6 +35,10 @@ def gae(
     across an episode boundary. Keeping the two apart is what lets one formula treat termination and
     truncation differently.
 
+    The backward recursion runs on NumPy views for CPU tensors (each of its ``T`` small steps costs a
+    fraction of torch's dispatch there) and in torch elsewhere (GPU tensors never leave the device);
+    ``recursion='numpy'`` or ``'torch'`` picks one explicitly (the tests run both on a CPU).
+
     Returns ``(advantages, returns)``, both shaped like ``rewards``.
     """
     if not (rewards.shape == values.shape == next_values.shape == episode_ends.shape):
@@ -44,20 +49,35 @@ def gae(
         )
     deltas = rewards + gamma * next_values - values
     carry_on = (1.0 - episode_ends.to(rewards.dtype)) * (gamma * lam)
-    advantages = torch.empty_like(rewards)
-    if advantages.device.type == "cpu" and advantages.dtype in (torch.float32, torch.float64) and not deltas.requires_grad:
-        # The backward recursion is T small steps; on NumPy views each costs a third of torch's.
-        d, c, a = deltas.numpy(), carry_on.numpy(), advantages.numpy()
-        running = np.zeros_like(d[0])
-        for t in range(d.shape[0] - 1, -1, -1):
-            running = d[t] + c[t] * running
-            a[t] = running
-    else:
-        running = torch.zeros_like(rewards[0])
-        for t in range(rewards.shape[0] - 1, -1, -1):
-            running = deltas[t] + carry_on[t] * running
-            advantages[t] = running
+    if recursion is None:
+        numpy_ok = deltas.device.type == "cpu" and deltas.dtype in (torch.float32, torch.float64)
+        recursion = "numpy" if numpy_ok and not deltas.requires_grad else "torch"
+    advantages = _RECURSIONS[recursion](deltas, carry_on)
     return advantages, advantages + values
+
+
+def _recursion_torch(deltas: Tensor, carry_on: Tensor) -> Tensor:
+    r""":math:`\hat A_t = \delta_t + c_t \hat A_{t+1}` backwards over the first dimension, in torch."""
+    advantages = torch.empty_like(deltas)
+    running = torch.zeros_like(deltas[0])
+    for t in range(deltas.shape[0] - 1, -1, -1):
+        running = deltas[t] + carry_on[t] * running
+        advantages[t] = running
+    return advantages
+
+
+def _recursion_numpy(deltas: Tensor, carry_on: Tensor) -> Tensor:
+    """The same recursion on NumPy views of CPU tensors (no autograd)."""
+    advantages = torch.empty_like(deltas)
+    d, c, a = deltas.detach().numpy(), carry_on.detach().numpy(), advantages.numpy()
+    running = np.zeros_like(d[0])
+    for t in range(d.shape[0] - 1, -1, -1):
+        running = d[t] + c[t] * running
+        a[t] = running
+    return advantages
+
+
+_RECURSIONS = {"torch": _recursion_torch, "numpy": _recursion_numpy}
 
 
 def discounted_returns(

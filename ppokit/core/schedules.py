@@ -1,10 +1,16 @@
-"""Schedules for the learning rate and the clip range, as functions of training progress."""
+"""Schedules for the learning rate and the clip range, as functions of training progress.
+
+The one schedule of ppokit: control runs, RLHF PPO and the supervised stages all anneal through it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import get_args
 
-SCHEDULES = ("constant", "linear")
+from ppokit.core.choices import ScheduleKind
+
+SCHEDULES: tuple[str, ...] = get_args(ScheduleKind)
 
 
 @dataclass(frozen=True)

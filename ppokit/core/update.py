@@ -4,21 +4,22 @@ This is the part of the algorithm box that both front ends share verbatim. The f
 batch (old log-probs, values, advantages, returns, optional mask) and an ``evaluate`` callback that
 re-runs its model on a minibatch; everything else, the losses, the clipping, the early stop at a
 target KL, gradient clipping and the diagnostics, lives here once. The epoch loop
-(:func:`run_epochs`) drives a :class:`MinibatchStep`: :class:`AutogradStep` here, or the control
-trainer's NumPy step with a hand-derived gradient of the same loss for small MLPs on a CPU.
+(:func:`run_epochs`) drives any :class:`MinibatchStep` through any
+:class:`~ppokit.core.optim.Optimizer`; :class:`AutogradStep` is the reference step.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Protocol
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from ppokit.core.advantages import masked_mean, masked_whiten
+from ppokit.core.choices import Loss
 from ppokit.core.kl import kl_k1, kl_k3
 from ppokit.core.losses import (
     clipped_surrogate_loss,
@@ -26,7 +27,7 @@ from ppokit.core.losses import (
     kl_penalty_surrogate_loss,
     value_loss,
 )
-from ppokit.core.optim import FlatAdam
+from ppokit.core.optim import Optimizer
 from ppokit.errors import TrainingError
 
 #: ``evaluate(indices) -> (logp_new, entropy, values_new)`` for the rows ``indices`` of the batch.
@@ -37,16 +38,27 @@ Evaluate = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
 class PPOUpdateSettings:
     """What one call of :func:`ppo_update` needs to know (the front end fills it from its config)."""
 
+    #: K: passes over the batch.
     num_epochs: int
+    #: Minibatches per epoch.
     num_minibatches: int
+    #: ε of the clipped surrogate (also the threshold of the clip-fraction statistic).
     clip_range: float
+    #: c1: weight of the value loss.
     vf_coef: float
+    #: c2: weight of the entropy bonus.
     ent_coef: float
+    #: Global gradient-norm clip; None disables it.
     max_grad_norm: float | None = 0.5
+    #: Clip the value update to ±this around the old values; None disables it.
     clip_range_vf: float | None = None
-    normalize_advantages: bool = True
+    #: Whiten the advantages within each minibatch.
+    whiten_advantages: bool = True
+    #: Stop the epochs when a minibatch's approximate KL exceeds 1.5× this; None disables it.
     target_kl: float | None = None
-    loss: str = "clip"
+    #: 'clip' or 'penalty'.
+    loss: Loss = "clip"
+    #: β of the penalty loss.
     kl_coef: float = 1.0
     #: On a non-finite loss or gradient, skip that minibatch (and count it) instead of raising.
     skip_nonfinite: bool = False
@@ -66,43 +78,37 @@ class NonFiniteError(TrainingError):
         super().__init__(detail)
 
 
-def _all_finite(tensors: list[Tensor]) -> bool:
-    if not tensors:
-        return True
-    # One fused reduction per device instead of a check per tensor: a non-finite entry makes its
-    # tensor's norm non-finite.
-    norms = torch._foreach_norm(tensors)
-    return bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
-
-
 class MinibatchStep(Protocol):
     """One minibatch's forward and backward pass, as :func:`run_epochs` drives it.
 
-    :func:`ppo_update` builds the autograd version from an ``evaluate`` callback; the control
-    trainer has a NumPy version with a hand-derived backward pass for small MLPs on a CPU
-    (:mod:`ppokit.control.numpy_update`). Both compute the same loss.
+    :class:`AutogradStep` is the reference; a front end may bring an accelerated step that computes
+    the same loss (held to the reference by parity tests).
     """
 
     def forward(self, idx: Tensor) -> float:
         """Compute the losses on rows ``idx``; return the total loss."""
+        ...
 
     def approx_kl(self) -> float:
         """The last forward's :math:`k_3` estimate of KL(old || new) (read only for ``target_kl``)."""
+        ...
 
     def backward(self) -> None:
         """Write the gradient of the last forward's total loss into the parameters' ``.grad``."""
 
-    def stats(self, grad_norm: Tensor) -> Sequence[Any]:
-        """The last forward's diagnostics, in the order of :data:`STAT_NAMES`."""
+    def stats(self) -> Tensor:
+        """The last forward's diagnostics: a 1-D tensor in the order of :data:`STEP_STAT_NAMES`."""
+        ...
 
 
-#: The per-minibatch diagnostics that :func:`run_epochs` averages.
-STAT_NAMES = ("policy_loss", "value_loss", "entropy", "approx_kl_k1", "approx_kl_k3",
-              "clip_fraction", "grad_norm", "loss")
+#: The per-minibatch diagnostics a :class:`MinibatchStep` reports.
+STEP_STAT_NAMES = ("policy_loss", "value_loss", "entropy", "approx_kl_k1", "approx_kl_k3", "clip_fraction", "loss")
+#: What :func:`run_epochs` averages over the minibatches: the step's statistics and the gradient norm.
+STAT_NAMES = (*STEP_STAT_NAMES, "grad_norm")
 
 
 class AutogradStep:
-    """The minibatch loss of :func:`ppo_update`, differentiated by autograd."""
+    """The minibatch loss of :func:`ppo_update`, differentiated by autograd: the reference step."""
 
     def __init__(self, batch: Mapping[str, Tensor], evaluate: Evaluate, settings: PPOUpdateSettings) -> None:
         self.batch, self.evaluate, self.settings = batch, evaluate, settings
@@ -114,7 +120,7 @@ class AutogradStep:
         mask = self.mask_all[idx] if self.mask_all is not None else None
         logp_old = batch["logp"][idx]
         advantages = batch["advantages"][idx]
-        if settings.normalize_advantages:
+        if settings.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
 
         with torch.no_grad():
@@ -144,18 +150,17 @@ class AutogradStep:
     def backward(self) -> None:
         self.loss.backward()
 
-    def stats(self, grad_norm: Tensor) -> Tensor:
+    def stats(self) -> Tensor:
         return torch.stack([
             self.policy_loss.detach(), self.v_loss.detach(), self.mean_entropy.detach(),
-            self.approx_kl_k1, self.approx_kl_k3, self.clip_fraction, grad_norm.detach(), self.loss.detach(),
+            self.approx_kl_k1, self.approx_kl_k3, self.clip_fraction, self.loss.detach(),
         ])
 
 
 def ppo_update(
     batch: Mapping[str, Tensor],
     evaluate: Evaluate,
-    optimizer: torch.optim.Optimizer | FlatAdam,
-    parameters: Iterable[Tensor],
+    optimizer: Optimizer,
     settings: PPOUpdateSettings,
 ) -> dict[str, float]:
     r"""Run K epochs of minibatch PPO updates and return the mean diagnostics.
@@ -168,18 +173,17 @@ def ppo_update(
 
     .. math:: L = L^{CLIP\,\text{or}\,KLPEN} + c_1 L^{VF} - c_2 H
 
-    with advantages whitened within the minibatch when ``normalize_advantages`` is set. The epochs,
+    with advantages whitened within the minibatch when ``whiten_advantages`` is set. The epochs,
     the early stop and the checks are :func:`run_epochs`'s.
     """
-    return run_epochs(AutogradStep(batch, evaluate, settings), batch["logp"].shape[0], optimizer,
-                      parameters, settings, device=batch["logp"].device)
+    return run_epochs(AutogradStep(batch, evaluate, settings), batch["logp"].shape[0], optimizer, settings,
+                      device=batch["logp"].device)
 
 
 def run_epochs(
     step: MinibatchStep,
     n: int,
-    optimizer: torch.optim.Optimizer | FlatAdam,
-    parameters: Iterable[Tensor],
+    optimizer: Optimizer,
     settings: PPOUpdateSettings,
     device: torch.device | str = "cpu",
 ) -> dict[str, float]:
@@ -193,13 +197,13 @@ def run_epochs(
     minibatch is skipped and counted in ``skipped_minibatches`` instead). The parameters are checked
     once after the last step; non-finite ones raise too.
     """
-    params = [p for p in parameters if p.requires_grad]
-    flat = isinstance(optimizer, FlatAdam)
     max_norm = settings.max_grad_norm if settings.max_grad_norm is not None else float("inf")
-    rows: list[Any] = []
+    rows: list[Tensor] = []
+    grad_norms: list[float] = []
     epochs_done = 0
     early_stopped = False
     skipped = 0
+    last_step = (0, 0)
     for epoch in range(settings.num_epochs):
         for mb, idx in enumerate(torch.randperm(n, device=device).tensor_split(settings.num_minibatches)):
             if idx.numel() == 0:
@@ -213,36 +217,33 @@ def run_epochs(
                     skipped += 1
                     continue
                 raise NonFiniteError("loss", epoch, mb)
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             step.backward()
             # The total norm is non-finite exactly when some gradient entry is; checked before the
-            # step, so a bad gradient never reaches the weights or Adam's moments.
-            if flat:
-                grad_norm = optimizer.clip_grad_norm_(max_norm)
-            else:
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-            if not math.isfinite(float(grad_norm)):
-                optimizer.zero_grad(set_to_none=True)
+            # step, so a bad gradient never reaches the weights or the optimiser's moments.
+            grad_norm = float(optimizer.clip_grad_norm(max_norm))
+            if not math.isfinite(grad_norm):
+                optimizer.zero_grad()
                 if settings.skip_nonfinite:
                     skipped += 1
                     continue
                 raise NonFiniteError("gradient", epoch, mb)
             optimizer.step()
             last_step = (epoch, mb)
-            rows.append(step.stats(grad_norm))
+            rows.append(step.stats())
+            grad_norms.append(grad_norm)
         if early_stopped:
             break
         epochs_done += 1
 
-    if rows and not (optimizer.params_finite() if flat else _all_finite(params)):
+    if rows and not optimizer.params_finite():
         raise NonFiniteError("parameter", *last_step)
-    if not rows:
-        means = [float("nan")] * len(STAT_NAMES)
-    elif isinstance(rows[0], Tensor):
-        means = torch.stack(rows).float().mean(dim=0).tolist()
+    if rows:
+        means = torch.stack(rows).to(torch.float64).mean(dim=0).tolist()
+        stats = dict(zip(STEP_STAT_NAMES, means))
+        stats["grad_norm"] = math.fsum(grad_norms) / len(grad_norms)
     else:
-        means = np.mean(np.asarray(rows, dtype=np.float64), axis=0).tolist()
-    stats = dict(zip(STAT_NAMES, means))
+        stats = {name: float("nan") for name in STAT_NAMES}
     stats["epochs"] = float(epochs_done)
     stats["early_stopped"] = float(early_stopped)
     stats["minibatch_steps"] = float(len(rows))

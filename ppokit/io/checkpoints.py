@@ -1,6 +1,7 @@
 """Checkpoint directories of a run: naming, finding the latest, pruning, and safe torch loading.
 
-A run keeps its resumable checkpoints in ``RUN_DIR/checkpoints/step_<12-digit step>``; each is
+A run keeps its resumable checkpoints in ``RUN_DIR/checkpoints/update_<12-digit update count>``
+(the same name in both front ends: the number of PPO updates done); each is
 written with :func:`ppokit.io.atomic.atomic_write_dir`, so one either exists complete or not at
 all. ``RUN_DIR/best`` holds the policy with the best evaluation so far.
 """
@@ -23,8 +24,12 @@ BEST = "best"
 RESUME_FILE = "resume.json"
 
 
-def checkpoint_path(run_dir: str | Path, step: int) -> Path:
-    return Path(run_dir) / CHECKPOINTS / f"step_{step:012d}"
+#: A checkpoint directory's name, from the number of updates done.
+PREFIX = "update_"
+
+
+def checkpoint_path(run_dir: str | Path, update: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"{PREFIX}{update:012d}"
 
 
 def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
@@ -32,7 +37,7 @@ def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
-    found = [p for p in root.glob("step_*") if p.is_dir() and (p / RESUME_FILE).is_file()]
+    found = [p for p in root.glob(f"{PREFIX}*") if p.is_dir() and (p / RESUME_FILE).is_file()]
     return sorted(found, key=lambda p: p.name)
 
 
@@ -42,7 +47,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def checkpoint_due(count: int, every: int, minutes: float, last_saved: float) -> bool:
-    """Whether to checkpoint after update/step ``count``: every ``every`` of them (0: never by count),
+    """Whether to checkpoint after update ``count``: every ``every`` of them (0: never by count),
     or when ``minutes`` (0: never by time) have passed since ``last_saved`` (a ``time.monotonic()``)."""
     import time
 
@@ -63,7 +68,7 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
         os.replace(old, doomed)
         shutil.rmtree(doomed, ignore_errors=True)
     if root.is_dir():
-        for leftover in root.glob(".step_*"):
+        for leftover in root.glob(f".{PREFIX}*"):
             shutil.rmtree(leftover, ignore_errors=True)
 
 
@@ -93,7 +98,7 @@ def find_resumable(run_dir: str | Path) -> Path:
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         raise CheckpointError(
-            f"{str(run_dir)!r} has no resumable checkpoint (expected {CHECKPOINTS}/step_*/{RESUME_FILE}); "
+            f"{str(run_dir)!r} has no resumable checkpoint (expected {CHECKPOINTS}/{PREFIX}*/{RESUME_FILE}); "
             "was it started with a ppokit that saves them, or stopped before the first one?"
         )
     return checkpoint

@@ -33,7 +33,7 @@ class StopOnSignal:
         print(f"\nppokit: {self.signal_name} received: finishing the current {self.what}, then saving a "
               "checkpoint (send it again to stop at once)", file=sys.stderr, flush=True)
 
-    def __enter__(self) -> "StopOnSignal":
+    def __enter__(self) -> StopOnSignal:
         # Handlers can only be installed from the main thread; elsewhere the caller's own apply.
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):

@@ -5,8 +5,10 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from ppokit.errors import CheckpointError
+from ppokit.io.metrics import MetricsLogger
 
 #: Files whose presence means a directory already holds a run.
 RUN_MARKERS = ("config.yaml", "metrics.jsonl")
@@ -54,3 +56,25 @@ def check_resume_flags(resume: bool, overwrite: bool, run_dir: str | Path | None
         raise ConfigError("--resume needs --run-dir (the run to continue)")
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; pass one")
+
+
+def open_run(path: str | Path, config: Any, *, overwrite: bool = False, resume_update: int | None = None,
+             purge_step: int | None = None) -> tuple[Path, MetricsLogger]:
+    """Start (or, with ``resume_update``, reopen) a run directory: write ``config.yaml``, open the metrics.
+
+    A new run refuses a directory that holds one unless ``overwrite``. A resumed run drops the
+    metrics rows after update ``resume_update`` (written after its checkpoint, before the stop: they
+    are redone), and TensorBoard drops its events from ``purge_step`` on.
+    """
+    from ppokit.configuration import config_to_yaml
+    from ppokit.io.atomic import atomic_write_text
+    from ppokit.io.metrics import truncate_metrics
+
+    path = Path(path)
+    if resume_update is not None:
+        path.mkdir(parents=True, exist_ok=True)
+        truncate_metrics(path / "metrics.jsonl", "update", resume_update)
+    else:
+        path = prepare_run_dir(path, overwrite)
+    atomic_write_text(path / "config.yaml", config_to_yaml(config))
+    return path, MetricsLogger(path, tensorboard=config.tensorboard, purge_step=purge_step)

@@ -44,7 +44,7 @@ def add_parser(sub: Any) -> None:
             p.add_argument("--policy", help="hub id or directory of the policy (e.g. the SFT run's model/)")
             p.add_argument("--reward", dest="rewards", action="append", metavar="SOURCE",
                            help="reward-model directory or module:function (repeatable; combine with --set reward_weights=[...])")
-            p.add_argument("--total-steps", type=int, help="PPO steps")
+            p.add_argument("--total-updates", type=int, help="PPO updates to run")
         else:
             p.add_argument("--model", help="hub id or directory of the model to start from")
         p.add_argument("--data", help="JSONL, JSON, CSV or Parquet file")
@@ -63,9 +63,9 @@ def add_parser(sub: Any) -> None:
     demo = stages.add_parser("demo", help="the whole pipeline on a tiny model built from scratch, offline, in minutes",
                              description="Build a tokenizer and a tiny GPT-2, SFT it, train a reward model on "
                              "preferences from a hidden rule, PPO against it, and show the hidden rule's score rise.")
-    demo.add_argument("--out", default="runs/rlhf-demo", help="output directory (default runs/rlhf-demo)")
+    demo.add_argument("--run-dir", default="runs/rlhf-demo", help="where to write the demo's runs (default runs/rlhf-demo)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    demo.add_argument("--steps", type=int, default=60, help="PPO steps (default 60)")
+    demo.add_argument("--total-updates", type=int, default=60, help="PPO updates (default 60)")
     demo.add_argument("--overwrite", action="store_true", help="run again in an output directory that holds a demo")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     rlhf.set_defaults(rlhf_parser=rlhf)
@@ -77,7 +77,7 @@ def resolve_config(stage: str, args: argparse.Namespace) -> Any:
     cls = _config_class(stage)
     data: dict[str, Any] = load_yaml(args.config) if args.config else {}
     flags = {"model": "model", "policy": "policy", "data": "data", "eval_data": "eval_data", "seed": "seed",
-             "run_dir": "run_dir", "rewards": "rewards", "total_steps": "total_steps"}
+             "run_dir": "run_dir", "rewards": "rewards", "total_updates": "total_updates"}
     for attr, field in flags.items():
         value = getattr(args, attr, None)
         if value is not None:
@@ -97,9 +97,9 @@ def run(args: argparse.Namespace) -> int:
         from ppokit.errors import ConfigError
         from ppokit.rlhf.demo import run_demo
 
-        if args.steps < 1:
-            raise ConfigError(f"--steps {args.steps}: must be at least 1")
-        run_demo(args.out, seed=args.seed, ppo_steps=args.steps, overwrite=args.overwrite,
+        if args.total_updates < 1:
+            raise ConfigError(f"--total-updates {args.total_updates}: must be at least 1")
+        run_demo(args.run_dir, seed=args.seed, ppo_updates=args.total_updates, overwrite=args.overwrite,
                  progress=not args.no_progress)
         return 0
     config = resolve_config(args.stage, args)
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
               f"({summary['eval_pairs']} pairs); model: {summary['model_dir']}")
     else:
         from ppokit.io.run_dir import check_resume_flags
-        from ppokit.rlhf.ppo import RLHFTrainer
+        from ppokit.rlhf.trainer import RLHFTrainer
 
         check_resume_flags(args.resume, args.overwrite, config.run_dir)
         trainer = RLHFTrainer(config, overwrite=args.overwrite, resume=args.resume)
@@ -126,22 +126,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _finish_ppo(trainer: Any) -> int:
-    summary = trainer.train()
+    summary = trainer.learn()
     print(f"PPO done: score {summary['score_first']:+.3f} -> {summary['score_last']:+.3f}, "
           f"KL {summary['kl_last']:.3f}; policy: {summary['policy_dir']}")
     print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, list)}), file=sys.stderr)
     return 0
 
 
-def resume_ppo(run_dir: Any, total_steps: int | None, overrides: dict[str, Any]) -> int:
+def resume_ppo(run_dir: Any, total_updates: int | None, overrides: dict[str, Any]) -> int:
     """``ppokit resume`` for an RLHF PPO run: rebuild the trainer from its config.yaml and continue."""
     _require_rlhf_extra()
-    from ppokit.rlhf.ppo import RLHFTrainer
+    from ppokit.rlhf.trainer import RLHFTrainer
 
-    if total_steps is not None:
-        overrides = {**overrides, "total_steps": total_steps}
+    if total_updates is not None:
+        overrides = {**overrides, "total_updates": total_updates}
     trainer = RLHFTrainer.resume(run_dir, **overrides)
-    print(f"ppokit: resuming RLHF PPO at step {trainer.global_step} in {run_dir}", file=sys.stderr)
+    print(f"ppokit: resuming RLHF PPO at update {trainer.num_updates} in {run_dir}", file=sys.stderr)
     return _finish_ppo(trainer)
 
 

@@ -1,68 +1,32 @@
-"""What the three RLHF stages share: seeding, device/dtype, run directories, batching."""
+"""What the three RLHF stages share: runtime set-up, run directories, batching, the LR schedule."""
 
 from __future__ import annotations
 
-import dataclasses
-import random
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
-import numpy as np
 import torch
 
+from ppokit import runtime as _runtime
+from ppokit.core.schedules import make_schedule
 from ppokit.io.metrics import MetricsLogger
-from ppokit.io.run_dir import default_run_dir, prepare_run_dir
-from ppokit.rlhf.models import quiet_transformers, resolve_device, resolve_dtype
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+from ppokit.io.run_dir import default_run_dir
+from ppokit.io.run_dir import open_run as _open_run
+from ppokit.rlhf.models import quiet_transformers
 
 
 def runtime(config: Any) -> tuple[torch.device, torch.dtype]:
-    """Apply the shared runtime fields; returns ``(device, dtype)``."""
+    """Apply the shared runtime fields (threads, seeds, device, dtype); returns ``(device, dtype)``."""
     quiet_transformers()
-    if config.torch_threads:
-        torch.set_num_threads(config.torch_threads)
-    seed_everything(config.seed)
-    device = resolve_device(config.device)
-    return device, resolve_dtype(config.dtype, device)
+    device = _runtime.setup(config.seed, config.device, config.torch_threads)
+    return device, _runtime.resolve_dtype(config.dtype, device)
 
 
-def config_yaml(config: Any) -> str:
-    import yaml
-
-    def plain(value: Any) -> Any:
-        if callable(value):
-            return f"<python callable {getattr(value, '__qualname__', repr(value))}>"
-        if isinstance(value, list):
-            return [plain(v) for v in value]
-        return value
-
-    data = {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
-    return yaml.safe_dump(data, sort_keys=False)
-
-
-def open_run(config: Any, stage: str, run_dir: str | Path | None, overwrite: bool,
-             resume_step: int | None = None) -> tuple[Path, MetricsLogger]:
-    """Create the run directory (refusing to overwrite a run), write config.yaml, open the metrics.
-
-    With ``resume_step`` the directory is the run being resumed: metrics rows after that step
-    (written after its checkpoint, before the stop) are dropped, as they will be redone.
-    """
-    from ppokit.io.atomic import atomic_write_text
-    from ppokit.io.metrics import truncate_metrics
-
-    if resume_step is not None:
-        path = Path(run_dir or config.run_dir)
-        truncate_metrics(path / "metrics.jsonl", "step", resume_step)
-    else:
-        path = prepare_run_dir(run_dir or config.run_dir or default_run_dir(f"rlhf-{stage}", config.seed), overwrite)
-    atomic_write_text(path / "config.yaml", config_yaml(config))
-    purge = resume_step + 1 if resume_step is not None else None
-    return path, MetricsLogger(path, tensorboard=config.tensorboard, purge_step=purge)
+def open_run(config: Any, stage: str, run_dir: str | Path | None, overwrite: bool) -> tuple[Path, MetricsLogger]:
+    """Create the run directory of an SFT or reward-training run, write config.yaml, open the metrics."""
+    return _open_run(run_dir or config.run_dir or default_run_dir(f"rlhf-{stage}", config.seed), config,
+                     overwrite=overwrite)
 
 
 def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
@@ -84,11 +48,12 @@ def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
 
 
 def supervised_setup(model: torch.nn.Module, config: Any, rows: int) -> tuple[int, torch.optim.Optimizer, Any, torch.Generator]:
-    """What SFT and reward training both start with: ``(total_steps, AdamW, linear-decay schedule,
+    """What SFT and reward training both start with: ``(total optimiser steps, AdamW, linear-decay schedule,
     shuffling generator)`` for ``config.epochs`` passes over ``rows`` rows in ``config.batch_size``."""
     total = -(-rows // config.batch_size) * config.epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / max(1, total)))
+    decay = make_schedule("linear", 1.0)  # the multiplier of the learning rate
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: decay(step / max(1, total)))
     return total, optimizer, scheduler, torch.Generator().manual_seed(config.seed)
 
 

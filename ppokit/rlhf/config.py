@@ -7,11 +7,14 @@ overrides or code, and rejects a bad value with a message naming the field.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-from ppokit.configuration import doc
+from ppokit.configuration import check_choices, doc
+from ppokit.core.choices import KLEstimator, OnNonFinite, ScheduleKind
 from ppokit.errors import ConfigError
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+PreferenceFormat = Literal["auto", "pairs", "rankings", "ratings"]
 
 
 def _positive(config: object, *names: str) -> None:
@@ -28,19 +31,13 @@ def _non_negative(config: object, *names: str) -> None:
             raise ConfigError(f"field {name!r} must be >= 0, got {value!r}")
 
 
-def _choice(config: object, name: str, choices: tuple[str, ...]) -> None:
-    value = getattr(config, name)
-    if value not in choices:
-        raise ConfigError(f"field {name!r} must be one of {', '.join(map(repr, choices))}; got {value!r}")
-
-
 @dataclass
 class LMRuntime:
     """Fields every RLHF stage shares: where the run goes and how models are loaded."""
 
     seed: int = doc("Seed for torch, numpy, Python and data shuffling.", default=0)
     device: str = doc("'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:N'.", default="auto")
-    dtype: str = doc("Model weights dtype: 'auto' (float32 on CPU, bfloat16 on GPUs that support it), 'float32', 'bfloat16', 'float16'.", default="auto")
+    dtype: Dtype = doc("Model weights dtype: 'auto' (float32 on CPU, bfloat16 on GPUs that support it), 'float32', 'bfloat16', 'float16'.", default="auto")
     torch_threads: int = doc("torch intra-op threads; 0 keeps torch's default.", default=0)
     trust_remote_code: bool = doc("Allow a hub model's own Python code to run when loading it. Off unless you trust the model.", default=False)
     run_dir: str | None = doc("Where the run is written; null picks runs/<stage>__seed<N>__<time>.", default=None)
@@ -49,7 +46,7 @@ class LMRuntime:
     skip_bad_rows: bool = doc("Skip malformed data rows (and count them) instead of stopping at the first.", default=False)
 
     def _check_runtime(self) -> None:
-        _choice(self, "dtype", DTYPES)
+        check_choices(self)
         _non_negative(self, "torch_threads")
 
 
@@ -77,9 +74,6 @@ class SFTConfig(LMRuntime):
         _non_negative(self, "weight_decay", "max_grad_norm")
 
 
-PREFERENCE_FORMATS = ("auto", "pairs", "rankings", "ratings")
-
-
 @dataclass
 class RewardConfig(LMRuntime):
     """Reward-model training from human preferences: pairs, K-way rankings or scalar ratings."""
@@ -88,7 +82,7 @@ class RewardConfig(LMRuntime):
     data: str = doc("JSONL, JSON, CSV or Parquet file of preferences.", default="")
     eval_data: str | None = doc("Held-out preference file; null holds out eval_fraction of the prompts.", default=None)
     eval_fraction: float = doc("Fraction of prompts held out for the pairwise-accuracy report when eval_data is null.", default=0.1)
-    format: str = doc("'pairs' (prompt, chosen, rejected), 'rankings' (prompt, responses, ranking), 'ratings' (prompt, response, rating) or 'auto' (from the columns).", default="auto")
+    format: PreferenceFormat = doc("'pairs' (prompt, chosen, rejected), 'rankings' (prompt, responses, ranking), 'ratings' (prompt, response, rating) or 'auto' (from the columns).", default="auto")
     prompt_column: str = doc("Column holding the prompt.", default="prompt")
     chosen_column: str = doc("Column of the preferred response (pairs).", default="chosen")
     rejected_column: str = doc("Column of the dispreferred response (pairs).", default="rejected")
@@ -96,8 +90,8 @@ class RewardConfig(LMRuntime):
     ranking_column: str = doc("Column of the K ranks, aligned with responses, 1 = best; equal ranks are ties (rankings).", default="ranking")
     response_column: str = doc("Column of the rated response (ratings).", default="response")
     rating_column: str = doc("Column of the numeric rating, higher = better (ratings).", default="rating")
-    ratings_as: str = doc("'pairs' (within a prompt, the higher-rated response is preferred) or 'regression' (fit the standardised rating).", default="pairs")
-    head: str = doc("'classification' (AutoModelForSequenceClassification, num_labels=1) or 'value_head' (a linear head on a causal LM's last hidden state).", default="classification")
+    ratings_as: Literal["pairs", "regression"] = doc("'pairs' (within a prompt, the higher-rated response is preferred) or 'regression' (fit the standardised rating).", default="pairs")
+    head: Literal["classification", "value_head"] = doc("'classification' (AutoModelForSequenceClassification, num_labels=1) or 'value_head' (a linear head on a causal LM's last hidden state).", default="classification")
     max_length: int = doc("Maximum tokens of prompt + response; longer rows are an error (or skipped).", default=512)
     epochs: int = doc("Passes over the training pairs.", default=1)
     batch_size: int = doc("Pairs per optimiser step.", default=8)
@@ -109,9 +103,6 @@ class RewardConfig(LMRuntime):
         self._check_runtime()
         if not self.model:
             raise ConfigError("field 'model' is required: a hub id or a local model directory")
-        _choice(self, "format", PREFERENCE_FORMATS)
-        _choice(self, "ratings_as", ("pairs", "regression"))
-        _choice(self, "head", ("classification", "value_head"))
         _positive(self, "max_length", "epochs", "batch_size", "learning_rate")
         _non_negative(self, "weight_decay", "max_grad_norm")
         if not 0.0 <= self.eval_fraction < 1.0:
@@ -127,8 +118,8 @@ class RLHFConfig(LMRuntime):
     reference: str | None = doc("Frozen reference model; null = a frozen copy of the starting policy (with LoRA: the adapter-free base).", default=None)
     rewards: list[str] = doc("Reward sources: reward-model directories (from `ppokit rlhf reward`, or a sequence-classification model) and/or Python callables 'module:function(prompts, completions) -> list[float]'.", default_factory=list)
     reward_weights: list[float] | None = doc("Weight of each reward source, in order; null weights them all 1.", default=None)
-    value_model: str = doc("'separate' (a critic network of its own) or 'head' (a value head on the policy's trunk).", default="separate")
-    value_init: str = doc("Initialise a separate critic from 'reward' (the first reward model) or 'policy'.", default="reward")
+    value_model: Literal["separate", "head"] = doc("'separate' (a critic network of its own) or 'head' (a value head on the policy's trunk).", default="separate")
+    value_init: Literal["reward", "policy"] = doc("Initialise a separate critic from 'reward' (the first reward model) or 'policy'.", default="reward")
     lora: bool = doc("Train LoRA adapters (peft) instead of all policy weights; the reference is then the adapter-free base.", default=False)
     lora_r: int = doc("LoRA rank.", default=8)
     lora_alpha: float = doc("LoRA scaling α.", default=16.0)
@@ -147,52 +138,47 @@ class RLHFConfig(LMRuntime):
 
     # --- reward shaping ---
     kl_coef: float = doc("β: weight of the per-token KL penalty to the reference (initial value when adaptive).", default=0.05)
-    kl_estimator: str = doc("Per-token KL estimator in the reward: 'k1' (log-ratio) or 'k3' (non-negative, low variance).", default="k1")
+    kl_estimator: KLEstimator = doc("Per-token KL estimator in the reward: 'k1' (log-ratio) or 'k3' (non-negative, low variance).", default="k1")
     adaptive_kl: bool = doc("Adapt β with the proportional controller of Ziegler et al. to reach kl_target.", default=False)
     kl_target: float = doc("Target KL per completion (nats, summed over tokens) for the adaptive β.", default=6.0)
     kl_horizon: int = doc("Horizon (in completions) of the adaptive β controller.", default=10_000)
     score_clip: float | None = doc("Clip the combined score to ±this; null disables.", default=None)
 
     # --- PPO ---
-    total_steps: int = doc("PPO steps (one step = generate for batch_size prompts, score, K epochs of updates).", default=100)
-    batch_size: int = doc("Prompts per PPO step.", default=8)
+    total_updates: int = doc("PPO updates to run (one update = generate for batch_size prompts, score, K epochs of minibatches).", default=100)
+    batch_size: int = doc("Prompts per PPO update.", default=8)
     num_minibatches: int = doc("Minibatches per PPO epoch; must divide batch_size.", default=1)
     num_epochs: int = doc("K: PPO epochs over each batch.", default=4)
     gamma: float = doc("Discount γ over tokens.", default=1.0)
     gae_lambda: float = doc("GAE λ over tokens.", default=0.95)
-    whiten_advantages: bool = doc("Whiten advantages over the valid tokens of the batch.", default=True)
+    whiten_advantages: bool = doc("Whiten the advantages over the valid tokens of the whole batch (once per update).", default=True)
     clip_range: float = doc("ε of the clipped surrogate.", default=0.2)
     clip_range_vf: float | None = doc("Clip the value update to ±this around the rollout's values; null disables.", default=0.2)
     vf_coef: float = doc("c1: weight of the value loss.", default=0.1)
     ent_coef: float = doc("c2: weight of the entropy bonus.", default=0.0)
     target_kl: float | None = doc("Stop the epoch loop when a minibatch's KL to the rollout policy exceeds 1.5× this; null disables.", default=None)
     learning_rate: float = doc("AdamW learning rate (policy and value).", default=1e-5)
-    lr_schedule: str = doc("'constant' or 'linear' (anneal to 0 over total_steps).", default="constant")
+    lr_schedule: ScheduleKind = doc("'constant' or 'linear' (anneal to 0 over total_updates).", default="constant")
     weight_decay: float = doc("AdamW weight decay.", default=0.0)
     max_grad_norm: float = doc("Global gradient-norm clip; 0 disables it.", default=1.0)
 
     # --- logging ---
-    sample_every: int = doc("Log sample completions every this many steps; 0 never.", default=10)
+    sample_every: int = doc("Log sample completions every this many updates; 0 never.", default=10)
     num_samples: int = doc("How many sample completions to log each time.", default=3)
-    save_every: int = doc("Save a resumable checkpoint (models, optimizer, RNGs, prompt position) every this many steps; 0: only by time, at the end and on Ctrl-C.", default=0)
+    checkpoint_every: int = doc("Save a resumable checkpoint (models, optimizer, RNGs, prompt position) every this many updates; 0: only by time, at the end and on Ctrl-C.", default=0)
     checkpoint_minutes: float = doc("Also save one when this many minutes have passed since the last; 0 disables.", default=10.0)
     keep_checkpoints: int = doc("How many checkpoints to keep (oldest removed first).", default=2)
-    on_nonfinite: str = doc("A NaN/inf loss or gradient: 'stop' the run with an error, or 'skip' that minibatch and count it.", default="stop")
+    on_nonfinite: OnNonFinite = doc("A NaN/inf loss or gradient: 'stop' the run with an error, or 'skip' that minibatch and count it.", default="stop")
 
     def __post_init__(self) -> None:
         self._check_runtime()
         if not self.policy:
             raise ConfigError("field 'policy' is required: a hub id or a local model directory")
-        _choice(self, "value_model", ("separate", "head"))
-        _choice(self, "value_init", ("reward", "policy"))
-        _choice(self, "kl_estimator", ("k1", "k3"))
-        _choice(self, "lr_schedule", ("constant", "linear"))
-        _choice(self, "on_nonfinite", ("stop", "skip"))
-        _positive(self, "max_prompt_length", "max_new_tokens", "temperature", "total_steps", "batch_size",
+        _positive(self, "max_prompt_length", "max_new_tokens", "temperature", "total_updates", "batch_size",
                   "num_minibatches", "num_epochs", "learning_rate", "kl_target", "kl_horizon", "lora_r",
                   "keep_checkpoints")
         _non_negative(self, "kl_coef", "vf_coef", "ent_coef", "weight_decay", "max_grad_norm",
-                      "sample_every", "num_samples", "save_every", "clip_range_vf", "missing_eos_penalty",
+                      "sample_every", "num_samples", "checkpoint_every", "clip_range_vf", "missing_eos_penalty",
                       "lora_dropout", "checkpoint_minutes")
         if not 0.0 <= self.gamma <= 1.0:
             raise ConfigError(f"field 'gamma' must be in [0, 1], got {self.gamma!r}")

@@ -15,9 +15,10 @@ import itertools
 import json
 import logging
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from ppokit.errors import ConfigError
 
@@ -330,3 +331,39 @@ def load_preferences(source: Any, config: Any) -> tuple[str, Loaded]:
         raise DataError(f"{name}: no prompt has two responses with different ratings, so there are no pairs")
     loaded.rows = pairs
     return "pairs", loaded
+
+
+class PromptLoader:
+    """Endless shuffled batches of prompts; its position (epoch, offset) is part of the state."""
+
+    def __init__(self, prompts: list[str], batch_size: int, seed: int) -> None:
+        self.prompts = prompts
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+        self.offset = 0
+        self._order = self._shuffle()
+
+    def _shuffle(self) -> list[int]:
+        import torch
+
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(len(self.prompts), generator=generator).tolist()
+
+    def next(self) -> list[str]:
+        batch: list[str] = []
+        while len(batch) < self.batch_size:
+            if self.offset >= len(self._order):
+                self.epoch += 1
+                self.offset = 0
+                self._order = self._shuffle()
+            batch.append(self.prompts[self._order[self.offset]])
+            self.offset += 1
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
+        self._order = self._shuffle()

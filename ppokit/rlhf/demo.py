@@ -98,7 +98,7 @@ def hidden_score_of(model_dir: str | Path, prompts: list[str], max_new_tokens: i
 
 
 def plot(history: list[dict[str, float]], path: Path) -> bool:
-    """Score, KL and hidden-rule score over PPO steps, as a PNG; False when matplotlib is missing."""
+    """Score, KL and hidden-rule score over PPO updates, as a PNG; False when matplotlib is missing."""
     try:
         import matplotlib
 
@@ -106,13 +106,13 @@ def plot(history: list[dict[str, float]], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    steps = [r["step"] for r in history]
+    steps = [r["update"] for r in history]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, key, title in zip(axes, ("score", "kl", "hidden_score"),
                               ("reward-model score", "KL(policy ‖ reference), nats", "hidden rule's score")):
         ax.plot(steps, [r[key] for r in history], lw=1.5)
         ax.set_title(title)
-        ax.set_xlabel("PPO step")
+        ax.set_xlabel("PPO update")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -120,19 +120,19 @@ def plot(history: list[dict[str, float]], path: Path) -> bool:
     return True
 
 
-def run_demo(out_dir: str | Path = "runs/rlhf-demo", seed: int = 0, ppo_steps: int = 60, overwrite: bool = False,
+def run_demo(run_dir: str | Path = "runs/rlhf-demo", seed: int = 0, ppo_updates: int = 60, overwrite: bool = False,
              progress: bool = True, echo: Any = print) -> dict[str, Any]:
-    """Run the four stages into ``out_dir``; returns a summary (also written to summary.json)."""
+    """Run the four stages into ``run_dir``; returns a summary (also written to summary.json)."""
+    from ppokit.errors import CheckpointError
     from ppokit.io.atomic import atomic_write_json
     from ppokit.io.run_dir import holds_run
-    from ppokit.errors import CheckpointError
     from ppokit.rlhf.config import RewardConfig, RLHFConfig, SFTConfig
-    from ppokit.rlhf.ppo import RLHFTrainer
     from ppokit.rlhf.reward_training import train_reward_model
     from ppokit.rlhf.sft import train_sft
     from ppokit.rlhf.tiny import build_tiny_gpt2
+    from ppokit.rlhf.trainer import RLHFTrainer
 
-    out = Path(out_dir)
+    out = Path(run_dir)
     if (out / "summary.json").exists() and not overwrite:
         raise CheckpointError(f"{out} already holds a demo; pass --overwrite to run it again there")
     for stage in ("sft", "reward", "ppo"):
@@ -162,9 +162,9 @@ def run_demo(out_dir: str | Path = "runs/rlhf-demo", seed: int = 0, ppo_steps: i
     eval_prompts = prompts * 10
     before, samples_before = hidden_score_of(sft["model_dir"], eval_prompts, 16, 1.0, seed + 1)
 
-    echo(f"[4/4] PPO against the reward model for {ppo_steps} steps")
+    echo(f"[4/4] PPO against the reward model for {ppo_updates} updates")
     config = RLHFConfig(
-        policy=sft["model_dir"], rewards=[reward["model_dir"]], total_steps=ppo_steps, batch_size=32,
+        policy=sft["model_dir"], rewards=[reward["model_dir"]], total_updates=ppo_updates, batch_size=32,
         num_minibatches=2, num_epochs=4, max_new_tokens=16, learning_rate=5e-4, kl_coef=0.05,
         missing_eos_penalty=1.0, sample_every=10, **common,
     )
@@ -174,7 +174,7 @@ def run_demo(out_dir: str | Path = "runs/rlhf-demo", seed: int = 0, ppo_steps: i
         p, completions, _ = trainer.last_batch
         record["hidden_score"] = sum(hidden_rule_reward(p, completions)) / len(completions)
 
-    ppo = trainer.train(callback=track)
+    ppo = trainer.learn(callback=track)
     after, samples_after = hidden_score_of(Path(ppo["run_dir"]) / "policy", eval_prompts, 16, 1.0, seed + 1)
     plotted = plot(trainer.history, out / "training.png")
 
@@ -182,7 +182,7 @@ def run_demo(out_dir: str | Path = "runs/rlhf-demo", seed: int = 0, ppo_steps: i
         "reward_model_eval_accuracy": reward["eval_accuracy"],
         "hidden_score_before": before, "hidden_score_after": after,
         "reward_score_first": ppo["score_first"], "reward_score_last": ppo["score_last"],
-        "kl_last": ppo["kl_last"], "ppo_mean_step_s": ppo["mean_step_s"],
+        "kl_last": ppo["kl_last"], "ppo_mean_update_s": ppo["mean_update_s"],
         "seconds": time.perf_counter() - started,
         "samples_before": samples_before[:5], "samples_after": samples_after[:5],
         "plot": str(out / "training.png") if plotted else None,

@@ -7,8 +7,9 @@ runs with exactly those settings, and :func:`token_logprobs` applies the same te
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn

@@ -39,26 +39,6 @@ def quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"field 'device': {device!r} is not a device ('auto', 'cpu', 'cuda', 'cuda:N')") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"field 'device': {device!r} asked for, but CUDA is not available on this machine")
-    return resolved
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-
-
 def _load_error(kind: str, name: str, err: Exception) -> CheckpointError:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     hint = ""
@@ -176,12 +156,12 @@ class ScalarHeadModel(nn.Module):
         save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, path / HEAD_WEIGHTS)
 
     @classmethod
-    def from_causal_lm(cls, model: nn.Module) -> "ScalarHeadModel":
+    def from_causal_lm(cls, model: nn.Module) -> ScalarHeadModel:
         """A value model on a causal LM's trunk, with a zero-initialised head (values start at 0)."""
         return cls(trunk_of(model), hidden_size_of(model))
 
     @classmethod
-    def from_sequence_classifier(cls, model: nn.Module) -> "ScalarHeadModel":
+    def from_sequence_classifier(cls, model: nn.Module) -> ScalarHeadModel:
         """Per-token values from a ``*ForSequenceClassification`` reward model: its trunk and its
         score head, so a critic initialised from the reward model starts out predicting scores."""
         score = getattr(model, "score", None) or getattr(model, "classifier", None)
@@ -196,7 +176,7 @@ class ScalarHeadModel(nn.Module):
         return cls(trunk_of(model), score.in_features, head)
 
     @classmethod
-    def load(cls, path: str | Path, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False) -> "ScalarHeadModel":
+    def load(cls, path: str | Path, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False) -> ScalarHeadModel:
         from safetensors.torch import load_file
         from transformers import AutoModel
 

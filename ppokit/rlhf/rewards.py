@@ -1,4 +1,4 @@
-"""Where the score comes from, and how it becomes a per-token reward.
+"""Where the score comes from: reward models, Python callables, and weighted sums of them.
 
 A *reward source* maps ``(prompts, completions)`` texts to one score per completion. ppokit has two
 kinds, a trained reward model and a plain Python callable, and any weighted sum of them. Sources
@@ -12,52 +12,17 @@ import importlib
 import math
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ppokit.core.kl import KL_ESTIMATORS
 from ppokit.errors import ConfigError, TrainingError
 from ppokit.rlhf.common import pad_right
 
 RewardFn = Callable[[list[str], list[str]], Sequence[float]]
-
-
-def per_token_rewards(
-    scores: Tensor,
-    logp: Tensor,
-    ref_logp: Tensor,
-    mask: Tensor,
-    kl_coef: float,
-    estimator: str = "k1",
-) -> tuple[Tensor, Tensor]:
-    r"""The RLHF reward of every completion token (Ziegler et al., 2019; Ouyang et al., 2022).
-
-    .. math::
-        r_t = -\beta\,\widehat{\mathrm{KL}}_t + [t = T_{last}]\,s, \qquad
-        \widehat{\mathrm{KL}}_t = k\big(\log\pi_{ref}(y_t) - \log\pi(y_t)\big)
-
-    with :math:`k` the chosen estimator of :math:`\mathrm{KL}(\pi\,\|\,\pi_{ref})` (``k1``: the
-    log-ratio :math:`\log\pi - \log\pi_{ref}`; ``k3``: :math:`(\rho - 1) - \log\rho`, never negative),
-    :math:`s` the sequence's score, and :math:`T_{last}` its last valid token (the EOS, or the last
-    token when it ran out of length). Padding gets nothing.
-
-    Returns ``(rewards, kl)``, both ``[B, T]`` and zero on padding.
-    """
-    if not (scores.ndim == 1 and logp.shape == ref_logp.shape == mask.shape and scores.shape[0] == logp.shape[0]):
-        raise ValueError(
-            f"per_token_rewards: scores [B] and logp/ref_logp/mask [B, T] expected, got {tuple(scores.shape)}, "
-            f"{tuple(logp.shape)}, {tuple(ref_logp.shape)}, {tuple(mask.shape)}"
-        )
-    valid = mask.to(logp.dtype)
-    kl = KL_ESTIMATORS[estimator](ref_logp - logp) * valid
-    rewards = -kl_coef * kl
-    last = (mask.long().sum(-1) - 1).clamp_min(0)
-    has_any = mask.any(-1)
-    rewards = rewards.scatter_add(1, last.unsqueeze(1), (scores * has_any.to(scores.dtype)).unsqueeze(1).to(rewards.dtype))
-    return rewards, kl
 
 
 class CallableReward:

@@ -4,8 +4,9 @@ model hub: a word-level tokenizer over a given vocabulary and a small GPT-2, sav
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 

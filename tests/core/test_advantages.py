@@ -33,7 +33,9 @@ def reference_gae(rewards, values, terminated, truncated, final_values, last_val
     return adv
 
 
-def test_gae_with_termination_and_truncation_mid_rollout():
+@pytest.mark.parametrize("recursion", [None, "numpy", "torch"])
+def test_gae_with_termination_and_truncation_mid_rollout(recursion):
+    """Both backward recursions (NumPy views on a CPU; torch, RLHF's path on a GPU) against the reference."""
     gamma, lam = 0.9, 0.8
     rewards = np.array([1.0, 0.5, 2.0, -1.0, 0.3, 1.5, 0.7, 0.2])
     values = np.array([0.4, 0.6, -0.2, 1.1, 0.0, 0.9, 0.5, -0.3])
@@ -48,7 +50,8 @@ def test_gae_with_termination_and_truncation_mid_rollout():
     following = np.append(values[1:], last_value)
     next_values = np.where(terminated, 0.0, np.where(truncated, final_values, following))
     t = lambda a: torch.tensor(a, dtype=torch.float64).unsqueeze(1)  # noqa: E731  [T, 1 env]
-    adv, ret = gae(t(rewards), t(values), t(next_values), torch.tensor(terminated | truncated).unsqueeze(1), gamma, lam)
+    adv, ret = gae(t(rewards), t(values), t(next_values), torch.tensor(terminated | truncated).unsqueeze(1), gamma, lam,
+                   recursion=recursion)
     np.testing.assert_allclose(adv.squeeze(1).numpy(), expected, rtol=1e-12)
     np.testing.assert_allclose(ret.squeeze(1).numpy(), expected + values, rtol=1e-12)
     # Truncation bootstraps, termination does not: step 5's advantage uses V(final) = 2.5.
@@ -67,6 +70,24 @@ def test_gae_is_independent_across_envs_and_lambda_one_matches_returns():
     np.testing.assert_allclose(ret.numpy(), discounted_returns(rewards, next_values, ends, gamma).numpy(), rtol=1e-10)
     single, _ = gae(rewards[:, 1:2], values[:, 1:2], next_values[:, 1:2], ends[:, 1:2], gamma, 1.0)
     np.testing.assert_allclose(single.numpy(), adv[:, 1:2].numpy())
+
+
+def test_gae_recursions_agree_on_transposed_batches_and_keep_the_graph():
+    """RLHF calls gae on [T, B] views of [B, T] tensors; the torch recursion also differentiates."""
+    torch.manual_seed(1)
+    rewards, values = torch.randn(5, 7), torch.randn(5, 7)
+    next_values = torch.cat([values[:, 1:], torch.zeros(5, 1)], 1)
+    ends = torch.zeros(5, 7, dtype=torch.bool)
+    ends[:, -1] = True
+    ends[2, 3] = True
+    a_np, r_np = gae(rewards.T, values.T, next_values.T, ends.T, 0.99, 0.9, recursion="numpy")
+    a_t, r_t = gae(rewards.T, values.T, next_values.T, ends.T, 0.99, 0.9, recursion="torch")
+    torch.testing.assert_close(a_np, a_t)
+    torch.testing.assert_close(r_np, r_t)
+    rewards.requires_grad_(True)
+    adv, _ = gae(rewards.T, values.T, next_values.T, ends.T, 0.99, 0.9)
+    adv.sum().backward()
+    assert rewards.grad is not None and rewards.grad.abs().sum() > 0
 
 
 def test_gae_rejects_mismatched_shapes():

@@ -4,7 +4,7 @@ import importlib.util
 
 import pytest
 
-from ppokit import PPO, PPOConfig
+from ppokit import PPO, ControlConfig
 from ppokit.configuration import from_mapping
 from ppokit.presets import list_presets, load_preset
 
@@ -20,7 +20,7 @@ def test_preset_runs_one_update(name, tmp_path):
     # One short update with the preset's network, normalisation and loss settings.
     data.update(num_envs=min(data.get("num_envs", 8), 2), num_steps=64, num_minibatches=2, num_epochs=1,
                 total_steps=128, progress=False, tensorboard=False, eval_episodes=1)
-    agent = PPO(from_mapping(PPOConfig, data))
+    agent = PPO(from_mapping(ControlConfig, data))
     agent.learn(run_dir=tmp_path / "run")
     assert agent.global_step == 128
     assert (tmp_path / "run" / "eval.json").is_file()

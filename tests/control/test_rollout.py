@@ -4,13 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from ppokit.control.config import PPOConfig
-from ppokit.control.trainer import PPO
-from tests.test_advantages import reference_gae
+from ppokit.control.agent import PPO
+from ppokit.control.algorithm import make_batch
+from ppokit.control.config import ControlConfig
+from tests.core.test_advantages import reference_gae
 
 
 def _agent(terminate: bool, num_envs: int = 1, **kw):
-    cfg = PPOConfig(
+    cfg = ControlConfig(
         env_id="tests.envs:CountingEnv", env_kwargs={"length": 3, "terminate": terminate},
         num_envs=num_envs, num_steps=8, num_minibatches=1, num_epochs=1, gamma=0.9, gae_lambda=0.8,
         progress=False, tensorboard=False, eval_episodes=0, **kw,
@@ -31,7 +32,7 @@ def test_reset_steps_are_masked_and_boundaries_respected(terminate):
     np.testing.assert_array_equal(ends, [0, 0, 1, 0, 0, 0, 1, 0])
     assert bool(ro.terminated[2, 0]) is terminate
 
-    batch = agent._make_batch(ro)
+    batch = make_batch(ro, agent.config.gamma, agent.config.gae_lambda)
     assert batch["obs"].shape[0] == 6  # the two reset steps are dropped
     assert (batch["obs"][:, 1] < 3).all()  # no final observation is ever trained on as a state
 

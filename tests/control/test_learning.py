@@ -2,7 +2,7 @@
 
 import pytest
 
-from ppokit import PPO, PPOConfig
+from ppokit import PPO, ControlConfig
 from ppokit.configuration import from_mapping
 from ppokit.presets import load_preset
 
@@ -12,7 +12,7 @@ pytestmark = pytest.mark.learning
 def _preset(name, **changes):
     data = load_preset(name)
     data.update(progress=False, tensorboard=False, eval_episodes=0, **changes)
-    return from_mapping(PPOConfig, data)
+    return from_mapping(ControlConfig, data)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

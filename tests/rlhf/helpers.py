@@ -1,4 +1,4 @@
-"""Reward functions importable as 'tests.rlhf_helpers:NAME' by the RLHF tests."""
+"""Reward functions importable as 'tests.rlhf.helpers:NAME' by the RLHF tests."""
 
 from ppokit.rlhf.demo import PLEASANT, UNPLEASANT
 

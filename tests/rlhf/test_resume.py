@@ -12,8 +12,8 @@ from ppokit.errors import CheckpointError, ConfigError
 from ppokit.io.checkpoints import latest_checkpoint
 from ppokit.rlhf.config import RLHFConfig
 from ppokit.rlhf.demo import NOUNS, WORDS
-from ppokit.rlhf.ppo import RLHFTrainer
 from ppokit.rlhf.tiny import build_tiny_gpt2
+from ppokit.rlhf.trainer import RLHFTrainer
 
 pytest.importorskip("transformers")
 
@@ -26,7 +26,7 @@ def base_model(tmp_path_factory):
 
 
 def _config(policy, **changes):
-    values = {"policy": policy, "rewards": ["tests.rlhf_helpers:pleasant_minus_unpleasant"], "total_steps": 5,
+    values = {"policy": policy, "rewards": ["tests.rlhf.helpers:pleasant_minus_unpleasant"], "total_updates": 5,
               "batch_size": 8, "num_minibatches": 2, "max_new_tokens": 6, "learning_rate": 1e-3, "kl_coef": 0.05,
               "adaptive_kl": True, "lr_schedule": "linear", "progress": False, "tensorboard": False,
               "torch_threads": 1, "device": "cpu", "seed": 0, "sample_every": 0}
@@ -35,7 +35,7 @@ def _config(policy, **changes):
 
 
 def _same(a: RLHFTrainer, b: RLHFTrainer) -> bool:
-    sa, sb = a.trainable.state_dict(), b.trainable.state_dict()
+    sa, sb = a.models.trainable.state_dict(), b.models.trainable.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
@@ -43,16 +43,16 @@ def _same(a: RLHFTrainer, b: RLHFTrainer) -> bool:
 def test_stop_and_resume_gives_bit_identical_weights(base_model, tmp_path, variant):
     config = _config(base_model, **variant)
     straight = RLHFTrainer(config, prompts=PROMPTS, run_dir=tmp_path / "straight")
-    straight.train()
+    straight.learn()
     first = RLHFTrainer(config, prompts=PROMPTS, run_dir=tmp_path / "split")
-    first.train(callback=lambda record: record["step"] < 2)
-    assert first.global_step == 2 and not _same(first, straight)
+    first.learn(callback=lambda record: record["update"] < 2)
+    assert first.num_updates == 2 and not _same(first, straight)
     resumed = RLHFTrainer(config, prompts=PROMPTS, run_dir=tmp_path / "split", resume=True)
-    assert resumed.global_step == 2 and resumed.prompts.state_dict() == first.prompts.state_dict()
-    resumed.train()
-    assert resumed.global_step == 5 and _same(resumed, straight)
+    assert resumed.num_updates == 2 and resumed.prompts.state_dict() == first.prompts.state_dict()
+    resumed.learn()
+    assert resumed.num_updates == 5 and _same(resumed, straight)
     assert resumed.kl_coef == straight.kl_coef
-    steps = [r["step"] for r in resumed.history]
+    steps = [r["update"] for r in resumed.history]
     assert steps == [1, 2, 3, 4, 5]
 
 
@@ -61,14 +61,14 @@ def test_cli_resume_rebuilds_the_run_from_its_config(base_model, tmp_path, capsy
     data = tmp_path / "prompts.jsonl"
     data.write_text("".join(f'{{"prompt": "{p["prompt"]}"}}\n' for p in PROMPTS))
     args = ["rlhf", "ppo", "--policy", base_model, "--data", str(data), "--run-dir", str(run), "--no-progress",
-            "--reward", "tests.rlhf_helpers:pleasant_minus_unpleasant", "--set", "batch_size=8",
+            "--reward", "tests.rlhf.helpers:pleasant_minus_unpleasant", "--set", "batch_size=8",
             "--set", "max_new_tokens=6", "--set", "sample_every=0", "--set", "tensorboard=false"]
-    assert main([*args, "--total-steps", "2"]) == 0
-    assert main(["resume", str(run), "--total-steps", "3", "--no-progress"]) == 0
-    assert latest_checkpoint(run).name == "step_000000000003"
-    assert "resuming RLHF PPO at step 2" in capsys.readouterr().err
+    assert main([*args, "--total-updates", "2"]) == 0
+    assert main(["resume", str(run), "--total-updates", "3", "--no-progress"]) == 0
+    assert latest_checkpoint(run).name == "update_000000000003"
+    assert "resuming RLHF PPO at update 2" in capsys.readouterr().err
     # --resume on a finished run with nothing left to do is fine; --overwrite with it is not.
-    assert main([*args, "--total-steps", "3", "--resume"]) == 0
+    assert main([*args, "--total-updates", "3", "--resume"]) == 0
     assert main([*args, "--resume", "--overwrite"]) == 2
 
 
@@ -76,11 +76,11 @@ def test_a_run_with_a_python_callable_reward_names_what_resume_needs(base_model,
     def reward(prompts, completions):
         return [0.0] * len(completions)
 
-    RLHFTrainer(_config(base_model, total_steps=1), prompts=PROMPTS, rewards=[reward], run_dir=tmp_path / "run").train()
+    RLHFTrainer(_config(base_model, total_updates=1), prompts=PROMPTS, rewards=[reward], run_dir=tmp_path / "run").learn()
     with pytest.raises(ConfigError, match="Python callable"):
         RLHFTrainer.resume(tmp_path / "run", prompts=PROMPTS)
-    resumed = RLHFTrainer.resume(tmp_path / "run", prompts=PROMPTS, rewards=[reward], total_steps=2)
-    assert resumed.global_step == 1
+    resumed = RLHFTrainer.resume(tmp_path / "run", prompts=PROMPTS, rewards=[reward], total_updates=2)
+    assert resumed.num_updates == 1
 
 
 class _RunsCode:
@@ -92,19 +92,19 @@ class _RunsCode:
 
 
 def test_a_pickled_object_in_an_rlhf_checkpoint_is_refused(base_model, tmp_path):
-    RLHFTrainer(_config(base_model, total_steps=1), prompts=PROMPTS, run_dir=tmp_path / "run").train()
+    RLHFTrainer(_config(base_model, total_updates=1), prompts=PROMPTS, run_dir=tmp_path / "run").learn()
     checkpoint = latest_checkpoint(tmp_path / "run")
     marker = tmp_path / "code_ran"
     torch.save({"payload": _RunsCode(str(marker))}, checkpoint / "optimizer.pt")
     with pytest.raises(CheckpointError, match="refused to load"):
-        RLHFTrainer(_config(base_model, total_steps=2), prompts=PROMPTS, run_dir=tmp_path / "run", resume=True)
+        RLHFTrainer(_config(base_model, total_updates=2), prompts=PROMPTS, run_dir=tmp_path / "run", resume=True)
     assert not marker.exists()
 
 
 def test_an_rlhf_checkpoint_does_not_load_into_a_different_setup(base_model, tmp_path):
-    RLHFTrainer(_config(base_model, total_steps=1), prompts=PROMPTS, run_dir=tmp_path / "run").train()
+    RLHFTrainer(_config(base_model, total_updates=1), prompts=PROMPTS, run_dir=tmp_path / "run").learn()
     with pytest.raises(CheckpointError, match="do not fit this model"):
-        RLHFTrainer(_config(base_model, total_steps=2, value_model="head"), prompts=PROMPTS,
+        RLHFTrainer(_config(base_model, total_updates=2, value_model="head"), prompts=PROMPTS,
                     run_dir=tmp_path / "run", resume=True)
 
 
@@ -116,16 +116,16 @@ def test_ctrl_c_finishes_the_step_checkpoints_and_resume_matches(base_model, tmp
 
     config = _config(base_model)
     straight = RLHFTrainer(config, prompts=PROMPTS, run_dir=tmp_path / "straight")
-    straight.train()
+    straight.learn()
 
     def press_ctrl_c(record):
-        if record["step"] == 2:
+        if record["update"] == 2:
             os.kill(os.getpid(), signal.SIGINT)  # arrives while the loop runs; handled after step 3
 
     first = RLHFTrainer(config, prompts=PROMPTS, run_dir=tmp_path / "split")
     with pytest.raises(TrainingInterrupted, match=f"ppokit resume {tmp_path / 'split'}") as info:
-        first.train(callback=press_ctrl_c)
-    assert info.value.signal_name == "SIGINT" and info.value.checkpoint.endswith("step_000000000003")
+        first.learn(callback=press_ctrl_c)
+    assert info.value.signal_name == "SIGINT" and info.value.checkpoint.endswith("update_000000000003")
     resumed = RLHFTrainer(config, prompts=PROMPTS, run_dir=tmp_path / "split", resume=True)
-    resumed.train()
+    resumed.learn()
     assert _same(resumed, straight)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ppokit.core.optim import FlatAdam
+from ppokit.control.fast.flat_adam import FlatAdam
 
 
 def _net(seed: int) -> torch.nn.Module:
@@ -25,11 +25,11 @@ def test_flat_adam_takes_torch_adams_steps_and_clips_like_clip_grad_norm():
     torch_adam = torch.optim.Adam(ref.parameters(), lr=3e-3, eps=1e-5)
     for step in range(25):
         lr = 3e-3 * (1 - step / 25)
-        flat.param_groups[0]["lr"] = lr
+        flat.set_learning_rate(lr)
         torch_adam.param_groups[0]["lr"] = lr
         flat.zero_grad()
         _loss(ours, step).backward()
-        norm = flat.clip_grad_norm_(0.5)
+        norm = flat.clip_grad_norm(0.5)
         flat.step()
         torch_adam.zero_grad()
         _loss(ref, step).backward()

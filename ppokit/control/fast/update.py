@@ -1,11 +1,12 @@
 r"""The minibatch update's forward and backward passes in NumPy, for MLP policies on a CPU.
 
 With autograd, one minibatch of a 64-wide actor-critic is ~100 small torch ops forward and ~45
-autograd nodes backward, each costing a few microseconds of dispatch for a few hundred
-floating-point operations. Here the same loss is computed in NumPy and its gradient is written out
-by hand, about 60 NumPy calls in all. It is the loss :func:`ppokit.core.update.ppo_update` computes,
-term for term (the tests check the gradients against autograd's), and it feeds the same epoch loop
-(:func:`ppokit.core.update.run_epochs`) and the same optimiser.
+autograd nodes backward, each costing more dispatch than arithmetic. Here the same loss is computed
+in NumPy and its gradient is written out by hand, about 60 NumPy calls in all. It is the loss of the
+reference :class:`ppokit.core.update.AutogradStep`, term for term (the parity tests check the
+gradients against autograd's), and it feeds the same epoch loop
+(:func:`ppokit.core.update.run_epochs`). It needs :class:`~ppokit.control.fast.flat_adam.FlatAdam`,
+whose gradients are preallocated views it can write into.
 
 The gradients, for a minibatch of :math:`B` rows and the total loss
 :math:`L = L^{\pi} + c_1 L^{VF} - c_2 H`, with :math:`\ell_i = \log\pi_\theta(a_i|s_i)` and
@@ -36,10 +37,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ppokit.control.heads import GaussianHead
+from ppokit.control.fast.policy import HALF_LOG_2PI, NUMPY_ACTIVATIONS
 from ppokit.control.networks import ActorCritic
-from ppokit.control.numpy_policy import NUMPY_ACTIVATIONS, HALF_LOG_2PI, NumpyPolicy
-from ppokit.core.optim import FlatAdam
 from ppokit.core.update import PPOUpdateSettings
 
 # Each activation's derivative, written in terms of the activation's output.
@@ -50,14 +49,20 @@ _DERIVATIVES = {
 }
 
 
+def _grad(param: torch.nn.Parameter) -> np.ndarray:
+    if param.grad is None:
+        raise ValueError("the NumPy update needs preallocated gradients (FlatAdam's views)")
+    return param.grad.numpy()
+
+
 class _Layer:
     """A linear layer's weight and bias, and their gradients, as NumPy views of the torch tensors."""
 
     def __init__(self, linear: torch.nn.Linear) -> None:
         self.w = linear.weight.detach().numpy()  # [out, in], updated in place by the optimiser
         self.b = linear.bias.detach().numpy()
-        self.gw = linear.weight.grad.numpy()
-        self.gb = linear.bias.grad.numpy()
+        self.gw = _grad(linear.weight)
+        self.gb = _grad(linear.bias)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         return x @ self.w.T + self.b
@@ -72,29 +77,26 @@ class _Layer:
 class NumpyMinibatchStep:
     """A :class:`~ppokit.core.update.MinibatchStep` for an MLP :class:`ActorCritic` on a CPU.
 
+    Only for the policies and settings :func:`ppokit.control.fast.support.refusal` accepts.
     ``obs`` and ``actions`` are the whole batch (the rows are picked per minibatch), as are the
-    arrays of ``batch`` (``logp``, ``values``, ``advantages``, ``returns``). Needs the gradients to be
-    preallocated views (:class:`~ppokit.core.optim.FlatAdam`), which it overwrites.
+    arrays of ``batch`` (``logp``, ``values``, ``advantages``, ``returns``). Overwrites the
+    parameters' preallocated gradient views.
     """
-
-    @staticmethod
-    def supports(policy: ActorCritic, device: torch.device, optimizer: object) -> bool:
-        return (isinstance(optimizer, FlatAdam) and NumpyPolicy.supports(policy, device)
-                and policy.actor_trunk.activation_name in _DERIVATIVES)
 
     def __init__(self, policy: ActorCritic, obs: Tensor, actions: Tensor, batch: dict[str, Tensor],
                  settings: PPOUpdateSettings) -> None:
         self.settings = settings
-        name = policy.actor_trunk.activation_name
+        name = policy.spec.activation
         self.activation, self.activation_grad = NUMPY_ACTIVATIONS[name], _DERIVATIVES[name]
-        self.actor = [_Layer(m) for m in policy.actor_trunk._linears]
-        self.critic = None if policy.critic_trunk is None else [_Layer(m) for m in policy.critic_trunk._linears]
-        self.head = _Layer(policy.head.linear)
-        self.value_head = _Layer(policy.value_head)
-        self.gaussian = isinstance(policy.head, GaussianHead)
-        if self.gaussian:
-            self.log_std = policy.head.log_std.detach().numpy()
-            self.g_log_std = policy.head.log_std.grad.numpy()
+        layers = policy.layers()
+        self.actor = [_Layer(m) for m in layers.actor]
+        self.critic = None if layers.critic is None else [_Layer(m) for m in layers.critic]
+        self.head = _Layer(layers.head)
+        self.value_head = _Layer(layers.value)
+        self.gaussian = layers.log_std is not None
+        if layers.log_std is not None:
+            self.log_std = layers.log_std.detach().numpy()
+            self.g_log_std = _grad(layers.log_std)
         self.obs = obs.numpy().reshape(obs.shape[0], -1)
         self.actions = actions.numpy()
         self.logp_old = batch["logp"].numpy()
@@ -143,7 +145,7 @@ class NumpyMinibatchStep:
                 self.probs, self.log_probs, self.ent_rows, self.action_idx = probs, log_probs, ent_rows, actions
 
             adv = self.advantages[rows]
-            if s.normalize_advantages:
+            if s.whiten_advantages:
                 var = adv.var(ddof=1) if b > 1 else np.float32(0.0)
                 adv = (adv - adv.mean()) / np.sqrt(var + np.float32(1e-8))
             log_ratio = logp - self.logp_old[rows]
@@ -181,7 +183,7 @@ class NumpyMinibatchStep:
 
         self.g_logp, self.g_values = g_logp.astype(np.float32), (s.vf_coef * g_values).astype(np.float32)
         loss = policy_loss + s.vf_coef * v_loss - s.ent_coef * entropy
-        self.row = [policy_loss, v_loss, entropy, kl_k1, kl_k3, clip_fraction, 0.0, loss]
+        self.row = (policy_loss, v_loss, entropy, kl_k1, kl_k3, clip_fraction, loss)
         return loss
 
     def approx_kl(self) -> float:
@@ -210,6 +212,5 @@ class NumpyMinibatchStep:
                 self._trunk_backward(self.actor_outs, self.actor, g_actor)
                 self._trunk_backward(self.critic_outs, self.critic, g_critic)
 
-    def stats(self, grad_norm: Tensor) -> list[float]:
-        self.row[6] = float(grad_norm)
-        return self.row
+    def stats(self) -> Tensor:
+        return torch.tensor(self.row, dtype=torch.float64)

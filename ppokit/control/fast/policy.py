@@ -1,10 +1,9 @@
 r"""The rollout's forward pass in NumPy, for MLP policies on a CPU.
 
 The rollout calls the policy once per env step on a handful of observations. For a 64-wide MLP the
-arithmetic is a few microseconds; with torch the cost is ~20 dispatched ops at a few microseconds
-each, plus building tensors from the env's arrays and back. NumPy does the same maths at a fraction
-of the per-op cost (measured on one core with PyTorch 2.13: ~27 µs against ~70 µs for CartPole's
-actor-critic, and torch's ``tanh`` alone is ~10× slower than NumPy's at these sizes).
+arithmetic is a few microseconds; with torch the cost is ~20 dispatched ops, plus building tensors
+from the env's arrays and back. NumPy does the same maths at a fraction of the per-op cost
+(BENCHMARKS.md has the measurement).
 
 The weights are read through zero-copy views of the torch parameters, so acting always uses the
 current policy. The formulas are those of :mod:`ppokit.control.heads` (the tests check the two
@@ -17,10 +16,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
+from torch import nn
 
-from ppokit.control.heads import CategoricalHead, GaussianHead
-from ppokit.control.networks import MLP, ActorCritic
+from ppokit.control.networks import ActorCritic
 
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -32,37 +30,29 @@ def _elu(x: np.ndarray) -> np.ndarray:
 NUMPY_ACTIVATIONS = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0), "elu": _elu}
 
 
-def _layers(trunk: MLP) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [(lin.weight.detach().numpy().T, lin.bias.detach().numpy()) for lin in trunk._linears]
+def _weights(layers: tuple[nn.Linear, ...]) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(lin.weight.detach().numpy().T, lin.bias.detach().numpy()) for lin in layers]
 
 
 class NumpyPolicy:
-    """``act`` and ``value`` of an :class:`ActorCritic`, computed with NumPy on its live weights."""
+    """``act`` and ``value`` of an :class:`ActorCritic`, computed with NumPy on its live weights.
 
-    @staticmethod
-    def supports(policy: ActorCritic, device: torch.device) -> bool:
-        return (
-            device.type == "cpu"
-            and not policy.use_cnn
-            and policy.actor_trunk.activation_name in NUMPY_ACTIVATIONS
-            and isinstance(policy.head, (CategoricalHead, GaussianHead))
-            and all(p.dtype == torch.float32 for p in policy.parameters())
-        )
+    Only for the policies :func:`ppokit.control.fast.support.refusal` accepts.
+    """
 
     def __init__(self, policy: ActorCritic) -> None:
         self.policy = policy
-        self.activation = NUMPY_ACTIVATIONS[policy.actor_trunk.activation_name]
-        self.gaussian = isinstance(policy.head, GaussianHead)
+        self.activation = NUMPY_ACTIVATIONS[policy.spec.activation]
+        self.gaussian = policy.spec.head == "gaussian"
         self.refresh()
 
     def refresh(self) -> None:
         """Re-take the weight views (after the parameters were replaced rather than updated in place)."""
-        p = self.policy
-        self.actor = _layers(p.actor_trunk)
-        self.critic = None if p.critic_trunk is None else _layers(p.critic_trunk)
-        self.head_w, self.head_b = p.head.linear.weight.detach().numpy().T, p.head.linear.bias.detach().numpy()
-        self.value_w, self.value_b = p.value_head.weight.detach().numpy().T, p.value_head.bias.detach().numpy()
-        self.log_std = p.head.log_std.detach().numpy() if self.gaussian else None
+        layers = self.policy.layers()
+        self.actor = _weights(layers.actor)
+        self.critic = None if layers.critic is None else _weights(layers.critic)
+        (self.head_w, self.head_b), (self.value_w, self.value_b) = _weights((layers.head, layers.value))
+        self.log_std = None if layers.log_std is None else layers.log_std.detach().numpy()
 
     def _trunk(self, x: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
         for w, b in layers:

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from ppokit.core.optim import TorchOptimizer
 from ppokit.core.update import NonFiniteError, PPOUpdateSettings, ppo_update
 
 
@@ -31,8 +32,8 @@ def _settings(**kw):
 
 def test_update_runs_all_epochs_and_reports_diagnostics():
     model, batch, evaluate = _setup()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    stats = ppo_update(batch, evaluate, opt, model.parameters(), _settings())
+    opt = TorchOptimizer(torch.optim.Adam(model.parameters(), lr=1e-2))
+    stats = ppo_update(batch, evaluate, opt, _settings())
     assert stats["epochs"] == 4 and stats["minibatch_steps"] == 16
     for key in ("policy_loss", "value_loss", "entropy", "approx_kl_k1", "approx_kl_k3", "clip_fraction", "grad_norm"):
         assert key in stats and stats[key] == stats[key]
@@ -41,8 +42,8 @@ def test_update_runs_all_epochs_and_reports_diagnostics():
 
 def test_early_stop_at_target_kl_skips_the_offending_step():
     model, batch, evaluate = _setup()
-    opt = torch.optim.SGD(model.parameters(), lr=5.0)  # huge steps: KL explodes after the first one
-    stats = ppo_update(batch, evaluate, opt, model.parameters(), _settings(target_kl=1e-4))
+    opt = TorchOptimizer(torch.optim.SGD(model.parameters(), lr=5.0))  # huge steps: KL explodes after the first one
+    stats = ppo_update(batch, evaluate, opt, _settings(target_kl=1e-4))
     assert stats["early_stopped"] == 1.0
     assert stats["minibatch_steps"] < 16
 
@@ -51,9 +52,9 @@ def test_non_finite_loss_stops_before_the_step():
     model, batch, evaluate = _setup()
     batch["advantages"][5] = float("nan")
     before = [p.detach().clone() for p in model.parameters()]
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    opt = TorchOptimizer(torch.optim.Adam(model.parameters(), lr=1e-2))
     with pytest.raises(NonFiniteError, match="non-finite loss"):
-        ppo_update(batch, evaluate, opt, model.parameters(), _settings(num_minibatches=1, normalize_advantages=False))
+        ppo_update(batch, evaluate, opt, _settings(num_minibatches=1, whiten_advantages=False))
     for p, b in zip(model.parameters(), before):
         torch.testing.assert_close(p, b)
 
@@ -62,6 +63,6 @@ def test_masked_rows_do_not_contribute():
     model, batch, evaluate = _setup(n=8)
     batch["mask"] = torch.tensor([1, 1, 1, 1, 0, 0, 0, 0], dtype=torch.bool)
     batch["advantages"][4:] = 1e6  # would dominate the loss if it leaked through the mask
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    stats = ppo_update(batch, evaluate, opt, model.parameters(), _settings(num_epochs=1, num_minibatches=1, normalize_advantages=False))
+    opt = TorchOptimizer(torch.optim.SGD(model.parameters(), lr=0.0))
+    stats = ppo_update(batch, evaluate, opt, _settings(num_epochs=1, num_minibatches=1, whiten_advantages=False))
     assert abs(stats["policy_loss"]) < 100

@@ -10,11 +10,12 @@ from ppokit.core.kl import ProportionalKLController
 from ppokit.core.losses import bradley_terry_loss
 from ppokit.errors import ConfigError, TrainingError
 from ppokit.rlhf import data as rdata
+from ppokit.rlhf.advantages import per_token_rewards
 from ppokit.rlhf.config import RewardConfig, RLHFConfig, SFTConfig
+from ppokit.rlhf.demo import WORDS
 from ppokit.rlhf.generation import completion_logits, completion_mask, encode_prompts, sample, token_logprobs
 from ppokit.rlhf.models import load_causal_lm, load_tokenizer, position_ids_from_mask
-from ppokit.rlhf.rewards import CallableReward, CombinedReward, import_callable, per_token_rewards
-from ppokit.rlhf.demo import WORDS
+from ppokit.rlhf.rewards import CallableReward, CombinedReward, import_callable
 from ppokit.rlhf.tiny import build_tiny_gpt2
 
 transformers = pytest.importorskip("transformers")
@@ -289,15 +290,15 @@ def test_callable_reward_errors_name_the_function():
     with pytest.raises(ConfigError, match="cannot import module"):
         import_callable("no_such_module_xyz:f")
     with pytest.raises(ConfigError, match="has no attribute 'nope'"):
-        import_callable("tests.rlhf_helpers:nope")
+        import_callable("tests.rlhf.helpers:nope")
     with pytest.raises(ConfigError, match="is not callable"):
-        import_callable("tests.rlhf_helpers:not_callable")
+        import_callable("tests.rlhf.helpers:not_callable")
     with pytest.raises(TrainingError, match="returned 1 scores for 2 completions"):
-        CallableReward("tests.rlhf_helpers:wrong_length")(["p", "p"], ["a", "b"])
+        CallableReward("tests.rlhf.helpers:wrong_length")(["p", "p"], ["a", "b"])
     with pytest.raises(TrainingError, match="non-finite score"):
-        CallableReward("tests.rlhf_helpers:not_finite")(["p"], ["a"])
+        CallableReward("tests.rlhf.helpers:not_finite")(["p"], ["a"])
     with pytest.raises(TrainingError, match="raised RuntimeError: boom"):
-        CallableReward("tests.rlhf_helpers:raises")(["p"], ["a"])
+        CallableReward("tests.rlhf.helpers:raises")(["p"], ["a"])
 
 
 def test_combined_reward_is_the_weighted_sum():

@@ -15,19 +15,19 @@ import pytest
 import torch
 
 from ppokit.cli import main
-from ppokit.control.config import PPOConfig
-from ppokit.control.trainer import PPO
+from ppokit.control.agent import PPO
+from ppokit.control.config import ControlConfig
 from ppokit.errors import CheckpointError, EnvError, TrainingError
 from ppokit.io.checkpoints import checkpoint_dirs, latest_checkpoint
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _config(env_id="CartPole-v1", **kw):
     base = {"env_id": env_id, "num_envs": 4, "num_steps": 32, "num_epochs": 2, "num_minibatches": 2,
             "total_steps": 4 * 32 * 6, "progress": False, "tensorboard": False, "eval_episodes": 2, "seed": 3}
     base.update(kw)
-    return PPOConfig(**base)
+    return ControlConfig(**base)
 
 
 def _same_weights(a: PPO, b: PPO) -> bool:
@@ -36,7 +36,7 @@ def _same_weights(a: PPO, b: PPO) -> bool:
 
 
 def _stop_after(n):
-    return lambda agent, record: agent.num_updates < n
+    return lambda record: record["update"] < n
 
 
 RESUME_CASES = {
@@ -110,7 +110,7 @@ def test_checkpoints_keep_the_last_k_and_the_best_evaluation(tmp_path):
     config = _config(checkpoint_every=1, keep_checkpoints=2, eval_every=2, total_steps=4 * 32 * 5)
     PPO(config).learn(run_dir=tmp_path / "run")
     names = [p.name for p in checkpoint_dirs(tmp_path / "run")]
-    assert names == ["step_000000000512", "step_000000000640"]
+    assert names == ["update_000000000004", "update_000000000005"]
     best = json.loads((tmp_path / "run" / "best" / "eval.json").read_text())
     evals = [json.loads(r).get("eval_return") for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert best["mean_return"] == max(e for e in evals if e is not None)
@@ -134,10 +134,10 @@ def test_a_nan_loss_stops_before_the_weights_change_and_keeps_the_checkpoint(tmp
     config = _config("tests.envs:NaNRewardEnv", env_kwargs={"nan_after": 40}, checkpoint_every=1,
                      vectorization="sync", eval_episodes=0)
     agent = PPO(config)
-    with pytest.raises(TrainingError, match=r"update 2 .*non-finite loss.*intact"):
+    with pytest.raises(TrainingError, match=r"update 2: .*non-finite loss.*intact"):
         agent.learn(run_dir=tmp_path / "run")
     last = latest_checkpoint(tmp_path / "run")
-    assert last is not None and last.name == "step_000000000128"
+    assert last is not None and last.name == "update_000000000001"
     assert _same_weights(agent, PPO.load(last))
 
 
@@ -229,12 +229,12 @@ def test_a_second_ctrl_c_stops_at_once_and_leaves_the_checkpoints_loadable(tmp_p
 
 KILL_SCRIPT = """
 import sys
-from ppokit.control.config import PPOConfig
-from ppokit.control.trainer import PPO
+from ppokit.control.config import ControlConfig
+from ppokit.control.agent import PPO
 from ppokit.io.checkpoints import latest_checkpoint
 run = sys.argv[1]
 if latest_checkpoint(run) is None:
-    agent = PPO(PPOConfig(env_id="CartPole-v1", num_envs=2, num_steps=16, num_minibatches=1, total_steps=32,
+    agent = PPO(ControlConfig(env_id="CartPole-v1", num_envs=2, num_steps=16, num_minibatches=1, total_steps=32,
                           progress=False, tensorboard=False, eval_episodes=0, keep_checkpoints=2))
     agent.learn(run_dir=run)
 else:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ppokit import PPO, PPOConfig
+from ppokit import PPO, ControlConfig
 from ppokit.errors import CheckpointError, ConfigError, EnvError
 
 
@@ -14,7 +14,7 @@ def _tiny(env_id="CartPole-v1", **kw):
     base = dict(env_id=env_id, num_envs=4, num_steps=32, num_minibatches=2, num_epochs=2, total_steps=256,
                 progress=False, tensorboard=False, eval_episodes=0)
     base.update(kw)
-    return PPOConfig(**base)
+    return ControlConfig(**base)
 
 
 def test_save_load_predict_round_trip_with_normalisation(tmp_path):
@@ -89,9 +89,9 @@ def _expected_next(value, kl, target, factor, shrink_when_over):
 def test_penalty_variant_adapts_beta_by_the_paper_rule(tmp_path):
     pen = PPO(_tiny(loss="penalty", kl_coef=1.0, kl_target=0.002, total_steps=128 * 6, learning_rate=3e-3))
     pen.learn(run_dir=tmp_path / "pen")
-    rows = [json.loads(l) for l in (tmp_path / "pen" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "pen" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["kl_coef"] == 1.0
-    betas = [r["kl_coef"] for r in rows] + [pen.kl_coef]
+    betas = [r["kl_coef"] for r in rows] + [pen.algorithm.kl_coef]
     for row, beta, nxt in zip(rows, betas, betas[1:]):
         assert nxt == pytest.approx(_expected_next(beta, row["kl_after_update"], 0.002, 2.0, False))
     assert len(set(betas)) > 1  # it did adapt
@@ -100,8 +100,8 @@ def test_penalty_variant_adapts_beta_by_the_paper_rule(tmp_path):
 def test_adaptive_clip_range_follows_the_kl(tmp_path):
     agent = PPO(_tiny(adaptive_clip=True, kl_target=0.002, total_steps=128 * 6, learning_rate=3e-3))
     agent.learn(run_dir=tmp_path / "clip")
-    rows = [json.loads(l) for l in (tmp_path / "clip" / "metrics.jsonl").read_text().splitlines()]
-    eps = [r["clip_range"] for r in rows] + [agent.clip_controller.clip_range]
+    rows = [json.loads(line) for line in (tmp_path / "clip" / "metrics.jsonl").read_text().splitlines()]
+    eps = [r["clip_range"] for r in rows] + [agent.algorithm.clip_controller.clip_range]
     for row, e, nxt in zip(rows, eps, eps[1:]):
         expected = min(max(_expected_next(e, row["kl_after_update"], 0.002, 1.5, True), 0.02), 0.5)
         assert nxt == pytest.approx(expected)
@@ -131,7 +131,7 @@ def test_periodic_checkpoints_keep_the_newest(tmp_path):
     agent = PPO(_tiny(total_steps=128 * 5, checkpoint_every=1, keep_checkpoints=2))
     agent.learn(run_dir=tmp_path / "ck")
     kept = sorted(p.name for p in (tmp_path / "ck" / "checkpoints").iterdir())
-    assert kept == ["step_000000000512", "step_000000000640"]
+    assert kept == ["update_000000000004", "update_000000000005"]
     assert (tmp_path / "ck" / "checkpoints" / kept[-1] / "optimizer.pt").is_file()
     restored = PPO.load(tmp_path / "ck" / "checkpoints" / kept[-1])
     assert restored.global_step == 640
@@ -144,7 +144,7 @@ def test_debugging_checklist_warns_when_updates_overshoot(tmp_path, caplog):
     # A trust region of ±0.1 % with a large step: nearly every ratio lands outside it.
     agent = PPO(_tiny(learning_rate=0.01, clip_range=0.001, num_epochs=10, total_steps=128 * 6, lr_schedule="constant"))
     agent.learn(run_dir=tmp_path / "hot")
-    rows = [json.loads(l) for l in (tmp_path / "hot" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "hot" / "metrics.jsonl").read_text().splitlines()]
     for row in rows:
         flagged = any("clip fraction" in w for w in row.get("warnings", []))
         assert flagged == (row["clip_fraction"] > 0.6)
@@ -157,5 +157,5 @@ def test_debugging_checklist_warns_when_updates_overshoot(tmp_path, caplog):
 def test_gentle_updates_raise_no_warning(tmp_path):
     agent = PPO(_tiny(total_steps=128 * 4))
     agent.learn(run_dir=tmp_path / "calm")
-    rows = [json.loads(l) for l in (tmp_path / "calm" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "calm" / "metrics.jsonl").read_text().splitlines()]
     assert not any(w for r in rows for w in r.get("warnings", []) if "approx KL" in w or "clip fraction" in w)

@@ -1,0 +1,368 @@
+"""PPO on Gymnasium environments: the public facade (learn, predict, evaluate, save, load, resume).
+
+One update is the PPO paper's algorithm box::
+
+    collect T steps from N envs with the current policy          (rollout.py)
+    estimate advantages with GAE(γ, λ)                            (algorithm.py → core.advantages)
+    K epochs of minibatch updates on the clipped surrogate       (algorithm.py → core.update)
+    adapt β / ε, check the run's health                           (algorithm.py, core.health)
+
+and :meth:`PPO.learn` runs updates in the one loop shell (:mod:`ppokit.io.loop`), which logs,
+checkpoints (:mod:`.checkpointing`) and handles signals.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ppokit import runtime
+from ppokit.configuration import replace
+from ppokit.control import checkpointing, fast
+from ppokit.control.algorithm import PPOAlgorithm
+from ppokit.control.config import ControlConfig
+from ppokit.control.envs import check_spaces, make_vector_env
+from ppokit.control.evaluation import evaluate_policy, record_video
+from ppokit.control.networks import ActorCritic, PolicySpec, is_image_space
+from ppokit.control.rollout import ActionAdapter, RolloutCollector, policy_input
+from ppokit.control.spaces_json import space_from_json
+from ppokit.core.health import HealthMonitor
+from ppokit.core.running_stats import RunningMeanStd
+from ppokit.errors import CheckpointError, ConfigError
+from ppokit.io.checkpoints import BEST, checkpoint_path, find_resumable, latest_checkpoint
+from ppokit.io.loop import Callback, LoopPlan, run_loop
+from ppokit.io.run_dir import default_run_dir, holds_run, open_run
+
+log = logging.getLogger("ppokit")
+
+#: Periodic evaluations run their episodes in parallel in up to this many envs.
+MAX_EVAL_ENVS = 32
+
+
+class PPO:
+    """Proximal Policy Optimization for a Gymnasium environment.
+
+    >>> agent = PPO(ControlConfig(env_id="CartPole-v1", total_steps=50_000))   # doctest: +SKIP
+    >>> agent.learn()                                                         # doctest: +SKIP
+    >>> action = agent.predict(obs)                                           # doctest: +SKIP
+    """
+
+    def __init__(self, config: ControlConfig | None = None, **overrides: Any) -> None:
+        config = config or ControlConfig()
+        if overrides:
+            config = replace(config, source="PPO(...)", **overrides)
+        self.config = config
+        self.device = runtime.setup(config.seed, config.device, config.torch_threads)
+        self.env = make_vector_env(config.env_id, config.num_envs, config.env_kwargs, config.vectorization)
+        check_spaces(self.env.single_observation_space, self.env.single_action_space, config.env_id)
+        self._build(self.env.single_observation_space, self.env.single_action_space)
+        self.ensure_env()
+
+    def _build(self, observation_space: Any, action_space: Any) -> None:
+        c = self.config
+        self.observation_space, self.action_space = observation_space, action_space
+        spec = PolicySpec.from_spaces(
+            observation_space, action_space, network=c.network, hidden_sizes=c.hidden_sizes,
+            activation=c.activation, shared_trunk=c.shared_trunk, ortho_init=c.ortho_init,
+            log_std_init=c.log_std_init,
+        )
+        self.policy = ActorCritic(spec).to(self.device)
+        # Builds the optimiser, which may move the parameters into one buffer: before any NumPy views.
+        self.algorithm = PPOAlgorithm(c, self.policy, self.device)
+        image = is_image_space(observation_space)
+        self.obs_rms = RunningMeanStd(tuple(observation_space.shape)) if c.normalize_obs and not image else None
+        self.ret_rms = RunningMeanStd(()) if c.normalize_reward else None
+        self.to_env = ActionAdapter(action_space)
+        self.numpy_policy = None
+        if c.update_backend != "torch" and fast.refusal(spec, self.device) is None:
+            from ppokit.control.fast.policy import NumpyPolicy
+
+            self.numpy_policy = NumpyPolicy(self.policy)
+        self.health = HealthMonitor(
+            target_kl=c.target_kl or (c.kl_target if (c.adaptive_kl and c.loss == "penalty") or c.adaptive_clip else None),
+            normalize_reward=c.normalize_reward, shared_trunk=spec.shared_trunk,
+        )
+        self._predict_rng = np.random.default_rng([c.seed, 3])
+        self._eval_env: Any = None
+        self.global_step = 0
+        self.num_updates = 0
+        self.run_dir: Path | None = None
+        self.collector: RolloutCollector | None = None
+        #: Total steps of the current (or resumed) learn() call; sets the schedules' progress.
+        self.total_steps: int | None = None
+        self.best_eval_return: float | None = None
+        #: The checkpoint this agent was restored from, until learn() continues the run.
+        self.resume_from: Path | None = None
+
+    # ------------------------------------------------------------------ training
+    def learn(
+        self,
+        total_steps: int | None = None,
+        *,
+        run_dir: str | Path | None = None,
+        overwrite: bool = False,
+        resume: bool = False,
+        callback: Callback | None = None,
+    ) -> PPO:
+        """Train until ``total_steps`` environment steps (default: the config's), then save and evaluate.
+
+        Writes the run directory (config, metrics, TensorBoard, checkpoints, final model, eval.json).
+        ``resume=True`` continues the run in ``run_dir`` from its latest checkpoint when it has one
+        (and starts it when the directory holds no run yet), bit-identically to an uninterrupted run
+        where the environments' state could be saved. SIGINT or SIGTERM end the current update,
+        save a checkpoint and raise :class:`~ppokit.errors.TrainingInterrupted`. ``callback`` gets
+        each update's metrics row; returning False stops training.
+        """
+        c = self.config
+        if self.resume_from is not None and self.run_dir is not None:
+            directory = self.run_dir  # made by PPO.resume
+        else:
+            directory = Path(run_dir or c.run_dir or default_run_dir(c.env_id, c.seed))
+        if resume and self.resume_from is None:
+            if run_dir is None and c.run_dir is None:
+                raise ConfigError("resume=True needs the run directory to resume (run_dir)")
+            checkpoint = latest_checkpoint(directory)
+            if checkpoint is not None:
+                checkpointing.restore_checkpoint(self, checkpoint, directory)
+            elif holds_run(directory):
+                raise CheckpointError(
+                    f"run directory {str(directory)!r} holds a run but no checkpoint to resume from; "
+                    "pass --overwrite (overwrite=True) to start over in it"
+                )
+        resuming = self.resume_from is not None
+        self.ensure_env()
+        if total_steps is not None:
+            total = int(total_steps)
+        elif resuming and self.total_steps is not None:
+            total = self.total_steps
+        else:
+            total = c.total_steps
+        # Never exceed the step budget: a partial rollout at the end would be a different batch size.
+        num_updates = max(0, (total - self.global_step) // c.batch_size)
+        if num_updates == 0 and self.global_step == 0:
+            raise ConfigError(
+                f"total_steps = {total} is less than one rollout (num_envs * num_steps = "
+                f"{c.num_envs} * {c.num_steps} = {c.batch_size}); nothing would be trained"
+            )
+        self.total_steps = total
+        self.run_dir, metrics = open_run(
+            directory, replace(c, total_steps=total, run_dir=str(directory)), overwrite=overwrite,
+            resume_update=self.num_updates if resuming else None,
+            purge_step=self.global_step + 1 if resuming else None,
+        )
+        self._final_eval: dict[str, Any] | None = None
+        self._start = (self.global_step, time.perf_counter())
+        plan = LoopPlan(
+            updates=num_updates, desc=c.env_id, checkpoint_every=c.checkpoint_every,
+            checkpoint_minutes=c.checkpoint_minutes, x_axis=lambda record: int(record["global_step"]),
+            progress=c.progress, unit="step", total=total, position=lambda: self.global_step,
+            postfix=lambda r: {"ret": "-" if r["episodic_return"] is None else f"{r['episodic_return']:.1f}"},
+        )
+        try:
+            with metrics:
+                run_loop(self, plan, metrics, callback)
+        finally:
+            self._close_eval_env()
+        self.resume_from = None
+        self.save(self.run_dir / "model")
+        result = self._final_eval
+        if result is None and c.eval_episodes > 0:
+            result = self.evaluate(c.eval_episodes, deterministic=c.eval_deterministic)
+        if result is not None:
+            from ppokit.io.atomic import atomic_write_json
+
+            atomic_write_json(self.run_dir / "eval.json", result)
+        return self
+
+    def update(self) -> dict[str, Any]:
+        """One update: collect a rollout, estimate advantages, run the K epochs; its metrics row."""
+        assert self.collector is not None
+        fraction = self.global_step / self.total_steps if self.total_steps else 0.0
+        rollout = self.collector.collect()
+        self.global_step += self.config.batch_size
+        stats = self.algorithm.update(rollout, fraction)
+        self.num_updates += 1
+        returns, lengths = self.collector.episode_returns, self.collector.episode_lengths
+        record: dict[str, Any] = {
+            "global_step": self.global_step,
+            "update": self.num_updates,
+            "episodic_return": float(np.mean(returns)) if returns else None,
+            "episodic_length": float(np.mean(lengths)) if lengths else None,
+            "episodes": len(self.collector.last_finished[0]),
+            **stats,
+        }
+        self.health.check(record, fraction, self.num_updates)
+        return record
+
+    def after_update(self, record: dict[str, Any]) -> bool:
+        """Throughput, and the periodic evaluation; True once it reaches ``stop_at_return``."""
+        c = self.config
+        start_step, start_time = self._start
+        elapsed = time.perf_counter() - start_time
+        record["sps"] = (self.global_step - start_step) / max(elapsed, 1e-9)
+        record["time_elapsed"] = elapsed
+        if not (c.eval_every and self.num_updates % c.eval_every == 0):
+            return False
+        result = self._periodic_eval(c.eval_episodes)
+        record["eval_return"] = result["mean_return"]
+        if c.stop_at_return is None or result["mean_return"] < c.stop_at_return:
+            return False
+        self._final_eval = result
+        log.info("update %d: evaluation mean return %.2f reached stop_at_return %.2f; stopping",
+                 self.num_updates, result["mean_return"], c.stop_at_return)
+        return True
+
+    def _periodic_eval(self, episodes: int) -> dict[str, Any]:
+        """Evaluate now; keep the policy in ``RUN_DIR/best`` when it is the best so far."""
+        assert self.run_dir is not None
+        if self._eval_env is None:
+            # Kept for the whole run, one env per episode: each evaluation is then as many vector
+            # steps as its longest episode, with no env construction.
+            self._eval_env = make_vector_env(self.config.env_id, min(episodes, MAX_EVAL_ENVS), self.config.env_kwargs)
+        # A new seed per evaluation, so "best" is not chosen on one fixed set of start states.
+        result = self.evaluate(episodes, deterministic=self.config.eval_deterministic,
+                               seed=self.config.seed + 10_000 + self.num_updates, env=self._eval_env)
+        if self.best_eval_return is None or result["mean_return"] > self.best_eval_return:
+            self.best_eval_return = result["mean_return"]
+
+            def extra(tmp: Path) -> None:
+                (tmp / "eval.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+            checkpointing.save_model(self, self.run_dir / BEST, extra=extra)
+        return result
+
+    # ------------------------------------------------------------------ acting
+    def predict(self, obs: np.ndarray, deterministic: bool = True, rng: np.random.Generator | None = None
+                ) -> np.ndarray:
+        """Actions for one observation or a batch, in the env's format (clipped to Box bounds).
+
+        Stochastic actions of fast-path policies are drawn from ``rng`` (default: a generator of the
+        agent's own, never the training one); other policies draw from torch's generator."""
+        obs = np.asarray(obs)
+        single = obs.shape == tuple(self.observation_space.shape)
+        batch = obs[None] if single else obs
+        if tuple(batch.shape[1:]) != tuple(self.observation_space.shape):
+            raise ValueError(
+                f"predict: observation shape {obs.shape} does not match the policy's "
+                f"{tuple(self.observation_space.shape)} (or a batch of them)"
+            )
+        image = self.observation_space.dtype == np.uint8
+        x = policy_input(batch, self.obs_rms, self.config.clip_obs, image=image)
+        if self.numpy_policy is not None:
+            action = self.numpy_policy.action(x, rng or self._predict_rng, deterministic)
+        else:
+            with torch.inference_mode():
+                action = self.policy.act(torch.as_tensor(x, device=self.device), deterministic)[0]
+        out = self.to_env(action)
+        return out[0] if single else out
+
+    def evaluate(
+        self, episodes: int = 20, deterministic: bool = True, seed: int | None = None,
+        video_dir: str | Path | None = None, env: Any = None,
+    ) -> dict[str, Any]:
+        """Mean and std of the return over ``episodes`` fresh episodes, as written to eval.json.
+
+        ``env``: a vector env of this task to play them in (reset with ``seed``); by default one is
+        made for the call and closed after it."""
+        seed = self.config.seed + 10_000 if seed is None else seed
+        rng = np.random.default_rng([seed, 2])
+
+        def act(obs: np.ndarray, det: bool) -> np.ndarray:
+            return self.predict(obs, det, rng)
+
+        # Stochastic evaluation of a torch-path policy draws from torch's generator; training must
+        # not see those draws, or evaluating during a run would change its results.
+        with torch.random.fork_rng(devices=[]):
+            if video_dir is not None:
+                result = record_video(act, self.config.env_id, episodes, video_dir,
+                                      env_kwargs=self.config.env_kwargs, deterministic=deterministic, seed=seed)
+            else:
+                result = evaluate_policy(act, self.config.env_id, episodes, env_kwargs=self.config.env_kwargs,
+                                         deterministic=deterministic, seed=seed, env=env)
+        result["global_step"] = self.global_step  # which policy was evaluated
+        return result
+
+    # ------------------------------------------------------------------ saving and loading
+    def save(self, path: str | Path) -> Path:
+        """Write the policy (safetensors) and its metadata (JSON) to directory ``path``, atomically."""
+        return checkpointing.save_model(self, path)
+
+    def save_checkpoint(self) -> Path:
+        """A resumable checkpoint ``RUN_DIR/checkpoints/update_<N>`` (weights, optimizer, RNGs, envs,
+        counters); keeps the newest ``keep_checkpoints``."""
+        return checkpointing.save_checkpoint(self)
+
+    def checkpoint_path(self) -> Path:
+        assert self.run_dir is not None
+        return checkpoint_path(self.run_dir, self.num_updates)
+
+    @classmethod
+    def load(cls, path: str | Path, **overrides: Any) -> PPO:
+        """Load a saved policy from a model or checkpoint directory, or a run directory (its ``model``).
+
+        The environment is created from the saved config (``overrides`` may change fields such as
+        ``num_envs`` or ``device``), so the result can ``predict``, ``evaluate`` and ``learn`` more.
+        Use :meth:`resume` to continue a run exactly where it stopped.
+        """
+        model_dir = checkpointing.find_model_dir(path)
+        state = checkpointing.read_state(model_dir)
+        agent = cls.__new__(cls)
+        agent.config = checkpointing.saved_config(model_dir, state, overrides)
+        runtime.set_threads(agent.config.torch_threads)
+        agent.device = runtime.resolve_device(agent.config.device)
+        agent.env = None  # made on demand by learn()
+        try:
+            observation_space = space_from_json(state["observation_space"])
+            action_space = space_from_json(state["action_space"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{model_dir / checkpointing.STATE_FILE}: bad saved spaces ({err})") from None
+        agent._build(observation_space, action_space)
+        checkpointing.load_weights(agent, model_dir, state)
+        return agent
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, **overrides: Any) -> PPO:
+        """The run in ``run_dir`` as of its latest checkpoint, ready for :meth:`learn` to continue.
+
+        ``overrides`` change config fields for the rest of the run (``progress``, ``device``, …);
+        changing ones that shape the batch breaks exactness.
+        """
+        checkpoint = find_resumable(run_dir)
+        agent = cls.load(checkpoint, **overrides)
+        checkpointing.restore_training(agent, checkpoint, Path(run_dir))
+        return agent
+
+    def ensure_env(self, reset: bool = True) -> None:
+        """Create the training env if needed (after :meth:`load`) and start collecting from it.
+
+        Envs are seeded with ``seed + num_updates`` so a loaded agent does not replay the episodes
+        its first run began with. ``reset=False`` leaves that to a state restore.
+        """
+        if self.collector is not None:
+            return
+        c = self.config
+        if self.env is None:
+            self.env = make_vector_env(c.env_id, c.num_envs, c.env_kwargs, c.vectorization)
+        self.collector = RolloutCollector(
+            self.env, self.policy, self.device, c.num_steps, numpy_policy=self.numpy_policy,
+            obs_rms=self.obs_rms, ret_rms=self.ret_rms, gamma=c.gamma, clip_obs=c.clip_obs,
+            clip_reward=c.clip_reward,
+        )
+        if reset:
+            self.collector.reset(seed=c.seed + self.num_updates)
+
+    def close(self) -> None:
+        if self.env is not None:
+            self.env.close()
+        self._close_eval_env()
+
+    def _close_eval_env(self) -> None:
+        if self._eval_env is not None:
+            self._eval_env.close()
+            self._eval_env = None

@@ -1,0 +1,144 @@
+"""One PPO update of an actor-critic, from a rollout: the algorithm box, minus the loop around it.
+
+    batch  = GAE(γ, λ) over the rollout, flattened to its valid steps        make_batch
+    stats  = K epochs of minibatch updates on the surrogate                    ppokit.core.update
+    β / ε  = the adaptive controllers, from the KL the update caused          here
+
+Which implementation runs the minibatch step is decided once, here: the reference
+(:class:`~ppokit.core.update.AutogradStep`) or, where its allow-list accepts the policy and the
+settings, the fast path's NumPy step (:mod:`ppokit.control.fast`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ppokit.control import fast
+from ppokit.control.config import ControlConfig
+from ppokit.control.networks import ActorCritic
+from ppokit.control.rollout import Rollout
+from ppokit.core.advantages import gae
+from ppokit.core.diagnostics import explained_variance
+from ppokit.core.kl import AdaptiveClipController, AdaptiveKLController, kl_k3
+from ppokit.core.optim import Optimizer, make_adamw
+from ppokit.core.schedules import make_schedule
+from ppokit.core.update import AutogradStep, MinibatchStep, PPOUpdateSettings, run_epochs
+from ppokit.errors import CheckpointError
+
+
+def make_batch(rollout: Rollout, gamma: float, gae_lambda: float) -> dict[str, Tensor]:
+    """GAE over the rollout, then the valid steps flattened into one batch."""
+    following = torch.cat([rollout.values[1:], rollout.last_value.unsqueeze(0)])
+    # Termination: the future is worth nothing. Truncation: the following step's input is the
+    # true final observation (next-step autoreset), so ``following`` already bootstraps from it.
+    next_values = torch.where(rollout.terminated, torch.zeros_like(following), following)
+    episode_ends = rollout.terminated | rollout.truncated
+    advantages, returns = gae(rollout.rewards, rollout.values, next_values, episode_ends, gamma, gae_lambda)
+    keep = rollout.valid.reshape(-1).nonzero().squeeze(1)
+
+    def flat(x: Tensor) -> Tensor:
+        return x.reshape(-1, *x.shape[2:]).index_select(0, keep)
+
+    return {
+        "obs": flat(rollout.obs), "actions": flat(rollout.actions), "logp": flat(rollout.logp),
+        "values": flat(rollout.values), "advantages": flat(advantages), "returns": flat(returns),
+    }
+
+
+def make_optimizer(policy: ActorCritic, config: ControlConfig, device: torch.device) -> Optimizer:
+    """Adam. On a CPU, for MLP policies, over one flat buffer (the fast path's FlatAdam: torch's
+    per-tensor dispatch costs more than a small network's arithmetic there); elsewhere, and with
+    ``update_backend='torch'``, torch's own."""
+    if device.type == "cpu" and policy.spec.encoder == "mlp" and config.update_backend != "torch":
+        from ppokit.control.fast.flat_adam import FlatAdam
+
+        return FlatAdam(policy.parameters(), lr=config.learning_rate, eps=config.adam_eps)
+    return make_adamw(policy.parameters(), lr=config.learning_rate, eps=config.adam_eps)
+
+
+class PPOAlgorithm:
+    """The update of a control run: optimiser, schedules, controllers, and the choice of minibatch step."""
+
+    def __init__(self, config: ControlConfig, policy: ActorCritic, device: torch.device) -> None:
+        c = self.config = config
+        self.policy, self.device = policy, device
+        self.optimizer = make_optimizer(policy, config, device)
+        self.lr_schedule = make_schedule(c.lr_schedule, c.learning_rate)
+        self.clip_schedule = make_schedule(c.clip_schedule, c.clip_range)
+        self.kl_controller = (
+            AdaptiveKLController(c.kl_coef, c.kl_target) if c.loss == "penalty" and c.adaptive_kl else None
+        )
+        self.clip_controller = AdaptiveClipController(c.clip_range, c.kl_target) if c.adaptive_clip else None
+        #: The NumPy minibatch step runs the updates (where it is selected, the optimiser is FlatAdam,
+        #: whose gradient views it writes into).
+        self.fast_update = fast.select(c.update_backend, policy.spec, device, self.settings(0.0))
+
+    @property
+    def kl_coef(self) -> float:
+        return self.kl_controller.beta if self.kl_controller is not None else self.config.kl_coef
+
+    def clip_range(self, fraction: float) -> float:
+        if self.clip_controller is not None:
+            return self.clip_controller.clip_range
+        return self.clip_schedule(fraction)
+
+    def settings(self, fraction: float) -> PPOUpdateSettings:
+        c = self.config
+        return PPOUpdateSettings(
+            num_epochs=c.num_epochs, num_minibatches=c.num_minibatches, clip_range=self.clip_range(fraction),
+            vf_coef=c.vf_coef, ent_coef=c.ent_coef, max_grad_norm=c.max_grad_norm if c.max_grad_norm > 0 else None,
+            clip_range_vf=c.clip_range_vf, whiten_advantages=c.whiten_advantages, target_kl=c.target_kl,
+            loss=c.loss, kl_coef=self.kl_coef, skip_nonfinite=c.on_nonfinite == "skip",
+        )
+
+    def minibatch_step(self, batch: dict[str, Tensor], settings: PPOUpdateSettings) -> MinibatchStep:
+        obs, actions = batch["obs"], batch["actions"]
+        # Checked again per update: settings change over a run (scheduled ε, adaptive β).
+        if self.fast_update and fast.refusal(self.policy.spec, self.device, settings) is None:
+            from ppokit.control.fast.update import NumpyMinibatchStep
+
+            return NumpyMinibatchStep(self.policy, obs, actions, batch, settings)
+        return AutogradStep(batch, lambda idx: self.policy.evaluate(obs[idx], actions[idx]), settings)
+
+    def update(self, rollout: Rollout, fraction: float) -> dict[str, Any]:
+        """K epochs on the rollout at ``fraction`` of training done; the update's statistics."""
+        c = self.config
+        lr = self.lr_schedule(fraction)
+        self.optimizer.set_learning_rate(lr)
+        settings = self.settings(fraction)
+        batch = make_batch(rollout, c.gamma, c.gae_lambda)
+        step = self.minibatch_step(batch, settings)
+        stats = run_epochs(step, batch["logp"].shape[0], self.optimizer, settings, device=batch["logp"].device)
+        if self.kl_controller is not None or self.clip_controller is not None:
+            with torch.no_grad():
+                logp_new, _, _ = self.policy.evaluate(batch["obs"], batch["actions"])
+                kl_after = float(kl_k3(logp_new - batch["logp"]).mean())
+            stats["kl_after_update"] = kl_after
+            if self.kl_controller is not None:
+                self.kl_controller.update(kl_after)
+            if self.clip_controller is not None:
+                self.clip_controller.update(kl_after)
+        stats["explained_variance"] = explained_variance(batch["values"], batch["returns"])
+        stats["learning_rate"] = lr
+        stats["clip_range"] = settings.clip_range
+        stats["kl_coef"] = settings.kl_coef
+        return stats
+
+    def state_dict(self) -> dict[str, Any]:
+        """The adaptive controllers' state (the optimiser's is saved on its own)."""
+        return {
+            "kl_controller": self.kl_controller.state_dict() if self.kl_controller else None,
+            "clip_controller": self.clip_controller.state_dict() if self.clip_controller else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], where: str) -> None:
+        try:
+            if self.kl_controller is not None and state.get("kl_controller"):
+                self.kl_controller.load_state_dict(state["kl_controller"])
+            if self.clip_controller is not None and state.get("clip_controller"):
+                self.clip_controller.load_state_dict(state["clip_controller"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{where}: bad controller state ({err})") from None

@@ -1,0 +1,234 @@
+"""Saving, loading and resuming a control agent.
+
+A saved policy (``RUN_DIR/model``, ``RUN_DIR/best``) is a directory of ``model.safetensors`` (the
+policy's weights and the observation/return normalisers) and ``state.json`` (config, spaces,
+counters, controller state). A resumable checkpoint (``RUN_DIR/checkpoints/update_<N>``) adds
+``optimizer.pt`` (read with ``weights_only=True``) and ``resume.json``: RNG states, the rollout
+collector's and the envs' state, the health monitor, written last so its presence marks a
+complete checkpoint. Every directory is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ppokit import __version__
+from ppokit.configuration import from_mapping, to_dict
+from ppokit.control.config import ControlConfig
+from ppokit.control.env_state import capture_env_state, restore_env_state
+from ppokit.control.spaces_json import space_to_json
+from ppokit.errors import CheckpointError, ConfigError
+from ppokit.io.atomic import atomic_write_dir, recover_dir
+from ppokit.io.checkpoints import RESUME_FILE, checkpoint_path, load_torch_state, prune_checkpoints, read_resume_state
+from ppokit.io.rng import rng_state, set_rng_state
+from ppokit.io.state_codec import decode, encode
+
+if TYPE_CHECKING:
+    from ppokit.control.agent import PPO
+
+log = logging.getLogger("ppokit")
+
+#: Versions of state.json and resume.json (2: the vocabulary shared with RLHF, the health monitor's state).
+CHECKPOINT_FORMAT = 2
+RESUME_FORMAT = 2
+KIND = "ppokit.control"
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+#: Config fields a resumed run must share with the run that wrote the checkpoint.
+SHAPING_FIELDS = ("env_id", "num_envs", "num_steps", "hidden_sizes", "network", "shared_trunk")
+
+
+def _tensors(agent: PPO) -> dict[str, torch.Tensor]:
+    # clone: the parameters may be views of one buffer (FlatAdam), and safetensors refuses shared memory.
+    tensors = {f"policy.{k}": v.detach().cpu().clone() for k, v in agent.policy.state_dict().items()}
+    for name, rms in (("obs_rms", agent.obs_rms), ("ret_rms", agent.ret_rms)):
+        if rms is not None:
+            tensors.update({f"{name}.{k}": v.contiguous() for k, v in rms.state_dict().items()})
+    return tensors
+
+
+def _state(agent: PPO) -> dict[str, Any]:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "kind": KIND,
+        "ppokit_version": __version__,
+        "config": to_dict(agent.config),
+        "observation_space": space_to_json(agent.observation_space),
+        "action_space": space_to_json(agent.action_space),
+        "global_step": agent.global_step,
+        "num_updates": agent.num_updates,
+        **agent.algorithm.state_dict(),
+    }
+
+
+def save_model(agent: PPO, path: str | Path, include_optimizer: bool = False,
+               extra: Callable[[Path], None] | None = None) -> Path:
+    """Write the policy (safetensors) and its metadata (JSON) to directory ``path``, atomically."""
+    path = Path(path)
+
+    def fill(tmp: Path) -> None:
+        save_file(_tensors(agent), str(tmp / MODEL_FILE))
+        (tmp / STATE_FILE).write_text(json.dumps(_state(agent), indent=2) + "\n", encoding="utf-8")
+        if include_optimizer:
+            torch.save(agent.algorithm.optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+        if extra is not None:
+            extra(tmp)
+
+    atomic_write_dir(path, fill)
+    return path
+
+
+def save_checkpoint(agent: PPO) -> Path:
+    """A resumable checkpoint of the agent's run; keeps the newest ``keep_checkpoints``."""
+    assert agent.run_dir is not None and agent.collector is not None and agent.env is not None
+    env_state, why = capture_env_state(agent.env)
+    resume_state = {
+        "format": RESUME_FORMAT,
+        "kind": KIND,
+        "global_step": agent.global_step,
+        "num_updates": agent.num_updates,
+        "total_steps": agent.total_steps,
+        "best_eval_return": agent.best_eval_return,
+        "health": agent.health.state_dict(),
+        "rng": rng_state(),
+        "collector": encode(agent.collector.state_dict()),
+        "env": env_state,
+        "env_not_saved": why,
+    }
+
+    def write_resume(tmp: Path) -> None:
+        # Written last: its presence marks the checkpoint complete (see io.checkpoints).
+        (tmp / RESUME_FILE).write_text(json.dumps(resume_state) + "\n", encoding="utf-8")
+
+    path = save_model(agent, checkpoint_path(agent.run_dir, agent.num_updates), include_optimizer=True,
+                      extra=write_resume)
+    prune_checkpoints(agent.run_dir, agent.config.keep_checkpoints)
+    return path
+
+
+def find_model_dir(path: str | Path) -> Path:
+    """The saved policy in ``path``: the directory itself, or its ``model`` folder (a run directory)."""
+    path = recover_dir(path)
+    if not path.exists():
+        raise CheckpointError(f"run or model directory {str(path)!r} does not exist")
+    recover_dir(path / "model")
+    for candidate in (path, path / "model"):
+        if (candidate / STATE_FILE).is_file():
+            return candidate
+    raise CheckpointError(
+        f"{str(path)!r} holds no saved policy (expected {STATE_FILE} and {MODEL_FILE} in it or in its "
+        "'model' folder; was training finished or checkpointed?)"
+    )
+
+
+def read_state(model_dir: Path) -> dict[str, Any]:
+    """A saved policy's ``state.json``, checked to be a control checkpoint of a format this ppokit reads."""
+    file = model_dir / STATE_FILE
+    try:
+        state = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{file}: unreadable checkpoint metadata ({err})") from None
+    if not isinstance(state, Mapping) or state.get("kind") != KIND:
+        raise CheckpointError(f"{file}: not a ppokit control checkpoint")
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{file}: checkpoint format {state.get('format')!r} is not supported by ppokit {__version__} "
+            f"(expected {CHECKPOINT_FORMAT})"
+        )
+    if not isinstance(state.get("config"), Mapping):
+        raise CheckpointError(f"{file}: checkpoint has no config")
+    return dict(state)
+
+
+def saved_config(model_dir: Path, state: Mapping[str, Any], overrides: Mapping[str, Any]) -> ControlConfig:
+    try:
+        return from_mapping(ControlConfig, {**state["config"], **overrides}, f"{model_dir / STATE_FILE}")
+    except ConfigError as err:
+        raise CheckpointError(f"{model_dir}: saved config is not valid for this ppokit: {err}") from None
+
+
+def load_weights(agent: PPO, model_dir: Path, state: Mapping[str, Any]) -> None:
+    """Weights, normaliser statistics, counters, controllers and (if saved) optimizer state."""
+    _load_tensors(agent, model_dir)
+    agent.global_step = int(state.get("global_step", 0))
+    agent.num_updates = int(state.get("num_updates", 0))
+    agent.algorithm.load_state_dict(dict(state), str(model_dir / STATE_FILE))
+    optimizer_path = model_dir / OPTIMIZER_FILE
+    if optimizer_path.exists():
+        try:
+            agent.algorithm.optimizer.load_state_dict(load_torch_state(optimizer_path, agent.device))
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise CheckpointError(f"{optimizer_path}: optimizer state does not fit this network ({err})") from None
+
+
+def _load_tensors(agent: PPO, model_dir: Path) -> None:
+    file = model_dir / MODEL_FILE
+    try:
+        tensors = load_file(str(file))
+    except Exception as err:  # noqa: BLE001 - safetensors raises several types for bad files
+        raise CheckpointError(f"{file}: not a readable safetensors file ({err})") from None
+    policy_state = {k[len("policy."):]: v for k, v in tensors.items() if k.startswith("policy.")}
+    try:
+        agent.policy.load_state_dict(policy_state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{file}: weights do not fit the configured network: {err}") from None
+    for name, rms in (("obs_rms", agent.obs_rms), ("ret_rms", agent.ret_rms)):
+        if rms is not None:
+            try:
+                rms.load_state_dict({k: tensors[f"{name}.{k}"] for k in ("mean", "var", "count")})
+            except (KeyError, ValueError) as err:
+                raise CheckpointError(f"{file}: missing or bad {name} statistics ({err})") from None
+
+
+def restore_checkpoint(agent: PPO, checkpoint: Path, run_dir: Path) -> None:
+    """Load a checkpoint of this same run into a freshly built agent."""
+    state = read_state(checkpoint)
+    saved = state["config"]
+    for key in SHAPING_FIELDS:
+        if key in saved and saved[key] != getattr(agent.config, key):
+            raise CheckpointError(
+                f"{checkpoint}: the run was made with {key} = {saved[key]!r}, this config has "
+                f"{getattr(agent.config, key)!r}; resume it with `ppokit resume {run_dir}`"
+            )
+    load_weights(agent, checkpoint, state)
+    restore_training(agent, checkpoint, run_dir)
+
+
+def restore_training(agent: PPO, checkpoint: Path, run_dir: Path) -> None:
+    """The state beyond the weights: counters, health, envs, collector, RNGs (``resume.json``)."""
+    file = checkpoint / RESUME_FILE
+    resume = read_resume_state(checkpoint, KIND, RESUME_FORMAT)
+    try:
+        agent.total_steps = resume["total_steps"]
+        agent.best_eval_return = resume["best_eval_return"]
+        agent.health.load_state_dict(resume["health"])
+        # No reset when the env state is restored: a reset would feed its observations into
+        # the restored normalisation statistics.
+        agent.ensure_env(reset=resume["env"] is None)
+        assert agent.collector is not None
+        if resume["env"] is not None:
+            restore_env_state(agent.env, resume["env"])
+            agent.collector.load_state_dict(decode(resume["collector"]))
+        else:
+            # Envs whose state cannot be saved start fresh (seeded) episodes; the statistics of
+            # finished episodes carry over.
+            log.warning("resuming with fresh episodes, not bit-identically: %s", resume["env_not_saved"])
+            collector = decode(resume["collector"])
+            agent.collector.episode_returns.extend(collector["episode_returns"])
+            agent.collector.episode_lengths.extend(collector["episode_lengths"])
+            agent.collector.episodes_total = int(collector["episodes_total"])
+        set_rng_state(resume["rng"])
+    except CheckpointError as err:
+        raise CheckpointError(f"{file}: {err}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"{file}: bad or incompatible resume state ({type(err).__name__}: {err})") from None
+    agent.run_dir = run_dir
+    agent.resume_from = checkpoint

@@ -1,0 +1,158 @@
+"""The four roles of RLHF PPO as models: the policy, the frozen reference, the critic, and what trains.
+
+- **policy**: the causal LM being tuned, optionally with LoRA adapters (peft);
+- **reference**: a frozen copy of the starting policy, or, with LoRA, the same model with its adapters
+  switched off (no second copy of the weights);
+- **critic**: a separate scalar-head model (initialised from the reward model or the policy), or a
+  value head on the policy's own trunk;
+- **trainable**: the module whose parameters the optimiser updates and a checkpoint saves.
+
+The reward sources, the fourth kind of model, live in :mod:`ppokit.rlhf.rewards`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ppokit.errors import ConfigError
+from ppokit.io.atomic import atomic_write_dir
+from ppokit.rlhf.config import RLHFConfig
+from ppokit.rlhf.generation import Completions, completion_logits
+from ppokit.rlhf.models import (
+    PolicyWithValueHead,
+    ScalarHeadModel,
+    fuse_activations,
+    hidden_size_of,
+    load_causal_lm,
+    load_reward_model,
+    trunk_of,
+)
+from ppokit.rlhf.rewards import CombinedReward, RewardModelScorer
+
+log = logging.getLogger("ppokit")
+
+
+class PPOModels:
+    """Builds and runs the policy, reference and critic of an RLHF PPO run."""
+
+    def __init__(self, config: RLHFConfig, reward: CombinedReward, dtype: torch.dtype, device: torch.device) -> None:
+        self.config, self.dtype, self.device = config, dtype, device
+        c = config
+        policy = load_causal_lm(c.policy, dtype, device, c.trust_remote_code)
+        self.reference: nn.Module | None = None
+        if c.lora:
+            try:
+                from peft import LoraConfig, get_peft_model
+            except ImportError as err:  # pragma: no cover - the rlhf extra installs it
+                raise ConfigError("lora: true needs the 'peft' package (pip install ppokit[rlhf])") from err
+            lora = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
+                              target_modules=c.lora_target_modules, task_type="CAUSAL_LM")
+            try:
+                policy = get_peft_model(policy, lora)
+            except ValueError as err:
+                raise ConfigError(f"LoRA: {err}; set lora_target_modules") from None
+        if c.reference is not None or not c.lora:
+            # A frozen copy. Without LoRA it must be a second set of weights; with LoRA and an
+            # explicit reference it is the model the user named.
+            self.reference = load_causal_lm(c.reference or c.policy, dtype, device, c.trust_remote_code)
+            self.reference.requires_grad_(False).eval()
+        self.policy: nn.Module = policy
+
+        self.critic: ScalarHeadModel | None = None
+        self.with_head: PolicyWithValueHead | None = None
+        if c.value_model == "head":
+            self.with_head = PolicyWithValueHead(policy).to(device)
+            self.trainable: nn.Module = self.with_head
+        else:
+            self.critic = self._build_critic(reward).to(device)
+            self.trainable = nn.ModuleDict({"policy": policy, "critic": self.critic})
+        # Dropout off throughout: the rollout's log-probs and the first epoch's must agree exactly,
+        # or the ratio starts away from 1 for no reason.
+        self.trainable.eval()
+
+    def _build_critic(self, reward: CombinedReward) -> ScalarHeadModel:
+        c = self.config
+        if c.value_init == "reward":
+            scorer = next((s for s in reward.sources if isinstance(s, RewardModelScorer)), None)
+            if scorer is not None:
+                # A second load: the critic trains while the scorer's copy stays frozen.
+                reward_model = load_reward_model(scorer.name, self.dtype, self.device, c.trust_remote_code)
+                if reward_model.kind == "value_head":
+                    model: ScalarHeadModel = reward_model.model
+                    return model
+                return ScalarHeadModel.from_sequence_classifier(reward_model.model)
+            log.info("value_init is 'reward' but no reward model is among the reward sources; "
+                     "initialising the critic from the policy")
+        from transformers import AutoModel
+
+        trunk = AutoModel.from_pretrained(c.policy, dtype=self.dtype, trust_remote_code=c.trust_remote_code)
+        return ScalarHeadModel(fuse_activations(trunk), hidden_size_of(trunk))
+
+    @contextlib.contextmanager
+    def reference_model(self) -> Iterator[nn.Module]:
+        """The frozen reference: a separate model, or the policy with its LoRA adapter disabled."""
+        if self.reference is not None:
+            yield self.reference
+        else:
+            with self.policy.disable_adapter():  # type: ignore[operator]  # a peft model
+                yield self.policy
+
+    def policy_forward(self, batch: Completions, rows: Tensor | slice = slice(None)) -> tuple[Tensor, Tensor | None]:
+        """Completion logits and (with a value head) values, for the selected rows."""
+        ids, mask = batch.input_ids[rows], batch.attention_mask[rows]
+        pos = batch.position_ids[rows]
+        if self.with_head is not None:
+            logits, values = self.with_head(ids, mask, pos)
+            return completion_logits(logits, batch.prompt_length), completion_logits(values, batch.prompt_length)
+        logits = self.policy(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
+        return completion_logits(logits, batch.prompt_length), None
+
+    def values(self, batch: Completions, rows: Tensor | slice = slice(None)) -> Tensor:
+        """The separate critic's values of the completion tokens, for the selected rows."""
+        assert self.critic is not None
+        values = self.critic(batch.input_ids[rows], batch.attention_mask[rows], batch.position_ids[rows])
+        return completion_logits(values, batch.prompt_length)
+
+    def reference_logits(self, batch: Completions) -> Tensor:
+        with self.reference_model() as reference:
+            logits = reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                               position_ids=batch.position_ids, use_cache=False).logits
+        return completion_logits(logits, batch.prompt_length)
+
+    def save(self, directory: str | Path, tokenizer: Any) -> None:
+        """Write ``policy/`` (an ordinary ``save_pretrained`` causal LM, LoRA merged in, plus the
+        adapter alone in ``policy_adapter/``) and ``value_model/`` (trunk + ``scalar_head.safetensors``)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        lora = self.config.lora
+
+        def write_policy(tmp: Path) -> None:
+            if lora:
+                merged = copy.deepcopy(self.policy).merge_and_unload()  # type: ignore[operator]
+                merged.save_pretrained(tmp)
+                del merged
+            else:
+                self.policy.save_pretrained(tmp)  # type: ignore[operator]
+            tokenizer.save_pretrained(tmp)
+
+        atomic_write_dir(directory / "policy", write_policy)
+        if lora:
+            atomic_write_dir(directory / "policy_adapter", lambda tmp: self.policy.save_pretrained(tmp))  # type: ignore[operator]
+        if self.critic is not None:
+            atomic_write_dir(directory / "value_model", self.critic.save)
+        elif self.with_head is not None:
+            policy = self.policy
+            base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+            head = self.with_head.value_head
+
+            def write_value(tmp: Path) -> None:
+                ScalarHeadModel(trunk_of(base), head.in_features, head).save(tmp)
+            atomic_write_dir(directory / "value_model", write_value)

@@ -1,0 +1,318 @@
+"""PPO for a causal language model: the RLHF loop of Ziegler et al. (2019) and InstructGPT.
+
+One update, top to bottom::
+
+    batch  = collect(prompts)        generate, score, forward passes                  rollout.py
+    Â, R̂   = token_advantages(batch) r_t = −β·KL_t (+ s at the last token), GAE(γ, λ)  advantages.py
+    stats  = ppo_update(...)          K epochs × minibatches of clipped PPO             ppokit.core.update
+    β      ← controller(KL)                                                            ppokit.core.kl
+    record = update_metrics(...)                                                       here
+
+:meth:`RLHFTrainer.learn` runs updates in the one loop shell (:mod:`ppokit.io.loop`) the control
+front end uses too. The maths lives in :mod:`ppokit.core`; this module only arranges tokens into its
+inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ppokit.core.advantages import masked_mean
+from ppokit.core.diagnostics import explained_variance
+from ppokit.core.health import HealthMonitor
+from ppokit.core.kl import ProportionalKLController
+from ppokit.core.optim import make_adamw
+from ppokit.core.schedules import make_schedule
+from ppokit.core.update import PPOUpdateSettings, ppo_update
+from ppokit.errors import CheckpointError, ConfigError
+from ppokit.io.atomic import atomic_write_json
+from ppokit.io.checkpoints import checkpoint_path, find_resumable, latest_checkpoint, read_resume_state
+from ppokit.io.loop import Callback, LoopPlan, run_loop
+from ppokit.io.metrics import MetricsLogger
+from ppokit.io.run_dir import default_run_dir, holds_run, open_run
+from ppokit.rlhf import checkpointing
+from ppokit.rlhf import data as rdata
+from ppokit.rlhf.advantages import TokenAdvantages, token_advantages
+from ppokit.rlhf.common import runtime
+from ppokit.rlhf.config import RLHFConfig
+from ppokit.rlhf.generation import token_entropy, token_logprobs
+from ppokit.rlhf.models import load_tokenizer
+from ppokit.rlhf.rewards import build_reward
+from ppokit.rlhf.roles import PPOModels
+from ppokit.rlhf.rollout import RolloutBatch, collect
+
+RewardSpec = str | Callable[..., Sequence[float]]
+
+
+class RLHFTrainer:
+    """PPO-train a causal LM against a reward.
+
+    ``prompts`` (a ``datasets.Dataset`` or list of dicts with the prompt column) replaces
+    ``config.data``; ``rewards`` (reward-model paths, ``'module:function'`` strings or Python
+    callables) replaces ``config.rewards``. ``resume=True`` continues the run in ``run_dir`` from its
+    latest checkpoint (bit-identically on one CPU thread), or starts it when there is no run yet.
+    """
+
+    def __init__(
+        self,
+        config: RLHFConfig,
+        prompts: Any = None,
+        rewards: Sequence[RewardSpec] | None = None,
+        run_dir: str | Path | None = None,
+        overwrite: bool = False,
+        resume: bool = False,
+    ) -> None:
+        self.config = c = config
+        checkpoint, resume_state = None, None
+        directory = Path(run_dir or c.run_dir or default_run_dir("rlhf-ppo", c.seed))
+        if resume:
+            if run_dir is None and c.run_dir is None:
+                raise ConfigError("resume needs the run directory to continue (run_dir)")
+            checkpoint = latest_checkpoint(directory)
+            if checkpoint is not None:
+                resume_state = read_resume_state(checkpoint, checkpointing.KIND, checkpointing.RESUME_FORMAT)
+            elif holds_run(directory):
+                raise CheckpointError(f"run directory {str(directory)!r} holds a run but no checkpoint to "
+                                      "resume from; pass --overwrite (overwrite=True) to start over in it")
+        self.device, self.dtype = runtime(c)
+        self.tokenizer = load_tokenizer(c.policy, c.trust_remote_code)
+
+        loaded = rdata.load(prompts if prompts is not None else c.data, {"prompt": (c.prompt_column, "text")},
+                            c.skip_bad_rows)
+        lengths = [len(ids) for ids in self.tokenizer([r["prompt"] for r in loaded.rows])["input_ids"]]
+        loaded = rdata.drop_long(loaded, lengths, c.max_prompt_length, "prompt", "max_prompt_length", c.skip_bad_rows)
+        self.prompts = rdata.PromptLoader([r["prompt"] for r in loaded.rows], c.batch_size, c.seed)
+        self.skipped_rows = loaded.skipped
+
+        self.reward_specs = list(rewards) if rewards is not None else list(c.rewards)
+        self.reward = build_reward(self.reward_specs, c.reward_weights, self.dtype, self.device, c.trust_remote_code)
+        self.models = PPOModels(c, self.reward, self.dtype, self.device)
+        self.optimizer = make_adamw([p for p in self.models.trainable.parameters() if p.requires_grad],
+                                    lr=c.learning_rate, weight_decay=c.weight_decay)
+        self.lr_schedule = make_schedule(c.lr_schedule, c.learning_rate)
+        self.kl_controller = ProportionalKLController(c.kl_coef, c.kl_target, c.kl_horizon) if c.adaptive_kl else None
+        self.kl_coef = c.kl_coef
+        self.health = HealthMonitor(target_kl=c.target_kl, normalize_reward=False, shared_trunk=c.value_model == "head")
+        self.num_updates = 0
+        self.history: list[dict[str, Any]] = []
+        resume_update = int(resume_state["num_updates"]) if resume_state is not None else None
+        # config.yaml records the reward sources actually used, also when they came in as an argument.
+        self.run_dir: Path | None
+        self.metrics: MetricsLogger | None
+        self.run_dir, self.metrics = open_run(
+            directory, dataclasses.replace(c, rewards=self.reward_specs), overwrite=overwrite,
+            resume_update=resume_update, purge_step=None if resume_update is None else resume_update + 1,
+        )
+        if checkpoint is not None and resume_state is not None:
+            checkpointing.restore(self, checkpoint, resume_state)
+
+    @property
+    def policy(self) -> torch.nn.Module:
+        return self.models.policy
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, prompts: Any = None, rewards: Sequence[RewardSpec] | None = None,
+               **overrides: Any) -> RLHFTrainer:
+        """The run in ``run_dir`` as of its latest checkpoint, built from its config.yaml.
+
+        A run whose rewards or prompts came in as Python objects needs them passed again.
+        """
+        from ppokit.configuration import from_mapping, load_yaml
+
+        run_dir = Path(run_dir)
+        find_resumable(run_dir)
+        data = dict(load_yaml(run_dir / "config.yaml"))
+        data.update(overrides)
+        data["run_dir"] = str(run_dir)
+        if rewards is None and any(isinstance(r, str) and r.startswith("<python callable") for r in data.get("rewards", [])):
+            raise ConfigError(f"{run_dir / 'config.yaml'}: the run's reward is a Python callable; resume it "
+                              "from Python with RLHFTrainer.resume(run_dir, rewards=[your_function])")
+        config = from_mapping(RLHFConfig, data, str(run_dir / "config.yaml"))
+        return cls(config, prompts=prompts, rewards=rewards, run_dir=run_dir, resume=True)
+
+    # ---- one PPO update ----------------------------------------------------------------------
+
+    def update(self) -> dict[str, Any]:
+        """Collect a batch, estimate advantages, run the K epochs; the update's metrics row."""
+        c = self.config
+        t_start = time.perf_counter()
+        batch = collect(self.models, self.tokenizer, self.reward, self.prompts.next(), c, self.device)
+        with torch.no_grad():
+            adv = token_advantages(batch.scores, batch.logp, batch.ref_logp, batch.values, batch.mask,
+                                   kl_coef=self.kl_coef, kl_estimator=c.kl_estimator, gamma=c.gamma,
+                                   gae_lambda=c.gae_lambda, whiten=c.whiten_advantages)
+        t_prepared = time.perf_counter()
+        self.optimizer.set_learning_rate(self.lr_schedule(self.num_updates / c.total_updates))
+        stats = ppo_update(
+            {"logp": batch.logp, "values": adv.values, "advantages": adv.advantages, "returns": adv.returns,
+             "mask": batch.mask},
+            self._evaluate(batch), self.optimizer, self._settings(),
+        )
+        t_updated = time.perf_counter()
+        record = self._record(batch, adv, stats, t_start, t_prepared, t_updated)
+        if self.kl_controller is not None:
+            self.kl_coef = self.kl_controller.update(record["kl"], len(batch.prompts))
+        self.num_updates += 1
+        record["update"] = self.num_updates
+        #: The last update's prompts, completions (text) and scores, for callbacks and sample logs.
+        self.last_batch = (batch.prompts, batch.completions, batch.scores.tolist())
+        self.health.check(record, self.num_updates / c.total_updates, self.num_updates)
+        return record
+
+    def _settings(self) -> PPOUpdateSettings:
+        c = self.config
+        # The advantages were whitened over the whole batch already (token_advantages), not per minibatch.
+        return PPOUpdateSettings(
+            num_epochs=c.num_epochs, num_minibatches=c.num_minibatches, clip_range=c.clip_range,
+            vf_coef=c.vf_coef, ent_coef=c.ent_coef, max_grad_norm=c.max_grad_norm or None,
+            clip_range_vf=c.clip_range_vf, whiten_advantages=False, target_kl=c.target_kl,
+            skip_nonfinite=c.on_nonfinite == "skip",
+        )
+
+    def _evaluate(self, batch: RolloutBatch) -> Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]:
+        c, models, tokens = self.config, self.models, batch.tokens
+
+        def evaluate(rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            new_logits, new_values = models.policy_forward(batch.sequences, rows)
+            if new_values is None:
+                new_values = models.values(batch.sequences, rows)
+            # With no entropy bonus the entropy is only logged: skip its graph (a [B, T, vocab] tensor).
+            with torch.set_grad_enabled(c.ent_coef > 0 and torch.is_grad_enabled()):
+                entropy = token_entropy(new_logits, c.temperature)
+            return token_logprobs(new_logits, tokens[rows], c.temperature), entropy, new_values.float()
+
+        return evaluate
+
+    def _record(self, batch: RolloutBatch, adv: TokenAdvantages, stats: dict[str, float],
+                t_start: float, t_prepared: float, t_updated: float) -> dict[str, Any]:
+        """The metrics row of one update."""
+        mask = batch.mask
+        mean_kl = float(adv.kl.sum(-1).mean())
+        non_score = float((-self.kl_coef * adv.kl).sum(-1).mean())
+        score = float(batch.scores.mean())
+        return {
+            "update": self.num_updates + 1,
+            "score": score,
+            "score_raw": batch.raw_score_mean,
+            **batch.score_parts,
+            "kl": mean_kl,
+            "non_score_reward": non_score,
+            "total_reward": score + non_score,
+            "kl_coef": self.kl_coef,
+            "entropy": float(masked_mean(batch.entropy, mask)),
+            "response_length": float(mask.sum(-1).float().mean()),
+            "eos_rate": float(batch.sequences.has_eos.float().mean()),
+            "value_mean": float(masked_mean(adv.values, mask)),
+            **stats,
+            "explained_variance": explained_variance(adv.values, adv.returns, mask),
+            "learning_rate": self.optimizer.learning_rate,
+            "tokens_per_s": int(mask.sum()) / max(t_updated - t_start, 1e-9),
+            **batch.timings,
+            "prepare_s": t_prepared - t_start - sum(batch.timings.values()),
+            "epochs_s": t_updated - t_prepared,
+            "update_s": t_updated - t_start,
+        }
+
+    # ---- the loop ----------------------------------------------------------------------------
+
+    def learn(self, updates: int | None = None, callback: Callback | None = None) -> dict[str, Any]:
+        """Run PPO updates up to ``total_updates`` (or ``updates`` more); save the policy and value model."""
+        c = self.config
+        target = c.total_updates if updates is None else self.num_updates + updates
+        if self.metrics is None:  # a second learn() call: the run goes on in the same directory
+            assert self.run_dir is not None
+            self.metrics = MetricsLogger(self.run_dir, tensorboard=c.tensorboard)
+        metrics = self.metrics
+        plan = LoopPlan(
+            updates=max(0, target - self.num_updates), desc="rlhf ppo", checkpoint_every=c.checkpoint_every,
+            checkpoint_minutes=c.checkpoint_minutes, x_axis=lambda record: int(record["update"]),
+            progress=c.progress, total=target, position=lambda: self.num_updates,
+            postfix=lambda r: {"score": f"{r['score']:.3f}", "kl": f"{r['kl']:.2f}"},
+        )
+        # The models, tokenizers and libraries loaded so far live for the whole run; freezing them
+        # keeps Python's cyclic GC from rescanning their hundreds of thousands of objects each time
+        # it runs (TRL's PPO instead forces two full collections per step).
+        gc.collect()
+        gc.freeze()
+        try:
+            with metrics:
+                run_loop(self, plan, metrics, callback)
+        finally:
+            gc.unfreeze()
+            self.metrics = None
+        assert self.run_dir is not None
+        self.save(self.run_dir)
+        summary = self.summary()
+        atomic_write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+    def after_update(self, record: dict[str, Any]) -> bool:
+        """Keep the row for the summary; log sample completions every ``sample_every`` updates."""
+        self.history.append(record)
+        n = self.num_updates
+        if self.config.sample_every and (n % self.config.sample_every == 0 or n == 1):
+            self._log_samples()
+        return False
+
+    def _log_samples(self) -> None:
+        assert self.run_dir is not None
+        prompts, completions, scores = self.last_batch
+        n = self.config.num_samples
+        rows = [{"update": self.num_updates, "prompt": p, "completion": y, "score": s}
+                for p, y, s in list(zip(prompts, completions, scores))[:n]]
+        with open(self.run_dir / "samples.jsonl", "a", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row) + "\n")
+        assert self.metrics is not None
+        self.metrics.text("samples", "\n\n".join(f"**{r['prompt']}** {r['completion']} (score {r['score']:.3f})"
+                                                   for r in rows), self.num_updates)
+
+    def summary(self) -> dict[str, Any]:
+        first = self.history[: max(1, len(self.history) // 10)]
+        last = self.history[-max(1, len(self.history) // 10):]
+
+        def mean(rows: list[dict[str, Any]], key: str) -> float:
+            vals = [r[key] for r in rows if key in r and math.isfinite(r[key])]
+            return sum(vals) / len(vals) if vals else float("nan")
+
+        return {
+            "run_dir": str(self.run_dir), "updates": self.num_updates,
+            "policy_dir": str(Path(str(self.run_dir)) / "policy"),
+            "value_model_dir": str(Path(str(self.run_dir)) / "value_model"),
+            "score_first": mean(first, "score"), "score_last": mean(last, "score"),
+            "kl_last": mean(last, "kl"), "kl_coef": self.kl_coef,
+            "mean_update_s": mean(self.history, "update_s"), "skipped_rows": self.skipped_rows,
+        }
+
+    # ---- saving ------------------------------------------------------------------------------
+
+    def checkpoint_path(self) -> Path:
+        assert self.run_dir is not None
+        return checkpoint_path(self.run_dir, self.num_updates)
+
+    def save_checkpoint(self) -> Path:
+        """A resumable checkpoint ``RUN_DIR/checkpoints/update_<N>``: the trainable weights (policy,
+        value model or head, LoRA adapter), optimizer, KL controller, prompt position, RNGs, history;
+        plus ``policy/`` and ``value_model/`` as usable models. Keeps the newest ``keep_checkpoints``."""
+        return checkpointing.save_checkpoint(self)
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``policy/`` (a ``save_pretrained`` causal LM, LoRA merged in, plus the adapter alone in
+        ``policy_adapter/``) and ``value_model/`` (trunk + ``scalar_head.safetensors``)."""
+        self.models.save(directory, self.tokenizer)
+
+
+def train_rlhf(config: RLHFConfig, prompts: Any = None, rewards: Any = None,
+               run_dir: str | Path | None = None, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Build an :class:`RLHFTrainer` and run :meth:`~RLHFTrainer.learn`; returns its summary."""
+    return RLHFTrainer(config, prompts, rewards, run_dir, overwrite, resume).learn()
