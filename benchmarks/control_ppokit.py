@@ -19,12 +19,12 @@ def main() -> None:
     name, task, steps, seed = parse_task_args(__doc__.split("\n\n")[0])
     import torch
 
-    from ppokit import PPO, PPOConfig
+    from ppokit import PPO, ControlConfig
 
     torch.set_num_threads(1)
     normalize = task.pop("normalize")
     with tempfile.TemporaryDirectory() as tmp:
-        config = PPOConfig(**task, total_steps=steps, seed=seed, lr_schedule="linear",
+        config = ControlConfig(**task, total_steps=steps, seed=seed, lr_schedule="linear",
                            normalize_obs=normalize, normalize_reward=normalize, torch_threads=1,
                            progress=False, tensorboard=False, eval_episodes=0, run_dir=str(Path(tmp) / "run"))
         agent = PPO(config)

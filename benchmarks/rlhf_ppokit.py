@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         prompts = [{"prompt": tokenizer.decode(ids)} for ids in anchor.build_prompts(tokenizer, words)["input_ids"]]
 
         cfg = RLHFConfig(
-            policy=model_dir, rewards=[reward_dir], total_steps=args.steps, batch_size=args.batch,
+            policy=model_dir, rewards=[reward_dir], total_updates=args.steps, batch_size=args.batch,
             num_minibatches=1, num_epochs=args.epochs, max_new_tokens=args.response_length, temperature=0.7,
             learning_rate=3e-6, kl_coef=0.05, value_model="head" if args.value_head else "separate",
             value_init="reward", lora=args.lora, lora_r=8, lora_alpha=16, lora_target_modules=["c_attn"],
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer = RLHFTrainer(cfg, prompts=prompts, run_dir=os.path.join(tmp, "run"))
         marks = [time.perf_counter()]
         tokens = []
-        trainer.train(callback=lambda record: (marks.append(time.perf_counter()),
+        trainer.learn(callback=lambda record: (marks.append(time.perf_counter()),
                                                tokens.append(record["response_length"] * args.batch)))
     steps = [b - a for a, b in zip(marks, marks[1:])]
     s_med = statistics.median(steps[1:])
