@@ -34,9 +34,9 @@ def _config_fields_help() -> str:
 
 
 #: ``--stop-at-return`` without ``eval_every``: evaluations at least this many env steps apart. A
-#: 20-episode evaluation of a nearly solved policy costs more than a small update (CartPole's
-#: 512-step update: ~20 ms against ~40 ms), so evaluating after every one of them would double the
-#: time to solve; updates of this size or more are evaluated after each one.
+#: 20-episode evaluation of a nearly solved policy costs more than a small update (BENCHMARKS.md,
+#: time to solve), so evaluating after every one of them would double the time to solve; updates of
+#: this size or more are evaluated after each one.
 STOP_EVAL_MIN_STEPS = 1024
 
 

@@ -236,13 +236,18 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def callable_label(fn: Any) -> str:
+    """How a Python callable among a config's values is recorded: a label no loader will import."""
+    return f"<python callable {getattr(fn, '__qualname__', repr(fn))}>"
+
+
 def config_to_yaml(config: Any) -> str:
     """The config as the YAML a run directory keeps; a Python callable among the values (an RLHF
     reward passed in code) is written as ``<python callable NAME>``, which no loader will import."""
 
     def plain(value: Any) -> Any:
         if callable(value):
-            return f"<python callable {getattr(value, '__qualname__', repr(value))}>"
+            return callable_label(value)
         if isinstance(value, (list, tuple)):
             return [plain(v) for v in value]
         if isinstance(value, dict):
@@ -269,7 +274,7 @@ def describe(cls: type) -> list[tuple[str, str, Any, str]]:
     rows = []
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None
         )
         rows.append((f.name, _type_name(field_types(cls)[f.name]), default, f.metadata.get("help", "")))
     return rows

@@ -59,7 +59,8 @@ class PPO:
             config = replace(config, source="PPO(...)", **overrides)
         self.config = config
         self.device = runtime.setup(config.seed, config.device, config.torch_threads)
-        self.env = make_vector_env(config.env_id, config.num_envs, config.env_kwargs, config.vectorization)
+        #: The training vector env; None after :meth:`load` until :meth:`learn` makes one.
+        self.env: Any = make_vector_env(config.env_id, config.num_envs, config.env_kwargs, config.vectorization)
         check_spaces(self.env.single_observation_space, self.env.single_action_space, config.env_id)
         self._build(self.env.single_observation_space, self.env.single_action_space)
         self.ensure_env()
@@ -99,6 +100,9 @@ class PPO:
         self.best_eval_return: float | None = None
         #: The checkpoint this agent was restored from, until learn() continues the run.
         self.resume_from: Path | None = None
+        #: The evaluation that reached ``stop_at_return``, and where learn() started (step, time).
+        self._final_eval: dict[str, Any] | None = None
+        self._start = (0, time.perf_counter())
 
     # ------------------------------------------------------------------ training
     def learn(
@@ -156,7 +160,7 @@ class PPO:
             resume_update=self.num_updates if resuming else None,
             purge_step=self.global_step + 1 if resuming else None,
         )
-        self._final_eval: dict[str, Any] | None = None
+        self._final_eval = None
         self._start = (self.global_step, time.perf_counter())
         plan = LoopPlan(
             updates=num_updates, desc=c.env_id, checkpoint_every=c.checkpoint_every,
@@ -254,6 +258,7 @@ class PPO:
             )
         image = self.observation_space.dtype == np.uint8
         x = policy_input(batch, self.obs_rms, self.config.clip_obs, image=image)
+        action: np.ndarray | torch.Tensor
         if self.numpy_policy is not None:
             action = self.numpy_policy.action(x, rng or self._predict_rng, deterministic)
         else:

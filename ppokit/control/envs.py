@@ -138,7 +138,7 @@ class ReportingAsyncVectorEnv(gym.vector.AsyncVectorEnv):
         for _ in range(len(successes) - sum(successes)):
             index, exctype, value, trace = self.error_queue.get()
             self.parent_pipes[index].close()
-            self.parent_pipes[index] = None
+            self.parent_pipes[index] = None  # type: ignore[call-overload]  # gymnasium's own mark of a closed pipe
             failures.append((index, exctype, value, trace))
         self._state = gym.vector.async_vector_env.AsyncState.DEFAULT
         index, exctype, value, trace = min(failures, key=lambda f: f[0])
@@ -157,7 +157,7 @@ class ReportingAsyncVectorEnv(gym.vector.AsyncVectorEnv):
                 dead.append(f"{index} (exit code {process.exitcode})")
                 if self.parent_pipes[index] is not None:
                     self.parent_pipes[index].close()
-                    self.parent_pipes[index] = None
+                    self.parent_pipes[index] = None  # type: ignore[call-overload]  # gymnasium's own mark of a closed pipe
         # Nothing is pending any more; lets close() shut the live workers down instead of waiting.
         self._state = gym.vector.async_vector_env.AsyncState.DEFAULT
         named = ", ".join(dead) if dead else "unknown"

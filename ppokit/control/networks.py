@@ -29,7 +29,7 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "e
 _ACTIVATION_FNS: dict[str, Callable[[Tensor], Tensor]] = {"tanh": torch.tanh, "relu": torch.relu, "elu": F.elu}
 
 
-def is_image_space(space: spaces.Box) -> bool:
+def is_image_space(space: spaces.Space) -> bool:
     """Images: uint8 boxes of rank 3 (HWC or CHW)."""
     return isinstance(space, spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
 
@@ -135,6 +135,7 @@ class PolicySpec:
                 f"config field 'network' = 'cnn' needs image observations of rank 3, got shape {obs_shape}"
             )
         head: HeadKind
+        dims: tuple[int, ...]
         if isinstance(action_space, spaces.Discrete):
             head, dims = "categorical", (int(action_space.n),)
         elif isinstance(action_space, spaces.MultiDiscrete):
@@ -216,7 +217,8 @@ class ActorCritic(nn.Module):
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Conv2d)):
                 nn.init.orthogonal_(module.weight, math.sqrt(2))
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
         nn.init.orthogonal_(self.head.linear.weight, 0.01)
         nn.init.orthogonal_(self.value_head.weight, 1.0)
 

@@ -102,7 +102,7 @@ class RolloutCollector:
         self.to_env = ActionAdapter(env.single_action_space)
         obs_space = env.single_observation_space
         self.obs_dtype = torch.uint8 if obs_space.dtype == np.uint8 else torch.float32
-        self.obs_shape = tuple(obs_space.shape)
+        self.obs_shape = tuple(obs_space.shape or ())
         action_space = env.single_action_space
         if isinstance(action_space, spaces.Box):
             self.action_shape: tuple[int, ...] = (int(np.prod(action_space.shape)),)
@@ -222,6 +222,7 @@ class RolloutCollector:
         finished_l: list[int] = []
 
         obs = self._obs
+        assert obs is not None  # reset() above
         for t in range(T):
             obs_buf[t] = obs
             action, logp, value = self._act(obs)

@@ -47,7 +47,7 @@ class RunningMeanStd:
             delta = batch[0] - mean
             m2 = var * count + delta * delta * (count / total)
         else:
-            # ufunc reductions directly: np.mean/np.var add ~10 µs of Python per call.
+            # ufunc reductions directly: np.mean/np.var add Python overhead on every env step.
             batch_mean = np.add.reduce(batch, axis=0) / n
             diff = batch - batch_mean
             delta = batch_mean - mean

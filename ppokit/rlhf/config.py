@@ -122,7 +122,7 @@ class RLHFConfig(LMRuntime):
     value_init: Literal["reward", "policy"] = doc("Initialise a separate critic from 'reward' (the first reward model) or 'policy'.", default="reward")
     lora: bool = doc("Train LoRA adapters (peft) instead of all policy weights; the reference is then the adapter-free base.", default=False)
     lora_r: int = doc("LoRA rank.", default=8)
-    lora_alpha: float = doc("LoRA scaling α.", default=16.0)
+    lora_alpha: int = doc("LoRA scaling α (peft takes an integer).", default=16)
     lora_dropout: float = doc("LoRA dropout.", default=0.0)
     lora_target_modules: list[str] | None = doc("Module names that get adapters; null lets peft pick for known architectures.", default=None)
 

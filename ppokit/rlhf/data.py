@@ -186,7 +186,7 @@ def check_rows(
         raise DataError(f"{source}: holds no rows")
     for row in rows:
         try:
-            record = {}
+            record: dict[str, Any] = {}
             for name, (column, kind) in fields.items():
                 if column not in row.values or row.values[column] is None:
                     raise ValueError(f"field {name!r} (column {column!r}) is missing")

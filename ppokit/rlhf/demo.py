@@ -1,4 +1,5 @@
-"""``ppokit rlhf demo``: the whole RLHF pipeline on a CPU in minutes, with no model hub.
+"""An example, not a part of the library: ``ppokit rlhf demo``, the whole RLHF pipeline on a CPU in
+minutes, with no model hub. Read it as a script that uses the public API.
 
 A made-up little language describes animals and things: prompts ``describe the cat :``, responses
 ``the cat is happy and big .``. A *hidden rule* decides which responses people prefer: the number
@@ -58,7 +59,7 @@ def make_response(rng: random.Random, noun: str) -> str:
 
 
 def sft_rows(n: int, rng: random.Random) -> list[dict[str, str]]:
-    rows = []
+    rows: list[dict[str, str]] = []
     for _ in range(n):
         prompt, noun = make_prompt(rng)
         rows.append({"prompt": prompt, "response": make_response(rng, noun)})
@@ -67,7 +68,7 @@ def sft_rows(n: int, rng: random.Random) -> list[dict[str, str]]:
 
 def preference_rows(n: int, rng: random.Random) -> list[dict[str, str]]:
     """Pairs of responses to one prompt, the one the hidden rule scores higher marked chosen."""
-    rows = []
+    rows: list[dict[str, str]] = []
     while len(rows) < n:
         prompt, noun = make_prompt(rng)
         a, b = make_response(rng, noun), make_response(rng, noun)
@@ -141,7 +142,7 @@ def run_demo(run_dir: str | Path = "runs/rlhf-demo", seed: int = 0, ppo_updates:
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     started = time.perf_counter()
-    common = dict(seed=seed, device="cpu", progress=progress, torch_threads=0)
+    common: dict[str, Any] = dict(seed=seed, device="cpu", progress=progress, torch_threads=0)
 
     echo(f"[1/4] building a word tokenizer ({len(WORDS)} words) and a 2-layer GPT-2 from scratch")
     base = build_tiny_gpt2(out / "base_model", WORDS, n_layer=2, n_embd=64, n_head=4, n_positions=48, seed=seed)

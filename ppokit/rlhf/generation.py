@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ppokit.rlhf.models import position_ids_from_mask
 
@@ -58,7 +58,7 @@ def completion_mask(completion_ids: Tensor, eos_token_id: int | Sequence[int]) -
 
 @torch.no_grad()
 def sample(
-    model: nn.Module,
+    model: Any,
     tokenizer: Any,
     prompt_ids: Tensor,
     prompt_mask: Tensor,

@@ -70,7 +70,7 @@ def fuse_activations(model: nn.Module) -> nn.Module:
 
     ``NewGELUActivation`` computes :math:`\tfrac12 x(1 + \tanh(\sqrt{2/\pi}(x + 0.044715x^3)))` in
     five separate tensor ops; ``gelu(x, approximate='tanh')`` is that formula in one kernel, forward
-    and backward. Measured on the benchmark GPT-2 it was about 7 % of a PPO step on a CPU.
+    and backward (BENCHMARKS.md has what it saved on the benchmark GPT-2).
     """
     from transformers.activations import GELUTanh, NewGELUActivation
 
@@ -81,7 +81,8 @@ def fuse_activations(model: nn.Module) -> nn.Module:
     return model
 
 
-def load_causal_lm(name: str, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False) -> nn.Module:
+def load_causal_lm(name: str, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False) -> Any:
+    """A ``transformers`` causal LM from a hub id or a directory, with GPT-2's GELU fused."""
     from transformers import AutoModelForCausalLM
 
     try:
@@ -126,7 +127,7 @@ class ScalarHeadModel(nn.Module):
 
     def __init__(self, trunk: nn.Module, hidden_size: int, head: nn.Linear | None = None) -> None:
         super().__init__()
-        self.trunk = trunk
+        self.trunk: Any = trunk  # a transformers model
         self.head = head if head is not None else nn.Linear(hidden_size, 1)
         if head is None:
             nn.init.zeros_(self.head.weight)
@@ -200,9 +201,9 @@ class PolicyWithValueHead(nn.Module):
     """A causal LM and a value head on its last hidden state: one forward pass gives both the
     next-token logits and a value per position (``value_model: head``)."""
 
-    def __init__(self, lm: nn.Module) -> None:
+    def __init__(self, lm: Any) -> None:
         super().__init__()
-        self.lm = lm
+        self.lm: Any = lm  # a transformers causal LM (or a peft model around one)
         base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
         self.value_head = nn.Linear(hidden_size_of(base), 1)
         nn.init.zeros_(self.value_head.weight)
@@ -226,7 +227,7 @@ class RewardModel(nn.Module):
 
     def __init__(self, model: nn.Module, kind: str, mean: float = 0.0, std: float = 1.0) -> None:
         super().__init__()
-        self.model = model
+        self.model: Any = model  # a ScalarHeadModel, or a transformers sequence classifier
         self.kind = kind
         self.mean = float(mean)
         self.std = float(std)
@@ -289,7 +290,7 @@ def load_reward_model(path: str, dtype: torch.dtype, device: torch.device, trust
         if not (isinstance(meta.get("std"), (int, float)) and meta["std"] > 0):
             raise CheckpointError(f"{meta_path}: 'std' must be a positive number, got {meta.get('std')!r}")
     if meta["head"] == "value_head":
-        model: nn.Module = ScalarHeadModel.load(path, dtype, device, trust_remote_code)
+        model: Any = ScalarHeadModel.load(path, dtype, device, trust_remote_code)
     else:
         from transformers import AutoModelForSequenceClassification
 

@@ -69,7 +69,7 @@ def import_callable(spec: str) -> RewardFn:
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise ConfigError(f"reward {spec!r}: cannot import module {module_name!r}: {err}") from None
-    fn = module
+    fn: Any = module
     for part in attr.split("."):
         fn = getattr(fn, part, None)
         if fn is None:
@@ -148,7 +148,7 @@ def build_reward(specs: Sequence[Any], weights: Sequence[float] | None, dtype: t
                  device: torch.device, trust_remote_code: bool = False) -> CombinedReward:
     """Reward sources from config entries: a directory (or hub id) is a reward model,
     ``'module:function'`` or a Python callable is a function."""
-    sources = []
+    sources: list[CallableReward | RewardModelScorer] = []
     for spec in specs:
         if callable(spec):
             sources.append(CallableReward(spec))

@@ -64,7 +64,7 @@ class PPOModels:
             # explicit reference it is the model the user named.
             self.reference = load_causal_lm(c.reference or c.policy, dtype, device, c.trust_remote_code)
             self.reference.requires_grad_(False).eval()
-        self.policy: nn.Module = policy
+        self.policy: Any = policy  # a transformers causal LM, or a peft model around one
 
         self.critic: ScalarHeadModel | None = None
         self.with_head: PolicyWithValueHead | None = None
@@ -102,7 +102,7 @@ class PPOModels:
         if self.reference is not None:
             yield self.reference
         else:
-            with self.policy.disable_adapter():  # type: ignore[operator]  # a peft model
+            with self.policy.disable_adapter():
                 yield self.policy
 
     def policy_forward(self, batch: Completions, rows: Tensor | slice = slice(None)) -> tuple[Tensor, Tensor | None]:
@@ -136,16 +136,16 @@ class PPOModels:
 
         def write_policy(tmp: Path) -> None:
             if lora:
-                merged = copy.deepcopy(self.policy).merge_and_unload()  # type: ignore[operator]
+                merged = copy.deepcopy(self.policy).merge_and_unload()
                 merged.save_pretrained(tmp)
                 del merged
             else:
-                self.policy.save_pretrained(tmp)  # type: ignore[operator]
+                self.policy.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
 
         atomic_write_dir(directory / "policy", write_policy)
         if lora:
-            atomic_write_dir(directory / "policy_adapter", lambda tmp: self.policy.save_pretrained(tmp))  # type: ignore[operator]
+            atomic_write_dir(directory / "policy_adapter", lambda tmp: self.policy.save_pretrained(tmp))
         if self.critic is not None:
             atomic_write_dir(directory / "value_model", self.critic.save)
         elif self.with_head is not None:

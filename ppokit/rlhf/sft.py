@@ -71,8 +71,8 @@ def train_sft(config: SFTConfig, data: Any = None, run_dir: str | Path | None = 
             for batch in shuffled_batches(len(encoded), config.batch_size, generator):
                 ids, mask = pad_right([encoded[i][0] for i in batch], tokenizer.pad_token_id)
                 target = mask.clone()
-                for row, i in enumerate(batch):
-                    target[row, : encoded[i][1]] = 0
+                for j, i in enumerate(batch):
+                    target[j, : encoded[i][1]] = 0
                 ids, mask, target = ids.to(device), mask.to(device), target.to(device)
                 t0 = time.perf_counter()
                 loss = sft_loss(model, ids, mask, target)

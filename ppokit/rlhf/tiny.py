@@ -1,5 +1,5 @@
-"""Tiny language models built from nothing, for tests, demos and benchmarks on machines without a
-model hub: a word-level tokenizer over a given vocabulary and a small GPT-2, saved with
+"""An example helper, not a part of the library: tiny language models built from nothing, for tests,
+demos and benchmarks on machines without a model hub: a word-level tokenizer over a given vocabulary and a small GPT-2, saved with
 ``save_pretrained`` so everything downstream loads them like any hub model."""
 
 from __future__ import annotations

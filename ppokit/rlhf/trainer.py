@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ppokit.configuration import callable_label
 from ppokit.core.advantages import masked_mean
 from ppokit.core.diagnostics import explained_variance
 from ppokit.core.health import HealthMonitor
@@ -105,12 +106,15 @@ class RLHFTrainer:
         self.health = HealthMonitor(target_kl=c.target_kl, normalize_reward=False, shared_trunk=c.value_model == "head")
         self.num_updates = 0
         self.history: list[dict[str, Any]] = []
+        #: The last update's prompts, completions (text) and scores, for callbacks and sample logs.
+        self.last_batch: tuple[list[str], list[str], list[float]] = ([], [], [])
         resume_update = int(resume_state["num_updates"]) if resume_state is not None else None
         # config.yaml records the reward sources actually used, also when they came in as an argument.
         self.run_dir: Path | None
         self.metrics: MetricsLogger | None
         self.run_dir, self.metrics = open_run(
-            directory, dataclasses.replace(c, rewards=self.reward_specs), overwrite=overwrite,
+            directory, dataclasses.replace(c, rewards=[r if isinstance(r, str) else callable_label(r) for r in self.reward_specs]),
+            overwrite=overwrite,
             resume_update=resume_update, purge_step=None if resume_update is None else resume_update + 1,
         )
         if checkpoint is not None and resume_state is not None:
@@ -164,7 +168,6 @@ class RLHFTrainer:
             self.kl_coef = self.kl_controller.update(record["kl"], len(batch.prompts))
         self.num_updates += 1
         record["update"] = self.num_updates
-        #: The last update's prompts, completions (text) and scores, for callbacks and sample logs.
         self.last_batch = (batch.prompts, batch.completions, batch.scores.tolist())
         self.health.check(record, self.num_updates / c.total_updates, self.num_updates)
         return record

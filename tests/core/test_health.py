@@ -47,12 +47,10 @@ def test_the_monitor_logs_a_warning_once_after_it_persists_and_saves_its_state(c
     assert monitor.initial_entropy == 1.0
 
 
-def test_rlhf_runs_get_the_same_live_warnings(tmp_path, monkeypatch, caplog):
-    pytest.importorskip("transformers")
+def test_rlhf_runs_get_the_same_live_warnings(tmp_path, monkeypatch, caplog, tiny_lm):
     from ppokit.rlhf.config import RLHFConfig
-    from ppokit.rlhf.demo import NOUNS, WORDS
-    from ppokit.rlhf.tiny import build_tiny_gpt2
     from ppokit.rlhf.trainer import RLHFTrainer
+    from tests.rlhf.helpers import PROMPTS
 
     seen = []
 
@@ -61,11 +59,10 @@ def test_rlhf_runs_get_the_same_live_warnings(tmp_path, monkeypatch, caplog):
         return [("kl", "approx KL far above the target")]
 
     monkeypatch.setattr(health, "health_warnings", checks)
-    model = build_tiny_gpt2(tmp_path / "base", WORDS, n_layer=1, n_embd=16, n_head=2, seed=0)
-    config = RLHFConfig(policy=str(model), rewards=["tests.rlhf.helpers:pleasant_minus_unpleasant"],
+    config = RLHFConfig(policy=tiny_lm, rewards=["tests.rlhf.helpers:pleasant_minus_unpleasant"],
                         total_updates=3, batch_size=4, max_new_tokens=4, progress=False, tensorboard=False,
                         device="cpu", sample_every=0, target_kl=0.05, value_model="head")
-    trainer = RLHFTrainer(config, prompts=[{"prompt": f"describe the {n} :"} for n in NOUNS], run_dir=tmp_path / "run")
+    trainer = RLHFTrainer(config, prompts=PROMPTS, run_dir=tmp_path / "run")
     with caplog.at_level(logging.WARNING, logger="ppokit"):
         logging.getLogger("ppokit").setLevel(logging.WARNING)
         trainer.learn()

@@ -1,6 +1,9 @@
 """Reward functions importable as 'tests.rlhf.helpers:NAME' by the RLHF tests."""
 
-from ppokit.rlhf.demo import PLEASANT, UNPLEASANT
+from ppokit.rlhf.demo import NOUNS, PLEASANT, UNPLEASANT
+
+#: One prompt per noun of the demo's language.
+PROMPTS = [{"prompt": f"describe the {noun} :"} for noun in NOUNS]
 
 
 def pleasant_minus_unpleasant(prompts, completions):

@@ -8,6 +8,7 @@ import torch
 from ppokit.core.advantages import masked_mean, masked_var
 from ppokit.rlhf import trainer as trainer_module
 from ppokit.rlhf.advantages import token_advantages
+from tests.rlhf.helpers import PROMPTS
 
 # Two completions: the first has 3 valid tokens, the second 2 (then padding).
 MASK = torch.tensor([[True, True, True], [True, True, False]])
@@ -69,12 +70,9 @@ def test_k3_penalty_is_never_a_bonus():
 
 
 @pytest.mark.parametrize("whiten", [True, False])
-def test_the_trainer_updates_on_the_advantages_its_config_asks_for(whiten, monkeypatch, tmp_path):
+def test_the_trainer_updates_on_the_advantages_its_config_asks_for(whiten, monkeypatch, tmp_path, tiny_lm):
     """The update sees whitened advantages exactly when whiten_advantages is set."""
-    pytest.importorskip("transformers")
     from ppokit.rlhf.config import RLHFConfig
-    from ppokit.rlhf.demo import NOUNS, WORDS
-    from ppokit.rlhf.tiny import build_tiny_gpt2
 
     seen = {}
     real = trainer_module.ppo_update
@@ -84,12 +82,10 @@ def test_the_trainer_updates_on_the_advantages_its_config_asks_for(whiten, monke
         return real(batch, evaluate, optimizer, settings)
 
     monkeypatch.setattr(trainer_module, "ppo_update", spy)
-    model = build_tiny_gpt2(tmp_path / "base", WORDS, n_layer=1, n_embd=16, n_head=2, seed=0)
-    config = RLHFConfig(policy=str(model), rewards=["tests.rlhf.helpers:pleasant_minus_unpleasant"],
+    config = RLHFConfig(policy=tiny_lm, rewards=["tests.rlhf.helpers:pleasant_minus_unpleasant"],
                         total_updates=1, batch_size=8, max_new_tokens=5, whiten_advantages=whiten, progress=False,
                         tensorboard=False, device="cpu", sample_every=0)
-    trainer = trainer_module.RLHFTrainer(config, prompts=[{"prompt": f"describe the {n} :"} for n in NOUNS],
-                                         run_dir=tmp_path / "run")
+    trainer = trainer_module.RLHFTrainer(config, prompts=PROMPTS, run_dir=tmp_path / "run")
     trainer.update()
     mean = float(masked_mean(seen["advantages"], seen["mask"]))
     var = float(masked_var(seen["advantages"], seen["mask"]))

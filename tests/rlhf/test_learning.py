@@ -9,19 +9,19 @@ import torch
 
 from ppokit.cli import main
 from ppokit.rlhf.config import RewardConfig, RLHFConfig, SFTConfig
-from ppokit.rlhf.demo import NOUNS, WORDS, preference_rows, run_demo, sft_rows
+from ppokit.rlhf.demo import WORDS, preference_rows, run_demo, sft_rows
 from ppokit.rlhf.reward_training import train_reward_model
 from ppokit.rlhf.sft import train_sft
 from ppokit.rlhf.tiny import build_tiny_gpt2
 from ppokit.rlhf.trainer import RLHFTrainer
+from tests.rlhf.helpers import PROMPTS
 
 pytest.importorskip("transformers")
-
-PROMPTS = [{"prompt": f"describe the {noun} :"} for noun in NOUNS]
 
 
 @pytest.fixture(scope="module")
 def base_model(tmp_path_factory):
+    """Wider than the shared tiny_lm: the learning tests need the capacity."""
     return str(build_tiny_gpt2(tmp_path_factory.mktemp("base"), WORDS, n_layer=2, n_embd=64, n_head=4, seed=0))
 
 

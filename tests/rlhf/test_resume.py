@@ -11,18 +11,15 @@ from ppokit.cli import main
 from ppokit.errors import CheckpointError, ConfigError
 from ppokit.io.checkpoints import latest_checkpoint
 from ppokit.rlhf.config import RLHFConfig
-from ppokit.rlhf.demo import NOUNS, WORDS
-from ppokit.rlhf.tiny import build_tiny_gpt2
 from ppokit.rlhf.trainer import RLHFTrainer
+from tests.rlhf.helpers import PROMPTS
 
 pytest.importorskip("transformers")
 
-PROMPTS = [{"prompt": f"describe the {noun} :"} for noun in NOUNS]
 
-
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory):
-    return str(build_tiny_gpt2(tmp_path_factory.mktemp("base"), WORDS, n_layer=2, n_embd=32, n_head=2, seed=0))
+@pytest.fixture
+def base_model(tiny_lm):
+    return tiny_lm
 
 
 def _config(policy, **changes):

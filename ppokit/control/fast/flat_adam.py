@@ -54,7 +54,7 @@ class FlatAdam:
         self.exp_avg = torch.zeros_like(self.flat)
         self.exp_avg_sq = torch.zeros_like(self.flat)
         self.steps = 0
-        self.param_groups = [{"params": self.params, "lr": float(lr), "betas": tuple(betas), "eps": float(eps)}]
+        self.param_groups: list[dict[str, Any]] = [{"params": self.params, "lr": float(lr), "betas": tuple(betas), "eps": float(eps)}]
 
     @property
     def learning_rate(self) -> float:

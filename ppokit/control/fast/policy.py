@@ -14,6 +14,7 @@ against each other): categorical sampling by the inverse CDF, Gaussian sampling 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 from torch import nn
@@ -27,7 +28,11 @@ def _elu(x: np.ndarray) -> np.ndarray:
     return np.where(x > 0, x, np.expm1(np.minimum(x, 0)))
 
 
-NUMPY_ACTIVATIONS = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0), "elu": _elu}
+def _relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0)
+
+
+NUMPY_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"tanh": np.tanh, "relu": _relu, "elu": _elu}
 
 
 def _weights(layers: tuple[nn.Linear, ...]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -79,7 +84,7 @@ class NumpyPolicy:
 
     def _sample(self, out: np.ndarray, rng: np.random.Generator, deterministic: bool
                 ) -> tuple[np.ndarray, np.ndarray]:
-        if self.gaussian:
+        if self.log_std is not None:  # Gaussian
             std = np.exp(self.log_std)
             action = out if deterministic else out + std * rng.standard_normal(out.shape, dtype=np.float32)
             z = (action - out) * np.exp(-self.log_std)

@@ -33,6 +33,8 @@ The gradients, for a minibatch of :math:`B` rows and the total loss
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -42,14 +44,14 @@ from ppokit.control.networks import ActorCritic
 from ppokit.core.update import PPOUpdateSettings
 
 # Each activation's derivative, written in terms of the activation's output.
-_DERIVATIVES = {
+_DERIVATIVES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "tanh": lambda h: 1.0 - h * h,
     "relu": lambda h: (h > 0).astype(h.dtype),
     "elu": lambda h: np.where(h > 0, 1.0, h + 1.0).astype(h.dtype),
 }
 
 
-def _grad(param: torch.nn.Parameter) -> np.ndarray:
+def _grad(param: Tensor) -> np.ndarray:
     if param.grad is None:
         raise ValueError("the NumPy update needs preallocated gradients (FlatAdam's views)")
     return param.grad.numpy()
@@ -67,11 +69,15 @@ class _Layer:
     def forward(self, x: np.ndarray) -> np.ndarray:
         return x @ self.w.T + self.b
 
-    def backward(self, x: np.ndarray, delta: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
-        """Write dL/dW and dL/db for ``delta`` = dL/d(output); return dL/d(input)."""
+    def param_grads(self, x: np.ndarray, delta: np.ndarray) -> None:
+        """Write dL/dW and dL/db for ``delta`` = dL/d(output)."""
         np.matmul(delta.T, x, out=self.gw)
         np.sum(delta, axis=0, out=self.gb)
-        return delta @ self.w if need_input_grad else None
+
+    def backward(self, x: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        """:meth:`param_grads`, and return dL/d(input)."""
+        self.param_grads(x, delta)
+        return delta @ self.w
 
 
 class NumpyMinibatchStep:
@@ -111,9 +117,9 @@ class NumpyMinibatchStep:
         return outs
 
     def _trunk_backward(self, outs: list[np.ndarray], layers: list[_Layer], grad: np.ndarray) -> None:
-        for i in range(len(layers) - 1, -1, -1):
-            delta = grad * self.activation_grad(outs[i + 1])
-            grad = layers[i].backward(outs[i], delta, need_input_grad=i > 0)
+        for i in range(len(layers) - 1, 0, -1):
+            grad = layers[i].backward(outs[i], grad * self.activation_grad(outs[i + 1]))
+        layers[0].param_grads(outs[0], grad * self.activation_grad(outs[1]))  # the input needs no gradient
 
     def forward(self, idx: Tensor) -> float:
         s = self.settings
