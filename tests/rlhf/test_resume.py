@@ -61,6 +61,9 @@ def test_cli_resume_rebuilds_the_run_from_its_config(base_model, tmp_path, capsy
             "--reward", "tests.rlhf.helpers:pleasant_minus_unpleasant", "--set", "batch_size=8",
             "--set", "max_new_tokens=6", "--set", "sample_every=0", "--set", "tensorboard=false"]
     assert main([*args, "--total-updates", "2"]) == 0
+    # An RLHF run counts updates, not env steps: the control flag is refused by name.
+    assert main(["resume", str(run), "--total-steps", "3", "--no-progress"]) == 2
+    assert "pass --total-updates, not --total-steps" in capsys.readouterr().err
     assert main(["resume", str(run), "--total-updates", "3", "--no-progress"]) == 0
     assert latest_checkpoint(run).name == "update_000000000003"
     assert "resuming RLHF PPO at update 2" in capsys.readouterr().err
