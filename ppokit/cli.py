@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Continue a run exactly where its latest checkpoint left it: weights, "
                         "optimizer, schedules, normalisation, RNGs, environments (or, for RLHF, the prompt order).")
     rs.add_argument("run_dir", help="the run directory")
+    _add_trust_flags(rs, "resuming")
     budget = rs.add_mutually_exclusive_group()
     budget.add_argument("--total-steps", type=int, help="control runs: train to this many env steps instead of the run's own total")
     budget.add_argument("--total-updates", type=int, help="RLHF runs: train to this many PPO updates instead of the run's own total")
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions")
     ev.add_argument("--seed", type=int, default=None, help="seed of the evaluation envs")
     ev.add_argument("--video", metavar="DIR", help="record the episodes as videos into DIR (needs ppokit[video])")
+    _add_trust_flags(ev, "evaluating")
 
     from ppokit.rlhf.cli import add_parser as add_rlhf_parser
 
@@ -107,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("presets", help="list the named presets, or show one")
     pr.add_argument("name", nargs="?", help="show this preset's settings")
     return parser
+
+
+def _add_trust_flags(parser: argparse.ArgumentParser, doing: str) -> None:
+    parser.add_argument("--env", metavar="ENV_ID", help=f"the env to use when {doing} (default: the one the saved run names; "
+                        "a 'module:Env' id from a saved file is imported only when you give it here or pass --trust)")
+    parser.add_argument("--trust", action="store_true",
+                        help="allow what the saved files name to run: 'module:Env' env ids, 'module:function' "
+                        "rewards and trust_remote_code (never on by default: a run directory may come from anyone)")
 
 
 def resolve_train_config(args: argparse.Namespace) -> tuple[Any, str | None]:
@@ -191,7 +201,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         raise ConfigError(f"--episodes {args.episodes}: must be at least 1")
     model_dir = find_model_dir(args.run_dir)
-    agent = PPO.load(model_dir, progress=False)
+    agent = PPO.load(model_dir, trust=args.trust, progress=False, **({"env_id": args.env} if args.env else {}))
     result = agent.evaluate(args.episodes, deterministic=args.deterministic, seed=args.seed,
                             video_dir=args.video)
     run_dir = Path(args.run_dir)
@@ -211,20 +221,24 @@ def cmd_resume(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     checkpoint = find_resumable(run_dir)
     kind = read_resume_state(checkpoint).get("kind")
-    overrides = {"progress": False} if args.no_progress else {}
+    overrides: dict[str, Any] = {"progress": False} if args.no_progress else {}
     if kind == "ppokit.rlhf":
         from ppokit.rlhf.cli import resume_ppo
 
         if args.total_steps is not None:
             raise ConfigError(f"{run_dir} is an RLHF run, counted in PPO updates: pass --total-updates, not --total-steps")
-        return resume_ppo(run_dir, args.total_updates, overrides)
+        if args.env is not None:
+            raise ConfigError(f"{run_dir} is an RLHF run: --env applies to control runs")
+        return resume_ppo(run_dir, args.total_updates, overrides, trust=args.trust)
     if kind != "ppokit.control":
         raise CheckpointError(f"{checkpoint / RESUME_FILE}: unknown run kind {kind!r}")
     if args.total_updates is not None:
         raise ConfigError(f"{run_dir} is a control run, counted in env steps: pass --total-steps, not --total-updates")
     from ppokit.control.agent import PPO
 
-    agent = PPO.resume(run_dir, **overrides)
+    if args.env is not None:
+        overrides["env_id"] = args.env
+    agent = PPO.resume(run_dir, trust=args.trust, **overrides)
     print(f"ppokit: resuming {agent.config.env_id} at step {agent.global_step} from {checkpoint}", file=sys.stderr)
     _run_learn(agent, total_steps=args.total_steps)
     return _report_run(agent)

@@ -24,6 +24,15 @@ class CheckpointError(PPOKitError):
     """A run directory or checkpoint is missing, incomplete or incompatible."""
 
 
+class UntrustedCodeError(PPOKitError):
+    """A file ppokit read back names code to import or run, and the user has not allowed it.
+
+    ppokit never imports a module, calls a callable or runs a model's own code because a saved file
+    (``state.json``, ``config.yaml``, ``resume.json``) names it: the message says what would run and
+    how to allow it (name it again yourself, or pass ``--trust`` / ``trust=True``).
+    """
+
+
 class TrainingError(PPOKitError):
     """Training cannot continue (for example, a loss became non-finite)."""
 

@@ -136,3 +136,27 @@ class NaNRewardEnv(gym.Env):
         self.t += 1
         reward = float("nan") if self.steps > self.nan_after else 1.0
         return self.np_random.uniform(-1, 1, size=2).astype(np.float32), reward, False, self.t >= 20, {}
+
+
+class KeyedMemoryEnv(gym.Env):
+    """Keeps a count per action in a dict with int keys (and a tuple-keyed one): state that exact
+    resume must save, although its keys are not strings. Observation = the two counts."""
+
+    def __init__(self):
+        self.observation_space = spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
+        self.action_space = spaces.Discrete(2)
+        self.counts = {0: 0, 1: 0}
+        self.pairs = {(0, 0): 0.5}
+
+    def _obs(self):
+        return np.array([self.counts[0], self.counts[1]], dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self._obs(), {}
+
+    def step(self, action):
+        self.counts[int(action)] += 1
+        self.pairs[(int(action), self.counts[int(action)] % 3)] = float(self.counts[1])
+        total = self.counts[0] + self.counts[1]
+        return self._obs(), float(action), False, total % 7 == 0, {}

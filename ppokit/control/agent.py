@@ -27,14 +27,14 @@ from ppokit.configuration import replace
 from ppokit.control import checkpointing, fast
 from ppokit.control.algorithm import PPOAlgorithm
 from ppokit.control.config import ControlConfig
-from ppokit.control.envs import check_spaces, make_vector_env
+from ppokit.control.envs import check_spaces, env_import, make_vector_env
 from ppokit.control.evaluation import evaluate_policy, record_video
 from ppokit.control.networks import ActorCritic, PolicySpec, is_image_space
 from ppokit.control.rollout import ActionAdapter, RolloutCollector, policy_input
 from ppokit.control.spaces_json import space_from_json
 from ppokit.core.health import HealthMonitor
 from ppokit.core.running_stats import RunningMeanStd
-from ppokit.errors import CheckpointError, ConfigError
+from ppokit.errors import CheckpointError, ConfigError, UntrustedCodeError
 from ppokit.io.checkpoints import BEST, checkpoint_path, find_resumable, latest_checkpoint
 from ppokit.io.loop import Callback, LoopPlan, run_loop
 from ppokit.io.run_dir import default_run_dir, holds_run, open_run
@@ -58,6 +58,10 @@ class PPO:
         if overrides:
             config = replace(config, source="PPO(...)", **overrides)
         self.config = config
+        #: Whether the env the config names may be made: yes for a config given in code or on the
+        #: command line; for one read back from a file (load, resume) only with the user's consent.
+        self.env_trusted = True
+        self.config_source = "config"
         self.device = runtime.setup(config.seed, config.device, config.torch_threads)
         #: The training vector env; None after :meth:`load` until :meth:`learn` makes one.
         self.env: Any = make_vector_env(config.env_id, config.num_envs, config.env_kwargs, config.vectorization)
@@ -226,6 +230,7 @@ class PPO:
         """Evaluate now; keep the policy in ``RUN_DIR/best`` when it is the best so far."""
         assert self.run_dir is not None
         if self._eval_env is None:
+            self._require_env_trust()
             # Kept for the whole run, one env per episode: each evaluation is then as many vector
             # steps as its longest episode, with no env construction.
             self._eval_env = make_vector_env(self.config.env_id, min(episodes, MAX_EVAL_ENVS), self.config.env_kwargs)
@@ -276,6 +281,8 @@ class PPO:
         ``env``: a vector env of this task to play them in (reset with ``seed``); by default one is
         made for the call and closed after it."""
         seed = self.config.seed + 10_000 if seed is None else seed
+        if env is None:
+            self._require_env_trust()
         rng = np.random.default_rng([seed, 2])
 
         def act(obs: np.ndarray, det: bool) -> np.ndarray:
@@ -307,17 +314,35 @@ class PPO:
         assert self.run_dir is not None
         return checkpoint_path(self.run_dir, self.num_updates)
 
+    def _require_env_trust(self) -> None:
+        """Refuse to make an env whose id imports a module, when that id came from a file the user
+        has not vouched for (see :meth:`load`)."""
+        module = env_import(self.config.env_id)
+        if module is None or self.env_trusted:
+            return
+        env_id = self.config.env_id
+        raise UntrustedCodeError(
+            f"{self.config_source} names the env {env_id!r}: making it would import module {module!r} and call "
+            f"{env_id.rsplit(':', 1)[1]!r} with env_kwargs {self.config.env_kwargs!r}. ppokit imports nothing a "
+            f"saved file names unless you allow it: if you trust this file, pass --env {env_id} or --trust "
+            "(in Python: env_id=... or trust=True to PPO.load / PPO.resume)"
+        )
+
     @classmethod
-    def load(cls, path: str | Path, **overrides: Any) -> PPO:
+    def load(cls, path: str | Path, *, trust: bool = False, **overrides: Any) -> PPO:
         """Load a saved policy from a model or checkpoint directory, or a run directory (its ``model``).
 
-        The environment is created from the saved config (``overrides`` may change fields such as
-        ``num_envs`` or ``device``), so the result can ``predict``, ``evaluate`` and ``learn`` more.
-        Use :meth:`resume` to continue a run exactly where it stopped.
+        The environment is created from the saved config when needed (``overrides`` may change
+        fields such as ``num_envs`` or ``device``), so the result can ``predict``, ``evaluate`` and
+        ``learn`` more. An env id from the file that imports a module (``'module:Env'``) is made only
+        if you name it again (``env_id=...``) or pass ``trust=True``: a downloaded model directory
+        must not run code by being loaded. Use :meth:`resume` to continue a run where it stopped.
         """
         model_dir = checkpointing.find_model_dir(path)
         state = checkpointing.read_state(model_dir)
         agent = cls.__new__(cls)
+        agent.env_trusted = trust or "env_id" in overrides
+        agent.config_source = str(model_dir / checkpointing.STATE_FILE)
         agent.config = checkpointing.saved_config(model_dir, state, overrides)
         runtime.set_threads(agent.config.torch_threads)
         agent.device = runtime.resolve_device(agent.config.device)
@@ -332,14 +357,14 @@ class PPO:
         return agent
 
     @classmethod
-    def resume(cls, run_dir: str | Path, **overrides: Any) -> PPO:
+    def resume(cls, run_dir: str | Path, *, trust: bool = False, **overrides: Any) -> PPO:
         """The run in ``run_dir`` as of its latest checkpoint, ready for :meth:`learn` to continue.
 
         ``overrides`` change config fields for the rest of the run (``progress``, ``device``, …);
-        changing ones that shape the batch breaks exactness.
+        changing ones that shape the batch breaks exactness. ``trust`` as for :meth:`load`.
         """
         checkpoint = find_resumable(run_dir)
-        agent = cls.load(checkpoint, **overrides)
+        agent = cls.load(checkpoint, trust=trust, **overrides)
         checkpointing.restore_training(agent, checkpoint, Path(run_dir))
         return agent
 
@@ -353,6 +378,7 @@ class PPO:
             return
         c = self.config
         if self.env is None:
+            self._require_env_trust()
             self.env = make_vector_env(c.env_id, c.num_envs, c.env_kwargs, c.vectorization)
         self.collector = RolloutCollector(
             self.env, self.policy, self.device, c.num_steps, numpy_policy=self.numpy_policy,

@@ -123,6 +123,12 @@ def _restore(obj: Any, state: dict[str, Any], path: str) -> None:
                 raise CheckpointError(f"saved MuJoCo state at {path}.{key} does not fit this model")
             mujoco.mj_setState(model, data, saved, spec)
         else:
+            # Saved data never goes where the env keeps code (a method, a class, a module): a
+            # resume.json can set plain values, which nothing calls, and nothing else.
+            current = getattr(obj, key, None)
+            if callable(current) or isinstance(current, (types.ModuleType, spaces.Space)):
+                raise CheckpointError(f"saved env state would replace {path}.{key}, a {type(current).__name__}, "
+                                      "with data; refused")
             setattr(obj, key, decode(encoded))
 
 

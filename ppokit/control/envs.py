@@ -32,6 +32,15 @@ def _resolve_callable(env_id: str) -> Callable[..., gym.Env] | None:
     return target
 
 
+def env_import(env_id: str) -> str | None:
+    """The module that making ``env_id`` would import (``'module:EnvClass'``, or Gymnasium's
+    ``'module:Env-v0'``); None for a registered id, which names only code that is already installed
+    and registered."""
+    if ":" not in env_id:
+        return None
+    return env_id.rsplit(":", 1)[0] or None
+
+
 def _registered_id(env_id: str) -> str:
     return env_id.rsplit(":", 1)[1] if ":" in env_id else env_id
 

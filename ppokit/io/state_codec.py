@@ -50,7 +50,11 @@ def encode(value: Any) -> Any:
         return {"__tuple__": items} if isinstance(value, tuple) else items
     if isinstance(value, dict):
         if not all(isinstance(k, str) for k in value):
-            return SKIP
+            # Other keys (numbers, tuples) as a list of encoded pairs, so they come back as they were.
+            pairs = [[encode(k), encode(v)] for k, v in value.items()]
+            if any(k is SKIP or v is SKIP for k, v in pairs):
+                return SKIP
+            return {"__pairs__": pairs}
         out = {k: encode(v) for k, v in value.items()}
         if any(v is SKIP for v in out.values()):
             return SKIP
@@ -68,6 +72,12 @@ def decode(value: Any) -> Any:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise CheckpointError(f"malformed saved state entry ({type(err).__name__}: {err})") from None
+
+
+def _hashable(key: Any) -> Any:
+    if isinstance(key, list):  # a tuple's items decode as a tuple; anything else unhashable is bad data
+        raise CheckpointError("saved mapping key is a list")
+    return key
 
 
 def _decode(value: Any) -> Any:
@@ -98,4 +108,6 @@ def _decode(value: Any) -> Any:
         return tuple(_decode(v) for v in value["__tuple__"])
     if "__dict__" in value:
         return {k: _decode(v) for k, v in value["__dict__"].items()}
+    if "__pairs__" in value:
+        return {_hashable(_decode(k)): _decode(v) for k, v in value["__pairs__"]}
     return {k: _decode(v) for k, v in value.items()}

@@ -133,14 +133,14 @@ def _finish_ppo(trainer: Any) -> int:
     return 0
 
 
-def resume_ppo(run_dir: Any, total_updates: int | None, overrides: dict[str, Any]) -> int:
+def resume_ppo(run_dir: Any, total_updates: int | None, overrides: dict[str, Any], trust: bool = False) -> int:
     """``ppokit resume`` for an RLHF PPO run: rebuild the trainer from its config.yaml and continue."""
     _require_rlhf_extra()
     from ppokit.rlhf.trainer import RLHFTrainer
 
     if total_updates is not None:
         overrides = {**overrides, "total_updates": total_updates}
-    trainer = RLHFTrainer.resume(run_dir, **overrides)
+    trainer = RLHFTrainer.resume(run_dir, trust=trust, **overrides)
     print(f"ppokit: resuming RLHF PPO at update {trainer.num_updates} in {run_dir}", file=sys.stderr)
     return _finish_ppo(trainer)
 

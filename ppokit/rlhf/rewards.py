@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -23,6 +24,32 @@ from ppokit.errors import ConfigError, TrainingError
 from ppokit.rlhf.common import pad_right
 
 RewardFn = Callable[[list[str], list[str]], Sequence[float]]
+
+
+def real_numbers(values: Any, source: str) -> list[float]:
+    """``values`` as floats when it is a sequence (list, tuple, 1-D array or tensor) of real numbers
+    (ints, floats, NumPy or torch scalars); anything else, a dict or a string among them, is an error
+    naming ``source`` and the offending type rather than something quietly coerced."""
+    if isinstance(values, (np.ndarray, Tensor)):
+        if isinstance(values, np.ndarray):
+            real = values.dtype.kind in "iuf"
+        else:
+            real = values.dtype != torch.bool and not values.is_complex()
+        if values.ndim != 1 or not real:
+            raise TrainingError(f"{source} must return a 1-D sequence of real numbers, got a {values.ndim}-D "
+                                f"{type(values).__name__} of {values.dtype}")
+        return [float(v) for v in values.tolist()]
+    if not isinstance(values, (list, tuple)):
+        raise TrainingError(f"{source} must return a list of numbers, got {type(values).__name__}")
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, (Tensor, np.ndarray)) and v.ndim == 0:
+            v = v.item()
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise TrainingError(f"{source} returned a {type(v).__name__} ({v!r:.40}) at position {i}; scores must be "
+                                "real numbers (int, float, or a NumPy/torch scalar)")
+        out.append(float(v))
+    return out
 
 
 class CallableReward:
@@ -42,10 +69,7 @@ class CallableReward:
             values = self.fn(list(prompts), list(completions))
         except Exception as err:  # noqa: BLE001 - the user's code; report it with its name
             raise TrainingError(f"reward function {self.name} raised {type(err).__name__}: {err}") from err
-        try:
-            values = [float(v) for v in values]
-        except (TypeError, ValueError):
-            raise TrainingError(f"reward function {self.name} must return a list of numbers, got {type(values).__name__}") from None
+        values = real_numbers(values, f"reward function {self.name}")
         if len(values) != len(completions):
             raise TrainingError(
                 f"reward function {self.name} returned {len(values)} scores for {len(completions)} completions"
@@ -54,6 +78,14 @@ class CallableReward:
         if bad:
             raise TrainingError(f"reward function {self.name} returned a non-finite score ({values[bad[0]]}) for completion {bad[0]}")
         return torch.tensor(values, dtype=torch.float32)
+
+
+def reward_import(spec: object) -> str | None:
+    """The module that building the reward source ``spec`` would import (a ``'module:function'``
+    string that is not an existing path); None for a reward-model directory or a Python object."""
+    if isinstance(spec, str) and ":" in spec and not Path(spec).exists():
+        return spec.partition(":")[0] or spec
+    return None
 
 
 def import_callable(spec: str) -> RewardFn:
@@ -152,8 +184,8 @@ def build_reward(specs: Sequence[Any], weights: Sequence[float] | None, dtype: t
     for spec in specs:
         if callable(spec):
             sources.append(CallableReward(spec))
-        elif isinstance(spec, str) and ":" in spec and not Path(spec).exists():
-            sources.append(CallableReward(spec))
+        elif reward_import(spec) is not None:
+            sources.append(CallableReward(str(spec)))
         elif isinstance(spec, str):
             sources.append(RewardModelScorer(spec, dtype, device, trust_remote_code))
         else:

@@ -35,7 +35,7 @@ from ppokit.core.kl import ProportionalKLController
 from ppokit.core.optim import make_adamw
 from ppokit.core.schedules import make_schedule
 from ppokit.core.update import PPOUpdateSettings, ppo_update
-from ppokit.errors import CheckpointError, ConfigError
+from ppokit.errors import CheckpointError, ConfigError, UntrustedCodeError
 from ppokit.io.atomic import atomic_write_json
 from ppokit.io.checkpoints import checkpoint_path, find_resumable, latest_checkpoint, read_resume_state
 from ppokit.io.loop import Callback, LoopPlan, run_loop
@@ -48,7 +48,7 @@ from ppokit.rlhf.common import runtime
 from ppokit.rlhf.config import RLHFConfig
 from ppokit.rlhf.generation import token_entropy, token_logprobs
 from ppokit.rlhf.models import load_tokenizer
-from ppokit.rlhf.rewards import build_reward
+from ppokit.rlhf.rewards import build_reward, reward_import
 from ppokit.rlhf.roles import PPOModels
 from ppokit.rlhf.rollout import RolloutBatch, collect
 
@@ -126,16 +126,34 @@ class RLHFTrainer:
 
     @classmethod
     def resume(cls, run_dir: str | Path, prompts: Any = None, rewards: Sequence[RewardSpec] | None = None,
-               **overrides: Any) -> RLHFTrainer:
+               *, trust: bool = False, **overrides: Any) -> RLHFTrainer:
         """The run in ``run_dir`` as of its latest checkpoint, built from its config.yaml.
 
-        A run whose rewards or prompts came in as Python objects needs them passed again.
+        A run whose rewards or prompts came in as Python objects needs them passed again. What the
+        saved config would make ppokit import or run (``'module:function'`` rewards,
+        ``trust_remote_code: true``) is refused unless you pass it again (``rewards=...``,
+        ``trust_remote_code=...``) or ``trust=True``: a run directory must not run code by being resumed.
         """
         from ppokit.configuration import from_mapping, load_yaml
 
         run_dir = Path(run_dir)
         find_resumable(run_dir)
-        data = dict(load_yaml(run_dir / "config.yaml"))
+        config_file = run_dir / "config.yaml"
+        data = dict(load_yaml(config_file))
+        would_run = []
+        if rewards is None and "rewards" not in overrides:
+            for spec in data.get("rewards") or []:
+                module = reward_import(spec)
+                if module is not None and not str(spec).startswith("<python callable"):
+                    would_run.append(f"reward {spec!r} (imports module {module!r} and calls it)")
+        if data.get("trust_remote_code") is True and "trust_remote_code" not in overrides:
+            would_run.append("trust_remote_code: true (runs the Python code shipped with the models it loads)")
+        if would_run and not trust:
+            raise UntrustedCodeError(
+                f"{config_file} names code that resuming would run: {'; '.join(would_run)}. ppokit runs nothing a "
+                "saved run names unless you allow it: if you trust this run directory, pass --trust to ppokit resume "
+                "(in Python: trust=True, or the rewards again with rewards=[...])"
+            )
         data.update(overrides)
         data["run_dir"] = str(run_dir)
         if rewards is None and any(isinstance(r, str) and r.startswith("<python callable") for r in data.get("rewards", [])):

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from ppokit.cli import main
+from ppokit.configuration import replace
 from ppokit.control.agent import PPO
 from ppokit.control.config import ControlConfig
 from ppokit.errors import CheckpointError, EnvError, TrainingError
@@ -341,3 +342,23 @@ def test_learning_more_in_the_same_process_starts_a_new_run_directory(tmp_path, 
     first = agent.run_dir
     agent.learn(total_steps=4 * 32 * 4)
     assert agent.run_dir != first and agent.global_step == 4 * 32 * 4
+
+
+def test_env_state_with_non_string_keys_is_saved_and_resumed_exactly(tmp_path):
+    """Dicts keyed by numbers or tuples are env state too: captured, not mistaken for constants."""
+    from ppokit.control.env_state import capture_env_state
+
+    config = ControlConfig(env_id="tests.envs:KeyedMemoryEnv", num_envs=2, num_steps=16, num_minibatches=2,
+                           num_epochs=1, total_steps=2 * 16 * 4, progress=False, tensorboard=False, eval_episodes=0,
+                           vectorization="sync")
+    probe = PPO(replace(config, run_dir=str(tmp_path / "probe")))
+    state, why = capture_env_state(probe.env)
+    assert why is None and state is not None
+    probe.close()
+    straight = PPO(replace(config, run_dir=str(tmp_path / "straight"))).learn()
+    PPO(replace(config, run_dir=str(tmp_path / "split"))).learn(callback=_stop_after(2))
+    resumed = PPO.resume(tmp_path / "split", trust=True).learn()  # our own env module: we vouch for it
+    assert _same_weights(resumed, straight)
+    inner = [e.unwrapped for e in resumed.env.envs]
+    assert [e.counts for e in inner] == [e.unwrapped.counts for e in straight.env.envs]
+    assert [e.pairs for e in inner] == [e.unwrapped.pairs for e in straight.env.envs]

@@ -64,7 +64,10 @@ def test_cli_resume_rebuilds_the_run_from_its_config(base_model, tmp_path, capsy
     # An RLHF run counts updates, not env steps: the control flag is refused by name.
     assert main(["resume", str(run), "--total-steps", "3", "--no-progress"]) == 2
     assert "pass --total-updates, not --total-steps" in capsys.readouterr().err
-    assert main(["resume", str(run), "--total-updates", "3", "--no-progress"]) == 0
+    # The saved config names a reward module: resuming imports it only with the user's consent.
+    assert main(["resume", str(run), "--total-updates", "3", "--no-progress"]) == 2
+    assert "imports module 'tests.rlhf.helpers'" in capsys.readouterr().err
+    assert main(["resume", str(run), "--total-updates", "3", "--no-progress", "--trust"]) == 0
     assert latest_checkpoint(run).name == "update_000000000003"
     assert "resuming RLHF PPO at update 2" in capsys.readouterr().err
     # --resume on a finished run with nothing left to do is fine; --overwrite with it is not.

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -299,6 +300,26 @@ def test_callable_reward_errors_name_the_function():
         CallableReward("tests.rlhf.helpers:not_finite")(["p"], ["a"])
     with pytest.raises(TrainingError, match="raised RuntimeError: boom"):
         CallableReward("tests.rlhf.helpers:raises")(["p"], ["a"])
+
+
+@pytest.mark.parametrize("returned,message", [
+    ({"a": 1.0, "b": 2.0}, "must return a list of numbers, got dict"),   # would be scored by its keys
+    ("11", "must return a list of numbers, got str"),                      # would be two scores of 1
+    ([1.0, "2"], "returned a str .* at position 1"),
+    ([True, False], "returned a bool"),
+    ([None, 1.0], "returned a NoneType"),
+    (np.ones((2, 1)), "1-D sequence of real numbers, got a 2-D ndarray"),
+    (torch.tensor([True, False]), "1-D sequence of real numbers"),
+])
+def test_a_reward_function_must_return_real_numbers(returned, message):
+    with pytest.raises(TrainingError, match=message):
+        CallableReward(lambda prompts, completions: returned)(["p", "q"], ["a", "b"])
+
+
+def test_reward_functions_may_return_numpy_and_torch_numbers():
+    for returned in ([1, np.float32(2.5)], np.array([1.0, 2.5]), torch.tensor([1.0, 2.5]), (torch.tensor(1.0), 2.5)):
+        scores = CallableReward(lambda prompts, completions, r=returned: r)(["p", "q"], ["a", "b"])
+        assert scores.tolist() == [1.0, 2.5]
 
 
 def test_combined_reward_is_the_weighted_sum():
