@@ -140,6 +140,33 @@ def literal_choices(tp: Any) -> tuple[Any, ...]:
     return ()
 
 
+def check_types(config: Any) -> None:
+    """Parse every field of ``config`` into its declared type, in place, or raise a ConfigError
+    naming the field: a config built in code (``ControlConfig(total_steps=1e4)``,
+    ``learning_rate="fast"``) is checked as strictly as one read from YAML or ``--set``, when it is
+    built rather than deep inside training."""
+    for name, tp in field_types(type(config)).items():
+        value = getattr(config, name)
+        coerced = coerce(value, tp, f"config field {name!r}")
+        if coerced is not value:
+            object.__setattr__(config, name, coerced)
+
+
+#: Upper bound of torch_threads: far more threads than any machine has cores crash torch's pool.
+MAX_THREADS = 1024
+#: Seeds must fit the generators that take them (NumPy's legacy seed is 32 bits).
+MAX_SEED = 2**32 - 1
+
+
+def check_runtime(config: Any) -> None:
+    """The seed and thread-count checks every config shares."""
+    if not 0 <= config.seed <= MAX_SEED:
+        raise ConfigError(f"config field 'seed' = {config.seed!r} is invalid: must lie in [0, {MAX_SEED}]")
+    if not 0 <= config.torch_threads <= MAX_THREADS:
+        raise ConfigError(f"config field 'torch_threads' = {config.torch_threads!r} is invalid: must lie in "
+                          f"[0, {MAX_THREADS}] (0 keeps torch's default)")
+
+
 def check_choices(config: Any) -> None:
     """Reject a value outside its field's ``Literal[...]`` choices, naming the field and the choices.
 

@@ -71,3 +71,41 @@ def test_every_preset_builds_a_valid_config():
     for name in presets:
         cfg = from_mapping(ControlConfig, load_preset(name), f"preset {name}")
         assert cfg.env_id
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"learning_rate": "fast"}, "'learning_rate': expected a number, got 'fast'"),
+    ({"num_envs": 2.5}, "'num_envs': expected an integer"),
+    ({"normalize_obs": "maybe"}, "'normalize_obs': expected true or false"),
+    ({"env_kwargs": 3}, "'env_kwargs': expected a mapping"),
+    ({"seed": -1}, "'seed' = -1 is invalid"),
+    ({"torch_threads": 100_000}, "'torch_threads' = 100000 is invalid"),
+])
+def test_a_config_built_in_code_is_checked_when_built(changes, message):
+    """Not deep inside learn() after the run directory exists (issue 13, section 4)."""
+    with pytest.raises(ConfigError, match=message):
+        ControlConfig(**changes)
+
+
+def test_a_config_built_in_code_parses_what_yaml_would():
+    config = ControlConfig(total_steps=1e5, learning_rate=1, hidden_sizes=(32, 32))
+    assert config.total_steps == 100_000 and isinstance(config.total_steps, int)
+    assert config.learning_rate == 1.0 and isinstance(config.learning_rate, float)
+    assert config.hidden_sizes == [32, 32]
+
+
+@pytest.mark.parametrize("changes,field", [
+    ({"target_kl": -1.0}, "target_kl"), ({"lora_alpha": 0}, "lora_alpha"), ({"lora_dropout": 1.0}, "lora_dropout"),
+    ({"clip_range_vf": 0.0}, "clip_range_vf"), ({"temperature": 0.0}, "temperature"), ({"kl_horizon": 0}, "kl_horizon"),
+    ({"num_samples": -1}, "num_samples"), ({"missing_eos_penalty": -0.5}, "missing_eos_penalty"),
+    ({"gamma": 1.5}, "gamma"), ({"clip_range": 1.0}, "clip_range"), ({"seed": -3}, "seed"),
+    ({"torch_threads": 5000}, "torch_threads"), ({"total_updates": 2.5}, "total_updates"),
+    ({"learning_rate": "high"}, "learning_rate"), ({"num_minibatches": 3}, "num_minibatches"),
+])
+def test_every_rlhf_field_is_range_checked(changes, field):
+    from ppokit.rlhf.config import RLHFConfig
+
+    with pytest.raises(ConfigError, match=f"config field '{field}'"):
+        RLHFConfig(policy="some/model", **changes)
+    for disabled in ("target_kl", "clip_range_vf", "score_clip", "missing_eos_penalty"):
+        assert getattr(RLHFConfig(policy="some/model", **{disabled: None}), disabled) is None

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ppokit.configuration import check_choices, doc
+from ppokit.configuration import check_choices, check_runtime, check_types, doc
 from ppokit.core.choices import Loss, OnNonFinite, ScheduleKind
 from ppokit.errors import ConfigError
 
@@ -103,7 +103,9 @@ class ControlConfig:
         def bad(name: str, allowed: str) -> ConfigError:
             return ConfigError(f"config field {name!r} = {getattr(self, name)!r} is invalid: {allowed}")
 
+        check_types(self)
         check_choices(self)
+        check_runtime(self)
 
         if not isinstance(self.env_id, str) or not self.env_id.strip():
             raise bad("env_id", "must be a non-empty env id")
@@ -144,8 +146,6 @@ class ControlConfig:
             )
         if self.clip_obs <= 0 or self.clip_reward <= 0:
             raise bad("clip_obs" if self.clip_obs <= 0 else "clip_reward", "must be positive")
-        if self.torch_threads < 0:
-            raise bad("torch_threads", "must be 0 (torch's default) or a positive thread count")
         for name in ("checkpoint_every", "eval_episodes", "eval_every", "checkpoint_minutes"):
             if getattr(self, name) < 0:
                 raise bad(name, "must not be negative")

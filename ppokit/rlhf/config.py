@@ -6,10 +6,11 @@ overrides or code, and rejects a bad value with a message naming the field.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from ppokit.configuration import check_choices, doc
+from ppokit.configuration import check_choices, check_runtime, check_types, doc
 from ppokit.core.choices import KLEstimator, OnNonFinite, ScheduleKind
 from ppokit.errors import ConfigError
 
@@ -17,18 +18,38 @@ Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 PreferenceFormat = Literal["auto", "pairs", "rankings", "ratings"]
 
 
-def _positive(config: object, *names: str) -> None:
-    for name in names:
-        value = getattr(config, name)
-        if value <= 0:
-            raise ConfigError(f"field {name!r} must be > 0, got {value!r}")
+def _at_least_1(v: float) -> bool:
+    return v >= 1
 
 
-def _non_negative(config: object, *names: str) -> None:
-    for name in names:
+def _positive(v: float) -> bool:
+    return v > 0
+
+
+def _non_negative(v: float) -> bool:
+    return v >= 0
+
+
+def _unit(v: float) -> bool:
+    return 0.0 <= v <= 1.0
+
+
+AT_LEAST_1 = (_at_least_1, "must be at least 1")
+POSITIVE = (_positive, "must be positive")
+NON_NEGATIVE = (_non_negative, "must not be negative")
+UNIT = (_unit, "must lie in [0, 1]")
+
+
+def _check_ranges(config: object, rules: Mapping[str, tuple[Callable[[float], bool], str]]) -> None:
+    """Each named field must pass its rule; None passes where the field may be null (it disables)."""
+    for name, (ok, allowed) in rules.items():
         value = getattr(config, name)
-        if value is not None and value < 0:
-            raise ConfigError(f"field {name!r} must be >= 0, got {value!r}")
+        if value is not None and not ok(value):
+            raise ConfigError(f"config field {name!r} = {value!r} is invalid: {allowed}")
+
+
+_SUPERVISED_RULES = {"max_length": AT_LEAST_1, "epochs": AT_LEAST_1, "batch_size": AT_LEAST_1,
+                     "learning_rate": POSITIVE, "weight_decay": NON_NEGATIVE, "max_grad_norm": NON_NEGATIVE}
 
 
 @dataclass
@@ -46,8 +67,9 @@ class LMRuntime:
     skip_bad_rows: bool = doc("Skip malformed data rows (and count them) instead of stopping at the first.", default=False)
 
     def _check_runtime(self) -> None:
+        check_types(self)
         check_choices(self)
-        _non_negative(self, "torch_threads")
+        check_runtime(self)
 
 
 @dataclass
@@ -69,9 +91,8 @@ class SFTConfig(LMRuntime):
     def __post_init__(self) -> None:
         self._check_runtime()
         if not self.model:
-            raise ConfigError("field 'model' is required: a hub id or a local model directory")
-        _positive(self, "max_length", "epochs", "batch_size", "learning_rate")
-        _non_negative(self, "weight_decay", "max_grad_norm")
+            raise ConfigError("config field 'model' is required: a hub id or a local model directory")
+        _check_ranges(self, _SUPERVISED_RULES)
 
 
 @dataclass
@@ -102,11 +123,8 @@ class RewardConfig(LMRuntime):
     def __post_init__(self) -> None:
         self._check_runtime()
         if not self.model:
-            raise ConfigError("field 'model' is required: a hub id or a local model directory")
-        _positive(self, "max_length", "epochs", "batch_size", "learning_rate")
-        _non_negative(self, "weight_decay", "max_grad_norm")
-        if not 0.0 <= self.eval_fraction < 1.0:
-            raise ConfigError(f"field 'eval_fraction' must be in [0, 1), got {self.eval_fraction!r}")
+            raise ConfigError("config field 'model' is required: a hub id or a local model directory")
+        _check_ranges(self, {**_SUPERVISED_RULES, "eval_fraction": (lambda v: 0.0 <= v < 1.0, "must lie in [0, 1)")})
 
 
 @dataclass
@@ -173,25 +191,24 @@ class RLHFConfig(LMRuntime):
     def __post_init__(self) -> None:
         self._check_runtime()
         if not self.policy:
-            raise ConfigError("field 'policy' is required: a hub id or a local model directory")
-        _positive(self, "max_prompt_length", "max_new_tokens", "temperature", "total_updates", "batch_size",
-                  "num_minibatches", "num_epochs", "learning_rate", "kl_target", "kl_horizon", "lora_r",
-                  "keep_checkpoints")
-        _non_negative(self, "kl_coef", "vf_coef", "ent_coef", "weight_decay", "max_grad_norm",
-                      "sample_every", "num_samples", "checkpoint_every", "clip_range_vf", "missing_eos_penalty",
-                      "lora_dropout", "checkpoint_minutes")
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ConfigError(f"field 'gamma' must be in [0, 1], got {self.gamma!r}")
-        if not 0.0 <= self.gae_lambda <= 1.0:
-            raise ConfigError(f"field 'gae_lambda' must be in [0, 1], got {self.gae_lambda!r}")
-        if not 0.0 < self.clip_range < 1.0:
-            raise ConfigError(f"field 'clip_range' must be in (0, 1), got {self.clip_range!r}")
+            raise ConfigError("config field 'policy' is required: a hub id or a local model directory")
+        _check_ranges(self, {
+            **{name: AT_LEAST_1 for name in ("max_prompt_length", "max_new_tokens", "total_updates", "batch_size",
+                                             "num_minibatches", "num_epochs", "kl_horizon", "lora_r",
+                                             "keep_checkpoints")},
+            **{name: POSITIVE for name in ("temperature", "learning_rate", "kl_target", "lora_alpha", "target_kl",
+                                           "clip_range_vf", "score_clip")},
+            **{name: NON_NEGATIVE for name in ("kl_coef", "vf_coef", "ent_coef", "weight_decay", "max_grad_norm",
+                                               "sample_every", "num_samples", "checkpoint_every",
+                                               "checkpoint_minutes", "missing_eos_penalty")},
+            "gamma": UNIT, "gae_lambda": UNIT,
+            "clip_range": (lambda v: 0.0 < v < 1.0, "must lie in (0, 1)"),
+            "lora_dropout": (lambda v: 0.0 <= v < 1.0, "must lie in [0, 1)"),
+        })
         if self.batch_size % self.num_minibatches:
             raise ConfigError(
-                f"num_minibatches ({self.num_minibatches}) must divide batch_size ({self.batch_size})"
+                f"config field 'num_minibatches' = {self.num_minibatches} does not divide batch_size = {self.batch_size}"
             )
-        if self.score_clip is not None and self.score_clip <= 0:
-            raise ConfigError(f"field 'score_clip' must be > 0 or null, got {self.score_clip!r}")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
             raise ConfigError(
                 f"reward_weights has {len(self.reward_weights)} entries but rewards has {len(self.rewards)}; "
