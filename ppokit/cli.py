@@ -159,7 +159,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     config, preset = resolve_train_config(args)
     check_env_id(config.env_id)
     check_resume_flags(args.resume, args.overwrite, config.run_dir)
-    print(f"ppokit: training {config.env_id} for {config.total_steps} steps"
+    rounded = config.steps_trained()
+    steps = f"{rounded} steps" + ("" if rounded == config.total_steps else
+                                  f" (total_steps {config.total_steps} rounded down to whole rollouts of "
+                                  f"{config.batch_size})")
+    print(f"ppokit: training {config.env_id} for {steps}"
           + (f" with preset {preset!r}" if preset else " with the general defaults"), file=sys.stderr)
     agent = PPO(config)
     _run_learn(agent, overwrite=args.overwrite, resume=args.resume)
@@ -188,8 +192,12 @@ def _report_run(agent: Any) -> int:
 
 def _eval_line(result: dict[str, Any]) -> str:
     kind = "deterministic" if result["deterministic"] else "stochastic"
+
+    def number(value: Any) -> str:  # NaN and inf are written to JSON as null
+        return "not finite (NaN/inf)" if value is None or not math.isfinite(value) else f"{value:.2f}"
+
     return (f"evaluation ({result['episodes']} episodes, {kind}): mean return "
-            f"{result['mean_return']:.2f} ± {result['std_return']:.2f}")
+            f"{number(result['mean_return'])} ± {number(result['std_return'])}")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -283,8 +291,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ppokit: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("ppokit: interrupted at once; the files written so far are intact (every save is atomic), "
-              "`ppokit resume RUN_DIR` continues from the latest checkpoint", file=sys.stderr)
+        if args.command == "rlhf" and getattr(args, "stage", None) in ("sft", "reward"):
+            # These stages keep no checkpoints: say so rather than point at a resume that cannot work.
+            print(f"ppokit: interrupted; {args.stage} training keeps no checkpoints, so nothing was saved as a "
+                  "model (the run directory holds the metrics so far); run the stage again with --overwrite",
+                  file=sys.stderr)
+        else:
+            print("ppokit: interrupted at once; the files written so far are intact (every save is atomic); "
+                  "`ppokit resume RUN_DIR` continues from the latest checkpoint, and `--resume` starts the run "
+                  "over if it stopped before its first one", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

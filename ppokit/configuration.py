@@ -216,7 +216,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f", line {mark.line + 1}" if mark is not None else ""
@@ -261,6 +261,21 @@ def merge_overrides(cls: type, data: dict[str, Any], pairs: list[str] | None) ->
 
 def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+def with_absolute_paths(config: T, fields: tuple[str, ...]) -> T:
+    """A copy of ``config`` whose path-valued ``fields`` (strings, or lists of them, that name existing
+    files or directories) are absolute: what a run directory records, so it can be resumed from
+    anywhere. Hub ids and ``module:function`` strings are left as they are."""
+    def absolute(value: Any) -> Any:
+        if isinstance(value, str) and value and Path(value).exists():
+            return str(Path(value).resolve())
+        if isinstance(value, list):
+            return [absolute(v) for v in value]
+        return value
+
+    changes = {name: absolute(getattr(config, name)) for name in fields if hasattr(config, name)}
+    return dataclasses.replace(config, **changes)  # type: ignore[type-var]
 
 
 def callable_label(fn: Any) -> str:

@@ -26,15 +26,15 @@ from ppokit import runtime
 from ppokit.configuration import replace
 from ppokit.control import checkpointing, fast
 from ppokit.control.algorithm import PPOAlgorithm
-from ppokit.control.config import ControlConfig
-from ppokit.control.envs import check_spaces, env_import, make_vector_env
+from ppokit.control.config import RESUMABLE_FIELDS, ControlConfig
+from ppokit.control.envs import check_spaces, make_vector_env, require_no_import
 from ppokit.control.evaluation import evaluate_policy, record_video
 from ppokit.control.networks import ActorCritic, PolicySpec, is_image_space
 from ppokit.control.rollout import ActionAdapter, RolloutCollector, policy_input
 from ppokit.control.spaces_json import space_from_json
 from ppokit.core.health import HealthMonitor
 from ppokit.core.running_stats import RunningMeanStd
-from ppokit.errors import CheckpointError, ConfigError, UntrustedCodeError
+from ppokit.errors import CheckpointError, ConfigError
 from ppokit.io.checkpoints import BEST, checkpoint_path, find_resumable, latest_checkpoint
 from ppokit.io.loop import Callback, LoopPlan, run_loop
 from ppokit.io.run_dir import default_run_dir, holds_run, open_run
@@ -139,10 +139,9 @@ class PPO:
             if checkpoint is not None:
                 checkpointing.restore_checkpoint(self, checkpoint, directory)
             elif holds_run(directory):
-                raise CheckpointError(
-                    f"run directory {str(directory)!r} holds a run but no checkpoint to resume from; "
-                    "pass --overwrite (overwrite=True) to start over in it"
-                )
+                # Stopped before its first checkpoint: nothing to continue from, so start it again.
+                log.warning("%s holds a run stopped before its first checkpoint; starting it over", directory)
+                overwrite = True
         resuming = self.resume_from is not None
         self.ensure_env()
         if total_steps is not None:
@@ -153,6 +152,8 @@ class PPO:
             total = c.total_steps
         # Never exceed the step budget: a partial rollout at the end would be a different batch size.
         num_updates = max(0, (total - self.global_step) // c.batch_size)
+        for note in replace(c, total_steps=total).advice() if total >= c.batch_size else []:
+            log.warning("%s", note)
         if num_updates == 0 and self.global_step == 0:
             raise ConfigError(
                 f"total_steps = {total} is less than one rollout (num_envs * num_steps = "
@@ -293,10 +294,12 @@ class PPO:
         with torch.random.fork_rng(devices=[]):
             if video_dir is not None:
                 result = record_video(act, self.config.env_id, episodes, video_dir,
-                                      env_kwargs=self.config.env_kwargs, deterministic=deterministic, seed=seed)
+                                      env_kwargs=self.config.env_kwargs, deterministic=deterministic, seed=seed,
+                                      policy_spaces=(self.observation_space, self.action_space))
             else:
                 result = evaluate_policy(act, self.config.env_id, episodes, env_kwargs=self.config.env_kwargs,
-                                         deterministic=deterministic, seed=seed, env=env)
+                                         deterministic=deterministic, seed=seed, env=env,
+                                         policy_spaces=(self.observation_space, self.action_space))
         result["global_step"] = self.global_step  # which policy was evaluated
         return result
 
@@ -315,28 +318,17 @@ class PPO:
         return checkpoint_path(self.run_dir, self.num_updates)
 
     def _require_env_trust(self) -> None:
-        """Refuse to make an env whose id imports a module, when that id came from a file the user
-        has not vouched for (see :meth:`load`)."""
-        module = env_import(self.config.env_id)
-        if module is None or self.env_trusted:
-            return
-        env_id = self.config.env_id
-        raise UntrustedCodeError(
-            f"{self.config_source} names the env {env_id!r}: making it would import module {module!r} and call "
-            f"{env_id.rsplit(':', 1)[1]!r} with env_kwargs {self.config.env_kwargs!r}. ppokit imports nothing a "
-            f"saved file names unless you allow it: if you trust this file, pass --env {env_id} or --trust "
-            "(in Python: env_id=... or trust=True to PPO.load / PPO.resume)"
-        )
+        """Refuse to make an env that imports a module named in a file the user has not vouched for."""
+        if not self.env_trusted:
+            require_no_import(self.config.env_id, self.config.env_kwargs, self.config_source)
 
     @classmethod
     def load(cls, path: str | Path, *, trust: bool = False, **overrides: Any) -> PPO:
         """Load a saved policy from a model or checkpoint directory, or a run directory (its ``model``).
 
-        The environment is created from the saved config when needed (``overrides`` may change
-        fields such as ``num_envs`` or ``device``), so the result can ``predict``, ``evaluate`` and
-        ``learn`` more. An env id from the file that imports a module (``'module:Env'``) is made only
-        if you name it again (``env_id=...``) or pass ``trust=True``: a downloaded model directory
-        must not run code by being loaded. Use :meth:`resume` to continue a run where it stopped.
+        The env is made from the saved config when needed (``overrides`` may change ``num_envs``,
+        ``device``, …). A ``'module:Env'`` id from the file is made only if you name it again
+        (``env_id=...``) or pass ``trust=True``: loading a downloaded directory must not run code.
         """
         model_dir = checkpointing.find_model_dir(path)
         state = checkpointing.read_state(model_dir)
@@ -363,9 +355,18 @@ class PPO:
         ``overrides`` change config fields for the rest of the run (``progress``, ``device``, …);
         changing ones that shape the batch breaks exactness. ``trust`` as for :meth:`load`.
         """
+        fixed = sorted(set(overrides) - RESUMABLE_FIELDS - {"env_id"})
+        if fixed:
+            raise ConfigError(f"resuming {run_dir}: {', '.join(fixed)} shaped the run and cannot change on resume "
+                              f"(only {', '.join(sorted(RESUMABLE_FIELDS))} can)")
         checkpoint = find_resumable(run_dir)
+        saved_env = checkpointing.read_state(checkpoint)["config"].get("env_id")
+        if "env_id" in overrides and overrides["env_id"] != saved_env:
+            raise ConfigError(f"resuming {run_dir}: the run trains on {saved_env!r}, not {overrides['env_id']!r}")
         agent = cls.load(checkpoint, trust=trust, **overrides)
         checkpointing.restore_training(agent, checkpoint, Path(run_dir))
+        if "total_steps" in overrides:
+            agent.total_steps = agent.config.total_steps
         return agent
 
     def ensure_env(self, reset: bool = True) -> None:

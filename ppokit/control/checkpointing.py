@@ -10,6 +10,7 @@ complete checkpoint. Every directory is written atomically.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -21,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from ppokit import __version__
 from ppokit.configuration import from_mapping, to_dict
-from ppokit.control.config import ControlConfig
+from ppokit.control.config import RESUMABLE_FIELDS, ControlConfig
 from ppokit.control.env_state import capture_env_state, restore_env_state
 from ppokit.control.spaces_json import space_to_json
 from ppokit.errors import CheckpointError, ConfigError
@@ -42,8 +43,6 @@ KIND = "ppokit.control"
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.pt"
-#: Config fields a resumed run must share with the run that wrote the checkpoint.
-SHAPING_FIELDS = ("env_id", "num_envs", "num_steps", "hidden_sizes", "network", "shared_trunk")
 
 
 def _tensors(agent: PPO) -> dict[str, torch.Tensor]:
@@ -158,8 +157,11 @@ def saved_config(model_dir: Path, state: Mapping[str, Any], overrides: Mapping[s
 def load_weights(agent: PPO, model_dir: Path, state: Mapping[str, Any]) -> None:
     """Weights, normaliser statistics, counters, controllers and (if saved) optimizer state."""
     _load_tensors(agent, model_dir)
-    agent.global_step = int(state.get("global_step", 0))
-    agent.num_updates = int(state.get("num_updates", 0))
+    try:
+        agent.global_step = int(state.get("global_step", 0))
+        agent.num_updates = int(state.get("num_updates", 0))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{model_dir / STATE_FILE}: bad counters ({err})") from None
     agent.algorithm.load_state_dict(dict(state), str(model_dir / STATE_FILE))
     optimizer_path = model_dir / OPTIMIZER_FILE
     if optimizer_path.exists():
@@ -175,6 +177,10 @@ def _load_tensors(agent: PPO, model_dir: Path) -> None:
         tensors = load_file(str(file))
     except Exception as err:  # noqa: BLE001 - safetensors raises several types for bad files
         raise CheckpointError(f"{file}: not a readable safetensors file ({err})") from None
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{file}: holds non-finite values (NaN or inf) in {', '.join(bad[:3])}"
+                              f"{' and more' if len(bad) > 3 else ''}; refusing to load weights that cannot act")
     policy_state = {k[len("policy."):]: v for k, v in tensors.items() if k.startswith("policy.")}
     try:
         agent.policy.load_state_dict(policy_state)
@@ -191,15 +197,23 @@ def _load_tensors(agent: PPO, model_dir: Path) -> None:
 def restore_checkpoint(agent: PPO, checkpoint: Path, run_dir: Path) -> None:
     """Load a checkpoint of this same run into a freshly built agent."""
     state = read_state(checkpoint)
-    saved = state["config"]
-    for key in SHAPING_FIELDS:
-        if key in saved and saved[key] != getattr(agent.config, key):
-            raise CheckpointError(
-                f"{checkpoint}: the run was made with {key} = {saved[key]!r}, this config has "
-                f"{getattr(agent.config, key)!r}; resume it with `ppokit resume {run_dir}`"
-            )
+    check_unchanged(saved_config(checkpoint, state, {}), agent.config, checkpoint)
     load_weights(agent, checkpoint, state)
     restore_training(agent, checkpoint, run_dir)
+    agent.total_steps = agent.config.total_steps  # the budget given now, not the one saved
+
+
+def check_unchanged(saved: ControlConfig, config: ControlConfig, checkpoint: Path) -> None:
+    """Refuse a resume whose config differs from the run's in a field outside RESUMABLE_FIELDS."""
+    changed = [f.name for f in dataclasses.fields(ControlConfig)
+               if f.name not in RESUMABLE_FIELDS and getattr(saved, f.name) != getattr(config, f.name)]
+    if changed:
+        shown = ", ".join(f"{name} = {getattr(saved, name)!r} (now {getattr(config, name)!r})" for name in changed[:4])
+        raise CheckpointError(
+            f"{checkpoint}: the run was made with {shown}{' and more' if len(changed) > 4 else ''}; these shape "
+            f"training and cannot change on resume (only {', '.join(sorted(RESUMABLE_FIELDS))} can). Start a new "
+            "run (another --run-dir, or --overwrite) to train with them"
+        )
 
 
 def restore_training(agent: PPO, checkpoint: Path, run_dir: Path) -> None:

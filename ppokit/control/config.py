@@ -13,6 +13,15 @@ from ppokit.configuration import check_choices, check_runtime, check_types, doc
 from ppokit.core.choices import Loss, OnNonFinite, ScheduleKind
 from ppokit.errors import ConfigError
 
+#: Fields a resumed run may change: its budget, and how it is watched, evaluated and saved. Every
+#: other field shaped the run so far; changing it on resume is refused (it would silently train a
+#: different run, or re-save the model without state it needs).
+RESUMABLE_FIELDS = frozenset({
+    "total_steps", "run_dir", "progress", "tensorboard", "checkpoint_every", "checkpoint_minutes",
+    "keep_checkpoints", "eval_every", "eval_episodes", "eval_deterministic", "stop_at_return", "on_nonfinite",
+    "device", "torch_threads",
+})
+
 Vectorization = Literal["auto", "sync", "async"]
 Network = Literal["auto", "mlp", "cnn"]
 Activation = Literal["tanh", "relu", "elu"]
@@ -98,6 +107,24 @@ class ControlConfig:
     @property
     def minibatch_size(self) -> int:
         return self.batch_size // self.num_minibatches
+
+    def steps_trained(self, total_steps: int | None = None, done: int = 0) -> int:
+        """The env steps a run to ``total_steps`` (default: the config's) will really take, from
+        ``done``: whole rollouts only, since a partial one would be a batch of another size."""
+        total = self.total_steps if total_steps is None else total_steps
+        return done + max(0, total - done) // self.batch_size * self.batch_size
+
+    def advice(self) -> list[str]:
+        """Settings that are valid but make training do something other than what was probably meant."""
+        notes = []
+        if self.steps_trained() != self.total_steps:
+            notes.append(f"total_steps = {self.total_steps} is not a whole number of rollouts (num_envs * num_steps "
+                         f"= {self.batch_size}): {self.steps_trained()} steps will be trained")
+        if self.minibatch_size == 1:
+            notes.append("minibatches of 1 sample (num_minibatches = the batch size): "
+                         + ("whitening one advantage gives 0, so the policy cannot learn; lower num_minibatches"
+                            if self.whiten_advantages else "each step follows one sample; lower num_minibatches"))
+        return notes
 
     def __post_init__(self) -> None:
         def bad(name: str, allowed: str) -> ConfigError:

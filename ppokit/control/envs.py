@@ -11,7 +11,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium import spaces
 
-from ppokit.errors import EnvError
+from ppokit.errors import EnvError, UntrustedCodeError
 
 
 def _resolve_callable(env_id: str) -> Callable[..., gym.Env] | None:
@@ -19,6 +19,9 @@ def _resolve_callable(env_id: str) -> Callable[..., gym.Env] | None:
     if ":" not in env_id:
         return None
     module_name, attr = env_id.rsplit(":", 1)
+    if not module_name or not attr or module_name.startswith(".") or not all(
+            part.isidentifier() for part in module_name.split(".")):
+        raise EnvError(f"env id {env_id!r}: expected a registered id (CartPole-v1) or 'package.module:EnvClass'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
@@ -39,6 +42,20 @@ def env_import(env_id: str) -> str | None:
     if ":" not in env_id:
         return None
     return env_id.rsplit(":", 1)[0] or None
+
+
+def require_no_import(env_id: str, env_kwargs: dict[str, Any], source: str) -> None:
+    """Raise :class:`UntrustedCodeError` when making ``env_id`` (named in ``source``, a file the user
+    has not vouched for) would import a module, saying exactly what would run and how to allow it."""
+    module = env_import(env_id)
+    if module is None:
+        return
+    raise UntrustedCodeError(
+        f"{source} names the env {env_id!r}: making it would import module {module!r} and call "
+        f"{env_id.rsplit(':', 1)[1]!r} with env_kwargs {env_kwargs!r}. ppokit imports nothing a saved file "
+        f"names unless you allow it: if you trust this file, pass --env {env_id} or --trust (in Python: "
+        "env_id=... or trust=True to PPO.load / PPO.resume)"
+    )
 
 
 def _registered_id(env_id: str) -> str:

@@ -16,6 +16,25 @@ from ppokit.errors import EnvError
 Act = Callable[[np.ndarray, bool], np.ndarray]
 
 
+def check_fits(env_id: str, observation_space: Any, action_space: Any, policy_spaces: tuple[Any, Any] | None) -> None:
+    """Refuse an env whose spaces are not those the policy was trained on (``policy_spaces``), with
+    both named, instead of failing inside the policy."""
+    if policy_spaces is None:
+        return
+    for what, env_space, own in (("observation", observation_space, policy_spaces[0]),
+                                 ("action", action_space, policy_spaces[1])):
+        if type(env_space) is not type(own) or env_space.shape != own.shape or (
+                hasattr(own, "n") and int(env_space.n) != int(own.n)):
+            raise EnvError(f"env {env_id!r} has the {what} space {_brief(env_space)}; the policy was trained on "
+                           f"{_brief(own)}")
+
+
+def _brief(space: Any) -> str:
+    if hasattr(space, "n"):
+        return f"{type(space).__name__}({int(space.n)})"
+    return f"{type(space).__name__} of shape {tuple(space.shape or ())}"
+
+
 def evaluate_policy(
     act: Act,
     env_id: str,
@@ -26,18 +45,26 @@ def evaluate_policy(
     seed: int = 0,
     num_envs: int = 8,
     env: Any = None,
+    policy_spaces: tuple[Any, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``episodes`` episodes and summarise their undiscounted returns.
 
     Episodes are spread over up to ``num_envs`` parallel envs with a fixed quota per env, so short
     episodes are not over-represented (taking the first N to finish would favour them). ``env``: a
-    vector env of the task to use (and leave open) instead of making one.
+    vector env of the task to use (and leave open) instead of making one. ``policy_spaces``: the
+    (observation, action) spaces the policy expects; an env with others is refused.
     """
     if episodes < 1:
         raise ValueError("episodes must be at least 1")
     owned = env is None
     if owned:
         env = make_vector_env(env_id, min(num_envs, episodes), env_kwargs)
+    try:
+        check_fits(env_id, env.single_observation_space, env.single_action_space, policy_spaces)
+    except EnvError:
+        if owned:
+            env.close()
+        raise
     n = min(env.num_envs, episodes)
     # Envs beyond the first n (a shared env wider than needed) play nothing that counts.
     quota = np.array([(episodes // n + (1 if i < episodes % n else 0)) if i < n else 0 for i in range(env.num_envs)])
@@ -91,12 +118,20 @@ def record_video(
     env_kwargs: dict[str, Any] | None = None,
     deterministic: bool = True,
     seed: int = 0,
+    policy_spaces: tuple[Any, Any] | None = None,
 ) -> dict[str, Any]:
     """Play ``episodes`` episodes one after another with Gymnasium's RecordVideo into ``video_dir``."""
     import gymnasium as gym
 
+    if Path(video_dir).exists() and not Path(video_dir).is_dir():
+        raise EnvError(f"--video {video_dir}: exists and is not a directory")
     try:
         env = make_single_env(env_id, env_kwargs, render_mode="rgb_array")
+        try:
+            check_fits(env_id, env.observation_space, env.action_space, policy_spaces)
+        except EnvError:
+            env.close()
+            raise
         env = gym.wrappers.RecordVideo(
             env, str(video_dir), episode_trigger=lambda _: True, name_prefix="eval", disable_logger=True
         )

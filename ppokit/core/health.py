@@ -17,6 +17,10 @@ log = logging.getLogger("ppokit")
 
 #: Consecutive updates a check must fail before it is reported on the console.
 WARN_AFTER = 3
+#: Checks reported on the console the first time they fail: they mean the update did not happen.
+WARN_AT_ONCE = frozenset({"nonfinite_skips"})
+#: The share of skipped minibatches above which an update is reported as (mostly) not trained.
+MAX_SKIPPED_SHARE = 0.1
 
 
 def health_warnings(
@@ -35,6 +39,15 @@ def health_warnings(
     trunk, where the value gradient competes with the policy gradient for the same weights.
     """
     found: list[tuple[str, str]] = []
+    skipped = stats.get("skipped_minibatches", 0.0)
+    total = skipped + stats.get("minibatch_steps", 0.0)
+    if total > 0 and skipped / total > MAX_SKIPPED_SHARE:
+        found.append((
+            "nonfinite_skips",
+            f"{skipped:.0f} of {total:.0f} minibatches had a non-finite loss or gradient and were skipped "
+            "(on_nonfinite: skip): this update trained on little or nothing; look for NaN/inf in the rewards "
+            "or observations, or lower the learning rate",
+        ))
     clip_fraction = stats.get("clip_fraction", 0.0)
     if clip_fraction > 0.6:
         found.append((
@@ -113,7 +126,8 @@ class HealthMonitor:
         for key, message in found:
             messages.append(message)
             self.streaks[key] = self.streaks.get(key, 0) + 1
-            if self.streaks[key] == self.warn_after and key not in self.warned:
+            at = 1 if key in WARN_AT_ONCE else self.warn_after
+            if self.streaks[key] == at and key not in self.warned:
                 self.warned.add(key)
                 log.warning("update %d: %s", update, message)
         seen = {key for key, _ in found}

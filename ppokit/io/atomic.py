@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from ppokit.errors import CheckpointError
+
+
+@contextlib.contextmanager
+def reported_os_errors(path: str | Path) -> Iterator[None]:
+    """Turn an OSError while writing ``path`` (a read-only or full disk, a file where a directory
+    should be) into a one-line :class:`CheckpointError` that names the path and says what survives."""
+    try:
+        yield
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        where = f" ({err.filename})" if err.filename and str(err.filename) != str(path) else ""
+        raise CheckpointError(f"cannot write {path}: {reason}{where}; nothing already saved was lost "
+                              "(every write goes to a temporary name first)") from None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -26,7 +42,11 @@ def _fsync_dir(path: Path) -> None:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
-    path = Path(path)
+    with reported_os_errors(path):
+        _atomic_write_bytes(Path(path), data)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -87,7 +107,11 @@ def atomic_write_dir(path: str | Path, fill: Callable[[Path], None]) -> None:
     any moment leaves either the old directory or the new one in place (between the two renames of a
     replacement, the old one under a temporary name that :func:`recover_dir` restores).
     """
-    path = Path(path)
+    with reported_os_errors(path):
+        _atomic_write_dir(Path(path), fill)
+
+
+def _atomic_write_dir(path: Path, fill: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))

@@ -8,14 +8,18 @@ from pathlib import Path
 from typing import Any
 
 from ppokit.io.atomic import json_safe
+from ppokit.io.lock import RunLock
 
 
 class MetricsLogger:
     """Appends each record to ``metrics.jsonl`` (flushed per line) and mirrors numbers to TensorBoard."""
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True, purge_step: int | None = None) -> None:
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, purge_step: int | None = None,
+                 lock: RunLock | None = None) -> None:
         """``purge_step``: when resuming, TensorBoard drops the events at or after this step that the
-        interrupted run wrote after its checkpoint."""
+        interrupted run wrote after its checkpoint. ``lock``: the run directory's lock, released on
+        :meth:`close` (this logger is the run's writer)."""
+        self.lock = lock
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._file = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
@@ -42,6 +46,9 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def __enter__(self) -> MetricsLogger:
         return self

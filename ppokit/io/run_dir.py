@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ppokit.errors import CheckpointError
+from ppokit.io.lock import RunLock
 from ppokit.io.metrics import MetricsLogger
 
 #: Files whose presence means a directory already holds a run.
@@ -67,14 +68,22 @@ def open_run(path: str | Path, config: Any, *, overwrite: bool = False, resume_u
     are redone), and TensorBoard drops its events from ``purge_step`` on.
     """
     from ppokit.configuration import config_to_yaml
-    from ppokit.io.atomic import atomic_write_text
+    from ppokit.io.atomic import atomic_write_text, reported_os_errors
     from ppokit.io.metrics import truncate_metrics
 
     path = Path(path)
-    if resume_update is not None:
+    with reported_os_errors(path):
+        if path.exists() and not path.is_dir():
+            raise CheckpointError(f"run directory {str(path)!r} exists and is not a directory")
         path.mkdir(parents=True, exist_ok=True)
-        truncate_metrics(path / "metrics.jsonl", "update", resume_update)
-    else:
-        path = prepare_run_dir(path, overwrite)
-    atomic_write_text(path / "config.yaml", config_to_yaml(config))
-    return path, MetricsLogger(path, tensorboard=config.tensorboard, purge_step=purge_step)
+        lock = RunLock(path)  # before anything in it changes; the metrics logger releases it
+        try:
+            if resume_update is not None:
+                truncate_metrics(path / "metrics.jsonl", "update", resume_update)
+            else:
+                path = prepare_run_dir(path, overwrite)
+            atomic_write_text(path / "config.yaml", config_to_yaml(config))
+            return path, MetricsLogger(path, tensorboard=config.tensorboard, purge_step=purge_step, lock=lock)
+        except BaseException:
+            lock.release()
+            raise

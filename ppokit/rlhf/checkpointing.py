@@ -65,6 +65,10 @@ def restore(trainer: RLHFTrainer, checkpoint: Path, state: dict[str, Any]) -> No
         missing, unexpected = load_model(trainer.models.trainable, str(file), strict=False, device=str(trainer.device))
     except Exception as err:  # noqa: BLE001 - safetensors raises several types for bad files
         raise CheckpointError(f"{file}: not a readable safetensors file ({err})") from None
+    bad = [name for name, p in trainer.models.trainable.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise CheckpointError(f"{file}: holds non-finite values (NaN or inf) in {', '.join(bad[:3])}"
+                              f"{' and more' if len(bad) > 3 else ''}; refusing to resume from them")
     if missing or unexpected:
         raise CheckpointError(
             f"{file}: the saved weights do not fit this model (missing {list(missing)[:3]}, "

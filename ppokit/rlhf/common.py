@@ -9,10 +9,12 @@ from typing import Any
 import torch
 
 from ppokit import runtime as _runtime
+from ppokit.configuration import with_absolute_paths
 from ppokit.core.schedules import make_schedule
 from ppokit.io.metrics import MetricsLogger
 from ppokit.io.run_dir import default_run_dir
 from ppokit.io.run_dir import open_run as _open_run
+from ppokit.rlhf.config import PATH_FIELDS
 from ppokit.rlhf.models import quiet_transformers
 
 
@@ -25,8 +27,8 @@ def runtime(config: Any) -> tuple[torch.device, torch.dtype]:
 
 def open_run(config: Any, stage: str, run_dir: str | Path | None, overwrite: bool) -> tuple[Path, MetricsLogger]:
     """Create the run directory of an SFT or reward-training run, write config.yaml, open the metrics."""
-    return _open_run(run_dir or config.run_dir or default_run_dir(f"rlhf-{stage}", config.seed), config,
-                     overwrite=overwrite)
+    return _open_run(run_dir or config.run_dir or default_run_dir(f"rlhf-{stage}", config.seed),
+                     with_absolute_paths(config, PATH_FIELDS), overwrite=overwrite)
 
 
 def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:

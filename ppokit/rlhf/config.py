@@ -14,6 +14,16 @@ from ppokit.configuration import check_choices, check_runtime, check_types, doc
 from ppokit.core.choices import KLEstimator, OnNonFinite, ScheduleKind
 from ppokit.errors import ConfigError
 
+#: Fields that name files or directories; a run directory records them as absolute paths.
+PATH_FIELDS = ("model", "data", "eval_data", "policy", "reference", "rewards")
+#: Fields a resumed PPO run may change: its budget, and how it is watched and saved. Every other
+#: field shaped the run so far; changing it on resume is refused.
+RESUMABLE_FIELDS = frozenset({
+    "total_updates", "run_dir", "progress", "tensorboard", "checkpoint_every", "checkpoint_minutes",
+    "keep_checkpoints", "sample_every", "num_samples", "on_nonfinite", "device", "torch_threads",
+    "trust_remote_code",
+})
+
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 PreferenceFormat = Literal["auto", "pairs", "rankings", "ratings"]
 

@@ -55,6 +55,11 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except Exception as err:  # noqa: BLE001 - transformers raises OSError, ValueError, ...
         raise _load_error("tokenizer", name, err) from None
+    # A model directory without its tokenizer files loads as an empty tokenizer that turns every
+    # text into nothing; everything downstream would then "train" on nothing.
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)) + 1:
+        raise CheckpointError(f"tokenizer of {name!r} has a vocabulary of {len(tokenizer)} token(s): the directory "
+                              "is probably missing its tokenizer files (tokenizer.json, or vocab.json and merges.txt)")
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token_id is None:
             raise CheckpointError(f"tokenizer {name!r} has neither a pad nor an EOS token; add one before training")
@@ -63,6 +68,49 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
         raise CheckpointError(f"tokenizer {name!r} has no EOS token, so completions could never end; add one")
     tokenizer.padding_side = "left"
     return tokenizer
+
+
+def model_positions(name: str, trust_remote_code: bool = False) -> int | None:
+    """How many positions (tokens) the model ``name`` can attend over, from its config; None when
+    the config does not say (rotary models without a stated limit)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except Exception as err:  # noqa: BLE001 - transformers raises OSError, ValueError, ...
+        raise _load_error("model config", name, err) from None
+    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def length_limit(max_length: int, name: str, positions: int | None, reserve: int = 0) -> int:
+    """``max_length`` capped to what the model ``name`` can take (``positions``, less ``reserve``
+    tokens kept for generation): longer rows are then reported as too long instead of crashing inside
+    the model."""
+    if positions is None:
+        return max_length
+    room = positions - reserve
+    if room < 1:
+        raise ConfigError(f"config field 'max_new_tokens' = {reserve} leaves no room for a prompt in the {positions} "
+                          f"positions of {name!r}")
+    return min(max_length, room)
+
+
+def check_tokenizes(tokenizer: Any, texts: list[str], model: str, what: str, sample: int = 256) -> None:
+    """Stop when ``texts`` (a sample of them) tokenize to nothing, or to nothing but unknown tokens:
+    training on that would report success while learning nothing."""
+    probe = [t for t in texts[:sample] if t.strip()]
+    if not probe:
+        return
+    unknown = tokenizer.unk_token_id
+    ids = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    if all(not row or all(i == unknown for i in row) for row in ids):
+        raise CheckpointError(
+            f"the tokenizer of {model!r} turns the {what} into nothing but unknown tokens (e.g. {probe[0][:40]!r} -> "
+            f"{ids[0][:8]}): is it the tokenizer this data is written for, with all its files?")
 
 
 def fuse_activations(model: nn.Module) -> nn.Module:

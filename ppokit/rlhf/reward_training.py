@@ -19,11 +19,18 @@ import torch
 
 from ppokit.core.losses import bradley_terry_loss
 from ppokit.errors import TrainingError
-from ppokit.io.atomic import atomic_write_json
+from ppokit.io.atomic import atomic_write_dir, atomic_write_json
 from ppokit.rlhf import data as rdata
 from ppokit.rlhf.common import open_run, progress_bar, runtime, shuffled_batches, supervised_setup
 from ppokit.rlhf.config import RewardConfig
-from ppokit.rlhf.models import RewardModel, load_tokenizer, new_reward_model
+from ppokit.rlhf.models import (
+    RewardModel,
+    check_tokenizes,
+    length_limit,
+    load_tokenizer,
+    model_positions,
+    new_reward_model,
+)
 from ppokit.rlhf.rewards import encode_pairs
 
 log = logging.getLogger("ppokit")
@@ -73,9 +80,13 @@ def train_reward_model(config: RewardConfig, data: Any = None, eval_data: Any = 
     tokenizer.padding_side = "right"
     fmt, loaded = rdata.load_preferences(data if data is not None else config.data, config)
     texts_key = ("chosen", "rejected") if fmt == "pairs" else ("response",)
+    check_tokenizes(tokenizer, [r["prompt"] + " " + r[texts_key[0]] for r in loaded.rows], config.model,
+                    "preference data")
+    limit = length_limit(config.max_length, config.model, model_positions(config.model, config.trust_remote_code))
     lengths = [max(len(tokenizer(r["prompt"])["input_ids"]) + len(tokenizer(r[k], add_special_tokens=False)["input_ids"])
                    for k in texts_key) for r in loaded.rows]
-    loaded = rdata.drop_long(loaded, lengths, config.max_length, "prompt + response", "max_length", config.skip_bad_rows)
+    loaded = rdata.drop_long(loaded, lengths, limit, "prompt + response", "max_length (capped to the model's positions)"
+                             if limit < config.max_length else "max_length", config.skip_bad_rows)
 
     if eval_data is not None or config.eval_data:
         eval_fmt, eval_loaded = rdata.load_preferences(eval_data if eval_data is not None else config.eval_data, config)
@@ -154,7 +165,8 @@ def train_reward_model(config: RewardConfig, data: Any = None, eval_data: Any = 
     train_accuracy = pairwise_accuracy(model, tokenizer, train_pairs[:2048], device)
     model_dir = path / "model"
     tokenizer.padding_side = "left"
-    model.save(model_dir, tokenizer)
+    # Complete or absent: a kill mid-save must never leave weights without their tokenizer or metadata.
+    atomic_write_dir(model_dir, lambda tmp: model.save(tmp, tokenizer))
     summary = {
         "run_dir": str(path), "model_dir": str(model_dir), "format": fmt, "steps": step,
         "train_pairs": len(train_pairs), "eval_pairs": len(eval_rows),

@@ -15,11 +15,19 @@ from typing import Any
 import torch
 
 from ppokit.errors import TrainingError
+from ppokit.io.atomic import atomic_write_dir
 from ppokit.rlhf import data as rdata
 from ppokit.rlhf.common import open_run, pad_right, progress_bar, runtime, shuffled_batches, supervised_setup
 from ppokit.rlhf.config import SFTConfig
 from ppokit.rlhf.generation import token_logprobs
-from ppokit.rlhf.models import load_causal_lm, load_tokenizer, position_ids_from_mask
+from ppokit.rlhf.models import (
+    check_tokenizes,
+    length_limit,
+    load_causal_lm,
+    load_tokenizer,
+    model_positions,
+    position_ids_from_mask,
+)
 
 log = logging.getLogger("ppokit")
 
@@ -54,10 +62,13 @@ def train_sft(config: SFTConfig, data: Any = None, run_dir: str | Path | None = 
         {"prompt": (config.prompt_column, "text"), "response": (config.response_column, "text")},
         config.skip_bad_rows,
     )
+    check_tokenizes(tokenizer, [r["prompt"] + " " + r["response"] for r in loaded.rows], config.model, "SFT data")
     for row, tokens in zip(loaded.rows, tokenize_sft(tokenizer, loaded.rows, config.add_eos)):
         row["_tokens"] = tokens
-    loaded = rdata.drop_long(loaded, [len(r["_tokens"][0]) for r in loaded.rows], config.max_length,
-                             "prompt + response", "max_length", config.skip_bad_rows)
+    limit = length_limit(config.max_length, config.model, model_positions(config.model, config.trust_remote_code))
+    loaded = rdata.drop_long(loaded, [len(r["_tokens"][0]) for r in loaded.rows], limit,
+                             "prompt + response", "max_length (capped to the model's positions)"
+                             if limit < config.max_length else "max_length", config.skip_bad_rows)
     encoded = [r["_tokens"] for r in loaded.rows]
     model = load_causal_lm(config.model, dtype, device, config.trust_remote_code)
     model.train()
@@ -94,8 +105,12 @@ def train_sft(config: SFTConfig, data: Any = None, run_dir: str | Path | None = 
         bar.close()
         metrics.close()
     model_dir = path / "model"
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    # Complete or absent: a kill mid-save must never leave weights without their tokenizer.
+    atomic_write_dir(model_dir, write)
     summary = {"run_dir": str(path), "model_dir": str(model_dir), "steps": step, "final_loss": loss_value,
                "rows": len(encoded), "skipped_rows": loaded.skipped, "seconds": time.perf_counter() - start}
     log.info("SFT: %d steps, final loss %.4f; model saved to %s", step, loss_value, model_dir)

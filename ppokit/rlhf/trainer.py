@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ppokit.configuration import callable_label
+from ppokit.configuration import callable_label, from_mapping, load_yaml, with_absolute_paths
 from ppokit.core.advantages import masked_mean
 from ppokit.core.diagnostics import explained_variance
 from ppokit.core.health import HealthMonitor
@@ -38,21 +39,24 @@ from ppokit.core.update import PPOUpdateSettings, ppo_update
 from ppokit.errors import CheckpointError, ConfigError, UntrustedCodeError
 from ppokit.io.atomic import atomic_write_json
 from ppokit.io.checkpoints import checkpoint_path, find_resumable, latest_checkpoint, read_resume_state
+from ppokit.io.lock import RunLock
 from ppokit.io.loop import Callback, LoopPlan, run_loop
-from ppokit.io.metrics import MetricsLogger
+from ppokit.io.metrics import MetricsLogger, truncate_metrics
 from ppokit.io.run_dir import default_run_dir, holds_run, open_run
 from ppokit.rlhf import checkpointing
 from ppokit.rlhf import data as rdata
 from ppokit.rlhf.advantages import TokenAdvantages, token_advantages
 from ppokit.rlhf.common import runtime
-from ppokit.rlhf.config import RLHFConfig
+from ppokit.rlhf.config import PATH_FIELDS, RESUMABLE_FIELDS, RLHFConfig
 from ppokit.rlhf.generation import token_entropy, token_logprobs
-from ppokit.rlhf.models import load_tokenizer
+from ppokit.rlhf.models import check_tokenizes, length_limit, load_tokenizer, model_positions
 from ppokit.rlhf.rewards import build_reward, reward_import
 from ppokit.rlhf.roles import PPOModels
 from ppokit.rlhf.rollout import RolloutBatch, collect
 
 RewardSpec = str | Callable[..., Sequence[float]]
+
+log = logging.getLogger("ppokit")
 
 
 class RLHFTrainer:
@@ -82,16 +86,24 @@ class RLHFTrainer:
             checkpoint = latest_checkpoint(directory)
             if checkpoint is not None:
                 resume_state = read_resume_state(checkpoint, checkpointing.KIND, checkpointing.RESUME_FORMAT)
+                check_unchanged(directory / "config.yaml", c, rewards)
             elif holds_run(directory):
-                raise CheckpointError(f"run directory {str(directory)!r} holds a run but no checkpoint to "
-                                      "resume from; pass --overwrite (overwrite=True) to start over in it")
+                # Stopped before its first checkpoint: nothing to continue from, so start it again.
+                log.warning("%s holds a run stopped before its first checkpoint; starting it over", directory)
+                overwrite = True
         self.device, self.dtype = runtime(c)
         self.tokenizer = load_tokenizer(c.policy, c.trust_remote_code)
 
         loaded = rdata.load(prompts if prompts is not None else c.data, {"prompt": (c.prompt_column, "text")},
                             c.skip_bad_rows)
+        check_tokenizes(self.tokenizer, [r["prompt"] for r in loaded.rows], c.policy, "prompts")
         lengths = [len(ids) for ids in self.tokenizer([r["prompt"] for r in loaded.rows])["input_ids"]]
-        loaded = rdata.drop_long(loaded, lengths, c.max_prompt_length, "prompt", "max_prompt_length", c.skip_bad_rows)
+        # A prompt and its completion must fit the model's positions together.
+        limit = length_limit(c.max_prompt_length, c.policy, model_positions(c.policy, c.trust_remote_code),
+                             reserve=c.max_new_tokens)
+        loaded = rdata.drop_long(loaded, lengths, limit, "prompt", "max_prompt_length" if limit == c.max_prompt_length
+                                 else "max_prompt_length (capped to the model's positions less max_new_tokens)",
+                                 c.skip_bad_rows)
         self.prompts = rdata.PromptLoader([r["prompt"] for r in loaded.rows], c.batch_size, c.seed)
         self.skipped_rows = loaded.skipped
 
@@ -112,11 +124,13 @@ class RLHFTrainer:
         # config.yaml records the reward sources actually used, also when they came in as an argument.
         self.run_dir: Path | None
         self.metrics: MetricsLogger | None
+        recorded = dataclasses.replace(c, rewards=[r if isinstance(r, str) else callable_label(r) for r in self.reward_specs])
         self.run_dir, self.metrics = open_run(
-            directory, dataclasses.replace(c, rewards=[r if isinstance(r, str) else callable_label(r) for r in self.reward_specs]),
-            overwrite=overwrite,
+            directory, with_absolute_paths(recorded, PATH_FIELDS), overwrite=overwrite,
             resume_update=resume_update, purge_step=None if resume_update is None else resume_update + 1,
         )
+        if resume_update is not None:  # sample rows logged after the checkpoint are redone too
+            truncate_metrics(self.run_dir / "samples.jsonl", "update", resume_update)
         if checkpoint is not None and resume_state is not None:
             checkpointing.restore(self, checkpoint, resume_state)
 
@@ -134,11 +148,13 @@ class RLHFTrainer:
         ``trust_remote_code: true``) is refused unless you pass it again (``rewards=...``,
         ``trust_remote_code=...``) or ``trust=True``: a run directory must not run code by being resumed.
         """
-        from ppokit.configuration import from_mapping, load_yaml
-
         run_dir = Path(run_dir)
         find_resumable(run_dir)
         config_file = run_dir / "config.yaml"
+        fixed = sorted(set(overrides) - RESUMABLE_FIELDS)
+        if fixed:
+            raise ConfigError(f"resuming {run_dir}: {', '.join(fixed)} shaped the run and cannot change on resume "
+                              f"(only {', '.join(sorted(RESUMABLE_FIELDS))} can)")
         data = dict(load_yaml(config_file))
         would_run = []
         if rewards is None and "rewards" not in overrides:
@@ -252,7 +268,7 @@ class RLHFTrainer:
         target = c.total_updates if updates is None else self.num_updates + updates
         if self.metrics is None:  # a second learn() call: the run goes on in the same directory
             assert self.run_dir is not None
-            self.metrics = MetricsLogger(self.run_dir, tensorboard=c.tensorboard)
+            self.metrics = MetricsLogger(self.run_dir, tensorboard=c.tensorboard, lock=RunLock(self.run_dir))
         metrics = self.metrics
         plan = LoopPlan(
             updates=max(0, target - self.num_updates), desc="rlhf ppo", checkpoint_every=c.checkpoint_every,
@@ -331,6 +347,24 @@ class RLHFTrainer:
         """Write ``policy/`` (a ``save_pretrained`` causal LM, LoRA merged in, plus the adapter alone in
         ``policy_adapter/``) and ``value_model/`` (trunk + ``scalar_head.safetensors``)."""
         self.models.save(directory, self.tokenizer)
+
+
+def check_unchanged(config_file: Path, config: RLHFConfig, rewards: Sequence[RewardSpec] | None) -> None:
+    """Refuse a resume whose config differs from the run's recorded one outside RESUMABLE_FIELDS
+    (paths compared as absolute paths, rewards passed in code as their recorded labels)."""
+    saved = with_absolute_paths(from_mapping(RLHFConfig, load_yaml(config_file), str(config_file)), PATH_FIELDS)
+    specs = list(rewards) if rewards is not None else list(config.rewards)
+    now = with_absolute_paths(
+        dataclasses.replace(config, rewards=[r if isinstance(r, str) else callable_label(r) for r in specs]), PATH_FIELDS)
+    changed = [f.name for f in dataclasses.fields(RLHFConfig)
+               if f.name not in RESUMABLE_FIELDS and getattr(saved, f.name) != getattr(now, f.name)]
+    if changed:
+        shown = ", ".join(f"{name} = {getattr(saved, name)!r} (now {getattr(now, name)!r})" for name in changed[:4])
+        raise CheckpointError(
+            f"{config_file}: the run was made with {shown}{' and more' if len(changed) > 4 else ''}; these shape "
+            f"training and cannot change on resume (only {', '.join(sorted(RESUMABLE_FIELDS))} can). Start a new "
+            "run (another --run-dir, or --overwrite) to train with them"
+        )
 
 
 def train_rlhf(config: RLHFConfig, prompts: Any = None, rewards: Any = None,

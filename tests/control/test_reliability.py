@@ -18,7 +18,7 @@ from ppokit.cli import main
 from ppokit.configuration import replace
 from ppokit.control.agent import PPO
 from ppokit.control.config import ControlConfig
-from ppokit.errors import CheckpointError, EnvError, TrainingError
+from ppokit.errors import CheckpointError, ConfigError, EnvError, TrainingError
 from ppokit.io.checkpoints import checkpoint_dirs, latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,10 +83,13 @@ def test_resume_refuses_a_run_without_checkpoints_and_a_different_network(tmp_pa
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text("")
-    with pytest.raises(CheckpointError, match="no checkpoint to resume"):
-        PPO(_config()).learn(run_dir=run, resume=True)
     with pytest.raises(CheckpointError, match="no resumable checkpoint"):
         PPO.resume(run)
+    # --resume on a run stopped before its first checkpoint starts it over, keeping nothing stale.
+    (run / "metrics.jsonl").write_text('{"update": 99}\n')
+    restarted = PPO(_config()).learn(run_dir=run, resume=True)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert restarted.num_updates == 6 and [r["update"] for r in rows] == list(range(1, 7))
     PPO(_config()).learn(run_dir=tmp_path / "ok", callback=_stop_after(1))
     with pytest.raises(CheckpointError, match="hidden_sizes"):
         PPO(_config(hidden_sizes=[16])).learn(run_dir=tmp_path / "ok", resume=True)
@@ -362,3 +365,47 @@ def test_env_state_with_non_string_keys_is_saved_and_resumed_exactly(tmp_path):
     inner = [e.unwrapped for e in resumed.env.envs]
     assert [e.counts for e in inner] == [e.unwrapped.counts for e in straight.env.envs]
     assert [e.pairs for e in inner] == [e.unwrapped.pairs for e in straight.env.envs]
+
+
+def test_resume_can_extend_a_finished_run(tmp_path):
+    """--resume --total-steps N on a finished run trains on to N (issue 13, section 3)."""
+    run = tmp_path / "run"
+    PPO(_config()).learn(run_dir=run)
+    done = json.loads((run / "model" / "state.json").read_text())["global_step"]
+    more = PPO(replace(_config(), total_steps=done + 2 * 4 * 32)).learn(run_dir=run, resume=True)
+    assert more.global_step == done + 2 * 4 * 32
+    again = PPO.resume(run, total_steps=done + 4 * 4 * 32).learn()
+    assert again.global_step == done + 4 * 4 * 32
+    assert "total_steps: " + str(done + 4 * 4 * 32) in (run / "config.yaml").read_text()
+    assert main(["resume", str(run), "--total-steps", str(done + 5 * 4 * 32), "--no-progress"]) == 0
+
+
+def test_resume_refuses_a_changed_setting_and_records_allowed_changes_truthfully(tmp_path):
+    run = tmp_path / "run"
+    base = _config("Pendulum-v1", normalize_obs=True, num_envs=2)
+    PPO(base).learn(run_dir=run, callback=_stop_after(2))
+    for changed, field in (({"normalize_obs": False}, "normalize_obs"), ({"learning_rate": 0.1}, "learning_rate"),
+                           ({"gamma": 0.5}, "gamma")):
+        with pytest.raises(CheckpointError, match=f"{field} = .* cannot change on resume"):
+            PPO(replace(base, **changed)).learn(run_dir=run, resume=True)
+        with pytest.raises(ConfigError, match=f"{field} shaped the run"):
+            PPO.resume(run, **changed)
+    resumed = PPO(replace(base, eval_episodes=3, checkpoint_every=1)).learn(run_dir=run, resume=True)
+    recorded = (run / "config.yaml").read_text()
+    assert "eval_episodes: 3" in recorded and "checkpoint_every: 1" in recorded
+    assert resumed.obs_rms is not None and (run / "model" / "model.safetensors").exists()
+
+
+def test_two_processes_cannot_write_one_run_directory(tmp_path):
+    from ppokit.io.lock import RunLock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = RunLock(run)  # another writer, as far as flock is concerned
+    try:
+        with pytest.raises(CheckpointError, match=r"in use by another ppokit process \(pid \d+\)"):
+            PPO(_config()).learn(run_dir=run)
+        assert not (run / "metrics.jsonl").exists()
+    finally:
+        holder.release()
+    PPO(_config()).learn(run_dir=run)  # free again

@@ -106,7 +106,7 @@ def test_a_pickled_object_in_an_rlhf_checkpoint_is_refused(base_model, tmp_path)
 
 def test_an_rlhf_checkpoint_does_not_load_into_a_different_setup(base_model, tmp_path):
     RLHFTrainer(_config(base_model, total_updates=1), prompts=PROMPTS, run_dir=tmp_path / "run").learn()
-    with pytest.raises(CheckpointError, match="do not fit this model"):
+    with pytest.raises(CheckpointError, match="value_model = 'separate' \\(now 'head'\\).*cannot change on resume"):
         RLHFTrainer(_config(base_model, total_updates=2, value_model="head"), prompts=PROMPTS,
                     run_dir=tmp_path / "run", resume=True)
 
@@ -132,3 +132,25 @@ def test_ctrl_c_finishes_the_step_checkpoints_and_resume_matches(base_model, tmp
     resumed = RLHFTrainer(config, prompts=PROMPTS, run_dir=tmp_path / "split", resume=True)
     resumed.learn()
     assert _same(resumed, straight)
+
+
+def test_logs_are_exact_after_a_resume_and_a_run_resumes_from_anywhere(base_model, tmp_path, monkeypatch):
+    """samples.jsonl keeps no rows past the checkpoint; config.yaml holds absolute paths."""
+    import json
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(base_model, tmp_path / "policy")
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
+    config = _config("policy", data="prompts.jsonl", sample_every=1, num_samples=2, checkpoint_every=1)
+    first = RLHFTrainer(config, run_dir="run")
+    first.learn(callback=lambda record: record["update"] < 3)
+    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / checkpoints[-1])  # as if killed after update 3's samples
+    recorded = (tmp_path / "run" / "config.yaml").read_text()
+    assert f"policy: {tmp_path / 'policy'}" in recorded and f"data: {tmp_path / 'prompts.jsonl'}" in recorded
+
+    monkeypatch.chdir(tmp_path / "run")  # relative paths would now point nowhere
+    assert main(["resume", str(tmp_path / "run"), "--no-progress", "--trust"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert [r["update"] for r in rows] == [u for u in range(1, 6) for _ in range(2)]
