@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions")
     ev.add_argument("--seed", type=int, default=None, help="seed of the evaluation envs")
     ev.add_argument("--video", metavar="DIR", help="record the episodes as videos into DIR (needs ppokit[video])")
+    ev.add_argument("--out", metavar="FILE", help="write the result here (default: a new evals/eval_<time>.json in the "
+                    "run directory, so the run's own eval.json is never replaced)")
     _add_trust_flags(ev, "evaluating")
 
     from ppokit.rlhf.cli import add_parser as add_rlhf_parser
@@ -213,7 +216,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = agent.evaluate(args.episodes, deterministic=args.deterministic, seed=args.seed,
                             video_dir=args.video)
     run_dir = Path(args.run_dir)
-    out = run_dir / "eval.json" if (run_dir / "model").is_dir() or (run_dir / "config.yaml").exists() else model_dir / "eval.json"
+    home = run_dir if (run_dir / "model").is_dir() or (run_dir / "config.yaml").exists() else model_dir
+    out = Path(args.out) if args.out else home / "evals" / f"eval_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    if out.is_dir():
+        raise ConfigError(f"--out {out}: is a directory; name a file")
     atomic_write_json(out, result)
     print(_eval_line(result))
     if args.video:

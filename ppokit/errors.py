@@ -20,6 +20,10 @@ class EnvError(PPOKitError):
     """An environment could not be made or is not supported."""
 
 
+class ObservationError(PPOKitError, ValueError):
+    """An observation given to a policy does not fit it: wrong shape, or NaN/inf values."""
+
+
 class CheckpointError(PPOKitError):
     """A run directory or checkpoint is missing, incomplete or incompatible."""
 

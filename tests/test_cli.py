@@ -43,9 +43,14 @@ def test_train_writes_a_complete_run_directory_and_eval_reads_it(tmp_path):
 
     again = _run("eval", str(run), "--episodes", "4", "--stochastic")
     assert again.returncode == 0, again.stderr
-    ev2 = json.loads((run / "eval.json").read_text())
+    assert json.loads((run / "eval.json").read_text()) == ev  # the run's own evaluation is kept
+    (written,) = (run / "evals").glob("eval_*.json")
+    assert str(written) in again.stdout
+    ev2 = json.loads(written.read_text())
     assert ev2["episodes"] == 4 and ev2["deterministic"] is False
     assert ev["global_step"] == ev2["global_step"] == 512
+    assert _run("eval", str(run), "--episodes", "1", "--out", str(tmp_path / "mine.json")).returncode == 0
+    assert json.loads((tmp_path / "mine.json").read_text())["episodes"] == 1
 
     # A directory holding a run is never silently reused.
     clash = _run("train", "CartPole-v1", "--run-dir", str(run), *TINY)
@@ -110,7 +115,8 @@ def test_eval_records_video(tmp_path):
     assert result.returncode == 0, result.stderr
     files = sorted(videos.glob("*.mp4"))
     assert len(files) == 2 and all(f.stat().st_size > 1000 for f in files)
-    assert json.loads((run / "eval.json").read_text())["episodes"] == 2
+    (written,) = (run / "evals").glob("eval_*.json")
+    assert json.loads(written.read_text())["episodes"] == 2
 
 
 @pytest.mark.parametrize("extra, expected", [

@@ -30,7 +30,7 @@ from ppokit.control.config import RESUMABLE_FIELDS, ControlConfig
 from ppokit.control.envs import check_spaces, make_vector_env, require_no_import
 from ppokit.control.evaluation import evaluate_policy, record_video
 from ppokit.control.networks import ActorCritic, PolicySpec, is_image_space
-from ppokit.control.rollout import ActionAdapter, RolloutCollector, policy_input
+from ppokit.control.rollout import ActionAdapter, RolloutCollector, observation_batch, policy_input
 from ppokit.control.spaces_json import space_from_json
 from ppokit.core.health import HealthMonitor
 from ppokit.core.running_stats import RunningMeanStd
@@ -254,14 +254,7 @@ class PPO:
 
         Stochastic actions of fast-path policies are drawn from ``rng`` (default: a generator of the
         agent's own, never the training one); other policies draw from torch's generator."""
-        obs = np.asarray(obs)
-        single = obs.shape == tuple(self.observation_space.shape)
-        batch = obs[None] if single else obs
-        if tuple(batch.shape[1:]) != tuple(self.observation_space.shape):
-            raise ValueError(
-                f"predict: observation shape {obs.shape} does not match the policy's "
-                f"{tuple(self.observation_space.shape)} (or a batch of them)"
-            )
+        batch, single = observation_batch(obs, self.observation_space)
         image = self.observation_space.dtype == np.uint8
         x = policy_input(batch, self.obs_rms, self.config.clip_obs, image=image)
         action: np.ndarray | torch.Tensor
@@ -342,7 +335,7 @@ class PPO:
         try:
             observation_space = space_from_json(state["observation_space"])
             action_space = space_from_json(state["action_space"])
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, CheckpointError) as err:
             raise CheckpointError(f"{model_dir / checkpointing.STATE_FILE}: bad saved spaces ({err})") from None
         agent._build(observation_space, action_space)
         checkpointing.load_weights(agent, model_dir, state)

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ppokit.control.networks import ActorCritic
 from ppokit.core.running_stats import RunningMeanStd
+from ppokit.errors import ObservationError
 
 if TYPE_CHECKING:
     from ppokit.control.fast.policy import NumpyPolicy
@@ -62,6 +63,23 @@ class ActionAdapter:
             # Clip only what the env sees; the unclipped sample keeps its log-probability.
             return np.clip(a, self.low, self.high).reshape(a.shape[:-1] + self.shape).astype(self.dtype, copy=False)
         return a + self.start if self.has_start else a
+
+
+def observation_batch(obs: Any, space: spaces.Space) -> tuple[np.ndarray, bool]:
+    """``(batch, single)``: one observation of ``space`` or a batch of them, as a batch. Refuses a
+    wrong shape and NaN or inf values, which a policy would turn into an arbitrary action."""
+    obs = np.asarray(obs)
+    shape = tuple(space.shape or ())
+    single = obs.shape == shape
+    batch = obs[None] if single else obs
+    if tuple(batch.shape[1:]) != shape:
+        raise ObservationError(f"predict: observation shape {obs.shape} does not match the policy's {shape} "
+                               "(or a batch of them)")
+    if batch.dtype.kind == "f" and not np.isfinite(batch).all():
+        rows = np.flatnonzero(~np.isfinite(batch.reshape(len(batch), -1)).all(axis=1))
+        raise ObservationError(f"predict: observation{'' if single else f' {rows[0]}'} holds NaN or inf values; "
+                               "no action is meaningful for it")
+    return batch, single
 
 
 def policy_input(obs: np.ndarray, obs_rms: RunningMeanStd | None, clip_obs: float, image: bool = False) -> np.ndarray:

@@ -27,6 +27,13 @@ def reported_os_errors(path: str | Path) -> Iterator[None]:
                               "(every write goes to a temporary name first)") from None
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it, then putting it back: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -49,6 +56,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would honour the umask
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -115,6 +123,7 @@ def _atomic_write_dir(path: Path, fill: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a plain mkdir would honour the umask
     try:
         fill(tmp)
         for child in tmp.rglob("*"):

@@ -15,7 +15,7 @@ import itertools
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,11 +219,18 @@ def load(source: Any, fields: Mapping[str, tuple[str, str]], skip_bad_rows: bool
 
 
 def drop_long(
-    loaded: Loaded, lengths: Sequence[int], limit: int, what: str, field_name: str, skip_bad_rows: bool
+    loaded: Loaded, lengths_of: Callable[[list[dict[str, Any]]], Sequence[int]], limit: int, what: str,
+    field_name: str, skip_bad_rows: bool, chunk: int = 256,
 ) -> Loaded:
-    """Reject (or skip and count) rows whose token length is over ``limit``."""
+    """Reject (or skip and count) rows whose token length is over ``limit``.
+
+    ``lengths_of(rows)`` tokenizes a chunk of rows (it may keep the tokens on them) and returns their
+    lengths: a chunk at a time, so a bad row early in a large file is reported before the rest is
+    tokenized."""
     kept = []
-    for record, n in zip(loaded.rows, lengths):
+    pairs = ((record, n) for start in range(0, len(loaded.rows), chunk)
+             for record, n in zip(loaded.rows[start:start + chunk], lengths_of(loaded.rows[start:start + chunk])))
+    for record, n in pairs:
         if n > limit:
             message = f"{record['_where']}: {what} is {n} tokens, over the limit of {limit} (field {field_name!r})"
             if not skip_bad_rows:

@@ -124,7 +124,7 @@ def plot(history: list[dict[str, float]], path: Path) -> bool:
 def run_demo(run_dir: str | Path = "runs/rlhf-demo", seed: int = 0, ppo_updates: int = 60, overwrite: bool = False,
              progress: bool = True, echo: Any = print) -> dict[str, Any]:
     """Run the four stages into ``run_dir``; returns a summary (also written to summary.json)."""
-    from ppokit.errors import CheckpointError
+    from ppokit.errors import CheckpointError, ConfigError
     from ppokit.io.atomic import atomic_write_json
     from ppokit.io.run_dir import holds_run
     from ppokit.rlhf.config import RewardConfig, RLHFConfig, SFTConfig
@@ -134,6 +134,8 @@ def run_demo(run_dir: str | Path = "runs/rlhf-demo", seed: int = 0, ppo_updates:
     from ppokit.rlhf.trainer import RLHFTrainer
 
     out = Path(run_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--run-dir {out}: exists and is not a directory")
     if (out / "summary.json").exists() and not overwrite:
         raise CheckpointError(f"{out} already holds a demo; pass --overwrite to run it again there")
     for stage in ("sft", "reward", "ppo"):

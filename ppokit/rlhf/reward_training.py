@@ -83,9 +83,12 @@ def train_reward_model(config: RewardConfig, data: Any = None, eval_data: Any = 
     check_tokenizes(tokenizer, [r["prompt"] + " " + r[texts_key[0]] for r in loaded.rows], config.model,
                     "preference data")
     limit = length_limit(config.max_length, config.model, model_positions(config.model, config.trust_remote_code))
-    lengths = [max(len(tokenizer(r["prompt"])["input_ids"]) + len(tokenizer(r[k], add_special_tokens=False)["input_ids"])
-                   for k in texts_key) for r in loaded.rows]
-    loaded = rdata.drop_long(loaded, lengths, limit, "prompt + response", "max_length (capped to the model's positions)"
+
+    def lengths_of(rows: list[dict[str, Any]]) -> list[int]:
+        return [max(len(tokenizer(r["prompt"])["input_ids"]) + len(tokenizer(r[k], add_special_tokens=False)["input_ids"])
+                    for k in texts_key) for r in rows]
+
+    loaded = rdata.drop_long(loaded, lengths_of, limit, "prompt + response", "max_length (capped to the model's positions)"
                              if limit < config.max_length else "max_length", config.skip_bad_rows)
 
     if eval_data is not None or config.eval_data:

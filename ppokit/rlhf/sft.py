@@ -63,10 +63,14 @@ def train_sft(config: SFTConfig, data: Any = None, run_dir: str | Path | None = 
         config.skip_bad_rows,
     )
     check_tokenizes(tokenizer, [r["prompt"] + " " + r["response"] for r in loaded.rows], config.model, "SFT data")
-    for row, tokens in zip(loaded.rows, tokenize_sft(tokenizer, loaded.rows, config.add_eos)):
-        row["_tokens"] = tokens
+
+    def lengths_of(rows: list[dict[str, Any]]) -> list[int]:
+        for row, tokens in zip(rows, tokenize_sft(tokenizer, rows, config.add_eos)):
+            row["_tokens"] = tokens
+        return [len(r["_tokens"][0]) for r in rows]
+
     limit = length_limit(config.max_length, config.model, model_positions(config.model, config.trust_remote_code))
-    loaded = rdata.drop_long(loaded, [len(r["_tokens"][0]) for r in loaded.rows], limit,
+    loaded = rdata.drop_long(loaded, lengths_of, limit,
                              "prompt + response", "max_length (capped to the model's positions)"
                              if limit < config.max_length else "max_length", config.skip_bad_rows)
     encoded = [r["_tokens"] for r in loaded.rows]

@@ -97,11 +97,13 @@ class RLHFTrainer:
         loaded = rdata.load(prompts if prompts is not None else c.data, {"prompt": (c.prompt_column, "text")},
                             c.skip_bad_rows)
         check_tokenizes(self.tokenizer, [r["prompt"] for r in loaded.rows], c.policy, "prompts")
-        lengths = [len(ids) for ids in self.tokenizer([r["prompt"] for r in loaded.rows])["input_ids"]]
+        def lengths_of(rows: list[dict[str, Any]]) -> list[int]:
+            return [len(ids) for ids in self.tokenizer([r["prompt"] for r in rows])["input_ids"]]
+
         # A prompt and its completion must fit the model's positions together.
         limit = length_limit(c.max_prompt_length, c.policy, model_positions(c.policy, c.trust_remote_code),
                              reserve=c.max_new_tokens)
-        loaded = rdata.drop_long(loaded, lengths, limit, "prompt", "max_prompt_length" if limit == c.max_prompt_length
+        loaded = rdata.drop_long(loaded, lengths_of, limit, "prompt", "max_prompt_length" if limit == c.max_prompt_length
                                  else "max_prompt_length (capped to the model's positions less max_new_tokens)",
                                  c.skip_bad_rows)
         self.prompts = rdata.PromptLoader([r["prompt"] for r in loaded.rows], c.batch_size, c.seed)

@@ -153,6 +153,9 @@ def test_skip_nonfinite_skips_and_counts_bad_minibatches(tmp_path):
     assert rows[0]["skipped_minibatches"] == 0
     assert sum(r["skipped_minibatches"] for r in rows[1:]) > 0
     assert all(torch.isfinite(p).all() for p in agent.policy.parameters())
+    # Updates that skipped most of their minibatches say so in their row, not only in a counter.
+    mostly_skipped = [r for r in rows if r["skipped_minibatches"] > 0.1 * (r["skipped_minibatches"] + r["minibatch_steps"])]
+    assert mostly_skipped and all(any("were skipped" in w for w in r["warnings"]) for r in mostly_skipped)
 
 
 # ----------------------------------------------------------------------------- faults
@@ -409,3 +412,40 @@ def test_two_processes_cannot_write_one_run_directory(tmp_path):
     finally:
         holder.release()
     PPO(_config()).learn(run_dir=run)  # free again
+
+
+def test_non_finite_weights_are_refused_at_load(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    PPO(_config()).learn(run_dir=run)
+    file = run / "model" / "model.safetensors"
+    tensors = load_file(str(file))
+    name = next(k for k in tensors if k.startswith("policy."))
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+    save_file(tensors, str(file))
+    with pytest.raises(CheckpointError, match=f"non-finite values .* in {name}"):
+        PPO.load(run)
+    assert main(["eval", str(run)]) == 2
+
+
+def test_settings_that_train_something_else_than_asked_are_said(tmp_path, caplog):
+    caplog.set_level("WARNING", logger="ppokit")
+    PPO(_config(total_steps=4 * 32 * 2 + 100, num_minibatches=128)).learn(run_dir=tmp_path / "run")
+    assert "is not a whole number of rollouts" in caplog.text and f"{4 * 32 * 2} steps will be trained" in caplog.text
+    assert "minibatches of 1 sample" in caplog.text and "policy cannot learn" in caplog.text
+
+
+def test_files_ppokit_writes_honour_the_umask(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        PPO(_config()).learn(run_dir=tmp_path / "run")
+    finally:
+        os.umask(old)
+    model = tmp_path / "run" / "model"
+    assert stat.S_IMODE(model.stat().st_mode) == 0o755
+    assert stat.S_IMODE((model / "state.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "run" / "config.yaml").stat().st_mode) == 0o644

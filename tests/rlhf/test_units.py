@@ -226,10 +226,24 @@ def test_bad_rows_can_be_skipped_and_counted(tmp_path):
 def test_over_long_rows_are_named_or_skipped(tmp_path):
     f = _write(tmp_path / "p.jsonl", '{"prompt": "a"}\n{"prompt": "b b b"}\n')
     loaded = rdata.load(f, {"prompt": ("prompt", "text")})
+    words = lambda rows: [len(r["prompt"].split()) for r in rows]  # noqa: E731  a whitespace "tokenizer"
     with pytest.raises(rdata.DataError, match="line 2: prompt is 3 tokens, over the limit of 2"):
-        rdata.drop_long(loaded, [1, 3], 2, "prompt", "max_prompt_length", False)
-    loaded = rdata.drop_long(rdata.load(f, {"prompt": ("prompt", "text")}), [1, 3], 2, "prompt", "max_prompt_length", True)
+        rdata.drop_long(loaded, words, 2, "prompt", "max_prompt_length", False)
+    loaded = rdata.drop_long(rdata.load(f, {"prompt": ("prompt", "text")}), words, 2, "prompt", "max_prompt_length", True)
     assert len(loaded.rows) == 1 and loaded.skipped == 1
+
+
+def test_a_bad_row_early_in_a_large_file_is_reported_before_the_rest_is_tokenized(tmp_path):
+    f = _write(tmp_path / "p.jsonl", '{"prompt": "too long here"}\n' + '{"prompt": "ok"}\n' * 10_000)
+    seen = []
+
+    def lengths_of(rows):
+        seen.extend(rows)
+        return [len(r["prompt"].split()) for r in rows]
+
+    with pytest.raises(rdata.DataError, match="line 1: prompt is 3 tokens"):
+        rdata.drop_long(rdata.load(f, {"prompt": ("prompt", "text")}), lengths_of, 2, "prompt", "max_prompt_length", False)
+    assert len(seen) <= 256  # one chunk, not 10,001 rows
 
 
 def test_csv_and_parquet_rows_are_read_and_located(tmp_path):
@@ -340,3 +354,39 @@ def test_fused_activation_gives_the_same_logits(tmp_path):
     ids = torch.randint(4, len(WORDS), (3, 9))
     with torch.no_grad():
         assert torch.allclose(plain(input_ids=ids).logits, fused(input_ids=ids).logits, atol=1e-5)
+
+
+def test_data_in_words_the_tokenizer_does_not_know_is_refused(tmp_path):
+    from ppokit.errors import CheckpointError
+    from ppokit.rlhf.demo import WORDS
+    from ppokit.rlhf.models import check_tokenizes
+    from ppokit.rlhf.tiny import build_tiny_gpt2
+
+    path = build_tiny_gpt2(tmp_path / "m", WORDS, n_layer=1, n_embd=16, n_head=2, seed=0)
+    tokenizer = load_tokenizer(str(path))
+    check_tokenizes(tokenizer, ["describe the cat :"], str(path), "prompts")
+    with pytest.raises(CheckpointError, match="nothing but unknown tokens"):
+        check_tokenizes(tokenizer, ["xyzzy plugh", "frobnicate"], str(path), "prompts")
+
+
+def test_an_interrupted_final_save_leaves_no_half_model(tmp_path, monkeypatch):
+    """The SFT model is complete or absent: weights without a tokenizer would 'train' on nothing."""
+    from transformers import PreTrainedTokenizerBase
+
+    from ppokit.rlhf.config import SFTConfig
+    from ppokit.rlhf.demo import WORDS
+    from ppokit.rlhf.sft import train_sft
+    from ppokit.rlhf.tiny import build_tiny_gpt2
+
+    base = build_tiny_gpt2(tmp_path / "base", WORDS, n_layer=1, n_embd=16, n_head=2, seed=0)
+
+    def killed(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", killed)
+    rows = [{"prompt": "describe the cat :", "response": " the cat is happy ."}] * 4
+    with pytest.raises(KeyboardInterrupt):
+        train_sft(SFTConfig(model=str(base), progress=False, tensorboard=False, device="cpu"), data=rows,
+                  run_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "model").exists()
+    assert not list((tmp_path / "run").glob(".model.*"))
