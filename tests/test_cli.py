@@ -141,3 +141,22 @@ def test_help_answers_without_importing_torch_or_gymnasium(args):
     assert proc.returncode == 0, proc.stderr
     assert "usage: ppokit" in proc.stdout
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_nan_evaluation_is_reported_not_a_crash():
+    from ppokit.cli import _eval_line
+
+    line = _eval_line({"episodes": 3, "deterministic": True, "mean_return": None, "std_return": float("nan")})
+    assert "not finite" in line
+
+
+def test_interrupting_sft_says_honestly_that_nothing_was_saved(monkeypatch, capsys):
+    import ppokit.rlhf.sft as sft
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sft, "train_sft", interrupted)
+    assert main(["rlhf", "sft", "--model", "some/model", "--data", "x.jsonl"]) == 130
+    err = capsys.readouterr().err
+    assert "keeps no checkpoints" in err and "ppokit resume" not in err

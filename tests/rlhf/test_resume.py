@@ -154,3 +154,14 @@ def test_logs_are_exact_after_a_resume_and_a_run_resumes_from_anywhere(base_mode
     assert main(["resume", str(tmp_path / "run"), "--no-progress", "--trust"]) == 0
     rows = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     assert [r["update"] for r in rows] == [u for u in range(1, 6) for _ in range(2)]
+
+
+def test_resume_starts_over_a_run_stopped_before_its_first_checkpoint(base_model, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("stale: true\n")
+    (run / "metrics.jsonl").write_text('{"update": 7}\n')
+    trainer = RLHFTrainer(_config(base_model, total_updates=2), prompts=PROMPTS, run_dir=run, resume=True)
+    trainer.learn()
+    rows = [line for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert trainer.num_updates == 2 and len(rows) == 2 and '"update": 7' not in rows[0]
