@@ -278,6 +278,22 @@ def with_absolute_paths(config: T, fields: tuple[str, ...]) -> T:
     return dataclasses.replace(config, **changes)  # type: ignore[type-var]
 
 
+def check_unchanged(saved: Any, now: Any, resumable: frozenset[str], where: str) -> None:
+    """Refuse a resume whose config ``now`` differs from the run's ``saved`` one in a field outside
+    ``resumable``: it would silently train a different run. Names each field, then and now."""
+    changed = [f.name for f in dataclasses.fields(saved)
+               if f.name not in resumable and getattr(saved, f.name) != getattr(now, f.name)]
+    if changed:
+        from ppokit.errors import CheckpointError
+
+        shown = ", ".join(f"{name} = {getattr(saved, name)!r} (now {getattr(now, name)!r})" for name in changed[:4])
+        raise CheckpointError(
+            f"{where}: the run was made with {shown}{' and more' if len(changed) > 4 else ''}; these shape "
+            f"training and cannot change on resume (only {', '.join(sorted(resumable))} can). Start a new "
+            "run (another --run-dir, or --overwrite) to train with them"
+        )
+
+
 def callable_label(fn: Any) -> str:
     """How a Python callable among a config's values is recorded: a label no loader will import."""
     return f"<python callable {getattr(fn, '__qualname__', repr(fn))}>"

@@ -10,7 +10,6 @@ complete checkpoint. Every directory is written atomically.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -21,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ppokit import __version__
-from ppokit.configuration import from_mapping, to_dict
+from ppokit.configuration import check_unchanged, from_mapping, to_dict
 from ppokit.control.config import RESUMABLE_FIELDS, ControlConfig
 from ppokit.control.env_state import capture_env_state, restore_env_state
 from ppokit.control.spaces_json import space_to_json
@@ -197,23 +196,11 @@ def _load_tensors(agent: PPO, model_dir: Path) -> None:
 def restore_checkpoint(agent: PPO, checkpoint: Path, run_dir: Path) -> None:
     """Load a checkpoint of this same run into a freshly built agent."""
     state = read_state(checkpoint)
-    check_unchanged(saved_config(checkpoint, state, {}), agent.config, checkpoint)
+    check_unchanged(saved_config(checkpoint, state, {}), agent.config, RESUMABLE_FIELDS, str(checkpoint))
     load_weights(agent, checkpoint, state)
     restore_training(agent, checkpoint, run_dir)
     agent.total_steps = agent.config.total_steps  # the budget given now, not the one saved
 
-
-def check_unchanged(saved: ControlConfig, config: ControlConfig, checkpoint: Path) -> None:
-    """Refuse a resume whose config differs from the run's in a field outside RESUMABLE_FIELDS."""
-    changed = [f.name for f in dataclasses.fields(ControlConfig)
-               if f.name not in RESUMABLE_FIELDS and getattr(saved, f.name) != getattr(config, f.name)]
-    if changed:
-        shown = ", ".join(f"{name} = {getattr(saved, name)!r} (now {getattr(config, name)!r})" for name in changed[:4])
-        raise CheckpointError(
-            f"{checkpoint}: the run was made with {shown}{' and more' if len(changed) > 4 else ''}; these shape "
-            f"training and cannot change on resume (only {', '.join(sorted(RESUMABLE_FIELDS))} can). Start a new "
-            "run (another --run-dir, or --overwrite) to train with them"
-        )
 
 
 def restore_training(agent: PPO, checkpoint: Path, run_dir: Path) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ppokit.configuration import callable_label, from_mapping, load_yaml, with_absolute_paths
+from ppokit.configuration import callable_label, check_unchanged, from_mapping, load_yaml, with_absolute_paths
 from ppokit.core.advantages import masked_mean
 from ppokit.core.diagnostics import explained_variance
 from ppokit.core.health import HealthMonitor
@@ -36,7 +36,7 @@ from ppokit.core.kl import ProportionalKLController
 from ppokit.core.optim import make_adamw
 from ppokit.core.schedules import make_schedule
 from ppokit.core.update import PPOUpdateSettings, ppo_update
-from ppokit.errors import CheckpointError, ConfigError, UntrustedCodeError
+from ppokit.errors import ConfigError, UntrustedCodeError
 from ppokit.io.atomic import atomic_write_json
 from ppokit.io.checkpoints import checkpoint_path, find_resumable, latest_checkpoint, read_resume_state
 from ppokit.io.lock import RunLock
@@ -86,7 +86,7 @@ class RLHFTrainer:
             checkpoint = latest_checkpoint(directory)
             if checkpoint is not None:
                 resume_state = read_resume_state(checkpoint, checkpointing.KIND, checkpointing.RESUME_FORMAT)
-                check_unchanged(directory / "config.yaml", c, rewards)
+                check_resumable(directory / "config.yaml", c, rewards)
             elif holds_run(directory):
                 # Stopped before its first checkpoint: nothing to continue from, so start it again.
                 log.warning("%s holds a run stopped before its first checkpoint; starting it over", directory)
@@ -351,22 +351,14 @@ class RLHFTrainer:
         self.models.save(directory, self.tokenizer)
 
 
-def check_unchanged(config_file: Path, config: RLHFConfig, rewards: Sequence[RewardSpec] | None) -> None:
+def check_resumable(config_file: Path, config: RLHFConfig, rewards: Sequence[RewardSpec] | None) -> None:
     """Refuse a resume whose config differs from the run's recorded one outside RESUMABLE_FIELDS
     (paths compared as absolute paths, rewards passed in code as their recorded labels)."""
     saved = with_absolute_paths(from_mapping(RLHFConfig, load_yaml(config_file), str(config_file)), PATH_FIELDS)
     specs = list(rewards) if rewards is not None else list(config.rewards)
     now = with_absolute_paths(
         dataclasses.replace(config, rewards=[r if isinstance(r, str) else callable_label(r) for r in specs]), PATH_FIELDS)
-    changed = [f.name for f in dataclasses.fields(RLHFConfig)
-               if f.name not in RESUMABLE_FIELDS and getattr(saved, f.name) != getattr(now, f.name)]
-    if changed:
-        shown = ", ".join(f"{name} = {getattr(saved, name)!r} (now {getattr(now, name)!r})" for name in changed[:4])
-        raise CheckpointError(
-            f"{config_file}: the run was made with {shown}{' and more' if len(changed) > 4 else ''}; these shape "
-            f"training and cannot change on resume (only {', '.join(sorted(RESUMABLE_FIELDS))} can). Start a new "
-            "run (another --run-dir, or --overwrite) to train with them"
-        )
+    check_unchanged(saved, now, RESUMABLE_FIELDS, str(config_file))
 
 
 def train_rlhf(config: RLHFConfig, prompts: Any = None, rewards: Any = None,
