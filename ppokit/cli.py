@@ -162,11 +162,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config, preset = resolve_train_config(args)
     check_env_id(config.env_id)
     check_resume_flags(args.resume, args.overwrite, config.run_dir)
-    rounded = config.steps_trained()
-    steps = f"{rounded} steps" + ("" if rounded == config.total_steps else
-                                  f" (total_steps {config.total_steps} rounded down to whole rollouts of "
-                                  f"{config.batch_size})")
-    print(f"ppokit: training {config.env_id} for {steps}"
+    print(f"ppokit: training {config.env_id} for {config.steps_trained()} steps"
           + (f" with preset {preset!r}" if preset else " with the general defaults"), file=sys.stderr)
     agent = PPO(config)
     _run_learn(agent, overwrite=args.overwrite, resume=args.resume)

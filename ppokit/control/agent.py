@@ -152,8 +152,12 @@ class PPO:
             total = c.total_steps
         # Never exceed the step budget: a partial rollout at the end would be a different batch size.
         num_updates = max(0, (total - self.global_step) // c.batch_size)
-        for note in replace(c, total_steps=total).advice() if total >= c.batch_size else []:
-            log.warning("%s", note)
+        if total >= c.batch_size:
+            planned = replace(c, total_steps=total)
+            for note in planned.advice():
+                log.warning("%s", note)
+            if planned.rounding_note() and not resuming:
+                log.info("%s", planned.rounding_note())
         if num_updates == 0 and self.global_step == 0:
             raise ConfigError(
                 f"total_steps = {total} is less than one rollout (num_envs * num_steps = "
@@ -170,7 +174,8 @@ class PPO:
         plan = LoopPlan(
             updates=num_updates, desc=c.env_id, checkpoint_every=c.checkpoint_every,
             checkpoint_minutes=c.checkpoint_minutes, x_axis=lambda record: int(record["global_step"]),
-            progress=c.progress, unit="step", total=total, position=lambda: self.global_step,
+            progress=c.progress, unit="step", total=self.global_step + num_updates * c.batch_size,
+            position=lambda: self.global_step,
             postfix=lambda r: {"ret": "-" if r["episodic_return"] is None else f"{r['episodic_return']:.1f}"},
         )
         try:

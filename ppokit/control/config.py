@@ -114,12 +114,16 @@ class ControlConfig:
         total = self.total_steps if total_steps is None else total_steps
         return done + max(0, total - done) // self.batch_size * self.batch_size
 
+    def rounding_note(self) -> str | None:
+        """What a ``total_steps`` that is not a whole number of rollouts means, or None."""
+        if self.steps_trained() == self.total_steps:
+            return None
+        return (f"total_steps = {self.total_steps} is not a whole number of rollouts (num_envs * num_steps = "
+                f"{self.batch_size}): {self.steps_trained()} steps will be trained")
+
     def advice(self) -> list[str]:
-        """Settings that are valid but make training do something other than what was probably meant."""
+        """Settings that are valid but make training unable to do what was probably meant."""
         notes = []
-        if self.steps_trained() != self.total_steps:
-            notes.append(f"total_steps = {self.total_steps} is not a whole number of rollouts (num_envs * num_steps "
-                         f"= {self.batch_size}): {self.steps_trained()} steps will be trained")
         if self.minibatch_size == 1:
             notes.append("minibatches of 1 sample (num_minibatches = the batch size): "
                          + ("whitening one advantage gives 0, so the policy cannot learn; lower num_minibatches"

@@ -430,7 +430,7 @@ def test_non_finite_weights_are_refused_at_load(tmp_path):
 
 
 def test_settings_that_train_something_else_than_asked_are_said(tmp_path, caplog):
-    caplog.set_level("WARNING", logger="ppokit")
+    caplog.set_level("INFO", logger="ppokit")
     PPO(_config(total_steps=4 * 32 * 2 + 100, num_minibatches=128)).learn(run_dir=tmp_path / "run")
     assert "is not a whole number of rollouts" in caplog.text and f"{4 * 32 * 2} steps will be trained" in caplog.text
     assert "minibatches of 1 sample" in caplog.text and "policy cannot learn" in caplog.text
