@@ -160,3 +160,53 @@ class KeyedMemoryEnv(gym.Env):
         self.pairs[(int(action), self.counts[int(action)] % 3)] = float(self.counts[1])
         total = self.counts[0] + self.counts[1]
         return self._obs(), float(action), False, total % 7 == 0, {}
+
+
+class LowestValidEnv(gym.Env):
+    """A task only learnable with action masks. Each step a random 2 to 4 of 8 actions are valid
+    (``info["action_mask"]``); choosing the lowest valid one pays 1, another valid one 0, an invalid
+    one ends the episode (``strict=True``: raises, so a test sees any masked action taken). The
+    observation says nothing about which actions are valid, so only the mask can."""
+
+    N = 8
+
+    def __init__(self, length: int = 16, strict: bool = False, multi: bool = False, in_obs: bool = False):
+        self.length, self.strict, self.multi, self.in_obs = length, strict, multi, in_obs
+        inner = spaces.Box(0.0, 1.0, shape=(1,), dtype=np.float32)
+        if in_obs:
+            self.observation_space = spaces.Dict({"observation": inner, "action_mask": spaces.MultiBinary(self.N)})
+        else:
+            self.observation_space = inner
+        # multi: the same choice as MultiDiscrete([8, 2]); the second part is free (never masked).
+        self.action_space = spaces.MultiDiscrete([self.N, 2]) if multi else spaces.Discrete(self.N)
+        self.t = 0
+        self.mask = np.ones(self.N, dtype=bool)
+
+    def _draw(self):
+        k = int(self.np_random.integers(2, 5))
+        self.mask = np.zeros(self.N, dtype=bool)
+        self.mask[self.np_random.choice(self.N, size=k, replace=False)] = True
+
+    def _out(self):
+        obs = np.array([self.t / self.length], dtype=np.float32)
+        full = np.concatenate([self.mask, np.ones(2, dtype=bool)]) if self.multi else self.mask
+        if self.in_obs:
+            return {"observation": obs, "action_mask": self.mask.astype(np.int8)}, {}
+        return obs, {"action_mask": full}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        self._draw()
+        return self._out()
+
+    def step(self, action):
+        choice = int(np.asarray(action).reshape(-1)[0])
+        valid = bool(self.mask[choice])
+        if not valid and self.strict:
+            raise RuntimeError(f"masked action {choice} taken (valid: {np.flatnonzero(self.mask).tolist()})")
+        reward = 1.0 if valid and choice == int(np.flatnonzero(self.mask)[0]) else 0.0
+        self.t += 1
+        self._draw()
+        obs, info = self._out()
+        return obs, reward, not valid, self.t >= self.length, info

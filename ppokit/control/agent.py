@@ -28,7 +28,8 @@ from ppokit.control import checkpointing, fast
 from ppokit.control.algorithm import PPOAlgorithm
 from ppokit.control.config import RESUMABLE_FIELDS, ControlConfig
 from ppokit.control.envs import check_spaces, make_vector_env, require_no_import
-from ppokit.control.evaluation import evaluate_policy, record_video
+from ppokit.control.evaluation import run_evaluation
+from ppokit.control.masks import MaskSource
 from ppokit.control.networks import ActorCritic, PolicySpec, is_image_space
 from ppokit.control.rollout import ActionAdapter, RolloutCollector, observation_batch, policy_input
 from ppokit.control.spaces_json import space_from_json
@@ -65,17 +66,18 @@ class PPO:
         self.device = runtime.setup(config.seed, config.device, config.torch_threads)
         #: The training vector env; None after :meth:`load` until :meth:`learn` makes one.
         self.env: Any = make_vector_env(config.env_id, config.num_envs, config.env_kwargs, config.vectorization)
-        check_spaces(self.env.single_observation_space, self.env.single_action_space, config.env_id)
-        self._build(self.env.single_observation_space, self.env.single_action_space)
+        masks = MaskSource(self.env.single_observation_space, self.env.single_action_space, config.action_mask_key)
+        check_spaces(masks.observation_space, self.env.single_action_space, config.env_id)
+        self._build(masks.observation_space, self.env.single_action_space, action_mask=masks.in_observation)
         self.ensure_env()
 
-    def _build(self, observation_space: Any, action_space: Any) -> None:
+    def _build(self, observation_space: Any, action_space: Any, action_mask: bool = False) -> None:
         c = self.config
         self.observation_space, self.action_space = observation_space, action_space
         spec = PolicySpec.from_spaces(
             observation_space, action_space, network=c.network, hidden_sizes=c.hidden_sizes,
             activation=c.activation, shared_trunk=c.shared_trunk, ortho_init=c.ortho_init,
-            log_std_init=c.log_std_init,
+            log_std_init=c.log_std_init, action_mask=action_mask,
         )
         self.policy = ActorCritic(spec).to(self.device)
         # Builds the optimiser, which may move the parameters into one buffer: before any NumPy views.
@@ -253,21 +255,25 @@ class PPO:
         return result
 
     # ------------------------------------------------------------------ acting
-    def predict(self, obs: np.ndarray, deterministic: bool = True, rng: np.random.Generator | None = None
-                ) -> np.ndarray:
-        """Actions for one observation or a batch, in the env's format (clipped to Box bounds).
+    def predict(self, obs: np.ndarray, deterministic: bool = True, rng: np.random.Generator | None = None,
+                action_mask: np.ndarray | None = None) -> np.ndarray:
+        """Actions for one observation or a batch, in the env's format (clipped to Box bounds);
+        ``action_mask`` (a boolean per action, or a batch of them) rules actions out.
 
         Stochastic actions of fast-path policies are drawn from ``rng`` (default: a generator of the
         agent's own, never the training one); other policies draw from torch's generator."""
         batch, single = observation_batch(obs, self.observation_space)
+        if action_mask is not None:
+            action_mask = np.asarray(action_mask, dtype=bool).reshape(len(batch), -1)
         image = self.observation_space.dtype == np.uint8
         x = policy_input(batch, self.obs_rms, self.config.clip_obs, image=image)
         action: np.ndarray | torch.Tensor
-        if self.numpy_policy is not None:
+        if self.numpy_policy is not None and action_mask is None and not self.policy.spec.action_mask:
             action = self.numpy_policy.action(x, rng or self._predict_rng, deterministic)
         else:
+            mask = None if action_mask is None else torch.as_tensor(action_mask, device=self.device)
             with torch.inference_mode():
-                action = self.policy.act(torch.as_tensor(x, device=self.device), deterministic)[0]
+                action = self.policy.act(torch.as_tensor(x, device=self.device), deterministic, mask)[0]
         out = self.to_env(action)
         return out[0] if single else out
 
@@ -284,20 +290,11 @@ class PPO:
             self._require_env_trust()
         rng = np.random.default_rng([seed, 2])
 
-        def act(obs: np.ndarray, det: bool) -> np.ndarray:
-            return self.predict(obs, det, rng)
+        def act(obs: np.ndarray, det: bool, mask: np.ndarray | None) -> np.ndarray:
+            return self.predict(obs, det, rng, action_mask=mask)
 
-        # Stochastic evaluation of a torch-path policy draws from torch's generator; training must
-        # not see those draws, or evaluating during a run would change its results.
-        with torch.random.fork_rng(devices=[]):
-            if video_dir is not None:
-                result = record_video(act, self.config.env_id, episodes, video_dir,
-                                      env_kwargs=self.config.env_kwargs, deterministic=deterministic, seed=seed,
-                                      policy_spaces=(self.observation_space, self.action_space))
-            else:
-                result = evaluate_policy(act, self.config.env_id, episodes, env_kwargs=self.config.env_kwargs,
-                                         deterministic=deterministic, seed=seed, env=env,
-                                         policy_spaces=(self.observation_space, self.action_space))
+        result = run_evaluation(act, self.config, episodes, deterministic=deterministic, seed=seed,
+                                video_dir=video_dir, env=env, policy_spaces=(self.observation_space, self.action_space))
         result["global_step"] = self.global_step  # which policy was evaluated
         return result
 
@@ -342,7 +339,7 @@ class PPO:
             action_space = space_from_json(state["action_space"])
         except (KeyError, TypeError, ValueError, CheckpointError) as err:
             raise CheckpointError(f"{model_dir / checkpointing.STATE_FILE}: bad saved spaces ({err})") from None
-        agent._build(observation_space, action_space)
+        agent._build(observation_space, action_space, action_mask=bool(state.get("action_mask", False)))
         checkpointing.load_weights(agent, model_dir, state)
         return agent
 
@@ -381,6 +378,7 @@ class PPO:
             self.env = make_vector_env(c.env_id, c.num_envs, c.env_kwargs, c.vectorization)
         self.collector = RolloutCollector(
             self.env, self.policy, self.device, c.num_steps, numpy_policy=self.numpy_policy,
+            masks=MaskSource(self.env.single_observation_space, self.env.single_action_space, c.action_mask_key),
             obs_rms=self.obs_rms, ret_rms=self.ret_rms, gamma=c.gamma, clip_obs=c.clip_obs,
             clip_reward=c.clip_reward,
         )

@@ -63,6 +63,7 @@ def _state(agent: PPO) -> dict[str, Any]:
         "action_space": space_to_json(agent.action_space),
         "global_step": agent.global_step,
         "num_updates": agent.num_updates,
+        "action_mask": agent.policy.spec.action_mask,
         **agent.algorithm.state_dict(),
     }
 

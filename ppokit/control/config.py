@@ -86,6 +86,7 @@ class ControlConfig:
 
     # --- runtime and output ---
     device: str = doc("'cpu', 'cuda', 'cuda:N' or 'auto'.", default="cpu")
+    action_mask_key: str = doc("Where the env gives invalid-action masks: this key of each step's info, or of a Dict observation (see README, Action masks).", default="action_mask")
     update_backend: UpdateBackend = doc("'auto' (the NumPy fast path where it applies: MLP policies with categorical or Gaussian heads on a CPU), 'torch' (always the reference) or 'numpy' (the fast path; an error where it cannot apply).", default="auto")
     torch_threads: int = doc("torch intra-op threads; small MLPs run fastest on 1; 0 keeps torch's default.", default=1)
     run_dir: str | None = doc("Where the run is written; null picks runs/<env>__<seed>__<time>.", default=None)

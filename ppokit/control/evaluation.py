@@ -10,10 +10,28 @@ from typing import Any
 import numpy as np
 
 from ppokit.control.envs import make_single_env, make_vector_env
+from ppokit.control.masks import MaskSource
 from ppokit.errors import EnvError
 
-#: ``act(obs_batch, deterministic) -> actions`` in the env's format.
-Act = Callable[[np.ndarray, bool], np.ndarray]
+#: ``act(obs_batch, deterministic, action_mask_batch or None) -> actions`` in the env's format.
+Act = Callable[[np.ndarray, bool, "np.ndarray | None"], np.ndarray]
+
+
+def run_evaluation(act: Act, config: Any, episodes: int, *, deterministic: bool, seed: int,
+                   video_dir: str | Path | None = None, env: Any = None,
+                   policy_spaces: tuple[Any, Any] | None = None) -> dict[str, Any]:
+    """Evaluate on the config's env: recorded to ``video_dir`` one episode at a time, or in parallel."""
+    import torch
+
+    # Stochastic evaluation of a torch-path policy draws from torch's generator; training must not
+    # see those draws, or evaluating during a run would change its results.
+    with torch.random.fork_rng(devices=[]):
+        if video_dir is not None:
+            return record_video(act, config.env_id, episodes, video_dir, env_kwargs=config.env_kwargs,
+                                deterministic=deterministic, seed=seed, policy_spaces=policy_spaces,
+                                mask_key=config.action_mask_key)
+        return evaluate_policy(act, config.env_id, episodes, env_kwargs=config.env_kwargs, deterministic=deterministic,
+                               seed=seed, env=env, policy_spaces=policy_spaces, mask_key=config.action_mask_key)
 
 
 def check_fits(env_id: str, observation_space: Any, action_space: Any, policy_spaces: tuple[Any, Any] | None) -> None:
@@ -46,6 +64,7 @@ def evaluate_policy(
     num_envs: int = 8,
     env: Any = None,
     policy_spaces: tuple[Any, Any] | None = None,
+    mask_key: str = "action_mask",
 ) -> dict[str, Any]:
     """Run ``episodes`` episodes and summarise their undiscounted returns.
 
@@ -60,7 +79,8 @@ def evaluate_policy(
     if owned:
         env = make_vector_env(env_id, min(num_envs, episodes), env_kwargs)
     try:
-        check_fits(env_id, env.single_observation_space, env.single_action_space, policy_spaces)
+        masks = MaskSource(env.single_observation_space, env.single_action_space, mask_key)
+        check_fits(env_id, masks.observation_space, env.single_action_space, policy_spaces)
     except EnvError:
         if owned:
             env.close()
@@ -69,7 +89,7 @@ def evaluate_policy(
     # Envs beyond the first n (a shared env wider than needed) play nothing that counts.
     quota = np.array([(episodes // n + (1 if i < episodes % n else 0)) if i < n else 0 for i in range(env.num_envs)])
     try:
-        obs, _ = env.reset(seed=seed)
+        obs, info = env.reset(seed=seed)
         done_count = np.zeros(n, dtype=np.int64)
         ep_return = np.zeros(n, dtype=np.float64)
         ep_length = np.zeros(n, dtype=np.int64)
@@ -77,7 +97,8 @@ def evaluate_policy(
         returns: list[float] = []
         lengths: list[int] = []
         while np.any(done_count < quota):
-            obs, reward, term, trunc, _ = env.step(act(obs, deterministic))
+            obs, mask = masks.read(obs, info, env.num_envs)
+            obs, reward, term, trunc, info = env.step(act(obs, deterministic, mask))
             counting = ~pending & (done_count < quota)
             ep_return += np.asarray(reward, dtype=np.float64) * counting
             ep_length += counting
@@ -119,6 +140,7 @@ def record_video(
     deterministic: bool = True,
     seed: int = 0,
     policy_spaces: tuple[Any, Any] | None = None,
+    mask_key: str = "action_mask",
 ) -> dict[str, Any]:
     """Play ``episodes`` episodes one after another with Gymnasium's RecordVideo into ``video_dir``."""
     import gymnasium as gym
@@ -128,7 +150,8 @@ def record_video(
     try:
         env = make_single_env(env_id, env_kwargs, render_mode="rgb_array")
         try:
-            check_fits(env_id, env.observation_space, env.action_space, policy_spaces)
+            masks = MaskSource(env.observation_space, env.action_space, mask_key)
+            check_fits(env_id, masks.observation_space, env.action_space, policy_spaces)
         except EnvError:
             env.close()
             raise
@@ -141,11 +164,12 @@ def record_video(
     lengths: list[int] = []
     try:
         for episode in range(episodes):
-            obs, _ = env.reset(seed=seed + episode)
+            obs, info = env.reset(seed=seed + episode)
             total, length, done = 0.0, 0, False
             while not done:
-                action = act(obs[None], deterministic)[0]
-                obs, reward, term, trunc, _ = env.step(action)
+                policy_obs, mask = masks.read_single(obs, info)
+                action = act(np.asarray(policy_obs)[None], deterministic, None if mask is None else mask[None])[0]
+                obs, reward, term, trunc, info = env.step(action)
                 total += float(reward)
                 length += 1
                 done = bool(term or trunc)

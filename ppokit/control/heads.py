@@ -16,15 +16,35 @@ from torch import Tensor, nn
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
+def masked_log_softmax(logits: Tensor, mask: Tensor | None) -> Tensor:
+    r"""Log-probabilities with the actions where ``mask`` is false removed: their logits are
+    :math:`-\infty`, so they get probability 0 and the valid ones share all of it. A row with no valid
+    action at all keeps every action (an env bug must not produce NaNs)."""
+    if mask is None:
+        return torch.log_softmax(logits, dim=-1)
+    mask = mask.to(torch.bool) | ~mask.to(torch.bool).any(-1, keepdim=True)
+    return torch.log_softmax(logits.masked_fill(~mask, float("-inf")), dim=-1)
+
+
+def categorical_entropy(log_probs: Tensor) -> Tensor:
+    r""":math:`-\sum_a p_a \log p_a`, with masked actions (:math:`p_a = 0`, :math:`\log p_a = -\infty`)
+    contributing 0 rather than NaN."""
+    # Zero the masked log-probs before the product, not after: where() after 0 * -inf would still
+    # send NaN into the gradient.
+    finite = torch.where(torch.isfinite(log_probs), log_probs, torch.zeros_like(log_probs))
+    return -(log_probs.exp() * finite).sum(dim=-1)
+
+
 class CategoricalHead(nn.Module):
-    r"""Discrete actions: :math:`\pi(a|s) = \mathrm{softmax}(\text{logits})_a`."""
+    r"""Discrete actions: :math:`\pi(a|s) = \mathrm{softmax}(\text{logits})_a`, over the valid actions
+    when an action mask is given."""
 
     def __init__(self, in_features: int, n: int) -> None:
         super().__init__()
         self.linear = nn.Linear(in_features, n)
 
-    def forward(self, features: Tensor) -> Tensor:
-        return torch.log_softmax(self.linear(features), dim=-1)
+    def forward(self, features: Tensor, mask: Tensor | None = None) -> Tensor:
+        return masked_log_softmax(self.linear(features), mask)
 
     @staticmethod
     def sample(log_probs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
@@ -37,8 +57,7 @@ class CategoricalHead(nn.Module):
     @staticmethod
     def log_prob_entropy(log_probs: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
         logp = log_probs.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
-        entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
-        return logp, entropy
+        return logp, categorical_entropy(log_probs)
 
 
 class MultiCategoricalHead(nn.Module):
@@ -49,8 +68,12 @@ class MultiCategoricalHead(nn.Module):
         self.nvec = [int(n) for n in nvec]
         self.linear = nn.Linear(in_features, sum(self.nvec))
 
-    def forward(self, features: Tensor) -> list[Tensor]:
-        return [torch.log_softmax(x, dim=-1) for x in self.linear(features).split(self.nvec, dim=-1)]
+    def forward(self, features: Tensor, mask: Tensor | None = None) -> list[Tensor]:
+        """``mask``: the dimensions' masks concatenated (``sum(nvec)`` booleans), as Gymnasium writes
+        a MultiDiscrete mask flat."""
+        logits = self.linear(features).split(self.nvec, dim=-1)
+        masks = [None] * len(self.nvec) if mask is None else mask.split(self.nvec, dim=-1)
+        return [masked_log_softmax(x, m) for x, m in zip(logits, masks)]
 
     @staticmethod
     def sample(params: list[Tensor], deterministic: bool = False) -> tuple[Tensor, Tensor]:
@@ -84,7 +107,7 @@ class GaussianHead(nn.Module):
         self.linear = nn.Linear(in_features, action_dim)
         self.log_std = nn.Parameter(torch.full((action_dim,), float(log_std_init)))
 
-    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, features: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         # log_std stays a [action_dim] vector (broadcast, not expanded to the batch): its terms of
         # the log-probability and the entropy are then sums over a vector, not over [B, D] tensors
         # whose backward needs extra reductions.

@@ -114,6 +114,9 @@ class PolicySpec:
     ortho_init: bool = True
     #: Initial log standard deviation of the Gaussian head.
     log_std_init: float = 0.0
+    #: The env marks invalid actions (a boolean per action, per MultiDiscrete choice); their
+    #: probability is 0 in sampling, log-probabilities, entropy and the PPO ratio.
+    action_mask: bool = False
 
     @classmethod
     def from_spaces(
@@ -127,6 +130,7 @@ class PolicySpec:
         shared_trunk: bool = False,
         ortho_init: bool = True,
         log_std_init: float = 0.0,
+        action_mask: bool = False,
     ) -> PolicySpec:
         obs_shape = tuple(int(d) for d in (observation_space.shape or ()))
         cnn = network == "cnn" or (network == "auto" and is_image_space(observation_space))
@@ -148,7 +152,7 @@ class PolicySpec:
             obs_shape=obs_shape, encoder="cnn" if cnn else "mlp", hidden_sizes=tuple(hidden_sizes),
             activation=activation,  # type: ignore[arg-type]  # checked by the config
             shared_trunk=True if cnn else shared_trunk, head=head, action_dims=dims,
-            ortho_init=ortho_init, log_std_init=log_std_init,
+            ortho_init=ortho_init, log_std_init=log_std_init, action_mask=action_mask,
         )
 
 
@@ -235,16 +239,16 @@ class ActorCritic(nn.Module):
         critic = actor if self.critic_trunk is None else self.critic_trunk(x)
         return actor, critic
 
-    def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    def act(self, obs: Tensor, deterministic: bool = False, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Sample (or take the mode of) an action: returns ``(action, log_prob, value)``."""
         actor, critic = self._features(obs)
-        action, logp = self.head.sample(self.head(actor), deterministic)
+        action, logp = self.head.sample(self.head(actor, mask), deterministic)
         return action, logp, self.value_head(critic).squeeze(-1)
 
-    def evaluate(self, obs: Tensor, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def evaluate(self, obs: Tensor, actions: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Log-probability and entropy of given actions, and the value: ``(logp, entropy, value)``."""
         actor, critic = self._features(obs)
-        logp, entropy = self.head.log_prob_entropy(self.head(actor), actions)
+        logp, entropy = self.head.log_prob_entropy(self.head(actor, mask), actions)
         return logp, entropy, self.value_head(critic).squeeze(-1)
 
     def value(self, obs: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ the next step's forward pass anyway) is exactly the bootstrap GAE needs.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ import torch
 from gymnasium import spaces
 from torch import Tensor
 
+from ppokit.control.masks import MaskSource
 from ppokit.control.networks import ActorCritic
 from ppokit.core.running_stats import RunningMeanStd
 from ppokit.errors import ObservationError
@@ -41,6 +43,8 @@ class Rollout:
     truncated: Tensor
     valid: Tensor
     last_value: Tensor
+    #: ``[T, N, actions]``: which actions were allowed at each step; None when the env gives no masks.
+    masks: Tensor | None = None
 
 
 class ActionAdapter:
@@ -101,6 +105,7 @@ class RolloutCollector:
         num_steps: int,
         *,
         numpy_policy: NumpyPolicy | None = None,
+        masks: MaskSource | None = None,
         obs_rms: RunningMeanStd | None = None,
         ret_rms: RunningMeanStd | None = None,
         gamma: float = 0.99,
@@ -118,7 +123,9 @@ class RolloutCollector:
         self.clip_obs = clip_obs
         self.clip_reward = clip_reward
         self.to_env = ActionAdapter(env.single_action_space)
-        obs_space = env.single_observation_space
+        self.masks = masks
+        self.mask_size = masks.size if masks is not None and masks.size is not None else 0
+        obs_space = masks.observation_space if masks is not None else env.single_observation_space
         self.obs_dtype = torch.uint8 if obs_space.dtype == np.uint8 else torch.float32
         self.obs_shape = tuple(obs_space.shape or ())
         action_space = env.single_action_space
@@ -136,6 +143,8 @@ class RolloutCollector:
         self.numpy_policy = numpy_policy
         self.rng = np.random.default_rng([0, 1])
         self._obs: np.ndarray | None = None
+        #: The action mask that goes with ``_obs`` (None while the env gives none).
+        self._mask: np.ndarray | None = None
         self._pending_reset = np.zeros(self.num_envs, dtype=bool)
         self._disc_return = np.zeros(self.num_envs, dtype=np.float64)
         self._ep_return = np.zeros(self.num_envs, dtype=np.float64)
@@ -146,8 +155,21 @@ class RolloutCollector:
         #: (returns, lengths) of the episodes that ended during the latest rollout.
         self.last_finished: tuple[list[float], list[int]] = ([], [])
 
+    def _read(self, obs: Any, info: dict[str, Any]) -> tuple[Any, np.ndarray | None]:
+        """The observation and, when the env gives one, the action mask."""
+        if self.masks is None:
+            return obs, None
+        obs, mask = self.masks.read(obs, info, self.num_envs)
+        if mask is not None and not self.policy.spec.action_mask:
+            # The env marks invalid actions: the policy honours them from now on, on the torch path
+            # (the fast path's allow-list does not implement masks).
+            self.policy.spec = dataclasses.replace(self.policy.spec, action_mask=True)
+            self.numpy_policy = None
+        return obs, mask
+
     def reset(self, seed: int | None = None) -> None:
-        obs, _ = self.env.reset(seed=seed)
+        obs, info = self.env.reset(seed=seed)
+        obs, self._mask = self._read(obs, info)
         if seed is not None:
             self.env.action_space.seed(seed)
             # Not default_rng(seed): that would be the same stream the env draws its resets from.
@@ -162,6 +184,7 @@ class RolloutCollector:
         """The running state between rollouts (current observation, episode counters), as plain data."""
         return {
             "obs": None if self._obs is None else self._obs.copy(),
+            "mask": None if self._mask is None else self._mask.copy(),
             "action_rng": self.rng,
             "pending_reset": self._pending_reset.copy(),
             "disc_return": self._disc_return.copy(),
@@ -179,6 +202,11 @@ class RolloutCollector:
             raise ValueError(f"saved observation batch has shape {tuple(obs.shape)}, expected "
                              f"{(self.num_envs, *self.obs_shape)} (was num_envs changed?)")
         self._obs = None if obs is None else np.asarray(obs)
+        mask = state.get("mask")
+        self._mask = None if mask is None else np.asarray(mask, dtype=bool)
+        if self._mask is not None and not self.policy.spec.action_mask:
+            self.policy.spec = dataclasses.replace(self.policy.spec, action_mask=True)
+            self.numpy_policy = None
         if isinstance(state.get("action_rng"), np.random.Generator):  # absent in older checkpoints
             self.rng = state["action_rng"]
         for name in ("pending_reset", "disc_return", "ep_return", "ep_length"):
@@ -198,10 +226,11 @@ class RolloutCollector:
             self.obs_rms.update_array(obs)
         return policy_input(obs, self.obs_rms, self.clip_obs, image=self.obs_dtype == torch.uint8)
 
-    def _act(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _act(self, obs: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self.numpy_policy is not None:
             return self.numpy_policy.act(obs, self.rng)
-        action, logp, value = self.policy.act(torch.as_tensor(obs, device=self.device))
+        mask_t = None if mask is None else torch.as_tensor(mask, device=self.device)
+        action, logp, value = self.policy.act(torch.as_tensor(obs, device=self.device), mask=mask_t)
         return action.cpu().numpy(), logp.cpu().numpy(), value.cpu().numpy()
 
     def _value(self, obs: np.ndarray) -> np.ndarray:
@@ -238,16 +267,22 @@ class RolloutCollector:
         valid = np.empty((T, N), dtype=bool)
         finished_r: list[float] = []
         finished_l: list[int] = []
+        mask_buf = None if not self.policy.spec.action_mask else np.ones((T, N, self.mask_size), dtype=bool)
 
         obs = self._obs
         assert obs is not None  # reset() above
         for t in range(T):
             obs_buf[t] = obs
-            action, logp, value = self._act(obs)
+            if mask_buf is not None:
+                mask_buf[t] = True if self._mask is None else self._mask
+            action, logp, value = self._act(obs, self._mask)
             act_buf[t] = action
             logp_buf[t] = logp
             val_buf[t] = value
-            next_obs, reward, term, trunc, _ = self.env.step(self.to_env(action))
+            next_obs, reward, term, trunc, info = self.env.step(self.to_env(action))
+            next_obs, self._mask = self._read(next_obs, info)
+            if self._mask is not None and mask_buf is None:  # the env's first mask, mid-rollout
+                mask_buf = np.ones((T, N, self.mask_size), dtype=bool)
             reward = np.asarray(reward, dtype=np.float64)
             term = np.asarray(term, dtype=bool)
             trunc = np.asarray(trunc, dtype=bool)
@@ -283,4 +318,5 @@ class RolloutCollector:
             obs=to_device(obs_buf), actions=to_device(act_buf), logp=to_device(logp_buf),
             values=to_device(val_buf), rewards=to_device(rewards), terminated=to_device(terminated),
             truncated=to_device(truncated), valid=to_device(valid), last_value=to_device(self._value(obs)),
+            masks=None if mask_buf is None else to_device(mask_buf),
         )

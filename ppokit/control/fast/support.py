@@ -31,6 +31,7 @@ POLICY: dict[str, Any] = {
     "action_dims": ANY,
     "ortho_init": ANY,
     "log_std_init": ANY,
+    "action_mask": (False,),
 }
 
 #: PPOUpdateSettings field -> the values the NumPy update implements.
