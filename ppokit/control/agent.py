@@ -27,7 +27,8 @@ from ppokit.configuration import replace
 from ppokit.control import checkpointing, fast
 from ppokit.control.algorithm import PPOAlgorithm
 from ppokit.control.config import RESUMABLE_FIELDS, ControlConfig
-from ppokit.control.envs import check_spaces, make_vector_env, require_no_import
+from ppokit.control.env_source import EnvSource
+from ppokit.control.envs import check_spaces
 from ppokit.control.evaluation import run_evaluation
 from ppokit.control.masks import MaskSource
 from ppokit.control.networks import ActorCritic, PolicySpec, is_image_space
@@ -54,18 +55,24 @@ class PPO:
     >>> action = agent.predict(obs)                                           # doctest: +SKIP
     """
 
-    def __init__(self, config: ControlConfig | None = None, **overrides: Any) -> None:
+    def __init__(self, config: ControlConfig | None = None, env: Any = None, **overrides: Any) -> None:
+        """``env``: an id, or an env object (a ``gymnasium.Env``, a vector env, or an env class or
+        factory; see :mod:`ppokit.control.env_source`) instead of the config's ``env_id``."""
         config = config or ControlConfig()
+        given = EnvSource.given(env, config.env_kwargs) if env is not None else None
+        if given is not None:
+            overrides = {"env_id": given.env_id, **overrides}
+            if given.fixed_num_envs is not None:
+                overrides["num_envs"] = given.fixed_num_envs
         if overrides:
             config = replace(config, source="PPO(...)", **overrides)
         self.config = config
-        #: Whether the env the config names may be made: yes for a config given in code or on the
-        #: command line; for one read back from a file (load, resume) only with the user's consent.
-        self.env_trusted = True
-        self.config_source = "config"
+        #: Where the envs come from. A config given in code or on the command line is trusted; one read
+        #: back from a file (load, resume) only with the user's consent.
+        self.env_source: EnvSource = given or EnvSource(config.env_id, config.env_kwargs)
         self.device = runtime.setup(config.seed, config.device, config.torch_threads)
         #: The training vector env; None after :meth:`load` until :meth:`learn` makes one.
-        self.env: Any = make_vector_env(config.env_id, config.num_envs, config.env_kwargs, config.vectorization)
+        self.env: Any = self.env_source.training(config.num_envs, config.vectorization)
         masks = MaskSource(self.env.single_observation_space, self.env.single_action_space, config.action_mask_key)
         check_spaces(masks.observation_space, self.env.single_action_space, config.env_id)
         self._build(masks.observation_space, self.env.single_action_space, action_mask=masks.in_observation)
@@ -238,10 +245,9 @@ class PPO:
         """Evaluate now; keep the policy in ``RUN_DIR/best`` when it is the best so far."""
         assert self.run_dir is not None
         if self._eval_env is None:
-            self._require_env_trust()
             # Kept for the whole run, one env per episode: each evaluation is then as many vector
             # steps as its longest episode, with no env construction.
-            self._eval_env = make_vector_env(self.config.env_id, min(episodes, MAX_EVAL_ENVS), self.config.env_kwargs)
+            self._eval_env = self.env_source.evaluation(min(episodes, MAX_EVAL_ENVS))
         # A new seed per evaluation, so "best" is not chosen on one fixed set of start states.
         result = self.evaluate(episodes, deterministic=self.config.eval_deterministic,
                                seed=self.config.seed + 10_000 + self.num_updates, env=self._eval_env)
@@ -286,14 +292,12 @@ class PPO:
         ``env``: a vector env of this task to play them in (reset with ``seed``); by default one is
         made for the call and closed after it."""
         seed = self.config.seed + 10_000 if seed is None else seed
-        if env is None:
-            self._require_env_trust()
         rng = np.random.default_rng([seed, 2])
 
         def act(obs: np.ndarray, det: bool, mask: np.ndarray | None) -> np.ndarray:
             return self.predict(obs, det, rng, action_mask=mask)
 
-        result = run_evaluation(act, self.config, episodes, deterministic=deterministic, seed=seed,
+        result = run_evaluation(act, self.env_source, self.config, episodes, deterministic=deterministic, seed=seed,
                                 video_dir=video_dir, env=env, policy_spaces=(self.observation_space, self.action_space))
         result["global_step"] = self.global_step  # which policy was evaluated
         return result
@@ -312,25 +316,22 @@ class PPO:
         assert self.run_dir is not None
         return checkpoint_path(self.run_dir, self.num_updates)
 
-    def _require_env_trust(self) -> None:
-        """Refuse to make an env that imports a module named in a file the user has not vouched for."""
-        if not self.env_trusted:
-            require_no_import(self.config.env_id, self.config.env_kwargs, self.config_source)
-
     @classmethod
-    def load(cls, path: str | Path, *, trust: bool = False, **overrides: Any) -> PPO:
+    def load(cls, path: str | Path, *, trust: bool = False, env: Any = None, **overrides: Any) -> PPO:
         """Load a saved policy from a model or checkpoint directory, or a run directory (its ``model``).
 
         The env is made from the saved config when needed (``overrides`` may change ``num_envs``,
         ``device``, …). A ``'module:Env'`` id from the file is made only if you name it again
         (``env_id=...``) or pass ``trust=True``: loading a downloaded directory must not run code.
+        ``env``: an env object to evaluate and train on, as for the constructor.
         """
         model_dir = checkpointing.find_model_dir(path)
         state = checkpointing.read_state(model_dir)
         agent = cls.__new__(cls)
-        agent.env_trusted = trust or "env_id" in overrides
-        agent.config_source = str(model_dir / checkpointing.STATE_FILE)
         agent.config = checkpointing.saved_config(model_dir, state, overrides)
+        agent.env_source = EnvSource.given(env, agent.config.env_kwargs) if env is not None else EnvSource(
+            agent.config.env_id, agent.config.env_kwargs, trusted=trust or "env_id" in overrides,
+            source=str(model_dir / checkpointing.STATE_FILE))
         runtime.set_threads(agent.config.torch_threads)
         agent.device = runtime.resolve_device(agent.config.device)
         agent.env = None  # made on demand by learn()
@@ -344,7 +345,7 @@ class PPO:
         return agent
 
     @classmethod
-    def resume(cls, run_dir: str | Path, *, trust: bool = False, **overrides: Any) -> PPO:
+    def resume(cls, run_dir: str | Path, *, trust: bool = False, env: Any = None, **overrides: Any) -> PPO:
         """The run in ``run_dir`` as of its latest checkpoint, ready for :meth:`learn` to continue.
 
         ``overrides`` change config fields for the rest of the run (``progress``, ``device``, …);
@@ -358,7 +359,7 @@ class PPO:
         saved_env = checkpointing.read_state(checkpoint)["config"].get("env_id")
         if "env_id" in overrides and overrides["env_id"] != saved_env:
             raise ConfigError(f"resuming {run_dir}: the run trains on {saved_env!r}, not {overrides['env_id']!r}")
-        agent = cls.load(checkpoint, trust=trust, **overrides)
+        agent = cls.load(checkpoint, trust=trust, env=env, **overrides)
         checkpointing.restore_training(agent, checkpoint, Path(run_dir))
         if "total_steps" in overrides:
             agent.total_steps = agent.config.total_steps
@@ -374,8 +375,7 @@ class PPO:
             return
         c = self.config
         if self.env is None:
-            self._require_env_trust()
-            self.env = make_vector_env(c.env_id, c.num_envs, c.env_kwargs, c.vectorization)
+            self.env = self.env_source.training(c.num_envs, c.vectorization)
         self.collector = RolloutCollector(
             self.env, self.policy, self.device, c.num_steps, numpy_policy=self.numpy_policy,
             masks=MaskSource(self.env.single_observation_space, self.env.single_action_space, c.action_mask_key),

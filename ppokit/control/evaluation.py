@@ -5,33 +5,44 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ppokit.control.envs import make_single_env, make_vector_env
 from ppokit.control.masks import MaskSource
+
+if TYPE_CHECKING:
+    from ppokit.control.env_source import EnvSource
 from ppokit.errors import EnvError
 
 #: ``act(obs_batch, deterministic, action_mask_batch or None) -> actions`` in the env's format.
 Act = Callable[[np.ndarray, bool, "np.ndarray | None"], np.ndarray]
 
 
-def run_evaluation(act: Act, config: Any, episodes: int, *, deterministic: bool, seed: int,
+def run_evaluation(act: Act, source: EnvSource, config: Any, episodes: int, *, deterministic: bool, seed: int,
                    video_dir: str | Path | None = None, env: Any = None,
                    policy_spaces: tuple[Any, Any] | None = None) -> dict[str, Any]:
-    """Evaluate on the config's env: recorded to ``video_dir`` one episode at a time, or in parallel."""
+    """Evaluate on envs from ``source``: recorded to ``video_dir`` one episode at a time, or in
+    parallel (on ``env`` when given, else on new envs closed afterwards)."""
     import torch
 
     # Stochastic evaluation of a torch-path policy draws from torch's generator; training must not
     # see those draws, or evaluating during a run would change its results.
     with torch.random.fork_rng(devices=[]):
         if video_dir is not None:
-            return record_video(act, config.env_id, episodes, video_dir, env_kwargs=config.env_kwargs,
+            if Path(video_dir).exists() and not Path(video_dir).is_dir():
+                raise EnvError(f"--video {video_dir}: exists and is not a directory")
+            return record_video(act, source.single(render_mode="rgb_array"), config.env_id, episodes, video_dir,
                                 deterministic=deterministic, seed=seed, policy_spaces=policy_spaces,
                                 mask_key=config.action_mask_key)
-        return evaluate_policy(act, config.env_id, episodes, env_kwargs=config.env_kwargs, deterministic=deterministic,
-                               seed=seed, env=env, policy_spaces=policy_spaces, mask_key=config.action_mask_key)
+        owned = env is None
+        env = source.evaluation(min(8, episodes)) if owned else env
+        try:
+            return evaluate_policy(act, env, config.env_id, episodes, deterministic=deterministic, seed=seed,
+                                   policy_spaces=policy_spaces, mask_key=config.action_mask_key)
+        finally:
+            if owned:
+                env.close()
 
 
 def check_fits(env_id: str, observation_space: Any, action_space: Any, policy_spaces: tuple[Any, Any] | None) -> None:
@@ -55,14 +66,12 @@ def _brief(space: Any) -> str:
 
 def evaluate_policy(
     act: Act,
+    env: Any,
     env_id: str,
     episodes: int,
     *,
-    env_kwargs: dict[str, Any] | None = None,
     deterministic: bool = True,
     seed: int = 0,
-    num_envs: int = 8,
-    env: Any = None,
     policy_spaces: tuple[Any, Any] | None = None,
     mask_key: str = "action_mask",
 ) -> dict[str, Any]:
@@ -75,44 +84,32 @@ def evaluate_policy(
     """
     if episodes < 1:
         raise ValueError("episodes must be at least 1")
-    owned = env is None
-    if owned:
-        env = make_vector_env(env_id, min(num_envs, episodes), env_kwargs)
-    try:
-        masks = MaskSource(env.single_observation_space, env.single_action_space, mask_key)
-        check_fits(env_id, masks.observation_space, env.single_action_space, policy_spaces)
-    except EnvError:
-        if owned:
-            env.close()
-        raise
+    masks = MaskSource(env.single_observation_space, env.single_action_space, mask_key)
+    check_fits(env_id, masks.observation_space, env.single_action_space, policy_spaces)
     n = min(env.num_envs, episodes)
     # Envs beyond the first n (a shared env wider than needed) play nothing that counts.
     quota = np.array([(episodes // n + (1 if i < episodes % n else 0)) if i < n else 0 for i in range(env.num_envs)])
-    try:
-        obs, info = env.reset(seed=seed)
-        done_count = np.zeros(n, dtype=np.int64)
-        ep_return = np.zeros(n, dtype=np.float64)
-        ep_length = np.zeros(n, dtype=np.int64)
-        pending = np.zeros(n, dtype=bool)
-        returns: list[float] = []
-        lengths: list[int] = []
-        while np.any(done_count < quota):
-            obs, mask = masks.read(obs, info, env.num_envs)
-            obs, reward, term, trunc, info = env.step(act(obs, deterministic, mask))
-            counting = ~pending & (done_count < quota)
-            ep_return += np.asarray(reward, dtype=np.float64) * counting
-            ep_length += counting
-            done = np.asarray(term, dtype=bool) | np.asarray(trunc, dtype=bool)
-            for i in np.flatnonzero(done & counting):
-                returns.append(float(ep_return[i]))
-                lengths.append(int(ep_length[i]))
-                done_count[i] += 1
-            ep_return[done] = 0.0
-            ep_length[done] = 0
-            pending = done
-    finally:
-        if owned:
-            env.close()
+    obs, info = env.reset(seed=seed)
+    done_count = np.zeros(n, dtype=np.int64)
+    ep_return = np.zeros(n, dtype=np.float64)
+    ep_length = np.zeros(n, dtype=np.int64)
+    pending = np.zeros(n, dtype=bool)
+    returns: list[float] = []
+    lengths: list[int] = []
+    while np.any(done_count < quota):
+        obs, mask = masks.read(obs, info, env.num_envs)
+        obs, reward, term, trunc, info = env.step(act(obs, deterministic, mask))
+        counting = ~pending & (done_count < quota)
+        ep_return += np.asarray(reward, dtype=np.float64) * counting
+        ep_length += counting
+        done = np.asarray(term, dtype=bool) | np.asarray(trunc, dtype=bool)
+        for i in np.flatnonzero(done & counting):
+            returns.append(float(ep_return[i]))
+            lengths.append(int(ep_length[i]))
+            done_count[i] += 1
+        ep_return[done] = 0.0
+        ep_length[done] = 0
+        pending = done
     return summarize(returns, lengths, deterministic)
 
 
@@ -132,23 +129,21 @@ def summarize(returns: list[float], lengths: list[int], deterministic: bool) -> 
 
 def record_video(
     act: Act,
+    env: Any,
     env_id: str,
     episodes: int,
     video_dir: str | Path,
     *,
-    env_kwargs: dict[str, Any] | None = None,
     deterministic: bool = True,
     seed: int = 0,
     policy_spaces: tuple[Any, Any] | None = None,
     mask_key: str = "action_mask",
 ) -> dict[str, Any]:
-    """Play ``episodes`` episodes one after another with Gymnasium's RecordVideo into ``video_dir``."""
+    """Play ``episodes`` episodes one after another in ``env`` (one env made with
+    ``render_mode='rgb_array'``, closed afterwards) with Gymnasium's RecordVideo into ``video_dir``."""
     import gymnasium as gym
 
-    if Path(video_dir).exists() and not Path(video_dir).is_dir():
-        raise EnvError(f"--video {video_dir}: exists and is not a directory")
     try:
-        env = make_single_env(env_id, env_kwargs, render_mode="rgb_array")
         try:
             masks = MaskSource(env.observation_space, env.action_space, mask_key)
             check_fits(env_id, masks.observation_space, env.action_space, policy_spaces)
