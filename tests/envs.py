@@ -210,3 +210,51 @@ class LowestValidEnv(gym.Env):
         self._draw()
         obs, info = self._out()
         return obs, reward, not valid, self.t >= self.length, info
+
+
+class ModeEnv(gym.Env):
+    """Copy the mode: each step a random mode in {0, 1, 2} is observed (as part of a Dict, a Tuple, or
+    as a plain Discrete observation) and the action equal to it pays 1. Learnable only if the
+    discrete part reaches the policy. ``with_mask``: a Dict observation also carries an
+    ``action_mask`` that rules out one wrong action."""
+
+    def __init__(self, kind: str = "dict", length: int = 20, with_mask: bool = False):
+        self.kind, self.length, self.with_mask = kind, length, with_mask
+        noise = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+        if kind == "dict":
+            parts = {"noise": noise, "mode": spaces.Discrete(3)}
+            if with_mask:
+                parts["action_mask"] = spaces.MultiBinary(3)
+            self.observation_space = spaces.Dict(parts)
+        elif kind == "tuple":
+            self.observation_space = spaces.Tuple((spaces.Discrete(3), noise))
+        else:
+            self.observation_space = spaces.Discrete(3)
+        self.action_space = spaces.Discrete(3)
+        self.t, self.mode = 0, 0
+
+    def _obs(self):
+        noise = self.np_random.uniform(-1, 1, size=2).astype(np.float32)
+        if self.kind == "dict":
+            obs = {"noise": noise, "mode": self.mode}
+            if self.with_mask:
+                mask = np.ones(3, dtype=np.int8)
+                mask[(self.mode + 1) % 3] = 0
+                obs["action_mask"] = mask
+            return obs
+        if self.kind == "tuple":
+            return (self.mode, noise)
+        return self.mode
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.mode = 0, int(self.np_random.integers(3))
+        return self._obs(), {}
+
+    def step(self, action):
+        reward = float(int(action) == self.mode)
+        if self.with_mask and int(action) == (self.mode + 1) % 3:
+            raise RuntimeError("masked action taken")
+        self.t += 1
+        self.mode = int(self.np_random.integers(3))
+        return self._obs(), reward, False, self.t >= self.length, {}

@@ -30,8 +30,8 @@ from ppokit.control.config import RESUMABLE_FIELDS, ControlConfig
 from ppokit.control.env_source import EnvSource
 from ppokit.control.envs import check_spaces
 from ppokit.control.evaluation import run_evaluation
-from ppokit.control.masks import MaskSource
 from ppokit.control.networks import ActorCritic, PolicySpec, is_image_space
+from ppokit.control.observations import ObservationReader, as_policy_input
 from ppokit.control.rollout import ActionAdapter, RolloutCollector, observation_batch, policy_input
 from ppokit.control.spaces_json import space_from_json
 from ppokit.core.health import HealthMonitor
@@ -56,8 +56,7 @@ class PPO:
     """
 
     def __init__(self, config: ControlConfig | None = None, env: Any = None, **overrides: Any) -> None:
-        """``env``: an id, or an env object (a ``gymnasium.Env``, a vector env, or an env class or
-        factory; see :mod:`ppokit.control.env_source`) instead of the config's ``env_id``."""
+        """``env``: an id or an env object (see :mod:`ppokit.control.env_source`) instead of ``env_id``."""
         config = config or ControlConfig()
         given = EnvSource.given(env, config.env_kwargs) if env is not None else None
         if given is not None:
@@ -73,9 +72,11 @@ class PPO:
         self.device = runtime.setup(config.seed, config.device, config.torch_threads)
         #: The training vector env; None after :meth:`load` until :meth:`learn` makes one.
         self.env: Any = self.env_source.training(config.num_envs, config.vectorization)
-        masks = MaskSource(self.env.single_observation_space, self.env.single_action_space, config.action_mask_key)
-        check_spaces(masks.observation_space, self.env.single_action_space, config.env_id)
-        self._build(masks.observation_space, self.env.single_action_space, action_mask=masks.in_observation)
+        reader = ObservationReader(self.env.single_observation_space, self.env.single_action_space,
+                                   config.action_mask_key)
+        check_spaces(reader.observation_space, self.env.single_action_space, config.env_id)
+        self._build(reader.observation_space, self.env.single_action_space, action_mask=reader.in_observation)
+        self.env_observation_space = reader.env_space  # what the env gives, less any mask
         self.ensure_env()
 
     def _build(self, observation_space: Any, action_space: Any, action_mask: bool = False) -> None:
@@ -268,6 +269,7 @@ class PPO:
 
         Stochastic actions of fast-path policies are drawn from ``rng`` (default: a generator of the
         agent's own, never the training one); other policies draw from torch's generator."""
+        obs = as_policy_input(self.env_observation_space, self.observation_space, obs)  # a Dict, Tuple, ... one
         batch, single = observation_batch(obs, self.observation_space)
         if action_mask is not None:
             action_mask = np.asarray(action_mask, dtype=bool).reshape(len(batch), -1)
@@ -341,6 +343,8 @@ class PPO:
         except (KeyError, TypeError, ValueError, CheckpointError) as err:
             raise CheckpointError(f"{model_dir / checkpointing.STATE_FILE}: bad saved spaces ({err})") from None
         agent._build(observation_space, action_space, action_mask=bool(state.get("action_mask", False)))
+        saved_env_space = state.get("env_observation_space")
+        agent.env_observation_space = space_from_json(saved_env_space) if saved_env_space else observation_space
         checkpointing.load_weights(agent, model_dir, state)
         return agent
 
@@ -378,7 +382,7 @@ class PPO:
             self.env = self.env_source.training(c.num_envs, c.vectorization)
         self.collector = RolloutCollector(
             self.env, self.policy, self.device, c.num_steps, numpy_policy=self.numpy_policy,
-            masks=MaskSource(self.env.single_observation_space, self.env.single_action_space, c.action_mask_key),
+            masks=ObservationReader(self.env.single_observation_space, self.env.single_action_space, c.action_mask_key),
             obs_rms=self.obs_rms, ret_rms=self.ret_rms, gamma=c.gamma, clip_obs=c.clip_obs,
             clip_reward=c.clip_reward,
         )

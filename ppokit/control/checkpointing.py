@@ -61,6 +61,8 @@ def _state(agent: PPO) -> dict[str, Any]:
         "config": to_dict(agent.config),
         "observation_space": space_to_json(agent.observation_space),
         "action_space": space_to_json(agent.action_space),
+        "env_observation_space": (None if agent.env_observation_space is agent.observation_space
+                                  else space_to_json(agent.env_observation_space)),
         "global_step": agent.global_step,
         "num_updates": agent.num_updates,
         "action_mask": agent.policy.spec.action_mask,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ppokit.control.masks import MaskSource
+from ppokit.control.observations import ObservationReader
 
 if TYPE_CHECKING:
     from ppokit.control.env_source import EnvSource
@@ -84,7 +84,7 @@ def evaluate_policy(
     """
     if episodes < 1:
         raise ValueError("episodes must be at least 1")
-    masks = MaskSource(env.single_observation_space, env.single_action_space, mask_key)
+    masks = ObservationReader(env.single_observation_space, env.single_action_space, mask_key)
     check_fits(env_id, masks.observation_space, env.single_action_space, policy_spaces)
     n = min(env.num_envs, episodes)
     # Envs beyond the first n (a shared env wider than needed) play nothing that counts.
@@ -145,7 +145,7 @@ def record_video(
 
     try:
         try:
-            masks = MaskSource(env.observation_space, env.action_space, mask_key)
+            masks = ObservationReader(env.observation_space, env.action_space, mask_key)
             check_fits(env_id, masks.observation_space, env.action_space, policy_spaces)
         except EnvError:
             env.close()
@@ -163,7 +163,7 @@ def record_video(
             total, length, done = 0.0, 0, False
             while not done:
                 policy_obs, mask = masks.read_single(obs, info)
-                action = act(np.asarray(policy_obs)[None], deterministic, None if mask is None else mask[None])[0]
+                action = act(policy_obs, deterministic, None if mask is None else mask[None])[0]
                 obs, reward, term, trunc, info = env.step(action)
                 total += float(reward)
                 length += 1

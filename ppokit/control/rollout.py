@@ -21,8 +21,8 @@ import torch
 from gymnasium import spaces
 from torch import Tensor
 
-from ppokit.control.masks import MaskSource
 from ppokit.control.networks import ActorCritic
+from ppokit.control.observations import ObservationReader
 from ppokit.core.running_stats import RunningMeanStd
 from ppokit.errors import ObservationError
 
@@ -105,7 +105,7 @@ class RolloutCollector:
         num_steps: int,
         *,
         numpy_policy: NumpyPolicy | None = None,
-        masks: MaskSource | None = None,
+        masks: ObservationReader | None = None,
         obs_rms: RunningMeanStd | None = None,
         ret_rms: RunningMeanStd | None = None,
         gamma: float = 0.99,

@@ -25,6 +25,12 @@ def space_to_json(space: spaces.Space) -> dict[str, Any]:
             "type": "Box", "shape": list(space.shape), "dtype": str(space.dtype),
             "low": _finite_list(space.low), "high": _finite_list(space.high),
         }
+    if isinstance(space, spaces.MultiBinary):
+        return {"type": "MultiBinary", "n": np.asarray(space.n).tolist()}
+    if isinstance(space, spaces.Dict):
+        return {"type": "Dict", "spaces": {k: space_to_json(s) for k, s in space.spaces.items()}}
+    if isinstance(space, spaces.Tuple):
+        return {"type": "Tuple", "spaces": [space_to_json(s) for s in space.spaces]}
     raise CheckpointError(f"cannot describe space {space} in a checkpoint")
 
 
@@ -41,6 +47,13 @@ def space_from_json(data: dict[str, Any]) -> spaces.Space:
             low = np.array([-np.inf if v is None else v for v in data["low"]], dtype=np.float64).reshape(shape)
             high = np.array([np.inf if v is None else v for v in data["high"]], dtype=np.float64).reshape(shape)
             return spaces.Box(low.astype(dtype), high.astype(dtype), shape=shape, dtype=dtype)
-    except (KeyError, TypeError, ValueError) as err:
+        if kind == "MultiBinary":
+            n = data["n"]
+            return spaces.MultiBinary(int(n) if isinstance(n, int) else [int(v) for v in n])
+        if kind == "Dict":
+            return spaces.Dict({str(k): space_from_json(v) for k, v in data["spaces"].items()})
+        if kind == "Tuple":
+            return spaces.Tuple([space_from_json(v) for v in data["spaces"]])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise CheckpointError(f"invalid space description {data!r}: {err}") from None
     raise CheckpointError(f"unknown space type {data.get('type')!r} in checkpoint")
