@@ -258,3 +258,37 @@ class ModeEnv(gym.Env):
         self.t += 1
         self.mode = int(self.np_random.integers(3))
         return self._obs(), reward, False, self.t >= self.length, {}
+
+
+class MixedActionEnv(gym.Env):
+    """Choose a mode and a level at once: the action is (Discrete(3), Box(-1, 1, (1,))), a Tuple or
+    (``as_dict``) a Dict. Each step pays 1 for the observed mode and 1 - |level - target| for the
+    level, so both parts must be learned. Observation: [mode / 2, target]."""
+
+    def __init__(self, length: int = 10, as_dict: bool = False):
+        self.length, self.as_dict = length, as_dict
+        self.observation_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+        parts = {"mode": spaces.Discrete(3), "level": spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)}
+        self.action_space = spaces.Dict(parts) if as_dict else spaces.Tuple((parts["mode"], parts["level"]))
+        self.t, self.mode, self.target = 0, 0, 0.0
+
+    def _obs(self):
+        return np.array([self.mode / 2.0, self.target], dtype=np.float32)
+
+    def _draw(self):
+        self.mode = int(self.np_random.integers(3))
+        self.target = float(self.np_random.uniform(-0.8, 0.8))
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        self._draw()
+        return self._obs(), {}
+
+    def step(self, action):
+        mode, level = (action["mode"], action["level"]) if self.as_dict else action
+        assert self.action_space.contains(action), action
+        reward = float(int(mode) == self.mode) + 1.0 - abs(float(np.asarray(level).reshape(-1)[0]) - self.target)
+        self.t += 1
+        self._draw()
+        return self._obs(), reward, False, self.t >= self.length, {}

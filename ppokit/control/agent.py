@@ -32,7 +32,7 @@ from ppokit.control.envs import check_spaces
 from ppokit.control.evaluation import run_evaluation
 from ppokit.control.networks import ActorCritic, PolicySpec, is_image_space
 from ppokit.control.observations import ObservationReader, as_policy_input
-from ppokit.control.rollout import ActionAdapter, RolloutCollector, observation_batch, policy_input
+from ppokit.control.rollout import ActionAdapter, RolloutCollector, first_of, observation_batch, policy_input
 from ppokit.control.spaces_json import space_from_json
 from ppokit.core.health import HealthMonitor
 from ppokit.core.running_stats import RunningMeanStd
@@ -283,7 +283,7 @@ class PPO:
             with torch.inference_mode():
                 action = self.policy.act(torch.as_tensor(x, device=self.device), deterministic, mask)[0]
         out = self.to_env(action)
-        return out[0] if single else out
+        return first_of(out) if single else out
 
     def evaluate(
         self, episodes: int = 20, deterministic: bool = True, seed: int | None = None,

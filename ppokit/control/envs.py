@@ -134,10 +134,13 @@ def check_spaces(observation_space: spaces.Space, action_space: spaces.Space, en
             f"env {env_id!r}: observation space {observation_space} is not supported "
             "(ppokit handles Box observations; flatten Dict/Tuple spaces with a wrapper)"
         )
-    if not isinstance(action_space, (spaces.Discrete, spaces.Box, spaces.MultiDiscrete)):
+    simple = (spaces.Discrete, spaces.Box, spaces.MultiDiscrete)
+    parts = (list(action_space.spaces.values()) if isinstance(action_space, spaces.Dict) else
+             list(action_space.spaces) if isinstance(action_space, spaces.Tuple) else [action_space])
+    if not parts or not all(isinstance(p, simple) for p in parts):
         raise EnvError(
             f"env {env_id!r}: action space {action_space} is not supported "
-            "(ppokit handles Discrete, Box and MultiDiscrete actions)"
+            "(ppokit handles Discrete, Box and MultiDiscrete actions, and Tuples or Dicts of them)"
         )
 
 

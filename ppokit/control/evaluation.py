@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ppokit.control.observations import ObservationReader
+from ppokit.control.rollout import first_of
 
 if TYPE_CHECKING:
     from ppokit.control.env_source import EnvSource
@@ -163,7 +164,7 @@ def record_video(
             total, length, done = 0.0, 0, False
             while not done:
                 policy_obs, mask = masks.read_single(obs, info)
-                action = act(policy_obs, deterministic, None if mask is None else mask[None])[0]
+                action = first_of(act(policy_obs, deterministic, None if mask is None else mask[None]))
                 obs, reward, term, trunc, info = env.step(action)
                 total += float(reward)
                 length += 1

@@ -9,6 +9,7 @@ and the update skip building a distribution object and validating its arguments 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -133,3 +134,51 @@ class GaussianHead(nn.Module):
         mean, log_std = params
         entropy = (0.5 + 0.5 * _LOG_2PI + log_std).sum(-1).expand(mean.shape[:-1])
         return GaussianHead._log_prob(mean, log_std, actions), entropy
+
+
+class MixedHead(nn.Module):
+    """Tuple or Dict actions: one head per part (categorical, multi-categorical or Gaussian).
+
+    The action is the parts' actions side by side in one float vector (a categorical part takes one
+    entry, a multi-categorical one per dimension, a Gaussian its dimension); log-probabilities and
+    entropies add up over the parts, the parts being independent given the state.
+    """
+
+    def __init__(self, in_features: int, parts: list[tuple[str, tuple[int, ...]]], log_std_init: float = 0.0) -> None:
+        super().__init__()
+        heads: list[nn.Module] = []
+        self.widths: list[int] = []
+        for kind, dims in parts:
+            if kind == "categorical":
+                heads.append(CategoricalHead(in_features, dims[0]))
+                self.widths.append(1)
+            elif kind == "multi_categorical":
+                heads.append(MultiCategoricalHead(in_features, list(dims)))
+                self.widths.append(len(dims))
+            else:
+                heads.append(GaussianHead(in_features, dims[0], log_std_init))
+                self.widths.append(dims[0])
+        self.parts = nn.ModuleList(heads)
+        #: The same heads, typed (ModuleList's items are only Modules to a type checker).
+        self.heads: list[Any] = heads
+        self.kinds = [kind for kind, _ in parts]
+
+    def forward(self, features: Tensor, mask: Tensor | None = None) -> list[Any]:
+        return [head(features) for head in self.heads]
+
+    def _split(self, actions: Tensor) -> list[Tensor]:
+        pieces = actions.split(self.widths, dim=-1)
+        return [p.squeeze(-1).long() if kind == "categorical" else p.long() if kind == "multi_categorical" else p
+                for kind, p in zip(self.kinds, pieces)]
+
+    def sample(self, params: list[Any], deterministic: bool = False) -> tuple[Tensor, Tensor]:
+        actions, logps = [], []
+        for head, kind, p in zip(self.heads, self.kinds, params):
+            action, logp = head.sample(p, deterministic)
+            actions.append(action.unsqueeze(-1).float() if kind == "categorical" else action.float())
+            logps.append(logp)
+        return torch.cat(actions, dim=-1), torch.stack(logps, dim=-1).sum(-1)
+
+    def log_prob_entropy(self, params: list[Any], actions: Tensor) -> tuple[Tensor, Tensor]:
+        parts = [head.log_prob_entropy(p, a) for head, p, a in zip(self.heads, params, self._split(actions))]
+        return torch.stack([lp for lp, _ in parts], dim=-1).sum(-1), torch.stack([e for _, e in parts], dim=-1).sum(-1)

@@ -20,10 +20,22 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 from ppokit.control.config import Activation
-from ppokit.control.heads import CategoricalHead, GaussianHead, MultiCategoricalHead
+from ppokit.control.heads import CategoricalHead, GaussianHead, MixedHead, MultiCategoricalHead
 from ppokit.errors import ConfigError
 
-HeadKind = Literal["categorical", "multi_categorical", "gaussian"]
+HeadKind = Literal["categorical", "multi_categorical", "gaussian", "mixed"]
+#: One part of a mixed (Tuple or Dict) action space: its head kind and dims, as for a whole spec.
+ActionPart = tuple[str, tuple[int, ...]]
+
+
+def _action_part(space: spaces.Space) -> ActionPart:
+    if isinstance(space, spaces.Discrete):
+        return "categorical", (int(space.n),)
+    if isinstance(space, spaces.MultiDiscrete):
+        return "multi_categorical", tuple(int(n) for n in np.asarray(space.nvec).ravel())
+    if isinstance(space, spaces.Box):
+        return "gaussian", (int(np.prod(space.shape)),)
+    raise ConfigError(f"unsupported action space {space}")
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
 _ACTIVATION_FNS: dict[str, Callable[[Tensor], Tensor]] = {"tanh": torch.tanh, "relu": torch.relu, "elu": F.elu}
@@ -105,7 +117,8 @@ class PolicySpec:
     activation: Activation
     #: One trunk for actor and critic (else one each).
     shared_trunk: bool
-    #: The action distribution: 'categorical' (Discrete), 'multi_categorical' (MultiDiscrete), 'gaussian' (Box).
+    #: The action distribution: 'categorical' (Discrete), 'multi_categorical' (MultiDiscrete), 'gaussian'
+    #: (Box), or 'mixed' (a Tuple or Dict of those: one head per part).
     head: HeadKind
     #: The number of actions (categorical), of each dimension's choices (multi_categorical), or the
     #: action dimension (gaussian).
@@ -114,6 +127,8 @@ class PolicySpec:
     ortho_init: bool = True
     #: Initial log standard deviation of the Gaussian head.
     log_std_init: float = 0.0
+    #: The parts of a 'mixed' action space, in order (Dict: key order); () otherwise.
+    action_parts: tuple[ActionPart, ...] = ()
     #: The env marks invalid actions (a boolean per action, per MultiDiscrete choice); their
     #: probability is 0 in sampling, log-probabilities, entropy and the PPO ratio.
     action_mask: bool = False
@@ -140,19 +155,20 @@ class PolicySpec:
             )
         head: HeadKind
         dims: tuple[int, ...]
-        if isinstance(action_space, spaces.Discrete):
-            head, dims = "categorical", (int(action_space.n),)
-        elif isinstance(action_space, spaces.MultiDiscrete):
-            head, dims = "multi_categorical", tuple(int(n) for n in np.asarray(action_space.nvec).ravel())
-        elif isinstance(action_space, spaces.Box):
-            head, dims = "gaussian", (int(np.prod(action_space.shape)),)
-        else:  # checked earlier with a friendlier message; kept as a guard for API users
-            raise ConfigError(f"unsupported action space {action_space}")
+        parts: tuple[ActionPart, ...] = ()
+        if isinstance(action_space, (spaces.Tuple, spaces.Dict)):
+            subspaces = action_space.spaces.values() if isinstance(action_space, spaces.Dict) else action_space.spaces
+            parts = tuple(_action_part(s) for s in subspaces)
+            head = "mixed"
+            dims = (sum(1 if k == "categorical" else len(d) if k == "multi_categorical" else d[0] for k, d in parts),)
+        else:
+            kind, dims = _action_part(action_space)
+            head = kind  # type: ignore[assignment]  # one of the HeadKind values
         return cls(
             obs_shape=obs_shape, encoder="cnn" if cnn else "mlp", hidden_sizes=tuple(hidden_sizes),
             activation=activation,  # type: ignore[arg-type]  # checked by the config
             shared_trunk=True if cnn else shared_trunk, head=head, action_dims=dims,
-            ortho_init=ortho_init, log_std_init=log_std_init, action_mask=action_mask,
+            ortho_init=ortho_init, log_std_init=log_std_init, action_mask=action_mask, action_parts=parts,
         )
 
 
@@ -197,8 +213,10 @@ class ActorCritic(nn.Module):
             actor_out = spec.hidden_sizes[-1]
         self.shared_trunk = spec.shared_trunk
 
-        self.head: CategoricalHead | MultiCategoricalHead | GaussianHead
-        if spec.head == "categorical":
+        self.head: CategoricalHead | MultiCategoricalHead | GaussianHead | MixedHead
+        if spec.head == "mixed":
+            self.head = MixedHead(actor_out, list(spec.action_parts), spec.log_std_init)
+        elif spec.head == "categorical":
             self.head = CategoricalHead(actor_out, spec.action_dims[0])
         elif spec.head == "multi_categorical":
             self.head = MultiCategoricalHead(actor_out, list(spec.action_dims))
@@ -210,8 +228,8 @@ class ActorCritic(nn.Module):
 
     def layers(self) -> Layers:
         """The linear layers of an MLP policy (a CNN's encoder is not described this way)."""
-        if not isinstance(self.actor_trunk, MLP):
-            raise TypeError("layers(): only MLP policies are described layer by layer")
+        if not isinstance(self.actor_trunk, MLP) or isinstance(self.head, MixedHead):
+            raise TypeError("layers(): only MLP policies with one head are described layer by layer")
         critic = self.critic_trunk.linears if isinstance(self.critic_trunk, MLP) else None
         log_std = self.head.log_std if isinstance(self.head, GaussianHead) else None
         return Layers(self.actor_trunk.linears, critic, self.head.linear, self.value_head, log_std)
@@ -223,7 +241,8 @@ class ActorCritic(nn.Module):
                 nn.init.orthogonal_(module.weight, math.sqrt(2))
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-        nn.init.orthogonal_(self.head.linear.weight, 0.01)
+        for head in self.head.heads if isinstance(self.head, MixedHead) else [self.head]:
+            nn.init.orthogonal_(head.linear.weight, 0.01)
         nn.init.orthogonal_(self.value_head.weight, 1.0)
 
     def _encode(self, obs: Tensor) -> Tensor:

@@ -29,6 +29,7 @@ POLICY: dict[str, Any] = {
     "shared_trunk": ANY,
     "head": ("categorical", "gaussian"),
     "action_dims": ANY,
+    "action_parts": ANY,  # only non-empty with head 'mixed', which is refused
     "ortho_init": ANY,
     "log_std_init": ANY,
     "action_mask": (False,),

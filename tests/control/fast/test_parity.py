@@ -34,6 +34,7 @@ SAMPLES: dict[str, list[typing.Any]] = {
     "obs_shape": [(3, 2), (5,)],  # rank 2: the flattening is exercised too
     "hidden_sizes": [(16, 8), (12,)],
     "action_dims": [None],  # follows the head (see _spec)
+    "action_parts": [()],  # follows the head (see _spec)
     "log_std_init": [-0.3, 0.5],
     # PPOUpdateSettings
     "num_epochs": [3, 1],
@@ -52,7 +53,8 @@ BASE_SPEC = dict(obs_shape=(3, 2), encoder="mlp", hidden_sizes=(16, 8), activati
 BASE_SETTINGS = dict(num_epochs=3, num_minibatches=4, clip_range=0.2, vf_coef=0.7, ent_coef=0.05, max_grad_norm=0.5,
                      clip_range_vf=0.2, whiten_advantages=True, target_kl=None, loss="clip", kl_coef=0.3,
                      skip_nonfinite=False)
-ACTION_DIMS = {"categorical": (3,), "multi_categorical": (2, 3), "gaussian": (2,)}
+ACTION_DIMS = {"categorical": (3,), "multi_categorical": (2, 3), "gaussian": (2,), "mixed": (3,)}
+ACTION_PARTS = {"mixed": (("categorical", (2,)), ("gaussian", (2,)))}
 
 
 def values_of(cls: type, name: str) -> list[typing.Any]:
@@ -71,6 +73,7 @@ def values_of(cls: type, name: str) -> list[typing.Any]:
 def _spec(**changes: typing.Any) -> PolicySpec:
     values = {**BASE_SPEC, **changes}
     values["action_dims"] = ACTION_DIMS[values["head"]]
+    values["action_parts"] = ACTION_PARTS.get(values["head"], ())
     return PolicySpec(**values)
 
 
