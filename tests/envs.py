@@ -292,3 +292,31 @@ class MixedActionEnv(gym.Env):
         self.t += 1
         self._draw()
         return self._obs(), reward, False, self.t >= self.length, {}
+
+
+class PrivilegedCriticEnv(gym.Env):
+    """The critic may see what the actor may not: a Dict observation {"observation": [t / length],
+    "critic_obs": [hidden bonus]}. The reward is the hidden bonus (random per episode), whatever the
+    action, so only a critic that sees it can predict the return."""
+
+    def __init__(self, length: int = 8):
+        self.length = length
+        self.observation_space = spaces.Dict({
+            "observation": spaces.Box(0.0, 1.0, shape=(1,), dtype=np.float32),
+            "critic_obs": spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32),
+        })
+        self.action_space = spaces.Discrete(2)
+        self.t, self.bonus = 0, 0.0
+
+    def _obs(self):
+        return {"observation": np.array([self.t / self.length], np.float32),
+                "critic_obs": np.array([self.bonus], np.float32)}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.bonus = 0, float(self.np_random.choice([-1.0, 1.0]))
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), self.bonus, False, self.t >= self.length, {}

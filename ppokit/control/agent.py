@@ -50,9 +50,8 @@ MAX_EVAL_ENVS = 32
 class PPO:
     """Proximal Policy Optimization for a Gymnasium environment.
 
-    >>> agent = PPO(ControlConfig(env_id="CartPole-v1", total_steps=50_000))   # doctest: +SKIP
-    >>> agent.learn()                                                         # doctest: +SKIP
-    >>> action = agent.predict(obs)                                           # doctest: +SKIP
+    >>> agent = PPO(ControlConfig(env_id="CartPole-v1", total_steps=50_000)).learn()   # doctest: +SKIP
+    >>> action = agent.predict(obs)                                                   # doctest: +SKIP
     """
 
     def __init__(self, config: ControlConfig | None = None, env: Any = None, **overrides: Any) -> None:
@@ -75,17 +74,19 @@ class PPO:
         reader = ObservationReader(self.env.single_observation_space, self.env.single_action_space,
                                    config.action_mask_key)
         check_spaces(reader.observation_space, self.env.single_action_space, config.env_id)
-        self._build(reader.observation_space, self.env.single_action_space, action_mask=reader.in_observation)
+        self._build(reader.observation_space, self.env.single_action_space, action_mask=reader.in_observation,
+                    critic_space=reader.critic_observation_space)
         self.env_observation_space = reader.env_space  # what the env gives, less any mask
         self.ensure_env()
 
-    def _build(self, observation_space: Any, action_space: Any, action_mask: bool = False) -> None:
+    def _build(self, observation_space: Any, action_space: Any, action_mask: bool = False,
+               critic_space: Any = None) -> None:
         c = self.config
         self.observation_space, self.action_space = observation_space, action_space
         spec = PolicySpec.from_spaces(
             observation_space, action_space, network=c.network, hidden_sizes=c.hidden_sizes,
             activation=c.activation, shared_trunk=c.shared_trunk, ortho_init=c.ortho_init,
-            log_std_init=c.log_std_init, action_mask=action_mask,
+            log_std_init=c.log_std_init, action_mask=action_mask, critic_observation_space=critic_space,
         )
         self.policy = ActorCritic(spec).to(self.device)
         # Builds the optimiser, which may move the parameters into one buffer: before any NumPy views.
@@ -112,8 +113,7 @@ class PPO:
         #: Total steps of the current (or resumed) learn() call; sets the schedules' progress.
         self.total_steps: int | None = None
         self.best_eval_return: float | None = None
-        #: The checkpoint this agent was restored from, until learn() continues the run.
-        self.resume_from: Path | None = None
+        self.resume_from: Path | None = None  # the checkpoint restored from, until learn() goes on
         #: The evaluation that reached ``stop_at_return``, and where learn() started (step, time).
         self._final_eval: dict[str, Any] | None = None
         self._start = (0, time.perf_counter())
@@ -130,12 +130,10 @@ class PPO:
     ) -> PPO:
         """Train until ``total_steps`` environment steps (default: the config's), then save and evaluate.
 
-        Writes the run directory (config, metrics, TensorBoard, checkpoints, final model, eval.json).
-        ``resume=True`` continues the run in ``run_dir`` from its latest checkpoint when it has one
-        (and starts it when the directory holds no run yet), bit-identically to an uninterrupted run
-        where the environments' state could be saved. SIGINT or SIGTERM end the current update,
-        save a checkpoint and raise :class:`~ppokit.errors.TrainingInterrupted`. ``callback`` gets
-        each update's metrics row; returning False stops training.
+        Writes the run directory. ``resume=True`` continues the run in ``run_dir`` from its latest
+        checkpoint (bit-identically where the envs' state could be saved), or starts it. SIGINT or
+        SIGTERM end the current update, save a checkpoint and raise ``TrainingInterrupted``.
+        ``callback`` gets each update's metrics row; returning False stops training.
         """
         c = self.config
         if self.resume_from is not None and self.run_dir is not None:
@@ -281,7 +279,7 @@ class PPO:
         else:
             mask = None if action_mask is None else torch.as_tensor(action_mask, device=self.device)
             with torch.inference_mode():
-                action = self.policy.act(torch.as_tensor(x, device=self.device), deterministic, mask)[0]
+                action = self.policy.action(torch.as_tensor(x, device=self.device), deterministic, mask)
         out = self.to_env(action)
         return first_of(out) if single else out
 
@@ -342,7 +340,9 @@ class PPO:
             action_space = space_from_json(state["action_space"])
         except (KeyError, TypeError, ValueError, CheckpointError) as err:
             raise CheckpointError(f"{model_dir / checkpointing.STATE_FILE}: bad saved spaces ({err})") from None
-        agent._build(observation_space, action_space, action_mask=bool(state.get("action_mask", False)))
+        critic = state.get("critic_observation_space")
+        agent._build(observation_space, action_space, action_mask=bool(state.get("action_mask", False)),
+                     critic_space=space_from_json(critic) if critic else None)
         saved_env_space = state.get("env_observation_space")
         agent.env_observation_space = space_from_json(saved_env_space) if saved_env_space else observation_space
         checkpointing.load_weights(agent, model_dir, state)

@@ -49,6 +49,8 @@ def make_batch(rollout: Rollout, gamma: float, gae_lambda: float) -> dict[str, T
     if rollout.masks is not None:
         # Not "mask": that key is core's mask of valid loss entries (padding), a different thing.
         batch["action_mask"] = flat(rollout.masks)
+    if rollout.critic_obs is not None:
+        batch["critic_obs"] = flat(rollout.critic_obs)
     return batch
 
 
@@ -99,14 +101,15 @@ class PPOAlgorithm:
         )
 
     def minibatch_step(self, batch: dict[str, Tensor], settings: PPOUpdateSettings) -> MinibatchStep:
-        obs, actions, masks = batch["obs"], batch["actions"], batch.get("action_mask")
+        obs, actions, masks, critic = batch["obs"], batch["actions"], batch.get("action_mask"), batch.get("critic_obs")
         # Checked again per update: settings change over a run (scheduled ε, adaptive β).
         if self.fast_update and fast.refusal(self.policy.spec, self.device, settings) is None:
             from ppokit.control.fast.update import NumpyMinibatchStep
 
             return NumpyMinibatchStep(self.policy, obs, actions, batch, settings)
         return AutogradStep(batch, lambda idx: self.policy.evaluate(
-            obs[idx], actions[idx], None if masks is None else masks[idx]), settings)
+            obs[idx], actions[idx], None if masks is None else masks[idx], None if critic is None else critic[idx]),
+            settings)
 
     def update(self, rollout: Rollout, fraction: float) -> dict[str, Any]:
         """K epochs on the rollout at ``fraction`` of training done; the update's statistics."""
@@ -119,7 +122,8 @@ class PPOAlgorithm:
         stats = run_epochs(step, batch["logp"].shape[0], self.optimizer, settings, device=batch["logp"].device)
         if self.kl_controller is not None or self.clip_controller is not None:
             with torch.no_grad():
-                logp_new, _, _ = self.policy.evaluate(batch["obs"], batch["actions"], batch.get("action_mask"))
+                logp_new, _, _ = self.policy.evaluate(batch["obs"], batch["actions"], batch.get("action_mask"),
+                                                      batch.get("critic_obs"))
                 kl_after = float(kl_k3(logp_new - batch["logp"]).mean())
             stats["kl_after_update"] = kl_after
             if self.kl_controller is not None:

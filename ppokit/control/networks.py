@@ -129,6 +129,8 @@ class PolicySpec:
     log_std_init: float = 0.0
     #: The parts of a 'mixed' action space, in order (Dict: key order); () otherwise.
     action_parts: tuple[ActionPart, ...] = ()
+    #: The shape of the critic's own (privileged) observation; () when it sees the actor's.
+    critic_obs_shape: tuple[int, ...] = ()
     #: The env marks invalid actions (a boolean per action, per MultiDiscrete choice); their
     #: probability is 0 in sampling, log-probabilities, entropy and the PPO ratio.
     action_mask: bool = False
@@ -146,9 +148,14 @@ class PolicySpec:
         ortho_init: bool = True,
         log_std_init: float = 0.0,
         action_mask: bool = False,
+        critic_observation_space: spaces.Space | None = None,
     ) -> PolicySpec:
         obs_shape = tuple(int(d) for d in (observation_space.shape or ()))
         cnn = network == "cnn" or (network == "auto" and is_image_space(observation_space))
+        critic_shape = () if critic_observation_space is None else tuple(int(d) for d in critic_observation_space.shape or ())
+        if critic_shape and (cnn or shared_trunk):
+            raise ConfigError("a critic observation of its own needs the critic's own trunk: set shared_trunk=false "
+                              "(and an MLP network)")
         if cnn and len(obs_shape) != 3:
             raise ConfigError(
                 f"config field 'network' = 'cnn' needs image observations of rank 3, got shape {obs_shape}"
@@ -169,6 +176,7 @@ class PolicySpec:
             activation=activation,  # type: ignore[arg-type]  # checked by the config
             shared_trunk=True if cnn else shared_trunk, head=head, action_dims=dims,
             ortho_init=ortho_init, log_std_init=log_std_init, action_mask=action_mask, action_parts=parts,
+            critic_obs_shape=critic_shape,
         )
 
 
@@ -209,7 +217,8 @@ class ActorCritic(nn.Module):
             self.encoder = nn.Flatten()
             feat = int(np.prod(self.obs_shape))
             self.actor_trunk = MLP([feat, *spec.hidden_sizes], spec.activation)
-            self.critic_trunk = None if spec.shared_trunk else MLP([feat, *spec.hidden_sizes], spec.activation)
+            critic_in = int(np.prod(spec.critic_obs_shape)) if spec.critic_obs_shape else feat
+            self.critic_trunk = None if spec.shared_trunk else MLP([critic_in, *spec.hidden_sizes], spec.activation)
             actor_out = spec.hidden_sizes[-1]
         self.shared_trunk = spec.shared_trunk
 
@@ -252,26 +261,42 @@ class ActorCritic(nn.Module):
         x = obs if obs.dtype.is_floating_point else obs.float()
         return x if x.dim() == 2 else x.flatten(1)
 
-    def _features(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+    def _features(self, obs: Tensor, critic_obs: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x = self._encode(obs)
         actor = self.actor_trunk(x)
-        critic = actor if self.critic_trunk is None else self.critic_trunk(x)
-        return actor, critic
+        return actor, self._critic_features(x, actor, critic_obs)
 
-    def act(self, obs: Tensor, deterministic: bool = False, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def _critic_features(self, x: Tensor, actor: Tensor | None, critic_obs: Tensor | None) -> Tensor:
+        if self.critic_trunk is None:
+            return actor if actor is not None else self.actor_trunk(x)
+        if self.spec.critic_obs_shape:
+            if critic_obs is None:
+                raise ValueError("this critic reads an observation of its own; pass critic_obs")
+            x = self._encode(critic_obs)
+        out: Tensor = self.critic_trunk(x)
+        return out
+
+    def act(self, obs: Tensor, deterministic: bool = False, mask: Tensor | None = None,
+            critic_obs: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Sample (or take the mode of) an action: returns ``(action, log_prob, value)``."""
-        actor, critic = self._features(obs)
+        actor, critic = self._features(obs, critic_obs)
         action, logp = self.head.sample(self.head(actor, mask), deterministic)
         return action, logp, self.value_head(critic).squeeze(-1)
 
-    def evaluate(self, obs: Tensor, actions: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def action(self, obs: Tensor, deterministic: bool = False, mask: Tensor | None = None) -> Tensor:
+        """The action of :meth:`act` alone (the critic is not run): what ``predict`` and evaluation need."""
+        log_probs = self.head(self.actor_trunk(self._encode(obs)), mask)
+        action, _ = self.head.sample(log_probs, deterministic)
+        out: Tensor = action
+        return out
+
+    def evaluate(self, obs: Tensor, actions: Tensor, mask: Tensor | None = None,
+                 critic_obs: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Log-probability and entropy of given actions, and the value: ``(logp, entropy, value)``."""
-        actor, critic = self._features(obs)
+        actor, critic = self._features(obs, critic_obs)
         logp, entropy = self.head.log_prob_entropy(self.head(actor, mask), actions)
         return logp, entropy, self.value_head(critic).squeeze(-1)
 
-    def value(self, obs: Tensor) -> Tensor:
-        x = self._encode(obs)
-        critic = self.actor_trunk(x) if self.critic_trunk is None else self.critic_trunk(x)
-        return self.value_head(critic).squeeze(-1)
+    def value(self, obs: Tensor, critic_obs: Tensor | None = None) -> Tensor:
+        return self.value_head(self._critic_features(self._encode(obs), None, critic_obs)).squeeze(-1)
 

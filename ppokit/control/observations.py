@@ -52,26 +52,38 @@ def as_policy_input(env_space: spaces.Space, policy_space: spaces.Space, obs: An
 class ObservationReader:
     """Reads the policy's observation and the action mask out of what a (vector) env returns."""
 
-    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, key: str) -> None:
-        self.key = key
+    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, key: str,
+                 critic_key: str = "critic_obs") -> None:
+        self.key, self.critic_key = key, critic_key
         if isinstance(action_space, spaces.Discrete):
             self.size: int | None = int(action_space.n)
         elif isinstance(action_space, spaces.MultiDiscrete):
             self.size = int(np.asarray(action_space.nvec).sum())
         else:
             self.size = None  # Box actions have nothing to mask
-        #: With the mask inside a Dict observation: the key of the observation proper (one other key),
-        #: or ``""`` when several keys remain (a Dict of them is the observation).
+        #: With a mask or a critic observation inside a Dict observation: the key of the observation
+        #: proper (one other key), or ``""`` when several keys remain (a Dict of them is the observation).
         self.obs_key: str | None = None
-        #: The observation space the env gives, less the mask.
+        #: The observation space the env gives, less the mask and the critic's observation.
         self.env_space = observation_space
-        if isinstance(observation_space, spaces.Dict) and key in observation_space.spaces:
-            if self.size is None:
-                raise EnvError(f"a Dict observation with an {key!r} key needs Discrete or MultiDiscrete actions; "
-                               f"got {action_space}")
-            others = {k: s for k, s in observation_space.spaces.items() if k != key}
-            self.obs_key = next(iter(others)) if len(others) == 1 else ""
-            self.env_space = others[self.obs_key] if self.obs_key else spaces.Dict(others)
+        #: The critic's own (privileged) observation as the env gives it; None when the critic shares the actor's.
+        self.critic_env_space: spaces.Space | None = None
+        self.mask_in_obs = False
+        if isinstance(observation_space, spaces.Dict):
+            parts = dict(observation_space.spaces)
+            if key in parts:
+                if self.size is None:
+                    raise EnvError(f"a Dict observation with an {key!r} key needs Discrete or MultiDiscrete actions; "
+                                   f"got {action_space}")
+                self.mask_in_obs = True
+                del parts[key]
+            if critic_key in parts:
+                self.critic_env_space = parts.pop(critic_key)
+            if len(parts) < len(observation_space.spaces):
+                if not parts:
+                    raise EnvError(f"observation space {observation_space} holds no observation for the actor")
+                self.obs_key = next(iter(parts)) if len(parts) == 1 else ""
+                self.env_space = parts[self.obs_key] if self.obs_key else spaces.Dict(parts)
         #: Whether observations are flattened for the policy (anything but a Box).
         self.flatten = not isinstance(self.env_space, spaces.Box)
         if self.flatten and _has_image(self.env_space):
@@ -87,29 +99,50 @@ class ObservationReader:
 
     @property
     def in_observation(self) -> bool:
-        return self.obs_key is not None
+        """Whether the mask is a key of the observation (so the policy is masked from the start)."""
+        return self.mask_in_obs
+
+    @property
+    def critic_observation_space(self) -> spaces.Box | None:
+        """What the critic sees when the env gives it an observation of its own (flattened), else None."""
+        if self.critic_env_space is None:
+            return None
+        flat = spaces.flatten_space(self.critic_env_space)
+        assert isinstance(flat, spaces.Box)
+        return spaces.Box(flat.low.astype(np.float32), flat.high.astype(np.float32), dtype=np.float32)
+
+    def read_critic(self, obs: Any, num_envs: int) -> np.ndarray | None:
+        """The critic's observation out of a vector env's batch, flattened; None when it has none."""
+        if self.critic_env_space is None:
+            return None
+        batched = gym.vector.utils.batch_space(self.critic_env_space, num_envs)
+        return np.stack([flatten_one(self.critic_env_space, item)
+                         for item in gym.vector.utils.iterate(batched, obs[self.critic_key])])
 
     def read(self, obs: Any, info: dict[str, Any], num_envs: int) -> tuple[Any, np.ndarray | None]:
         """``(observation, mask or None)`` for a vector env's batch; the mask is ``[num_envs, size]``."""
         mask = None
-        if self.size is not None:
-            if self.obs_key is not None:
-                mask = self._rows(obs[self.key], num_envs)
-                obs = obs[self.obs_key] if self.obs_key else {k: v for k, v in obs.items() if k != self.key}
-            elif self.key in info:
-                mask = self._rows(info[self.key], num_envs, present=info.get(f"_{self.key}"))
-        return self.policy_observation(obs, num_envs), mask
+        if self.mask_in_obs:
+            mask = self._rows(obs[self.key], num_envs)
+        elif self.size is not None and self.key in info:
+            mask = self._rows(info[self.key], num_envs, present=info.get(f"_{self.key}"))
+        return self.policy_observation(self._actor_part(obs), num_envs), mask
+
+    def _actor_part(self, obs: Any) -> Any:
+        if self.obs_key is None:
+            return obs
+        if self.obs_key:
+            return obs[self.obs_key]
+        return {k: v for k, v in obs.items() if k not in (self.key, self.critic_key)}
 
     def read_single(self, obs: Any, info: dict[str, Any]) -> tuple[Any, np.ndarray | None]:
         """The same for one (unbatched) env: ``(observation [1, ...], mask [size] or None)``."""
         mask = None
-        if self.size is not None:
-            if self.obs_key is not None:
-                mask = self._rows([obs[self.key]], 1)[0]
-                obs = obs[self.obs_key] if self.obs_key else {k: v for k, v in obs.items() if k != self.key}
-            elif self.key in info:
-                mask = self._rows([info[self.key]], 1)[0]
-        return self.policy_observation(obs, None), mask
+        if self.mask_in_obs:
+            mask = self._rows([obs[self.key]], 1)[0]
+        elif self.size is not None and self.key in info:
+            mask = self._rows([info[self.key]], 1)[0]
+        return self.policy_observation(self._actor_part(obs), None), mask
 
     def policy_observation(self, obs: Any, num_envs: int | None) -> Any:
         """The env's observation (a batch of ``num_envs``, or one when None) as the policy sees it."""

@@ -45,6 +45,8 @@ class Rollout:
     last_value: Tensor
     #: ``[T, N, actions]``: which actions were allowed at each step; None when the env gives no masks.
     masks: Tensor | None = None
+    #: ``[T, N, ...]``: the critic's own observations; None when it sees the actor's.
+    critic_obs: Tensor | None = None
 
 
 def action_width(space: spaces.Space) -> int:
@@ -187,6 +189,8 @@ class RolloutCollector:
         self._obs: np.ndarray | None = None
         #: The action mask that goes with ``_obs`` (None while the env gives none).
         self._mask: np.ndarray | None = None
+        #: The critic's own observation that goes with ``_obs`` (None when it sees the actor's).
+        self._critic: np.ndarray | None = None
         self._pending_reset = np.zeros(self.num_envs, dtype=bool)
         self._disc_return = np.zeros(self.num_envs, dtype=np.float64)
         self._ep_return = np.zeros(self.num_envs, dtype=np.float64)
@@ -201,6 +205,7 @@ class RolloutCollector:
         """The observation and, when the env gives one, the action mask."""
         if self.masks is None:
             return obs, None
+        self._critic = self.masks.read_critic(obs, self.num_envs)
         obs, mask = self.masks.read(obs, info, self.num_envs)
         if mask is not None and not self.policy.spec.action_mask:
             # The env marks invalid actions: the policy honours them from now on, on the torch path
@@ -227,6 +232,7 @@ class RolloutCollector:
         return {
             "obs": None if self._obs is None else self._obs.copy(),
             "mask": None if self._mask is None else self._mask.copy(),
+            "critic_obs": None if self._critic is None else self._critic.copy(),
             "action_rng": self.rng,
             "pending_reset": self._pending_reset.copy(),
             "disc_return": self._disc_return.copy(),
@@ -246,6 +252,8 @@ class RolloutCollector:
         self._obs = None if obs is None else np.asarray(obs)
         mask = state.get("mask")
         self._mask = None if mask is None else np.asarray(mask, dtype=bool)
+        critic = state.get("critic_obs")
+        self._critic = None if critic is None else np.asarray(critic, dtype=np.float32)
         if self._mask is not None and not self.policy.spec.action_mask:
             self.policy.spec = dataclasses.replace(self.policy.spec, action_mask=True)
             self.numpy_policy = None
@@ -272,13 +280,17 @@ class RolloutCollector:
         if self.numpy_policy is not None:
             return self.numpy_policy.act(obs, self.rng)
         mask_t = None if mask is None else torch.as_tensor(mask, device=self.device)
-        action, logp, value = self.policy.act(torch.as_tensor(obs, device=self.device), mask=mask_t)
+        action, logp, value = self.policy.act(torch.as_tensor(obs, device=self.device), mask=mask_t,
+                                              critic_obs=self._critic_tensor())
         return action.cpu().numpy(), logp.cpu().numpy(), value.cpu().numpy()
+
+    def _critic_tensor(self) -> Tensor | None:
+        return None if self._critic is None else torch.as_tensor(self._critic, device=self.device)
 
     def _value(self, obs: np.ndarray) -> np.ndarray:
         if self.numpy_policy is not None:
             return self.numpy_policy.value(obs)
-        return self.policy.value(torch.as_tensor(obs, device=self.device)).cpu().numpy()
+        return self.policy.value(torch.as_tensor(obs, device=self.device), self._critic_tensor()).cpu().numpy()
 
     def _scale_rewards(self, rewards: np.ndarray, done: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """Divide rewards by the running std of the discounted return (as in baselines' VecNormalize)."""
@@ -310,6 +322,7 @@ class RolloutCollector:
         finished_r: list[float] = []
         finished_l: list[int] = []
         mask_buf = None if not self.policy.spec.action_mask else np.ones((T, N, self.mask_size), dtype=bool)
+        critic_buf: np.ndarray | None = None
 
         obs = self._obs
         assert obs is not None  # reset() above
@@ -317,6 +330,10 @@ class RolloutCollector:
             obs_buf[t] = obs
             if mask_buf is not None:
                 mask_buf[t] = True if self._mask is None else self._mask
+            if self._critic is not None:
+                if critic_buf is None:
+                    critic_buf = np.empty((T, N, *self._critic.shape[1:]), dtype=np.float32)
+                critic_buf[t] = self._critic
             action, logp, value = self._act(obs, self._mask)
             act_buf[t] = action
             logp_buf[t] = logp
@@ -361,4 +378,5 @@ class RolloutCollector:
             values=to_device(val_buf), rewards=to_device(rewards), terminated=to_device(terminated),
             truncated=to_device(truncated), valid=to_device(valid), last_value=to_device(self._value(obs)),
             masks=None if mask_buf is None else to_device(mask_buf),
+            critic_obs=None if critic_buf is None else to_device(critic_buf),
         )

@@ -33,6 +33,7 @@ POLICY: dict[str, Any] = {
     "ortho_init": ANY,
     "log_std_init": ANY,
     "action_mask": (False,),
+    "critic_obs_shape": ((),),  # a critic with an observation of its own: the torch path
 }
 
 #: PPOUpdateSettings field -> the values the NumPy update implements.

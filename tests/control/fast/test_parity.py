@@ -35,6 +35,7 @@ SAMPLES: dict[str, list[typing.Any]] = {
     "hidden_sizes": [(16, 8), (12,)],
     "action_dims": [None],  # follows the head (see _spec)
     "action_parts": [()],  # follows the head (see _spec)
+    "critic_obs_shape": [(), (5,)],
     "log_std_init": [-0.3, 0.5],
     # PPOUpdateSettings
     "num_epochs": [3, 1],
