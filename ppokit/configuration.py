@@ -53,6 +53,10 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
                 return coerce(value, arg, where)
             except ConfigError:
                 pass
+        choices = literal_choices(tp)
+        if choices:
+            allowed = ", ".join(map(repr, choices)) + (" or null" if type(None) in args else "")
+            raise ConfigError(f"{where}: {value!r} is not allowed; expected one of {allowed}")
         raise ConfigError(f"{where}: {value!r} is not a valid {_type_name(tp)}")
     if tp is Any:
         return value

@@ -320,3 +320,16 @@ class PrivilegedCriticEnv(gym.Env):
     def step(self, action):
         self.t += 1
         return self._obs(), self.bonus, False, self.t >= self.length, {}
+
+
+class PositionOnlyCartPole(gym.ObservationWrapper):
+    """CartPole with the velocities hidden: only the cart position and the pole angle are observed,
+    so a memoryless policy cannot tell which way the pole is moving."""
+
+    def __init__(self, **kwargs):
+        super().__init__(gym.make("CartPole-v1", **kwargs))
+        low, high = self.env.observation_space.low[[0, 2]], self.env.observation_space.high[[0, 2]]
+        self.observation_space = spaces.Box(low, high, dtype=np.float32)
+
+    def observation(self, observation):
+        return np.asarray(observation, dtype=np.float32)[[0, 2]]

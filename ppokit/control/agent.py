@@ -13,7 +13,6 @@ checkpoints (:mod:`.checkpointing`) and handles signals.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from ppokit import runtime
 from ppokit.configuration import replace
 from ppokit.control import checkpointing, fast
+from ppokit.control.actions import ActionAdapter, first_of
 from ppokit.control.algorithm import PPOAlgorithm
 from ppokit.control.config import RESUMABLE_FIELDS, ControlConfig
 from ppokit.control.env_source import EnvSource
@@ -32,14 +32,14 @@ from ppokit.control.envs import check_spaces
 from ppokit.control.evaluation import run_evaluation
 from ppokit.control.networks import ActorCritic, PolicySpec, is_image_space
 from ppokit.control.observations import ObservationReader, as_policy_input
-from ppokit.control.rollout import ActionAdapter, RolloutCollector, first_of, observation_batch, policy_input
+from ppokit.control.rollout import RolloutCollector, observation_batch, policy_input
 from ppokit.control.spaces_json import space_from_json
 from ppokit.core.health import HealthMonitor
 from ppokit.core.running_stats import RunningMeanStd
 from ppokit.errors import CheckpointError, ConfigError
-from ppokit.io.checkpoints import BEST, checkpoint_path, find_resumable, latest_checkpoint
+from ppokit.io.checkpoints import BEST, checkpoint_path, find_resumable
 from ppokit.io.loop import Callback, LoopPlan, run_loop
-from ppokit.io.run_dir import default_run_dir, holds_run, open_run
+from ppokit.io.run_dir import default_run_dir, open_run
 
 log = logging.getLogger("ppokit")
 
@@ -87,6 +87,7 @@ class PPO:
             observation_space, action_space, network=c.network, hidden_sizes=c.hidden_sizes,
             activation=c.activation, shared_trunk=c.shared_trunk, ortho_init=c.ortho_init,
             log_std_init=c.log_std_init, action_mask=action_mask, critic_observation_space=critic_space,
+            recurrent=c.recurrent, recurrent_size=c.recurrent_size,
         )
         self.policy = ActorCritic(spec).to(self.device)
         # Builds the optimiser, which may move the parameters into one buffer: before any NumPy views.
@@ -143,13 +144,7 @@ class PPO:
         if resume and self.resume_from is None:
             if run_dir is None and c.run_dir is None:
                 raise ConfigError("resume=True needs the run directory to resume (run_dir)")
-            checkpoint = latest_checkpoint(directory)
-            if checkpoint is not None:
-                checkpointing.restore_checkpoint(self, checkpoint, directory)
-            elif holds_run(directory):
-                # Stopped before its first checkpoint: nothing to continue from, so start it again.
-                log.warning("%s holds a run stopped before its first checkpoint; starting it over", directory)
-                overwrite = True
+            overwrite = checkpointing.restore_latest(self, directory) or overwrite
         resuming = self.resume_from is not None
         self.ensure_env()
         if total_steps is not None:
@@ -252,21 +247,16 @@ class PPO:
                                seed=self.config.seed + 10_000 + self.num_updates, env=self._eval_env)
         if self.best_eval_return is None or result["mean_return"] > self.best_eval_return:
             self.best_eval_return = result["mean_return"]
-
-            def extra(tmp: Path) -> None:
-                (tmp / "eval.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-
-            checkpointing.save_model(self, self.run_dir / BEST, extra=extra)
+            checkpointing.save_best(self, self.run_dir / BEST, result)
         return result
 
     # ------------------------------------------------------------------ acting
     def predict(self, obs: np.ndarray, deterministic: bool = True, rng: np.random.Generator | None = None,
-                action_mask: np.ndarray | None = None) -> np.ndarray:
+                action_mask: np.ndarray | None = None, state: Any = None, episode_start: Any = None) -> Any:
         """Actions for one observation or a batch, in the env's format (clipped to Box bounds);
-        ``action_mask`` (a boolean per action, or a batch of them) rules actions out.
-
-        Stochastic actions of fast-path policies are drawn from ``rng`` (default: a generator of the
-        agent's own, never the training one); other policies draw from torch's generator."""
+        ``action_mask`` (a boolean per action, or a batch of them) rules actions out. A recurrent
+        policy returns ``(actions, state)``: pass the state back in, and ``episode_start`` where an
+        episode begins. Fast-path policies draw from ``rng`` (default: the agent's own generator)."""
         obs = as_policy_input(self.env_observation_space, self.observation_space, obs)  # a Dict, Tuple, ... one
         batch, single = observation_batch(obs, self.observation_space)
         if action_mask is not None:
@@ -279,9 +269,14 @@ class PPO:
         else:
             mask = None if action_mask is None else torch.as_tensor(action_mask, device=self.device)
             with torch.inference_mode():
-                action = self.policy.action(torch.as_tensor(x, device=self.device), deterministic, mask)
+                if self.policy.core is not None:
+                    action, state = self.policy.recurrent_action(
+                        torch.as_tensor(x, device=self.device), state, episode_start, mask, deterministic)
+                else:
+                    action = self.policy.action(torch.as_tensor(x, device=self.device), deterministic, mask)
         out = self.to_env(action)
-        return first_of(out) if single else out
+        out = first_of(out) if single else out
+        return (out, state) if self.policy.core is not None else out
 
     def evaluate(
         self, episodes: int = 20, deterministic: bool = True, seed: int | None = None,
@@ -294,8 +289,13 @@ class PPO:
         seed = self.config.seed + 10_000 if seed is None else seed
         rng = np.random.default_rng([seed, 2])
 
-        def act(obs: np.ndarray, det: bool, mask: np.ndarray | None) -> np.ndarray:
-            return self.predict(obs, det, rng, action_mask=mask)
+        memory: dict[str, Any] = {"state": None}  # a recurrent policy's state across the evaluation's steps
+
+        def act(obs: np.ndarray, det: bool, mask: np.ndarray | None, starts: np.ndarray) -> np.ndarray:
+            if self.policy.core is None:
+                return self.predict(obs, det, rng, action_mask=mask)
+            action, memory["state"] = self.predict(obs, det, rng, mask, memory["state"], starts)
+            return action
 
         result = run_evaluation(act, self.env_source, self.config, episodes, deterministic=deterministic, seed=seed,
                                 video_dir=video_dir, env=env, policy_spaces=(self.observation_space, self.action_space))

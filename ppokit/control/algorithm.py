@@ -20,7 +20,7 @@ from ppokit.control import fast
 from ppokit.control.config import ControlConfig
 from ppokit.control.networks import ActorCritic
 from ppokit.control.rollout import Rollout
-from ppokit.core.advantages import gae
+from ppokit.core.advantages import gae, masked_mean
 from ppokit.core.diagnostics import explained_variance
 from ppokit.core.kl import AdaptiveClipController, AdaptiveKLController, kl_k3
 from ppokit.core.optim import Optimizer, make_adamw
@@ -51,6 +51,25 @@ def make_batch(rollout: Rollout, gamma: float, gae_lambda: float) -> dict[str, T
         batch["action_mask"] = flat(rollout.masks)
     if rollout.critic_obs is not None:
         batch["critic_obs"] = flat(rollout.critic_obs)
+    return batch
+
+
+def make_sequence_batch(rollout: Rollout, gamma: float, gae_lambda: float) -> dict[str, Tensor]:
+    """For a recurrent policy: the rollout kept as whole env sequences. The per-step quantities are
+    env-major ``[N, T]`` (minibatches pick envs), with the reset steps masked out of the loss
+    (``mask``, core's loss mask); what the core re-runs on stays time-major ``[T, N, ...]``."""
+    following = torch.cat([rollout.values[1:], rollout.last_value.unsqueeze(0)])
+    next_values = torch.where(rollout.terminated, torch.zeros_like(following), following)
+    episode_ends = rollout.terminated | rollout.truncated
+    advantages, returns = gae(rollout.rewards, rollout.values, next_values, episode_ends, gamma, gae_lambda)
+    assert rollout.starts is not None and rollout.initial_state is not None
+    batch = {
+        "logp": rollout.logp.T, "values": rollout.values.T, "advantages": advantages.T, "returns": returns.T,
+        "mask": rollout.valid.T, "seq_obs": rollout.obs, "seq_actions": rollout.actions,
+        "seq_starts": rollout.starts, "initial_state": rollout.initial_state,
+    }
+    if rollout.masks is not None:
+        batch["seq_action_mask"] = rollout.masks
     return batch
 
 
@@ -100,7 +119,17 @@ class PPOAlgorithm:
             loss=c.loss, kl_coef=self.kl_coef, skip_nonfinite=c.on_nonfinite == "skip",
         )
 
+    def _sequence_evaluate(self, batch: dict[str, Tensor], idx: Tensor | slice) -> tuple[Tensor, Tensor, Tensor]:
+        """Re-run the recurrent policy over the sequences of envs ``idx``; results env-major ``[b, T]``."""
+        masks = batch.get("seq_action_mask")
+        logp, entropy, value = self.policy.evaluate_sequence(
+            batch["seq_obs"][:, idx], batch["seq_actions"][:, idx], batch["initial_state"][idx],
+            batch["seq_starts"][:, idx], None if masks is None else masks[:, idx])
+        return logp.T, entropy.T, value.T
+
     def minibatch_step(self, batch: dict[str, Tensor], settings: PPOUpdateSettings) -> MinibatchStep:
+        if "seq_obs" in batch:
+            return AutogradStep(batch, lambda idx: self._sequence_evaluate(batch, idx), settings)
         obs, actions, masks, critic = batch["obs"], batch["actions"], batch.get("action_mask"), batch.get("critic_obs")
         # Checked again per update: settings change over a run (scheduled ε, adaptive β).
         if self.fast_update and fast.refusal(self.policy.spec, self.device, settings) is None:
@@ -117,20 +146,25 @@ class PPOAlgorithm:
         lr = self.lr_schedule(fraction)
         self.optimizer.set_learning_rate(lr)
         settings = self.settings(fraction)
-        batch = make_batch(rollout, c.gamma, c.gae_lambda)
+        recurrent = rollout.starts is not None
+        batch = (make_sequence_batch if recurrent else make_batch)(rollout, c.gamma, c.gae_lambda)
         step = self.minibatch_step(batch, settings)
+        # Rows are samples, or for a recurrent policy whole env sequences.
         stats = run_epochs(step, batch["logp"].shape[0], self.optimizer, settings, device=batch["logp"].device)
         if self.kl_controller is not None or self.clip_controller is not None:
             with torch.no_grad():
-                logp_new, _, _ = self.policy.evaluate(batch["obs"], batch["actions"], batch.get("action_mask"),
-                                                      batch.get("critic_obs"))
-                kl_after = float(kl_k3(logp_new - batch["logp"]).mean())
+                if recurrent:
+                    logp_new = self._sequence_evaluate(batch, slice(None))[0]
+                else:
+                    logp_new, _, _ = self.policy.evaluate(batch["obs"], batch["actions"], batch.get("action_mask"),
+                                                          batch.get("critic_obs"))
+                kl_after = float(masked_mean(kl_k3(logp_new - batch["logp"]), batch.get("mask")))
             stats["kl_after_update"] = kl_after
             if self.kl_controller is not None:
                 self.kl_controller.update(kl_after)
             if self.clip_controller is not None:
                 self.clip_controller.update(kl_after)
-        stats["explained_variance"] = explained_variance(batch["values"], batch["returns"])
+        stats["explained_variance"] = explained_variance(batch["values"], batch["returns"], batch.get("mask"))
         stats["learning_rate"] = lr
         stats["clip_range"] = settings.clip_range
         stats["kl_coef"] = settings.kl_coef

@@ -206,6 +206,31 @@ def _load_tensors(agent: PPO, model_dir: Path) -> None:
                 raise CheckpointError(f"{file}: missing or bad {name} statistics ({err})") from None
 
 
+def restore_latest(agent: PPO, run_dir: Path) -> bool:
+    """``learn(resume=True)``: restore the run's latest checkpoint into a freshly built agent. A run
+    stopped before its first checkpoint has nothing to continue from: returns True (start it over)."""
+    from ppokit.io.checkpoints import latest_checkpoint
+    from ppokit.io.run_dir import holds_run
+
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is not None:
+        restore_checkpoint(agent, checkpoint, run_dir)
+        return False
+    if holds_run(run_dir):
+        log.warning("%s holds a run stopped before its first checkpoint; starting it over", run_dir)
+        return True
+    return False
+
+
+def save_best(agent: PPO, path: Path, result: dict[str, Any]) -> None:
+    """The policy with the best periodic evaluation so far, with that evaluation's eval.json."""
+
+    def extra(tmp: Path) -> None:
+        (tmp / "eval.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+    save_model(agent, path, extra=extra)
+
+
 def restore_checkpoint(agent: PPO, checkpoint: Path, run_dir: Path) -> None:
     """Load a checkpoint of this same run into a freshly built agent."""
     state = read_state(checkpoint)

@@ -76,6 +76,8 @@ class ControlConfig:
     activation: Activation = doc("Activation of the MLP trunk(s).", default="tanh")
     shared_trunk: bool = doc("One trunk for actor and critic (else separate networks).", default=False)
     ortho_init: bool = doc("Orthogonal init: gain √2 hidden, 0.01 policy head, 1 value head.", default=True)
+    recurrent: Literal["lstm", "gru"] | None = doc("A recurrent core ('lstm' or 'gru') after the MLP trunk, shared by actor and critic; its state is carried through rollouts and reset at episode starts. null: none.", default=None)
+    recurrent_size: int = doc("Hidden size of the recurrent core.", default=64)
     log_std_init: float = doc("Initial log standard deviation of the Gaussian head (Box actions).", default=0.0)
 
     # --- normalisation ---
@@ -164,6 +166,14 @@ class ControlConfig:
             raise bad("target_kl", "must be positive, or null to disable the early stop")
         if self.adaptive_clip and self.clip_schedule != "constant":
             raise bad("clip_schedule", "adaptive_clip sets ε itself; use clip_schedule='constant' with it")
+        if self.recurrent is not None:
+            if self.recurrent_size < 1:
+                raise bad("recurrent_size", "must be at least 1")
+            if self.num_envs % self.num_minibatches:
+                raise bad("num_minibatches", f"must divide num_envs = {self.num_envs} with a recurrent policy "
+                          "(its minibatches are whole env sequences)")
+            if self.network == "cnn":
+                raise bad("recurrent", "is not supported with the CNN yet")
         if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
             raise bad("hidden_sizes", "must be a non-empty list of positive widths")
         if self.batch_size % self.num_minibatches != 0:

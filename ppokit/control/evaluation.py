@@ -9,15 +9,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ppokit.control.actions import first_of
 from ppokit.control.observations import ObservationReader
-from ppokit.control.rollout import first_of
 
 if TYPE_CHECKING:
     from ppokit.control.env_source import EnvSource
 from ppokit.errors import EnvError
 
-#: ``act(obs_batch, deterministic, action_mask_batch or None) -> actions`` in the env's format.
-Act = Callable[[np.ndarray, bool, "np.ndarray | None"], np.ndarray]
+#: ``act(obs_batch, deterministic, action_mask_batch or None, starts) -> actions`` in the env's format;
+#: ``starts[i]``: env i's observation is its episode's first (a recurrent policy resets its state).
+Act = Callable[[np.ndarray, bool, "np.ndarray | None", np.ndarray], Any]
 
 
 def run_evaluation(act: Act, source: EnvSource, config: Any, episodes: int, *, deterministic: bool, seed: int,
@@ -91,6 +92,7 @@ def evaluate_policy(
     # Envs beyond the first n (a shared env wider than needed) play nothing that counts.
     quota = np.array([(episodes // n + (1 if i < episodes % n else 0)) if i < n else 0 for i in range(env.num_envs)])
     obs, info = env.reset(seed=seed)
+    starts = np.ones(env.num_envs, dtype=bool)
     done_count = np.zeros(n, dtype=np.int64)
     ep_return = np.zeros(n, dtype=np.float64)
     ep_length = np.zeros(n, dtype=np.int64)
@@ -99,7 +101,7 @@ def evaluate_policy(
     lengths: list[int] = []
     while np.any(done_count < quota):
         obs, mask = masks.read(obs, info, env.num_envs)
-        obs, reward, term, trunc, info = env.step(act(obs, deterministic, mask))
+        obs, reward, term, trunc, info = env.step(act(obs, deterministic, mask, starts))
         counting = ~pending & (done_count < quota)
         ep_return += np.asarray(reward, dtype=np.float64) * counting
         ep_length += counting
@@ -110,6 +112,8 @@ def evaluate_policy(
             done_count[i] += 1
         ep_return[done] = 0.0
         ep_length[done] = 0
+        # A reset step (next-step autoreset) returns an episode's first observation.
+        starts = np.resize(pending, env.num_envs)
         pending = done
     return summarize(returns, lengths, deterministic)
 
@@ -164,7 +168,8 @@ def record_video(
             total, length, done = 0.0, 0, False
             while not done:
                 policy_obs, mask = masks.read_single(obs, info)
-                action = first_of(act(policy_obs, deterministic, None if mask is None else mask[None]))
+                starts = np.array([length == 0])
+                action = first_of(act(policy_obs, deterministic, None if mask is None else mask[None], starts))
                 obs, reward, term, trunc, info = env.step(action)
                 total += float(reward)
                 length += 1

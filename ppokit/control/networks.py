@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -131,6 +131,10 @@ class PolicySpec:
     action_parts: tuple[ActionPart, ...] = ()
     #: The shape of the critic's own (privileged) observation; () when it sees the actor's.
     critic_obs_shape: tuple[int, ...] = ()
+    #: A recurrent core after the trunk ('lstm' or 'gru'), shared by actor and critic; None for none.
+    recurrent: Literal["lstm", "gru"] | None = None
+    #: Hidden size of the recurrent core.
+    recurrent_size: int = 64
     #: The env marks invalid actions (a boolean per action, per MultiDiscrete choice); their
     #: probability is 0 in sampling, log-probabilities, entropy and the PPO ratio.
     action_mask: bool = False
@@ -149,10 +153,16 @@ class PolicySpec:
         log_std_init: float = 0.0,
         action_mask: bool = False,
         critic_observation_space: spaces.Space | None = None,
+        recurrent: str | None = None,
+        recurrent_size: int = 64,
     ) -> PolicySpec:
         obs_shape = tuple(int(d) for d in (observation_space.shape or ()))
         cnn = network == "cnn" or (network == "auto" and is_image_space(observation_space))
         critic_shape = () if critic_observation_space is None else tuple(int(d) for d in critic_observation_space.shape or ())
+        if critic_shape and recurrent:
+            raise ConfigError("a critic observation of its own is not supported with a recurrent policy yet")
+        if recurrent:
+            shared_trunk = True  # one recurrent core for actor and critic, as CleanRL's LSTM PPO
         if critic_shape and (cnn or shared_trunk):
             raise ConfigError("a critic observation of its own needs the critic's own trunk: set shared_trunk=false "
                               "(and an MLP network)")
@@ -176,7 +186,8 @@ class PolicySpec:
             activation=activation,  # type: ignore[arg-type]  # checked by the config
             shared_trunk=True if cnn else shared_trunk, head=head, action_dims=dims,
             ortho_init=ortho_init, log_std_init=log_std_init, action_mask=action_mask, action_parts=parts,
-            critic_obs_shape=critic_shape,
+            critic_obs_shape=critic_shape, recurrent=recurrent,  # type: ignore[arg-type]  # checked by the config
+            recurrent_size=recurrent_size,
         )
 
 
@@ -221,6 +232,11 @@ class ActorCritic(nn.Module):
             self.critic_trunk = None if spec.shared_trunk else MLP([critic_in, *spec.hidden_sizes], spec.activation)
             actor_out = spec.hidden_sizes[-1]
         self.shared_trunk = spec.shared_trunk
+        self.core: nn.LSTM | nn.GRU | None = None
+        if spec.recurrent is not None:
+            rnn = nn.LSTM if spec.recurrent == "lstm" else nn.GRU
+            self.core = rnn(actor_out, spec.recurrent_size)
+            actor_out = spec.recurrent_size
 
         self.head: CategoricalHead | MultiCategoricalHead | GaussianHead | MixedHead
         if spec.head == "mixed":
@@ -296,6 +312,66 @@ class ActorCritic(nn.Module):
         actor, critic = self._features(obs, critic_obs)
         logp, entropy = self.head.log_prob_entropy(self.head(actor, mask), actions)
         return logp, entropy, self.value_head(critic).squeeze(-1)
+
+    # ---- the recurrent core ------------------------------------------------------------------
+    @property
+    def state_size(self) -> int:
+        """Entries of the recurrent state per env: LSTM (h, c) side by side, GRU h; 0 without a core."""
+        if self.spec.recurrent is None:
+            return 0
+        return self.spec.recurrent_size * (2 if self.spec.recurrent == "lstm" else 1)
+
+    def initial_state(self, n: int, device: torch.device | str = "cpu") -> Tensor:
+        return torch.zeros(n, self.state_size, device=device)
+
+    def _core_step(self, x: Tensor, state: Tensor, starts: Tensor) -> tuple[Tensor, Tensor]:
+        """One step of the core for a batch: the state is zeroed where an episode starts."""
+        assert self.core is not None
+        state = state * (~starts).to(state.dtype).unsqueeze(-1)
+        if isinstance(self.core, nn.LSTM):
+            h, c = state.chunk(2, dim=-1)
+            out, (h, c) = self.core(x.unsqueeze(0), (h.unsqueeze(0).contiguous(), c.unsqueeze(0).contiguous()))
+            return out[0], torch.cat([h[0], c[0]], dim=-1)
+        out, h = self.core(x.unsqueeze(0), state.unsqueeze(0).contiguous())
+        return out[0], h[0]
+
+    def step(self, obs: Tensor, state: Tensor, starts: Tensor, mask: Tensor | None = None,
+             deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One env step of a recurrent policy: ``(action, log_prob, value, new_state)``."""
+        features, state = self._core_step(self.actor_trunk(self._encode(obs)), state, starts)
+        action, logp = self.head.sample(self.head(features, mask), deterministic)
+        return action, logp, self.value_head(features).squeeze(-1), state
+
+    def recurrent_action(self, obs: Tensor, state: Any, episode_start: Any, mask: Tensor | None,
+                         deterministic: bool) -> tuple[Tensor, Tensor]:
+        """``(action, new_state)`` for ``predict``: ``state`` None starts fresh episodes (zeros);
+        ``episode_start`` (default: true only without a state) marks envs whose episode begins here."""
+        n, fresh = obs.shape[0], state is None
+        state = self.initial_state(n, obs.device) if fresh else torch.as_tensor(state, device=obs.device)
+        starts = torch.as_tensor([fresh] * n if episode_start is None else episode_start,
+                                 dtype=torch.bool, device=obs.device).reshape(n)
+        action, _, _, state = self.step(obs, state, starts, mask, deterministic)
+        return action, state
+
+    def step_value(self, obs: Tensor, state: Tensor, starts: Tensor) -> Tensor:
+        features, _ = self._core_step(self.actor_trunk(self._encode(obs)), state, starts)
+        return self.value_head(features).squeeze(-1)
+
+    def evaluate_sequence(self, obs: Tensor, actions: Tensor, state: Tensor, starts: Tensor,
+                          mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Re-run the core over whole sequences (time-major ``[T, B, ...]``) from their stored initial
+        states, resetting at episode starts: ``(logp, entropy, value)``, each ``[T, B]``."""
+        x = self.actor_trunk(self._encode(obs.flatten(0, 1))).unflatten(0, obs.shape[:2])
+        outs = []
+        for t in range(obs.shape[0]):
+            out, state = self._core_step(x[t], state, starts[t])
+            outs.append(out)
+        features = torch.stack(outs).flatten(0, 1)
+        flat_mask = None if mask is None else mask.flatten(0, 1)
+        logp, entropy = self.head.log_prob_entropy(self.head(features, flat_mask), actions.flatten(0, 1))
+        value = self.value_head(features).squeeze(-1)
+        shape = obs.shape[:2]
+        return logp.reshape(shape), entropy.reshape(shape), value.reshape(shape)
 
     def value(self, obs: Tensor, critic_obs: Tensor | None = None) -> Tensor:
         return self.value_head(self._critic_features(self._encode(obs), None, critic_obs)).squeeze(-1)

@@ -21,6 +21,7 @@ import torch
 from gymnasium import spaces
 from torch import Tensor
 
+from ppokit.control.actions import ActionAdapter, action_width
 from ppokit.control.networks import ActorCritic
 from ppokit.control.observations import ObservationReader
 from ppokit.core.running_stats import RunningMeanStd
@@ -47,67 +48,10 @@ class Rollout:
     masks: Tensor | None = None
     #: ``[T, N, ...]``: the critic's own observations; None when it sees the actor's.
     critic_obs: Tensor | None = None
-
-
-def action_width(space: spaces.Space) -> int:
-    """Entries a flat action of ``space`` takes: 1 (Discrete), one per dimension (MultiDiscrete, Box),
-    and the sum of the parts' for a Tuple or Dict."""
-    if isinstance(space, spaces.Discrete):
-        return 1
-    if isinstance(space, (spaces.Tuple, spaces.Dict)):
-        parts = space.spaces.values() if isinstance(space, spaces.Dict) else space.spaces
-        return sum(action_width(s) for s in parts)
-    shape = np.asarray(space.nvec).shape if isinstance(space, spaces.MultiDiscrete) else (space.shape or ())
-    return int(np.prod(shape))
-
-
-def first_of(actions: Any) -> Any:
-    """The first env's action out of a batch in the env's format (an array, or a tuple/dict of them)."""
-    if isinstance(actions, tuple):
-        return tuple(first_of(a) for a in actions)
-    if isinstance(actions, dict):
-        return {k: first_of(v) for k, v in actions.items()}
-    return actions[0]
-
-
-class ActionAdapter:
-    """Turns policy outputs into what the env accepts: start offsets, shape and clipping to bounds;
-    for a Tuple or Dict space, the flat vector of the parts split back into them."""
-
-    def __init__(self, action_space: spaces.Space) -> None:
-        self.space = action_space
-        self.parts: list[tuple[str | int, ActionAdapter, int]] = []
-        if isinstance(action_space, (spaces.Tuple, spaces.Dict)):
-            items = action_space.spaces.items() if isinstance(action_space, spaces.Dict) else enumerate(action_space.spaces)
-            self.parts = [(key, ActionAdapter(s), action_width(s)) for key, s in items]
-        if isinstance(action_space, (spaces.Discrete, spaces.MultiDiscrete)):
-            self.start = np.asarray(action_space.start)
-            self.has_start = bool(np.any(self.start != 0))
-        elif isinstance(action_space, spaces.Box):
-            self.low = action_space.low.reshape(-1).astype(np.float32)
-            self.high = action_space.high.reshape(-1).astype(np.float32)
-            self.shape = action_space.shape
-            self.dtype = action_space.dtype
-
-    def __call__(self, actions: Tensor | np.ndarray) -> Any:
-        a = actions if isinstance(actions, np.ndarray) else actions.detach().cpu().numpy()
-        if self.parts:
-            out, start = [], 0
-            for _, adapter, width in self.parts:
-                piece = a[..., start:start + width]
-                start += width
-                if isinstance(adapter.space, spaces.Discrete):
-                    piece = piece[..., 0]
-                if not isinstance(adapter.space, spaces.Box):
-                    piece = np.rint(piece).astype(np.int64)
-                out.append(adapter(piece))
-            if isinstance(self.space, spaces.Dict):
-                return {key: part for (key, _, _), part in zip(self.parts, out)}
-            return tuple(out)
-        if isinstance(self.space, spaces.Box):
-            # Clip only what the env sees; the unclipped sample keeps its log-probability.
-            return np.clip(a, self.low, self.high).reshape(a.shape[:-1] + self.shape).astype(self.dtype, copy=False)
-        return a + self.start if self.has_start else a
+    #: Recurrent policies: ``[T, N]`` whether the observation at t is an episode's first, and the
+    #: core's state ``[N, S]`` before the rollout's first step.
+    starts: Tensor | None = None
+    initial_state: Tensor | None = None
 
 
 def observation_batch(obs: Any, space: spaces.Space) -> tuple[np.ndarray, bool]:
@@ -191,6 +135,9 @@ class RolloutCollector:
         self._mask: np.ndarray | None = None
         #: The critic's own observation that goes with ``_obs`` (None when it sees the actor's).
         self._critic: np.ndarray | None = None
+        #: Recurrent policies: the core's state, and which envs' next observation starts an episode.
+        self._state = policy.initial_state(self.num_envs, device)
+        self._starts = np.ones(self.num_envs, dtype=bool)
         self._pending_reset = np.zeros(self.num_envs, dtype=bool)
         self._disc_return = np.zeros(self.num_envs, dtype=np.float64)
         self._ep_return = np.zeros(self.num_envs, dtype=np.float64)
@@ -222,6 +169,7 @@ class RolloutCollector:
             # Not default_rng(seed): that would be the same stream the env draws its resets from.
             self.rng = np.random.default_rng([seed, 1])
         self._pending_reset[:] = False
+        self._starts[:] = True
         self._disc_return[:] = 0.0
         self._ep_return[:] = 0.0
         self._ep_length[:] = 0
@@ -233,6 +181,8 @@ class RolloutCollector:
             "obs": None if self._obs is None else self._obs.copy(),
             "mask": None if self._mask is None else self._mask.copy(),
             "critic_obs": None if self._critic is None else self._critic.copy(),
+            "state": self._state.detach().cpu().numpy().copy(),
+            "starts": self._starts.copy(),
             "action_rng": self.rng,
             "pending_reset": self._pending_reset.copy(),
             "disc_return": self._disc_return.copy(),
@@ -254,6 +204,12 @@ class RolloutCollector:
         self._mask = None if mask is None else np.asarray(mask, dtype=bool)
         critic = state.get("critic_obs")
         self._critic = None if critic is None else np.asarray(critic, dtype=np.float32)
+        if "state" in state:
+            saved = np.asarray(state["state"], dtype=np.float32)
+            if saved.shape != tuple(self._state.shape):
+                raise ValueError(f"saved recurrent state has shape {saved.shape}, expected {tuple(self._state.shape)}")
+            self._state = torch.from_numpy(saved.copy()).to(self.device)
+            self._starts = np.asarray(state["starts"], dtype=bool).copy()
         if self._mask is not None and not self.policy.spec.action_mask:
             self.policy.spec = dataclasses.replace(self.policy.spec, action_mask=True)
             self.numpy_policy = None
@@ -280,6 +236,11 @@ class RolloutCollector:
         if self.numpy_policy is not None:
             return self.numpy_policy.act(obs, self.rng)
         mask_t = None if mask is None else torch.as_tensor(mask, device=self.device)
+        if self.policy.core is not None:
+            starts = torch.as_tensor(self._starts, device=self.device)
+            action, logp, value, self._state = self.policy.step(torch.as_tensor(obs, device=self.device),
+                                                                self._state, starts, mask_t)
+            return action.cpu().numpy(), logp.cpu().numpy(), value.cpu().numpy()
         action, logp, value = self.policy.act(torch.as_tensor(obs, device=self.device), mask=mask_t,
                                               critic_obs=self._critic_tensor())
         return action.cpu().numpy(), logp.cpu().numpy(), value.cpu().numpy()
@@ -290,6 +251,9 @@ class RolloutCollector:
     def _value(self, obs: np.ndarray) -> np.ndarray:
         if self.numpy_policy is not None:
             return self.numpy_policy.value(obs)
+        if self.policy.core is not None:
+            starts = torch.as_tensor(self._starts, device=self.device)
+            return self.policy.step_value(torch.as_tensor(obs, device=self.device), self._state, starts).cpu().numpy()
         return self.policy.value(torch.as_tensor(obs, device=self.device), self._critic_tensor()).cpu().numpy()
 
     def _scale_rewards(self, rewards: np.ndarray, done: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -323,11 +287,14 @@ class RolloutCollector:
         finished_l: list[int] = []
         mask_buf = None if not self.policy.spec.action_mask else np.ones((T, N, self.mask_size), dtype=bool)
         critic_buf: np.ndarray | None = None
+        starts_buf = np.empty((T, N), dtype=bool)
+        initial_state = self._state.clone()
 
         obs = self._obs
         assert obs is not None  # reset() above
         for t in range(T):
             obs_buf[t] = obs
+            starts_buf[t] = self._starts
             if mask_buf is not None:
                 mask_buf[t] = True if self._mask is None else self._mask
             if self._critic is not None:
@@ -361,6 +328,8 @@ class RolloutCollector:
                 self._ep_return[ended] = 0.0
                 self._ep_length[ended] = 0
             rewards[t] = self._scale_rewards(reward, done, ok) if self.ret_rms is not None else reward
+            # A reset step (next-step autoreset) returns an episode's first observation.
+            self._starts = self._pending_reset.copy()
             self._pending_reset = done
             obs = self._process_obs(next_obs, update_stats=True)
 
@@ -379,4 +348,6 @@ class RolloutCollector:
             truncated=to_device(truncated), valid=to_device(valid), last_value=to_device(self._value(obs)),
             masks=None if mask_buf is None else to_device(mask_buf),
             critic_obs=None if critic_buf is None else to_device(critic_buf),
+            starts=to_device(starts_buf) if self.policy.core is not None else None,
+            initial_state=initial_state if self.policy.core is not None else None,
         )

@@ -34,6 +34,8 @@ POLICY: dict[str, Any] = {
     "log_std_init": ANY,
     "action_mask": (False,),
     "critic_obs_shape": ((),),  # a critic with an observation of its own: the torch path
+    "recurrent": (None,),
+    "recurrent_size": ANY,
 }
 
 #: PPOUpdateSettings field -> the values the NumPy update implements.

@@ -36,6 +36,7 @@ SAMPLES: dict[str, list[typing.Any]] = {
     "action_dims": [None],  # follows the head (see _spec)
     "action_parts": [()],  # follows the head (see _spec)
     "critic_obs_shape": [(), (5,)],
+    "recurrent_size": [64],
     "log_std_init": [-0.3, 0.5],
     # PPOUpdateSettings
     "num_epochs": [3, 1],

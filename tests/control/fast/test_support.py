@@ -31,8 +31,10 @@ class SettingsWithMasks(PPOUpdateSettings):
 
 
 @dataclasses.dataclass(frozen=True)
-class SpecWithMemory(PolicySpec):
-    recurrent: str | None = None
+class SpecWithAttention(PolicySpec):
+    """The policy spec as it might look after a feature that does not exist yet lands."""
+
+    attention_heads: int = 0
 
 
 def test_a_new_update_setting_is_refused_until_the_fast_path_declares_it():
@@ -47,9 +49,9 @@ def test_a_new_update_setting_is_refused_until_the_fast_path_declares_it():
 
 
 def test_a_new_policy_feature_is_refused_until_the_fast_path_declares_it():
-    spec = SpecWithMemory(**dataclasses.asdict(SPEC), recurrent="lstm")
+    spec = SpecWithAttention(**dataclasses.asdict(SPEC), attention_heads=4)
     why = fast.refusal(spec, CPU)
-    assert why is not None and "recurrent" in why
+    assert why is not None and "attention_heads" in why
 
 
 def test_values_outside_the_allow_list_and_other_devices_are_refused():
