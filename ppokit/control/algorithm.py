@@ -29,14 +29,19 @@ from ppokit.core.update import AutogradStep, MinibatchStep, PPOUpdateSettings, r
 from ppokit.errors import CheckpointError
 
 
-def make_batch(rollout: Rollout, gamma: float, gae_lambda: float) -> dict[str, Tensor]:
-    """GAE over the rollout, then the valid steps flattened into one batch."""
+def rollout_advantages(rollout: Rollout, gamma: float, gae_lambda: float) -> tuple[Tensor, Tensor]:
+    """GAE over a time-major rollout: ``(advantages, returns)``, each ``[T, N]``."""
     following = torch.cat([rollout.values[1:], rollout.last_value.unsqueeze(0)])
     # Termination: the future is worth nothing. Truncation: the following step's input is the
     # true final observation (next-step autoreset), so ``following`` already bootstraps from it.
     next_values = torch.where(rollout.terminated, torch.zeros_like(following), following)
     episode_ends = rollout.terminated | rollout.truncated
-    advantages, returns = gae(rollout.rewards, rollout.values, next_values, episode_ends, gamma, gae_lambda)
+    return gae(rollout.rewards, rollout.values, next_values, episode_ends, gamma, gae_lambda)
+
+
+def make_batch(rollout: Rollout, gamma: float, gae_lambda: float) -> dict[str, Tensor]:
+    """GAE over the rollout, then the valid steps flattened into one batch."""
+    advantages, returns = rollout_advantages(rollout, gamma, gae_lambda)
     keep = rollout.valid.reshape(-1).nonzero().squeeze(1)
 
     def flat(x: Tensor) -> Tensor:
@@ -58,10 +63,7 @@ def make_sequence_batch(rollout: Rollout, gamma: float, gae_lambda: float) -> di
     """For a recurrent policy: the rollout kept as whole env sequences. The per-step quantities are
     env-major ``[N, T]`` (minibatches pick envs), with the reset steps masked out of the loss
     (``mask``, core's loss mask); what the core re-runs on stays time-major ``[T, N, ...]``."""
-    following = torch.cat([rollout.values[1:], rollout.last_value.unsqueeze(0)])
-    next_values = torch.where(rollout.terminated, torch.zeros_like(following), following)
-    episode_ends = rollout.terminated | rollout.truncated
-    advantages, returns = gae(rollout.rewards, rollout.values, next_values, episode_ends, gamma, gae_lambda)
+    advantages, returns = rollout_advantages(rollout, gamma, gae_lambda)
     assert rollout.starts is not None and rollout.initial_state is not None
     batch = {
         "logp": rollout.logp.T, "values": rollout.values.T, "advantages": advantages.T, "returns": returns.T,
