@@ -75,18 +75,18 @@ class PPO:
                                    config.action_mask_key)
         check_spaces(reader.observation_space, self.env.single_action_space, config.env_id)
         self._build(reader.observation_space, self.env.single_action_space, action_mask=reader.in_observation,
-                    critic_space=reader.critic_observation_space)
+                    critic_shape=getattr(reader.critic_observation_space, "shape", ()))
         self.env_observation_space = reader.env_space  # what the env gives, less any mask
         self.ensure_env()
 
     def _build(self, observation_space: Any, action_space: Any, action_mask: bool = False,
-               critic_space: Any = None) -> None:
+               critic_shape: tuple[int, ...] = ()) -> None:
         c = self.config
         self.observation_space, self.action_space = observation_space, action_space
         spec = PolicySpec.from_spaces(
             observation_space, action_space, network=c.network, hidden_sizes=c.hidden_sizes,
             activation=c.activation, shared_trunk=c.shared_trunk, ortho_init=c.ortho_init,
-            log_std_init=c.log_std_init, action_mask=action_mask, critic_observation_space=critic_space,
+            log_std_init=c.log_std_init, action_mask=action_mask, critic_obs_shape=critic_shape,
             recurrent=c.recurrent, recurrent_size=c.recurrent_size,
         )
         self.policy = ActorCritic(spec).to(self.device)
@@ -340,9 +340,8 @@ class PPO:
             action_space = space_from_json(state["action_space"])
         except (KeyError, TypeError, ValueError, CheckpointError) as err:
             raise CheckpointError(f"{model_dir / checkpointing.STATE_FILE}: bad saved spaces ({err})") from None
-        critic = state.get("critic_observation_space")
         agent._build(observation_space, action_space, action_mask=bool(state.get("action_mask", False)),
-                     critic_space=space_from_json(critic) if critic else None)
+                     critic_shape=tuple(state.get("critic_obs_shape") or ()))
         saved_env_space = state.get("env_observation_space")
         agent.env_observation_space = space_from_json(saved_env_space) if saved_env_space else observation_space
         checkpointing.load_weights(agent, model_dir, state)

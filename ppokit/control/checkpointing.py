@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -67,17 +66,9 @@ def _state(agent: PPO) -> dict[str, Any]:
         "global_step": agent.global_step,
         "num_updates": agent.num_updates,
         "action_mask": agent.policy.spec.action_mask,
-        "critic_observation_space": (space_to_json(_critic_space(agent)) if agent.policy.spec.critic_obs_shape
-                                     else None),
+        "critic_obs_shape": list(agent.policy.spec.critic_obs_shape),
         **agent.algorithm.state_dict(),
     }
-
-
-def _critic_space(agent: PPO) -> Any:
-    from gymnasium import spaces
-
-    shape = agent.policy.spec.critic_obs_shape
-    return spaces.Box(-np.inf, np.inf, shape=shape, dtype=np.float32)
 
 
 def save_model(agent: PPO, path: str | Path, include_optimizer: bool = False,

@@ -152,13 +152,13 @@ class PolicySpec:
         ortho_init: bool = True,
         log_std_init: float = 0.0,
         action_mask: bool = False,
-        critic_observation_space: spaces.Space | None = None,
+        critic_obs_shape: Sequence[int] = (),
         recurrent: str | None = None,
         recurrent_size: int = 64,
     ) -> PolicySpec:
         obs_shape = tuple(int(d) for d in (observation_space.shape or ()))
         cnn = network == "cnn" or (network == "auto" and is_image_space(observation_space))
-        critic_shape = () if critic_observation_space is None else tuple(int(d) for d in critic_observation_space.shape or ())
+        critic_shape = tuple(int(d) for d in critic_obs_shape)
         if critic_shape and recurrent:
             raise ConfigError("a critic observation of its own is not supported with a recurrent policy yet")
         if recurrent:
