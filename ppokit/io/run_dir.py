@@ -30,11 +30,9 @@ def holds_run(path: Path) -> bool:
     return any((path / marker).exists() for marker in RUN_MARKERS)
 
 
-def prepare_run_dir(path: str | Path, overwrite: bool = False) -> Path:
-    """Create ``path``; refuse one that already holds a run unless ``overwrite`` is set."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise CheckpointError(f"run directory {str(path)!r} exists and is not a directory")
+def prepare_run_dir(path: Path, overwrite: bool = False) -> Path:
+    """Make the existing directory ``path`` ready for a new run (:func:`open_run` has created and
+    locked it): refuse one that already holds a run unless ``overwrite``, else clear that run out."""
     if holds_run(path) and not overwrite:
         raise CheckpointError(
             f"run directory {str(path)!r} already holds a run; continue it with `ppokit resume {path}` "
@@ -45,7 +43,6 @@ def prepare_run_dir(path: str | Path, overwrite: bool = False) -> Path:
             (path / name).unlink(missing_ok=True)
         for name in ("tensorboard", "checkpoints", "model", "best"):
             shutil.rmtree(path / name, ignore_errors=True)
-    path.mkdir(parents=True, exist_ok=True)
     return path
 
 
