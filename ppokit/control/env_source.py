@@ -26,14 +26,16 @@ from ppokit.errors import EnvError
 def _label(obj: Any) -> str:
     """An env id for the run's files: ``module:name`` of the class or function (of an instance's
     class), which ``PPO.load(..., trust=True)`` can make again; ``<object name>`` when there is none."""
-    target = obj if isinstance(obj, type) or inspect.isfunction(obj) else type(obj)
-    if isinstance(obj, gym.vector.VectorEnv) and isinstance(obj, gym.vector.SyncVectorEnv):
-        target = type(obj.envs[0].unwrapped)
+    if isinstance(obj, gym.vector.SyncVectorEnv):
+        target: Any = type(obj.envs[0].unwrapped)
     elif isinstance(obj, gym.Env):
         target = type(obj.unwrapped)
+    elif isinstance(obj, type) or inspect.isfunction(obj):
+        target = obj
+    else:  # another vector env, a partial, a callable object: nothing to make again by name
+        return f"<object {type(obj).__qualname__}>"
     name, module = target.__qualname__, target.__module__
-    if "<" in name or module == "__main__" or not (isinstance(obj, (type, gym.Env, gym.vector.SyncVectorEnv))
-                                                    or inspect.isfunction(obj)):
+    if "<" in name or module == "__main__":  # defined inside a function, or in a script
         return f"<object {name}>"
     return f"{module}:{name}"
 
