@@ -32,3 +32,8 @@ def test_rlhf_benchmark_script_runs():
     result = _run("rlhf_ppokit.py", "--batch", "2", "--response-length", "4", "--epochs", "1", "--steps", "2",
                   "--threads", "1")
     assert len(result["s_per_step_all"]) == 2 and result["s_per_step_median"] > 0
+
+
+def test_defaults_benchmark_script_runs():
+    result = _run("defaults_ppokit.py", "--env", "CartPole-v1", "--steps", "2048", "--set", "num_epochs=1")
+    assert result["steps"] == 2048 and result["eval_return"] > 0 and result["set"] == ["num_epochs=1"]
