@@ -25,12 +25,14 @@ def control(tmp: str) -> None:
 
     runs = {
         "cartpole-vf-clip-entropy": dict(env_id="CartPole-v1", total_steps=8192, num_envs=4, num_steps=128,
-                                         num_minibatches=4, num_epochs=4, clip_range_vf=0.2, ent_coef=0.01),
+                                         num_minibatches=4, num_epochs=4, clip_range_vf=0.2, ent_coef=0.01,
+                                         normalize_obs=False, normalize_reward=False),
         "pendulum-normalised-penalty": dict(env_id="Pendulum-v1", total_steps=4096, num_envs=2, num_steps=512,
                                             num_minibatches=8, num_epochs=3, normalize_obs=True,
                                             normalize_reward=True, loss="penalty"),
         "cartpole-target-kl-adaptive-clip": dict(env_id="CartPole-v1", total_steps=4096, num_envs=4, num_steps=128,
-                                                 num_minibatches=4, num_epochs=4, target_kl=0.001, adaptive_clip=True),
+                                                 num_minibatches=4, num_epochs=4, target_kl=0.001, adaptive_clip=True, ent_coef=0.0,
+                                                 normalize_obs=False, normalize_reward=False),
     }
     for name, fields in runs.items():
         agent = PPO(ControlConfig(progress=False, tensorboard=False, eval_episodes=0,

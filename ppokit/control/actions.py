@@ -27,6 +27,14 @@ def action_width(space: spaces.Space) -> int:
     return int(np.prod(shape))
 
 
+def all_discrete(space: spaces.Space) -> bool:
+    """Whether every part of ``space`` is a finite choice (Discrete, MultiDiscrete, MultiBinary)."""
+    if isinstance(space, (spaces.Tuple, spaces.Dict)):
+        parts = space.spaces.values() if isinstance(space, spaces.Dict) else space.spaces
+        return all(all_discrete(s) for s in parts)
+    return isinstance(space, (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary))
+
+
 def first_of(actions: Any) -> Any:
     """The first env's action out of a batch in the env's format (an array, or a tuple/dict of them)."""
     if isinstance(actions, tuple):

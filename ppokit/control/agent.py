@@ -24,7 +24,7 @@ import torch
 from ppokit import runtime
 from ppokit.configuration import replace
 from ppokit.control import checkpointing, fast
-from ppokit.control.actions import ActionAdapter, first_of
+from ppokit.control.actions import ActionAdapter, all_discrete, first_of
 from ppokit.control.algorithm import PPOAlgorithm
 from ppokit.control.config import RESUMABLE_FIELDS, ControlConfig
 from ppokit.control.env_source import EnvSource
@@ -81,7 +81,7 @@ class PPO:
 
     def _build(self, observation_space: Any, action_space: Any, action_mask: bool = False,
                critic_shape: tuple[int, ...] = ()) -> None:
-        c = self.config
+        self.config = c = self.config.for_actions(all_discrete(action_space))  # fields left to the actions
         self.observation_space, self.action_space = observation_space, action_space
         spec = PolicySpec.from_spaces(
             observation_space, action_space, network=c.network, hidden_sizes=c.hidden_sizes,

@@ -91,6 +91,9 @@ class PPOAlgorithm:
 
     def __init__(self, config: ControlConfig, policy: ActorCritic, device: torch.device) -> None:
         c = self.config = config
+        if c.ent_coef is None:
+            raise ValueError("PPOAlgorithm needs a config resolved for its action space (ControlConfig.for_actions)")
+        self.ent_coef: float = c.ent_coef
         self.policy, self.device = policy, device
         self.optimizer = make_optimizer(policy, config, device)
         self.lr_schedule = make_schedule(c.lr_schedule, c.learning_rate)
@@ -116,7 +119,7 @@ class PPOAlgorithm:
         c = self.config
         return PPOUpdateSettings(
             num_epochs=c.num_epochs, num_minibatches=c.num_minibatches, clip_range=self.clip_range(fraction),
-            vf_coef=c.vf_coef, ent_coef=c.ent_coef, max_grad_norm=c.max_grad_norm if c.max_grad_norm > 0 else None,
+            vf_coef=c.vf_coef, ent_coef=self.ent_coef, max_grad_norm=c.max_grad_norm if c.max_grad_norm > 0 else None,
             clip_range_vf=c.clip_range_vf, whiten_advantages=c.whiten_advantages, target_kl=c.target_kl,
             loss=c.loss, kl_coef=self.kl_coef, skip_nonfinite=c.on_nonfinite == "skip",
         )

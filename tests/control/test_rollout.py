@@ -11,6 +11,8 @@ from tests.core.test_advantages import reference_gae
 
 
 def _agent(terminate: bool, num_envs: int = 1, **kw):
+    # Raw observations and rewards, so the test can read the env's counters in the rollout.
+    kw = {"normalize_obs": False, "normalize_reward": False, **kw}
     cfg = ControlConfig(
         env_id="tests.envs:CountingEnv", env_kwargs={"length": 3, "terminate": terminate},
         num_envs=num_envs, num_steps=8, num_minibatches=1, num_epochs=1, gamma=0.9, gae_lambda=0.8,
