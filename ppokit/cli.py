@@ -105,6 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "run directory, so the run's own eval.json is never replaced)")
     _add_trust_flags(ev, "evaluating")
 
+    ex = sub.add_parser("export", help="write a trained policy as an ONNX or TorchScript file that runs without ppokit",
+                        description="The deterministic policy of `predict`, with the observation normalisation "
+                        "and the action bounds inside (README, Export).")
+    ex.add_argument("run_dir", help="a run directory (or a model/checkpoint directory)")
+    ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="file format (default onnx)")
+    ex.add_argument("-o", "--output", required=True, metavar="FILE", help="the file to write")
+    ex.add_argument("--action-mask", action="store_true",
+                    help="give the file an action_mask input (automatic when the policy reads masks from its observations)")
+
     from ppokit.rlhf.cli import add_parser as add_rlhf_parser
 
     add_rlhf_parser(sub)
@@ -224,6 +233,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from ppokit.control.agent import PPO
+    from ppokit.control.export import export_policy
+
+    # Loading makes no env, so nothing the saved files name is imported.
+    agent = PPO.load(args.run_dir, progress=False)
+    path = export_policy(agent, args.output, args.format, action_mask=args.action_mask or None)
+    print(f"wrote {path} ({args.format}; inputs and outputs: README, Export)")
+    return 0
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
     from ppokit.errors import CheckpointError, ConfigError
     from ppokit.io.checkpoints import RESUME_FILE, find_resumable, read_resume_state
@@ -280,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     logging.basicConfig(level=logging.INFO, format="ppokit: %(levelname)s: %(message)s")
-    handlers = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets, "rlhf": cmd_rlhf,
+    handlers = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets, "export": cmd_export, "rlhf": cmd_rlhf,
                 "resume": cmd_resume}
     try:
         return handlers[args.command](args)

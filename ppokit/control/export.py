@@ -1,0 +1,169 @@
+"""A trained policy as one file that runs without ppokit: TorchScript or ONNX.
+
+The exported function is the deterministic policy of :meth:`PPO.predict`, end to end: it takes the
+observations as the policy reads them (a batch; Dict, Tuple and Discrete observations flattened with
+``gymnasium.spaces.flatten``, images as uint8), applies the saved observation normalisation (mean,
+std and the ``clip_obs`` clip folded in as constants), runs the actor, and returns the actions the
+env takes (Box actions clipped to their bounds, Discrete and MultiDiscrete ones with their ``start``
+added). Inputs and outputs, by name (ONNX) or position (TorchScript):
+
+* ``obs`` → ``action``;
+* with an action mask: ``obs, action_mask`` (bool, one per action; true = allowed) → ``action``;
+* a recurrent policy: ``obs, [action_mask,] state, episode_start`` → ``action, new_state``. ``state`` is
+  float32 ``[batch, state_size]`` (zeros for a fresh episode; LSTM ``h`` and ``c`` side by side),
+  ``episode_start`` bool ``[batch]`` (true where an episode begins: the state is reset there).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import Tensor, nn
+
+from ppokit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ppokit.control.agent import PPO
+
+Format = Literal["onnx", "torchscript"]
+FORMATS: tuple[Format, ...] = ("onnx", "torchscript")
+
+
+class DeterministicPolicy(nn.Module):
+    """Observation batch → env actions, with normalisation and action bounds inside (see module doc)."""
+
+    obs_mean: Tensor
+    obs_inv_std: Tensor
+    low: Tensor
+    high: Tensor
+    start: Tensor
+
+    def __init__(self, agent: PPO, action_mask: bool) -> None:
+        super().__init__()
+        space = agent.action_space
+        if not isinstance(space, (spaces.Box, spaces.Discrete, spaces.MultiDiscrete)):
+            raise ConfigError(f"export: the action space {space} is not supported (Box, Discrete and "
+                              "MultiDiscrete are; mixed Tuple/Dict actions are not yet)")
+        if action_mask and isinstance(space, spaces.Box):
+            raise ConfigError("export: an action mask needs Discrete or MultiDiscrete actions")
+        # A frozen CPU copy: exporting leaves the agent's own policy (device, training mode) as it was.
+        self.policy = copy.deepcopy(agent.policy).to("cpu").eval().requires_grad_(False)
+        self.recurrent = agent.policy.core is not None
+        self.action_mask = action_mask
+        self.image = agent.observation_space.dtype == np.uint8
+        self.clip_obs = float(agent.config.clip_obs)
+        rms = agent.obs_rms
+        self.normalize = rms is not None and not self.image
+        if rms is not None:
+            # RunningMeanStd.normalize_array's float64 statistics, rounded once to float32.
+            var = np.asarray(rms.var, dtype=np.float64)
+            self.register_buffer("obs_mean", torch.as_tensor(np.asarray(rms.mean, dtype=np.float32)))
+            self.register_buffer("obs_inv_std", torch.as_tensor((1.0 / np.sqrt(var + 1e-8)).astype(np.float32)))
+        self.box = isinstance(space, spaces.Box)
+        if isinstance(space, spaces.Box):
+            self.action_shape = tuple(space.shape)
+            self.register_buffer("low", torch.as_tensor(space.low.reshape(-1), dtype=torch.float32))
+            self.register_buffer("high", torch.as_tensor(space.high.reshape(-1), dtype=torch.float32))
+        else:
+            self.register_buffer("start", torch.as_tensor(np.asarray(space.start), dtype=torch.int64))
+
+    def act(self, obs: Tensor, mask: Tensor | None = None, state: Tensor | None = None,
+            starts: Tensor | None = None) -> Any:
+        x = obs
+        if self.normalize:
+            x = ((obs.float() - self.obs_mean) * self.obs_inv_std).clamp(-self.clip_obs, self.clip_obs)
+        elif not self.image:
+            x = obs.float()
+        if state is not None and starts is not None:
+            action, _, _, state = self.policy.step(x, state, starts.bool(), mask, True)
+            return self._to_env(action), state
+        return self._to_env(self.policy.action(x, True, mask))
+
+    def _to_env(self, action: Tensor) -> Tensor:
+        if self.box:
+            return torch.minimum(torch.maximum(action, self.low), self.high).reshape(-1, *self.action_shape)
+        return action.long() + self.start
+
+    def example_inputs(self, agent: PPO, batch: int = 2) -> tuple[Tensor, ...]:
+        space = agent.observation_space
+        obs = torch.as_tensor(np.stack([space.sample() for _ in range(batch)]))
+        inputs = [obs if self.image else obs.float()]
+        if self.action_mask:
+            inputs.append(torch.ones(batch, sum(self.policy.spec.action_dims), dtype=torch.bool))
+        if self.recurrent:
+            inputs += [self.policy.initial_state(batch), torch.ones(batch, dtype=torch.bool)]
+        return tuple(inputs)
+
+    def input_names(self) -> list[str]:
+        return ["obs"] + ["action_mask"] * self.action_mask + ["state", "episode_start"] * self.recurrent
+
+    def output_names(self) -> list[str]:
+        return ["action"] + ["new_state"] * self.recurrent
+
+
+# One forward signature per layout: the exporters trace fixed arguments, not optional ones.
+class _Plain(DeterministicPolicy):
+    def forward(self, obs: Tensor) -> Any:
+        return self.act(obs)
+
+
+class _Masked(DeterministicPolicy):
+    def forward(self, obs: Tensor, action_mask: Tensor) -> Any:
+        return self.act(obs, action_mask)
+
+
+class _Recurrent(DeterministicPolicy):
+    def forward(self, obs: Tensor, state: Tensor, episode_start: Tensor) -> Any:
+        return self.act(obs, None, state, episode_start)
+
+
+class _MaskedRecurrent(DeterministicPolicy):
+    def forward(self, obs: Tensor, action_mask: Tensor, state: Tensor, episode_start: Tensor) -> Any:
+        return self.act(obs, action_mask, state, episode_start)
+
+
+def export_policy(agent: PPO, path: str | Path, fmt: Format, action_mask: bool | None = None) -> Path:
+    """Write ``agent``'s deterministic policy to ``path`` as ``fmt`` (see the module doc); returns the path.
+
+    ``action_mask``: give the file a mask input (default: when the policy reads masks from its
+    observations; pass True for masks that the env gave in ``info``)."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"export: unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        try:
+            import onnx  # noqa: F401
+            import onnxscript  # noqa: F401
+        except ImportError as err:
+            raise ConfigError(f"export to ONNX needs onnx and onnxscript: pip install 'ppokit[export]' ({err})") from None
+    mask = agent.policy.spec.action_mask if action_mask is None else action_mask
+    layout = {(False, False): _Plain, (True, False): _Masked, (False, True): _Recurrent,
+              (True, True): _MaskedRecurrent}[(mask, agent.policy.core is not None)]
+    module = layout(agent, mask)
+    inputs = module.example_inputs(agent)
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"export: {path} is a directory; name a file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside the target and renamed over it: a failed export leaves any earlier file whole.
+    partial = path.with_name(f".{path.name}.partial")
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch marks TorchScript deprecated in favour of torch.export; its files still load everywhere.
+        warnings.simplefilter("ignore")
+        if fmt == "torchscript":
+            torch.jit.save(torch.jit.trace(module, inputs, check_trace=False), str(partial))
+        else:
+            batch = torch.export.Dim("batch")
+            program = torch.onnx.export(module, inputs, dynamo=True, input_names=module.input_names(),
+                                        output_names=module.output_names(),
+                                        dynamic_shapes=tuple({0: batch} for _ in inputs), verbose=False)
+            assert program is not None
+            program.save(str(partial))
+    os.replace(partial, path)
+    return path
