@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--action-mask", action="store_true",
                     help="give the file an action_mask input (automatic when the policy reads masks from its observations)")
 
+    info = sub.add_parser("info", help="what a run directory holds: its task, progress, checkpoint, evaluation, state")
+    info.add_argument("run_dir", help="a run directory (control or RLHF)")
+
     from ppokit.rlhf.cli import add_parser as add_rlhf_parser
 
     add_rlhf_parser(sub)
@@ -244,6 +247,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_info(args: argparse.Namespace) -> int:
+    from ppokit.io.run_info import describe_run
+
+    print("\n".join(describe_run(args.run_dir)))
+    return 0
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
     from ppokit.errors import CheckpointError, ConfigError
     from ppokit.io.checkpoints import RESUME_FILE, find_resumable, read_resume_state
@@ -300,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     logging.basicConfig(level=logging.INFO, format="ppokit: %(levelname)s: %(message)s")
-    handlers = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets, "export": cmd_export, "rlhf": cmd_rlhf,
+    handlers = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets, "export": cmd_export, "info": cmd_info, "rlhf": cmd_rlhf,
                 "resume": cmd_resume}
     try:
         return handlers[args.command](args)

@@ -1,0 +1,134 @@
+"""What a run directory holds, in a few lines (``ppokit info``), read from its files alone.
+
+Only YAML and JSON are read: nothing the files name is imported, and neither torch nor an env is
+loaded, so it answers at once for any run, finished, interrupted or foreign.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ppokit.errors import CheckpointError
+
+CHECKPOINTS = "checkpoints"
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable ({err})") from None
+    return data if isinstance(data, dict) else None
+
+
+def _last_row(path: Path) -> dict[str, Any] | None:
+    """The last complete row of a metrics.jsonl (a torn final line, from a killed run, is skipped)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return None
+    for line in reversed(lines):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            return row
+    return None
+
+
+def run_kind(config: dict[str, Any]) -> str:
+    """'control', 'rlhf ppo', 'reward' or 'sft', from the fields a run's config.yaml has."""
+    if "env_id" in config:
+        return "control"
+    if "total_updates" in config:
+        return "rlhf ppo"
+    if "chosen_column" in config:
+        return "reward"
+    if "response_column" in config:
+        return "sft"
+    raise CheckpointError("config.yaml is not the config of a ppokit run (no env_id, total_updates or data columns)")
+
+
+def _latest_checkpoint(run_dir: Path) -> tuple[str, int] | None:
+    names = sorted(p.name for p in (run_dir / CHECKPOINTS).glob("update_*") if p.name[7:].isdigit())
+    return (f"{CHECKPOINTS}/{names[-1]}", int(names[-1][7:])) if names else None
+
+
+def describe_run(run_dir: str | Path) -> list[str]:
+    """A few lines: what the run trains, how far it got of how far, its latest checkpoint, its last
+    evaluation, and whether it finished (with the command that continues it if not)."""
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise CheckpointError(f"{run_dir}: not a ppokit run directory (no config.yaml)")
+    try:
+        config = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise CheckpointError(f"{config_file}: unreadable ({err})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_file}: not a mapping of config fields")
+    try:
+        kind = run_kind(config)
+    except CheckpointError as err:
+        raise CheckpointError(f"{config_file}: {err}") from None
+    last = _last_row(run_dir / "metrics.jsonl")
+    checkpoint = _latest_checkpoint(run_dir)
+    lines = [f"{run_dir}: {_what(kind, config)} (seed {config.get('seed')})"]
+    done = False
+    if kind == "control":
+        batch = int(config["num_envs"]) * int(config["num_steps"])
+        planned = int(config["total_steps"]) // batch * batch
+        step = int(last["global_step"]) if last else 0
+        lines.append(f"progress: {step:,} of {planned:,} env steps ({last['update'] if last else 0} updates)")
+        state = _json(run_dir / "model" / "state.json")
+        done = state is not None and int(state.get("global_step", -1)) >= planned
+    elif kind == "rlhf ppo":
+        update, total = int(last["update"]) if last else 0, int(config["total_updates"])
+        lines.append(f"progress: {update} of {total} PPO updates")
+        summary = _json(run_dir / "summary.json")
+        done = summary is not None and int(summary.get("updates", -1)) >= total
+    else:
+        done = (run_dir / "model").is_dir() and (run_dir / "eval.json").is_file()
+    lines.append(f"latest checkpoint: {checkpoint[0]} (update {checkpoint[1]})" if checkpoint
+                 else "latest checkpoint: none")
+    lines.append(_evaluation(kind, run_dir))
+    if done:
+        lines.append("state: finished")
+    elif checkpoint and kind in ("control", "rlhf ppo"):
+        lines.append(f"state: stopped before the end; continue it with: ppokit resume {run_dir}")
+    else:
+        lines.append("state: not finished, and no checkpoint to resume from")
+    return lines
+
+
+def _what(kind: str, config: dict[str, Any]) -> str:
+    if kind == "control":
+        return f"control PPO on {config['env_id']}"
+    if kind == "rlhf ppo":
+        rewards = ", ".join(str(r) for r in config.get("rewards") or []) or "none"
+        return f"RLHF PPO of {config.get('policy')} on {config.get('data')} (rewards: {rewards})"
+    return f"{'reward model' if kind == 'reward' else 'supervised fine-tuning'} of {config.get('model')} on {config.get('data')}"
+
+
+def _evaluation(kind: str, run_dir: Path) -> str:
+    if kind == "rlhf ppo":
+        summary = _json(run_dir / "summary.json")
+        if summary is None:
+            return "last evaluation: none (summary.json is written at the end)"
+        return (f"last evaluation: score {summary.get('score_first'):.4g} → {summary.get('score_last'):.4g}, "
+                f"KL to the reference {summary.get('kl_last'):.4g} (summary.json)")
+    result = _json(run_dir / "eval.json")
+    if result is None:
+        return "last evaluation: none"
+    if kind == "control":
+        return (f"last evaluation: mean return {result.get('mean_return'):.4g} ± {result.get('std_return'):.3g} over "
+                f"{result.get('episodes')} episodes at step {result.get('global_step'):,} (eval.json)")
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, (int, float)))
+    return f"last evaluation: {shown} (eval.json)"
