@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--action-mask", action="store_true",
                     help="give the file an action_mask input (automatic when the policy reads masks from its observations)")
 
+    pl = sub.add_parser("plot", help="learning curves and diagnostics of runs as a PNG (seeds of one config as a band)")
+    pl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="control or RLHF PPO run directories")
+    pl.add_argument("-o", "--output", required=True, metavar="FILE.png", help="the picture to write")
+
     info = sub.add_parser("info", help="what a run directory holds: its task, progress, checkpoint, evaluation, state")
     info.add_argument("run_dir", help="a run directory (control or RLHF)")
 
@@ -247,6 +251,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from ppokit.plotting import plot_runs
+
+    print(f"wrote {plot_runs(args.run_dirs, args.output)}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from ppokit.io.run_info import describe_run
 
@@ -310,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     logging.basicConfig(level=logging.INFO, format="ppokit: %(levelname)s: %(message)s")
-    handlers = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets, "export": cmd_export, "info": cmd_info, "rlhf": cmd_rlhf,
+    handlers = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets, "export": cmd_export, "info": cmd_info, "plot": cmd_plot, "rlhf": cmd_rlhf,
                 "resume": cmd_resume}
     try:
         return handlers[args.command](args)
