@@ -51,6 +51,8 @@ def main() -> int:
                    help="also run ppokit with these fields changed, under NAME")
     p.add_argument("--sides", nargs="*", default=["ppokit", "sb3"], choices=["ppokit", "sb3"],
                    help="which of ppokit's defaults and SB3's to run besides any candidate")
+    p.add_argument("--report", action="store_true",
+                   help="run nothing: print the table of every variant already in --results")
     args = p.parse_args()
     suite = {**SUITE, **HELD_OUT} if args.envs else SUITES[args.suite]
     args.envs = args.envs or list(suite)
@@ -77,6 +79,8 @@ def main() -> int:
               f"train {result['train_return'] or float('nan'):9.1f}  {result['seconds']:6.0f} s", file=sys.stderr)
         return result
 
+    if args.report:
+        todo, variants = [], {r["variant"]: variants.get(r["variant"], sides["ppokit"]) for r in done}
     with ThreadPoolExecutor(args.jobs) as pool:
         done += list(pool.map(one, todo))
     names = list(variants)
