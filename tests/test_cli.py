@@ -160,3 +160,10 @@ def test_interrupting_sft_says_honestly_that_nothing_was_saved(monkeypatch, caps
     assert main(["rlhf", "sft", "--model", "some/model", "--data", "x.jsonl"]) == 130
     err = capsys.readouterr().err
     assert "keeps no checkpoints" in err and "ppokit resume" not in err
+
+
+def test_python_dash_m_ppokit_runs_the_cli():
+    proc = subprocess.run([sys.executable, "-m", "ppokit", "presets"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "CartPole-v1" in proc.stdout
