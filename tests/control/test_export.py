@@ -10,6 +10,9 @@ from ppokit.cli import main
 from ppokit.control.export import export_policy
 from ppokit.errors import ConfigError
 
+# torch 2.13 marks TorchScript deprecated; loading the file is what users of the format do.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
