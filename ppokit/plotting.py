@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from ppokit.errors import CheckpointError, ConfigError
-from ppokit.io.run_info import run_kind
+from ppokit.errors import ConfigError
+from ppokit.io.run_info import metrics_rows, read_config
 
 #: Config fields that do not change what a run learns: runs differing only in these are seeds of one curve.
 NOT_THE_CONFIG = frozenset({"seed", "run_dir", "progress", "tensorboard", "checkpoint_every", "checkpoint_minutes",
@@ -67,30 +66,10 @@ class Series:
 
 def read_run(path: str | Path) -> Run:
     path = Path(path)
-    try:
-        config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
-        lines = (path / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError as err:
-        raise CheckpointError(f"{path}: not a ppokit run directory ({Path(str(err.filename)).name} is missing)") from None
-    except (OSError, yaml.YAMLError) as err:
-        raise CheckpointError(f"{path}: unreadable ({err})") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path / 'config.yaml'}: not a mapping of config fields")
-    rows = []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a torn last line from a killed run
-        if isinstance(row, dict):
-            rows.append(row)
-    try:
-        kind = run_kind(config)
-    except CheckpointError as err:
-        raise CheckpointError(f"{path / 'config.yaml'}: {err}") from None
+    config, kind = read_config(path)
     if kind not in ("control", "rlhf ppo"):
         raise ConfigError(f"{path}: a {kind} run has no PPO curves to plot")
-    return Run(path, kind, config, rows)
+    return Run(path, kind, config, metrics_rows(path / "metrics.jsonl"))
 
 
 def group(runs: list[Run]) -> dict[str, list[Run]]:

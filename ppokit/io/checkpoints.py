@@ -14,8 +14,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ppokit.errors import CheckpointError
 
 CHECKPOINTS = "checkpoints"
@@ -78,6 +76,8 @@ def load_torch_state(path: str | Path, map_location: Any = "cpu") -> Any:
     A file holding any other pickled object, one that would run code when unpickled, is refused
     with a :class:`CheckpointError` instead of being executed.
     """
+    import torch  # here, so reading a run's layout (``ppokit info``) does not load torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: file is missing")

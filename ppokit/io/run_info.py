@@ -13,8 +13,7 @@ from typing import Any
 import yaml
 
 from ppokit.errors import CheckpointError
-
-CHECKPOINTS = "checkpoints"
+from ppokit.io.checkpoints import CHECKPOINTS, PREFIX, latest_checkpoint
 
 
 def _json(path: Path) -> dict[str, Any] | None:
@@ -27,20 +26,24 @@ def _json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _last_row(path: Path) -> dict[str, Any] | None:
-    """The last complete row of a metrics.jsonl (a torn final line, from a killed run, is skipped)."""
+def metrics_rows(path: Path) -> list[dict[str, Any]]:
+    """The complete rows of a metrics.jsonl (a torn final line, from a killed run, is skipped); [] if
+    there is none yet."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        return None
-    for line in reversed(lines):
+        return []
+    except OSError as err:
+        raise CheckpointError(f"{path}: unreadable ({err})") from None
+    rows = []
+    for line in lines:
         try:
             row = json.loads(line)
         except ValueError:
             continue
         if isinstance(row, dict):
-            return row
-    return None
+            rows.append(row)
+    return rows
 
 
 def run_kind(config: dict[str, Any]) -> str:
@@ -56,15 +59,8 @@ def run_kind(config: dict[str, Any]) -> str:
     raise CheckpointError("config.yaml is not the config of a ppokit run (no env_id, total_updates or data columns)")
 
 
-def _latest_checkpoint(run_dir: Path) -> tuple[str, int] | None:
-    names = sorted(p.name for p in (run_dir / CHECKPOINTS).glob("update_*") if p.name[7:].isdigit())
-    return (f"{CHECKPOINTS}/{names[-1]}", int(names[-1][7:])) if names else None
-
-
-def describe_run(run_dir: str | Path) -> list[str]:
-    """A few lines: what the run trains, how far it got of how far, its latest checkpoint, its last
-    evaluation, and whether it finished (with the command that continues it if not)."""
-    run_dir = Path(run_dir)
+def read_config(run_dir: Path) -> tuple[dict[str, Any], str]:
+    """A run's config.yaml as plain data (nothing it names is imported) and the run's kind."""
     config_file = run_dir / "config.yaml"
     if not config_file.is_file():
         raise CheckpointError(f"{run_dir}: not a ppokit run directory (no config.yaml)")
@@ -75,11 +71,20 @@ def describe_run(run_dir: str | Path) -> list[str]:
     if not isinstance(config, dict):
         raise CheckpointError(f"{config_file}: not a mapping of config fields")
     try:
-        kind = run_kind(config)
+        return config, run_kind(config)
     except CheckpointError as err:
         raise CheckpointError(f"{config_file}: {err}") from None
-    last = _last_row(run_dir / "metrics.jsonl")
-    checkpoint = _latest_checkpoint(run_dir)
+
+
+def describe_run(run_dir: str | Path) -> list[str]:
+    """A few lines: what the run trains, how far it got of how far, its latest checkpoint, its last
+    evaluation, and whether it finished (with the command that continues it if not)."""
+    run_dir = Path(run_dir)
+    config, kind = read_config(run_dir)
+    rows = metrics_rows(run_dir / "metrics.jsonl")
+    last = rows[-1] if rows else None
+    latest = latest_checkpoint(run_dir)
+    checkpoint = (f"{CHECKPOINTS}/{latest.name}", int(latest.name[len(PREFIX):])) if latest else None
     lines = [f"{run_dir}: {_what(kind, config)} (seed {config.get('seed')})"]
     done = False
     if kind == "control":
