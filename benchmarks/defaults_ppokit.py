@@ -21,15 +21,10 @@ from defaults_tasks import EVAL_EPISODES, parse_run_args  # noqa: E402
 
 def main() -> None:
     args = parse_run_args(__doc__.split("\n\n")[0])
-    import yaml
-
     from ppokit import PPO, ControlConfig
-    from ppokit.configuration import from_mapping
+    from ppokit.configuration import from_mapping, parse_overrides
 
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        overrides[key] = yaml.safe_load(value)
+    overrides = parse_overrides(args.set)
     with tempfile.TemporaryDirectory() as tmp:
         data = {"env_id": args.env, "total_steps": args.steps, "seed": args.seed, "progress": False,
                 "tensorboard": False, "eval_episodes": 0, "run_dir": str(Path(tmp) / "run"), **overrides}

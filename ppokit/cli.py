@@ -321,8 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     logging.basicConfig(level=logging.INFO, format="ppokit: %(levelname)s: %(message)s")
-    handlers = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets, "export": cmd_export, "info": cmd_info, "plot": cmd_plot, "rlhf": cmd_rlhf,
-                "resume": cmd_resume}
+    handlers = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets, "export": cmd_export, "info": cmd_info,
+                "plot": cmd_plot, "rlhf": cmd_rlhf, "resume": cmd_resume}
     try:
         return handlers[args.command](args)
     except TrainingInterrupted as err:
