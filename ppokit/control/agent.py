@@ -181,20 +181,21 @@ class PPO:
             position=lambda: self.global_step,
             postfix=lambda r: {"ret": "-" if r["episodic_return"] is None else f"{r['episodic_return']:.1f}"},
         )
-        try:
-            with metrics:
+        with metrics:  # open until the model and evaluation are written, so the trackers get them
+            try:
                 run_loop(self, plan, metrics, callback)
-        finally:
-            self._close_eval_env()
-        self.resume_from = None
-        self.save(self.run_dir / "model")
-        result = self._final_eval
-        if result is None and c.eval_episodes > 0:
-            result = self.evaluate(c.eval_episodes, deterministic=c.eval_deterministic)
-        if result is not None:
-            from ppokit.io.atomic import atomic_write_json
+            finally:
+                self._close_eval_env()
+            self.resume_from = None
+            self.save(self.run_dir / "model")
+            result = self._final_eval
+            if result is None and c.eval_episodes > 0:
+                result = self.evaluate(c.eval_episodes, deterministic=c.eval_deterministic)
+            if result is not None:
+                from ppokit.io.atomic import atomic_write_json
 
-            atomic_write_json(self.run_dir / "eval.json", result)
+                atomic_write_json(self.run_dir / "eval.json", result)
+            metrics.finish({f"eval/{k}": v for k, v in (result or {}).items()}, self.run_dir / "model")
         return self
 
     def update(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from ppokit.configuration import check_choices, check_runtime, check_types, doc
 from ppokit.core.choices import Loss, OnNonFinite, ScheduleKind
 from ppokit.errors import ConfigError
+from ppokit.io.trackers import TrackerName
 
 #: The entropy bonus of a config that leaves it to the action space, when every action is discrete.
 DISCRETE_ENT_COEF = 0.01
@@ -27,7 +28,7 @@ DISCRETE_ENT_COEF = 0.01
 RESUMABLE_FIELDS = frozenset({
     "total_steps", "run_dir", "progress", "tensorboard", "checkpoint_every", "checkpoint_minutes",
     "keep_checkpoints", "eval_every", "eval_episodes", "eval_deterministic", "stop_at_return", "on_nonfinite",
-    "device", "torch_threads",
+    "device", "torch_threads", "trackers",
 })
 
 Vectorization = Literal["auto", "sync", "async"]
@@ -109,6 +110,7 @@ class ControlConfig:
     on_nonfinite: OnNonFinite = doc("A NaN/inf loss or gradient: 'stop' the run with an error, or 'skip' that minibatch and count it.", default="stop")
     eval_deterministic: bool = doc("Evaluate with the mode of the policy rather than samples.", default=True)
     tensorboard: bool = doc("Write TensorBoard event files into the run directory.", default=True)
+    trackers: list[TrackerName] = doc("Experiment trackers that also get the config, metrics, evaluation and model: [wandb], [mlflow] or both (README, Trackers).", default_factory=list)
     progress: bool = doc("Show a progress bar with steps/s and recent return.", default=True)
 
     @property

@@ -1,4 +1,5 @@
-"""Metric sinks: one JSON object per update in metrics.jsonl, and TensorBoard scalars."""
+"""Metric sinks: one JSON object per update in metrics.jsonl, TensorBoard scalars, and the run's
+experiment trackers (:mod:`ppokit.io.trackers`)."""
 
 from __future__ import annotations
 
@@ -9,17 +10,20 @@ from typing import Any
 
 from ppokit.io.atomic import json_safe
 from ppokit.io.lock import RunLock
+from ppokit.io.trackers import Status, TrackerSet
 
 
 class MetricsLogger:
-    """Appends each record to ``metrics.jsonl`` (flushed per line) and mirrors numbers to TensorBoard."""
+    """Appends each record to ``metrics.jsonl`` (flushed per line) and mirrors numbers to TensorBoard
+    and the trackers."""
 
     def __init__(self, run_dir: str | Path, tensorboard: bool = True, purge_step: int | None = None,
-                 lock: RunLock | None = None) -> None:
+                 lock: RunLock | None = None, trackers: TrackerSet | None = None) -> None:
         """``purge_step``: when resuming, TensorBoard drops the events at or after this step that the
         interrupted run wrote after its checkpoint. ``lock``: the run directory's lock, released on
-        :meth:`close` (this logger is the run's writer)."""
+        :meth:`close` (this logger is the run's writer). ``trackers``: ended on :meth:`close`."""
         self.lock = lock
+        self.trackers = trackers or TrackerSet()
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._file = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
@@ -36,12 +40,18 @@ class MetricsLogger:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
                     self._tb.add_scalar(f"{prefix}/{key}", value, step)
+        self.trackers.log(record, step)
 
     def text(self, tag: str, text: str, step: int) -> None:
         if self._tb is not None:
             self._tb.add_text(tag, text, step)
 
-    def close(self) -> None:
+    def finish(self, summary: Mapping[str, Any] | None, model_dir: Path | None) -> None:
+        """Send the trackers the run's final figures and its saved model (before :meth:`close`)."""
+        self.trackers.finish(summary, model_dir)
+
+    def close(self, status: Status = "finished") -> None:
+        self.trackers.close(status)
         self._file.close()
         if self._tb is not None:
             self._tb.close()
@@ -53,8 +63,11 @@ class MetricsLogger:
     def __enter__(self) -> MetricsLogger:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        from ppokit.errors import TrainingInterrupted
+
+        interrupted = exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, TrainingInterrupted))
+        self.close("finished" if exc_type is None else "killed" if interrupted else "failed")
 
 
 def truncate_metrics(path: str | Path, key: str, last: int) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from ppokit.errors import CheckpointError
 from ppokit.io.lock import RunLock
 from ppokit.io.metrics import MetricsLogger
+from ppokit.io.trackers import TRACKER_STATE, TrackerSet, check_trackers, open_trackers
 
 #: Files whose presence means a directory already holds a run.
 RUN_MARKERS = ("config.yaml", "metrics.jsonl")
@@ -39,7 +40,7 @@ def prepare_run_dir(path: Path, overwrite: bool = False) -> Path:
             "(or --resume), choose another --run-dir, or pass --overwrite to start over in it"
         )
     if holds_run(path) and overwrite:
-        for name in ("metrics.jsonl", "eval.json", "config.yaml"):
+        for name in ("metrics.jsonl", "eval.json", "config.yaml", TRACKER_STATE):
             (path / name).unlink(missing_ok=True)
         for name in ("tensorboard", "checkpoints", "model", "best"):
             shutil.rmtree(path / name, ignore_errors=True)
@@ -69,6 +70,7 @@ def open_run(path: str | Path, config: Any, *, overwrite: bool = False, resume_u
     from ppokit.io.metrics import truncate_metrics
 
     path = Path(path)
+    check_trackers(getattr(config, "trackers", ()))
     with reported_os_errors(path):
         if path.exists() and not path.is_dir():
             raise CheckpointError(f"run directory {str(path)!r} exists and is not a directory")
@@ -79,8 +81,22 @@ def open_run(path: str | Path, config: Any, *, overwrite: bool = False, resume_u
                 truncate_metrics(path / "metrics.jsonl", "update", resume_update)
             else:
                 path = prepare_run_dir(path, overwrite)
+            # Trackers first: one that cannot start leaves no config.yaml, so the directory holds no run.
+            trackers = run_trackers(path, config, resuming=resume_update is not None)
             atomic_write_text(path / "config.yaml", config_to_yaml(config))
-            return path, MetricsLogger(path, tensorboard=config.tensorboard, purge_step=purge_step, lock=lock)
+            return path, MetricsLogger(path, tensorboard=config.tensorboard, purge_step=purge_step, lock=lock,
+                                       trackers=trackers)
         except BaseException:
             lock.release()
             raise
+
+
+def run_trackers(path: Path, config: Any, resuming: bool) -> TrackerSet:
+    """The trackers ``config.trackers`` names, given the config as config.yaml records it."""
+    import yaml
+
+    from ppokit.configuration import config_to_yaml
+
+    names = getattr(config, "trackers", ())
+    recorded = yaml.safe_load(config_to_yaml(config)) if names else {}
+    return TrackerSet(open_trackers(names, path, recorded, resuming))

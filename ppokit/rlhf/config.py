@@ -13,6 +13,7 @@ from typing import Literal
 from ppokit.configuration import check_choices, check_runtime, check_types, doc
 from ppokit.core.choices import KLEstimator, OnNonFinite, ScheduleKind
 from ppokit.errors import ConfigError
+from ppokit.io.trackers import TrackerName
 
 #: Fields that name files or directories; a run directory records them as absolute paths.
 PATH_FIELDS = ("model", "data", "eval_data", "policy", "reference", "rewards")
@@ -21,7 +22,7 @@ PATH_FIELDS = ("model", "data", "eval_data", "policy", "reference", "rewards")
 RESUMABLE_FIELDS = frozenset({
     "total_updates", "run_dir", "progress", "tensorboard", "checkpoint_every", "checkpoint_minutes",
     "keep_checkpoints", "sample_every", "num_samples", "on_nonfinite", "device", "torch_threads",
-    "trust_remote_code",
+    "trust_remote_code", "trackers",
 })
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -73,6 +74,7 @@ class LMRuntime:
     trust_remote_code: bool = doc("Allow a hub model's own Python code to run when loading it. Off unless you trust the model.", default=False)
     run_dir: str | None = doc("Where the run is written; null picks runs/<stage>__seed<N>__<time>.", default=None)
     tensorboard: bool = doc("Write TensorBoard event files into the run directory.", default=True)
+    trackers: list[TrackerName] = doc("Experiment trackers that also get the config, metrics, summary and model: [wandb], [mlflow] or both (README, Trackers).", default_factory=list)
     progress: bool = doc("Show a progress bar.", default=True)
     skip_bad_rows: bool = doc("Skip malformed data rows (and count them) instead of stopping at the first.", default=False)
 

@@ -115,68 +115,69 @@ def train_reward_model(config: RewardConfig, data: Any = None, eval_data: Any = 
     bar = progress_bar(config.progress, total, "reward")
     step, start = 0, time.perf_counter()
     history = []
-    try:
-        for epoch in range(config.epochs):
-            for batch in shuffled_batches(len(train_rows), config.batch_size, generator):
-                rows = [train_rows[i] for i in batch]
-                prompts = [r["prompt"] for r in rows]
-                if fmt == "pairs":
-                    # chosen and rejected in one forward pass
-                    ids, mask = encode_pairs(tokenizer, prompts + prompts,
-                                             [r["chosen"] for r in rows] + [r["rejected"] for r in rows], device)
-                    rewards = model.raw(ids, mask).float()
-                    loss, accuracy = bradley_terry_loss(rewards[: len(rows)], rewards[len(rows):])
-                    record = {"loss": float(loss.detach()), "accuracy": float(accuracy),
-                              "margin": float((rewards[: len(rows)] - rewards[len(rows):]).mean().detach())}
-                else:
-                    ids, mask = encode_pairs(tokenizer, prompts, [r["response"] for r in rows], device)
-                    target = (torch.tensor([r["rating"] for r in rows], device=device) - rating_mean) / rating_std
-                    loss = 0.5 * (model.raw(ids, mask).float() - target).square().mean()
-                    record = {"loss": float(loss.detach())}
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"reward-model step {step + 1}: non-finite loss; the weights were not updated")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                record["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or float("inf")))
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                record.update(step=step, epoch=epoch, learning_rate=scheduler.get_last_lr()[0])
-                metrics.log(record, step)
-                bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.3f}")
-            eval_accuracy = pairwise_accuracy(model, tokenizer, eval_rows, device)
-            history.append(eval_accuracy)
-            metrics.log({"step": step, "epoch": epoch, "eval_accuracy": eval_accuracy}, step, prefix="eval")
-            log.info("reward model: epoch %d, held-out pairwise accuracy %.3f", epoch + 1, eval_accuracy)
-    finally:
-        bar.close()
-        metrics.close()
+    with metrics:  # open until the model is saved, so the trackers get it
+        try:
+            for epoch in range(config.epochs):
+                for batch in shuffled_batches(len(train_rows), config.batch_size, generator):
+                    rows = [train_rows[i] for i in batch]
+                    prompts = [r["prompt"] for r in rows]
+                    if fmt == "pairs":
+                        # chosen and rejected in one forward pass
+                        ids, mask = encode_pairs(tokenizer, prompts + prompts,
+                                                 [r["chosen"] for r in rows] + [r["rejected"] for r in rows], device)
+                        rewards = model.raw(ids, mask).float()
+                        loss, accuracy = bradley_terry_loss(rewards[: len(rows)], rewards[len(rows):])
+                        record = {"loss": float(loss.detach()), "accuracy": float(accuracy),
+                                  "margin": float((rewards[: len(rows)] - rewards[len(rows):]).mean().detach())}
+                    else:
+                        ids, mask = encode_pairs(tokenizer, prompts, [r["response"] for r in rows], device)
+                        target = (torch.tensor([r["rating"] for r in rows], device=device) - rating_mean) / rating_std
+                        loss = 0.5 * (model.raw(ids, mask).float() - target).square().mean()
+                        record = {"loss": float(loss.detach())}
+                    if not torch.isfinite(loss):
+                        raise TrainingError(f"reward-model step {step + 1}: non-finite loss; the weights were not updated")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    record["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or float("inf")))
+                    optimizer.step()
+                    scheduler.step()
+                    step += 1
+                    record.update(step=step, epoch=epoch, learning_rate=scheduler.get_last_lr()[0])
+                    metrics.log(record, step)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{record['loss']:.3f}")
+                eval_accuracy = pairwise_accuracy(model, tokenizer, eval_rows, device)
+                history.append(eval_accuracy)
+                metrics.log({"step": step, "epoch": epoch, "eval_accuracy": eval_accuracy}, step, prefix="eval")
+                log.info("reward model: epoch %d, held-out pairwise accuracy %.3f", epoch + 1, eval_accuracy)
+        finally:
+            bar.close()
 
-    # Normalise the output over the training responses: the PPO stage then sees scores of mean 0
-    # and std 1 whatever scale the model drifted to.
-    prompts, responses = [], []
-    for r in train_rows:
-        for k in texts_key:
-            prompts.append(r["prompt"])
-            responses.append(r[k])
-    raw = score_texts(model, tokenizer, prompts, responses, device)
-    model.mean = float(raw.mean())
-    model.std = float(raw.std().clamp_min(1e-6)) if raw.numel() > 1 else 1.0
+        # Normalise the output over the training responses: the PPO stage then sees scores of mean 0
+        # and std 1 whatever scale the model drifted to.
+        prompts, responses = [], []
+        for r in train_rows:
+            for k in texts_key:
+                prompts.append(r["prompt"])
+                responses.append(r[k])
+        raw = score_texts(model, tokenizer, prompts, responses, device)
+        model.mean = float(raw.mean())
+        model.std = float(raw.std().clamp_min(1e-6)) if raw.numel() > 1 else 1.0
 
-    train_pairs = train_rows if fmt == "pairs" else rdata.ratings_to_pairs(train_rows)
-    train_accuracy = pairwise_accuracy(model, tokenizer, train_pairs[:2048], device)
-    model_dir = path / "model"
-    tokenizer.padding_side = "left"
-    # Complete or absent: a kill mid-save must never leave weights without their tokenizer or metadata.
-    atomic_write_dir(model_dir, lambda tmp: model.save(tmp, tokenizer))
-    summary = {
-        "run_dir": str(path), "model_dir": str(model_dir), "format": fmt, "steps": step,
-        "train_pairs": len(train_pairs), "eval_pairs": len(eval_rows),
-        "train_accuracy": train_accuracy, "eval_accuracy": history[-1] if history else float("nan"),
-        "eval_accuracy_per_epoch": history, "reward_mean": model.mean, "reward_std": model.std,
-        "skipped_rows": loaded.skipped, "seconds": time.perf_counter() - start,
-    }
-    atomic_write_json(path / "eval.json", summary)
+        train_pairs = train_rows if fmt == "pairs" else rdata.ratings_to_pairs(train_rows)
+        train_accuracy = pairwise_accuracy(model, tokenizer, train_pairs[:2048], device)
+        model_dir = path / "model"
+        tokenizer.padding_side = "left"
+        # Complete or absent: a kill mid-save must never leave weights without their tokenizer or metadata.
+        atomic_write_dir(model_dir, lambda tmp: model.save(tmp, tokenizer))
+        summary = {
+            "run_dir": str(path), "model_dir": str(model_dir), "format": fmt, "steps": step,
+            "train_pairs": len(train_pairs), "eval_pairs": len(eval_rows),
+            "train_accuracy": train_accuracy, "eval_accuracy": history[-1] if history else float("nan"),
+            "eval_accuracy_per_epoch": history, "reward_mean": model.mean, "reward_std": model.std,
+            "skipped_rows": loaded.skipped, "seconds": time.perf_counter() - start,
+        }
+        atomic_write_json(path / "eval.json", summary)
+        metrics.finish(summary, model_dir)
     log.info("reward model saved to %s (held-out accuracy %.3f)", model_dir, summary["eval_accuracy"])
     return summary

@@ -81,41 +81,42 @@ def train_sft(config: SFTConfig, data: Any = None, run_dir: str | Path | None = 
     total, optimizer, scheduler, generator = supervised_setup(model, config, len(encoded))
     bar = progress_bar(config.progress, total, "sft")
     step, loss_value, start = 0, float("nan"), time.perf_counter()
-    try:
-        for epoch in range(config.epochs):
-            for batch in shuffled_batches(len(encoded), config.batch_size, generator):
-                ids, mask = pad_right([encoded[i][0] for i in batch], tokenizer.pad_token_id)
-                target = mask.clone()
-                for j, i in enumerate(batch):
-                    target[j, : encoded[i][1]] = 0
-                ids, mask, target = ids.to(device), mask.to(device), target.to(device)
-                t0 = time.perf_counter()
-                loss = sft_loss(model, ids, mask, target)
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"SFT step {step + 1}: non-finite loss; the weights were not updated")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or float("inf"))
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                loss_value = float(loss.detach())
-                metrics.log({"step": step, "epoch": epoch, "loss": loss_value, "grad_norm": float(grad_norm),
-                             "learning_rate": scheduler.get_last_lr()[0],
-                             "tokens_per_s": float(target.sum()) / max(time.perf_counter() - t0, 1e-9)}, step)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.3f}")
-    finally:
-        bar.close()
-        metrics.close()
-    model_dir = path / "model"
-    def write(tmp: Path) -> None:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    with metrics:  # open until the model is saved, so the trackers get it
+        try:
+            for epoch in range(config.epochs):
+                for batch in shuffled_batches(len(encoded), config.batch_size, generator):
+                    ids, mask = pad_right([encoded[i][0] for i in batch], tokenizer.pad_token_id)
+                    target = mask.clone()
+                    for j, i in enumerate(batch):
+                        target[j, : encoded[i][1]] = 0
+                    ids, mask, target = ids.to(device), mask.to(device), target.to(device)
+                    t0 = time.perf_counter()
+                    loss = sft_loss(model, ids, mask, target)
+                    if not torch.isfinite(loss):
+                        raise TrainingError(f"SFT step {step + 1}: non-finite loss; the weights were not updated")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or float("inf"))
+                    optimizer.step()
+                    scheduler.step()
+                    step += 1
+                    loss_value = float(loss.detach())
+                    metrics.log({"step": step, "epoch": epoch, "loss": loss_value, "grad_norm": float(grad_norm),
+                                 "learning_rate": scheduler.get_last_lr()[0],
+                                 "tokens_per_s": float(target.sum()) / max(time.perf_counter() - t0, 1e-9)}, step)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss_value:.3f}")
+        finally:
+            bar.close()
+        model_dir = path / "model"
+        def write(tmp: Path) -> None:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
 
-    # Complete or absent: a kill mid-save must never leave weights without their tokenizer.
-    atomic_write_dir(model_dir, write)
-    summary = {"run_dir": str(path), "model_dir": str(model_dir), "steps": step, "final_loss": loss_value,
-               "rows": len(encoded), "skipped_rows": loaded.skipped, "seconds": time.perf_counter() - start}
+        # Complete or absent: a kill mid-save must never leave weights without their tokenizer.
+        atomic_write_dir(model_dir, write)
+        summary = {"run_dir": str(path), "model_dir": str(model_dir), "steps": step, "final_loss": loss_value,
+                   "rows": len(encoded), "skipped_rows": loaded.skipped, "seconds": time.perf_counter() - start}
+        metrics.finish(summary, model_dir)
     log.info("SFT: %d steps, final loss %.4f; model saved to %s", step, loss_value, model_dir)
     return summary

@@ -42,7 +42,7 @@ from ppokit.io.checkpoints import checkpoint_path, find_resumable, latest_checkp
 from ppokit.io.lock import RunLock
 from ppokit.io.loop import Callback, LoopPlan, run_loop
 from ppokit.io.metrics import MetricsLogger, truncate_metrics
-from ppokit.io.run_dir import default_run_dir, holds_run, open_run
+from ppokit.io.run_dir import default_run_dir, holds_run, open_run, run_trackers
 from ppokit.rlhf import checkpointing
 from ppokit.rlhf import data as rdata
 from ppokit.rlhf.advantages import TokenAdvantages, token_advantages
@@ -127,8 +127,9 @@ class RLHFTrainer:
         self.run_dir: Path | None
         self.metrics: MetricsLogger | None
         recorded = dataclasses.replace(c, rewards=[r if isinstance(r, str) else callable_label(r) for r in self.reward_specs])
+        self.recorded_config = with_absolute_paths(recorded, PATH_FIELDS)
         self.run_dir, self.metrics = open_run(
-            directory, with_absolute_paths(recorded, PATH_FIELDS), overwrite=overwrite,
+            directory, self.recorded_config, overwrite=overwrite,
             resume_update=resume_update, purge_step=None if resume_update is None else resume_update + 1,
         )
         if resume_update is not None:  # sample rows logged after the checkpoint are redone too
@@ -270,7 +271,9 @@ class RLHFTrainer:
         target = c.total_updates if updates is None else self.num_updates + updates
         if self.metrics is None:  # a second learn() call: the run goes on in the same directory
             assert self.run_dir is not None
-            self.metrics = MetricsLogger(self.run_dir, tensorboard=c.tensorboard, lock=RunLock(self.run_dir))
+            lock = RunLock(self.run_dir)
+            self.metrics = MetricsLogger(self.run_dir, tensorboard=c.tensorboard, lock=lock,
+                                         trackers=run_trackers(self.run_dir, self.recorded_config, resuming=True))
         metrics = self.metrics
         plan = LoopPlan(
             updates=max(0, target - self.num_updates), desc="rlhf ppo", checkpoint_every=c.checkpoint_every,
@@ -283,16 +286,19 @@ class RLHFTrainer:
         # it runs (TRL's PPO instead forces two full collections per step).
         gc.collect()
         gc.freeze()
-        try:
-            with metrics:
-                run_loop(self, plan, metrics, callback)
-        finally:
-            gc.unfreeze()
-            self.metrics = None
         assert self.run_dir is not None
-        self.save(self.run_dir)
-        summary = self.summary()
-        atomic_write_json(self.run_dir / "summary.json", summary)
+        try:
+            with metrics:  # open until the models and summary are written, so the trackers get them
+                try:
+                    run_loop(self, plan, metrics, callback)
+                finally:
+                    gc.unfreeze()
+                self.save(self.run_dir)
+                summary = self.summary()
+                atomic_write_json(self.run_dir / "summary.json", summary)
+                metrics.finish(summary, self.run_dir / "policy")
+        finally:
+            self.metrics = None
         return summary
 
     def after_update(self, record: dict[str, Any]) -> bool:
