@@ -121,8 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="what a run directory holds: its task, progress, checkpoint, evaluation, state")
     info.add_argument("run_dir", help="a run directory (control or RLHF)")
 
+    from ppokit.packaging import add_parser as add_package_parser
     from ppokit.rlhf.cli import add_parser as add_rlhf_parser
 
+    add_package_parser(sub)
     add_rlhf_parser(sub)
 
     pr = sub.add_parser("presets", help="list the named presets, or show one")
@@ -308,6 +310,12 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_package(args: argparse.Namespace) -> int:
+    from ppokit.packaging import run
+
+    return run(args)
+
+
 def cmd_rlhf(args: argparse.Namespace) -> int:
     from ppokit.rlhf.cli import run
 
@@ -322,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     logging.basicConfig(level=logging.INFO, format="ppokit: %(levelname)s: %(message)s")
     handlers = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets, "export": cmd_export, "info": cmd_info,
-                "plot": cmd_plot, "rlhf": cmd_rlhf, "resume": cmd_resume}
+                "plot": cmd_plot, "package": cmd_package, "rlhf": cmd_rlhf, "resume": cmd_resume}
     try:
         return handlers[args.command](args)
     except TrainingInterrupted as err:

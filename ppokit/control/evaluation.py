@@ -115,7 +115,7 @@ def evaluate_policy(
         # A reset step (next-step autoreset) returns an episode's first observation.
         starts = np.resize(pending, env.num_envs)
         pending = done
-    return summarize(returns, lengths, deterministic)
+    return {**summarize(returns, lengths, deterministic), "seed": seed}  # the seed, so it can be played again
 
 
 def summarize(returns: list[float], lengths: list[int], deterministic: bool) -> dict[str, Any]:
