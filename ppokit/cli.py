@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="learning curves and diagnostics of runs as a PNG (seeds of one config as a band)")
     pl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="control or RLHF PPO run directories")
     pl.add_argument("-o", "--output", required=True, metavar="FILE.png", help="the picture to write")
+    pl.add_argument("--aggregate-by", action="append", metavar="FIELD",
+                    help="runs on several tasks: compare groups by this config field (repeatable; default: the "
+                    "fields that differ between runs of one task)")
+    pl.add_argument("--score-range", action="append", default=[], metavar="TASK=LOW:HIGH",
+                    help="runs on several tasks: normalise TASK's scores as (score - LOW) / (HIGH - LOW), e.g. "
+                    "random and expert returns (default: the worst and best run of that task)")
 
     info = sub.add_parser("info", help="what a run directory holds: its task, progress, checkpoint, evaluation, state")
     info.add_argument("run_dir", help="a run directory (control or RLHF)")
@@ -254,9 +260,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from ppokit.plotting import plot_runs
+    from ppokit.plotting import describe_estimates, draw, panels, parse_score_ranges, read_run
 
-    print(f"wrote {plot_runs(args.run_dirs, args.output)}")
+    figure = panels([read_run(p) for p in args.run_dirs], args.aggregate_by, parse_score_ranges(args.score_range))
+    for line in describe_estimates(figure):
+        print(line)
+    print(f"wrote {draw(figure, args.output)}")
     return 0
 
 

@@ -92,6 +92,26 @@ def test_rlhf_runs_get_score_kl_and_the_frontier(tmp_path, tiny_lm):
     assert _png_size(tmp_path / "rlhf.png")[0] >= 900
 
 
+def test_each_of_several_reward_sources_gets_its_own_panel(tmp_path, tiny_lm):
+    from ppokit.rlhf.config import RLHFConfig
+    from ppokit.rlhf.trainer import RLHFTrainer
+    from tests.rlhf.helpers import PROMPTS
+
+    config = RLHFConfig(policy=tiny_lm, rewards=["tests.rlhf.helpers:pleasant_minus_unpleasant",
+                                                 "ppokit.rlhf.demo:hidden_rule_reward"], reward_weights=[1.0, 0.0],
+                        total_updates=2, batch_size=4, max_new_tokens=4, progress=False, tensorboard=False,
+                        device="cpu", sample_every=0)
+    RLHFTrainer(config, prompts=PROMPTS, run_dir=tmp_path / "run").learn()
+    drawn = {t: curves for t, _, curves in panels([read_run(tmp_path / "run")])}
+    assert list(drawn)[3:] == ["reward 0: tests.rlhf.helpers:pleasant_minus_unpleasant (weight 1)",
+                               "reward 1: ppokit.rlhf.demo:hidden_rule_reward (weight 0)"]
+    rows = _rows(tmp_path / "run")
+    (hidden,) = drawn["reward 1: ppokit.rlhf.demo:hidden_rule_reward (weight 0)"]
+    np.testing.assert_allclose(hidden.mean, [r["score_1"] for r in rows])
+    (total,) = drawn["reward score vs PPO update"]
+    np.testing.assert_allclose(total.mean, [r["score_0"] for r in rows])  # weight 0: the total is source 0 alone
+
+
 def test_bad_input_is_one_line_errors(seeds, tmp_path, capsys):
     with pytest.raises(CheckpointError, match="not a ppokit run directory"):
         read_run(tmp_path / "nowhere")

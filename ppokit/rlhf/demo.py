@@ -98,35 +98,13 @@ def hidden_score_of(model_dir: str | Path, prompts: list[str], max_new_tokens: i
     return sum(scores) / len(scores), list(zip(prompts, completions))
 
 
-def plot(history: list[dict[str, float]], path: Path) -> bool:
-    """Score, KL and hidden-rule score over PPO updates, as a PNG; False when matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    steps = [r["update"] for r in history]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, key, title in zip(axes, ("score", "kl", "hidden_score"),
-                              ("reward-model score", "KL(policy ‖ reference), nats", "hidden rule's score")):
-        ax.plot(steps, [r[key] for r in history], lw=1.5)
-        ax.set_title(title)
-        ax.set_xlabel("PPO update")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
 def run_demo(run_dir: str | Path = "runs/rlhf-demo", seed: int = 0, ppo_updates: int = 60, overwrite: bool = False,
              progress: bool = True, echo: Any = print) -> dict[str, Any]:
     """Run the four stages into ``run_dir``; returns a summary (also written to summary.json)."""
     from ppokit.errors import CheckpointError, ConfigError
     from ppokit.io.atomic import atomic_write_json
     from ppokit.io.run_dir import holds_run
+    from ppokit.plotting import plot_runs
     from ppokit.rlhf.config import RewardConfig, RLHFConfig, SFTConfig
     from ppokit.rlhf.reward_training import train_reward_model
     from ppokit.rlhf.sft import train_sft
@@ -167,19 +145,19 @@ def run_demo(run_dir: str | Path = "runs/rlhf-demo", seed: int = 0, ppo_updates:
 
     echo(f"[4/4] PPO against the reward model for {ppo_updates} updates")
     config = RLHFConfig(
-        policy=sft["model_dir"], rewards=[reward["model_dir"]], total_updates=ppo_updates, batch_size=32,
+        # The hidden rule rides along with weight 0: it does not train, it is logged (score_1) and plotted.
+        policy=sft["model_dir"], rewards=[reward["model_dir"], "ppokit.rlhf.demo:hidden_rule_reward"], reward_weights=[1.0, 0.0],
+        total_updates=ppo_updates, batch_size=32,
         num_minibatches=2, num_epochs=4, max_new_tokens=16, learning_rate=5e-4, kl_coef=0.05,
         missing_eos_penalty=1.0, sample_every=10, **common,
     )
     trainer = RLHFTrainer(config, prompts=[{"prompt": p} for p in prompts], run_dir=out / "ppo", overwrite=overwrite)
-
-    def track(record: dict[str, Any]) -> None:
-        p, completions, _ = trainer.last_batch
-        record["hidden_score"] = sum(hidden_rule_reward(p, completions)) / len(completions)
-
-    ppo = trainer.learn(callback=track)
+    ppo = trainer.learn()
     after, samples_after = hidden_score_of(Path(ppo["run_dir"]) / "policy", eval_prompts, 16, 1.0, seed + 1)
-    plotted = plot(trainer.history, out / "training.png")
+    try:
+        plotted = plot_runs([out / "ppo"], out / "training.png") is not None
+    except ConfigError:  # matplotlib is not installed: the demo's numbers do not need it
+        plotted = False
 
     summary = {
         "reward_model_eval_accuracy": reward["eval_accuracy"],
