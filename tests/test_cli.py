@@ -119,6 +119,22 @@ def test_eval_records_video(tmp_path):
     assert json.loads(written.read_text())["episodes"] == 2
 
 
+def test_mujoco_video_records_without_a_display(tmp_path):
+    """No DISPLAY and no MUJOCO_GL, as on a server or in CI: ppokit renders offscreen through EGL."""
+    pytest.importorskip("moviepy")
+    pytest.importorskip("mujoco")
+    from ppokit import PPO, ControlConfig
+
+    PPO(ControlConfig(env_id="Hopper-v5", total_steps=256, num_envs=1, num_steps=256, num_minibatches=2,
+                      eval_episodes=0, progress=False, tensorboard=False)).learn(run_dir=tmp_path / "run")
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "MUJOCO_GL", "PYOPENGL_PLATFORM")}
+    result = subprocess.run([sys.executable, "-m", "ppokit", "eval", str(tmp_path / "run"), "--episodes", "1",
+                             "--video", str(tmp_path / "videos")], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    (video,) = (tmp_path / "videos").glob("*.mp4")
+    assert video.stat().st_size > 1000
+
+
 @pytest.mark.parametrize("extra, expected", [
     ([], 2),                                            # the CartPole preset: 16 x 32 = 512 steps an update
     (["--set", "num_steps=64"], 1),                     # 1024 steps an update

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +35,14 @@ def run_evaluation(act: Act, source: EnvSource, config: Any, episodes: int, *, d
         if video_dir is not None:
             if Path(video_dir).exists() and not Path(video_dir).is_dir():
                 raise EnvError(f"--video {video_dir}: exists and is not a directory")
-            return record_video(act, source.single(render_mode="rgb_array"), config.env_id, episodes, video_dir,
+            offscreen_rendering()
+            try:
+                video_env = source.single(render_mode="rgb_array")
+            except EnvError:
+                raise
+            except Exception as err:  # noqa: BLE001 - a renderer's import fails with OpenGL's own types
+                raise rendering_failed(config.env_id, err) from err
+            return record_video(act, video_env, config.env_id, episodes, video_dir,
                                 deterministic=deterministic, seed=seed, policy_spaces=policy_spaces,
                                 mask_key=config.action_mask_key)
         owned = env is None
@@ -132,6 +140,20 @@ def summarize(returns: list[float], lengths: list[int], deterministic: bool) -> 
     }
 
 
+def offscreen_rendering() -> None:
+    """With no display, MuJoCo renders offscreen through EGL (what its documentation advises for
+    servers), unless the user chose a backend with ``MUJOCO_GL``. Classic-control and Box2D envs
+    draw with pygame into an array and need no display at all."""
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) and "MUJOCO_GL" not in os.environ:
+        os.environ["MUJOCO_GL"] = "egl"
+        os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+
+
+def rendering_failed(env_id: str, err: Exception) -> EnvError:
+    return EnvError(f"recording video of {env_id!r} failed ({type(err).__name__}: {err}); without a display, MuJoCo "
+                    "envs need MUJOCO_GL=egl (the default here) or osmesa, and that library installed (README, Videos)")
+
+
 def record_video(
     act: Act,
     env: Any,
@@ -178,8 +200,12 @@ def record_video(
             lengths.append(length)
     except gym.error.DependencyNotInstalled as err:
         raise EnvError(f"recording video needs moviepy: pip install 'ppokit[video]' ({err})") from None
+    except EnvError:
+        raise
+    except Exception as err:  # noqa: BLE001 - rendering fails with OpenGL's, MuJoCo's or pygame's own types
+        raise rendering_failed(env_id, err) from err
     finally:
         env.close()
     if not math.isfinite(sum(returns)):
         raise EnvError(f"env {env_id!r} returned non-finite rewards during evaluation")
-    return summarize(returns, lengths, deterministic)
+    return {**summarize(returns, lengths, deterministic), "seed": seed}
