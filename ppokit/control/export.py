@@ -7,7 +7,8 @@ std and the ``clip_obs`` clip folded in as constants), runs the actor, and retur
 env takes (Box actions clipped to their bounds, Discrete and MultiDiscrete ones with their ``start``
 added). Inputs and outputs, by name (ONNX) or position (TorchScript):
 
-* ``obs`` → ``action``;
+* ``obs`` → ``action``; mixed (Tuple or Dict) actions give one output per part, ``action_<key>`` for a
+  Dict (in the space's key order) and ``action_<i>`` for a Tuple, each in that part's own format;
 * with an action mask: ``obs, action_mask`` (bool, one per action; true = allowed) → ``action``;
 * a recurrent policy: ``obs, [action_mask,] state, episode_start`` → ``action, new_state``. ``state`` is
   float32 ``[batch, state_size]`` (zeros for a fresh episode; LSTM ``h`` and ``c`` side by side),
@@ -27,6 +28,7 @@ import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 
+from ppokit.control.actions import action_width
 from ppokit.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -48,10 +50,18 @@ class DeterministicPolicy(nn.Module):
     def __init__(self, agent: PPO, action_mask: bool) -> None:
         super().__init__()
         space = agent.action_space
-        if not isinstance(space, (spaces.Box, spaces.Discrete, spaces.MultiDiscrete)):
-            raise ConfigError(f"export: the action space {space} is not supported (Box, Discrete and "
-                              "MultiDiscrete are; mixed Tuple/Dict actions are not yet)")
-        if action_mask and isinstance(space, spaces.Box):
+        self.mixed = isinstance(space, (spaces.Tuple, spaces.Dict))
+        #: (output name, space) of each action part: the space itself unless it is a Tuple or Dict.
+        self.parts: list[tuple[str, spaces.Space]] = [("action", space)]
+        if isinstance(space, spaces.Dict):
+            self.parts = [(f"action_{key}", part) for key, part in space.spaces.items()]
+        elif isinstance(space, spaces.Tuple):
+            self.parts = [(f"action_{i}", part) for i, part in enumerate(space.spaces)]
+        for _, part in self.parts:
+            if not isinstance(part, (spaces.Box, spaces.Discrete, spaces.MultiDiscrete)):
+                raise ConfigError(f"export: the action space {space} is not supported (Box, Discrete and "
+                                  "MultiDiscrete, and Tuples or Dicts of them, are)")
+        if action_mask and any(isinstance(part, spaces.Box) for _, part in self.parts):
             raise ConfigError("export: an action mask needs Discrete or MultiDiscrete actions")
         # A frozen CPU copy: exporting leaves the agent's own policy (device, training mode) as it was.
         self.policy = copy.deepcopy(agent.policy).to("cpu").eval().requires_grad_(False)
@@ -66,13 +76,13 @@ class DeterministicPolicy(nn.Module):
             var = np.asarray(rms.var, dtype=np.float64)
             self.register_buffer("obs_mean", torch.as_tensor(np.asarray(rms.mean, dtype=np.float32)))
             self.register_buffer("obs_inv_std", torch.as_tensor((1.0 / np.sqrt(var + 1e-8)).astype(np.float32)))
-        self.box = isinstance(space, spaces.Box)
-        if isinstance(space, spaces.Box):
-            self.action_shape = tuple(space.shape)
-            self.register_buffer("low", torch.as_tensor(space.low.reshape(-1), dtype=torch.float32))
-            self.register_buffer("high", torch.as_tensor(space.high.reshape(-1), dtype=torch.float32))
-        else:
-            self.register_buffer("start", torch.as_tensor(np.asarray(space.start), dtype=torch.int64))
+        self.widths = [action_width(part) for _, part in self.parts]
+        for i, (_, part) in enumerate(self.parts):
+            if isinstance(part, spaces.Box):
+                self.register_buffer(f"low_{i}", torch.as_tensor(part.low.reshape(-1), dtype=torch.float32))
+                self.register_buffer(f"high_{i}", torch.as_tensor(part.high.reshape(-1), dtype=torch.float32))
+            elif isinstance(part, (spaces.Discrete, spaces.MultiDiscrete)):
+                self.register_buffer(f"start_{i}", torch.as_tensor(np.asarray(part.start), dtype=torch.int64))
 
     def act(self, obs: Tensor, mask: Tensor | None = None, state: Tensor | None = None,
             starts: Tensor | None = None) -> Any:
@@ -83,13 +93,22 @@ class DeterministicPolicy(nn.Module):
             x = obs.float()
         if state is not None and starts is not None:
             action, _, _, state = self.policy.step(x, state, starts.bool(), mask, True)
-            return self._to_env(action), state
-        return self._to_env(self.policy.action(x, True, mask))
+            return (*self._to_env(action), state)
+        actions = self._to_env(self.policy.action(x, True, mask))
+        return actions if self.mixed else actions[0]
 
-    def _to_env(self, action: Tensor) -> Tensor:
-        if self.box:
-            return torch.minimum(torch.maximum(action, self.low), self.high).reshape(-1, *self.action_shape)
-        return action.long() + self.start
+    def _to_env(self, action: Tensor) -> tuple[Tensor, ...]:
+        """The policy's action (mixed: the parts side by side in one float vector) as each part's env format."""
+        pieces = action.split(self.widths, dim=-1) if self.mixed else (action,)
+        out = []
+        for i, ((_, part), piece) in enumerate(zip(self.parts, pieces)):
+            if isinstance(part, spaces.Box):
+                bounded = torch.minimum(torch.maximum(piece, getattr(self, f"low_{i}")), getattr(self, f"high_{i}"))
+                out.append(bounded.reshape(-1, *part.shape))
+            else:
+                whole = piece.squeeze(-1) if self.mixed and isinstance(part, spaces.Discrete) else piece
+                out.append(whole.long() + getattr(self, f"start_{i}"))
+        return tuple(out)
 
     def example_inputs(self, agent: PPO, batch: int = 2) -> tuple[Tensor, ...]:
         space = agent.observation_space
@@ -105,7 +124,7 @@ class DeterministicPolicy(nn.Module):
         return ["obs"] + ["action_mask"] * self.action_mask + ["state", "episode_start"] * self.recurrent
 
     def output_names(self) -> list[str]:
-        return ["action"] + ["new_state"] * self.recurrent
+        return [name for name, _ in self.parts] + ["new_state"] * self.recurrent
 
 
 # One forward signature per layout: the exporters trace fixed arguments, not optional ones.

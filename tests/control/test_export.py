@@ -27,7 +27,17 @@ CASES = [
     ("gru", "CartPole-v1", {}, {"recurrent": "gru"}, False),
     ("lstm-box", "Pendulum-v1", {}, {"recurrent": "lstm"}, False),
     ("gru-dict-mask", "tests.envs:ModeEnv", {"with_mask": True}, {"recurrent": "gru"}, True),
+    ("mixed-tuple", "tests.envs:MixedActionEnv", {}, {"normalize_obs": True}, False),
+    ("mixed-dict", "tests.envs:MixedActionEnv", {"as_dict": True}, {}, False),
+    ("gru-mixed-dict", "tests.envs:MixedActionEnv", {"as_dict": True}, {"recurrent": "gru"}, False),
 ]
+
+
+def _parts(actions):
+    """predict's actions as a list of per-part batches (mixed actions come as a tuple or dict of them)."""
+    if isinstance(actions, dict):
+        return list(actions.values())
+    return list(actions) if isinstance(actions, tuple) else [actions]
 
 
 def _trained(tmp_path, env_id, env_kwargs, changes):
@@ -94,11 +104,13 @@ def test_exported_policy_matches_predict(tmp_path, fmt, name, env_id, env_kwargs
     mask_args = [masks] if mask else []
     if agent.policy.core is None:
         batch, flat = _inputs(agent, rng, n)
-        want = _predict(agent, batch, masks)
-        (got,) = run(flat, *mask_args)
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        want = _parts(_predict(agent, batch, masks))
+        got = run(flat, *mask_args)
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
         if masks is not None:
-            assert masks[np.arange(n), got.reshape(n)].all()
+            assert masks[np.arange(n), got[0].reshape(n)].all()
         return
     # Recurrent: three steps, the state fed back; the second step starts a new episode in env 0.
     state, want_state = np.zeros((n, agent.policy.state_size), np.float32), None
@@ -106,17 +118,33 @@ def test_exported_policy_matches_predict(tmp_path, fmt, name, env_id, env_kwargs
         batch, flat = _inputs(agent, rng, n)
         starts = np.full(n, t == 0) | (np.arange(n) == 0) & (t == 1)
         want, want_state = _predict(agent, batch, masks, want_state, starts)
-        got, state = run(flat, *mask_args, state, starts)
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        *got, state = run(flat, *mask_args, state, starts)
+        assert len(got) == len(_parts(want))
+        for g, w in zip(got, _parts(want)):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(state, want_state.numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_export_refuses_what_it_cannot_write_and_keeps_an_earlier_file(tmp_path):
+def test_mixed_actions_have_one_named_output_per_part(tmp_path):
+    agent = _trained(tmp_path, "tests.envs:MixedActionEnv", {"as_dict": True}, {})
+    session = ort.InferenceSession(str(export_policy(agent, tmp_path / "p.onnx", "onnx")))
+    outputs = {o.name: o.type for o in session.get_outputs()}
+    assert outputs == {"action_level": "tensor(float)", "action_mode": "tensor(int64)"}
+
+
+def test_export_refuses_what_it_cannot_write_and_keeps_an_earlier_file(tmp_path, monkeypatch):
     agent = _trained(tmp_path, "tests.envs:MixedActionEnv", {}, {})
     earlier = tmp_path / "policy.onnx"
     earlier.write_bytes(b"an earlier export")
-    with pytest.raises(ConfigError, match="mixed Tuple/Dict actions are not yet"):
-        export_policy(agent, earlier, "onnx")
+    with pytest.raises(ConfigError, match="an action mask needs Discrete"):  # the Tuple has a Box part
+        export_policy(agent, earlier, "onnx", action_mask=True)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("tracing failed")
+
+    monkeypatch.setattr(torch.jit, "trace", broken)
+    with pytest.raises(RuntimeError, match="tracing failed"):
+        export_policy(agent, earlier, "torchscript")
     assert earlier.read_bytes() == b"an earlier export"
     with pytest.raises(ConfigError, match="unknown format 'tflite'"):
         export_policy(agent, earlier, "tflite")  # type: ignore[arg-type]
