@@ -133,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_package_parser(sub)
     add_rlhf_parser(sub)
 
+    from ppokit.tune import add_parser as add_tune_parser
+
+    add_tune_parser(sub)
+
     pr = sub.add_parser("presets", help="list the named presets, or show one")
     pr.add_argument("name", nargs="?", help="show this preset's settings")
     return parser
@@ -154,6 +158,7 @@ def resolve_train_config(args: argparse.Namespace) -> tuple[Any, str | None]:
     from ppokit.presets import default_preset_for, load_preset
 
     file_data = load_yaml(args.config) if args.config else {}
+    file_data.pop("description", None)  # a preset's (or best.yaml's) note for people, not a config field
     env_id = args.env_id or file_data.get("env_id")
     preset = args.preset
     if preset is None and not args.no_preset and env_id:
@@ -325,6 +330,12 @@ def cmd_package(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from ppokit.tune import run
+
+    return run(args)
+
+
 def cmd_rlhf(args: argparse.Namespace) -> int:
     from ppokit.rlhf.cli import run
 
@@ -339,7 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     logging.basicConfig(level=logging.INFO, format="ppokit: %(levelname)s: %(message)s")
     handlers = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets, "export": cmd_export, "info": cmd_info,
-                "plot": cmd_plot, "package": cmd_package, "rlhf": cmd_rlhf, "resume": cmd_resume}
+                "plot": cmd_plot, "package": cmd_package, "rlhf": cmd_rlhf, "resume": cmd_resume,
+                "tune": cmd_tune}
     try:
         return handlers[args.command](args)
     except TrainingInterrupted as err:
