@@ -305,3 +305,21 @@ def test_a_tracker_that_fails_mid_run_is_dropped_with_a_warning_and_the_others_g
                           ("summary", {"eval/mean_return": 12.0}), ("artifact", "model"), ("close", "finished")]
     assert bad.calls == []
     assert sum("tracker recorder failed (ConnectionError" in r.message for r in caplog.records) == 1
+
+
+def test_an_sft_run_sends_its_rows_summary_and_model(tmp_path, mlflow_env, tiny_lm):
+    import random
+
+    from ppokit.rlhf.config import SFTConfig
+    from ppokit.rlhf.demo import sft_rows
+    from ppokit.rlhf.sft import train_sft
+
+    client, experiment = mlflow_env
+    config = SFTConfig(model=tiny_lm, epochs=1, batch_size=8, max_length=32, progress=False, tensorboard=False,
+                       device="cpu", trackers=["mlflow"])
+    summary = train_sft(config, data=sft_rows(24, random.Random(0)), run_dir=tmp_path / "sft")
+    run = _only_run(client, experiment)
+    assert run.info.status == "FINISHED" and run.data.params["epochs"] == "1"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3]
+    assert run.data.metrics["final_loss"] == pytest.approx(summary["final_loss"])
+    assert "model/config.json" in {f.path for f in client.list_artifacts(run.info.run_id, "model")}
