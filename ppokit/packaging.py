@@ -16,7 +16,6 @@ is complete.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re
@@ -29,7 +28,7 @@ from typing import Any
 from ppokit.errors import CheckpointError, ConfigError
 from ppokit.io.atomic import atomic_write_dir, recover_dir
 from ppokit.io.checkpoints import BEST, CHECKPOINTS, PREFIX, latest_checkpoint
-from ppokit.io.run_info import metrics_rows, read_config
+from ppokit.io.run_info import metrics_rows, read_config, read_json
 from ppokit.model_card import ControlFacts, LMFacts, control_card, hub_id, lm_card
 
 log = logging.getLogger("ppokit")
@@ -136,7 +135,7 @@ def _warn_if_run_went_on(run_dir: Path, kind: str, final: Path, latest: Path | N
     """A run resumed for more steps and stopped again keeps its older final model: say so."""
     if latest is None:
         return
-    saved = _read_json(final / "state.json" if kind == "control" else run_dir / "summary.json") or {}
+    saved = read_json(final / "state.json" if kind == "control" else run_dir / "summary.json") or {}
     done = saved.get("num_updates" if kind == "control" else "updates")
     if isinstance(done, int) and _update_of(latest) > done:
         log.warning("%s is from update %d, and the run went on to a checkpoint at update %d without finishing; "
@@ -162,16 +161,6 @@ def check_out_dir(out: Path, source: Source, *, overwrite: bool) -> None:
     if holds_files and not overwrite:
         raise ConfigError(f"{out}: exists and is not empty; pass --overwrite to replace it (it is replaced only "
                           "once the new one is complete)")
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: unreadable ({err})") from None
-    return data if isinstance(data, dict) else None
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -228,7 +217,7 @@ def _control_evaluation(source: Source, state: dict[str, Any]) -> tuple[dict[str
     if source.which == "checkpoint":
         return None, None, "A checkpoint is not evaluated when it is saved, so this card has no evaluation."
     file = source.model_dir / "eval.json" if source.which == "best" else source.run_dir / "eval.json"
-    result = _read_json(file)
+    result = read_json(file)
     if result is None:
         return None, None, ("The run has no evaluation (no eval.json: it was trained with eval_episodes = 0, or "
                             "stopped before its end-of-run evaluation).")
@@ -297,7 +286,7 @@ def _lm_facts(source: Source, out_name: str, license: str) -> LMFacts:
         if source.which == "checkpoint":  # rows logged after the checkpoint are of weights not packaged
             updates = _update_of(source.model_dir.parent)
             rows = [r for r in rows if isinstance(r.get("update"), int) and r["update"] <= updates]
-        summary = _read_json(run / "summary.json") if source.which == "final" else None
+        summary = read_json(run / "summary.json") if source.which == "final" else None
         updates = (summary or {}).get("updates", rows[-1].get("update") if rows else None) if updates is None else updates
         if summary:
             results += [("reward score, first 10% of updates", _fmt(summary.get("score_first"))),
@@ -315,16 +304,16 @@ def _lm_facts(source: Source, out_name: str, license: str) -> LMFacts:
             results.append((f"training loss at the last step ({rows[-1].get('step')})", _fmt(rows[-1]["loss"])))
         note = "The loss is the mean cross-entropy of the response tokens."
     else:
-        summary = _read_json(run / "eval.json") or {}
+        summary = read_json(run / "eval.json") or {}
         results += [(k.replace("_", " "), _fmt(summary[k])) for k in
                     ("eval_accuracy", "eval_pairs", "train_accuracy", "reward_mean", "reward_std") if k in summary]
         note = "Accuracy: how often the preferred response of a held-out pair scores higher."
-        meta = _read_json(source.model_dir / "ppokit_reward.json") or {}
+        meta = read_json(source.model_dir / "ppokit_reward.json") or {}
         head = meta.get("head") if isinstance(meta.get("head"), str) else None
     if not results:
         note = "The run recorded no results (no metrics rows)."
     # Language-model runs record the ppokit that trained them nowhere yet; read it once their summary has it.
-    done = _read_json(run / ("summary.json" if source.kind == "rlhf ppo" else "eval.json")) or {}
+    done = read_json(run / ("summary.json" if source.kind == "rlhf ppo" else "eval.json")) or {}
     return LMFacts(source.kind, c, source.which, results, note, base, started_from, head, None, out_name, license,
                    updates, done.get("ppokit_version"))
 

@@ -16,7 +16,8 @@ from ppokit.errors import CheckpointError
 from ppokit.io.checkpoints import CHECKPOINTS, PREFIX, latest_checkpoint
 
 
-def _json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object file a run wrote: None when it is absent or not an object; unreadable → CheckpointError."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -92,12 +93,12 @@ def describe_run(run_dir: str | Path) -> list[str]:
         planned = int(config["total_steps"]) // batch * batch
         step = int(last["global_step"]) if last else 0
         lines.append(f"progress: {step:,} of {planned:,} env steps ({last['update'] if last else 0} updates)")
-        state = _json(run_dir / "model" / "state.json")
+        state = read_json(run_dir / "model" / "state.json")
         done = state is not None and int(state.get("global_step", -1)) >= planned
     elif kind == "rlhf ppo":
         update, total = int(last["update"]) if last else 0, int(config["total_updates"])
         lines.append(f"progress: {update} of {total} PPO updates")
-        summary = _json(run_dir / "summary.json")
+        summary = read_json(run_dir / "summary.json")
         done = summary is not None and int(summary.get("updates", -1)) >= total
     else:
         done = (run_dir / "model").is_dir() and (run_dir / "eval.json").is_file()
@@ -124,12 +125,12 @@ def _what(kind: str, config: dict[str, Any]) -> str:
 
 def _evaluation(kind: str, run_dir: Path) -> str:
     if kind == "rlhf ppo":
-        summary = _json(run_dir / "summary.json")
+        summary = read_json(run_dir / "summary.json")
         if summary is None:
             return "last evaluation: none (summary.json is written at the end)"
         return (f"last evaluation: score {summary.get('score_first'):.4g} → {summary.get('score_last'):.4g}, "
                 f"KL to the reference {summary.get('kl_last'):.4g} (summary.json)")
-    result = _json(run_dir / "eval.json")
+    result = read_json(run_dir / "eval.json")
     if result is None:
         return "last evaluation: none"
     if kind == "control":
