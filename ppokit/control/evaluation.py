@@ -123,10 +123,11 @@ def evaluate_policy(
         # A reset step (next-step autoreset) returns an episode's first observation.
         starts = np.resize(pending, env.num_envs)
         pending = done
-    return {**summarize(returns, lengths, deterministic), "seed": seed}  # the seed, so it can be played again
+    return summarize(returns, lengths, deterministic, seed)
 
 
-def summarize(returns: list[float], lengths: list[int], deterministic: bool) -> dict[str, Any]:
+def summarize(returns: list[float], lengths: list[int], deterministic: bool, seed: int) -> dict[str, Any]:
+    """eval.json's figures; ``seed`` is the evaluation envs' seed, so the evaluation can be played again."""
     arr = np.asarray(returns, dtype=np.float64)
     return {
         "mean_return": float(arr.mean()),
@@ -137,6 +138,7 @@ def summarize(returns: list[float], lengths: list[int], deterministic: bool) -> 
         "episodes": int(arr.size),
         "deterministic": bool(deterministic),
         "returns": [float(r) for r in arr],
+        "seed": seed,
     }
 
 
@@ -208,4 +210,4 @@ def record_video(
         env.close()
     if not math.isfinite(sum(returns)):
         raise EnvError(f"env {env_id!r} returned non-finite rewards during evaluation")
-    return {**summarize(returns, lengths, deterministic), "seed": seed}
+    return summarize(returns, lengths, deterministic, seed)
