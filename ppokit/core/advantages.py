@@ -121,7 +121,8 @@ def masked_var(x: Tensor, mask: Tensor | None = None, unbiased: bool = True) -> 
 
 
 def masked_whiten(
-    x: Tensor, mask: Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8
+    x: Tensor, mask: Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8,
+    moments: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     r"""Normalise ``x`` to zero mean and unit variance using only the valid entries.
 
@@ -130,10 +131,10 @@ def masked_whiten(
     where :math:`\mu_m, \sigma_m^2` are the masked mean and variance. Padding must not leak into the
     statistics, and invalid entries come back as zeros so they can never contribute downstream.
     With ``shift_mean=False`` the mean is added back (only the scale changes), which some RLHF
-    recipes use for rewards.
+    recipes use for rewards. ``moments``: the ``(mean, variance)`` to use instead, when they are
+    taken over more than ``x`` (all processes' entries, :meth:`~ppokit.core.collective.Collective.moments`).
     """
-    mean = masked_mean(x, mask)
-    var = masked_var(x, mask)
+    mean, var = moments if moments is not None else (masked_mean(x, mask), masked_var(x, mask))
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

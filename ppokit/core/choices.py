@@ -16,3 +16,5 @@ ScheduleKind = Literal["constant", "linear"]
 OnNonFinite = Literal["stop", "skip"]
 #: Per-token KL estimators (:mod:`ppokit.core.kl`).
 KLEstimator = Literal["k1", "k3"]
+#: The torch.distributed backend of a multi-process run: NCCL on CUDA and gloo on a CPU ('auto'), or one named.
+DistBackend = Literal["auto", "gloo", "nccl"]

@@ -14,6 +14,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from ppokit.core.collective import Collective
+
 
 class Optimizer(Protocol):
     """One optimiser over a fixed set of parameters, as :func:`~ppokit.core.update.run_epochs` drives it."""
@@ -38,6 +40,11 @@ class Optimizer(Protocol):
 
     def params_finite(self) -> bool:
         """Whether every parameter is finite (checked once after an update's last step)."""
+        ...
+
+    def gradients(self) -> list[Tensor]:
+        """The gradient tensors, written in place by whoever averages them across processes (one
+        flat buffer where the optimiser keeps one)."""
         ...
 
     def state_dict(self) -> dict[str, Any]: ...
@@ -81,6 +88,14 @@ class TorchOptimizer:
     def params_finite(self) -> bool:
         return all_finite(self.params)
 
+    def gradients(self) -> list[Tensor]:
+        # A parameter that took no part in this loss has no gradient; across processes it still
+        # needs a buffer to add the others' into.
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        return [p.grad for p in self.params if p.grad is not None]
+
     def state_dict(self) -> dict[str, Any]:
         return self.optimizer.state_dict()
 
@@ -98,3 +113,64 @@ def make_adamw(params: Iterable[Tensor], *, lr: float, weight_decay: float = 0.0
     except (RuntimeError, TypeError, ValueError):  # dtype or device without a fused kernel
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, eps=eps, foreach=True)
     return TorchOptimizer(optimizer)
+
+
+class AveragedGradients:
+    """An :class:`Optimizer` whose gradients are averaged over the processes before they are
+    clipped or applied: data-parallel training, in one exchange of the whole gradient per step.
+
+    Every process then clips the same gradient and takes the same step, so the parameters (and the
+    optimiser's moments) stay identical across processes without ever being sent.
+    """
+
+    def __init__(self, inner: Optimizer, collective: Collective) -> None:
+        self.inner, self.collective = inner, collective
+        self._averaged = False
+
+    @property
+    def learning_rate(self) -> float:
+        return self.inner.learning_rate
+
+    def set_learning_rate(self, lr: float) -> None:
+        self.inner.set_learning_rate(lr)
+
+    def zero_grad(self) -> None:
+        self.inner.zero_grad()
+        self._averaged = False
+
+    def average(self) -> None:
+        """Average the gradients over the processes (once per backward pass)."""
+        if self._averaged:
+            return
+        grads = self.inner.gradients()
+        if len(grads) == 1:
+            self.collective.mean_(grads[0])
+        else:
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            self.collective.mean_(flat)
+            offset = 0
+            for g in grads:
+                n = g.numel()
+                g.copy_(flat[offset:offset + n].view_as(g))
+                offset += n
+        self._averaged = True
+
+    def clip_grad_norm(self, max_norm: float) -> Tensor:
+        self.average()
+        return self.inner.clip_grad_norm(max_norm)
+
+    def step(self) -> None:
+        self.average()
+        self.inner.step()
+
+    def params_finite(self) -> bool:
+        return self.inner.params_finite()
+
+    def gradients(self) -> list[Tensor]:
+        return self.inner.gradients()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)

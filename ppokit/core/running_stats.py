@@ -31,6 +31,37 @@ class RunningMeanStd:
         self.mean = torch.from_numpy(self._mean)
         self.var = torch.from_numpy(self._var)
         self.count = torch.from_numpy(self._count)
+        #: Data parallel: the updates since the last merge across processes (see share_updates).
+        self._pending: RunningMeanStd | None = None
+        self._merged: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def share_updates(self) -> None:
+        """Also keep the updates since the last :meth:`merge_pending` apart, so that processes that
+        each update their own copy can merge each other's into the same statistics."""
+        self._pending = RunningMeanStd(self._mean.shape, epsilon=0.0)
+        self._merged = (self._mean.copy(), self._var.copy(), self._count.copy())
+
+    def pending_moments(self) -> tuple[float, np.ndarray, np.ndarray]:
+        """``(count, mean, var)`` of the batches since the last merge."""
+        assert self._pending is not None, "share_updates() first"
+        return float(self._pending._count), self._pending._mean.copy(), self._pending._var.copy()
+
+    def merge_pending(self, parts: list[tuple[float, np.ndarray, np.ndarray]]) -> None:
+        """Set the statistics to those of the last merge plus each ``(count, mean, var)`` part, in order
+        (every process's :meth:`pending_moments`, so all processes compute the same result)."""
+        assert self._merged is not None, "share_updates() first"
+        mean, var, count = (a.copy() for a in self._merged)
+        for n, part_mean, part_var in parts:
+            if n <= 0:
+                continue
+            total = count + n
+            delta = part_mean - mean
+            m2 = var * count + part_var * n + delta * delta * (count * n / total)
+            mean = mean + delta * (n / total)
+            var = m2 / total
+            count = total
+        self._mean[...], self._var[...], self._count[...] = mean, var, count
+        self.share_updates()
 
     def update(self, batch: Tensor) -> None:
         self.update_array(batch.detach().cpu().numpy())
@@ -41,6 +72,8 @@ class RunningMeanStd:
         n = batch.shape[0]
         if n == 0:
             return
+        if self._pending is not None:
+            self._pending.update_array(batch)
         mean, var, count = self._mean, self._var, self._count
         total = count + n
         if n == 1:  # one env: the batch's own variance is 0
@@ -92,3 +125,5 @@ class RunningMeanStd:
         self._mean[...] = state["mean"].to(torch.float64).numpy()
         self._var[...] = state["var"].to(torch.float64).numpy()
         self._count[...] = state["count"].to(torch.float64).reshape(()).numpy()
+        if self._pending is not None:
+            self.share_updates()

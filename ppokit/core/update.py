@@ -11,7 +11,7 @@ target KL, gradient clipping and the diagnostics, lives here once. The epoch loo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ppokit.core.advantages import masked_mean, masked_whiten
 from ppokit.core.choices import Loss
+from ppokit.core.collective import Collective
 from ppokit.core.kl import kl_k1, kl_k3
 from ppokit.core.losses import (
     clipped_surrogate_loss,
@@ -110,9 +111,14 @@ STAT_NAMES = (*STEP_STAT_NAMES, "grad_norm")
 class AutogradStep:
     """The minibatch loss of :func:`ppo_update`, differentiated by autograd: the reference step."""
 
-    def __init__(self, batch: Mapping[str, Tensor], evaluate: Evaluate, settings: PPOUpdateSettings) -> None:
+    def __init__(self, batch: Mapping[str, Tensor], evaluate: Evaluate, settings: PPOUpdateSettings,
+                 collective: Collective | None = None) -> None:
+        """``collective``: the processes whose minibatches together make the minibatch (data parallel)."""
         self.batch, self.evaluate, self.settings = batch, evaluate, settings
         self.mask_all = batch.get("mask")
+        self.collective = collective if collective is not None and collective.active else None
+        #: This process's share of the minibatch mean (1 with one process), see Collective.share.
+        self.scale = 1.0
 
     def forward(self, idx: Tensor) -> float:
         settings, batch = self.settings, self.batch
@@ -120,7 +126,14 @@ class AutogradStep:
         mask = self.mask_all[idx] if self.mask_all is not None else None
         logp_old = batch["logp"][idx]
         advantages = batch["advantages"][idx]
-        if settings.whiten_advantages:
+        if self.collective is not None:
+            # The minibatch is the union of every process's rows: whiten with its statistics, and
+            # weight this process's means by its share of the entries.
+            local, total, mean, var = self.collective.moments(advantages, mask)
+            self.scale = self.collective.share(local, total)
+            if settings.whiten_advantages:
+                advantages = masked_whiten(advantages, mask, moments=(mean, var))
+        elif settings.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
 
         with torch.no_grad():
@@ -140,21 +153,23 @@ class AutogradStep:
             )
         self.v_loss = value_loss(values, batch["values"][idx], batch["returns"][idx], settings.clip_range_vf, mask)
         self.mean_entropy = entropy_bonus(entropy, mask)
-        self.loss = self.policy_loss + settings.vf_coef * self.v_loss - settings.ent_coef * self.mean_entropy
+        self.total = self.policy_loss + settings.vf_coef * self.v_loss - settings.ent_coef * self.mean_entropy
+        self.loss = self.total * self.scale if self.collective is not None else self.total
         # float() rather than torch.isfinite: one host read instead of three small kernels.
         return float(self.loss.detach())
 
     def approx_kl(self) -> float:
-        return float(self.approx_kl_k3)
+        return float(self.approx_kl_k3) * self.scale
 
     def backward(self) -> None:
         self.loss.backward()
 
     def stats(self) -> Tensor:
-        return torch.stack([
+        row = torch.stack([
             self.policy_loss.detach(), self.v_loss.detach(), self.mean_entropy.detach(),
-            self.approx_kl_k1, self.approx_kl_k3, self.clip_fraction, self.loss.detach(),
+            self.approx_kl_k1, self.approx_kl_k3, self.clip_fraction, self.total.detach(),
         ])
+        return row * self.scale if self.collective is not None else row
 
 
 def ppo_update(
@@ -162,6 +177,7 @@ def ppo_update(
     evaluate: Evaluate,
     optimizer: Optimizer,
     settings: PPOUpdateSettings,
+    collective: Collective | None = None,
 ) -> dict[str, float]:
     r"""Run K epochs of minibatch PPO updates and return the mean diagnostics.
 
@@ -174,10 +190,11 @@ def ppo_update(
     .. math:: L = L^{CLIP\,\text{or}\,KLPEN} + c_1 L^{VF} - c_2 H
 
     with advantages whitened within the minibatch when ``whiten_advantages`` is set. The epochs,
-    the early stop and the checks are :func:`run_epochs`'s.
+    the early stop and the checks are :func:`run_epochs`'s. With ``collective``, each process's
+    ``batch`` is its share of the batch, and the update is the update on the union of the shares.
     """
-    return run_epochs(AutogradStep(batch, evaluate, settings), batch["logp"].shape[0], optimizer, settings,
-                      device=batch["logp"].device)
+    return run_epochs(AutogradStep(batch, evaluate, settings, collective), batch["logp"].shape[0], optimizer,
+                      settings, device=batch["logp"].device, collective=collective)
 
 
 def run_epochs(
@@ -186,8 +203,17 @@ def run_epochs(
     optimizer: Optimizer,
     settings: PPOUpdateSettings,
     device: torch.device | str = "cpu",
+    collective: Collective | None = None,
+    minibatches: Callable[[int], Sequence[Tensor]] | None = None,
 ) -> dict[str, float]:
     """K epochs over ``n`` rows in shuffled minibatches (``torch.randperm``), one optimiser step each.
+
+    Data parallel (``collective`` with more than one process): each process passes its own rows,
+    a step built with the same ``collective`` and an optimiser that averages gradients
+    (:class:`~ppokit.core.optim.AveragedGradients`). Minibatch ``j`` is then the union of every
+    process's minibatch ``j``; the loss and KL that decide the early stop and the finiteness checks
+    are the union's, so every process takes the same branch, and the diagnostics are averaged.
+    ``minibatches(epoch)``: an epoch's minibatches (row indices) instead of a random split.
 
     When ``target_kl`` is set, the epoch loop stops as soon as a minibatch's approximate KL
     (:math:`k_3`) exceeds ``1.5 × target_kl``, *before* that minibatch's step is taken.
@@ -204,12 +230,19 @@ def run_epochs(
     early_stopped = False
     skipped = 0
     last_step = (0, 0)
+    shared = collective is not None and collective.active
     for epoch in range(settings.num_epochs):
-        for mb, idx in enumerate(torch.randperm(n, device=device).tensor_split(settings.num_minibatches)):
-            if idx.numel() == 0:
+        split = (minibatches(epoch) if minibatches is not None
+                 else torch.randperm(n, device=device).tensor_split(settings.num_minibatches))
+        for mb, idx in enumerate(split):
+            if idx.numel() == 0 and not shared:
                 continue
             loss = step.forward(idx)
-            if settings.target_kl is not None and step.approx_kl() > 1.5 * settings.target_kl:
+            kl = step.approx_kl() if settings.target_kl is not None else 0.0
+            if shared:
+                assert collective is not None
+                loss, kl = collective.mean_floats(loss, kl)  # the union's, from each process's share
+            if settings.target_kl is not None and kl > 1.5 * settings.target_kl:
                 early_stopped = True
                 break
             if not math.isfinite(loss):
@@ -239,7 +272,11 @@ def run_epochs(
     if rows and not optimizer.params_finite():
         raise NonFiniteError("parameter", *last_step)
     if rows:
-        means = torch.stack(rows).to(torch.float64).mean(dim=0).tolist()
+        mean_row = torch.stack(rows).to(torch.float64).mean(dim=0)
+        if shared:
+            assert collective is not None
+            mean_row = collective.mean_(mean_row.to(collective.device)).cpu()
+        means = mean_row.tolist()
         stats = dict(zip(STEP_STAT_NAMES, means))
         stats["grad_norm"] = math.fsum(grad_norms) / len(grad_norms)
     else:

@@ -77,6 +77,9 @@ class FlatAdam:
     def params_finite(self) -> bool:
         return bool(torch.isfinite(self.flat).all())
 
+    def gradients(self) -> list[Tensor]:
+        return [self.flat_grad]
+
     @torch.no_grad()
     def step(self) -> None:
         group = self.param_groups[0]

@@ -41,6 +41,7 @@ from torch import Tensor
 
 from ppokit.control.fast.policy import HALF_LOG_2PI, NUMPY_ACTIVATIONS
 from ppokit.control.networks import ActorCritic
+from ppokit.core.collective import Collective
 from ppokit.core.update import PPOUpdateSettings
 
 # Each activation's derivative, written in terms of the activation's output.
@@ -90,8 +91,12 @@ class NumpyMinibatchStep:
     """
 
     def __init__(self, policy: ActorCritic, obs: Tensor, actions: Tensor, batch: dict[str, Tensor],
-                 settings: PPOUpdateSettings) -> None:
+                 settings: PPOUpdateSettings, collective: Collective | None = None) -> None:
         self.settings = settings
+        # Data parallel: whiten with the union minibatch's statistics and weight this process's
+        # means by its share of it, as core.update.AutogradStep does.
+        self.collective = collective if collective is not None and collective.active else None
+        self.scale = 1.0
         name = policy.spec.activation
         self.activation, self.activation_grad = NUMPY_ACTIVATIONS[name], _DERIVATIVES[name]
         layers = policy.layers()
@@ -151,7 +156,12 @@ class NumpyMinibatchStep:
                 self.probs, self.log_probs, self.ent_rows, self.action_idx = probs, log_probs, ent_rows, actions
 
             adv = self.advantages[rows]
-            if s.whiten_advantages:
+            if self.collective is not None:
+                local, total, mb_mean, mb_var = self.collective.moments(torch.from_numpy(adv))
+                self.scale = self.collective.share(local, total)
+                if s.whiten_advantages:
+                    adv = ((adv - mb_mean.item()) / np.sqrt(mb_var.item() + 1e-8)).astype(np.float32)
+            elif s.whiten_advantages:
                 var = adv.var(ddof=1) if b > 1 else np.float32(0.0)
                 adv = (adv - adv.mean()) / np.sqrt(var + np.float32(1e-8))
             log_ratio = logp - self.logp_old[rows]
@@ -189,7 +199,13 @@ class NumpyMinibatchStep:
 
         self.g_logp, self.g_values = g_logp.astype(np.float32), (s.vf_coef * g_values).astype(np.float32)
         loss = policy_loss + s.vf_coef * v_loss - s.ent_coef * entropy
-        self.row = (policy_loss, v_loss, entropy, kl_k1, kl_k3, clip_fraction, loss)
+        self.row: tuple[float, ...] = (policy_loss, v_loss, entropy, kl_k1, kl_k3, clip_fraction, loss)
+        if self.collective is not None:
+            # The loss (and so every gradient term below) times this process's share.
+            self.g_logp *= np.float32(self.scale)
+            self.g_values *= np.float32(self.scale)
+            self.row = tuple(v * self.scale for v in self.row)
+            return self.row[-1]
         return loss
 
     def approx_kl(self) -> float:
@@ -203,12 +219,12 @@ class NumpyMinibatchStep:
                 g_out = g_logp[:, None] * self.u * self.inv_std
                 # d logp / d s = u² - 1 per row; the entropy's derivative is 1 for every row.
                 np.sum(g_logp[:, None] * (self.u * self.u - 1.0), axis=0, out=self.g_log_std)
-                self.g_log_std -= s.ent_coef
+                self.g_log_std -= s.ent_coef * self.scale
             else:
                 g_out = -g_logp[:, None] * self.probs
                 g_out[np.arange(g_out.shape[0]), self.action_idx] += g_logp
                 # -c2 * dH/dz / B, with dH/dz_j = -p_j (log p_j + H)
-                g_out += (s.ent_coef / g_out.shape[0]) * self.probs * (self.log_probs + self.ent_rows[:, None])
+                g_out += (s.ent_coef * self.scale / g_out.shape[0]) * self.probs * (self.log_probs + self.ent_rows[:, None])
             h_actor, h_critic = self.actor_outs[-1], self.critic_outs[-1]
             g_actor = self.head.backward(h_actor, g_out)
             g_critic = self.value_head.backward(h_critic, self.g_values[:, None])
