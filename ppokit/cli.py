@@ -19,6 +19,7 @@ from typing import Any
 
 from ppokit import __version__
 from ppokit.errors import PPOKitError, TrainingInterrupted
+from ppokit.launch import add_nproc_flag, in_worker, leave_processes, lost_contact, relaunch
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                             f"or every few when updates are under {STOP_EVAL_MIN_STEPS} env steps; "
                             "--set eval_every=N to choose)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_nproc_flag(train)
 
     rs = sub.add_parser("resume", help="continue an interrupted run (control or RLHF PPO) from its latest checkpoint",
                         description="Continue a run exactly where its latest checkpoint left it: weights, "
@@ -91,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--total-steps", type=int, help="control runs: train to this many env steps instead of the run's own total")
     budget.add_argument("--total-updates", type=int, help="RLHF runs: train to this many PPO updates instead of the run's own total")
     rs.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_nproc_flag(rs)
 
     ev = sub.add_parser("eval", help="evaluate a saved policy and write eval.json into its run directory")
     ev.add_argument("run_dir", help="a run directory (or a model/checkpoint directory)")
@@ -159,6 +162,7 @@ def resolve_train_config(args: argparse.Namespace) -> tuple[Any, str | None]:
 
     file_data = load_yaml(args.config) if args.config else {}
     file_data.pop("description", None)  # a preset's (or best.yaml's) note for people, not a config field
+    file_data.pop("launch", None)  # a run's config.yaml: how it was launched (world size), not a config field
     env_id = args.env_id or file_data.get("env_id")
     preset = args.preset
     if preset is None and not args.no_preset and env_id:
@@ -191,9 +195,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     config, preset = resolve_train_config(args)
     check_env_id(config.env_id)
     check_resume_flags(args.resume, args.overwrite, config.run_dir)
-    print(f"ppokit: training {config.env_id} for {config.steps_trained()} steps"
-          + (f" with preset {preset!r}" if preset else " with the general defaults"), file=sys.stderr)
     agent = PPO(config)
+    world = agent.collective.world_size
+    if agent.collective.is_main:
+        print(f"ppokit: training {config.env_id} for {config.steps_trained(world_size=world)} steps"
+              + (f" with preset {preset!r}" if preset else " with the general defaults")
+              + (f" in {world} processes" if world > 1 else ""), file=sys.stderr)
     _run_learn(agent, overwrite=args.overwrite, resume=args.resume)
     return _report_run(agent)
 
@@ -210,6 +217,8 @@ def _run_learn(agent: Any, **kwargs: Any) -> None:
 
 def _report_run(agent: Any) -> int:
     assert agent.run_dir is not None
+    if not agent.collective.is_main:  # rank 0 reports for the job
+        return 0
     print(f"run directory: {agent.run_dir}")
     eval_file = agent.run_dir / "eval.json"
     if eval_file.exists():
@@ -306,7 +315,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if args.env is not None:
         overrides["env_id"] = args.env
     agent = PPO.resume(run_dir, trust=args.trust, **overrides)
-    print(f"ppokit: resuming {agent.config.env_id} at step {agent.global_step} from {checkpoint}", file=sys.stderr)
+    if agent.collective.is_main:
+        print(f"ppokit: resuming {agent.config.env_id} at step {agent.global_step} from {checkpoint}", file=sys.stderr)
     _run_learn(agent, total_steps=args.total_steps)
     return _report_run(agent)
 
@@ -349,11 +359,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     logging.basicConfig(level=logging.INFO, format="ppokit: %(levelname)s: %(message)s")
+    if getattr(args, "nproc", 1) != 1 and not in_worker():
+        return relaunch(sys.argv[1:] if argv is None else argv, args.nproc)
     handlers = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets, "export": cmd_export, "info": cmd_info,
                 "plot": cmd_plot, "package": cmd_package, "rlhf": cmd_rlhf, "resume": cmd_resume,
                 "tune": cmd_tune}
     try:
-        return handlers[args.command](args)
+        code = handlers[args.command](args)
+        leave_processes()  # a torchrun job's process: leave the job before the interpreter tears it down
+        return code
     except TrainingInterrupted as err:
         from ppokit.io.interrupt import EXIT_CODES
 
@@ -373,6 +387,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "`ppokit resume RUN_DIR` continues from the latest checkpoint, and `--resume` starts the run "
                   "over if it stopped before its first one", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as err:
+        message = lost_contact(err)
+        if message is None:
+            raise
+        print(f"ppokit: error: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

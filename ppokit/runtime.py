@@ -1,23 +1,30 @@
-"""The process-wide settings both front ends share: device, dtype, seeding and threads.
+"""The process-wide settings both front ends share: device, dtype, seeding, threads, and the rank.
 
 One place, so that a control run and an RLHF run resolve ``device: auto`` the same way, seed the
-same generators, and (when torch.distributed arrives) learn their rank here too.
+same generators, and join a torch.distributed job (launched by ``torchrun``) the same way.
 """
 
 from __future__ import annotations
 
+import datetime
+import logging
+import os
 import random
 
 import numpy as np
 import torch
 
+from ppokit.core.collective import SINGLE, Collective
 from ppokit.errors import ConfigError
 
 
 def resolve_device(name: str, field: str = "device") -> torch.device:
-    """``'auto'`` (CUDA when available, else the CPU), ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or ``'mps'``."""
+    """``'auto'`` (CUDA when available, else the CPU), ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or ``'mps'``.
+    In a torchrun job, ``'cuda'`` is this process's GPU (``cuda:LOCAL_RANK``)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and launched_by_torchrun() and torch.cuda.is_available():
+        name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
@@ -54,3 +61,42 @@ def setup(seed: int, device: str, threads: int) -> torch.device:
     set_threads(threads)
     seed_everything(seed)
     return resolve_device(device)
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process is one of a torchrun job's workers (torchrun sets these variables)."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of process ``rank`` of a run seeded ``seed``: ``seed`` itself on rank 0 (a one-process
+    run is unchanged), and a well-separated stream for every other rank."""
+    if rank == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint32)[0])
+
+
+def join_processes(device: torch.device, backend: str = "auto", timeout_s: float = 600.0) -> Collective:
+    """Join the torch.distributed job this process was launched into (one process when it was not).
+
+    ``backend``: ``'auto'`` is NCCL for a CUDA device and gloo otherwise. ``timeout_s`` bounds how long
+    a collective waits for a process that stopped answering before it fails. Every rank but 0 logs
+    only errors, so that warnings are printed once.
+    """
+    import torch.distributed as dist
+
+    if not launched_by_torchrun():
+        return SINGLE
+    if not dist.is_initialized():
+        if backend == "auto":
+            backend = "nccl" if device.type == "cuda" else "gloo"
+        if backend == "nccl" and device.type != "cuda":
+            raise ConfigError(f"config field 'dist_backend' = 'nccl' needs a CUDA device, not {device}")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s),
+                                device_id=device if backend == "nccl" else None)
+    collective = Collective()
+    if not collective.is_main:
+        logging.getLogger("ppokit").setLevel(logging.ERROR)
+    return collective

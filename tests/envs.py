@@ -333,3 +333,39 @@ class PositionOnlyCartPole(gym.ObservationWrapper):
 
     def observation(self, observation):
         return np.asarray(observation, dtype=np.float32)[[0, 2]]
+
+
+class RankFaultEnv(gym.Env):
+    """In a data-parallel run, the env of process ``fail_rank`` (its RANK) goes wrong after ``fail_at``
+    steps: it raises (``mode='raise'``), kills its process (``'kill'``, as a segfault or the OOM
+    killer would) or returns NaN rewards (``'nan'``); every other process's env is well."""
+
+    def __init__(self, fail_rank: int = 1, fail_at: int = 50, mode: str = "raise"):
+        import os
+
+        self.failing = int(os.environ.get("RANK", "0")) == fail_rank
+        self.fail_at, self.mode = fail_at, mode
+        self.observation_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+        self.action_space = spaces.Discrete(2)
+        self.steps = 0
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.np_random.uniform(-1, 1, size=2).astype(np.float32), {}
+
+    def step(self, action):
+        import os
+        import signal
+
+        self.steps += 1
+        self.t += 1
+        reward = 1.0
+        if self.failing and self.steps >= self.fail_at:
+            if self.mode == "raise":
+                raise RuntimeError(f"simulator diverged at step {self.steps}")
+            if self.mode == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            reward = float("nan")
+        return self.np_random.uniform(-1, 1, size=2).astype(np.float32), reward, False, self.t >= 20, {}

@@ -23,29 +23,26 @@ import torch
 
 from ppokit import runtime
 from ppokit.configuration import replace
-from ppokit.control import checkpointing, fast
+from ppokit.control import checkpointing, data_parallel, fast
 from ppokit.control.actions import ActionAdapter, all_discrete, first_of
 from ppokit.control.algorithm import PPOAlgorithm
 from ppokit.control.config import RESUMABLE_FIELDS, ControlConfig
+from ppokit.control.data_parallel import local_num_envs
 from ppokit.control.env_source import EnvSource
 from ppokit.control.envs import check_spaces
-from ppokit.control.evaluation import run_evaluation
+from ppokit.control.evaluation import periodic_evaluation, run_evaluation
 from ppokit.control.networks import ActorCritic, PolicySpec, is_image_space
 from ppokit.control.observations import ObservationReader, as_policy_input
 from ppokit.control.rollout import RolloutCollector, observation_batch, policy_input
-from ppokit.control.spaces_json import space_from_json
 from ppokit.core.health import HealthMonitor
 from ppokit.core.running_stats import RunningMeanStd
-from ppokit.errors import CheckpointError, ConfigError
-from ppokit.io.checkpoints import BEST, checkpoint_path, find_resumable
+from ppokit.errors import ConfigError
+from ppokit.io.checkpoints import checkpoint_path, find_resumable
 from ppokit.io.loop import Callback, LoopPlan, run_loop
+from ppokit.io.metrics import NullMetrics
 from ppokit.io.run_dir import default_run_dir, open_run
 
 log = logging.getLogger("ppokit")
-
-#: Periodic evaluations run their episodes in parallel in up to this many envs.
-MAX_EVAL_ENVS = 32
-
 
 class PPO:
     """Proximal Policy Optimization for a Gymnasium environment.
@@ -69,8 +66,10 @@ class PPO:
         #: back from a file (load, resume) only with the user's consent.
         self.env_source: EnvSource = given or EnvSource(config.env_id, config.env_kwargs)
         self.device = runtime.setup(config.seed, config.device, config.torch_threads)
+        #: The processes of a data-parallel run (one process: a no-op); see data_parallel.
+        self.collective = runtime.join_processes(self.device, config.dist_backend, config.dist_timeout)
         #: The training vector env; None after :meth:`load` until :meth:`learn` makes one.
-        self.env: Any = self.env_source.training(config.num_envs, config.vectorization)
+        self.env: Any = self.env_source.training(local_num_envs(config, self.collective), config.vectorization)
         reader = ObservationReader(self.env.single_observation_space, self.env.single_action_space,
                                    config.action_mask_key)
         check_spaces(reader.observation_space, self.env.single_action_space, config.env_id)
@@ -91,7 +90,7 @@ class PPO:
         )
         self.policy = ActorCritic(spec).to(self.device)
         # Builds the optimiser, which may move the parameters into one buffer: before any NumPy views.
-        self.algorithm = PPOAlgorithm(c, self.policy, self.device)
+        self.algorithm = PPOAlgorithm(c, self.policy, self.device, self.collective)
         image = is_image_space(observation_space)
         self.obs_rms = RunningMeanStd(tuple(observation_space.shape)) if c.normalize_obs and not image else None
         self.ret_rms = RunningMeanStd(()) if c.normalize_reward else None
@@ -118,6 +117,12 @@ class PPO:
         #: The evaluation that reached ``stop_at_return``, and where learn() started (step, time).
         self._final_eval: dict[str, Any] | None = None
         self._start = (0, time.perf_counter())
+        data_parallel.start(self)
+
+    @property
+    def global_batch(self) -> int:
+        """Env steps per update, over every process."""
+        return self.config.global_batch_size(self.collective.world_size)
 
     # ------------------------------------------------------------------ training
     def learn(
@@ -136,11 +141,11 @@ class PPO:
         SIGTERM end the current update, save a checkpoint and raise ``TrainingInterrupted``.
         ``callback`` gets each update's metrics row; returning False stops training.
         """
-        c = self.config
+        c, main = self.config, self.collective.is_main
         if self.resume_from is not None and self.run_dir is not None:
             directory = self.run_dir  # made by PPO.resume
-        else:
-            directory = Path(run_dir or c.run_dir or default_run_dir(c.env_id, c.seed))
+        else:  # rank 0's (a default name holds the time)
+            directory = self.collective.broadcast_object(Path(run_dir or c.run_dir or default_run_dir(c.env_id, c.seed)))
         if resume and self.resume_from is None:
             if run_dir is None and c.run_dir is None:
                 raise ConfigError("resume=True needs the run directory to resume (run_dir)")
@@ -154,32 +159,36 @@ class PPO:
         else:
             total = c.total_steps
         # Never exceed the step budget: a partial rollout at the end would be a different batch size.
-        num_updates = max(0, (total - self.global_step) // c.batch_size)
-        if total >= c.batch_size:
+        num_updates = max(0, (total - self.global_step) // self.global_batch)
+        if total >= self.global_batch:
             planned = replace(c, total_steps=total)
             for note in planned.advice():
                 log.warning("%s", note)
-            if planned.rounding_note() and not resuming:
-                log.info("%s", planned.rounding_note())
+            rounding = planned.rounding_note(self.collective.world_size)
+            if rounding and not resuming:
+                log.info("%s", rounding)
         if num_updates == 0 and self.global_step == 0:
             raise ConfigError(
                 f"total_steps = {total} is less than one rollout (num_envs * num_steps = "
                 f"{c.num_envs} * {c.num_steps} = {c.batch_size}); nothing would be trained"
             )
         self.total_steps = total
-        self.run_dir, metrics = open_run(
+        launch = {"world_size": self.collective.world_size, "global_batch_size": self.global_batch}
+        self.run_dir, metrics = data_parallel.on_main(self.collective, lambda: open_run(
             directory, replace(c, total_steps=total, run_dir=str(directory)), overwrite=overwrite,
             resume_update=self.num_updates if resuming else None,
             purge_step=self.global_step + 1 if resuming else None,
-        )
+            launch=launch if self.collective.active else None,
+        ), lambda: (directory, NullMetrics()))
         self._final_eval = None
         self._start = (self.global_step, time.perf_counter())
         plan = LoopPlan(
             updates=num_updates, desc=c.env_id, checkpoint_every=c.checkpoint_every,
             checkpoint_minutes=c.checkpoint_minutes, x_axis=lambda record: int(record["global_step"]),
-            progress=c.progress, unit="step", total=self.global_step + num_updates * c.batch_size,
+            progress=c.progress and main, unit="step", total=self.global_step + num_updates * self.global_batch,
             position=lambda: self.global_step,
             postfix=lambda r: {"ret": "-" if r["episodic_return"] is None else f"{r['episodic_return']:.1f}"},
+            agree=self.collective.any,
         )
         with metrics:  # open until the model and evaluation are written, so the trackers get them
             try:
@@ -187,34 +196,42 @@ class PPO:
             finally:
                 self._close_eval_env()
             self.resume_from = None
-            self.save(self.run_dir / "model")
-            result = self._final_eval
-            if result is None and c.eval_episodes > 0:
-                result = self.evaluate(c.eval_episodes, deterministic=c.eval_deterministic)
-            if result is not None:
-                from ppokit.io.atomic import atomic_write_json
-
-                atomic_write_json(self.run_dir / "eval.json", result)
-            metrics.finish({f"eval/{k}": v for k, v in (result or {}).items()}, self.run_dir / "model")
+            if main:  # the weights are the same on every rank
+                self._finish_run(metrics)
         return self
+
+    def _finish_run(self, metrics: Any) -> None:
+        """Save the model and the final evaluation (eval.json), and give them to the trackers."""
+        assert self.run_dir is not None
+        c = self.config
+        self.save(self.run_dir / "model")
+        result = self._final_eval
+        if result is None and c.eval_episodes > 0:
+            result = self.evaluate(c.eval_episodes, deterministic=c.eval_deterministic)
+        if result is not None:
+            from ppokit.io.atomic import atomic_write_json
+
+            atomic_write_json(self.run_dir / "eval.json", result)
+        metrics.finish({f"eval/{k}": v for k, v in (result or {}).items()}, self.run_dir / "model")
 
     def update(self) -> dict[str, Any]:
         """One update: collect a rollout, estimate advantages, run the K epochs; its metrics row."""
         assert self.collector is not None
         fraction = self.global_step / self.total_steps if self.total_steps else 0.0
         rollout = self.collector.collect()
-        self.global_step += self.config.batch_size
+        data_parallel.sync_normalisers(self)
+        self.global_step += self.global_batch
         stats = self.algorithm.update(rollout, fraction)
         self.num_updates += 1
         returns, lengths = self.collector.episode_returns, self.collector.episode_lengths
-        record: dict[str, Any] = {
-            "global_step": self.global_step,
-            "update": self.num_updates,
-            "episodic_return": float(np.mean(returns)) if returns else None,
-            "episodic_length": float(np.mean(lengths)) if lengths else None,
-            "episodes": len(self.collector.last_finished[0]),
-            **stats,
-        }
+        record: dict[str, Any] = {"global_step": self.global_step, "update": self.num_updates}
+        if self.collective.active:
+            record.update(data_parallel.episode_figures(self.collector, self.collective))
+        else:
+            record.update(episodic_return=float(np.mean(returns)) if returns else None,
+                          episodic_length=float(np.mean(lengths)) if lengths else None,
+                          episodes=len(self.collector.last_finished[0]))
+        record.update(stats)
         self.health.check(record, fraction, self.num_updates)
         return record
 
@@ -225,9 +242,9 @@ class PPO:
         elapsed = time.perf_counter() - start_time
         record["sps"] = (self.global_step - start_step) / max(elapsed, 1e-9)
         record["time_elapsed"] = elapsed
-        if not (c.eval_every and self.num_updates % c.eval_every == 0):
-            return False
-        result = self._periodic_eval(c.eval_episodes)
+        if not (c.eval_every and self.num_updates % c.eval_every == 0) or not self.collective.is_main:
+            return False  # rank 0 evaluates; the loop shares its decision
+        result = periodic_evaluation(self, c.eval_episodes)
         record["eval_return"] = result["mean_return"]
         if c.stop_at_return is None or result["mean_return"] < c.stop_at_return:
             return False
@@ -235,21 +252,6 @@ class PPO:
         log.info("update %d: evaluation mean return %.2f reached stop_at_return %.2f; stopping",
                  self.num_updates, result["mean_return"], c.stop_at_return)
         return True
-
-    def _periodic_eval(self, episodes: int) -> dict[str, Any]:
-        """Evaluate now; keep the policy in ``RUN_DIR/best`` when it is the best so far."""
-        assert self.run_dir is not None
-        if self._eval_env is None:
-            # Kept for the whole run, one env per episode: each evaluation is then as many vector
-            # steps as its longest episode, with no env construction.
-            self._eval_env = self.env_source.evaluation(min(episodes, MAX_EVAL_ENVS))
-        # A new seed per evaluation, so "best" is not chosen on one fixed set of start states.
-        result = self.evaluate(episodes, deterministic=self.config.eval_deterministic,
-                               seed=self.config.seed + 10_000 + self.num_updates, env=self._eval_env)
-        if self.best_eval_return is None or result["mean_return"] > self.best_eval_return:
-            self.best_eval_return = result["mean_return"]
-            checkpointing.save_best(self, self.run_dir / BEST, result)
-        return result
 
     # ------------------------------------------------------------------ acting
     def predict(self, obs: np.ndarray, deterministic: bool = True, rng: np.random.Generator | None = None,
@@ -335,16 +337,11 @@ class PPO:
             source=str(model_dir / checkpointing.STATE_FILE))
         runtime.set_threads(agent.config.torch_threads)
         agent.device = runtime.resolve_device(agent.config.device)
+        agent.collective = runtime.join_processes(agent.device, agent.config.dist_backend, agent.config.dist_timeout)
         agent.env = None  # made on demand by learn()
-        try:
-            observation_space = space_from_json(state["observation_space"])
-            action_space = space_from_json(state["action_space"])
-        except (KeyError, TypeError, ValueError, CheckpointError) as err:
-            raise CheckpointError(f"{model_dir / checkpointing.STATE_FILE}: bad saved spaces ({err})") from None
+        observation_space, action_space, agent.env_observation_space = checkpointing.saved_spaces(model_dir, state)
         agent._build(observation_space, action_space, action_mask=bool(state.get("action_mask", False)),
                      critic_shape=tuple(state.get("critic_obs_shape") or ()))
-        saved_env_space = state.get("env_observation_space")
-        agent.env_observation_space = space_from_json(saved_env_space) if saved_env_space else observation_space
         checkpointing.load_weights(agent, model_dir, state)
         return agent
 
@@ -378,8 +375,9 @@ class PPO:
         if self.collector is not None:
             return
         c = self.config
+        local_envs = local_num_envs(c, self.collective)
         if self.env is None:
-            self.env = self.env_source.training(c.num_envs, c.vectorization)
+            self.env = self.env_source.training(local_envs, c.vectorization)
         self.collector = RolloutCollector(
             self.env, self.policy, self.device, c.num_steps, numpy_policy=self.numpy_policy,
             masks=ObservationReader(self.env.single_observation_space, self.env.single_action_space, c.action_mask_key),
@@ -387,7 +385,7 @@ class PPO:
             clip_reward=c.clip_reward,
         )
         if reset:
-            self.collector.reset(seed=c.seed + self.num_updates)
+            self.collector.reset(seed=data_parallel.env_seed(c, local_envs, self.collective.rank, self.num_updates))
 
     def close(self) -> None:
         if self.env is not None:

@@ -21,9 +21,10 @@ from ppokit.control.config import ControlConfig
 from ppokit.control.networks import ActorCritic
 from ppokit.control.rollout import Rollout
 from ppokit.core.advantages import gae, masked_mean
+from ppokit.core.collective import SINGLE, Collective
 from ppokit.core.diagnostics import explained_variance
 from ppokit.core.kl import AdaptiveClipController, AdaptiveKLController, kl_k3
-from ppokit.core.optim import Optimizer, make_adamw
+from ppokit.core.optim import AveragedGradients, Optimizer, make_adamw
 from ppokit.core.schedules import make_schedule
 from ppokit.core.update import AutogradStep, MinibatchStep, PPOUpdateSettings, run_epochs
 from ppokit.errors import CheckpointError
@@ -89,13 +90,17 @@ def make_optimizer(policy: ActorCritic, config: ControlConfig, device: torch.dev
 class PPOAlgorithm:
     """The update of a control run: optimiser, schedules, controllers, and the choice of minibatch step."""
 
-    def __init__(self, config: ControlConfig, policy: ActorCritic, device: torch.device) -> None:
+    def __init__(self, config: ControlConfig, policy: ActorCritic, device: torch.device,
+                 collective: Collective = SINGLE) -> None:
+        """``collective``: the processes that each collect a share of the batch (data parallel)."""
         c = self.config = config
         if c.ent_coef is None:
             raise ValueError("PPOAlgorithm needs a config resolved for its action space (ControlConfig.for_actions)")
         self.ent_coef: float = c.ent_coef
-        self.policy, self.device = policy, device
+        self.policy, self.device, self.collective = policy, device, collective
         self.optimizer = make_optimizer(policy, config, device)
+        if collective.active:
+            self.optimizer = AveragedGradients(self.optimizer, collective)
         self.lr_schedule = make_schedule(c.lr_schedule, c.learning_rate)
         self.clip_schedule = make_schedule(c.clip_schedule, c.clip_range)
         self.kl_controller = (
@@ -133,17 +138,18 @@ class PPOAlgorithm:
         return logp.T, entropy.T, value.T
 
     def minibatch_step(self, batch: dict[str, Tensor], settings: PPOUpdateSettings) -> MinibatchStep:
+        collective = self.collective
         if "seq_obs" in batch:
-            return AutogradStep(batch, lambda idx: self._sequence_evaluate(batch, idx), settings)
+            return AutogradStep(batch, lambda idx: self._sequence_evaluate(batch, idx), settings, collective)
         obs, actions, masks, critic = batch["obs"], batch["actions"], batch.get("action_mask"), batch.get("critic_obs")
         # Checked again per update: settings change over a run (scheduled ε, adaptive β).
         if self.fast_update and fast.refusal(self.policy.spec, self.device, settings) is None:
             from ppokit.control.fast.update import NumpyMinibatchStep
 
-            return NumpyMinibatchStep(self.policy, obs, actions, batch, settings)
+            return NumpyMinibatchStep(self.policy, obs, actions, batch, settings, collective)
         return AutogradStep(batch, lambda idx: self.policy.evaluate(
             obs[idx], actions[idx], None if masks is None else masks[idx], None if critic is None else critic[idx]),
-            settings)
+            settings, collective)
 
     def update(self, rollout: Rollout, fraction: float) -> dict[str, Any]:
         """K epochs on the rollout at ``fraction`` of training done; the update's statistics."""
@@ -155,7 +161,8 @@ class PPOAlgorithm:
         batch = (make_sequence_batch if recurrent else make_batch)(rollout, c.gamma, c.gae_lambda)
         step = self.minibatch_step(batch, settings)
         # Rows are samples, or for a recurrent policy whole env sequences.
-        stats = run_epochs(step, batch["logp"].shape[0], self.optimizer, settings, device=batch["logp"].device)
+        stats = run_epochs(step, batch["logp"].shape[0], self.optimizer, settings, device=batch["logp"].device,
+                           collective=self.collective)
         if self.kl_controller is not None or self.clip_controller is not None:
             with torch.no_grad():
                 if recurrent:
@@ -163,17 +170,26 @@ class PPOAlgorithm:
                 else:
                     logp_new, _, _ = self.policy.evaluate(batch["obs"], batch["actions"], batch.get("action_mask"),
                                                           batch.get("critic_obs"))
-                kl_after = float(masked_mean(kl_k3(logp_new - batch["logp"]), batch.get("mask")))
+                kl_after = self._batch_mean(kl_k3(logp_new - batch["logp"]), batch.get("mask"))
             stats["kl_after_update"] = kl_after
             if self.kl_controller is not None:
                 self.kl_controller.update(kl_after)
             if self.clip_controller is not None:
                 self.clip_controller.update(kl_after)
-        stats["explained_variance"] = explained_variance(batch["values"], batch["returns"], batch.get("mask"))
+        stats["explained_variance"] = self.collective.mean_floats(
+            explained_variance(batch["values"], batch["returns"], batch.get("mask")))[0]
         stats["learning_rate"] = lr
         stats["clip_range"] = settings.clip_range
         stats["kl_coef"] = settings.kl_coef
         return stats
+
+    def _batch_mean(self, x: Tensor, mask: Tensor | None) -> float:
+        """The mean of ``x`` over the valid entries of every process's batch."""
+        if not self.collective.active:
+            return float(masked_mean(x, mask))
+        weights = torch.ones_like(x) if mask is None else mask.to(x.dtype)
+        total, count = self.collective.sum_floats(float((x * weights).sum()), float(weights.sum()))
+        return total / max(count, 1.0)
 
     def state_dict(self) -> dict[str, Any]:
         """The adaptive controllers' state (the optimiser's is saved on its own)."""

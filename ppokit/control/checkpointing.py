@@ -22,8 +22,9 @@ from safetensors.torch import load_file, save_file
 from ppokit import __version__
 from ppokit.configuration import check_unchanged, from_mapping, to_dict
 from ppokit.control.config import RESUMABLE_FIELDS, ControlConfig
+from ppokit.control.data_parallel import gather_rank_states, rank_state
 from ppokit.control.env_state import capture_env_state, restore_env_state
-from ppokit.control.spaces_json import space_to_json
+from ppokit.control.spaces_json import space_from_json, space_to_json
 from ppokit.errors import CheckpointError, ConfigError
 from ppokit.io.atomic import atomic_write_dir, recover_dir
 from ppokit.io.checkpoints import RESUME_FILE, checkpoint_path, load_torch_state, prune_checkpoints, read_resume_state
@@ -92,6 +93,12 @@ def save_checkpoint(agent: PPO) -> Path:
     """A resumable checkpoint of the agent's run; keeps the newest ``keep_checkpoints``."""
     assert agent.run_dir is not None and agent.collector is not None and agent.env is not None
     env_state, why = capture_env_state(agent.env)
+    # What each process of a data-parallel run holds of its own (gathered to rank 0, which writes).
+    own = {"rng": rng_state(), "collector": encode(agent.collector.state_dict()), "env": env_state, "env_not_saved": why}
+    per_rank = gather_rank_states(agent.collective, own)
+    path = checkpoint_path(agent.run_dir, agent.num_updates)
+    if not agent.collective.is_main:
+        return path
     resume_state = {
         "format": RESUME_FORMAT,
         "kind": KIND,
@@ -100,18 +107,14 @@ def save_checkpoint(agent: PPO) -> Path:
         "total_steps": agent.total_steps,
         "best_eval_return": agent.best_eval_return,
         "health": agent.health.state_dict(),
-        "rng": rng_state(),
-        "collector": encode(agent.collector.state_dict()),
-        "env": env_state,
-        "env_not_saved": why,
+        **per_rank,
     }
 
     def write_resume(tmp: Path) -> None:
         # Written last: its presence marks the checkpoint complete (see io.checkpoints).
         (tmp / RESUME_FILE).write_text(json.dumps(resume_state) + "\n", encoding="utf-8")
 
-    path = save_model(agent, checkpoint_path(agent.run_dir, agent.num_updates), include_optimizer=True,
-                      extra=write_resume)
+    save_model(agent, path, include_optimizer=True, extra=write_resume)
     prune_checkpoints(agent.run_dir, agent.config.keep_checkpoints)
     return path
 
@@ -148,6 +151,18 @@ def read_state(model_dir: Path) -> dict[str, Any]:
     if not isinstance(state.get("config"), Mapping):
         raise CheckpointError(f"{file}: checkpoint has no config")
     return dict(state)
+
+
+def saved_spaces(model_dir: Path, state: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+    """The policy's observation and action spaces, and the env's observation space, as saved."""
+    try:
+        observation_space = space_from_json(state["observation_space"])
+        action_space = space_from_json(state["action_space"])
+        saved_env_space = state.get("env_observation_space")
+        env_space = space_from_json(saved_env_space) if saved_env_space else observation_space
+    except (KeyError, TypeError, ValueError, CheckpointError) as err:
+        raise CheckpointError(f"{model_dir / STATE_FILE}: bad saved spaces ({err})") from None
+    return observation_space, action_space, env_space
 
 
 def saved_config(model_dir: Path, state: Mapping[str, Any], overrides: Mapping[str, Any]) -> ControlConfig:
@@ -236,26 +251,27 @@ def restore_training(agent: PPO, checkpoint: Path, run_dir: Path) -> None:
     """The state beyond the weights: counters, health, envs, collector, RNGs (``resume.json``)."""
     file = checkpoint / RESUME_FILE
     resume = read_resume_state(checkpoint, KIND, RESUME_FORMAT)
+    own = rank_state(resume, agent.collective, file)
     try:
         agent.total_steps = resume["total_steps"]
         agent.best_eval_return = resume["best_eval_return"]
         agent.health.load_state_dict(resume["health"])
         # No reset when the env state is restored: a reset would feed its observations into
         # the restored normalisation statistics.
-        agent.ensure_env(reset=resume["env"] is None)
+        agent.ensure_env(reset=own["env"] is None)
         assert agent.collector is not None
-        if resume["env"] is not None:
-            restore_env_state(agent.env, resume["env"])
-            agent.collector.load_state_dict(decode(resume["collector"]))
+        if own["env"] is not None:
+            restore_env_state(agent.env, own["env"])
+            agent.collector.load_state_dict(decode(own["collector"]))
         else:
             # Envs whose state cannot be saved start fresh (seeded) episodes; the statistics of
             # finished episodes carry over.
-            log.warning("resuming with fresh episodes, not bit-identically: %s", resume["env_not_saved"])
-            collector = decode(resume["collector"])
+            log.warning("resuming with fresh episodes, not bit-identically: %s", own["env_not_saved"])
+            collector = decode(own["collector"])
             agent.collector.episode_returns.extend(collector["episode_returns"])
             agent.collector.episode_lengths.extend(collector["episode_lengths"])
             agent.collector.episodes_total = int(collector["episodes_total"])
-        set_rng_state(resume["rng"])
+        set_rng_state(own["rng"])
     except CheckpointError as err:
         raise CheckpointError(f"{file}: {err}") from None
     except (KeyError, TypeError, ValueError, AttributeError) as err:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ppokit.configuration import check_choices, check_runtime, check_types, doc
-from ppokit.core.choices import Loss, OnNonFinite, ScheduleKind
+from ppokit.core.choices import DistBackend, Loss, OnNonFinite, ScheduleKind
 from ppokit.errors import ConfigError
 from ppokit.io.trackers import TrackerName
 
@@ -28,7 +28,7 @@ DISCRETE_ENT_COEF = 0.01
 RESUMABLE_FIELDS = frozenset({
     "total_steps", "run_dir", "progress", "tensorboard", "checkpoint_every", "checkpoint_minutes",
     "keep_checkpoints", "eval_every", "eval_episodes", "eval_deterministic", "stop_at_return", "on_nonfinite",
-    "device", "torch_threads", "trackers",
+    "device", "torch_threads", "trackers", "dist_backend", "dist_timeout",
 })
 
 Vectorization = Literal["auto", "sync", "async"]
@@ -47,7 +47,8 @@ class ControlConfig:
     # --- environment ---
     env_id: str = doc("Gymnasium env id, 'module:EnvClass', or 'module:Env-v0' to import then make.", default="CartPole-v1")
     env_kwargs: dict[str, Any] = doc("Keyword arguments passed to the environment constructor.", default_factory=dict)
-    num_envs: int = doc("Number of parallel environments in the vector env.", default=4)
+    num_envs: int = doc("Number of parallel environments in the vector env (of each process, or of all of them: num_envs_scope).", default=4)
+    num_envs_scope: Literal["rank", "global"] = doc("With several processes (--nproc, torchrun): 'rank' runs num_envs envs in each (the batch grows with the processes), 'global' splits num_envs among them (the batch and minibatch size stay those of one process).", default="rank")
     vectorization: Vectorization = doc("'auto' (native vector env if the env has one, else sync), 'sync' or 'async'.", default="auto")
     total_steps: int = doc("Environment steps to train for, summed over all parallel envs.", default=1_000_000)
     seed: int = doc("Seed for torch, numpy and the environments.", default=1)
@@ -99,6 +100,8 @@ class ControlConfig:
     device: str = doc("'cpu', 'cuda', 'cuda:N' or 'auto'.", default="cpu")
     action_mask_key: str = doc("Where the env gives invalid-action masks: this key of each step's info, or of a Dict observation (see README, Action masks).", default="action_mask")
     update_backend: UpdateBackend = doc("'auto' (the NumPy fast path where it applies: MLP policies with categorical or Gaussian heads on a CPU), 'torch' (always the reference) or 'numpy' (the fast path; an error where it cannot apply).", default="auto")
+    dist_backend: DistBackend = doc("torch.distributed backend with several processes: 'auto' (NCCL on CUDA, gloo on a CPU), 'gloo' or 'nccl'.", default="auto")
+    dist_timeout: float = doc("Seconds a process waits for the others in a collective before the job fails (a process that stopped answering).", default=600.0)
     torch_threads: int = doc("torch intra-op threads; small MLPs run fastest on 1; 0 keeps torch's default.", default=1)
     run_dir: str | None = doc("Where the run is written; null picks runs/<env>__<seed>__<time>.", default=None)
     checkpoint_every: int = doc("Save a resumable checkpoint every this many updates; 0: only by time, at the end and on Ctrl-C.", default=0)
@@ -121,18 +124,25 @@ class ControlConfig:
     def minibatch_size(self) -> int:
         return self.batch_size // self.num_minibatches
 
-    def steps_trained(self, total_steps: int | None = None, done: int = 0) -> int:
+    def global_batch_size(self, world_size: int = 1) -> int:
+        """Env steps per update over ``world_size`` processes (see ``num_envs_scope``)."""
+        return self.batch_size * world_size if self.num_envs_scope == "rank" else self.batch_size
+
+    def steps_trained(self, total_steps: int | None = None, done: int = 0, world_size: int = 1) -> int:
         """The env steps a run to ``total_steps`` (default: the config's) will really take, from
         ``done``: whole rollouts only, since a partial one would be a batch of another size."""
         total = self.total_steps if total_steps is None else total_steps
-        return done + max(0, total - done) // self.batch_size * self.batch_size
+        batch = self.global_batch_size(world_size)
+        return done + max(0, total - done) // batch * batch
 
-    def rounding_note(self) -> str | None:
+    def rounding_note(self, world_size: int = 1) -> str | None:
         """What a ``total_steps`` that is not a whole number of rollouts means, or None."""
-        if self.steps_trained() == self.total_steps:
+        trained = self.steps_trained(world_size=world_size)
+        if trained == self.total_steps:
             return None
-        return (f"total_steps = {self.total_steps} is not a whole number of rollouts (num_envs * num_steps = "
-                f"{self.batch_size}): {self.steps_trained()} steps will be trained")
+        batch = (f"num_envs * num_steps = {self.batch_size}" if world_size == 1 else
+                 f"{self.global_batch_size(world_size)} steps over {world_size} processes")
+        return f"total_steps = {self.total_steps} is not a whole number of rollouts ({batch}): {trained} steps will be trained"
 
     def for_actions(self, discrete: bool) -> ControlConfig:
         """This config with the fields left to the action space (null) filled in: what the run uses,
@@ -214,5 +224,7 @@ class ControlConfig:
             raise bad("stop_at_return", "needs periodic evaluation: set eval_every (updates between evaluations)")
         if self.keep_checkpoints < 1:
             raise bad("keep_checkpoints", "must be at least 1")
+        if not self.dist_timeout > 0:
+            raise bad("dist_timeout", "must be a positive number of seconds")
         if not (self.device in ("cpu", "auto", "cuda", "mps") or self.device.startswith("cuda:")):
             raise bad("device", "expected 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'")

@@ -14,8 +14,12 @@ from ppokit.control.actions import first_of
 from ppokit.control.observations import ObservationReader
 
 if TYPE_CHECKING:
+    from ppokit.control.agent import PPO
     from ppokit.control.env_source import EnvSource
 from ppokit.errors import EnvError
+
+#: Periodic evaluations run their episodes in parallel in up to this many envs.
+MAX_EVAL_ENVS = 32
 
 #: ``act(obs_batch, deterministic, action_mask_batch or None, starts) -> actions`` in the env's format;
 #: ``starts[i]``: env i's observation is its episode's first (a recurrent policy resets its state).
@@ -211,3 +215,22 @@ def record_video(
     if not math.isfinite(sum(returns)):
         raise EnvError(f"env {env_id!r} returned non-finite rewards during evaluation")
     return summarize(returns, lengths, deterministic, seed)
+
+
+def periodic_evaluation(agent: PPO, episodes: int) -> dict[str, Any]:
+    """Evaluate ``agent`` during training; keep its policy in ``RUN_DIR/best`` when it is the best so far."""
+    from ppokit.control import checkpointing
+    from ppokit.io.checkpoints import BEST
+
+    assert agent.run_dir is not None
+    if agent._eval_env is None:
+        # Kept for the whole run, one env per episode: each evaluation is then as many vector
+        # steps as its longest episode, with no env construction.
+        agent._eval_env = agent.env_source.evaluation(min(episodes, MAX_EVAL_ENVS))
+    # A new seed per evaluation, so "best" is not chosen on one fixed set of start states.
+    result = agent.evaluate(episodes, deterministic=agent.config.eval_deterministic,
+                            seed=agent.config.seed + 10_000 + agent.num_updates, env=agent._eval_env)
+    if agent.best_eval_return is None or result["mean_return"] > agent.best_eval_return:
+        agent.best_eval_return = result["mean_return"]
+        checkpointing.save_best(agent, agent.run_dir / BEST, result)
+    return result

@@ -3,15 +3,20 @@
 The front end owns one update (collect, advantages, K epochs); this shell owns everything around it,
 once: the progress bar, SIGINT/SIGTERM (finish the update, checkpoint, stop), the metrics row, periodic
 and final checkpoints, the callback, and the "the last checkpoint is intact" message when an update
-fails. Rank awareness for torch.distributed (only rank 0 logs and saves) belongs here too.
+fails.
 
     for each update:
         record = trainer.update()                 the front end's algorithm box
         stop = trainer.after_update(record)       its extras: evaluation, sample logs
         log record; advance the progress bar
+        agree with the other processes on: stop, a signal, a checkpoint due
         on a signal: checkpoint and raise TrainingInterrupted
-        stop, checkpoint when due, callback
+        stop, checkpoint when due, callback (its stop agreed too)
     checkpoint the final state
+
+In a data-parallel run every process runs this loop; each decision that ends or saves is taken by
+all of them together (``LoopPlan.agree``: any process's reason counts), so they stay in step; the
+front end gives rank 0 alone the real metrics logger and the files to write.
 """
 
 from __future__ import annotations
@@ -79,6 +84,8 @@ class LoopPlan:
     position: Callable[[], int] = field(default=lambda: 0)
     #: Short figures for the progress bar from a metrics row.
     postfix: Callable[[dict[str, Any]], dict[str, str]] = field(default=lambda record: {})
+    #: For each flag, whether any process raised it (data parallel; one process: the flags themselves).
+    agree: Callable[..., list[bool]] = field(default=lambda *flags: list(flags))
 
 
 def run_loop(trainer: Trainable, plan: LoopPlan, metrics: MetricsLogger, callback: Callback | None = None) -> None:
@@ -100,17 +107,19 @@ def run_loop(trainer: Trainable, plan: LoopPlan, metrics: MetricsLogger, callbac
                 if progress is not None:
                     progress.update(plan.position() - progress.n)
                     progress.set_postfix(plan.postfix(record), refresh=False)
-                if stop.signal_name is not None:
+                due = i < plan.updates - 1 and checkpoint_due(trainer.num_updates, plan.checkpoint_every,
+                                                              plan.checkpoint_minutes, last_saved)
+                finish, signalled, due = plan.agree(finish, stop.signal_name is not None, due)
+                if signalled:
                     checkpoint = trainer.save_checkpoint()
-                    raise TrainingInterrupted(stop.signal_name, str(checkpoint), f"ppokit resume {trainer.run_dir}")
+                    raise TrainingInterrupted(stop.signal_name or "SIGTERM", str(checkpoint),
+                                              f"ppokit resume {trainer.run_dir}")
                 if finish:
                     break
-                last_update = i == plan.updates - 1
-                if not last_update and checkpoint_due(trainer.num_updates, plan.checkpoint_every,
-                                                      plan.checkpoint_minutes, last_saved):
+                if due:
                     trainer.save_checkpoint()
                     last_saved = time.monotonic()
-                if callback is not None and callback(record) is False:
+                if callback is not None and plan.agree(callback(record) is False)[0]:
                     break
             # The final state is a checkpoint too, so a resume can extend the run.
             if latest_checkpoint(trainer.run_dir) != trainer.checkpoint_path():

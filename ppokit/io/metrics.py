@@ -70,6 +70,26 @@ class MetricsLogger:
         self.close("finished" if exc_type is None else "killed" if interrupted else "failed")
 
 
+class NullMetrics(MetricsLogger):
+    """The metrics logger of a process that writes nothing: every rank of a data-parallel run but 0."""
+
+    def __init__(self) -> None:  # opens nothing, so MetricsLogger.__init__ is not called
+        self.lock = None
+        self.trackers = TrackerSet()
+
+    def log(self, record: Mapping[str, Any], step: int, prefix: str = "train") -> None:
+        pass
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        pass
+
+    def finish(self, summary: Mapping[str, Any] | None, model_dir: Path | None) -> None:
+        pass
+
+    def close(self, status: Status = "finished") -> None:
+        pass
+
+
 def truncate_metrics(path: str | Path, key: str, last: int) -> None:
     """Drop the rows of a metrics.jsonl whose ``key`` is beyond ``last`` (and a torn final line), so a
     resumed run does not log the steps after its checkpoint twice. Rewritten atomically."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +59,14 @@ def check_resume_flags(resume: bool, overwrite: bool, run_dir: str | Path | None
 
 
 def open_run(path: str | Path, config: Any, *, overwrite: bool = False, resume_update: int | None = None,
-             purge_step: int | None = None) -> tuple[Path, MetricsLogger]:
+             purge_step: int | None = None, launch: Mapping[str, Any] | None = None) -> tuple[Path, MetricsLogger]:
     """Start (or, with ``resume_update``, reopen) a run directory: write ``config.yaml``, open the metrics.
 
     A new run refuses a directory that holds one unless ``overwrite``. A resumed run drops the
     metrics rows after update ``resume_update`` (written after its checkpoint, before the stop: they
-    are redone), and TensorBoard drops its events from ``purge_step`` on.
+    are redone), and TensorBoard drops its events from ``purge_step`` on. ``launch``: how the run
+    was launched (a data-parallel run's world size and global batch), recorded in config.yaml under
+    ``launch:``, which config loaders skip.
     """
     from ppokit.configuration import config_to_yaml
     from ppokit.io.atomic import atomic_write_text, reported_os_errors
@@ -83,7 +86,12 @@ def open_run(path: str | Path, config: Any, *, overwrite: bool = False, resume_u
                 path = prepare_run_dir(path, overwrite)
             # Trackers first: one that cannot start leaves no config.yaml, so the directory holds no run.
             trackers = run_trackers(path, config, resuming=resume_update is not None)
-            atomic_write_text(path / "config.yaml", config_to_yaml(config))
+            text = config_to_yaml(config)
+            if launch:
+                import yaml
+
+                text += yaml.safe_dump({"launch": dict(launch)}, sort_keys=False)
+            atomic_write_text(path / "config.yaml", text)
             return path, MetricsLogger(path, tensorboard=config.tensorboard, purge_step=purge_step, lock=lock,
                                        trackers=trackers)
         except BaseException:

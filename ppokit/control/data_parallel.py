@@ -1,0 +1,145 @@
+"""Data-parallel control training: what a run does differently when it is one of several processes.
+
+Each process (rank) runs its own envs, seeded apart, and collects its share of the batch; the update
+averages gradients over the ranks (:mod:`ppokit.core.update` with a
+:class:`~ppokit.core.collective.Collective`), so the policy and the optimiser stay identical on every
+rank without being sent. This module holds the rest:
+
+- how many envs a rank runs, and the global batch (``num_envs_scope``);
+- one starting model (rank 0's parameters, broadcast), then a separate random stream per rank;
+- the normalisers: after every rollout each rank's new statistics are merged, in rank order, into
+  the statistics every rank started the rollout with, so all ranks normalise the same way;
+- the metrics row: episode figures over every rank's episodes;
+- the run directory: opened by rank 0 alone (an error there is raised on every rank); the other
+  ranks log nothing;
+- checkpoints: each rank's env, collector and RNG state, gathered into rank 0's ``resume.json``.
+
+With one process none of this runs and a run is what it always was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+import torch
+
+from ppokit import runtime
+from ppokit.core.collective import Collective
+from ppokit.core.running_stats import RunningMeanStd
+from ppokit.errors import CheckpointError, ConfigError, PPOKitError
+
+if TYPE_CHECKING:
+    from ppokit.control.agent import PPO
+    from ppokit.control.config import ControlConfig
+    from ppokit.control.rollout import RolloutCollector
+
+T = TypeVar("T")
+
+
+def local_num_envs(config: ControlConfig, collective: Collective) -> int:
+    """The envs this rank runs: ``num_envs``, or with ``num_envs_scope='global'`` its share of them."""
+    world = collective.world_size
+    if config.num_envs_scope == "rank" or world == 1:
+        local = config.num_envs
+    elif config.num_envs % world:
+        raise ConfigError(f"config field 'num_envs' = {config.num_envs} with num_envs_scope = 'global' must be a "
+                          f"multiple of the {world} processes")
+    else:
+        local = config.num_envs // world
+    if world > 1 and (local * config.num_steps) % config.num_minibatches:
+        raise ConfigError(f"config field 'num_minibatches' = {config.num_minibatches} must divide each process's "
+                          f"batch, {local} envs * {config.num_steps} steps = {local * config.num_steps}")
+    return local
+
+
+def start(agent: PPO) -> None:
+    """Make every rank start from rank 0's model, then give each rank its own random stream."""
+    collective = agent.collective
+    if not collective.active:
+        return
+    collective.broadcast_tensors_([*agent.policy.parameters(), *agent.policy.buffers()])
+    runtime.seed_everything(runtime.rank_seed(agent.config.seed, collective.rank))
+    for rms in (agent.obs_rms, agent.ret_rms):
+        if rms is not None:
+            rms.share_updates()
+
+
+def env_seed(config: ControlConfig, num_envs: int, rank: int, num_updates: int) -> int:
+    """The reset seed of a rank's envs: rank ``r``'s ``num_envs`` envs take the seeds after rank
+    ``r - 1``'s, so N ranks of n envs start the episodes one process of N·n envs would."""
+    return config.seed + rank * num_envs + num_updates
+
+
+def sync_normalisers(agent: PPO) -> None:
+    """Merge every rank's statistics of the latest rollout into the normalisers (after collect)."""
+    if agent.collective.active:
+        for rms in (agent.obs_rms, agent.ret_rms):
+            if rms is not None:
+                merge_across(rms, agent.collective)
+
+
+def merge_across(rms: RunningMeanStd, collective: Collective) -> None:
+    """The statistics as of the last merge plus every rank's updates since, in rank order."""
+    count, mean, var = rms.pending_moments()
+    rows = collective.gather_rows(torch.from_numpy(np.concatenate([[count], mean.ravel(), var.ravel()])))
+    size = mean.size
+    rms.merge_pending([(float(row[0]), row[1:1 + size].numpy().reshape(mean.shape),
+                        row[1 + size:].numpy().reshape(mean.shape)) for row in rows])
+
+
+def episode_figures(collector: RolloutCollector, collective: Collective) -> dict[str, Any]:
+    """The metrics row's episode figures: the mean return and length of the recent episodes of
+    every rank (each keeps its last 100), and the episodes finished in this rollout on all ranks."""
+    returns, lengths = collector.episode_returns, collector.episode_lengths
+    sums = collective.sum_floats(float(np.sum(returns)) if returns else 0.0, float(len(returns)),
+                                 float(np.sum(lengths)) if lengths else 0.0, float(len(lengths)),
+                                 float(len(collector.last_finished[0])))
+    return_sum, n_returns, length_sum, n_lengths, episodes = sums
+    return {
+        "episodic_return": return_sum / n_returns if n_returns else None,
+        "episodic_length": length_sum / n_lengths if n_lengths else None,
+        "episodes": int(episodes),
+    }
+
+
+def on_main(collective: Collective, make: Callable[[], T], fallback: Callable[[], T]) -> T:
+    """``make()`` on rank 0 and ``fallback()`` elsewhere; an error on rank 0 is raised on every rank
+    (so a refused run directory stops the whole job with its message, not with a broken connection)."""
+    if not collective.active:
+        return make()
+    result: T | None = None
+    error: PPOKitError | None = None
+    if collective.is_main:
+        try:
+            result = make()
+        except PPOKitError as err:
+            error = err
+    message = collective.broadcast_object(None if error is None else (type(error).__name__, str(error)))
+    if error is not None:
+        raise error
+    if message is not None:
+        raise (CheckpointError if message[0] == "CheckpointError" else ConfigError)(message[1])
+    return result if collective.is_main else fallback()  # type: ignore[return-value]
+
+
+def gather_rank_states(collective: Collective, local: dict[str, Any]) -> dict[str, Any]:
+    """The part of ``resume.json`` that differs per rank: ``local`` itself with one process, else
+    every rank's, in rank order, with the world size."""
+    if not collective.active:
+        return local
+    return {"world_size": collective.world_size, "ranks": collective.gather_objects(local)}
+
+
+def rank_state(resume: Mapping[str, Any], collective: Collective, file: Path) -> Mapping[str, Any]:
+    """This rank's part of a ``resume.json``; a checkpoint of another world size is refused."""
+    saved = int(resume.get("world_size", 1))
+    if saved != collective.world_size:
+        how = "without --nproc" if saved == 1 else f"with --nproc {saved} (or torchrun --nproc_per_node {saved})"
+        raise ConfigError(
+            f"{file}: the run was checkpointed by {saved} process{'es' if saved > 1 else ''} and is being resumed by "
+            f"{collective.world_size}; each process's envs and random state are in the checkpoint, so resume it "
+            f"{how}")
+    return resume["ranks"][collective.rank] if "ranks" in resume else resume

@@ -1,0 +1,100 @@
+"""``--nproc N``: run this same command as N processes on this machine, with torchrun's own launcher.
+
+``ppokit train … --nproc 2`` is ``torchrun --standalone --nproc_per_node 2 -m ppokit train …``: the
+processes start in their own sessions, join one torch.distributed job through a rendezvous on
+localhost, and train data-parallel. When one of them fails the launcher stops the others and this
+command ends with that process's exit code (its one-line error is printed above, by the process
+itself). Ctrl-C or SIGTERM to this command reaches every process once: they finish the current
+update together, rank 0 saves a checkpoint, and they stop.
+
+For several machines, run ``torchrun`` yourself on each (README, Several processes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Sequence
+
+#: Exit codes of a process stopped by a signal after saving its checkpoint (ppokit.io.interrupt).
+INTERRUPTED = (130, 143)
+
+
+def add_nproc_flag(parser: argparse.ArgumentParser) -> None:
+    def count(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes (1 or more)")
+        return int(text)
+
+    parser.add_argument("--nproc", type=count, default=1, metavar="N",
+                        help="train data-parallel in N processes on this machine (torchrun --standalone; "
+                             "gloo on a CPU, NCCL on GPUs); see README, Several processes")
+
+
+def in_worker() -> bool:
+    """Whether this process is already one of a torchrun job's (so ``--nproc`` was handled)."""
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def lost_contact(err: BaseException) -> str | None:
+    """A one-line message when ``err`` is torch.distributed failing because another process stopped."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not isinstance(err, getattr(dist, "DistError", ())):
+        return None
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return (f"process {os.environ.get('RANK', '?')}: lost contact with the other processes of the job ({first}); "
+            "another process failed or was stopped: its error says why")
+
+
+def leave_processes() -> None:
+    """Leave the torch.distributed job this process joined, if any, once every process got here."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def strip_nproc(argv: Sequence[str]) -> list[str]:
+    """``argv`` without its ``--nproc N`` (or ``--nproc=N``)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
+def relaunch(argv: Sequence[str], nproc: int) -> int:
+    """Run ``python -m ppokit ARGV`` (less ``--nproc``) as ``nproc`` processes; the exit code."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    if "OMP_NUM_THREADS" not in os.environ:
+        # Each process's torch would otherwise start a thread per core and they would fight over them.
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    for name in ("torch.distributed.elastic", "torch.distributed.launcher"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # the processes report their own errors
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1)
+    try:
+        elastic_launch(config, entrypoint=sys.executable)("-m", "ppokit", *strip_nproc(argv))
+    except ChildFailedError as err:
+        rank, failure = err.get_first_failure()
+        codes = {f.exitcode for f in err.failures.values()}
+        if codes <= set(INTERRUPTED):
+            return max(codes)
+        print(f"ppokit: error: process {rank} of {nproc} failed (exit code {failure.exitcode}); its error is above, "
+              "and the launcher stopped the others", file=sys.stderr)
+        return failure.exitcode if failure.exitcode > 0 else 1
+    except SignalException as err:
+        # The launcher passed the signal to every process; they saved a checkpoint and stopped.
+        return 128 + int(err.sigval)
+    return 0
