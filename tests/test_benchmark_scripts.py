@@ -37,3 +37,8 @@ def test_rlhf_benchmark_script_runs():
 def test_defaults_benchmark_script_runs():
     result = _run("defaults_ppokit.py", "--env", "CartPole-v1", "--steps", "2048", "--set", "num_epochs=1")
     assert result["steps"] == 2048 and result["eval_return"] > 0 and result["set"] == ["num_epochs=1"]
+
+
+def test_distributed_benchmark_script_runs():
+    result = _run("distributed.py", "--tasks", "cartpole", "--repeats", "1", "--steps", "4096")
+    assert result["cartpole"]["sps"]["1"] > 0 and result["cartpole"]["sps"]["2"] > 0

@@ -188,7 +188,7 @@ class PPO:
             progress=c.progress and main, unit="step", total=self.global_step + num_updates * self.global_batch,
             position=lambda: self.global_step,
             postfix=lambda r: {"ret": "-" if r["episodic_return"] is None else f"{r['episodic_return']:.1f}"},
-            agree=self.collective.any,
+            agree=self.collective.any, resume_flags=f" --nproc {self.collective.world_size}" * self.collective.active,
         )
         with metrics:  # open until the model and evaluation are written, so the trackers get them
             try:
@@ -198,6 +198,7 @@ class PPO:
             self.resume_from = None
             if main:  # the weights are the same on every rank
                 self._finish_run(metrics)
+            self.collective.barrier()  # so that on every rank, learn() returns with the model saved
         return self
 
     def _finish_run(self, metrics: Any) -> None:

@@ -86,6 +86,8 @@ class LoopPlan:
     postfix: Callable[[dict[str, Any]], dict[str, str]] = field(default=lambda record: {})
     #: For each flag, whether any process raised it (data parallel; one process: the flags themselves).
     agree: Callable[..., list[bool]] = field(default=lambda *flags: list(flags))
+    #: What the resume command needs besides the run directory (``--nproc N`` for N processes).
+    resume_flags: str = ""
 
 
 def run_loop(trainer: Trainable, plan: LoopPlan, metrics: MetricsLogger, callback: Callback | None = None) -> None:
@@ -113,7 +115,7 @@ def run_loop(trainer: Trainable, plan: LoopPlan, metrics: MetricsLogger, callbac
                 if signalled:
                     checkpoint = trainer.save_checkpoint()
                     raise TrainingInterrupted(stop.signal_name or "SIGTERM", str(checkpoint),
-                                              f"ppokit resume {trainer.run_dir}")
+                                              f"ppokit resume {trainer.run_dir}{plan.resume_flags}")
                 if finish:
                     break
                 if due:

@@ -86,10 +86,13 @@ def describe_run(run_dir: str | Path) -> list[str]:
     last = rows[-1] if rows else None
     latest = latest_checkpoint(run_dir)
     checkpoint = (f"{CHECKPOINTS}/{latest.name}", int(latest.name[len(PREFIX):])) if latest else None
-    lines = [f"{run_dir}: {_what(kind, config)} (seed {config.get('seed')})"]
+    launch: dict[str, Any] = config["launch"] if isinstance(config.get("launch"), dict) else {}
+    world = int(launch.get("world_size", 1))
+    lines = [f"{run_dir}: {_what(kind, config)} (seed {config.get('seed')}"
+             + (f", {world} processes)" if world > 1 else ")")]
     done = False
     if kind == "control":
-        batch = int(config["num_envs"]) * int(config["num_steps"])
+        batch = int(launch.get("global_batch_size") or int(config["num_envs"]) * int(config["num_steps"]))
         planned = int(config["total_steps"]) // batch * batch
         step = int(last["global_step"]) if last else 0
         lines.append(f"progress: {step:,} of {planned:,} env steps ({last['update'] if last else 0} updates)")
@@ -108,7 +111,8 @@ def describe_run(run_dir: str | Path) -> list[str]:
     if done:
         lines.append("state: finished")
     elif checkpoint and kind in ("control", "rlhf ppo"):
-        lines.append(f"state: stopped before the end; continue it with: ppokit resume {run_dir}")
+        nproc = f" --nproc {world}" if world > 1 else ""
+        lines.append(f"state: stopped before the end; continue it with: ppokit resume {run_dir}{nproc}")
     else:
         lines.append("state: not finished, and no checkpoint to resume from")
     return lines

@@ -148,6 +148,8 @@ def test_a_two_process_run_resumes_exactly_and_refuses_another_world_size(tmp_pa
     shutil.copytree(whole, half)
     shutil.rmtree(half / "model")
     shutil.rmtree(half / "checkpoints" / "update_000000000008")
+    info = ppokit("info", str(half)).stdout
+    assert "2 processes" in info and f"ppokit resume {half} --nproc 2" in info
     refused = ppokit("resume", str(half), "--no-progress")
     assert refused.returncode == 2
     assert "checkpointed by 2 processes and is being resumed by 1" in refused.stderr
@@ -189,4 +191,4 @@ def test_sigterm_to_the_launcher_checkpoints_once_and_stops(tmp_path):
     resume = json.loads((checkpoints[0] / "resume.json").read_text())
     assert resume["world_size"] == 2
     assert resume["num_updates"] == len((run / "metrics.jsonl").read_text().splitlines())
-    assert "ppokit resume" in err and "Traceback" not in err
+    assert f"ppokit resume {run} --nproc 2" in err and "Traceback" not in err
