@@ -92,7 +92,11 @@ def test_wandb_offline_gets_the_config_every_row_the_evaluation_and_the_model(tm
     records = _wandb_records(run_dir)
     kinds = [r.WhichOneof("record_type") for r in records]
 
+    # W&B sends the config with the run record, or (when wandb.init returns before it is sent, as on a
+    # loaded machine) in a config record after it: read both.
     config = {_key(item): json.loads(item.value_json) for r in records if r.HasField("run") for item in r.run.config.update}
+    config.update({_key(item): json.loads(item.value_json) for r in records if r.HasField("config")
+                   for item in r.config.update})
     assert config["env_id"] == "CartPole-v1" and config["num_steps"] == 128 and config["trackers"] == ["wandb"]
 
     history = [{_key(item): json.loads(item.value_json) for item in r.history.item} for r in records if r.HasField("history")]
