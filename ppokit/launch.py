@@ -50,10 +50,18 @@ def lost_contact(err: BaseException) -> str | None:
 
 
 def leave_processes() -> None:
-    """Leave the torch.distributed job this process joined, if any, once every process got here."""
+    """Leave the torch.distributed job this process joined, if any, once every process got here.
+
+    The pause after the barrier lets gloo's worker threads finish releasing the tensors of the last
+    operations: with torch 2.13, once ``torch._dynamo`` is loaded, ``destroy_process_group`` no longer
+    stops them, and one still holding a Python-made tensor at interpreter exit aborts the process
+    ("terminate called without an active exception") now and then (see rlhf.data_parallel.settle)."""
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
+        import time
+
         dist.barrier()
+        time.sleep(0.05)
         dist.destroy_process_group()
 
 

@@ -34,6 +34,7 @@ from ppokit.control.evaluation import periodic_evaluation, run_evaluation
 from ppokit.control.networks import ActorCritic, PolicySpec, is_image_space
 from ppokit.control.observations import ObservationReader, as_policy_input
 from ppokit.control.rollout import RolloutCollector, observation_batch, policy_input
+from ppokit.core.collective import on_main
 from ppokit.core.health import HealthMonitor
 from ppokit.core.running_stats import RunningMeanStd
 from ppokit.errors import ConfigError
@@ -174,7 +175,7 @@ class PPO:
             )
         self.total_steps = total
         launch = {"world_size": self.collective.world_size, "global_batch_size": self.global_batch}
-        self.run_dir, metrics = data_parallel.on_main(self.collective, lambda: open_run(
+        self.run_dir, metrics = on_main(self.collective, lambda: open_run(
             directory, replace(c, total_steps=total, run_dir=str(directory)), overwrite=overwrite,
             resume_update=self.num_updates if resuming else None,
             purge_step=self.global_step + 1 if resuming else None,

@@ -22,9 +22,10 @@ from safetensors.torch import load_file, save_file
 from ppokit import __version__
 from ppokit.configuration import check_unchanged, from_mapping, to_dict
 from ppokit.control.config import RESUMABLE_FIELDS, ControlConfig
-from ppokit.control.data_parallel import gather_rank_states, rank_state
+from ppokit.control.data_parallel import rank_state
 from ppokit.control.env_state import capture_env_state, restore_env_state
 from ppokit.control.spaces_json import space_from_json, space_to_json
+from ppokit.core.collective import gather_rank_states
 from ppokit.errors import CheckpointError, ConfigError
 from ppokit.io.atomic import atomic_write_dir, recover_dir
 from ppokit.io.checkpoints import RESUME_FILE, checkpoint_path, load_torch_state, prune_checkpoints, read_resume_state

@@ -19,7 +19,7 @@ With one process none of this runs and a run is what it always was.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -29,7 +29,7 @@ import torch
 from ppokit import runtime
 from ppokit.core.collective import Collective
 from ppokit.core.running_stats import RunningMeanStd
-from ppokit.errors import CheckpointError, ConfigError, PPOKitError
+from ppokit.errors import ConfigError
 
 if TYPE_CHECKING:
     from ppokit.control.agent import PPO
@@ -103,34 +103,6 @@ def episode_figures(collector: RolloutCollector, collective: Collective) -> dict
         "episodic_length": length_sum / n_lengths if n_lengths else None,
         "episodes": int(episodes),
     }
-
-
-def on_main(collective: Collective, make: Callable[[], T], fallback: Callable[[], T]) -> T:
-    """``make()`` on rank 0 and ``fallback()`` elsewhere; an error on rank 0 is raised on every rank
-    (so a refused run directory stops the whole job with its message, not with a broken connection)."""
-    if not collective.active:
-        return make()
-    result: T | None = None
-    error: PPOKitError | None = None
-    if collective.is_main:
-        try:
-            result = make()
-        except PPOKitError as err:
-            error = err
-    message = collective.broadcast_object(None if error is None else (type(error).__name__, str(error)))
-    if error is not None:
-        raise error
-    if message is not None:
-        raise (CheckpointError if message[0] == "CheckpointError" else ConfigError)(message[1])
-    return result if collective.is_main else fallback()  # type: ignore[return-value]
-
-
-def gather_rank_states(collective: Collective, local: dict[str, Any]) -> dict[str, Any]:
-    """The part of ``resume.json`` that differs per rank: ``local`` itself with one process, else
-    every rank's, in rank order, with the world size."""
-    if not collective.active:
-        return local
-    return {"world_size": collective.world_size, "ranks": collective.gather_objects(local)}
 
 
 def rank_state(resume: Mapping[str, Any], collective: Collective, file: Path) -> Mapping[str, Any]:

@@ -16,11 +16,16 @@ must be taken over all processes:
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from ppokit.errors import CheckpointError, ConfigError, PPOKitError
+
+T = TypeVar("T")
 
 
 class Collective:
@@ -153,6 +158,34 @@ class Collective:
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
+
+
+def on_main(collective: Collective, make: Callable[[], T], fallback: Callable[[], T]) -> T:
+    """``make()`` on rank 0 and ``fallback()`` elsewhere; an error on rank 0 is raised on every rank
+    (so a refused run directory stops the whole job with its message, not with a broken connection)."""
+    if not collective.active:
+        return make()
+    result: T | None = None
+    error: PPOKitError | None = None
+    if collective.is_main:
+        try:
+            result = make()
+        except PPOKitError as err:
+            error = err
+    message = collective.broadcast_object(None if error is None else (type(error).__name__, str(error)))
+    if error is not None:
+        raise error
+    if message is not None:
+        raise (CheckpointError if message[0] == "CheckpointError" else ConfigError)(message[1])
+    return result if collective.is_main else fallback()  # type: ignore[return-value]
+
+
+def gather_rank_states(collective: Collective, local: dict[str, Any]) -> dict[str, Any]:
+    """The part of ``resume.json`` that differs per rank: ``local`` itself with one process, else
+    every rank's, in rank order, with the world size."""
+    if not collective.active:
+        return local
+    return {"world_size": collective.world_size, "ranks": collective.gather_objects(local)}
 
 
 #: The single process: every operation returns its input.

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ppokit.core.advantages import gae, masked_whiten
+from ppokit.core.collective import Collective
 from ppokit.core.kl import KL_ESTIMATORS
 
 
@@ -81,12 +82,14 @@ def token_advantages(
     gamma: float,
     gae_lambda: float,
     whiten: bool,
+    collective: Collective | None = None,
 ) -> TokenAdvantages:
     r"""Per-token rewards (:func:`per_token_rewards`), then GAE over the completion tokens.
 
     Each completion is one episode that ends at its last valid token, so nothing is bootstrapped
     past it: :math:`V'_t = V_{t+1}` inside the completion and 0 after its end. With ``whiten`` the
-    advantages are whitened over the valid tokens of the whole batch (once, not per minibatch).
+    advantages are whitened over the valid tokens of the whole batch (once, not per minibatch); with
+    ``collective`` (data parallel), over the valid tokens of every process's batch.
     """
     rewards, kl = per_token_rewards(scores.float(), logp, ref_logp, mask, kl_coef, kl_estimator)
     values = values * mask.to(values.dtype)
@@ -95,6 +98,9 @@ def token_advantages(
     ends = torch.zeros_like(mask).scatter_(1, last.unsqueeze(1), True)
     advantages, returns = gae(rewards.T, values.T, next_values.T, ends.T, gamma, gae_lambda)
     advantages, returns = advantages.T, returns.T
-    if whiten:
+    if whiten and collective is not None and collective.active:
+        _, _, mean, var = collective.moments(advantages, mask)
+        advantages = masked_whiten(advantages, mask, moments=(mean, var))
+    elif whiten:
         advantages = masked_whiten(advantages, mask)
     return TokenAdvantages(rewards, kl, values, advantages, returns)

@@ -1,7 +1,8 @@
 """``ppokit rlhf sft|reward|ppo|demo``: argument parsing for the language-model stages.
 
 Settings come from, in increasing priority: the config dataclass's defaults, ``--config`` (YAML),
-the flags, ``--set key=value``.
+the flags, ``--set key=value``. ``--nproc N`` runs a stage as N data-parallel processes (``ppokit.cli``
+relaunches the command with torchrun's launcher); only rank 0 prints.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import argparse
 import json
 import sys
 from typing import Any
+
+from ppokit.launch import add_nproc_flag
 
 STAGES = {
     "sft": ("SFTConfig", "supervised fine-tuning on prompt/response pairs (loss on the response)"),
@@ -60,6 +63,7 @@ def add_parser(sub: Any) -> None:
             p.add_argument("--resume", action="store_true",
                            help="continue the run in --run-dir from its latest checkpoint (start it if there is none)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        add_nproc_flag(p)
     demo = stages.add_parser("demo", help="the whole pipeline on a tiny model built from scratch, offline, in minutes",
                              description="Build a tokenizer and a tiny GPT-2, SFT it, train a reward model on "
                              "preferences from a hidden rule, PPO against it, and show the hidden rule's score rise.")
@@ -76,6 +80,7 @@ def resolve_config(stage: str, args: argparse.Namespace) -> Any:
 
     cls = _config_class(stage)
     data: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    data.pop("launch", None)  # a run's config.yaml: how it was launched (world size), not a config field
     flags = {"model": "model", "policy": "policy", "data": "data", "eval_data": "eval_data", "seed": "seed",
              "run_dir": "run_dir", "rewards": "rewards", "total_updates": "total_updates"}
     for attr, field in flags.items():
@@ -107,11 +112,15 @@ def run(args: argparse.Namespace) -> int:
         from ppokit.rlhf.sft import train_sft
 
         summary = train_sft(config, overwrite=args.overwrite)
+        if not _settled_main():
+            return 0
         print(f"SFT done: final loss {summary['final_loss']:.4f}; model: {summary['model_dir']}")
     elif args.stage == "reward":
         from ppokit.rlhf.reward_training import train_reward_model
 
         summary = train_reward_model(config, overwrite=args.overwrite)
+        if not _settled_main():
+            return 0
         print(f"reward model: held-out pairwise accuracy {summary['eval_accuracy']:.3f} "
               f"({summary['eval_pairs']} pairs); model: {summary['model_dir']}")
     else:
@@ -127,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _finish_ppo(trainer: Any) -> int:
     summary = trainer.learn()
+    if not _settled_main():
+        return 0
     print(f"PPO done: score {summary['score_first']:+.3f} -> {summary['score_last']:+.3f}, "
           f"KL {summary['kl_last']:.3f}; policy: {summary['policy_dir']}")
     print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, list)}), file=sys.stderr)
@@ -141,8 +152,20 @@ def resume_ppo(run_dir: Any, total_updates: int | None, overrides: dict[str, Any
     if total_updates is not None:
         overrides = {**overrides, "total_updates": total_updates}
     trainer = RLHFTrainer.resume(run_dir, trust=trust, **overrides)
-    print(f"ppokit: resuming RLHF PPO at update {trainer.num_updates} in {run_dir}", file=sys.stderr)
+    if trainer.collective.is_main:
+        print(f"ppokit: resuming RLHF PPO at update {trainer.num_updates} in {run_dir}", file=sys.stderr)
     return _finish_ppo(trainer)
+
+
+def _settled_main() -> bool:
+    """After a stage: wait for the other processes (:func:`ppokit.rlhf.data_parallel.settle`);
+    whether this process prints (rank 0 of a data-parallel job, or the only process)."""
+    from ppokit.core.collective import Collective
+    from ppokit.rlhf.data_parallel import settle
+
+    collective = Collective()
+    settle(collective)
+    return collective.is_main
 
 
 def _require_rlhf_extra() -> None:

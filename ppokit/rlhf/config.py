@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ppokit.configuration import check_choices, check_runtime, check_types, doc
-from ppokit.core.choices import KLEstimator, OnNonFinite, ScheduleKind
+from ppokit.core.choices import DistBackend, KLEstimator, OnNonFinite, ScheduleKind
 from ppokit.errors import ConfigError
 from ppokit.io.trackers import TrackerName
 
@@ -22,7 +22,7 @@ PATH_FIELDS = ("model", "data", "eval_data", "policy", "reference", "rewards")
 RESUMABLE_FIELDS = frozenset({
     "total_updates", "run_dir", "progress", "tensorboard", "checkpoint_every", "checkpoint_minutes",
     "keep_checkpoints", "sample_every", "num_samples", "on_nonfinite", "device", "torch_threads",
-    "trust_remote_code", "trackers",
+    "trust_remote_code", "trackers", "dist_backend", "dist_timeout",
 })
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -77,11 +77,15 @@ class LMRuntime:
     trackers: list[TrackerName] = doc("Experiment trackers that also get the config, metrics, summary and model: [wandb], [mlflow] or both (README, Trackers).", default_factory=list)
     progress: bool = doc("Show a progress bar.", default=True)
     skip_bad_rows: bool = doc("Skip malformed data rows (and count them) instead of stopping at the first.", default=False)
+    dist_backend: DistBackend = doc("torch.distributed backend with several processes (--nproc, torchrun): 'auto' (NCCL on CUDA, gloo on a CPU), 'gloo' or 'nccl'.", default="auto")
+    dist_timeout: float = doc("Seconds a process waits for the others in a collective before the job fails (a process that stopped answering).", default=600.0)
 
     def _check_runtime(self) -> None:
         check_types(self)
         check_choices(self)
         check_runtime(self)
+        if not self.dist_timeout > 0:
+            raise ConfigError(f"config field 'dist_timeout' = {self.dist_timeout!r} is invalid: must be a positive number of seconds")
 
 
 @dataclass
@@ -94,7 +98,7 @@ class SFTConfig(LMRuntime):
     response_column: str = doc("Column holding the response text.", default="response")
     max_length: int = doc("Maximum tokens of prompt + response (+ EOS); longer rows are an error (or skipped).", default=512)
     epochs: int = doc("Passes over the data.", default=1)
-    batch_size: int = doc("Sequences per optimiser step.", default=8)
+    batch_size: int = doc("Sequences per optimiser step, over all processes (each takes its share; the loss is the token mean over all of them).", default=8)
     learning_rate: float = doc("AdamW learning rate (linear decay to 0).", default=5e-5)
     weight_decay: float = doc("AdamW weight decay.", default=0.0)
     max_grad_norm: float = doc("Global gradient-norm clip; 0 disables it.", default=1.0)
@@ -127,7 +131,7 @@ class RewardConfig(LMRuntime):
     head: Literal["classification", "value_head"] = doc("'classification' (AutoModelForSequenceClassification, num_labels=1) or 'value_head' (a linear head on a causal LM's last hidden state).", default="classification")
     max_length: int = doc("Maximum tokens of prompt + response; longer rows are an error (or skipped).", default=512)
     epochs: int = doc("Passes over the training pairs.", default=1)
-    batch_size: int = doc("Pairs per optimiser step.", default=8)
+    batch_size: int = doc("Pairs (or rated rows) per optimiser step, over all processes (each takes its share).", default=8)
     learning_rate: float = doc("AdamW learning rate (linear decay to 0).", default=1e-5)
     weight_decay: float = doc("AdamW weight decay.", default=0.0)
     max_grad_norm: float = doc("Global gradient-norm clip; 0 disables it.", default=1.0)
@@ -176,8 +180,8 @@ class RLHFConfig(LMRuntime):
 
     # --- PPO ---
     total_updates: int = doc("PPO updates to run (one update = generate for batch_size prompts, score, K epochs of minibatches).", default=100)
-    batch_size: int = doc("Prompts per PPO update.", default=8)
-    num_minibatches: int = doc("Minibatches per PPO epoch; must divide batch_size.", default=1)
+    batch_size: int = doc("Prompts per PPO update, over all processes: each of N processes generates for batch_size / N of them (a multiple of N), so N processes take the update one process would.", default=8)
+    num_minibatches: int = doc("Minibatches per PPO epoch; must divide batch_size (and each process's share of it).", default=1)
     num_epochs: int = doc("K: PPO epochs over each batch.", default=4)
     gamma: float = doc("Discount γ over tokens.", default=1.0)
     gae_lambda: float = doc("GAE λ over tokens.", default=0.95)
@@ -200,6 +204,9 @@ class RLHFConfig(LMRuntime):
     keep_checkpoints: int = doc("How many checkpoints to keep (oldest removed first).", default=2)
     on_nonfinite: OnNonFinite = doc("A NaN/inf loss or gradient: 'stop' the run with an error, or 'skip' that minibatch and count it.", default="stop")
 
+    # --- several processes ---
+    sharding: Literal["none", "fsdp"] = doc("With several processes: 'none' (each keeps the whole policy and critic; gradients averaged) or 'fsdp' (PyTorch FSDP2 shards them, their gradients and optimizer state; not with lora). One process: unsharded either way.", default="none")
+
     def __post_init__(self) -> None:
         self._check_runtime()
         if not self.policy:
@@ -221,6 +228,9 @@ class RLHFConfig(LMRuntime):
             raise ConfigError(
                 f"config field 'num_minibatches' = {self.num_minibatches} does not divide batch_size = {self.batch_size}"
             )
+        if self.sharding == "fsdp" and self.lora:
+            raise ConfigError("config field 'sharding' = 'fsdp' does not combine with lora: true (the adapters are small; "
+                              "train them data-parallel with sharding: none)")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
             raise ConfigError(
                 f"reward_weights has {len(self.reward_weights)} entries but rewards has {len(self.rewards)}; "

@@ -64,8 +64,12 @@ def sample(
     prompt_mask: Tensor,
     max_new_tokens: int,
     temperature: float,
+    synced: bool = False,
 ) -> Completions:
     """Sample completions with the KV cache, stopping each row at EOS.
+
+    ``synced``: the model is sharded over the processes (FSDP), so each of its forward passes needs
+    every process: they all keep stepping until every process's completions have ended.
 
     Sampling is from ``softmax(logits / temperature)`` over the whole vocabulary (top-k and top-p
     off), so the log-probs computed later at the same temperature are those of the sampling
@@ -80,7 +84,8 @@ def sample(
     )
     was_training = model.training
     model.eval()
-    out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
+    extra = {"synced_gpus": True} if synced else {}
+    out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config, **extra)
     model.train(was_training)
     prompt_length = prompt_ids.shape[1]
     completion_ids = out[:, prompt_length:]

@@ -197,12 +197,19 @@ class ScalarHeadModel(nn.Module):
         last = attention_mask.long().sum(-1).clamp_min(1) - 1
         return values.gather(1, last.unsqueeze(1)).squeeze(1)
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, state: dict[str, Tensor] | None = None) -> None:
+        """The trunk (``save_pretrained``) and the head; ``state``: this model's weights gathered from a
+        sharded copy (``trunk.*``, ``head.*``), written in place of its own."""
         from safetensors.torch import save_file
 
         path = Path(path)
-        self.trunk.save_pretrained(path)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, path / HEAD_WEIGHTS)
+        if state is None:
+            self.trunk.save_pretrained(path)
+            head = self.head.state_dict()
+        else:
+            self.trunk.save_pretrained(path, state_dict={k[6:]: v for k, v in state.items() if k.startswith("trunk.")})
+            head = {k[5:]: v for k, v in state.items() if k.startswith("head.")}
+        save_file({k: v.detach().cpu().contiguous() for k, v in head.items()}, path / HEAD_WEIGHTS)
 
     @classmethod
     def from_causal_lm(cls, model: nn.Module) -> ScalarHeadModel:

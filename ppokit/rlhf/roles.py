@@ -77,6 +77,8 @@ class PPOModels:
         # Dropout off throughout: the rollout's log-probs and the first epoch's must agree exactly,
         # or the ratio starts away from 1 for no reason.
         self.trainable.eval()
+        #: Whether the policy and critic are FSDP-sharded over the processes (:mod:`ppokit.rlhf.sharding`).
+        self.sharded = False
 
     def _build_critic(self, reward: CombinedReward) -> ScalarHeadModel:
         c = self.config
@@ -127,18 +129,24 @@ class PPOModels:
                                position_ids=batch.position_ids, use_cache=False).logits
         return completion_logits(logits, batch.prompt_length)
 
-    def save(self, directory: str | Path, tokenizer: Any) -> None:
+    def save(self, directory: str | Path, tokenizer: Any, state: dict[str, Tensor] | None = None) -> None:
         """Write ``policy/`` (an ordinary ``save_pretrained`` causal LM, LoRA merged in, plus the
-        adapter alone in ``policy_adapter/``) and ``value_model/`` (trunk + ``scalar_head.safetensors``)."""
+        adapter alone in ``policy_adapter/``) and ``value_model/`` (trunk + ``scalar_head.safetensors``).
+        ``state``: the trainable weights gathered from a sharded model (``sharding.full_state``), written
+        in place of the module's own."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         lora = self.config.lora
+        part = (lambda prefix: None) if state is None else (lambda prefix: _part(state, prefix))
+        policy_state = part("lm." if self.with_head is not None else "policy.")
 
         def write_policy(tmp: Path) -> None:
             if lora:
                 merged = copy.deepcopy(self.policy).merge_and_unload()
                 merged.save_pretrained(tmp)
                 del merged
+            elif policy_state is not None:
+                self.policy.save_pretrained(tmp, state_dict=policy_state)
             else:
                 self.policy.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
@@ -147,12 +155,23 @@ class PPOModels:
         if lora:
             atomic_write_dir(directory / "policy_adapter", lambda tmp: self.policy.save_pretrained(tmp))
         if self.critic is not None:
-            atomic_write_dir(directory / "value_model", self.critic.save)
+            critic, critic_state = self.critic, part("critic.")
+            atomic_write_dir(directory / "value_model", lambda tmp: critic.save(tmp, critic_state))
         elif self.with_head is not None:
             policy = self.policy
             base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
             head = self.with_head.value_head
+            value_state = None
+            if state is not None and policy_state is not None:
+                trunk_prefix = f"{base.base_model_prefix}."
+                value_state = {**{f"trunk.{k}": v for k, v in _part(policy_state, trunk_prefix).items()},
+                               **{f"head.{k}": v for k, v in _part(state, "value_head.").items()}}
 
             def write_value(tmp: Path) -> None:
-                ScalarHeadModel(trunk_of(base), head.in_features, head).save(tmp)
+                ScalarHeadModel(trunk_of(base), head.in_features, head).save(tmp, value_state)
             atomic_write_dir(directory / "value_model", write_value)
+
+
+def _part(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The entries of ``state`` under ``prefix``, with the prefix taken off."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

@@ -59,7 +59,8 @@ def collect(models: PPOModels, tokenizer: Any, reward: CombinedReward, prompts: 
     c = config
     t_start = time.perf_counter()
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
-    sequences = sample(models.policy, tokenizer, prompt_ids, prompt_mask, c.max_new_tokens, c.temperature)
+    sequences = sample(models.policy, tokenizer, prompt_ids, prompt_mask, c.max_new_tokens, c.temperature,
+                       synced=models.sharded)
     tokens = sequences.completion_ids
     t_generated = time.perf_counter()
 

@@ -2,7 +2,9 @@
 
 .. math:: L = -\\frac{1}{|R|}\\sum_{t \\in R} \\log \\pi_\\theta(y_t \\mid x, y_{<t})
 
-where :math:`R` is the set of response tokens (the prompt is context, not a target).
+where :math:`R` is the set of response tokens (the prompt is context, not a target). With several
+processes (``--nproc``, ``torchrun``) each takes its share of every batch and :math:`|R|` counts the
+response tokens of all of them, so the step is the one a single process takes on the whole batch.
 """
 
 from __future__ import annotations
@@ -14,10 +16,20 @@ from typing import Any
 
 import torch
 
-from ppokit.errors import TrainingError
 from ppokit.io.atomic import atomic_write_dir
 from ppokit.rlhf import data as rdata
-from ppokit.rlhf.common import open_run, pad_right, progress_bar, runtime, shuffled_batches, supervised_setup
+from ppokit.rlhf import data_parallel
+from ppokit.rlhf.common import (
+    join,
+    open_run,
+    optimizer_step,
+    pad_right,
+    progress_bar,
+    runtime,
+    shuffled_batches,
+    step_optimizer,
+    supervised_setup,
+)
 from ppokit.rlhf.config import SFTConfig
 from ppokit.rlhf.generation import token_logprobs
 from ppokit.rlhf.models import (
@@ -56,6 +68,7 @@ def train_sft(config: SFTConfig, data: Any = None, run_dir: str | Path | None = 
     Returns a summary with the run directory, the model directory and the final loss.
     """
     device, dtype = runtime(config)
+    collective = join(config, device)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     loaded = rdata.load(
         data if data is not None else config.data,
@@ -76,34 +89,36 @@ def train_sft(config: SFTConfig, data: Any = None, run_dir: str | Path | None = 
     encoded = [r["_tokens"] for r in loaded.rows]
     model = load_causal_lm(config.model, dtype, device, config.trust_remote_code)
     model.train()
+    data_parallel.start(model, config.seed, collective)
 
-    path, metrics = open_run(config, "sft", run_dir, overwrite)
+    path, metrics = open_run(config, "sft", run_dir, overwrite, collective)
     total, optimizer, scheduler, generator = supervised_setup(model, config, len(encoded))
-    bar = progress_bar(config.progress, total, "sft")
+    stepper = step_optimizer(optimizer, collective)
+    bar = progress_bar(config.progress and collective.is_main, total, "sft")
     step, loss_value, start = 0, float("nan"), time.perf_counter()
     with metrics:  # open until the model is saved, so the trackers get it
         try:
             for epoch in range(config.epochs):
                 for batch in shuffled_batches(len(encoded), config.batch_size, generator):
-                    ids, mask = pad_right([encoded[i][0] for i in batch], tokenizer.pad_token_id)
-                    target = mask.clone()
-                    for j, i in enumerate(batch):
-                        target[j, : encoded[i][1]] = 0
-                    ids, mask, target = ids.to(device), mask.to(device), target.to(device)
+                    rows = data_parallel.local_slice(batch, collective)  # all of it with one process
                     t0 = time.perf_counter()
-                    loss = sft_loss(model, ids, mask, target)
-                    if not torch.isfinite(loss):
-                        raise TrainingError(f"SFT step {step + 1}: non-finite loss; the weights were not updated")
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or float("inf"))
-                    optimizer.step()
+                    loss, tokens = None, 0.0
+                    if rows:
+                        ids, mask = pad_right([encoded[i][0] for i in rows], tokenizer.pad_token_id)
+                        target = mask.clone()
+                        for j, i in enumerate(rows):
+                            target[j, : encoded[i][1]] = 0
+                        ids, mask, target = ids.to(device), mask.to(device), target.to(device)
+                        loss = sft_loss(model, ids, mask, target)
+                        tokens = float(target[:, 1:].sum())  # the tokens the loss averages over
+                    loss_value, grad_norm = optimizer_step(loss, tokens, stepper, collective, config.max_grad_norm,
+                                                           f"SFT step {step + 1}")
                     scheduler.step()
                     step += 1
-                    loss_value = float(loss.detach())
-                    metrics.log({"step": step, "epoch": epoch, "loss": loss_value, "grad_norm": float(grad_norm),
+                    tokens = collective.sum_floats(tokens)[0] if collective.active else tokens
+                    metrics.log({"step": step, "epoch": epoch, "loss": loss_value, "grad_norm": grad_norm,
                                  "learning_rate": scheduler.get_last_lr()[0],
-                                 "tokens_per_s": float(target.sum()) / max(time.perf_counter() - t0, 1e-9)}, step)
+                                 "tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9)}, step)
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_value:.3f}")
         finally:
@@ -114,7 +129,8 @@ def train_sft(config: SFTConfig, data: Any = None, run_dir: str | Path | None = 
             tokenizer.save_pretrained(tmp)
 
         # Complete or absent: a kill mid-save must never leave weights without their tokenizer.
-        atomic_write_dir(model_dir, write)
+        if collective.is_main:  # the weights are the same in every process
+            atomic_write_dir(model_dir, write)
         summary = {"run_dir": str(path), "model_dir": str(model_dir), "steps": step, "final_loss": loss_value,
                    "rows": len(encoded), "skipped_rows": loaded.skipped, "seconds": time.perf_counter() - start}
         metrics.finish(summary, model_dir)

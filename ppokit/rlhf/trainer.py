@@ -30,29 +30,31 @@ from torch import Tensor
 
 from ppokit.configuration import callable_label, check_unchanged, from_mapping, load_yaml, with_absolute_paths
 from ppokit.core.advantages import masked_mean
+from ppokit.core.collective import on_main
 from ppokit.core.diagnostics import explained_variance
 from ppokit.core.health import HealthMonitor
 from ppokit.core.kl import ProportionalKLController
-from ppokit.core.optim import make_adamw
+from ppokit.core.optim import AveragedGradients, Optimizer, make_adamw
 from ppokit.core.schedules import make_schedule
 from ppokit.core.update import PPOUpdateSettings, ppo_update
-from ppokit.errors import ConfigError, UntrustedCodeError
+from ppokit.errors import ConfigError
 from ppokit.io.atomic import atomic_write_json
-from ppokit.io.checkpoints import checkpoint_path, find_resumable, latest_checkpoint, read_resume_state
+from ppokit.io.checkpoints import RESUME_FILE, checkpoint_path, latest_checkpoint, read_resume_state
 from ppokit.io.lock import RunLock
 from ppokit.io.loop import Callback, LoopPlan, run_loop
-from ppokit.io.metrics import MetricsLogger, truncate_metrics
+from ppokit.io.metrics import MetricsLogger, NullMetrics, truncate_metrics
 from ppokit.io.run_dir import default_run_dir, holds_run, open_run, run_trackers
-from ppokit.rlhf import checkpointing
+from ppokit.rlhf import checkpointing, data_parallel, sharding
 from ppokit.rlhf import data as rdata
 from ppokit.rlhf.advantages import TokenAdvantages, token_advantages
 from ppokit.rlhf.common import runtime
 from ppokit.rlhf.config import PATH_FIELDS, RESUMABLE_FIELDS, RLHFConfig
 from ppokit.rlhf.generation import token_entropy, token_logprobs
 from ppokit.rlhf.models import check_tokenizes, length_limit, load_tokenizer, model_positions
-from ppokit.rlhf.rewards import build_reward, reward_import
+from ppokit.rlhf.rewards import build_reward
 from ppokit.rlhf.roles import PPOModels
 from ppokit.rlhf.rollout import RolloutBatch, collect
+from ppokit.runtime import join_processes
 
 RewardSpec = str | Callable[..., Sequence[float]]
 
@@ -66,6 +68,10 @@ class RLHFTrainer:
     ``config.data``; ``rewards`` (reward-model paths, ``'module:function'`` strings or Python
     callables) replaces ``config.rewards``. ``resume=True`` continues the run in ``run_dir`` from its
     latest checkpoint (bit-identically on one CPU thread), or starts it when there is no run yet.
+
+    Launched as several processes (``--nproc N``, ``torchrun``), it trains data-parallel: each takes
+    ``batch_size / N`` of every batch's prompts and the gradients are averaged (:mod:`.data_parallel`),
+    or with ``sharding: fsdp`` the policy and critic are sharded (:mod:`.sharding`); rank 0 writes.
     """
 
     def __init__(
@@ -78,20 +84,24 @@ class RLHFTrainer:
         resume: bool = False,
     ) -> None:
         self.config = c = config
+        self.device, self.dtype = runtime(c)
+        #: The processes of a data-parallel run (one process: a no-op); see data_parallel.
+        self.collective = join_processes(self.device, c.dist_backend, c.dist_timeout)
+        data_parallel.check_batch(c, self.collective)
         checkpoint, resume_state = None, None
-        directory = Path(run_dir or c.run_dir or default_run_dir("rlhf-ppo", c.seed))
+        directory = data_parallel.run_path(self.collective, run_dir or c.run_dir or default_run_dir("rlhf-ppo", c.seed))
         if resume:
             if run_dir is None and c.run_dir is None:
                 raise ConfigError("resume needs the run directory to continue (run_dir)")
             checkpoint = latest_checkpoint(directory)
             if checkpoint is not None:
                 resume_state = read_resume_state(checkpoint, checkpointing.KIND, checkpointing.RESUME_FORMAT)
+                data_parallel.check_world_size(resume_state, self.collective, checkpoint / RESUME_FILE)
                 check_resumable(directory / "config.yaml", c, rewards)
             elif holds_run(directory):
                 # Stopped before its first checkpoint: nothing to continue from, so start it again.
                 log.warning("%s holds a run stopped before its first checkpoint; starting it over", directory)
                 overwrite = True
-        self.device, self.dtype = runtime(c)
         self.tokenizer = load_tokenizer(c.policy, c.trust_remote_code)
 
         loaded = rdata.load(prompts if prompts is not None else c.data, {"prompt": (c.prompt_column, "text")},
@@ -112,8 +122,12 @@ class RLHFTrainer:
         self.reward_specs = list(rewards) if rewards is not None else list(c.rewards)
         self.reward = build_reward(self.reward_specs, c.reward_weights, self.dtype, self.device, c.trust_remote_code)
         self.models = PPOModels(c, self.reward, self.dtype, self.device)
-        self.optimizer = make_adamw([p for p in self.models.trainable.parameters() if p.requires_grad],
-                                    lr=c.learning_rate, weight_decay=c.weight_decay)
+        data_parallel.start(self.models.trainable, c.seed, self.collective)
+        if c.sharding == "fsdp" and self.collective.active:
+            sharding.shard(self.models)
+        elif c.sharding == "fsdp":
+            log.info("sharding: fsdp with one process: nothing to shard, the models train whole")
+        self.optimizer = self._optimizer()
         self.lr_schedule = make_schedule(c.lr_schedule, c.learning_rate)
         self.kl_controller = ProportionalKLController(c.kl_coef, c.kl_target, c.kl_horizon) if c.adaptive_kl else None
         self.kl_coef = c.kl_coef
@@ -128,14 +142,30 @@ class RLHFTrainer:
         self.metrics: MetricsLogger | None
         recorded = dataclasses.replace(c, rewards=[r if isinstance(r, str) else callable_label(r) for r in self.reward_specs])
         self.recorded_config = with_absolute_paths(recorded, PATH_FIELDS)
-        self.run_dir, self.metrics = open_run(
-            directory, self.recorded_config, overwrite=overwrite,
-            resume_update=resume_update, purge_step=None if resume_update is None else resume_update + 1,
-        )
-        if resume_update is not None:  # sample rows logged after the checkpoint are redone too
-            truncate_metrics(self.run_dir / "samples.jsonl", "update", resume_update)
+        launch = {"world_size": self.collective.world_size, "global_batch_size": c.batch_size}
+
+        def open_() -> tuple[Path, MetricsLogger]:
+            path, metrics = open_run(
+                directory, self.recorded_config, overwrite=overwrite, resume_update=resume_update,
+                purge_step=None if resume_update is None else resume_update + 1,
+                launch=launch if self.collective.active else None,
+            )
+            if resume_update is not None:  # sample rows logged after the checkpoint are redone too
+                truncate_metrics(path / "samples.jsonl", "update", resume_update)
+            return path, metrics
+
+        self.run_dir, self.metrics = on_main(self.collective, open_, lambda: (directory, NullMetrics()))
         if checkpoint is not None and resume_state is not None:
             checkpointing.restore(self, checkpoint, resume_state)
+
+    def _optimizer(self) -> Optimizer:
+        """AdamW over what trains; with several processes it averages their gradients (FSDP: FSDP does)."""
+        c = self.config
+        adamw = make_adamw([p for p in self.models.trainable.parameters() if p.requires_grad],
+                           lr=c.learning_rate, weight_decay=c.weight_decay)
+        if self.models.sharded:
+            return sharding.ShardedOptimizer(adamw.optimizer, self.models.trainable, self.collective)
+        return AveragedGradients(adamw, self.collective) if self.collective.active else adamw
 
     @property
     def policy(self) -> torch.nn.Module:
@@ -152,57 +182,41 @@ class RLHFTrainer:
         ``trust_remote_code=...``) or ``trust=True``: a run directory must not run code by being resumed.
         """
         run_dir = Path(run_dir)
-        find_resumable(run_dir)
-        config_file = run_dir / "config.yaml"
-        fixed = sorted(set(overrides) - RESUMABLE_FIELDS)
-        if fixed:
-            raise ConfigError(f"resuming {run_dir}: {', '.join(fixed)} shaped the run and cannot change on resume "
-                              f"(only {', '.join(sorted(RESUMABLE_FIELDS))} can)")
-        data = dict(load_yaml(config_file))
-        would_run = []
-        if rewards is None and "rewards" not in overrides:
-            for spec in data.get("rewards") or []:
-                module = reward_import(spec)
-                if module is not None and not str(spec).startswith("<python callable"):
-                    would_run.append(f"reward {spec!r} (imports module {module!r} and calls it)")
-        if data.get("trust_remote_code") is True and "trust_remote_code" not in overrides:
-            would_run.append("trust_remote_code: true (runs the Python code shipped with the models it loads)")
-        if would_run and not trust:
-            raise UntrustedCodeError(
-                f"{config_file} names code that resuming would run: {'; '.join(would_run)}. ppokit runs nothing a "
-                "saved run names unless you allow it: if you trust this run directory, pass --trust to ppokit resume "
-                "(in Python: trust=True, or the rewards again with rewards=[...])"
-            )
-        data.update(overrides)
-        data["run_dir"] = str(run_dir)
-        if rewards is None and any(isinstance(r, str) and r.startswith("<python callable") for r in data.get("rewards", [])):
-            raise ConfigError(f"{run_dir / 'config.yaml'}: the run's reward is a Python callable; resume it "
-                              "from Python with RLHFTrainer.resume(run_dir, rewards=[your_function])")
-        config = from_mapping(RLHFConfig, data, str(run_dir / "config.yaml"))
+        config = checkpointing.resume_config(run_dir, rewards, trust, overrides)
         return cls(config, prompts=prompts, rewards=rewards, run_dir=run_dir, resume=True)
 
     # ---- one PPO update ----------------------------------------------------------------------
 
     def update(self) -> dict[str, Any]:
-        """Collect a batch, estimate advantages, run the K epochs; the update's metrics row."""
-        c = self.config
+        """Collect a batch (this process's share of its prompts), then :meth:`update_on` it."""
         t_start = time.perf_counter()
-        batch = collect(self.models, self.tokenizer, self.reward, self.prompts.next(), c, self.device)
+        prompts = data_parallel.local_slice(self.prompts.next(), self.collective)
+        return self.update_on(collect(self.models, self.tokenizer, self.reward, prompts, self.config, self.device),
+                              t_start)
+
+    def update_on(self, batch: RolloutBatch, t_start: float | None = None) -> dict[str, Any]:
+        """Estimate advantages, run the K epochs, adapt β on a collected batch; the update's metrics row.
+        With several processes, ``batch`` is this process's share and the update is the union's."""
+        c = self.config
+        t_start = time.perf_counter() if t_start is None else t_start
         with torch.no_grad():
             adv = token_advantages(batch.scores, batch.logp, batch.ref_logp, batch.values, batch.mask,
                                    kl_coef=self.kl_coef, kl_estimator=c.kl_estimator, gamma=c.gamma,
-                                   gae_lambda=c.gae_lambda, whiten=c.whiten_advantages)
+                                   gae_lambda=c.gae_lambda, whiten=c.whiten_advantages, collective=self.collective)
         t_prepared = time.perf_counter()
         self.optimizer.set_learning_rate(self.lr_schedule(self.num_updates / c.total_updates))
+        shared = {"collective": self.collective} if self.collective.active else {}
         stats = ppo_update(
             {"logp": batch.logp, "values": adv.values, "advantages": adv.advantages, "returns": adv.returns,
              "mask": batch.mask},
-            self._evaluate(batch), self.optimizer, self._settings(),
+            self._evaluate(batch), self.optimizer, self._settings(), **shared,
         )
         t_updated = time.perf_counter()
         record = self._record(batch, adv, stats, t_start, t_prepared, t_updated)
+        if self.collective.active:
+            record.update(data_parallel.batch_figures(batch, adv, self.kl_coef, self.collective, t_updated - t_start))
         if self.kl_controller is not None:
-            self.kl_coef = self.kl_controller.update(record["kl"], len(batch.prompts))
+            self.kl_coef = self.kl_controller.update(record["kl"], len(batch.prompts) * self.collective.world_size)
         self.num_updates += 1
         record["update"] = self.num_updates
         self.last_batch = (batch.prompts, batch.completions, batch.scores.tolist())
@@ -269,17 +283,18 @@ class RLHFTrainer:
         """Run PPO updates up to ``total_updates`` (or ``updates`` more); save the policy and value model."""
         c = self.config
         target = c.total_updates if updates is None else self.num_updates + updates
+        main = self.collective.is_main
         if self.metrics is None:  # a second learn() call: the run goes on in the same directory
             assert self.run_dir is not None
-            lock = RunLock(self.run_dir)
-            self.metrics = MetricsLogger(self.run_dir, tensorboard=c.tensorboard, lock=lock,
-                                         trackers=run_trackers(self.run_dir, self.recorded_config, resuming=True))
+            self.metrics = MetricsLogger(
+                self.run_dir, tensorboard=c.tensorboard, lock=RunLock(self.run_dir),
+                trackers=run_trackers(self.run_dir, self.recorded_config, resuming=True)) if main else NullMetrics()
         metrics = self.metrics
         plan = LoopPlan(
             updates=max(0, target - self.num_updates), desc="rlhf ppo", checkpoint_every=c.checkpoint_every,
             checkpoint_minutes=c.checkpoint_minutes, x_axis=lambda record: int(record["update"]),
-            progress=c.progress, total=target, position=lambda: self.num_updates,
-            postfix=lambda r: {"score": f"{r['score']:.3f}", "kl": f"{r['kl']:.2f}"},
+            progress=c.progress and main, total=target, position=lambda: self.num_updates,
+            postfix=lambda r: {"score": f"{r['score']:.3f}", "kl": f"{r['kl']:.2f}"}, agree=self.collective.any,
         )
         # The models, tokenizers and libraries loaded so far live for the whole run; freezing them
         # keeps Python's cyclic GC from rescanning their hundreds of thousands of objects each time
@@ -295,7 +310,8 @@ class RLHFTrainer:
                     gc.unfreeze()
                 self.save(self.run_dir)
                 summary = self.summary()
-                atomic_write_json(self.run_dir / "summary.json", summary)
+                if main:
+                    atomic_write_json(self.run_dir / "summary.json", summary)
                 metrics.finish(summary, self.run_dir / "policy")
         finally:
             self.metrics = None
@@ -311,7 +327,9 @@ class RLHFTrainer:
 
     def _log_samples(self) -> None:
         assert self.run_dir is not None
-        prompts, completions, scores = self.last_batch
+        prompts, completions, scores = data_parallel.gather_samples(self.last_batch, self.collective)
+        if not self.collective.is_main:
+            return
         n = self.config.num_samples
         rows = [{"update": self.num_updates, "prompt": p, "completion": y, "score": s}
                 for p, y, s in list(zip(prompts, completions, scores))[:n]]
@@ -353,14 +371,19 @@ class RLHFTrainer:
 
     def save(self, directory: str | Path) -> None:
         """Write ``policy/`` (a ``save_pretrained`` causal LM, LoRA merged in, plus the adapter alone in
-        ``policy_adapter/``) and ``value_model/`` (trunk + ``scalar_head.safetensors``)."""
-        self.models.save(directory, self.tokenizer)
+        ``policy_adapter/``) and ``value_model/`` (trunk + ``scalar_head.safetensors``). With several
+        processes every one calls it (sharded weights are gathered) and rank 0 writes."""
+        state = sharding.full_state(self.models.trainable) if self.models.sharded else None
+        if self.collective.is_main:
+            self.models.save(directory, self.tokenizer, state)
 
 
 def check_resumable(config_file: Path, config: RLHFConfig, rewards: Sequence[RewardSpec] | None) -> None:
     """Refuse a resume whose config differs from the run's recorded one outside RESUMABLE_FIELDS
     (paths compared as absolute paths, rewards passed in code as their recorded labels)."""
-    saved = with_absolute_paths(from_mapping(RLHFConfig, load_yaml(config_file), str(config_file)), PATH_FIELDS)
+    data = dict(load_yaml(config_file))
+    data.pop("launch", None)  # how the run was launched (its world size), not a config field
+    saved = with_absolute_paths(from_mapping(RLHFConfig, data, str(config_file)), PATH_FIELDS)
     specs = list(rewards) if rewards is not None else list(config.rewards)
     now = with_absolute_paths(
         dataclasses.replace(config, rewards=[r if isinstance(r, str) else callable_label(r) for r in specs]), PATH_FIELDS)
