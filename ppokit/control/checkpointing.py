@@ -22,10 +22,9 @@ from safetensors.torch import load_file, save_file
 from ppokit import __version__
 from ppokit.configuration import check_unchanged, from_mapping, to_dict
 from ppokit.control.config import RESUMABLE_FIELDS, ControlConfig
-from ppokit.control.data_parallel import rank_state
 from ppokit.control.env_state import capture_env_state, restore_env_state
 from ppokit.control.spaces_json import space_from_json, space_to_json
-from ppokit.core.collective import gather_rank_states
+from ppokit.core.collective import check_world_size, gather_rank_states, rank_state
 from ppokit.errors import CheckpointError, ConfigError
 from ppokit.io.atomic import atomic_write_dir, recover_dir
 from ppokit.io.checkpoints import RESUME_FILE, checkpoint_path, load_torch_state, prune_checkpoints, read_resume_state
@@ -252,7 +251,8 @@ def restore_training(agent: PPO, checkpoint: Path, run_dir: Path) -> None:
     """The state beyond the weights: counters, health, envs, collector, RNGs (``resume.json``)."""
     file = checkpoint / RESUME_FILE
     resume = read_resume_state(checkpoint, KIND, RESUME_FORMAT)
-    own = rank_state(resume, agent.collective, file)
+    check_world_size(resume, agent.collective, file, "envs and random state")
+    own = rank_state(resume, agent.collective)
     try:
         agent.total_steps = resume["total_steps"]
         agent.best_eval_return = resume["best_eval_return"]

@@ -19,8 +19,6 @@ With one process none of this runs and a run is what it always was.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -103,15 +101,3 @@ def episode_figures(collector: RolloutCollector, collective: Collective) -> dict
         "episodic_length": length_sum / n_lengths if n_lengths else None,
         "episodes": int(episodes),
     }
-
-
-def rank_state(resume: Mapping[str, Any], collective: Collective, file: Path) -> Mapping[str, Any]:
-    """This rank's part of a ``resume.json``; a checkpoint of another world size is refused."""
-    saved = int(resume.get("world_size", 1))
-    if saved != collective.world_size:
-        how = "without --nproc" if saved == 1 else f"with --nproc {saved} (or torchrun --nproc_per_node {saved})"
-        raise ConfigError(
-            f"{file}: the run was checkpointed by {saved} process{'es' if saved > 1 else ''} and is being resumed by "
-            f"{collective.world_size}; each process's envs and random state are in the checkpoint, so resume it "
-            f"{how}")
-    return resume["ranks"][collective.rank] if "ranks" in resume else resume

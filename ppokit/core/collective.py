@@ -16,7 +16,8 @@ must be taken over all processes:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -186,6 +187,25 @@ def gather_rank_states(collective: Collective, local: dict[str, Any]) -> dict[st
     if not collective.active:
         return local
     return {"world_size": collective.world_size, "ranks": collective.gather_objects(local)}
+
+
+def check_world_size(resume: Mapping[str, Any], collective: Collective, file: Path, holds: str) -> None:
+    """Refuse to resume a checkpoint written by another number of processes; ``holds``: what each
+    process kept in it of its own (named in the message)."""
+    saved = resume.get("world_size", 1)
+    if not isinstance(saved, int) or saved < 1:
+        raise CheckpointError(f"{file}: bad world_size {saved!r}")
+    if saved != collective.world_size:
+        how = "without --nproc" if saved == 1 else f"with --nproc {saved} (or torchrun --nproc_per_node {saved})"
+        raise ConfigError(
+            f"{file}: the run was checkpointed by {saved} process{'es' if saved > 1 else ''} and is being resumed by "
+            f"{collective.world_size}; each process's {holds} are in the checkpoint, so resume it {how}")
+
+
+def rank_state(resume: Mapping[str, Any], collective: Collective) -> Mapping[str, Any]:
+    """This rank's part of a ``resume.json`` written with :func:`gather_rank_states` (the state itself
+    when one process wrote it)."""
+    return resume["ranks"][collective.rank] if "ranks" in resume else resume
 
 
 #: The single process: every operation returns its input.

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ppokit.configuration import from_mapping, load_yaml
-from ppokit.core.collective import gather_rank_states
+from ppokit.core.collective import gather_rank_states, rank_state
 from ppokit.errors import CheckpointError, ConfigError, UntrustedCodeError
 from ppokit.io.atomic import atomic_write_dir
 from ppokit.io.checkpoints import RESUME_FILE, checkpoint_path, find_resumable, load_torch_state, prune_checkpoints
 from ppokit.io.rng import rng_state, set_rng_state
-from ppokit.rlhf import data_parallel, sharding
+from ppokit.rlhf import sharding
 from ppokit.rlhf.config import RESUMABLE_FIELDS, RLHFConfig
 from ppokit.rlhf.rewards import reward_import
 
@@ -94,7 +94,7 @@ def restore(trainer: RLHFTrainer, checkpoint: Path, state: dict[str, Any]) -> No
         trainer.prompts.load_state_dict(state["prompts"])
         trainer.history = list(state["history"])
         trainer.health.load_state_dict(state["health"])
-        set_rng_state(data_parallel.rank_state(state, trainer.collective)["rng"])
+        set_rng_state(rank_state(state, trainer.collective)["rng"])
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
         raise CheckpointError(f"{checkpoint / RESUME_FILE}: bad resume state ({type(err).__name__}: {err})") from None
 

@@ -158,14 +158,11 @@ def resume_ppo(run_dir: Any, total_updates: int | None, overrides: dict[str, Any
 
 
 def _settled_main() -> bool:
-    """After a stage: wait for the other processes (:func:`ppokit.rlhf.data_parallel.settle`);
-    whether this process prints (rank 0 of a data-parallel job, or the only process)."""
+    """Whether this process prints a stage's result (rank 0 of a data-parallel job, or the only one);
+    the processes leave the job together afterwards (:func:`ppokit.launch.leave_processes`)."""
     from ppokit.core.collective import Collective
-    from ppokit.rlhf.data_parallel import settle
 
-    collective = Collective()
-    settle(collective)
-    return collective.is_main
+    return Collective().is_main
 
 
 def _require_rlhf_extra() -> None:

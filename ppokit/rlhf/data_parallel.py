@@ -19,16 +19,15 @@ With one process none of this runs and a run is what it always was.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from torch import Tensor, nn
 
 from ppokit import runtime as _runtime
 from ppokit.core.collective import Collective
-from ppokit.errors import CheckpointError, ConfigError
+from ppokit.errors import ConfigError
 
 if TYPE_CHECKING:
     from ppokit.rlhf.advantages import TokenAdvantages
@@ -117,38 +116,3 @@ def gather_samples(samples: tuple[list[str], list[str], list[float]],
 def run_path(collective: Collective, path: str | Path) -> Path:
     """Rank 0's run directory (a default name holds the time, which the ranks would not agree on)."""
     return Path(collective.broadcast_object(str(path)))
-
-
-def check_world_size(resume: Mapping[str, Any], collective: Collective, file: Path) -> None:
-    """Refuse to resume a checkpoint written by another number of processes."""
-    saved = resume.get("world_size", 1)
-    if not isinstance(saved, int) or saved < 1:
-        raise CheckpointError(f"{file}: bad world_size {saved!r}")
-    if saved != collective.world_size:
-        how = "without --nproc" if saved == 1 else f"with --nproc {saved} (or torchrun --nproc_per_node {saved})"
-        raise ConfigError(
-            f"{file}: the run was checkpointed by {saved} process{'es' if saved > 1 else ''} and is being resumed by "
-            f"{collective.world_size}; each process's share of the batch and random state are in the checkpoint, so "
-            f"resume it {how}")
-
-
-def rank_state(resume: Mapping[str, Any], collective: Collective) -> Mapping[str, Any]:
-    """This rank's part of a ``resume.json`` (the state itself when one process wrote it)."""
-    return resume["ranks"][collective.rank] if "ranks" in resume else resume
-
-
-
-def settle(collective: Collective) -> None:
-    """Wait until no collective is in flight, before the processes leave the job.
-
-    gloo's worker threads release each finished operation a moment after the caller's ``wait``
-    returns, and the last of them holds tensors that Python code made. Once the optimiser has
-    imported ``torch._dynamo``, ``destroy_process_group`` no longer ends those threads (torch 2.13),
-    so one of them can still be releasing such a tensor while the interpreter shuts down: it needs
-    the GIL, is stopped, and the process aborts ("terminate called without an active exception"),
-    failing a finished job now and then. A barrier, then a pause in which those threads take the GIL
-    and finish, leaves the final barrier nothing of Python's to release.
-    """
-    if collective.active:
-        collective.barrier()
-        time.sleep(0.05)

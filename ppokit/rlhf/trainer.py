@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ppokit.configuration import callable_label, check_unchanged, from_mapping, load_yaml, with_absolute_paths
 from ppokit.core.advantages import masked_mean
-from ppokit.core.collective import on_main
+from ppokit.core.collective import check_world_size, on_main
 from ppokit.core.diagnostics import explained_variance
 from ppokit.core.health import HealthMonitor
 from ppokit.core.kl import ProportionalKLController
@@ -96,7 +96,7 @@ class RLHFTrainer:
             checkpoint = latest_checkpoint(directory)
             if checkpoint is not None:
                 resume_state = read_resume_state(checkpoint, checkpointing.KIND, checkpointing.RESUME_FORMAT)
-                data_parallel.check_world_size(resume_state, self.collective, checkpoint / RESUME_FILE)
+                check_world_size(resume_state, self.collective, checkpoint / RESUME_FILE, "share of the batch and random state")
                 check_resumable(directory / "config.yaml", c, rewards)
             elif holds_run(directory):
                 # Stopped before its first checkpoint: nothing to continue from, so start it again.

@@ -236,8 +236,4 @@ if __name__ == "__main__":
     name, out_dir, model_dir = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     arg = sys.argv[4] if len(sys.argv) > 4 else ""
     {"ppo_step": ppo_step, "learn": learn, "supervised": supervised}[name](out_dir, model_dir, arg)
-    from ppokit.core.collective import Collective
-    from ppokit.rlhf.data_parallel import settle
-
-    settle(Collective())
     leave_processes()
