@@ -369,3 +369,35 @@ class RankFaultEnv(gym.Env):
                 os.kill(os.getpid(), signal.SIGKILL)
             reward = float("nan")
         return self.np_random.uniform(-1, 1, size=2).astype(np.float32), reward, False, self.t >= 20, {}
+
+
+class _LifeLossEnds(gym.Wrapper):
+    """Ends a training episode at each lost life (every ``every`` steps) while the game goes on,
+    as Atari's episodic-life preprocessing does; halves rewards, as a reward transform would."""
+
+    def __init__(self, env: gym.Env, every: int = 2):
+        super().__init__(env)
+        self.every, self.steps, self.game_over = every, 0, True
+
+    def reset(self, **kwargs):
+        if self.game_over:
+            self.game_over = False
+            return self.env.reset(**kwargs)
+        return self.env.unwrapped.step_obs(), {}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.steps += 1
+        self.game_over = terminated or truncated
+        return obs, 0.5 * reward, terminated or self.steps % self.every == 0, truncated, info
+
+
+class _Game(CountingEnv):
+    def step_obs(self):
+        return np.array([self.episode, self.t], dtype=np.float32)
+
+
+def game_with_lives(length: int = 6, every: int = 2) -> gym.Env:
+    """A game of ``length`` steps (reward 1 each) that ends a training episode every ``every`` steps,
+    with its own episode statistics recorded below those wrappers (the real game score)."""
+    return _LifeLossEnds(gym.wrappers.RecordEpisodeStatistics(_Game(length=length, terminate=True)), every)

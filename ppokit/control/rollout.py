@@ -71,6 +71,39 @@ def observation_batch(obs: Any, space: spaces.Space) -> tuple[np.ndarray, bool]:
     return batch, single
 
 
+def records_episodes(env: Any) -> bool:
+    """Whether a vector env's envs record their own episode statistics: its metadata declares
+    ``episode_statistics``, or (in-process envs) one's wrappers include ``RecordEpisodeStatistics``.
+    Known before the first game ends, so the lives lost before it are not counted as episodes."""
+    if getattr(env, "metadata", {}).get("episode_statistics"):
+        return True
+    for sub in getattr(env, "envs", ())[:1]:
+        while isinstance(sub, gym.Wrapper):
+            if isinstance(sub, gym.wrappers.RecordEpisodeStatistics):
+                return True
+            sub = sub.env
+    return False
+
+
+def env_episodes(info: Any, ended: np.ndarray, reports: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(returns, lengths, reported)`` of the episodes the env itself reports as over (Gymnasium's
+    ``RecordEpisodeStatistics`` under the vector env: ``info['episode']``), or None when the env
+    keeps no statistics of its own (``reports`` False and none in ``info``).
+
+    An env that records its own statistics knows better than the rewards ppokit sees: Atari's
+    preprocessing clips rewards and ends a training episode at each lost life, while the score of a
+    game is the unclipped sum over all its lives. Such an env reports a game only when it ends, so a
+    ``done`` it does not report is a lost life and counts as no episode.
+    """
+    stats = info.get("episode") if isinstance(info, dict) else None
+    if not isinstance(stats, dict):
+        if not reports:
+            return None
+        return np.zeros(len(ended)), np.zeros(len(ended), dtype=np.int64), np.zeros(len(ended), dtype=bool)
+    reported = np.asarray(info.get("_episode", np.ones_like(ended)), dtype=bool)
+    return np.asarray(stats["r"], dtype=np.float64), np.asarray(stats["l"]), reported & ended
+
+
 def policy_input(obs: np.ndarray, obs_rms: RunningMeanStd | None, clip_obs: float, image: bool = False) -> np.ndarray:
     """What the policy is fed: observations normalised by ``obs_rms`` (float32) when there is one,
     else as they are (uint8 images stay uint8, anything else becomes float32)."""
@@ -109,6 +142,8 @@ class RolloutCollector:
         self.clip_reward = clip_reward
         self.to_env = ActionAdapter(env.single_action_space)
         self.masks = masks
+        #: Whether the env records its own episode statistics (see env_episodes), or was seen to.
+        self.env_reports_episodes = records_episodes(env)
         self.mask_size = masks.size if masks is not None and masks.size is not None else 0
         obs_space = masks.observation_space if masks is not None else env.single_observation_space
         self.obs_dtype = torch.uint8 if obs_space.dtype == np.uint8 else torch.float32
@@ -322,9 +357,15 @@ class RolloutCollector:
             self._ep_length += ok
             ended = done & ok
             if ended.any():
+                reported = env_episodes(info, ended, self.env_reports_episodes)
+                self.env_reports_episodes = reported is not None
                 for i in np.flatnonzero(ended):
-                    finished_r.append(float(self._ep_return[i]))
-                    finished_l.append(int(self._ep_length[i]))
+                    if reported is None:
+                        finished_r.append(float(self._ep_return[i]))
+                        finished_l.append(int(self._ep_length[i]))
+                    elif reported[2][i]:
+                        finished_r.append(float(reported[0][i]))
+                        finished_l.append(int(reported[1][i]))
                 self._ep_return[ended] = 0.0
                 self._ep_length[ended] = 0
             rewards[t] = self._scale_rewards(reward, done, ok) if self.ret_rms is not None else reward

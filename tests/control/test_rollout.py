@@ -58,3 +58,15 @@ def test_episode_statistics_count_only_real_steps():
     agent.collector.collect()
     returns, lengths = agent.collector.last_finished
     assert lengths == [3, 3, 3, 3] and returns == [3.0, 3.0, 3.0, 3.0]
+
+
+def test_an_env_that_records_its_episodes_is_believed_over_the_rewards_ppokit_sees():
+    # Training episodes end every 2 steps (a lost life) and rewards are halved, but the env's own
+    # statistics (below those wrappers) say a game is 6 steps scoring 6: that is what gets logged.
+    cfg = ControlConfig(env_id="tests.envs:game_with_lives", num_envs=2, num_steps=21, num_minibatches=1, num_epochs=1,
+                        normalize_obs=False, normalize_reward=False, progress=False, tensorboard=False, eval_episodes=0)
+    agent = PPO(cfg)
+    ro = agent.collector.collect()
+    assert int((ro.terminated & ro.valid).sum()) > 4  # the lives ended training episodes
+    returns, lengths = agent.collector.last_finished
+    assert returns == [6.0] * 4 and lengths == [6] * 4
