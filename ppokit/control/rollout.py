@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
@@ -24,34 +23,13 @@ from torch import Tensor
 from ppokit.control.actions import ActionAdapter, action_width
 from ppokit.control.networks import ActorCritic
 from ppokit.control.observations import ObservationReader
+from ppokit.control.rollout_buffer import Rollout as Rollout
+from ppokit.control.rollout_buffer import RolloutStorage
 from ppokit.core.running_stats import RunningMeanStd
 from ppokit.errors import ObservationError
 
 if TYPE_CHECKING:
     from ppokit.control.fast.policy import NumpyPolicy
-
-
-@dataclass
-class Rollout:
-    """One rollout, time-major ``[T, N, ...]``."""
-
-    obs: Tensor
-    actions: Tensor
-    logp: Tensor
-    values: Tensor
-    rewards: Tensor
-    terminated: Tensor
-    truncated: Tensor
-    valid: Tensor
-    last_value: Tensor
-    #: ``[T, N, actions]``: which actions were allowed at each step; None when the env gives no masks.
-    masks: Tensor | None = None
-    #: ``[T, N, ...]``: the critic's own observations; None when it sees the actor's.
-    critic_obs: Tensor | None = None
-    #: Recurrent policies: ``[T, N]`` whether the observation at t is an episode's first, and the
-    #: core's state ``[N, S]`` before the rollout's first step.
-    starts: Tensor | None = None
-    initial_state: Tensor | None = None
 
 
 def observation_batch(obs: Any, space: spaces.Space) -> tuple[np.ndarray, bool]:
@@ -304,91 +282,96 @@ class RolloutCollector:
     def collect(self) -> Rollout:
         """Run the policy for ``num_steps`` steps of every env. The loop works on NumPy arrays and
         hands the buffers to torch (and the device) once at the end."""
+        self.begin()
+        for t in range(self.num_steps):
+            self.advance(t, *self._act(self.current_obs, self._mask))
+        return self.finish()
+
+    @property
+    def current_obs(self) -> np.ndarray:
+        """What the policy acts on next: the latest observation, normalised."""
+        assert self._obs is not None  # begin() resets
+        return self._obs
+
+    def begin(self) -> None:
+        """Start a rollout: fresh buffers (collect() is begin, ``num_steps`` × advance, finish; a
+        group of collectors stepped in lockstep calls them itself, acting for all of them at once)."""
         if self._obs is None:
             self.reset()
         if self.numpy_policy is not None:
             self.numpy_policy.refresh()
-        T, N = self.num_steps, self.num_envs
-        obs_dtype = np.uint8 if self.obs_dtype == torch.uint8 and self.obs_rms is None else np.float32
-        obs_buf = np.empty((T, N, *self.obs_shape), dtype=obs_dtype)
-        act_buf = np.empty((T, N, *self.action_shape), dtype=np.float32 if self.action_dtype == torch.float32 else np.int64)
-        logp_buf = np.empty((T, N), dtype=np.float32)
-        val_buf = np.empty((T, N), dtype=np.float32)
-        rewards = np.empty((T, N), dtype=np.float32)
-        terminated = np.empty((T, N), dtype=bool)
-        truncated = np.empty((T, N), dtype=bool)
-        valid = np.empty((T, N), dtype=bool)
-        finished_r: list[float] = []
-        finished_l: list[int] = []
-        mask_buf = None if not self.policy.spec.action_mask else np.ones((T, N, self.mask_size), dtype=bool)
-        critic_buf: np.ndarray | None = None
-        starts_buf = np.empty((T, N), dtype=bool)
-        initial_state = self._state.clone()
+        self._buffers = RolloutStorage.allocate(self)
+        self._initial_state = self._state.clone()
 
-        obs = self._obs
-        assert obs is not None  # reset() above
-        for t in range(T):
-            obs_buf[t] = obs
-            starts_buf[t] = self._starts
-            if mask_buf is not None:
-                mask_buf[t] = True if self._mask is None else self._mask
-            if self._critic is not None:
-                if critic_buf is None:
-                    critic_buf = np.empty((T, N, *self._critic.shape[1:]), dtype=np.float32)
-                critic_buf[t] = self._critic
-            action, logp, value = self._act(obs, self._mask)
-            act_buf[t] = action
-            logp_buf[t] = logp
-            val_buf[t] = value
-            next_obs, reward, term, trunc, info = self.env.step(self.to_env(action))
-            next_obs, self._mask = self._read(next_obs, info)
-            if self._mask is not None and mask_buf is None:  # the env's first mask, mid-rollout
-                mask_buf = np.ones((T, N, self.mask_size), dtype=bool)
-            reward = np.asarray(reward, dtype=np.float64)
-            term = np.asarray(term, dtype=bool)
-            trunc = np.asarray(trunc, dtype=bool)
-            ok = ~self._pending_reset
-            valid[t] = ok
-            terminated[t] = term
-            truncated[t] = trunc
-            done = term | trunc
+    def advance(self, t: int, action: np.ndarray, logp: np.ndarray, value: np.ndarray) -> None:
+        """Step ``t`` of the rollout: store the policy's output for the current observation, step
+        the envs with ``action``, and do the bookkeeping (episodes, reward scaling, resets)."""
+        b = self._buffers
+        obs = self.current_obs
+        b.obs[t] = obs
+        b.starts[t] = self._starts
+        if b.masks is not None:
+            b.masks[t] = True if self._mask is None else self._mask
+        if self._critic is not None:
+            if b.critic is None:
+                b.critic = np.empty((self.num_steps, self.num_envs, *self._critic.shape[1:]), dtype=np.float32)
+            b.critic[t] = self._critic
+        b.actions[t] = action
+        b.logp[t] = logp
+        b.values[t] = value
+        next_obs, reward, term, trunc, info = self.env.step(self.to_env(action))
+        next_obs, self._mask = self._read(next_obs, info)
+        if self._mask is not None and b.masks is None:  # the env's first mask, mid-rollout
+            b.masks = np.ones((self.num_steps, self.num_envs, self.mask_size), dtype=bool)
+        reward = np.asarray(reward, dtype=np.float64)
+        term = np.asarray(term, dtype=bool)
+        trunc = np.asarray(trunc, dtype=bool)
+        ok = ~self._pending_reset
+        b.valid[t] = ok
+        b.terminated[t] = term
+        b.truncated[t] = trunc
+        done = term | trunc
 
-            self._ep_return += reward * ok
-            self._ep_length += ok
-            ended = done & ok
-            if ended.any():
-                reported = env_episodes(info, ended, self.env_reports_episodes)
-                self.env_reports_episodes = reported is not None
-                for i in np.flatnonzero(ended):
-                    if reported is None:
-                        finished_r.append(float(self._ep_return[i]))
-                        finished_l.append(int(self._ep_length[i]))
-                    elif reported[2][i]:
-                        finished_r.append(float(reported[0][i]))
-                        finished_l.append(int(reported[1][i]))
-                self._ep_return[ended] = 0.0
-                self._ep_length[ended] = 0
-            rewards[t] = self._scale_rewards(reward, done, ok) if self.ret_rms is not None else reward
-            # A reset step (next-step autoreset) returns an episode's first observation.
-            self._starts = self._pending_reset.copy()
-            self._pending_reset = done
-            obs = self._process_obs(next_obs, update_stats=True)
+        self._ep_return += reward * ok
+        self._ep_length += ok
+        ended = done & ok
+        if ended.any():
+            reported = env_episodes(info, ended, self.env_reports_episodes)
+            self.env_reports_episodes = reported is not None
+            for i in np.flatnonzero(ended):
+                if reported is None:
+                    b.finished_r.append(float(self._ep_return[i]))
+                    b.finished_l.append(int(self._ep_length[i]))
+                elif reported[2][i]:
+                    b.finished_r.append(float(reported[0][i]))
+                    b.finished_l.append(int(reported[1][i]))
+            self._ep_return[ended] = 0.0
+            self._ep_length[ended] = 0
+        b.rewards[t] = self._scale_rewards(reward, done, ok) if self.ret_rms is not None else reward
+        # A reset step (next-step autoreset) returns an episode's first observation.
+        self._starts = self._pending_reset.copy()
+        self._pending_reset = done
+        self._obs = self._process_obs(next_obs, update_stats=True)
 
-        self._obs = obs
-        self.episode_returns.extend(finished_r)
-        self.episode_lengths.extend(finished_l)
-        self.episodes_total += len(finished_r)
-        self.last_finished = (finished_r, finished_l)
+    def finish(self) -> Rollout:
+        """End the rollout begun by :meth:`begin`: its buffers, as tensors on the device."""
+        b = self._buffers
+        obs = self.current_obs
+        self.episode_returns.extend(b.finished_r)
+        self.episode_lengths.extend(b.finished_l)
+        self.episodes_total += len(b.finished_r)
+        self.last_finished = (b.finished_r, b.finished_l)
+        recurrent = self.policy.core is not None
 
         def to_device(a: np.ndarray) -> Tensor:
             return torch.from_numpy(a).to(self.device)
 
         return Rollout(
-            obs=to_device(obs_buf), actions=to_device(act_buf), logp=to_device(logp_buf),
-            values=to_device(val_buf), rewards=to_device(rewards), terminated=to_device(terminated),
-            truncated=to_device(truncated), valid=to_device(valid), last_value=to_device(self._value(obs)),
-            masks=None if mask_buf is None else to_device(mask_buf),
-            critic_obs=None if critic_buf is None else to_device(critic_buf),
-            starts=to_device(starts_buf) if self.policy.core is not None else None,
-            initial_state=initial_state if self.policy.core is not None else None,
+            obs=to_device(b.obs), actions=to_device(b.actions), logp=to_device(b.logp),
+            values=to_device(b.values), rewards=to_device(b.rewards), terminated=to_device(b.terminated),
+            truncated=to_device(b.truncated), valid=to_device(b.valid), last_value=to_device(self._value(obs)),
+            masks=None if b.masks is None else to_device(b.masks),
+            critic_obs=None if b.critic is None else to_device(b.critic),
+            starts=to_device(b.starts) if recurrent else None,
+            initial_state=self._initial_state if recurrent else None,
         )
