@@ -7,7 +7,6 @@ line, ``ppokit: error: ...``, with exit code 2 and no traceback.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import math
@@ -18,38 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from ppokit import __version__
+from ppokit.cli_config import STOP_EVAL_MIN_STEPS, config_fields_help, resolve_train_config
 from ppokit.errors import PPOKitError, TrainingInterrupted
 from ppokit.launch import add_nproc_flag, in_worker, leave_processes, lost_contact, relaunch
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-
-
-def _config_fields_help() -> str:
-    from ppokit.configuration import describe
-    from ppokit.control.config import ControlConfig
-
-    lines = ["config fields (set any of them with --set key=value or in a --config YAML file):"]
-    for name, _type_name, default, help_text in describe(ControlConfig):
-        lines.append(f"  {name:<22} {help_text} [default: {default!r}]")
-    return "\n".join(lines)
-
-
-#: ``--stop-at-return`` without ``eval_every``: evaluations at least this many env steps apart. A
-#: 20-episode evaluation of a nearly solved policy costs more than a small update (BENCHMARKS.md,
-#: time to solve), so evaluating after every one of them would double the time to solve; updates of
-#: this size or more are evaluated after each one.
-STOP_EVAL_MIN_STEPS = 1024
-
-
-def _stop_eval_every(config_cls: type, data: dict[str, Any]) -> int:
-    """Updates between evaluations for ``--stop-at-return`` when the config does not say."""
-    defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
-    try:
-        per_update = int(data.get("num_envs", defaults["num_envs"])) * int(data.get("num_steps", defaults["num_steps"]))
-    except (TypeError, ValueError):
-        return 1  # the config check names the bad field
-    return max(1, math.ceil(STOP_EVAL_MIN_STEPS / per_update)) if per_update > 0 else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train an agent on a Gymnasium env",
         description="Train with PPO. Settings come from, in increasing priority: ppokit's defaults, "
         "the preset (the one named after ENV_ID when there is one), --config, the flags, --set.",
-        epilog=_config_fields_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=config_fields_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("env_id", nargs="?", help="Gymnasium env id, or module:EnvClass (default: from the preset/config)")
     train.add_argument("--preset", help="named preset (see `ppokit presets`); default: the one for ENV_ID if any")
@@ -82,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                             f"or every few when updates are under {STOP_EVAL_MIN_STEPS} env steps; "
                             "--set eval_every=N to choose)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--seeds", metavar="LIST", help="train these seeds together in one process (1-8, 1,3,5), each "
+                       "written to RUN_DIR/seed_<k> and equal to a run of that --seed alone; see README, Many seeds")
     add_nproc_flag(train)
 
     rs = sub.add_parser("resume", help="continue an interrupted run (control or RLHF PPO) from its latest checkpoint",
@@ -153,40 +128,6 @@ def _add_trust_flags(parser: argparse.ArgumentParser, doing: str) -> None:
                         "rewards and trust_remote_code (never on by default: a run directory may come from anyone)")
 
 
-def resolve_train_config(args: argparse.Namespace) -> tuple[Any, str | None]:
-    """Merge defaults, preset, config file, flags and --set into one validated ControlConfig."""
-    from ppokit.configuration import from_mapping, load_yaml, merge_overrides
-    from ppokit.control.config import ControlConfig
-    from ppokit.errors import ConfigError
-    from ppokit.presets import default_preset_for, load_preset
-
-    file_data = load_yaml(args.config) if args.config else {}
-    file_data.pop("description", None)  # a preset's (or best.yaml's) note for people, not a config field
-    file_data.pop("launch", None)  # a run's config.yaml: how it was launched (world size), not a config field
-    env_id = args.env_id or file_data.get("env_id")
-    preset = args.preset
-    if preset is None and not args.no_preset and env_id:
-        preset = default_preset_for(str(env_id))
-    data: dict[str, Any] = load_preset(preset) if preset else {}
-    data.update(file_data)
-    if args.env_id:
-        data["env_id"] = args.env_id
-    if "env_id" not in data:
-        raise ConfigError("no environment given: pass ENV_ID, --preset or a --config with env_id")
-    for field in ("total_steps", "seed", "run_dir"):
-        if getattr(args, field) is not None:
-            data[field] = getattr(args, field)
-    if args.no_progress:
-        data["progress"] = False
-    if args.stop_at_return is not None:
-        data["stop_at_return"] = args.stop_at_return
-    merge_overrides(ControlConfig, data, args.overrides)
-    if args.stop_at_return is not None and "eval_every" not in data:
-        data["eval_every"] = _stop_eval_every(ControlConfig, data)
-    sources = ([f"preset {preset!r}"] if preset else []) + ([args.config] if args.config else [])
-    return from_mapping(ControlConfig, data, f"config ({', '.join(sources)})" if sources else "config"), preset
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from ppokit.control.agent import PPO
     from ppokit.control.envs import check_env_id
@@ -195,6 +136,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config, preset = resolve_train_config(args)
     check_env_id(config.env_id)
     check_resume_flags(args.resume, args.overwrite, config.run_dir)
+    if args.seeds is not None:
+        return _train_seeds(args, config, preset)
     agent = PPO(config)
     world = agent.collective.world_size
     if agent.collective.is_main:
@@ -203,6 +146,28 @@ def cmd_train(args: argparse.Namespace) -> int:
               + (f" in {world} processes" if world > 1 else ""), file=sys.stderr)
     _run_learn(agent, overwrite=args.overwrite, resume=args.resume)
     return _report_run(agent)
+
+
+def _train_seeds(args: argparse.Namespace, config: Any, preset: str | None) -> int:
+    from ppokit.control.seeds import SeedGroup, parse_seeds
+
+    seeds = parse_seeds(args.seeds)
+    if args.seed is not None:
+        raise PPOKitError("--seed and --seeds: give one of them")
+    print(f"ppokit: training {config.env_id} for {config.steps_trained()} steps under {len(seeds)} seeds in one process"
+          + (f" with preset {preset!r}" if preset else " with the general defaults"), file=sys.stderr)
+    group = SeedGroup(config, seeds)
+    _run_learn(group, overwrite=args.overwrite, resume=args.resume)
+    return _report_group(group)
+
+
+def _report_group(group: Any) -> int:
+    print(f"run directory: {group.run_dir} (seeds {', '.join(map(str, group.seeds))}: seed_<k>)")
+    for seed in group.seeds:
+        eval_file = group.member_dir(seed) / "eval.json"
+        if eval_file.exists():
+            print(f"seed {seed}: {_eval_line(json.loads(eval_file.read_text()))}")
+    return 0
 
 
 def _run_learn(agent: Any, **kwargs: Any) -> None:
@@ -295,6 +260,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from ppokit.io.checkpoints import RESUME_FILE, find_resumable, read_resume_state
 
     run_dir = Path(args.run_dir)
+    if (run_dir / "seeds.json").is_file():  # a group of seeds (train --seeds)
+        from ppokit.control.seeds import SeedGroup
+
+        group = SeedGroup.resume(run_dir, trust=args.trust, **({"progress": False} if args.no_progress else {}))
+        _run_learn(group, total_steps=args.total_steps)
+        return _report_group(group)
     checkpoint = find_resumable(run_dir)
     kind = read_resume_state(checkpoint).get("kind")
     overrides: dict[str, Any] = {"progress": False} if args.no_progress else {}

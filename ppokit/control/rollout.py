@@ -158,6 +158,9 @@ class RolloutCollector:
         self.episode_returns: deque[float] = deque(maxlen=100)
         self.episode_lengths: deque[int] = deque(maxlen=100)
         self.episodes_total = 0
+        #: A rollout collected by a group stepping several collectors at once (control.seeds), for
+        #: the next collect() to return.
+        self.prepared: Rollout | None = None
         #: (returns, lengths) of the episodes that ended during the latest rollout.
         self.last_finished: tuple[list[float], list[int]] = ([], [])
 
@@ -281,7 +284,11 @@ class RolloutCollector:
     @torch.inference_mode()
     def collect(self) -> Rollout:
         """Run the policy for ``num_steps`` steps of every env. The loop works on NumPy arrays and
-        hands the buffers to torch (and the device) once at the end."""
+        hands the buffers to torch (and the device) once at the end. A rollout a group collected
+        for this collector in lockstep (``prepared``) is handed over instead."""
+        if self.prepared is not None:
+            rollout, self.prepared = self.prepared, None
+            return rollout
         self.begin()
         for t in range(self.num_steps):
             self.advance(t, *self._act(self.current_obs, self._mask))
