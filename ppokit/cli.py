@@ -7,6 +7,7 @@ line, ``ppokit: error: ...``, with exit code 2 and no traceback.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import math
@@ -171,6 +172,9 @@ def _report_group(group: Any) -> int:
 
 
 def _run_learn(agent: Any, **kwargs: Any) -> None:
+    # What the imports and the set-up made (torch alone is ~200k objects) lives as long as the
+    # process: out of the cyclic collector's sight, its passes during training and at exit are short.
+    gc.freeze()
     try:
         from tqdm.contrib.logging import logging_redirect_tqdm
 

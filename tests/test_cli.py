@@ -36,7 +36,11 @@ def test_train_writes_a_complete_run_directory_and_eval_reads_it(tmp_path):
                 "approx_kl_k1", "approx_kl_k3", "clip_fraction", "explained_variance", "learning_rate",
                 "clip_range", "kl_coef"):
         assert key in rows[-1], key
-    assert any(p.name.startswith("events.out.tfevents") for p in (run / "tensorboard").iterdir())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard")).Reload()
+    assert [e.step for e in events.Scalars("train/policy_loss")] == [256, 512]
+    assert [e.value for e in events.Scalars("train/learning_rate")] == pytest.approx([r["learning_rate"] for r in rows])
     assert (run / "model" / "model.safetensors").is_file() and (run / "model" / "state.json").is_file()
     ev = json.loads((run / "eval.json").read_text())
     assert set(ev) >= {"mean_return", "std_return", "episodes", "deterministic"} and ev["episodes"] == 3

@@ -37,9 +37,13 @@ class MetricsLogger:
         self._file.write(json.dumps(json_safe(dict(record))) + "\n")
         self._file.flush()
         if self._tb is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
-                    self._tb.add_scalar(f"{prefix}/{key}", value, step)
+            from tensorboard.compat.proto.summary_pb2 import Summary
+
+            # One event holding every scalar of the row: add_scalar per key writes an event each,
+            # ~20 µs apiece, which was several percent of a small control run.
+            values = [Summary.Value(tag=f"{prefix}/{key}", simple_value=float(value)) for key, value in record.items()
+                      if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value]
+            self._tb._get_file_writer().add_summary(Summary(value=values), step)
         self.trackers.log(record, step)
 
     def text(self, tag: str, text: str, step: int) -> None:
