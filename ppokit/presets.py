@@ -6,6 +6,7 @@ A preset named after an env id (``CartPole-v1``) is the default for that env; ot
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -46,4 +47,11 @@ def load_preset(name: str) -> dict[str, Any]:
 
 
 def default_preset_for(env_id: str) -> str | None:
-    return env_id if env_id in _preset_files() else None
+    """The preset named after ``env_id``; an Atari game's is named by its ``<Game>NoFrameskip-v4`` id
+    and serves ``ALE/<Game>-v5`` too (the same game, with sticky actions)."""
+    files = _preset_files()
+    if env_id in files:
+        return env_id
+    ale = re.fullmatch(r"ALE/([A-Za-z0-9]+)-v5", env_id)
+    alias = f"{ale.group(1)}NoFrameskip-v4" if ale else None
+    return alias if alias in files else None

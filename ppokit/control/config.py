@@ -31,7 +31,9 @@ RESUMABLE_FIELDS = frozenset({
     "device", "torch_threads", "trackers", "dist_backend", "dist_timeout",
 })
 
-Vectorization = Literal["auto", "sync", "async"]
+Vectorization = Literal["auto", "sync", "async", "envpool"]
+#: Which preprocessing wraps the envs made from an id (ppokit.control.atari).
+EnvPreprocessing = Literal["auto", "none", "atari"]
 Network = Literal["auto", "mlp", "cnn"]
 Activation = Literal["tanh", "relu", "elu"]
 #: Who runs the rollout's forward pass and the update: 'torch' (the reference), 'numpy' (the fast
@@ -49,7 +51,8 @@ class ControlConfig:
     env_kwargs: dict[str, Any] = doc("Keyword arguments passed to the environment constructor.", default_factory=dict)
     num_envs: int = doc("Number of parallel environments in the vector env (of each process, or of all of them: num_envs_scope).", default=4)
     num_envs_scope: Literal["rank", "global"] = doc("With several processes (--nproc, torchrun): 'rank' runs num_envs envs in each (the batch grows with the processes), 'global' splits num_envs among them (the batch and minibatch size stay those of one process).", default="rank")
-    vectorization: Vectorization = doc("'auto' (native vector env if the env has one, else sync), 'sync' or 'async'.", default="auto")
+    vectorization: Vectorization = doc("'auto' (native vector env if the env has one, else sync), 'sync', 'async', or 'envpool' (EnvPool's C++ envs: Atari, classic control, MuJoCo; pip install 'ppokit[envpool]').", default="auto")
+    env_preprocessing: EnvPreprocessing = doc("'auto' (the standard Atari stack for ale-py ids: no-op reset, 4-frame skip with max-pool, episodic life, FIRE reset, sign-clipped rewards, 84x84 grey, 4 frames stacked; nothing for other ids), 'atari' (that stack, or an error) or 'none' (the env as made).", default="auto")
     total_steps: int = doc("Environment steps to train for, summed over all parallel envs.", default=1_000_000)
     seed: int = doc("Seed for torch, numpy and the environments.", default=1)
 

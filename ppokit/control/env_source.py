@@ -8,6 +8,11 @@ evaluated on copies of its first env when it is a ``SyncVectorEnv``).
 
 An id read back from a saved file that would import a module is only made with the user's consent
 (``trusted``); see :class:`~ppokit.errors.UntrustedCodeError`.
+
+Envs made from an id get the preprocessing ``preprocessing`` names (``ControlConfig.env_preprocessing``:
+the Atari stack of :mod:`ppokit.control.atari` for ale-py ids); training and evaluation envs get the
+same stack, so the policy is evaluated on what it was trained on, and an Atari evaluation scores whole
+games through the env's own episode statistics. Env objects are used as given.
 """
 
 from __future__ import annotations
@@ -44,8 +49,9 @@ class EnvSource:
     """Makes the training, evaluation and video envs of a run."""
 
     def __init__(self, env_id: str, env_kwargs: dict[str, Any], *, trusted: bool = True, source: str = "config",
-                 obj: Any = None) -> None:
+                 obj: Any = None, preprocessing: str = "auto") -> None:
         self.env_id, self.env_kwargs = env_id, dict(env_kwargs)
+        self.preprocessing = preprocessing
         self.trusted, self.source = trusted, source
         self.obj = obj
         self._prototype: gym.Env | None = None
@@ -62,11 +68,11 @@ class EnvSource:
             raise EnvError(f"env={obj!r}: expected an env id, a gymnasium.Env, a vector env, or an env class or factory")
 
     @classmethod
-    def given(cls, obj: Any, env_kwargs: dict[str, Any]) -> EnvSource:
+    def given(cls, obj: Any, env_kwargs: dict[str, Any], preprocessing: str = "auto") -> EnvSource:
         """For ``PPO(config, env=obj)``: a string is an id; anything else an env object."""
         if isinstance(obj, str):
-            return cls(obj, env_kwargs)
-        return cls(_label(obj), env_kwargs, obj=obj)
+            return cls(obj, env_kwargs, preprocessing=preprocessing)
+        return cls(_label(obj), env_kwargs, obj=obj, preprocessing=preprocessing)
 
     @property
     def fixed_num_envs(self) -> int | None:
@@ -104,9 +110,12 @@ class EnvSource:
         self._check_trusted()
         factory = self._factory()
         if factory is None and self.obj is None:
-            return make_vector_env(self.env_id, num_envs, self.env_kwargs, vectorization)
+            return make_vector_env(self.env_id, num_envs, self.env_kwargs, vectorization,
+                                   preprocessing=self.preprocessing)
         make = (lambda: self._new()) if factory is None else (lambda: self._call(factory))
         fns = [make for _ in range(num_envs)]
+        if vectorization == "envpool":
+            raise EnvError(f"vectorization 'envpool' makes its envs from an id; {self.env_id} is an env object")
         if vectorization == "async":
             return gym.vector.AsyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
         return gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
@@ -121,7 +130,7 @@ class EnvSource:
             if extra:
                 raise EnvError(f"an env object cannot be remade with {extra}; pass an env class or factory instead")
             return self._new()
-        return make_single_env(self.env_id, self.env_kwargs, **extra)
+        return make_single_env(self.env_id, self.env_kwargs, preprocessing=self.preprocessing, **extra)
 
     def _call(self, factory: Callable[..., gym.Env], **extra: Any) -> gym.Env:
         env = factory(**{**self.env_kwargs, **extra})

@@ -4,9 +4,9 @@ There is no Gymnasium API for this, so ppokit walks the env objects it created (
 wrappers, each sub-env and the unwrapped env) and captures the attributes that are plain data:
 numbers, arrays, numpy generators (the envs' RNGs), and MuJoCo's integration state. Objects it
 knows to be fixed for an env's life (spaces, specs, callables, the MuJoCo model and renderer) are
-skipped. Anything else (a Box2D world, a worker process) means the state cannot be captured exactly;
-the checkpoint then records why, and a resumed run starts fresh episodes instead (seeded, so still
-reproducible, but not bit-identical to an uninterrupted run).
+skipped. Anything else (a Box2D world, a worker process, ale-py's emulator, an EnvPool pool) means
+the state cannot be captured exactly; the checkpoint then records why, and a resumed run starts
+fresh episodes instead (seeded, so still reproducible, but not bit-identical to an uninterrupted run).
 """
 
 from __future__ import annotations
@@ -84,7 +84,13 @@ def _capture(obj: Any, path: str, problems: list[str]) -> dict[str, Any]:
 
 
 def capture_env_state(env: gym.vector.VectorEnv) -> tuple[dict[str, Any] | None, str | None]:
-    """``(state, None)`` when the env's whole state was captured, else ``(None, reason)``."""
+    """``(state, None)`` when the env's whole state was captured, else ``(None, reason)``.
+
+    A vector env that knows its state cannot be captured says why in ``state_not_captured`` (EnvPool's
+    lives in C++); its attributes are not walked."""
+    why = getattr(env, "state_not_captured", None)
+    if isinstance(why, str):
+        return None, why
     if isinstance(env, gym.vector.AsyncVectorEnv):
         return None, "the envs run in worker processes (vectorization 'async')"
     problems: list[str] = []

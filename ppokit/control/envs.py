@@ -11,6 +11,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium import spaces
 
+from ppokit.control import atari
 from ppokit.errors import EnvError, UntrustedCodeError
 
 
@@ -62,28 +63,48 @@ def _registered_id(env_id: str) -> str:
     return env_id.rsplit(":", 1)[1] if ":" in env_id else env_id
 
 
+def _spec(name: str) -> gym.envs.registration.EnvSpec:
+    """Gymnasium's spec of a registered id; ale-py's ids are registered on first need (Gymnasium 1.x
+    no longer does it, and importing ale-py for every run would cost every run its start-up)."""
+    try:
+        return gym.spec(name)
+    except gym.error.Error:
+        if not atari.register_ale():
+            if atari.game_name(name) is not None:
+                raise atari.missing_ale(name) from None
+            raise
+        return gym.spec(name)
+
+
 def check_env_id(env_id: str) -> None:
     """Raise :class:`EnvError` with Gymnasium's suggestion when ``env_id`` names no environment."""
     if _resolve_callable(env_id) is not None:
         return
     name = _registered_id(env_id)
     try:
-        gym.spec(name)
+        _spec(name)
     except gym.error.Error as err:
         raise EnvError(f"unknown env id {env_id!r}: {err}") from None
 
 
-def make_single_env(env_id: str, env_kwargs: dict[str, Any] | None = None, **extra: Any) -> gym.Env:
-    """One environment instance (used for evaluation videos and as the sync/async building block)."""
+def make_single_env(env_id: str, env_kwargs: dict[str, Any] | None = None, *, preprocessing: str = "auto",
+                    **extra: Any) -> gym.Env:
+    """One environment instance (used for evaluation videos and as the sync/async building block),
+    inside the Atari stack when ``preprocessing`` says so (:func:`ppokit.control.atari.applies`)."""
     kwargs = {**(env_kwargs or {}), **extra}
     factory = _resolve_callable(env_id)
+    stack = atari.applies(env_id, preprocessing)
+    if stack and factory is None:
+        kwargs = atari.base_kwargs(env_id, kwargs)
     try:
         if factory is not None:
             env = factory(**kwargs)
             if not isinstance(env, gym.Env):
                 raise EnvError(f"env id {env_id!r}: the factory returned {type(env).__name__}, not a gymnasium.Env")
-            return env
-        return gym.make(_registered_id(env_id), **kwargs)
+        else:
+            _spec(_registered_id(env_id))
+            env = gym.make(_registered_id(env_id), **kwargs)
+        return atari.wrap(env, env_id) if stack else env
     except gym.error.DependencyNotInstalled as err:
         raise EnvError(f"env {env_id!r} needs a package that is not installed: {err}") from None
     except gym.error.Error as err:
@@ -98,19 +119,30 @@ def make_vector_env(
     env_kwargs: dict[str, Any] | None = None,
     vectorization: str = "auto",
     render_mode: str | None = None,
+    preprocessing: str = "auto",
 ) -> gym.vector.VectorEnv:
     """A Gymnasium vector env with next-step autoreset.
 
     ``vectorization='auto'`` uses the env's native vectorised implementation where it registers one
     (CartPole's numpy-batched env steps many envs in one call), else runs the envs in-process
-    (``sync``); ``async`` runs each in its own worker process.
+    (``sync``); ``async`` runs each in its own worker process; ``envpool`` steps them in EnvPool's C++
+    threads (:mod:`ppokit.control.envpool_env`). ``preprocessing``: see ``ControlConfig.env_preprocessing``.
     """
+    if vectorization == "envpool":
+        from ppokit.control.envpool_env import EnvPoolVectorEnv
+
+        if render_mode is not None:
+            raise EnvError("vectorization 'envpool' does not render; record videos with a Gymnasium env")
+        return EnvPoolVectorEnv(env_id, num_envs, env_kwargs, preprocessing)
     check_env_id(env_id)
     kwargs = dict(env_kwargs or {})
     if render_mode is not None:
         kwargs["render_mode"] = render_mode
     factory = _resolve_callable(env_id)
-    if factory is None and vectorization == "auto":
+    stack = atari.applies(env_id, preprocessing)
+    # ale-py's own vector env (its entry point) preprocesses in C++ its own way; ppokit's stack is
+    # Gymnasium's wrappers, and 'none' means raw frames, so ale-py ids always take the sync path.
+    if factory is None and vectorization == "auto" and not stack and not atari.is_atari_id(env_id):
         spec = gym.spec(_registered_id(env_id))
         if spec.vector_entry_point is not None:
             try:
@@ -119,11 +151,11 @@ def make_vector_env(
                 raise EnvError(f"cannot make env {env_id!r}: {err}") from None
             except TypeError as err:
                 raise EnvError(f"cannot make env {env_id!r} with env_kwargs {kwargs}: {err}") from None
-    fns = [lambda: make_single_env(env_id, kwargs) for _ in range(num_envs)]
+    fns = [lambda: make_single_env(env_id, kwargs, preprocessing=preprocessing) for _ in range(num_envs)]
     # Build one env up front so construction errors surface here, in this process, with a message.
-    make_single_env(env_id, kwargs).close()
+    make_single_env(env_id, kwargs, preprocessing=preprocessing).close()
     if vectorization == "async":
-        worker_fns = [lambda: _in_worker(env_id, kwargs) for _ in range(num_envs)]
+        worker_fns = [lambda: _in_worker(env_id, kwargs, preprocessing) for _ in range(num_envs)]
         return ReportingAsyncVectorEnv(worker_fns, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
     return gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
 
@@ -144,7 +176,7 @@ def check_spaces(observation_space: spaces.Space, action_space: spaces.Space, en
         )
 
 
-def _in_worker(env_id: str, kwargs: dict[str, Any]) -> gym.Env:
+def _in_worker(env_id: str, kwargs: dict[str, Any], preprocessing: str = "auto") -> gym.Env:
     """Build an env inside an async worker process, deaf to Ctrl-C.
 
     Ctrl-C reaches every process of the terminal's group; the trainer handles it in the main process
@@ -152,7 +184,7 @@ def _in_worker(env_id: str, kwargs: dict[str, Any]) -> gym.Env:
     """
     if multiprocessing.parent_process() is not None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return make_single_env(env_id, kwargs)
+    return make_single_env(env_id, kwargs, preprocessing=preprocessing)
 
 
 class ReportingAsyncVectorEnv(gym.vector.AsyncVectorEnv):

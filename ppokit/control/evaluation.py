@@ -1,4 +1,9 @@
-"""Evaluating a policy: N whole episodes on fresh env instances, rewards as the env gives them."""
+"""Evaluating a policy: N whole episodes on fresh env instances, rewards as the env gives them.
+
+An env that keeps its own episode statistics (an Atari game: ``metadata['episode_statistics']``, or
+``info['episode']`` seen) is scored by them: an episode is a whole game, its return the game's
+unclipped score, and a ``done`` the env does not report (a lost life) only starts the next life.
+"""
 
 from __future__ import annotations
 
@@ -50,13 +55,19 @@ def run_evaluation(act: Act, source: EnvSource, config: Any, episodes: int, *, d
                                 deterministic=deterministic, seed=seed, policy_spaces=policy_spaces,
                                 mask_key=config.action_mask_key)
         owned = env is None
-        env = source.evaluation(min(8, episodes)) if owned else env
+        env = source.evaluation(min(8, episodes), eval_vectorization(config)) if owned else env
         try:
             return evaluate_policy(act, env, config.env_id, episodes, deterministic=deterministic, seed=seed,
                                    policy_spaces=policy_spaces, mask_key=config.action_mask_key)
         finally:
             if owned:
                 env.close()
+
+
+def eval_vectorization(config: Any) -> str:
+    """How evaluation envs are made: by EnvPool when the run trains on it (the same preprocessing in
+    the same C++), else Gymnasium's ``auto``."""
+    return "envpool" if getattr(config, "vectorization", "auto") == "envpool" else "auto"
 
 
 def check_fits(env_id: str, observation_space: Any, action_space: Any, policy_spaces: tuple[Any, Any] | None) -> None:
@@ -94,8 +105,11 @@ def evaluate_policy(
     Episodes are spread over up to ``num_envs`` parallel envs with a fixed quota per env, so short
     episodes are not over-represented (taking the first N to finish would favour them). ``env``: a
     vector env of the task to use (and leave open) instead of making one. ``policy_spaces``: the
-    (observation, action) spaces the policy expects; an env with others is refused.
+    (observation, action) spaces the policy expects; an env with others is refused. An env with
+    episode statistics of its own is scored by them (module docstring).
     """
+    from ppokit.control.rollout import env_episodes, records_episodes
+
     if episodes < 1:
         raise ValueError("episodes must be at least 1")
     masks = ObservationReader(env.single_observation_space, env.single_action_space, mask_key)
@@ -105,12 +119,13 @@ def evaluate_policy(
     quota = np.array([(episodes // n + (1 if i < episodes % n else 0)) if i < n else 0 for i in range(env.num_envs)])
     obs, info = env.reset(seed=seed)
     starts = np.ones(env.num_envs, dtype=bool)
-    done_count = np.zeros(n, dtype=np.int64)
-    ep_return = np.zeros(n, dtype=np.float64)
-    ep_length = np.zeros(n, dtype=np.int64)
-    pending = np.zeros(n, dtype=bool)
+    done_count = np.zeros(env.num_envs, dtype=np.int64)
+    ep_return = np.zeros(env.num_envs, dtype=np.float64)
+    ep_length = np.zeros(env.num_envs, dtype=np.int64)
+    pending = np.zeros(env.num_envs, dtype=bool)
     returns: list[float] = []
     lengths: list[int] = []
+    reports = records_episodes(env)
     while np.any(done_count < quota):
         obs, mask = masks.read(obs, info, env.num_envs)
         obs, reward, term, trunc, info = env.step(act(obs, deterministic, mask, starts))
@@ -118,14 +133,19 @@ def evaluate_policy(
         ep_return += np.asarray(reward, dtype=np.float64) * counting
         ep_length += counting
         done = np.asarray(term, dtype=bool) | np.asarray(trunc, dtype=bool)
-        for i in np.flatnonzero(done & counting):
-            returns.append(float(ep_return[i]))
-            lengths.append(int(ep_length[i]))
+        ended = done & counting
+        own = env_episodes(info, ended, reports) if ended.any() else None
+        reports = reports or own is not None
+        for i in np.flatnonzero(ended):
+            if own is not None and not own[2][i]:
+                continue  # a lost life: the game goes on
+            returns.append(float(ep_return[i]) if own is None else float(own[0][i]))
+            lengths.append(int(ep_length[i]) if own is None else int(own[1][i]))
             done_count[i] += 1
         ep_return[done] = 0.0
         ep_length[done] = 0
         # A reset step (next-step autoreset) returns an episode's first observation.
-        starts = np.resize(pending, env.num_envs)
+        starts = pending
         pending = done
     return summarize(returns, lengths, deterministic, seed)
 
@@ -173,9 +193,11 @@ def record_video(
     mask_key: str = "action_mask",
 ) -> dict[str, Any]:
     """Play ``episodes`` episodes one after another in ``env`` (one env made with
-    ``render_mode='rgb_array'``, closed afterwards) with Gymnasium's RecordVideo into ``video_dir``."""
+    ``render_mode='rgb_array'``, closed afterwards) with Gymnasium's RecordVideo into ``video_dir``.
+    An env with episode statistics of its own plays whole games, one file each."""
     import gymnasium as gym
 
+    reports = bool(env.metadata.get("episode_statistics", False))
     try:
         try:
             masks = ObservationReader(env.observation_space, env.action_space, mask_key)
@@ -193,15 +215,22 @@ def record_video(
     try:
         for episode in range(episodes):
             obs, info = env.reset(seed=seed + episode)
-            total, length, done = 0.0, 0, False
+            total, length, done, start = 0.0, 0, False, True
             while not done:
                 policy_obs, mask = masks.read_single(obs, info)
-                starts = np.array([length == 0])
+                starts = np.array([start])
                 action = first_of(act(policy_obs, deterministic, None if mask is None else mask[None], starts))
                 obs, reward, term, trunc, info = env.step(action)
                 total += float(reward)
                 length += 1
-                done = bool(term or trunc)
+                start = bool(term or trunc)
+                if start and reports and "episode" not in info:
+                    # A lost life: the next starts below RecordVideo, so the game stays one file.
+                    obs, info = env.env.reset()
+                    continue
+                if start and "episode" in info:
+                    total, length = float(info["episode"]["r"]), int(info["episode"]["l"])
+                done = start
             returns.append(total)
             lengths.append(length)
     except gym.error.DependencyNotInstalled as err:
@@ -226,7 +255,7 @@ def periodic_evaluation(agent: PPO, episodes: int) -> dict[str, Any]:
     if agent._eval_env is None:
         # Kept for the whole run, one env per episode: each evaluation is then as many vector
         # steps as its longest episode, with no env construction.
-        agent._eval_env = agent.env_source.evaluation(min(episodes, MAX_EVAL_ENVS))
+        agent._eval_env = agent.env_source.evaluation(min(episodes, MAX_EVAL_ENVS), eval_vectorization(agent.config))
     # A new seed per evaluation, so "best" is not chosen on one fixed set of start states.
     result = agent.evaluate(episodes, deterministic=agent.config.eval_deterministic,
                             seed=agent.config.seed + 10_000 + agent.num_updates, env=agent._eval_env)
