@@ -1,23 +1,31 @@
 #!/usr/bin/env bash
 # Create .venv-bench (repo root): a separate venv holding the anchors the benchmarks run against:
-# TRL 1.12 (benchmarks/rlhf_trl_anchor.py) and Stable-Baselines3 (benchmarks/control_sb3_anchor.py).
+# TRL 1.12 (benchmarks/rlhf_trl_anchor.py), Stable-Baselines3 (benchmarks/control_sb3_anchor.py) and
+# PureJaxRL's stack, JAX 0.6.0 + gymnax (benchmarks/purejaxrl_anchor.py). ppokit never imports any of it.
 # torch==2.13.0 (local CPU build) goes in first, then benchmarks/requirements-trl.txt and
-# requirements-control.txt. Idempotent: does nothing when the stamp matches the requirements hash.
+# requirements-control.txt, then requirements-purejaxrl.txt; torch must still be 2.13.0 at the end.
+# Idempotent: each stage does nothing when its stamp matches the hash of its requirements.
 #
 #   bash benchmarks/make_bench_venv.sh            # create / update
-#   FORCE=1 bash benchmarks/make_bench_venv.sh    # reinstall even if the stamp matches
+#   FORCE=1 bash benchmarks/make_bench_venv.sh    # reinstall even if the stamps match
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv-bench"
 REQS="$ROOT/benchmarks/requirements-trl.txt"
 REQS_CONTROL="$ROOT/benchmarks/requirements-control.txt"
+REQS_JAX="$ROOT/benchmarks/requirements-purejaxrl.txt"
 STAMP="$VENV/.requirements-trl.sha256"
+STAMP_JAX="$VENV/.requirements-purejaxrl.sha256"
 TORCH_SPEC="torch==2.13.0"
 PYTHON="${PYTHON:-python3.11}"
 
+# The JAX stage hashes the first stage's inputs too, so a change there (a torch reinstall) redoes it.
 want="$( (echo "$TORCH_SPEC"; cat "$REQS" "$REQS_CONTROL") | sha256sum | cut -d' ' -f1)"
-if [[ -z "${FORCE:-}" && -f "$STAMP" && "$(cat "$STAMP")" == "$want" && -x "$VENV/bin/python" ]]; then
+want_jax="$( (echo "$want"; cat "$REQS_JAX") | sha256sum | cut -d' ' -f1)"
+up_to_date() { [[ -z "${FORCE:-}" && -f "$1" && "$(cat "$1")" == "$2" && -x "$VENV/bin/python" ]]; }
+
+if up_to_date "$STAMP" "$want" && up_to_date "$STAMP_JAX" "$want_jax"; then
     echo "make_bench_venv: $VENV is up to date" >&2
     exit 0
 fi
@@ -25,14 +33,31 @@ fi
 if [[ ! -x "$VENV/bin/python" ]]; then
     "$PYTHON" -m venv "$VENV"
 fi
-rm -f "$STAMP"
-"$VENV/bin/python" -m pip install --quiet "$TORCH_SPEC"
-"$VENV/bin/python" -m pip install --quiet -r "$REQS" -r "$REQS_CONTROL"
-TRL_EXPERIMENTAL_SILENCE=1 "$VENV/bin/python" - <<'PY'
+
+if ! up_to_date "$STAMP" "$want"; then
+    rm -f "$STAMP" "$STAMP_JAX"
+    "$VENV/bin/python" -m pip install --quiet "$TORCH_SPEC"
+    "$VENV/bin/python" -m pip install --quiet -r "$REQS" -r "$REQS_CONTROL"
+    TRL_EXPERIMENTAL_SILENCE=1 "$VENV/bin/python" - <<'PY'
 import torch, trl, transformers, stable_baselines3
 from trl.experimental.ppo import PPOConfig, PPOTrainer  # noqa: F401  (fails loudly if PPO is gone)
 assert torch.__version__.startswith("2.13.0"), torch.__version__
 print(f"make_bench_venv: torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, "
       f"stable-baselines3 {stable_baselines3.__version__}")
 PY
-echo "$want" > "$STAMP"
+    echo "$want" > "$STAMP"
+fi
+
+# JAX after torch, constrained by the TRL stage's pins (torch, numpy, ...) and with the control anchors listed
+# again, so the resolver cannot swap any of them for its own.
+rm -f "$STAMP_JAX"
+"$VENV/bin/python" -m pip install --quiet -c "$REQS" -r "$REQS_CONTROL" -r "$REQS_JAX"
+"$VENV/bin/python" - <<'PY'
+import torch
+assert torch.__version__.startswith("2.13.0"), f"installing PureJaxRL's stack changed torch to {torch.__version__}"
+import distrax, flax, gymnax, jax, optax  # noqa: E401,F401  (fails loudly if one does not import beside the others)
+from importlib.metadata import version
+print("make_bench_venv: torch", torch.__version__, "(unchanged),",
+      ", ".join(f"{name} {version(name)}" for name in ("jax", "flax", "optax", "chex", "gymnax", "distrax")))
+PY
+echo "$want_jax" > "$STAMP_JAX"

@@ -42,3 +42,38 @@ def test_defaults_benchmark_script_runs():
 def test_distributed_benchmark_script_runs():
     result = _run("distributed.py", "--tasks", "cartpole", "--repeats", "1", "--steps", "4096")
     assert result["cartpole"]["sps"]["1"] > 0 and result["cartpole"]["sps"]["2"] > 0
+
+
+def test_purejaxrl_side_by_side_runs():
+    """Both sides of benchmarks/vs_purejaxrl.py, tiny: every row trains the steps asked for and reports
+    a return, so a row that silently trains nothing fails here. Needs JAX in .venv-bench."""
+    if not list((ROOT / ".venv-bench").glob("lib/python*/site-packages/jax/__init__.py")):
+        pytest.skip(".venv-bench has no JAX: bash benchmarks/make_bench_venv.sh")
+    result = _run("vs_purejaxrl.py", "--quick", "--num-seeds", "2")
+    summary, runs = result["summary"], result["runs"]
+    one = ["PureJaxRL, 1 seed", "ppokit, 1 seed"]
+    many = ["PureJaxRL, 2 seeds (vmap)", "ppokit, 2 seeds (sequential processes)"]
+    if result["ppokit_has_seeds_flag"]:
+        many.append("ppokit, 2 seeds (--seeds 1-2)")
+    else:
+        assert any("no --seeds flag" in note for note in result["notes"])
+    assert sorted(summary) == sorted(one + many)
+    for name in one + many:
+        assert summary[name]["failed"] == 0, summary[name]["error"]
+        assert summary[name]["wall_s_median"] > 0 and summary[name]["final_return_mean"] > 0
+    assert runs["PureJaxRL, 1 seed"][0]["steps_per_seed"] == 2048
+    assert runs["ppokit, 1 seed"][0]["steps_per_seed"] == [2048]
+    assert len(runs["PureJaxRL, 2 seeds (vmap)"][0]["final_return"]) == 2
+    assert len(runs["ppokit, 2 seeds (sequential processes)"][0]["final_return"]) == 2
+
+
+def test_torch_env_benchmark_script_runs():
+    result = _run("torch_env_vs_rsl_rl.py", "--side", "ppokit", "--quick")
+    assert result["library"] == "ppokit" and result["steps"] == 64 * 24 * 2 and result["sps"] > 0
+
+
+@pytest.mark.parametrize("side,needs", [("ppokit-gym", "ale_py"), ("ppokit-envpool", "envpool")])
+def test_atari_benchmark_script_runs(side, needs):
+    pytest.importorskip(needs)
+    result = _run("atari_throughput.py", "--side", side, "--steps", "1024")
+    assert result["side"] == side and result["steps"] == 1024 and result["sps"] > 0

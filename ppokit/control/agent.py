@@ -23,9 +23,10 @@ import torch
 
 from ppokit import runtime
 from ppokit.configuration import replace
-from ppokit.control import checkpointing, data_parallel, fast
+from ppokit.control import checkpointing, data_parallel, device_evaluation, fast, torch_source
 from ppokit.control.actions import ActionAdapter, all_discrete, first_of
 from ppokit.control.algorithm import PPOAlgorithm
+from ppokit.control.collectors import Collector, make_collector
 from ppokit.control.config import RESUMABLE_FIELDS, ControlConfig
 from ppokit.control.data_parallel import local_num_envs
 from ppokit.control.env_source import EnvSource
@@ -34,6 +35,7 @@ from ppokit.control.evaluation import periodic_evaluation, run_evaluation
 from ppokit.control.networks import ActorCritic, PolicySpec, is_image_space
 from ppokit.control.observations import ObservationReader, as_policy_input
 from ppokit.control.rollout import RolloutCollector, observation_batch, policy_input
+from ppokit.control.torch_source import TorchEnvSource
 from ppokit.core.collective import on_main
 from ppokit.core.health import HealthMonitor
 from ppokit.core.running_stats import RunningMeanStd
@@ -53,19 +55,18 @@ class PPO:
     """
 
     def __init__(self, config: ControlConfig | None = None, env: Any = None, **overrides: Any) -> None:
-        """``env``: an id or an env object (see :mod:`ppokit.control.env_source`) instead of ``env_id``."""
+        """``env``: an id or an env object (see :mod:`ppokit.control.env_source`; a torch env,
+        :mod:`ppokit.control.torch_env`) instead of ``env_id``."""
         config = config or ControlConfig()
-        given = EnvSource.given(env, config.env_kwargs) if env is not None else None
+        given = torch_source.given(env, config.env_kwargs) if env is not None else None
         if given is not None:
-            overrides = {"env_id": given.env_id, **overrides}
-            if given.fixed_num_envs is not None:
-                overrides["num_envs"] = given.fixed_num_envs
+            overrides = torch_source.given_overrides(given, overrides)
         if overrides:
             config = replace(config, source="PPO(...)", **overrides)
         self.config = config
         #: Where the envs come from. A config given in code or on the command line is trusted; one read
         #: back from a file (load, resume) only with the user's consent.
-        self.env_source: EnvSource = given or EnvSource(config.env_id, config.env_kwargs)
+        self.env_source: EnvSource = torch_source.for_config(config, given)
         self.device = runtime.setup(config.seed, config.device, config.torch_threads)
         #: The processes of a data-parallel run (one process: a no-op); see data_parallel.
         self.collective = runtime.join_processes(self.device, config.dist_backend, config.dist_timeout)
@@ -91,13 +92,13 @@ class PPO:
         )
         self.policy = ActorCritic(spec).to(self.device)
         # Builds the optimiser, which may move the parameters into one buffer: before any NumPy views.
-        self.algorithm = PPOAlgorithm(c, self.policy, self.device, self.collective)
+        self.algorithm = PPOAlgorithm(c, self.policy, self.device, self.collective, on_device=self.torch_env)
         image = is_image_space(observation_space)
         self.obs_rms = RunningMeanStd(tuple(observation_space.shape)) if c.normalize_obs and not image else None
         self.ret_rms = RunningMeanStd(()) if c.normalize_reward else None
         self.to_env = ActionAdapter(action_space)
         self.numpy_policy = None
-        if c.update_backend != "torch" and fast.refusal(spec, self.device) is None:
+        if c.update_backend != "torch" and not self.torch_env and fast.refusal(spec, self.device) is None:
             from ppokit.control.fast.policy import NumpyPolicy
 
             self.numpy_policy = NumpyPolicy(self.policy)
@@ -110,7 +111,7 @@ class PPO:
         self.global_step = 0
         self.num_updates = 0
         self.run_dir: Path | None = None
-        self.collector: RolloutCollector | None = None
+        self.collector: Collector | None = None
         #: Total steps of the current (or resumed) learn() call; sets the schedules' progress.
         self.total_steps: int | None = None
         self.best_eval_return: float | None = None
@@ -119,6 +120,11 @@ class PPO:
         self._final_eval: dict[str, Any] | None = None
         self._start = (0, time.perf_counter())
         data_parallel.start(self)
+
+    @property
+    def torch_env(self) -> bool:
+        """Whether the run trains on a torch env, its rollout kept on the env's device."""
+        return isinstance(self.env_source, TorchEnvSource)
 
     @property
     def global_batch(self) -> int:
@@ -203,18 +209,7 @@ class PPO:
         return self
 
     def _finish_run(self, metrics: Any) -> None:
-        """Save the model and the final evaluation (eval.json), and give them to the trackers."""
-        assert self.run_dir is not None
-        c = self.config
-        self.save(self.run_dir / "model")
-        result = self._final_eval
-        if result is None and c.eval_episodes > 0:
-            result = self.evaluate(c.eval_episodes, deterministic=c.eval_deterministic)
-        if result is not None:
-            from ppokit.io.atomic import atomic_write_json
-
-            atomic_write_json(self.run_dir / "eval.json", result)
-        metrics.finish({f"eval/{k}": v for k, v in (result or {}).items()}, self.run_dir / "model")
+        checkpointing.finish_run(self, metrics)
 
     def update(self) -> dict[str, Any]:
         """One update: collect a rollout, estimate advantages, run the K epochs; its metrics row."""
@@ -227,7 +222,7 @@ class PPO:
         self.num_updates += 1
         returns, lengths = self.collector.episode_returns, self.collector.episode_lengths
         record: dict[str, Any] = {"global_step": self.global_step, "update": self.num_updates}
-        if self.collective.active:
+        if isinstance(self.collector, RolloutCollector) and self.collective.active:
             record.update(data_parallel.episode_figures(self.collector, self.collective))
         else:
             record.update(episodic_return=float(np.mean(returns)) if returns else None,
@@ -261,7 +256,10 @@ class PPO:
         """Actions for one observation or a batch, in the env's format (clipped to Box bounds);
         ``action_mask`` (a boolean per action, or a batch of them) rules actions out. A recurrent
         policy returns ``(actions, state)``: pass the state back in, and ``episode_start`` where an
-        episode begins. Fast-path policies draw from ``rng`` (default: the agent's own generator)."""
+        episode begins. Fast-path policies draw from ``rng`` (default: the agent's own generator).
+        Torch observations (a torch env's) give torch actions, on the policy's device."""
+        if isinstance(obs, torch.Tensor) and self.torch_env:
+            return device_evaluation.predict(self, obs, deterministic)
         obs = as_policy_input(self.env_observation_space, self.observation_space, obs)  # a Dict, Tuple, ... one
         batch, single = observation_batch(obs, self.observation_space)
         if action_mask is not None:
@@ -292,6 +290,9 @@ class PPO:
         ``env``: a vector env of this task to play them in (reset with ``seed``); by default one is
         made for the call and closed after it."""
         seed = self.config.seed + 10_000 if seed is None else seed
+        if self.torch_env:  # batched episodes on the env's device
+            return {**device_evaluation.evaluate(self, episodes, deterministic, seed, video_dir, env),
+                    "global_step": self.global_step}
         rng = np.random.default_rng([seed, 2])
 
         memory: dict[str, Any] = {"state": None}  # a recurrent policy's state across the evaluation's steps
@@ -334,9 +335,10 @@ class PPO:
         state = checkpointing.read_state(model_dir)
         agent = cls.__new__(cls)
         agent.config = checkpointing.saved_config(model_dir, state, overrides)
-        agent.env_source = EnvSource.given(env, agent.config.env_kwargs) if env is not None else EnvSource(
-            agent.config.env_id, agent.config.env_kwargs, trusted=trust or "env_id" in overrides,
-            source=str(model_dir / checkpointing.STATE_FILE))
+        agent.env_source = torch_source.for_config(
+            agent.config, torch_source.given(env, agent.config.env_kwargs) if env is not None else None,
+            trusted=trust or "env_id" in overrides, where=str(model_dir / checkpointing.STATE_FILE),
+            torch_env=bool(state.get("torch_env", False)))
         runtime.set_threads(agent.config.torch_threads)
         agent.device = runtime.resolve_device(agent.config.device)
         agent.collective = runtime.join_processes(agent.device, agent.config.dist_backend, agent.config.dist_timeout)
@@ -380,12 +382,7 @@ class PPO:
         local_envs = local_num_envs(c, self.collective)
         if self.env is None:
             self.env = self.env_source.training(local_envs, c.vectorization)
-        self.collector = RolloutCollector(
-            self.env, self.policy, self.device, c.num_steps, numpy_policy=self.numpy_policy,
-            masks=ObservationReader(self.env.single_observation_space, self.env.single_action_space, c.action_mask_key),
-            obs_rms=self.obs_rms, ret_rms=self.ret_rms, gamma=c.gamma, clip_obs=c.clip_obs,
-            clip_reward=c.clip_reward,
-        )
+        self.collector = make_collector(self)
         if reset:
             self.collector.reset(seed=data_parallel.env_seed(c, local_envs, self.collective.rank, self.num_updates))
 

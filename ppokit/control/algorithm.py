@@ -27,7 +27,7 @@ from ppokit.core.kl import AdaptiveClipController, AdaptiveKLController, kl_k3
 from ppokit.core.optim import AveragedGradients, Optimizer, make_adamw
 from ppokit.core.schedules import make_schedule
 from ppokit.core.update import AutogradStep, MinibatchStep, PPOUpdateSettings, run_epochs
-from ppokit.errors import CheckpointError
+from ppokit.errors import CheckpointError, ConfigError
 
 
 def rollout_advantages(rollout: Rollout, gamma: float, gae_lambda: float) -> tuple[Tensor, Tensor]:
@@ -40,13 +40,15 @@ def rollout_advantages(rollout: Rollout, gamma: float, gae_lambda: float) -> tup
     return gae(rollout.rewards, rollout.values, next_values, episode_ends, gamma, gae_lambda)
 
 
-def make_batch(rollout: Rollout, gamma: float, gae_lambda: float) -> dict[str, Tensor]:
-    """GAE over the rollout, then the valid steps flattened into one batch."""
+def make_batch(rollout: Rollout, gamma: float, gae_lambda: float, every_step_valid: bool = False) -> dict[str, Tensor]:
+    """GAE over the rollout, then the valid steps flattened into one batch. ``every_step_valid``
+    (same-step autoreset) skips the selection, whose size would have to be read from the device."""
     advantages, returns = rollout_advantages(rollout, gamma, gae_lambda)
-    keep = rollout.valid.reshape(-1).nonzero().squeeze(1)
+    keep = None if every_step_valid else rollout.valid.reshape(-1).nonzero().squeeze(1)
 
     def flat(x: Tensor) -> Tensor:
-        return x.reshape(-1, *x.shape[2:]).index_select(0, keep)
+        rows = x.reshape(-1, *x.shape[2:])
+        return rows if keep is None else rows.index_select(0, keep)
 
     batch = {
         "obs": flat(rollout.obs), "actions": flat(rollout.actions), "logp": flat(rollout.logp),
@@ -76,11 +78,11 @@ def make_sequence_batch(rollout: Rollout, gamma: float, gae_lambda: float) -> di
     return batch
 
 
-def make_optimizer(policy: ActorCritic, config: ControlConfig, device: torch.device) -> Optimizer:
+def make_optimizer(policy: ActorCritic, config: ControlConfig, device: torch.device, on_device: bool = False) -> Optimizer:
     """Adam. On a CPU, for MLP policies, over one flat buffer (the fast path's FlatAdam: torch's
-    per-tensor dispatch costs more than a small network's arithmetic there); elsewhere, and with
-    ``update_backend='torch'``, torch's own."""
-    if device.type == "cpu" and policy.spec.encoder == "mlp" and config.update_backend != "torch":
+    per-tensor dispatch costs more than a small network's arithmetic there); elsewhere, with
+    ``update_backend='torch'`` and for device-resident rollouts, torch's own."""
+    if device.type == "cpu" and policy.spec.encoder == "mlp" and config.update_backend != "torch" and not on_device:
         from ppokit.control.fast.flat_adam import FlatAdam
 
         return FlatAdam(policy.parameters(), lr=config.learning_rate, eps=config.adam_eps)
@@ -91,14 +93,21 @@ class PPOAlgorithm:
     """The update of a control run: optimiser, schedules, controllers, and the choice of minibatch step."""
 
     def __init__(self, config: ControlConfig, policy: ActorCritic, device: torch.device,
-                 collective: Collective = SINGLE) -> None:
-        """``collective``: the processes that each collect a share of the batch (data parallel)."""
+                 collective: Collective = SINGLE, on_device: bool = False) -> None:
+        """``collective``: the processes that each collect a share of the batch (data parallel).
+        ``on_device``: the rollouts come from a torch env (:mod:`.device_rollout`): every step is
+        valid, the batch stays on the device, and the update is the torch reference (the fast path
+        works on host arrays)."""
         c = self.config = config
+        if on_device and c.update_backend == "numpy":
+            raise ConfigError("config field 'update_backend' = 'numpy' cannot apply: a torch env's rollout stays on "
+                              "its device and the NumPy fast path works on the host; use 'auto' or 'torch'")
+        self.on_device = on_device
         if c.ent_coef is None:
             raise ValueError("PPOAlgorithm needs a config resolved for its action space (ControlConfig.for_actions)")
         self.ent_coef: float = c.ent_coef
         self.policy, self.device, self.collective = policy, device, collective
-        self.optimizer = make_optimizer(policy, config, device)
+        self.optimizer = make_optimizer(policy, config, device, on_device)
         if collective.active:
             self.optimizer = AveragedGradients(self.optimizer, collective)
         self.lr_schedule = make_schedule(c.lr_schedule, c.learning_rate)
@@ -109,7 +118,7 @@ class PPOAlgorithm:
         self.clip_controller = AdaptiveClipController(c.clip_range, c.kl_target) if c.adaptive_clip else None
         #: The NumPy minibatch step runs the updates (where it is selected, the optimiser is FlatAdam,
         #: whose gradient views it writes into).
-        self.fast_update = fast.select(c.update_backend, policy.spec, device, self.settings(0.0))
+        self.fast_update = not on_device and fast.select(c.update_backend, policy.spec, device, self.settings(0.0))
 
     @property
     def kl_coef(self) -> float:
@@ -158,7 +167,10 @@ class PPOAlgorithm:
         self.optimizer.set_learning_rate(lr)
         settings = self.settings(fraction)
         recurrent = rollout.starts is not None
-        batch = (make_sequence_batch if recurrent else make_batch)(rollout, c.gamma, c.gae_lambda)
+        if recurrent:
+            batch = make_sequence_batch(rollout, c.gamma, c.gae_lambda)
+        else:
+            batch = make_batch(rollout, c.gamma, c.gae_lambda, every_step_valid=self.on_device)
         step = self.minibatch_step(batch, settings)
         # Rows are samples, or for a recurrent policy whole env sequences.
         stats = run_epochs(step, batch["logp"].shape[0], self.optimizer, settings, device=batch["logp"].device,

@@ -24,6 +24,7 @@ from ppokit.configuration import check_unchanged, from_mapping, to_dict
 from ppokit.control.config import RESUMABLE_FIELDS, ControlConfig
 from ppokit.control.env_state import capture_env_state, restore_env_state
 from ppokit.control.spaces_json import space_from_json, space_to_json
+from ppokit.control.torch_env import capture_torch_env_state, restore_torch_env_state
 from ppokit.core.collective import check_world_size, gather_rank_states, rank_state
 from ppokit.errors import CheckpointError, ConfigError
 from ppokit.io.atomic import atomic_write_dir, recover_dir
@@ -68,6 +69,8 @@ def _state(agent: PPO) -> dict[str, Any]:
         "num_updates": agent.num_updates,
         "action_mask": agent.policy.spec.action_mask,
         "critic_obs_shape": list(agent.policy.spec.critic_obs_shape),
+        # A torch env's id is made by calling its class; load() must know that before it may import it.
+        "torch_env": agent.torch_env,
         **agent.algorithm.state_dict(),
     }
 
@@ -89,10 +92,25 @@ def save_model(agent: PPO, path: str | Path, include_optimizer: bool = False,
     return path
 
 
+def finish_run(agent: PPO, metrics: Any) -> None:
+    """The end of ``learn()``: save the model and the final evaluation (eval.json), and give them to the trackers."""
+    assert agent.run_dir is not None
+    c = agent.config
+    agent.save(agent.run_dir / "model")
+    result = agent._final_eval
+    if result is None and c.eval_episodes > 0:
+        result = agent.evaluate(c.eval_episodes, deterministic=c.eval_deterministic)
+    if result is not None:
+        from ppokit.io.atomic import atomic_write_json
+
+        atomic_write_json(agent.run_dir / "eval.json", result)
+    metrics.finish({f"eval/{k}": v for k, v in (result or {}).items()}, agent.run_dir / "model")
+
+
 def save_checkpoint(agent: PPO) -> Path:
     """A resumable checkpoint of the agent's run; keeps the newest ``keep_checkpoints``."""
     assert agent.run_dir is not None and agent.collector is not None and agent.env is not None
-    env_state, why = capture_env_state(agent.env)
+    env_state, why = capture_torch_env_state(agent.env) if agent.torch_env else capture_env_state(agent.env)
     # What each process of a data-parallel run holds of its own (gathered to rank 0, which writes).
     own = {"rng": rng_state(), "collector": encode(agent.collector.state_dict()), "env": env_state, "env_not_saved": why}
     per_rank = gather_rank_states(agent.collective, own)
@@ -262,7 +280,7 @@ def restore_training(agent: PPO, checkpoint: Path, run_dir: Path) -> None:
         agent.ensure_env(reset=own["env"] is None)
         assert agent.collector is not None
         if own["env"] is not None:
-            restore_env_state(agent.env, own["env"])
+            (restore_torch_env_state if agent.torch_env else restore_env_state)(agent.env, own["env"])
             agent.collector.load_state_dict(decode(own["collector"]))
         else:
             # Envs whose state cannot be saved start fresh (seeded) episodes; the statistics of

@@ -127,3 +127,75 @@ class RunningMeanStd:
         self._count[...] = state["count"].to(torch.float64).reshape(()).numpy()
         if self._pending is not None:
             self.share_updates()
+
+
+class DeviceMeanStd:
+    """A :class:`RunningMeanStd`'s statistics as tensors on a device, updated there by the same merge,
+    so that normalising every step of a device-resident rollout reads nothing back to the host.
+
+    The host object stays the record (it is saved, restored, merged and used by ``predict``):
+    :meth:`load` copies it to the device when it changed there, :meth:`store` writes the device's
+    statistics back, exactly (float64), once per rollout; :meth:`packed` lets that read-back share
+    one transfer with the rollout's other figures.
+    """
+
+    def __init__(self, host: RunningMeanStd, device: torch.device) -> None:
+        self.host, self.device = host, device
+        # MPS has no float64; everywhere else the statistics keep the host's precision.
+        self.dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.shape = tuple(host._mean.shape)
+        self.size = int(np.prod(self.shape))
+        self.mean = torch.zeros(self.shape, dtype=self.dtype, device=device)
+        self.var = torch.ones(self.shape, dtype=self.dtype, device=device)
+        self.count = torch.zeros((), dtype=self.dtype, device=device)
+        self._seen: np.ndarray | None = None  # the host's values as last loaded or stored
+        self.load()
+
+    def _host_values(self) -> np.ndarray:
+        return np.concatenate([self.host._mean.ravel(), self.host._var.ravel(), self.host._count.reshape(1)])
+
+    def load(self) -> None:
+        """Copy the host's statistics to the device if they changed there (a checkpoint restored, a merge)."""
+        values = self._host_values()
+        if self._seen is not None and np.array_equal(values, self._seen):
+            return
+        t = torch.from_numpy(values).to(self.device, self.dtype)
+        self.mean = t[:self.size].reshape(self.shape).clone()
+        self.var = t[self.size:2 * self.size].reshape(self.shape).clone()
+        self.count = t[-1].clone()
+        self._seen = values
+
+    def update(self, batch: Tensor) -> None:
+        """:meth:`RunningMeanStd.update_array`'s merge of a batch ``[n, *shape]``, on the device."""
+        n = batch.shape[0]
+        x = batch.to(self.dtype)
+        batch_mean = x.mean(dim=0)
+        batch_var = x.var(dim=0, unbiased=False) if n > 1 else torch.zeros_like(batch_mean)
+        total = self.count + n
+        delta = batch_mean - self.mean
+        m2 = self.var * self.count + batch_var * n + delta * delta * (self.count * n / total)
+        self.mean = self.mean + delta * (n / total)
+        self.var = m2 / total
+        self.count = total
+
+    def normalize(self, x: Tensor, clip: float | None = None, eps: float = 1e-8) -> Tensor:
+        """``(x - mean) / sqrt(var + eps)``, clipped to ``±clip``, as float32."""
+        out = ((x.to(self.dtype) - self.mean) * torch.rsqrt(self.var + eps)).to(torch.float32)
+        return out.clamp(-clip, clip) if clip is not None else out
+
+    def scale(self, x: Tensor, clip: float | None = None, eps: float = 1e-8) -> Tensor:
+        """``x / sqrt(var + eps)``, clipped to ``±clip`` (rewards), as float32."""
+        out = (x.to(self.dtype) * torch.rsqrt(self.var + eps)).to(torch.float32)
+        return out.clamp(-clip, clip) if clip is not None else out
+
+    def packed(self) -> Tensor:
+        """``[mean, var, count]`` flat, in float64, for :meth:`store` after a read-back."""
+        return torch.cat([self.mean.reshape(-1), self.var.reshape(-1), self.count.reshape(1)]).to(torch.float64)
+
+    def store(self, values: np.ndarray) -> None:
+        """Write statistics read back from :meth:`packed` into the host object, in place."""
+        values = np.asarray(values, dtype=np.float64)
+        self.host._mean[...] = values[:self.size].reshape(self.shape)
+        self.host._var[...] = values[self.size:2 * self.size].reshape(self.shape)
+        self.host._count[...] = values[-1]
+        self._seen = self._host_values()
