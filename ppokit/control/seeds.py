@@ -17,10 +17,9 @@ them, so ``ppokit resume ROOT`` continues the whole group.
 own sampling generator and its own copy of the process-wide generators (Python's, NumPy's, torch's:
 swapped in around everything of that seed that draws from them: its update's minibatch order, its
 checkpoints). The batched forward pass computes each seed's slice with the same products as one
-policy alone (:mod:`ppokit.control.fast.stacked`). The update runs seed by seed: its minibatches of
-~100 rows are arithmetic rather than dispatch, so stacking them would save little (BENCHMARKS.md
-has the split), and the seeds' batches differ in size (a rollout's reset steps are dropped), so
-stacked products would no longer be the ones a seed computes alone. The environments step seed by
+policy alone (:mod:`ppokit.control.fast.stacked`). The update runs seed by seed: the seeds'
+batches differ in size (a rollout's reset steps are dropped), so stacked products would no longer
+be the ones a seed computes alone (BENCHMARKS.md, "ppokit vs PureJaxRL", has what that costs). The environments step seed by
 seed too: each seed's envs must draw from that seed's generators. Policies the fast path does not
 run (CNN, recurrent, action masks, ``update_backend: torch``) act seed by seed as well: still one
 process and exact, without the batched forward pass.
