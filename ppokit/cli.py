@@ -20,7 +20,7 @@ from typing import Any
 from ppokit import __version__
 from ppokit.cli_config import STOP_EVAL_MIN_STEPS, config_fields_help, resolve_train_config
 from ppokit.errors import PPOKitError, TrainingInterrupted
-from ppokit.launch import add_nproc_flag, in_worker, leave_processes, lost_contact, relaunch
+from ppokit.launch import EXIT_LOST_CONTACT, add_nproc_flag, in_worker, leave_processes, lost_contact, relaunch
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -367,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if message is None:
             raise
         print(f"ppokit: error: {message}", file=sys.stderr)
-        return 1
+        return EXIT_LOST_CONTACT
 
 
 if __name__ == "__main__":

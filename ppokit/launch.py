@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import uuid
 from collections.abc import Sequence
@@ -39,10 +40,22 @@ def in_worker() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+#: The exit code of a process that stopped only because another one did: the launcher names the
+#: other one (the cause) when both are among the failures it saw.
+EXIT_LOST_CONTACT = 75
+
+#: What gloo's transport says when the process at the other end of a connection is gone; it raises
+#: a plain RuntimeError for it, not one of torch.distributed's own errors.
+_PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe")
+
+
 def lost_contact(err: BaseException) -> str | None:
     """A one-line message when ``err`` is torch.distributed failing because another process stopped."""
     dist = sys.modules.get("torch.distributed")
-    if dist is None or not isinstance(err, getattr(dist, "DistError", ())):
+    if dist is None:
+        return None
+    peer_gone = isinstance(err, RuntimeError) and "gloo" in str(err) and any(s in str(err) for s in _PEER_GONE)
+    if not (peer_gone or isinstance(err, getattr(dist, "DistError", ()))):
         return None
     first = (str(err).strip().splitlines() or [type(err).__name__])[0]
     return (f"process {os.environ.get('RANK', '?')}: lost contact with the other processes of the job ({first}); "
@@ -96,7 +109,9 @@ def relaunch(argv: Sequence[str], nproc: int) -> int:
     try:
         elastic_launch(config, entrypoint=sys.executable)("-m", "ppokit", *strip_nproc(argv))
     except ChildFailedError as err:
-        rank, failure = err.get_first_failure()
+        # Name the process that failed: not one that lost contact with it, nor one the launcher stopped.
+        rank, failure = min(err.failures.items(), key=lambda item: (
+            item[1].exitcode in (EXIT_LOST_CONTACT, -int(signal.SIGTERM)), item[1].timestamp, item[0]))
         codes = {f.exitcode for f in err.failures.values()}
         if codes <= set(INTERRUPTED):
             return max(codes)
