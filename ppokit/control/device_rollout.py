@@ -26,7 +26,13 @@ from gymnasium import spaces
 from torch import Tensor
 
 from ppokit.control.networks import ActorCritic
-from ppokit.control.rollout_buffer import Rollout
+from ppokit.control.rollout_buffer import (
+    Rollout,
+    check_saved_obs,
+    episode_log_state,
+    load_episode_log,
+    record_episodes,
+)
 from ppokit.control.torch_env import check_reset, check_step, check_torch_env, final_observation
 from ppokit.core.running_stats import DeviceMeanStd, RunningMeanStd
 from ppokit.errors import EnvError
@@ -203,10 +209,7 @@ class DeviceRolloutCollector:
         where = np.nonzero(ended)  # step-major, then env: the order the host collector reports
         finished_r = [float(r) for r in returns[where]]
         finished_l = [int(n) for n in lengths[where]]
-        self.episode_returns.extend(finished_r)
-        self.episode_lengths.extend(finished_l)
-        self.episodes_total += len(finished_r)
-        self.last_finished = (finished_r, finished_l)
+        record_episodes(self, finished_r, finished_l)
 
     def state_dict(self) -> dict[str, Any]:
         """The running state between rollouts, as plain data (read back from the device)."""
@@ -217,24 +220,16 @@ class DeviceRolloutCollector:
             "obs": None if self._obs is None else host(self._obs),
             "disc_return": host(self._disc_return), "ep_return": host(self._ep_return),
             "ep_length": host(self._ep_length),
-            "episode_returns": list(self.episode_returns), "episode_lengths": list(self.episode_lengths),
-            "episodes_total": self.episodes_total,
-            "last_finished": [list(self.last_finished[0]), list(self.last_finished[1])],
+            **episode_log_state(self),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         obs = state["obs"]
-        if obs is not None and tuple(obs.shape) != (self.num_envs, *self.obs_shape):
-            raise ValueError(f"saved observation batch has shape {tuple(obs.shape)}, expected "
-                             f"{(self.num_envs, *self.obs_shape)} (was num_envs changed?)")
+        check_saved_obs(obs, self.num_envs, self.obs_shape)
         self._obs = None if obs is None else torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)
         for name in ("disc_return", "ep_return", "ep_length"):
             value = np.asarray(state[name], dtype=np.float64)
             if value.shape != (self.num_envs,):
                 raise ValueError(f"saved {name} has shape {value.shape}, expected {(self.num_envs,)}")
             setattr(self, f"_{name}", torch.as_tensor(value, device=self.device).clone())
-        self.episode_returns = deque((float(r) for r in state["episode_returns"]), maxlen=100)
-        self.episode_lengths = deque((int(n) for n in state["episode_lengths"]), maxlen=100)
-        self.episodes_total = int(state["episodes_total"])
-        self.last_finished = ([float(r) for r in state["last_finished"][0]],
-                              [int(n) for n in state["last_finished"][1]])
+        load_episode_log(self, state)

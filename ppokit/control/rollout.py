@@ -24,7 +24,13 @@ from ppokit.control.actions import ActionAdapter, action_width
 from ppokit.control.networks import ActorCritic
 from ppokit.control.observations import ObservationReader
 from ppokit.control.rollout_buffer import Rollout as Rollout
-from ppokit.control.rollout_buffer import RolloutStorage
+from ppokit.control.rollout_buffer import (
+    RolloutStorage,
+    check_saved_obs,
+    episode_log_state,
+    load_episode_log,
+    record_episodes,
+)
 from ppokit.core.running_stats import RunningMeanStd
 from ppokit.errors import ObservationError
 
@@ -204,17 +210,12 @@ class RolloutCollector:
             "disc_return": self._disc_return.copy(),
             "ep_return": self._ep_return.copy(),
             "ep_length": self._ep_length.copy(),
-            "episode_returns": list(self.episode_returns),
-            "episode_lengths": list(self.episode_lengths),
-            "episodes_total": self.episodes_total,
-            "last_finished": [list(self.last_finished[0]), list(self.last_finished[1])],
+            **episode_log_state(self),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         obs = state["obs"]
-        if obs is not None and tuple(obs.shape) != (self.num_envs, *self.obs_shape):
-            raise ValueError(f"saved observation batch has shape {tuple(obs.shape)}, expected "
-                             f"{(self.num_envs, *self.obs_shape)} (was num_envs changed?)")
+        check_saved_obs(obs, self.num_envs, self.obs_shape)
         self._obs = None if obs is None else np.asarray(obs)
         mask = state.get("mask")
         self._mask = None if mask is None else np.asarray(mask, dtype=bool)
@@ -237,11 +238,7 @@ class RolloutCollector:
             if value.shape != current.shape:
                 raise ValueError(f"saved {name} has shape {value.shape}, expected {current.shape}")
             setattr(self, f"_{name}", value.copy())
-        self.episode_returns = deque((float(r) for r in state["episode_returns"]), maxlen=100)
-        self.episode_lengths = deque((int(n) for n in state["episode_lengths"]), maxlen=100)
-        self.episodes_total = int(state["episodes_total"])
-        self.last_finished = ([float(r) for r in state["last_finished"][0]],
-                              [int(n) for n in state["last_finished"][1]])
+        load_episode_log(self, state)
 
     def _process_obs(self, obs: np.ndarray, update_stats: bool) -> np.ndarray:
         if update_stats and self.obs_rms is not None:
@@ -364,10 +361,7 @@ class RolloutCollector:
         """End the rollout begun by :meth:`begin`: its buffers, as tensors on the device."""
         b = self._buffers
         obs = self.current_obs
-        self.episode_returns.extend(b.finished_r)
-        self.episode_lengths.extend(b.finished_l)
-        self.episodes_total += len(b.finished_r)
-        self.last_finished = (b.finished_r, b.finished_l)
+        record_episodes(self, b.finished_r, b.finished_l)
         recurrent = self.policy.core is not None
 
         def to_device(a: np.ndarray) -> Tensor:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -68,3 +69,38 @@ class RolloutStorage:
             starts=np.empty((T, N), dtype=bool),
             masks=None if not c.policy.spec.action_mask else np.ones((T, N, c.mask_size), dtype=bool),
         )
+
+
+def record_episodes(collector: Any, returns: list[float], lengths: list[int]) -> None:
+    """Add a rollout's finished episodes to a collector's log (``episode_returns`` and
+    ``episode_lengths``, the last 100 of each; ``episodes_total``; ``last_finished``)."""
+    collector.episode_returns.extend(returns)
+    collector.episode_lengths.extend(lengths)
+    collector.episodes_total += len(returns)
+    collector.last_finished = (returns, lengths)
+
+
+def episode_log_state(collector: Any) -> dict[str, Any]:
+    """A collector's episode log as plain data, for its checkpoint."""
+    return {
+        "episode_returns": list(collector.episode_returns),
+        "episode_lengths": list(collector.episode_lengths),
+        "episodes_total": collector.episodes_total,
+        "last_finished": [list(collector.last_finished[0]), list(collector.last_finished[1])],
+    }
+
+
+def load_episode_log(collector: Any, state: dict[str, Any]) -> None:
+    """Restore what :func:`episode_log_state` saved."""
+    collector.episode_returns = deque((float(r) for r in state["episode_returns"]), maxlen=100)
+    collector.episode_lengths = deque((int(n) for n in state["episode_lengths"]), maxlen=100)
+    collector.episodes_total = int(state["episodes_total"])
+    collector.last_finished = ([float(r) for r in state["last_finished"][0]],
+                               [int(n) for n in state["last_finished"][1]])
+
+
+def check_saved_obs(obs: Any, num_envs: int, obs_shape: tuple[int, ...]) -> None:
+    """Refuse a saved observation batch of another shape (a checkpoint of another ``num_envs``)."""
+    if obs is not None and tuple(obs.shape) != (num_envs, *obs_shape):
+        raise ValueError(f"saved observation batch has shape {tuple(obs.shape)}, expected "
+                         f"{(num_envs, *obs_shape)} (was num_envs changed?)")
