@@ -50,7 +50,7 @@ from ppokit.io.atomic import atomic_write_json
 from ppokit.io.checkpoints import checkpoint_path
 from ppokit.io.loop import Callback, LoopPlan, run_loop
 from ppokit.io.metrics import MetricsLogger
-from ppokit.io.run_dir import open_run
+from ppokit.io.run_dir import default_run_dir, open_run
 
 #: The file in a group's root directory that names its seeds.
 GROUP_FILE = "seeds.json"
@@ -293,14 +293,8 @@ def _mean_return(record: dict[str, Any]) -> str:
 
 def default_group_dir(env_id: str, seeds: Sequence[int], root: str | Path = "runs") -> Path:
     """``runs/<env>__seeds<first>-<last>__<time>`` (numbered when it exists)."""
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in env_id)
     contiguous = list(seeds) == list(range(seeds[0], seeds[-1] + 1))
-    base = f"{safe}__seeds{seeds[0]}{'-' if contiguous else '+'}{seeds[-1]}__{time.strftime('%Y%m%d-%H%M%S')}"
-    path, n = Path(root) / base, 1
-    while path.exists():
-        n += 1
-        path = Path(root) / f"{base}-{n}"
-    return path
+    return default_run_dir(env_id, seeds[0], root, label=f"seeds{seeds[0]}{'-' if contiguous else '+'}{seeds[-1]}")
 
 
 def read_group(run_dir: str | Path) -> list[int] | None:

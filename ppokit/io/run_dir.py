@@ -17,14 +17,16 @@ from ppokit.io.trackers import TRACKER_STATE, TrackerSet, check_trackers, open_t
 RUN_MARKERS = ("config.yaml", "metrics.jsonl")
 
 
-def default_run_dir(env_id: str, seed: int, root: str | Path = "runs") -> Path:
+def default_run_dir(env_id: str, seed: int, root: str | Path = "runs", label: str | None = None) -> Path:
+    """``root/<env>__seed<N>__<time>`` (``label`` instead of ``seed<N>``), numbered when it exists."""
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in env_id)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = Path(root) / f"{safe}__seed{seed}__{stamp}"
+    base = f"{safe}__{label or f'seed{seed}'}__{stamp}"
+    path = Path(root) / base
     n = 1
     while path.exists():
         n += 1
-        path = Path(root) / f"{safe}__seed{seed}__{stamp}-{n}"
+        path = Path(root) / f"{base}-{n}"
     return path
 
 
