@@ -100,6 +100,53 @@ def discounted_returns(
     return returns
 
 
+def _groups(x: Tensor, group_size: int, name: str) -> Tensor:
+    """``x`` ``[N]`` as ``[N / G, G]``: consecutive entries are one group."""
+    if x.ndim != 1 or group_size < 1 or x.shape[0] % group_size:
+        raise ValueError(f"{name}: a 1-D tensor whose length is a multiple of group_size = {group_size} expected, "
+                         f"got shape {tuple(x.shape)}")
+    return x.view(-1, group_size)
+
+
+def group_normalized(returns: Tensor, group_size: int, eps: float = 1e-4) -> Tensor:
+    r"""Group-relative advantages (GRPO; Shao et al., 2024, DeepSeekMath, section 4.1.2).
+
+    For a group of :math:`G` samples of the same situation (completions of one prompt) with returns
+    :math:`R_1 \dots R_G`:
+
+    .. math::
+        \hat A_i = \frac{R_i - \operatorname{mean}(R_{1..G})}{\operatorname{std}(R_{1..G}) + \epsilon}
+
+    with the sample standard deviation (Bessel's correction, :math:`G - 1`). The group's mean is the
+    baseline a critic would otherwise provide; a group whose returns are all equal carries no signal
+    and gets zeros. ``returns`` is ``[N]`` with each group's ``group_size`` entries adjacent.
+    """
+    grouped = _groups(returns, group_size, "group_normalized")
+    if group_size < 2:
+        raise ValueError("group_normalized: a group needs at least 2 samples to have a spread")
+    mean = grouped.mean(dim=1, keepdim=True)
+    std = grouped.std(dim=1, keepdim=True)
+    return ((grouped - mean) / (std + eps)).reshape(-1)
+
+
+def leave_one_out(returns: Tensor, group_size: int) -> Tensor:
+    r"""Leave-one-out advantages (RLOO; Kool et al., 2019; Ahmadian et al., 2024).
+
+    Each sample's baseline is the mean return of the *other* :math:`G - 1` samples of its group,
+    which keeps the estimate unbiased (the baseline does not depend on the sample itself):
+
+    .. math::
+        \hat A_i = R_i - \frac{1}{G - 1}\sum_{j \ne i} R_j = \frac{G}{G - 1}\big(R_i - \bar R\big)
+
+    ``returns`` is ``[N]`` with each group's ``group_size`` entries adjacent.
+    """
+    grouped = _groups(returns, group_size, "leave_one_out")
+    if group_size < 2:
+        raise ValueError("leave_one_out: a group needs at least 2 samples to leave one out")
+    others = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
+    return (grouped - others).reshape(-1)
+
+
 def masked_mean(x: Tensor, mask: Tensor | None = None) -> Tensor:
     """Mean of ``x`` over the entries where ``mask`` is true (all entries when ``mask`` is None)."""
     if mask is None:

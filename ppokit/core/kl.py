@@ -8,6 +8,11 @@ The estimators follow one convention: samples :math:`x \sim q` and
   ``log_ratio = logp_new - logp_old`` gives :math:`\mathrm{KL}(\pi_{old} \| \pi_{new})`.
 * RLHF penalty: tokens were sampled from the policy, so ``q`` = policy, ``p`` = reference and
   ``log_ratio = logp_ref - logp_policy`` gives :math:`\mathrm{KL}(\pi \| \pi_{ref})`.
+* RLHF loss term (GRPO's way, :func:`ppokit.core.losses.reference_kl_loss`): the same
+  :math:`\mathrm{KL}(\pi \| \pi_{ref})` with :math:`k_3`, differentiated through ``logp_policy``
+  instead of subtracted from the reward. :math:`k_3`'s gradient
+  :math:`\partial k_3 / \partial \log\pi = 1 - \pi_{ref}/\pi` vanishes exactly at :math:`\pi = \pi_{ref}`;
+  :math:`k_1`'s is a constant 1, which would push every sampled token's probability down.
 """
 
 from __future__ import annotations

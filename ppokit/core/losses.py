@@ -94,6 +94,25 @@ def value_loss(
     return 0.5 * masked_mean(error, mask)
 
 
+def reference_kl_loss(logp_new: Tensor, logp_ref: Tensor, mask: Tensor | None = None) -> Tensor:
+    r"""The KL of the policy to a frozen reference as a loss term (Shao et al., 2024, GRPO, eq. 3–4).
+
+    The sampled tokens :math:`y_t \sim \pi_{\theta_{old}} \approx \pi_\theta`, so with
+    :math:`\rho_t = \pi_{ref}(y_t) / \pi_\theta(y_t)` the :math:`k_3` estimator of
+    :math:`\mathrm{KL}(\pi_\theta \,\|\, \pi_{ref})` per token, averaged over the valid tokens, is
+
+    .. math::
+        L^{KL} = \mathbb{E}_t\big[\rho_t - \log\rho_t - 1\big], \qquad
+        \frac{\partial L^{KL}}{\partial \log\pi_\theta(y_t)} = \frac{1 - \rho_t}{n}
+
+    (:math:`n` the number of valid tokens): never negative, zero exactly where the policy agrees with
+    the reference, and its gradient pulls :math:`\log\pi_\theta(y_t)` towards :math:`\log\pi_{ref}(y_t)`.
+    It enters the total loss as :math:`L = L^{CLIP} + \beta\,L^{KL} + \dots` in place of a KL penalty
+    in the reward; the mean runs over tokens like :func:`clipped_surrogate_loss`'s.
+    """
+    return masked_mean(kl_k3(logp_ref - logp_new), mask)
+
+
 def entropy_bonus(entropy: Tensor, mask: Tensor | None = None) -> Tensor:
     r"""Mean policy entropy :math:`H = \mathbb{E}_t[\mathcal H(\pi_\theta(\cdot|s_t))]`.
 

@@ -115,7 +115,42 @@ def make_adamw(params: Iterable[Tensor], *, lr: float, weight_decay: float = 0.0
     return TorchOptimizer(optimizer)
 
 
-class AveragedGradients:
+class OptimizerWrapper:
+    """An :class:`Optimizer` that hands every call to ``inner``; wrappers override what they change."""
+
+    def __init__(self, inner: Optimizer) -> None:
+        self.inner = inner
+
+    @property
+    def learning_rate(self) -> float:
+        return self.inner.learning_rate
+
+    def set_learning_rate(self, lr: float) -> None:
+        self.inner.set_learning_rate(lr)
+
+    def zero_grad(self) -> None:
+        self.inner.zero_grad()
+
+    def clip_grad_norm(self, max_norm: float) -> Tensor:
+        return self.inner.clip_grad_norm(max_norm)
+
+    def step(self) -> None:
+        self.inner.step()
+
+    def params_finite(self) -> bool:
+        return self.inner.params_finite()
+
+    def gradients(self) -> list[Tensor]:
+        return self.inner.gradients()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)
+
+
+class AveragedGradients(OptimizerWrapper):
     """An :class:`Optimizer` whose gradients are averaged over the processes before they are
     clipped or applied: data-parallel training, in one exchange of the whole gradient per step.
 
@@ -124,15 +159,9 @@ class AveragedGradients:
     """
 
     def __init__(self, inner: Optimizer, collective: Collective) -> None:
-        self.inner, self.collective = inner, collective
+        super().__init__(inner)
+        self.collective = collective
         self._averaged = False
-
-    @property
-    def learning_rate(self) -> float:
-        return self.inner.learning_rate
-
-    def set_learning_rate(self, lr: float) -> None:
-        self.inner.set_learning_rate(lr)
 
     def zero_grad(self) -> None:
         self.inner.zero_grad()
@@ -163,14 +192,44 @@ class AveragedGradients:
         self.average()
         self.inner.step()
 
-    def params_finite(self) -> bool:
-        return self.inner.params_finite()
 
-    def gradients(self) -> list[Tensor]:
-        return self.inner.gradients()
+class LossScaledOptimizer(OptimizerWrapper):
+    r"""Dynamic loss scaling for float16 training (Micikevicius et al., 2018).
+
+    The step multiplies the loss by :math:`S` before the backward pass (:attr:`loss_scale`), so small
+    gradients do not flush to zero in float16; :meth:`clip_grad_norm` divides the gradients by
+    :math:`S` before measuring and clipping them. A non-finite gradient is an overflow of the scale,
+    not of training: :meth:`overflowed` halves :math:`S` and the epoch loop skips that step. After
+    ``growth_interval`` good steps in a row :math:`S` doubles again.
+    """
+
+    def __init__(self, inner: Optimizer, init_scale: float = 2.0**16, growth_interval: int = 2000) -> None:
+        super().__init__(inner)
+        self.loss_scale = float(init_scale)
+        self.growth_interval = growth_interval
+        self.good_steps = 0
+
+    def clip_grad_norm(self, max_norm: float) -> Tensor:
+        grads = [g for g in self.inner.gradients() if g is not None]
+        if grads:
+            torch._foreach_mul_(grads, 1.0 / self.loss_scale)
+        return self.inner.clip_grad_norm(max_norm)
+
+    def overflowed(self) -> None:
+        """The last gradient was not finite: halve the scale and drop the gradient."""
+        self.loss_scale = max(self.loss_scale / 2.0, 1.0)
+        self.good_steps = 0
+        self.inner.zero_grad()
+
+    def step(self) -> None:
+        self.inner.step()
+        self.good_steps += 1
+        if self.good_steps % self.growth_interval == 0:
+            self.loss_scale *= 2.0
 
     def state_dict(self) -> dict[str, Any]:
-        return self.inner.state_dict()
+        return {"inner": self.inner.state_dict(), "loss_scale": self.loss_scale, "good_steps": self.good_steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.inner.load_state_dict(state)
+        self.inner.load_state_dict(state["inner"])
+        self.loss_scale, self.good_steps = float(state["loss_scale"]), int(state["good_steps"])

@@ -26,9 +26,10 @@ from ppokit.core.losses import (
     clipped_surrogate_loss,
     entropy_bonus,
     kl_penalty_surrogate_loss,
+    reference_kl_loss,
     value_loss,
 )
-from ppokit.core.optim import Optimizer
+from ppokit.core.optim import LossScaledOptimizer, Optimizer
 from ppokit.errors import TrainingError
 
 #: ``evaluate(indices) -> (logp_new, entropy, values_new)`` for the rows ``indices`` of the batch.
@@ -63,6 +64,12 @@ class PPOUpdateSettings:
     kl_coef: float = 1.0
     #: On a non-finite loss or gradient, skip that minibatch (and count it) instead of raising.
     skip_nonfinite: bool = False
+    #: Micro-batches each minibatch is evaluated in, each differentiated as soon as it is computed,
+    #: so only one micro-batch's activations are held at a time; the gradient is the minibatch's.
+    gradient_accumulation_steps: int = 1
+    #: β of a KL-to-reference loss term (:func:`~ppokit.core.losses.reference_kl_loss`, RLHF with the KL
+    #: in the loss); it reads ``batch["ref_logp"]``. 0 leaves the term out.
+    ref_kl_coef: float = 0.0
 
 
 class NonFiniteError(TrainingError):
@@ -87,7 +94,9 @@ class MinibatchStep(Protocol):
     """
 
     def forward(self, idx: Tensor) -> float:
-        """Compute the losses on rows ``idx``; return the total loss."""
+        """Compute the losses on rows ``idx``; return the total loss. A step may also write the
+        gradient here (then :meth:`backward` does nothing): :func:`run_epochs` zeroes the gradients
+        before it calls ``forward``."""
         ...
 
     def approx_kl(self) -> float:
@@ -109,7 +118,14 @@ STAT_NAMES = (*STEP_STAT_NAMES, "grad_norm")
 
 
 class AutogradStep:
-    """The minibatch loss of :func:`ppo_update`, differentiated by autograd: the reference step."""
+    """The minibatch loss of :func:`ppo_update`, differentiated by autograd: the reference step.
+
+    With ``gradient_accumulation_steps`` = k > 1 the minibatch is evaluated in k micro-batches, each
+    differentiated at once (the gradient is written in :meth:`forward`). Every term of the loss is a
+    mean over the minibatch's valid entries, so micro-batch :math:`j` with :math:`n_j` of the
+    :math:`n` entries enters with weight :math:`n_j / n`: the summed gradient is the minibatch's,
+    equal up to rounding.
+    """
 
     def __init__(self, batch: Mapping[str, Tensor], evaluate: Evaluate, settings: PPOUpdateSettings,
                  collective: Collective | None = None) -> None:
@@ -119,12 +135,13 @@ class AutogradStep:
         self.collective = collective if collective is not None and collective.active else None
         #: This process's share of the minibatch mean (1 with one process), see Collective.share.
         self.scale = 1.0
+        self.accumulate = settings.gradient_accumulation_steps > 1
+        #: What the loss is multiplied by before the backward pass (float16 loss scaling; run_epochs sets it).
+        self.loss_scale = 1.0
 
     def forward(self, idx: Tensor) -> float:
         settings, batch = self.settings, self.batch
-        logp, entropy, values = self.evaluate(idx)
         mask = self.mask_all[idx] if self.mask_all is not None else None
-        logp_old = batch["logp"][idx]
         advantages = batch["advantages"][idx]
         if self.collective is not None:
             # The minibatch is the union of every process's rows: whiten with its statistics, and
@@ -135,34 +152,72 @@ class AutogradStep:
                 advantages = masked_whiten(advantages, mask, moments=(mean, var))
         elif settings.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
+        if not self.accumulate:
+            terms = self._terms(idx, advantages, mask)
+            self.loss = terms[-1] * self.scale if self.collective is not None else terms[-1]
+            self._keep(terms)
+            # float() rather than torch.isfinite: one host read instead of three small kernels.
+            return float(self.loss.detach())
 
+        count = float(mask.sum()) if mask is not None else float(advantages.numel())
+        parts = torch.arange(idx.numel(), device=idx.device).tensor_split(settings.gradient_accumulation_steps)
+        summed: list[Tensor] | None = None
+        for part in parts:
+            if part.numel() == 0:
+                continue
+            sub_mask = mask[part] if mask is not None else None
+            n = float(sub_mask.sum()) if sub_mask is not None else float(part.numel())
+            if n == 0:
+                continue
+            terms = self._terms(idx[part], advantages[part], sub_mask)
+            weight = n / max(count, 1.0)
+            if terms[-1].requires_grad:
+                (terms[-1] * (weight * self.scale * self.loss_scale)).backward()
+            weighted = [t.detach() * weight for t in terms]
+            summed = weighted if summed is None else [a + b for a, b in zip(summed, weighted)]
+        if summed is None:  # no valid entry in this process's minibatch: it contributes nothing
+            summed = [advantages.new_zeros(())] * 7
+        self._keep(summed)
+        self.loss = summed[-1] * self.scale if self.collective is not None else summed[-1]
+        return float(self.loss)
+
+    def _terms(self, idx: Tensor, advantages: Tensor, mask: Tensor | None) -> list[Tensor]:
+        """The minibatch loss and its parts on rows ``idx`` (advantages already whitened): policy
+        loss, value loss, entropy, approximate KLs, clip fraction, total."""
+        settings, batch = self.settings, self.batch
+        logp, entropy, values = self.evaluate(idx)
+        logp_old = batch["logp"][idx]
         with torch.no_grad():
             log_ratio = logp - logp_old  # samples came from the old policy: KL(old || new)
-            self.approx_kl_k1 = masked_mean(kl_k1(log_ratio), mask)
-            self.approx_kl_k3 = masked_mean(kl_k3(log_ratio), mask)
+            approx_kl_k1 = masked_mean(kl_k1(log_ratio), mask)
+            approx_kl_k3 = masked_mean(kl_k3(log_ratio), mask)
 
         if settings.loss == "penalty":
-            self.policy_loss, _ = kl_penalty_surrogate_loss(logp, logp_old, advantages, settings.kl_coef, mask)
+            policy_loss, _ = kl_penalty_surrogate_loss(logp, logp_old, advantages, settings.kl_coef, mask)
             with torch.no_grad():
-                self.clip_fraction = masked_mean(
-                    ((log_ratio.exp() - 1.0).abs() > settings.clip_range).to(logp.dtype), mask
-                )
+                clip_fraction = masked_mean(((log_ratio.exp() - 1.0).abs() > settings.clip_range).to(logp.dtype), mask)
         else:
-            self.policy_loss, self.clip_fraction = clipped_surrogate_loss(
-                logp, logp_old, advantages, settings.clip_range, mask
-            )
-        self.v_loss = value_loss(values, batch["values"][idx], batch["returns"][idx], settings.clip_range_vf, mask)
-        self.mean_entropy = entropy_bonus(entropy, mask)
-        self.total = self.policy_loss + settings.vf_coef * self.v_loss - settings.ent_coef * self.mean_entropy
-        self.loss = self.total * self.scale if self.collective is not None else self.total
-        # float() rather than torch.isfinite: one host read instead of three small kernels.
-        return float(self.loss.detach())
+            policy_loss, clip_fraction = clipped_surrogate_loss(logp, logp_old, advantages, settings.clip_range, mask)
+        if "returns" in batch:
+            v_loss = value_loss(values, batch["values"][idx], batch["returns"][idx], settings.clip_range_vf, mask)
+        else:  # no critic (critic-free advantages): nothing to fit
+            v_loss = policy_loss.new_zeros(())
+        mean_entropy = entropy_bonus(entropy, mask)
+        total = policy_loss + settings.vf_coef * v_loss - settings.ent_coef * mean_entropy
+        if settings.ref_kl_coef:  # folded into the total; the trainer logs the rollout's KL to the reference
+            total = total + settings.ref_kl_coef * reference_kl_loss(logp, batch["ref_logp"][idx], mask)
+        return [policy_loss, v_loss, mean_entropy, approx_kl_k1, approx_kl_k3, clip_fraction, total]
+
+    def _keep(self, terms: list[Tensor]) -> None:
+        (self.policy_loss, self.v_loss, self.mean_entropy, self.approx_kl_k1, self.approx_kl_k3,
+         self.clip_fraction, self.total) = terms
 
     def approx_kl(self) -> float:
         return float(self.approx_kl_k3) * self.scale
 
     def backward(self) -> None:
-        self.loss.backward()
+        if not self.accumulate:  # accumulated micro-batches were differentiated in forward
+            (self.loss * self.loss_scale if self.loss_scale != 1.0 else self.loss).backward()
 
     def stats(self) -> Tensor:
         row = torch.stack([
@@ -183,11 +238,13 @@ def ppo_update(
 
     ``batch`` holds, with the sample (row) as the leading dimension: ``logp`` (log-probs under the
     policy that collected the data), ``values`` (its value estimates), ``advantages``, ``returns``
-    and optionally ``mask`` (true where an entry counts).
+    and optionally ``mask`` (true where an entry counts) and ``ref_logp`` (a frozen reference's
+    log-probs, for the ``ref_kl_coef`` term). Without ``returns`` (and ``values``) there is no critic:
+    :math:`L^{VF}` is 0 and the ``values`` that ``evaluate`` returns are ignored.
 
     For each minibatch the total loss is
 
-    .. math:: L = L^{CLIP\,\text{or}\,KLPEN} + c_1 L^{VF} - c_2 H
+    .. math:: L = L^{CLIP\,\text{or}\,KLPEN} + c_1 L^{VF} - c_2 H \;[+\ \beta_{ref}\,L^{KL}]
 
     with advantages whitened within the minibatch when ``whiten_advantages`` is set. The epochs,
     the early stop and the checks are :func:`run_epochs`'s. With ``collective``, each process's
@@ -231,12 +288,19 @@ def run_epochs(
     skipped = 0
     last_step = (0, 0)
     shared = collective is not None and collective.active
+    scaler = optimizer if isinstance(optimizer, LossScaledOptimizer) else None
+    if scaler is not None and not isinstance(step, AutogradStep):
+        raise TypeError(f"loss scaling needs the autograd step, not {type(step).__name__}")
+    overflows = 0
     for epoch in range(settings.num_epochs):
         split = (minibatches(epoch) if minibatches is not None
                  else torch.randperm(n, device=device).tensor_split(settings.num_minibatches))
         for mb, idx in enumerate(split):
             if idx.numel() == 0 and not shared:
                 continue
+            optimizer.zero_grad()  # before forward: a step may write its gradient there
+            if scaler is not None:
+                step.loss_scale = scaler.loss_scale  # type: ignore[attr-defined]
             loss = step.forward(idx)
             kl = step.approx_kl() if settings.target_kl is not None else 0.0
             if shared:
@@ -250,11 +314,14 @@ def run_epochs(
                     skipped += 1
                     continue
                 raise NonFiniteError("loss", epoch, mb)
-            optimizer.zero_grad()
             step.backward()
             # The total norm is non-finite exactly when some gradient entry is; checked before the
             # step, so a bad gradient never reaches the weights or the optimiser's moments.
             grad_norm = float(optimizer.clip_grad_norm(max_norm))
+            if not math.isfinite(grad_norm) and scaler is not None and math.isfinite(loss):
+                scaler.overflowed()  # float16 gradients overflowed the loss scale: retry smaller next time
+                overflows += 1
+                continue
             if not math.isfinite(grad_norm):
                 optimizer.zero_grad()
                 if settings.skip_nonfinite:
@@ -285,4 +352,7 @@ def run_epochs(
     stats["early_stopped"] = float(early_stopped)
     stats["minibatch_steps"] = float(len(rows))
     stats["skipped_minibatches"] = float(skipped)
+    if scaler is not None:
+        stats["loss_scale_overflows"] = float(overflows)
+        stats["loss_scale"] = scaler.loss_scale
     return stats

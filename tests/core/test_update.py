@@ -66,3 +66,52 @@ def test_masked_rows_do_not_contribute():
     opt = TorchOptimizer(torch.optim.SGD(model.parameters(), lr=0.0))
     stats = ppo_update(batch, evaluate, opt, _settings(num_epochs=1, num_minibatches=1, whiten_advantages=False))
     assert abs(stats["policy_loss"]) < 100
+
+
+def _token_setup(seed=0):
+    """A [B, T] batch with ragged masks, as the RLHF front end passes it."""
+    model, batch, evaluate = _setup(n=48, seed=seed)
+    b, t = 8, 6
+    mask = torch.arange(t)[None, :] < torch.tensor([6, 1, 3, 6, 2, 5, 4, 6])[:, None]
+    token = {k: v.reshape(b, t) for k, v in batch.items()}
+    token["mask"] = mask
+
+    def evaluate_rows(rows):
+        flat = (rows[:, None] * t + torch.arange(t)[None, :]).reshape(-1)
+        logp, ent, values = evaluate(flat)
+        return logp.reshape(-1, t), ent.reshape(-1, t), values.reshape(-1, t)
+
+    return model, token, evaluate_rows
+
+
+@pytest.mark.parametrize("whiten", [False, True])
+def test_gradient_accumulation_takes_the_same_steps(whiten):
+    """k micro-batches, each weighted by its share of the minibatch's valid tokens, sum to the
+    minibatch's gradient: the weights after K epochs agree with k = 1 up to rounding, while a plain
+    1/k average of micro-batch means (ragged masks) would not."""
+    results = []
+    for k in (1, 4):
+        model, batch, evaluate = _token_setup()
+        opt = TorchOptimizer(torch.optim.Adam(model.parameters(), lr=1e-2))
+        torch.manual_seed(1)
+        stats = ppo_update(batch, evaluate, opt, _settings(num_minibatches=2, whiten_advantages=whiten,
+                                                           gradient_accumulation_steps=k))
+        results.append(([p.detach().clone() for p in model.parameters()], stats))
+    (w1, s1), (w4, s4) = results
+    for a, b in zip(w1, w4):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for key in ("policy_loss", "value_loss", "entropy", "approx_kl_k3", "clip_fraction", "grad_norm"):
+        assert s1[key] == pytest.approx(s4[key], rel=1e-5, abs=1e-7), key
+    assert s4["minibatch_steps"] == s1["minibatch_steps"] == 8
+
+
+def test_gradient_accumulation_stops_before_a_non_finite_step():
+    model, batch, evaluate = _token_setup()
+    batch["advantages"][3, 0] = float("nan")
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = TorchOptimizer(torch.optim.Adam(model.parameters(), lr=1e-2))
+    with pytest.raises(NonFiniteError, match="non-finite loss"):
+        ppo_update(batch, evaluate, opt, _settings(num_minibatches=1, whiten_advantages=False,
+                                                   gradient_accumulation_steps=4))
+    for p, b in zip(model.parameters(), before):
+        torch.testing.assert_close(p, b)

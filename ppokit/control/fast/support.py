@@ -52,6 +52,10 @@ SETTINGS: dict[str, Any] = {
     "loss": ("clip", "penalty"),
     "kl_coef": ANY,
     "skip_nonfinite": ANY,
+    # Micro-batches save activation memory for large models; these MLPs need none.
+    "gradient_accumulation_steps": (1,),
+    # A KL-to-reference loss term is RLHF's (critic-free advantages); control has no reference policy.
+    "ref_kl_coef": (0.0,),
 }
 
 

@@ -48,6 +48,8 @@ SAMPLES: dict[str, list[typing.Any]] = {
     "clip_range_vf": [None, 0.2],
     "target_kl": [None, 0.1],  # the perturbed old log-probs start near KL 0.08: it stops after some steps
     "kl_coef": [0.3, 2.0],
+    "ref_kl_coef": [0.0, 0.1],
+    "gradient_accumulation_steps": [1, 2],
 }
 
 BASE_SPEC = dict(obs_shape=(3, 2), encoder="mlp", hidden_sizes=(16, 8), activation="tanh", shared_trunk=False,
