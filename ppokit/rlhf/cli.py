@@ -1,4 +1,4 @@
-"""``ppokit rlhf sft|reward|ppo|demo``: argument parsing for the language-model stages.
+"""``ppokit rlhf sft|reward|ppo|demo|serve-reward``: argument parsing for the language-model stages.
 
 Settings come from, in increasing priority: the config dataclass's defaults, ``--config`` (YAML),
 the flags, ``--set key=value``. ``--nproc N`` runs a stage as N data-parallel processes (``ppokit.cli``
@@ -37,7 +37,7 @@ def _fields_help(stage: str) -> str:
 
 
 def add_parser(sub: Any) -> None:
-    rlhf = sub.add_parser("rlhf", help="tune a causal language model: sft, reward, ppo, demo",
+    rlhf = sub.add_parser("rlhf", help="tune a causal language model: sft, reward, ppo, demo, serve-reward",
                           description="RLHF for causal language models (needs ppokit[rlhf]).")
     stages = rlhf.add_subparsers(dest="stage", metavar="STAGE")
     for stage, (_cls, help_text) in STAGES.items():
@@ -46,7 +46,8 @@ def add_parser(sub: Any) -> None:
         if stage == "ppo":
             p.add_argument("--policy", help="hub id or directory of the policy (e.g. the SFT run's model/)")
             p.add_argument("--reward", dest="rewards", action="append", metavar="SOURCE",
-                           help="reward-model directory or module:function (repeatable; combine with --set reward_weights=[...])")
+                           help="reward-model directory, module:function or http(s):// reward server (repeatable; "
+                                "combine with --set reward_weights=[...])")
             p.add_argument("--total-updates", type=int, help="PPO updates to run")
         else:
             p.add_argument("--model", help="hub id or directory of the model to start from")
@@ -59,9 +60,8 @@ def add_parser(sub: Any) -> None:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override any config field (repeatable)")
         p.add_argument("--overwrite", action="store_true", help="start over in a run directory that holds a run")
-        if stage == "ppo":
-            p.add_argument("--resume", action="store_true",
-                           help="continue the run in --run-dir from its latest checkpoint (start it if there is none)")
+        p.add_argument("--resume", action="store_true",
+                       help="continue the run in --run-dir from its latest checkpoint (start it if there is none)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         add_nproc_flag(p)
     demo = stages.add_parser("demo", help="the whole pipeline on a tiny model built from scratch, offline, in minutes",
@@ -72,6 +72,20 @@ def add_parser(sub: Any) -> None:
     demo.add_argument("--total-updates", type=int, default=60, help="PPO updates (default 60)")
     demo.add_argument("--overwrite", action="store_true", help="run again in an output directory that holds a demo")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    serve = stages.add_parser(
+        "serve-reward", help="serve a reward model over HTTP, for --reward http://HOST:PORT/score",
+        description="Serve a ppokit reward model (from `ppokit rlhf reward`) or a sequence-classification model "
+        "with one label over HTTP: POST /score {\"prompts\": [...], \"completions\": [...]} answers "
+        "{\"scores\": [...]}; GET /health answers {\"status\": \"ok\"}. Ctrl-C or SIGTERM stops it.")
+    serve.add_argument("model_dir", metavar="MODEL_DIR", help="reward-model directory (or hub id)")
+    serve.add_argument("--port", type=int, required=True, help="port to listen on (0 picks a free one)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for every interface)")
+    serve.add_argument("--device", default="auto", help="'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:N'")
+    serve.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                       help="weights dtype (default auto: bfloat16 on a GPU that supports it, else float32)")
+    serve.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default 64)")
+    serve.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code to run")
     rlhf.set_defaults(rlhf_parser=rlhf)
 
 
@@ -98,6 +112,11 @@ def run(args: argparse.Namespace) -> int:
         args.rlhf_parser.print_help()
         return 2
     _require_rlhf_extra()
+    if args.stage == "serve-reward":
+        from ppokit.rlhf.reward_server import serve_reward
+
+        return serve_reward(args.model_dir, port=args.port, host=args.host, device=args.device, dtype=args.dtype,
+                            batch_size=args.batch_size, trust_remote_code=args.trust_remote_code)
     if args.stage == "demo":
         from ppokit.errors import ConfigError
         from ppokit.rlhf.demo import run_demo
@@ -108,30 +127,56 @@ def run(args: argparse.Namespace) -> int:
                  progress=not args.no_progress)
         return 0
     config = resolve_config(args.stage, args)
-    if args.stage == "sft":
-        from ppokit.rlhf.sft import train_sft
+    from ppokit.io.run_dir import check_resume_flags
 
-        summary = train_sft(config, overwrite=args.overwrite)
-        if not _settled_main():
-            return 0
-        print(f"SFT done: final loss {summary['final_loss']:.4f}; model: {summary['model_dir']}")
-    elif args.stage == "reward":
-        from ppokit.rlhf.reward_training import train_reward_model
+    check_resume_flags(args.resume, args.overwrite, config.run_dir)
+    if args.stage in ("sft", "reward"):
+        return _finish_supervised(args.stage, _supervised_trainer(args.stage)(config, overwrite=args.overwrite,
+                                                                              resume=args.resume))
+    from ppokit.rlhf.trainer import RLHFTrainer
 
-        summary = train_reward_model(config, overwrite=args.overwrite)
-        if not _settled_main():
-            return 0
+    trainer = RLHFTrainer(config, overwrite=args.overwrite, resume=args.resume)
+    return _finish_ppo(trainer)
+
+
+def _supervised_trainer(stage: str) -> Any:
+    if stage == "sft":
+        from ppokit.rlhf.sft import SFTTrainer
+
+        return SFTTrainer
+    from ppokit.rlhf.reward_training import RewardTrainer
+
+    return RewardTrainer
+
+
+def _finish_supervised(stage: str, trainer: Any) -> int:
+    summary = trainer.learn()
+    if not _settled_main():
+        return 0
+    if stage == "sft":
+        evaluated = f", held-out loss {summary['eval_loss']:.4f}" if summary["eval_rows"] else ""
+        print(f"SFT done: final loss {summary['final_loss']:.4f}{evaluated}; model: {summary['model_dir']}")
+    else:
         print(f"reward model: held-out pairwise accuracy {summary['eval_accuracy']:.3f} "
               f"({summary['eval_pairs']} pairs); model: {summary['model_dir']}")
-    else:
-        from ppokit.io.run_dir import check_resume_flags
-        from ppokit.rlhf.trainer import RLHFTrainer
-
-        check_resume_flags(args.resume, args.overwrite, config.run_dir)
-        trainer = RLHFTrainer(config, overwrite=args.overwrite, resume=args.resume)
-        return _finish_ppo(trainer)
     print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, list)}), file=sys.stderr)
     return 0
+
+
+def resume_supervised(run_dir: Any, stage: str, overrides: dict[str, Any], trust: bool = False) -> int:
+    """``ppokit resume`` for an SFT or reward-training run: rebuild it from its config.yaml and continue."""
+    _require_rlhf_extra()
+    from pathlib import Path
+
+    from ppokit.rlhf.supervised_checkpoint import resume_config
+
+    config = resume_config(stage, Path(run_dir), trust, overrides)
+    trainer = _supervised_trainer(stage)(config, run_dir=run_dir, resume=True)
+    if trainer.collective.is_main:
+        what = "SFT" if stage == "sft" else "reward-model training"
+        print(f"ppokit: resuming {what} at step {trainer.num_updates} of {trainer.batches.total} in {run_dir}",
+              file=sys.stderr)
+    return _finish_supervised(stage, trainer)
 
 
 def _finish_ppo(trainer: Any) -> int:
