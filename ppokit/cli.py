@@ -60,9 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "written to RUN_DIR/seed_<k> and equal to a run of that --seed alone; see README, Many seeds")
     add_nproc_flag(train)
 
-    rs = sub.add_parser("resume", help="continue an interrupted run (control or RLHF PPO) from its latest checkpoint",
+    rs = sub.add_parser("resume", help="continue an interrupted run (control, RLHF PPO, SFT or reward training) from "
+                        "its latest checkpoint",
                         description="Continue a run exactly where its latest checkpoint left it: weights, "
-                        "optimizer, schedules, normalisation, RNGs, environments (or, for RLHF, the prompt order).")
+                        "optimizer, schedules, normalisation, RNGs, environments (or, for RLHF, the prompt order; for "
+                        "SFT and reward training, the data order).")
     rs.add_argument("run_dir", help="the run directory")
     _add_trust_flags(rs, "resuming")
     budget = rs.add_mutually_exclusive_group()
@@ -273,6 +275,17 @@ def cmd_resume(args: argparse.Namespace) -> int:
     checkpoint = find_resumable(run_dir)
     kind = read_resume_state(checkpoint).get("kind")
     overrides: dict[str, Any] = {"progress": False} if args.no_progress else {}
+    if kind in ("ppokit.rlhf.sft", "ppokit.rlhf.reward"):
+        from ppokit.rlhf.cli import resume_supervised
+
+        stage = "sft" if kind == "ppokit.rlhf.sft" else "reward"
+        if args.total_steps is not None or args.total_updates is not None:
+            raise ConfigError(f"{run_dir} is an {'SFT' if stage == 'sft' else 'reward-training'} run: it ends with its "
+                              "epochs (the learning rate decays over them), so it takes no --total-steps or "
+                              "--total-updates")
+        if args.env is not None:
+            raise ConfigError(f"{run_dir} is an RLHF run: --env applies to control runs")
+        return resume_supervised(run_dir, stage, overrides, trust=args.trust)
     if kind == "ppokit.rlhf":
         from ppokit.rlhf.cli import resume_ppo
 
@@ -352,15 +365,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ppokit: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        if args.command == "rlhf" and getattr(args, "stage", None) in ("sft", "reward"):
-            # These stages keep no checkpoints: say so rather than point at a resume that cannot work.
-            print(f"ppokit: interrupted; {args.stage} training keeps no checkpoints, so nothing was saved as a "
-                  "model (the run directory holds the metrics so far); run the stage again with --overwrite",
-                  file=sys.stderr)
-        else:
-            print("ppokit: interrupted at once; the files written so far are intact (every save is atomic); "
-                  "`ppokit resume RUN_DIR` continues from the latest checkpoint, and `--resume` starts the run "
-                  "over if it stopped before its first one", file=sys.stderr)
+        print("ppokit: interrupted at once; the files written so far are intact (every save is atomic); "
+              "`ppokit resume RUN_DIR` continues from the latest checkpoint, and `--resume` starts the run "
+              "over if it stopped before its first one", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as err:
         message = lost_contact(err)

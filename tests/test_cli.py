@@ -170,16 +170,16 @@ def test_a_nan_evaluation_is_reported_not_a_crash():
     assert "not finite" in line
 
 
-def test_interrupting_sft_says_honestly_that_nothing_was_saved(monkeypatch, capsys):
+def test_interrupting_sft_at_once_points_at_its_checkpoints(monkeypatch, capsys):
     import ppokit.rlhf.sft as sft
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sft, "train_sft", interrupted)
+    monkeypatch.setattr(sft, "SFTTrainer", interrupted)
     assert main(["rlhf", "sft", "--model", "some/model", "--data", "x.jsonl"]) == 130
     err = capsys.readouterr().err
-    assert "keeps no checkpoints" in err and "ppokit resume" not in err
+    assert "ppokit resume RUN_DIR" in err and "intact" in err
 
 
 def test_python_dash_m_ppokit_runs_the_cli():

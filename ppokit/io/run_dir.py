@@ -61,12 +61,14 @@ def check_resume_flags(resume: bool, overwrite: bool, run_dir: str | Path | None
 
 
 def open_run(path: str | Path, config: Any, *, overwrite: bool = False, resume_update: int | None = None,
-             purge_step: int | None = None, launch: Mapping[str, Any] | None = None) -> tuple[Path, MetricsLogger]:
+             purge_step: int | None = None, launch: Mapping[str, Any] | None = None,
+             resume_key: str = "update") -> tuple[Path, MetricsLogger]:
     """Start (or, with ``resume_update``, reopen) a run directory: write ``config.yaml``, open the metrics.
 
     A new run refuses a directory that holds one unless ``overwrite``. A resumed run drops the
     metrics rows after update ``resume_update`` (written after its checkpoint, before the stop: they
-    are redone), and TensorBoard drops its events from ``purge_step`` on. ``launch``: how the run
+    are redone; ``resume_key``: the rows' counter, ``step`` for SFT and reward training), and
+    TensorBoard drops its events from ``purge_step`` on. ``launch``: how the run
     was launched (a data-parallel run's world size and global batch), recorded in config.yaml under
     ``launch:``, which config loaders skip.
     """
@@ -83,7 +85,7 @@ def open_run(path: str | Path, config: Any, *, overwrite: bool = False, resume_u
         lock = RunLock(path)  # before anything in it changes; the metrics logger releases it
         try:
             if resume_update is not None:
-                truncate_metrics(path / "metrics.jsonl", "update", resume_update)
+                truncate_metrics(path / "metrics.jsonl", resume_key, resume_update)
             else:
                 path = prepare_run_dir(path, overwrite)
             # Trackers first: one that cannot start leaves no config.yaml, so the directory holds no run.

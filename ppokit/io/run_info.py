@@ -104,13 +104,19 @@ def describe_run(run_dir: str | Path) -> list[str]:
         summary = read_json(run_dir / "summary.json")
         done = summary is not None and int(summary.get("updates", -1)) >= total
     else:
-        done = (run_dir / "model").is_dir() and (run_dir / "eval.json").is_file()
+        step = int(last["step"]) if last and "step" in last else 0
+        lines.append(f"progress: {step} optimiser steps")
+        # Written once the model is saved: summary.json (and eval.json, by reward training), with the
+        # steps done of all the run's steps (a run stopped early by a callback saved its model too).
+        summary = read_json(run_dir / "summary.json") or read_json(run_dir / "eval.json")
+        done = (run_dir / "model").is_dir() and summary is not None and (
+            int(summary.get("steps", 0)) >= int(summary.get("total_steps", 0)))
     lines.append(f"latest checkpoint: {checkpoint[0]} (update {checkpoint[1]})" if checkpoint
                  else "latest checkpoint: none")
     lines.append(_evaluation(kind, run_dir))
     if done:
         lines.append("state: finished")
-    elif checkpoint and kind in ("control", "rlhf ppo"):
+    elif checkpoint:
         nproc = f" --nproc {world}" if world > 1 else ""
         lines.append(f"state: stopped before the end; continue it with: ppokit resume {run_dir}{nproc}")
     else:

@@ -1,12 +1,14 @@
-"""What the three RLHF stages share: runtime set-up, run directories, batching, the LR schedule, and
-the optimiser step of the two supervised stages (one process or several)."""
+"""What the three RLHF stages share: runtime set-up, run directories, batching, LoRA, and the data
+order and (accumulated) optimiser step of the two supervised stages (one process or several)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -14,14 +16,16 @@ from ppokit import runtime as _runtime
 from ppokit.configuration import with_absolute_paths
 from ppokit.core.collective import SINGLE, Collective, on_main
 from ppokit.core.optim import AveragedGradients, Optimizer, TorchOptimizer
-from ppokit.core.schedules import make_schedule
-from ppokit.errors import TrainingError
+from ppokit.errors import ConfigError, TrainingError
 from ppokit.io.metrics import MetricsLogger, NullMetrics
 from ppokit.io.run_dir import default_run_dir
 from ppokit.io.run_dir import open_run as _open_run
+from ppokit.io.state_codec import decode, encode
 from ppokit.rlhf import data_parallel
 from ppokit.rlhf.config import PATH_FIELDS
 from ppokit.rlhf.models import quiet_transformers
+
+T = TypeVar("T")
 
 
 def runtime(config: Any) -> tuple[torch.device, torch.dtype]:
@@ -36,22 +40,35 @@ def join(config: Any, device: torch.device) -> Collective:
     return _runtime.join_processes(device, config.dist_backend, config.dist_timeout)
 
 
-def open_run(config: Any, stage: str, run_dir: str | Path | None, overwrite: bool,
-             collective: Collective = SINGLE) -> tuple[Path, MetricsLogger]:
-    """Create the run directory of an SFT or reward-training run, write config.yaml, open the metrics
-    (rank 0 alone; the other processes get rank 0's path and a logger that writes nothing)."""
-    path = data_parallel.run_path(collective, run_dir or config.run_dir or default_run_dir(f"rlhf-{stage}", config.seed))
+def run_path(config: Any, stage: str, run_dir: str | Path | None, collective: Collective = SINGLE) -> Path:
+    """The run directory of an SFT or reward-training run: ``run_dir``, the config's, or a new name
+    (rank 0's, so every process agrees on it)."""
+    return data_parallel.run_path(collective, run_dir or config.run_dir or default_run_dir(f"rlhf-{stage}", config.seed))
+
+
+def open_run(config: Any, path: Path, overwrite: bool, collective: Collective = SINGLE,
+             resume_step: int | None = None) -> tuple[Path, MetricsLogger]:
+    """Create (or, resuming from the checkpoint of optimiser step ``resume_step``, reopen) the run
+    directory of an SFT or reward-training run, write config.yaml, open the metrics (rank 0 alone; the
+    other processes get rank 0's path and a logger that writes nothing). Reopened, the metrics rows and
+    TensorBoard events after ``resume_step`` are dropped: the resumed run writes them again."""
     launch = {"world_size": collective.world_size, "global_batch_size": config.batch_size} if collective.active else None
+    purge = None if resume_step is None else resume_step + 1
     return on_main(
-        collective, lambda: _open_run(path, with_absolute_paths(config, PATH_FIELDS), overwrite=overwrite, launch=launch),
+        collective, lambda: _open_run(path, with_absolute_paths(config, PATH_FIELDS), overwrite=overwrite, launch=launch,
+                                      resume_update=resume_step, purge_step=purge, resume_key="step"),
         lambda: (path, NullMetrics()))
 
 
-def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
-    """One epoch of index batches in a random order (the last batch may be short)."""
-    order = torch.randperm(n, generator=generator).tolist()
-    for start in range(0, n, batch_size):
-        yield order[start:start + batch_size]
+def split_by_prompt(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Hold out whole prompts (not single rows), so no held-out prompt was seen in training."""
+    prompts = sorted({r["prompt"] for r in rows})
+    if fraction <= 0 or len(prompts) < 2:
+        return rows, []
+    random.Random(seed).shuffle(prompts)
+    n_eval = max(1, round(len(prompts) * fraction))
+    held = set(prompts[:n_eval])
+    return [r for r in rows if r["prompt"] not in held], [r for r in rows if r["prompt"] in held]
 
 
 def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,14 +82,74 @@ def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
     return ids, mask
 
 
-def supervised_setup(model: torch.nn.Module, config: Any, rows: int) -> tuple[int, torch.optim.Optimizer, Any, torch.Generator]:
-    """What SFT and reward training both start with: ``(total optimiser steps, AdamW, linear-decay schedule,
-    shuffling generator)`` for ``config.epochs`` passes over ``rows`` rows in ``config.batch_size``."""
-    total = -(-rows // config.batch_size) * config.epochs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    decay = make_schedule("linear", 1.0)  # the multiplier of the learning rate
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: decay(step / max(1, total)))
-    return total, optimizer, scheduler, torch.Generator().manual_seed(config.seed)
+def with_lora(model: Any, config: Any, task_type: str | None, modules_to_save: list[str] | None = None) -> Any:
+    """``model`` with LoRA adapters (peft) from the config's ``lora_*`` fields: only the adapters, and
+    the modules named in ``modules_to_save`` (trained whole), keep ``requires_grad``."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as err:  # pragma: no cover - the rlhf extra installs it
+        raise ConfigError("lora: true needs the 'peft' package (pip install ppokit[rlhf])") from err
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=config.lora_target_modules, task_type=task_type, modules_to_save=modules_to_save)
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as err:
+        raise ConfigError(f"LoRA: {err}; set lora_target_modules") from None
+
+
+class EpochBatches:
+    """The supervised stages' data order: ``epochs`` passes over ``n`` rows, each in a new random order
+    drawn from one generator seeded with ``seed``, cut into batches of ``batch_size`` (an epoch's last
+    batch may be short). Its position (the epoch, the batches taken of it, the generator as the epoch
+    began) is part of a checkpoint, so a resumed run takes the same batches."""
+
+    def __init__(self, n: int, batch_size: int, epochs: int, seed: int) -> None:
+        if n < 1:
+            raise TrainingError("no training rows: nothing to train on")
+        self.n, self.batch_size, self.epochs = n, batch_size, epochs
+        self.per_epoch = -(-n // batch_size)
+        #: Optimiser steps of the whole run.
+        self.total = self.per_epoch * epochs
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch, self.index = 0, 0
+        self._shuffle()
+
+    def _shuffle(self) -> None:
+        self._epoch_start = self.generator.get_state()
+        self._order = torch.randperm(self.n, generator=self.generator).tolist()
+
+    def next(self) -> list[int]:
+        """The next batch of row indices (:attr:`epoch` is then its epoch)."""
+        if self.index == self.per_epoch:
+            self.epoch, self.index = self.epoch + 1, 0
+            self._shuffle()
+        start = self.index * self.batch_size
+        self.index += 1
+        return self._order[start:start + self.batch_size]
+
+    @property
+    def epoch_done(self) -> bool:
+        """Whether the last batch taken ended its epoch."""
+        return self.index == self.per_epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "index": self.index, "generator": encode(self._epoch_start.numpy())}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        epoch, index = int(state["epoch"]), int(state["index"])
+        if not (0 <= epoch < self.epochs and 0 <= index <= self.per_epoch):
+            raise ValueError(f"data position epoch {epoch}, batch {index} is outside this run's "
+                             f"{self.epochs} epochs of {self.per_epoch} batches")
+        self.generator.set_state(torch.from_numpy(decode(state["generator"])))
+        self._shuffle()
+        self.epoch, self.index = epoch, index
+
+
+def micro_slices(rows: Sequence[T], parts: int) -> list[Sequence[T]]:
+    """``rows`` cut into ``parts`` contiguous pieces of near-equal size; empty pieces left out."""
+    n = len(rows)
+    pieces = [rows[i * n // parts:(i + 1) * n // parts] for i in range(parts)]
+    return [p for p in pieces if len(p)]
 
 
 def step_optimizer(optimizer: torch.optim.Optimizer, collective: Collective) -> Optimizer:
@@ -82,30 +159,68 @@ def step_optimizer(optimizer: torch.optim.Optimizer, collective: Collective) -> 
     return AveragedGradients(wrapped, collective) if collective.active else wrapped
 
 
-def optimizer_step(loss: torch.Tensor | None, count: float, optimizer: Optimizer, collective: Collective,
-                   max_grad_norm: float, what: str) -> tuple[float, float]:
-    """One step on ``loss``, the mean over this process's ``count`` entries (tokens, pairs; None when
-    it has none); returns ``(loss, gradient norm)``. With several processes the loss is the mean over
-    every process's entries: each weights its mean by its share (``Collective.share``) and the
-    gradients are averaged. A non-finite loss stops every process before the weights change."""
-    if collective.active:
-        local_sum = float(loss.detach()) * count if loss is not None else 0.0
-        loss_sum, total = collective.sum_floats(local_sum, count)
-        value = loss_sum / max(total, 1.0)
-    else:
-        assert loss is not None
-        value = float(loss.detach())
-    if not math.isfinite(value):
-        raise TrainingError(f"{what}: non-finite loss; the weights were not updated")
+@dataclass
+class MicroBatch:
+    """A piece of a supervised batch: the entries its loss averages over (response tokens, pairs), and
+    a function computing that mean loss and figures *summed* over its entries (accuracy × pairs)."""
+
+    count: float
+    loss: Callable[[], tuple[torch.Tensor, dict[str, float]]]
+
+
+@dataclass
+class StepResult:
+    """What one accumulated optimiser step measured, over the whole batch of every process."""
+
+    loss: float
+    grad_norm: float
+    #: The micro-batches' figures as means over the batch's entries.
+    figures: dict[str, float]
+    #: The batch's entries (tokens, pairs) over all processes.
+    count: float
+
+
+def accumulated_step(micro: Sequence[MicroBatch], optimizer: Optimizer, collective: Collective,
+                     max_grad_norm: float, what: str, figures: Sequence[str] = ()) -> StepResult:
+    r"""One optimiser step on a batch given as micro-batches (this process's; none when it has no rows).
+
+    The batch loss is the mean over all :math:`N` entries of the batch (every process's), which is
+    each micro-batch's mean :math:`L_m` over its :math:`n_m` entries weighted by its share:
+
+    .. math:: L = \frac{1}{N}\sum_i \ell_i = \sum_m \frac{n_m}{N} L_m
+
+    so each micro-batch's backward pass takes :math:`\tfrac{n_m}{N} L_m` (a share of the entries,
+    not :math:`1/k`: micro-batches hold different numbers of tokens) and the gradients add up to the
+    unaccumulated one, up to float rounding. With :math:`P` processes the gradients are averaged, so
+    each takes :math:`P\,n_m/N` (:meth:`Collective.share`). A non-finite loss stops every process
+    before the weights change.
+    """
+    local = sum(m.count for m in micro)
+    total = collective.sum_floats(local)[0] if collective.active else local
+    # One micro-batch on one process: its loss is the batch's as it is (the step of a plain loop).
+    whole = len(micro) == 1 and not collective.active
     optimizer.zero_grad()
-    if loss is not None:
-        (loss * collective.share(count, total) if collective.active else loss).backward()
+    loss_sum, value = 0.0, float("nan")
+    sums = dict.fromkeys(figures, 0.0)
+    for m in micro:
+        loss, parts = m.loss()
+        value = float(loss.detach())
+        loss_sum += value * m.count
+        for key in sums:
+            sums[key] += parts.get(key, 0.0)
+        if whole:
+            loss.backward()
+        else:
+            share = collective.share(m.count, total) if collective.active else m.count / max(total, 1.0)
+            (loss * share).backward()
+    if collective.active:
+        loss_sum, *summed = collective.sum_floats(loss_sum, *sums.values())
+        sums = dict(zip(sums, summed))
+    if not whole:
+        value = loss_sum / max(total, 1.0)
+    if not math.isfinite(value):
+        optimizer.zero_grad()
+        raise TrainingError(f"{what}: non-finite loss; the weights were not updated")
     grad_norm = float(optimizer.clip_grad_norm(max_grad_norm or float("inf")))
     optimizer.step()
-    return value, grad_norm
-
-
-def progress_bar(enabled: bool, total: int, desc: str) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True, leave=False)
+    return StepResult(value, grad_norm, {k: v / max(total, 1.0) for k, v in sums.items()}, total)
