@@ -5,18 +5,51 @@ Pure tensor functions, with no model in sight, so they are tested on hand-made t
     r_t  = −β·KL_t  (+ s at the last valid token)          per_token_rewards
     Â, R̂ = GAE(γ, λ) over the completion tokens           ppokit.core.advantages.gae
     Â    ← whitened over the batch's valid tokens          ppokit.core.advantages.masked_whiten
+
+or, with no critic (:func:`critic_free_advantages`; :func:`estimate_advantages` picks by the config),
+from the same per-token rewards:
+
+    grpo          Â_i = (R_i − mean_group) / (std_group + ε),  R_i = Σ_t r_t   ppokit.core.advantages.group_normalized
+    rloo          Â_i = R_i − mean of the group's other R_j                   ppokit.core.advantages.leave_one_out
+    reinforce_pp  Â_t = Σ_{s≥t} γ^{s−t} r_s, whitened over the batch         ppokit.core.advantages.discounted_returns
+
+Where the KL to the reference goes (:func:`kl_placement`): into r_t (β·KL_t with ``kl_estimator``), or,
+with ``kl_in: loss``, into the loss (:func:`ppokit.core.losses.reference_kl_loss`, k3) and r_t is the
+score alone.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
 
-from ppokit.core.advantages import gae, masked_whiten
+from ppokit.core.advantages import discounted_returns, gae, group_normalized, leave_one_out, masked_whiten
 from ppokit.core.collective import Collective
 from ppokit.core.kl import KL_ESTIMATORS
+
+if TYPE_CHECKING:
+    from ppokit.rlhf.config import RLHFConfig
+
+#: The advantage estimators that need no critic (no value model is built, trained or saved).
+CRITIC_FREE = ("grpo", "rloo", "reinforce_pp")
+#: The ε of GRPO's group normalisation (as in TRL's GRPOTrainer).
+GROUP_EPS = 1e-4
+
+
+def uses_critic(advantage: str) -> bool:
+    """Whether the advantage estimator ``advantage`` learns a value function (only 'gae' does)."""
+    return advantage not in CRITIC_FREE
+
+
+def kl_placement(advantage: str, kl_in: str) -> Literal["reward", "loss"]:
+    """Where the KL to the reference goes: ``kl_in`` itself, or for 'auto' where the method's paper
+    puts it (GRPO: a loss term; PPO-RLHF, RLOO and REINFORCE++: a per-token penalty in the reward)."""
+    if kl_in == "auto":
+        return "loss" if advantage == "grpo" else "reward"
+    return "loss" if kl_in == "loss" else "reward"
 
 
 def per_token_rewards(
@@ -68,6 +101,8 @@ class TokenAdvantages:
     advantages: Tensor
     #: The value targets, advantages (before whitening) plus values.
     returns: Tensor
+    #: β of the KL penalty in ``rewards`` (0 when the KL is a loss term instead).
+    kl_coef: float = 0.0
 
 
 def token_advantages(
@@ -94,13 +129,93 @@ def token_advantages(
     rewards, kl = per_token_rewards(scores.float(), logp, ref_logp, mask, kl_coef, kl_estimator)
     values = values * mask.to(values.dtype)
     next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], dim=1)
-    last = (mask.long().sum(-1) - 1).clamp_min(0)
-    ends = torch.zeros_like(mask).scatter_(1, last.unsqueeze(1), True)
+    ends = _last_tokens(mask)
     advantages, returns = gae(rewards.T, values.T, next_values.T, ends.T, gamma, gae_lambda)
     advantages, returns = advantages.T, returns.T
-    if whiten and collective is not None and collective.active:
+    if whiten:
+        advantages = _whiten(advantages, mask, collective)
+    return TokenAdvantages(rewards, kl, values, advantages, returns, kl_coef)
+
+
+def critic_free_advantages(
+    method: str,
+    scores: Tensor,
+    logp: Tensor,
+    ref_logp: Tensor,
+    mask: Tensor,
+    *,
+    kl_coef: float,
+    kl_estimator: str,
+    group_size: int,
+    gamma: float = 1.0,
+    collective: Collective | None = None,
+) -> TokenAdvantages:
+    r"""Advantages without a critic, for the clipped surrogate of :func:`ppokit.core.update.ppo_update`.
+
+    Every method starts from the per-token rewards of :func:`per_token_rewards`,
+    :math:`r_t = -\beta\,\widehat{\mathrm{KL}}_t + [t = T_{last}]\,s` (``kl_coef`` = 0 when the KL
+    goes into the loss instead), so a completion's sequence reward is
+    :math:`R_i = \sum_t r_{i,t} = s_i - \beta\sum_t \widehat{\mathrm{KL}}_{i,t}`. The rows are
+    ``group_size`` completions of one prompt after another (:func:`ppokit.rlhf.rollout.collect`).
+
+    - ``grpo`` (Shao et al., 2024): :math:`\hat A_{i,t} = (R_i - \operatorname{mean}_g R) /
+      (\operatorname{std}_g R + \epsilon)` for every token of completion :math:`i`
+      (:func:`~ppokit.core.advantages.group_normalized`, :math:`\epsilon` = :data:`GROUP_EPS`);
+    - ``rloo`` (Ahmadian et al., 2024): :math:`\hat A_{i,t} = R_i - \frac{1}{G-1}\sum_{j\ne i} R_j`
+      for every token of completion :math:`i` (:func:`~ppokit.core.advantages.leave_one_out`);
+    - ``reinforce_pp`` (Hu, 2025, REINFORCE++): the discounted return of every token,
+      :math:`G_t = \sum_{s \ge t} \gamma^{s-t} r_s` within the completion, whitened over the valid
+      tokens of the whole batch (with ``collective``, of every process's batch):
+      :math:`\hat A_t = (G_t - \mu) / \sqrt{\sigma^2 + 10^{-8}}`.
+
+    grpo and rloo are not whitened again (their groups already set the scale and the baseline;
+    whitening over the batch would change the method), and they need no ``collective``: a group
+    never spans processes. ``values`` come back as zeros (there is no critic) and ``returns`` as
+    :math:`R_i` (grpo, rloo) or :math:`G_t` (reinforce_pp), for the record only.
+    """
+    if method not in CRITIC_FREE:
+        raise ValueError(f"critic_free_advantages: method must be one of {', '.join(CRITIC_FREE)}, got {method!r}")
+    rewards, kl = per_token_rewards(scores.float(), logp, ref_logp, mask, kl_coef, kl_estimator)
+    valid = mask.to(rewards.dtype)
+    if method == "reinforce_pp":
+        zeros = torch.zeros_like(rewards)
+        returns = discounted_returns(rewards.T, zeros.T, _last_tokens(mask).T, gamma).T * valid
+        advantages = _whiten(returns, mask, collective)
+    else:
+        sequence = rewards.sum(-1)
+        per_completion = (group_normalized(sequence, group_size, GROUP_EPS) if method == "grpo"
+                          else leave_one_out(sequence, group_size))
+        advantages = per_completion.unsqueeze(1) * valid
+        returns = sequence.unsqueeze(1) * valid
+    return TokenAdvantages(rewards, kl, torch.zeros_like(rewards), advantages, returns, kl_coef)
+
+
+def estimate_advantages(config: RLHFConfig, scores: Tensor, logp: Tensor, ref_logp: Tensor, values: Tensor,
+                        mask: Tensor, kl_coef: float, collective: Collective | None = None) -> TokenAdvantages:
+    """The advantages ``config.advantage`` names: :func:`token_advantages` (gae, with the critic's
+    ``values``) or :func:`critic_free_advantages`. The KL goes into the reward with β = ``kl_coef`` and
+    ``kl_estimator``, or, where :func:`kl_placement` puts it into the loss, the reward gets none
+    (β = 0) and the KL is measured with the loss's k3 for the record."""
+    c = config
+    in_loss = kl_placement(c.advantage, c.kl_in) == "loss"
+    beta, estimator = (0.0, "k3") if in_loss else (kl_coef, c.kl_estimator)
+    if uses_critic(c.advantage):
+        return token_advantages(scores, logp, ref_logp, values, mask, kl_coef=beta, kl_estimator=estimator,
+                                gamma=c.gamma, gae_lambda=c.gae_lambda, whiten=c.whiten_advantages,
+                                collective=collective)
+    return critic_free_advantages(c.advantage, scores, logp, ref_logp, mask, kl_coef=beta, kl_estimator=estimator,
+                                  group_size=c.num_generations, gamma=c.gamma, collective=collective)
+
+
+def _last_tokens(mask: Tensor) -> Tensor:
+    """``[B, T]`` bool, true at each completion's last valid token, where its episode ends."""
+    last = (mask.long().sum(-1) - 1).clamp_min(0)
+    return torch.zeros_like(mask).scatter_(1, last.unsqueeze(1), True)
+
+
+def _whiten(advantages: Tensor, mask: Tensor, collective: Collective | None) -> Tensor:
+    """Whiten over the valid tokens of the batch, or of every process's batch (data parallel)."""
+    if collective is not None and collective.active:
         _, _, mean, var = collective.moments(advantages, mask)
-        advantages = masked_whiten(advantages, mask, moments=(mean, var))
-    elif whiten:
-        advantages = masked_whiten(advantages, mask)
-    return TokenAdvantages(rewards, kl, values, advantages, returns)
+        return masked_whiten(advantages, mask, moments=(mean, var))
+    return masked_whiten(advantages, mask)

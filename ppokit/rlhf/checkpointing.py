@@ -1,16 +1,17 @@
 """Resumable checkpoints of an RLHF PPO run.
 
 ``RUN_DIR/checkpoints/update_<N>`` holds ``trainable.safetensors`` (the weights that train: the
-policy or its LoRA adapter, and the critic or value head), ``optimizer.pt`` (read with
-``weights_only=True``), ``policy/`` and ``value_model/`` as usable models, and ``resume.json``
-(KL controller, prompt position, RNGs, history, health), written last so its presence marks a
-complete checkpoint. A data-parallel run's ``resume.json`` holds every process's random state
-(``world_size`` and ``ranks``); rank 0 writes the checkpoint, and a sharded (FSDP) model's weights and
-optimiser state are gathered to it first.
+policy or its LoRA adapter, and the critic or value head if there is one: the critic-free
+advantages have none), ``optimizer.pt`` (read with ``weights_only=True``), ``policy/`` and ``value_model/``
+(with a critic) as usable models, and ``resume.json`` (KL controller, prompt position, RNGs, history,
+health), written last so its presence marks a complete checkpoint. A data-parallel run's
+``resume.json`` holds every process's random state (``world_size`` and ``ranks``); rank 0 writes the
+checkpoint, and a sharded (FSDP) model's weights and optimiser state are gathered to it first.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ppokit.configuration import from_mapping, load_yaml
+from ppokit.configuration import callable_label, check_unchanged, from_mapping, load_yaml, with_absolute_paths
 from ppokit.core.collective import gather_rank_states, rank_state
 from ppokit.errors import CheckpointError, ConfigError, UntrustedCodeError
 from ppokit.io.atomic import atomic_write_dir
 from ppokit.io.checkpoints import RESUME_FILE, checkpoint_path, find_resumable, load_torch_state, prune_checkpoints
 from ppokit.io.rng import rng_state, set_rng_state
 from ppokit.rlhf import sharding
-from ppokit.rlhf.config import RESUMABLE_FIELDS, RLHFConfig
+from ppokit.rlhf.config import PATH_FIELDS, RESUMABLE_FIELDS, RLHFConfig
 from ppokit.rlhf.rewards import reward_import
 
 if TYPE_CHECKING:
@@ -148,3 +149,15 @@ def resume_config(run_dir: Path, rewards: Sequence[Any] | None, trust: bool, ove
         raise ConfigError(f"{run_dir / 'config.yaml'}: the run's reward is a Python callable; resume it "
                           "from Python with RLHFTrainer.resume(run_dir, rewards=[your_function])")
     return from_mapping(RLHFConfig, data, str(run_dir / "config.yaml"))
+
+
+def check_resumable(config_file: Path, config: RLHFConfig, rewards: Sequence[Any] | None) -> None:
+    """Refuse a resume whose config differs from the run's recorded one outside RESUMABLE_FIELDS
+    (paths compared as absolute paths, rewards passed in code as their recorded labels)."""
+    data = dict(load_yaml(config_file))
+    data.pop("launch", None)  # how the run was launched (its world size), not a config field
+    saved = with_absolute_paths(from_mapping(RLHFConfig, data, str(config_file)), PATH_FIELDS)
+    specs = list(rewards) if rewards is not None else list(config.rewards)
+    now = with_absolute_paths(
+        dataclasses.replace(config, rewards=[r if isinstance(r, str) else callable_label(r) for r in specs]), PATH_FIELDS)
+    check_unchanged(saved, now, RESUMABLE_FIELDS, str(config_file))

@@ -71,7 +71,8 @@ def batch_figures(batch: RolloutBatch, adv: TokenAdvantages, kl_coef: float, col
                   elapsed: float) -> dict[str, float]:
     """The metrics row's figures of the batch over every rank's rows (the one-process row's
     definitions: means over completions, or over valid tokens). Its ``entropy`` is the update's
-    (``run_epochs`` averages it over the ranks), not the rollout's."""
+    (``run_epochs`` averages it over the ranks), not the rollout's. ``kl_coef``: β of the KL in the
+    reward (0 when it is a loss term)."""
     mask = batch.mask
     maskf = mask.to(adv.kl.dtype)
     kl_seq = adv.kl.sum(-1)

@@ -8,6 +8,7 @@ model.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
@@ -39,8 +40,13 @@ def quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def _load_error(kind: str, name: str, err: Exception) -> CheckpointError:
+def _load_error(kind: str, name: str, err: Exception, attn_implementation: str | None = None) -> Exception:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    # transformers refuses an unknown kernel, or one this model or machine cannot run, while loading:
+    # that is the config field's fault, not the model's.
+    if attn_implementation is not None and ("attn_implementation" in first or "attention" in first.lower()):
+        return ConfigError(f"config field 'attn_implementation' = {attn_implementation!r} cannot load {kind} "
+                           f"{name!r}: {first}")
     hint = ""
     if not Path(name).exists():
         hint = " (not a local directory; as a hub id it needs network access to the hub)"
@@ -129,15 +135,38 @@ def fuse_activations(model: nn.Module) -> nn.Module:
     return model
 
 
-def load_causal_lm(name: str, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False) -> Any:
+def pretrained_options(dtype: torch.dtype, trust_remote_code: bool, attn_implementation: str | None) -> dict[str, Any]:
+    """The keyword arguments of every ``from_pretrained`` here: ``attn_implementation`` only when set,
+    so that transformers' own choice stands otherwise."""
+    options: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    if attn_implementation is not None:
+        options["attn_implementation"] = attn_implementation
+    return options
+
+
+def load_causal_lm(name: str, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False,
+                   attn_implementation: str | None = None) -> Any:
     """A ``transformers`` causal LM from a hub id or a directory, with GPT-2's GELU fused."""
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            name, **pretrained_options(dtype, trust_remote_code, attn_implementation))
     except Exception as err:  # noqa: BLE001
-        raise _load_error("causal LM", name, err) from None
+        raise _load_error("causal LM", name, err, attn_implementation) from None
     return fuse_activations(model).to(device)
+
+
+def load_trunk(name: str | Path, dtype: torch.dtype, trust_remote_code: bool = False,
+               attn_implementation: str | None = None) -> Any:
+    """The bare transformer (``AutoModel``) of a hub id or a directory, with GPT-2's GELU fused."""
+    from transformers import AutoModel
+
+    try:
+        trunk = AutoModel.from_pretrained(name, **pretrained_options(dtype, trust_remote_code, attn_implementation))
+    except Exception as err:  # noqa: BLE001
+        raise _load_error("model trunk", str(name), err, attn_implementation) from None
+    return fuse_activations(trunk)
 
 
 def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
@@ -232,24 +261,27 @@ class ScalarHeadModel(nn.Module):
         return cls(trunk_of(model), score.in_features, head)
 
     @classmethod
-    def load(cls, path: str | Path, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False) -> ScalarHeadModel:
+    def load(cls, path: str | Path, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False,
+             attn_implementation: str | None = None) -> ScalarHeadModel:
         from safetensors.torch import load_file
-        from transformers import AutoModel
 
         path = Path(path)
         if not (path / HEAD_WEIGHTS).is_file():
             raise CheckpointError(f"{path}: no {HEAD_WEIGHTS}; not a ppokit scalar-head model directory")
-        try:
-            trunk = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-        except Exception as err:  # noqa: BLE001
-            raise _load_error("model trunk", str(path), err) from None
-        fuse_activations(trunk)
+        trunk = load_trunk(path, dtype, trust_remote_code, attn_implementation)
         state = load_file(path / HEAD_WEIGHTS)
         if "weight" not in state or state["weight"].ndim != 2:
             raise CheckpointError(f"{path / HEAD_WEIGHTS}: not a linear head's weights")
         head = nn.Linear(state["weight"].shape[1], 1, bias="bias" in state)
         head.load_state_dict(state)
         return cls(trunk, head.in_features, head).to(device=device, dtype=dtype)
+
+    def merged(self) -> ScalarHeadModel:
+        """A copy with the LoRA adapters on the trunk (``value_model: lora``) merged into its weights: an
+        ordinary scalar-head model that :meth:`load` reads back. The live model is left as it is (an
+        in-place merge and unmerge would round the frozen weights)."""
+        trunk = copy.deepcopy(self.trunk).merge_and_unload()
+        return ScalarHeadModel(trunk, self.head.in_features, self.head)
 
 
 class PolicyWithValueHead(nn.Module):
@@ -330,7 +362,8 @@ def new_reward_model(base: str, head: str, dtype: torch.dtype, device: torch.dev
     return RewardModel(fuse_activations(model).to(device), "classification")
 
 
-def load_reward_model(path: str, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False) -> RewardModel:
+def load_reward_model(path: str, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False,
+                      attn_implementation: str | None = None) -> RewardModel:
     """A reward model saved by ppokit (with its normalisation), or any sequence-classification
     model with one label (hub id or directory), used as it is."""
     meta_path = Path(path) / REWARD_META
@@ -345,14 +378,15 @@ def load_reward_model(path: str, dtype: torch.dtype, device: torch.device, trust
         if not (isinstance(meta.get("std"), (int, float)) and meta["std"] > 0):
             raise CheckpointError(f"{meta_path}: 'std' must be a positive number, got {meta.get('std')!r}")
     if meta["head"] == "value_head":
-        model: Any = ScalarHeadModel.load(path, dtype, device, trust_remote_code)
+        model: Any = ScalarHeadModel.load(path, dtype, device, trust_remote_code, attn_implementation)
     else:
         from transformers import AutoModelForSequenceClassification
 
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, **pretrained_options(dtype, trust_remote_code, attn_implementation))
         except Exception as err:  # noqa: BLE001
-            raise _load_error("reward model", path, err) from None
+            raise _load_error("reward model", path, err, attn_implementation) from None
         if model.config.num_labels != 1:
             raise CheckpointError(f"reward model {path!r} has {model.config.num_labels} labels; a reward model needs 1")
         model = fuse_activations(model).to(device)

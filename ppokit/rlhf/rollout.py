@@ -1,8 +1,9 @@
 """Collecting one RLHF batch: generate completions, score them, and read off what PPO needs.
 
-    prompts ──generate (policy, KV cache)──▶ completions
+    prompts ──repeat each G times (num_generations), a prompt's G rows adjacent
+            ──generate (policy, KV cache)──▶ completions
             ──score (reward sources)──────▶ s, with the EOS penalty and the score clip
-            ──forward passes──────────────▶ log π_old, log π_ref, V_old, entropy
+            ──forward passes──────────────▶ log π_old, log π_ref, V_old (with a critic), entropy
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ppokit.rlhf import precision
+from ppokit.rlhf.advantages import uses_critic
 from ppokit.rlhf.config import RLHFConfig
 from ppokit.rlhf.generation import Completions, decode, encode_prompts, sample, token_entropy, token_logprobs
 from ppokit.rlhf.rewards import CombinedReward
@@ -24,6 +27,7 @@ from ppokit.rlhf.roles import PPOModels
 class RolloutBatch:
     """One batch of completions and everything measured on it; token tensors are ``[B, T]``."""
 
+    #: The prompt of each completion: each of the update's prompts ``num_generations`` times in a row.
     prompts: list[str]
     #: The completions as text, as the reward sources read them.
     completions: list[str]
@@ -37,7 +41,7 @@ class RolloutBatch:
     #: Log-probabilities of the sampled tokens under the policy and the reference.
     logp: Tensor
     ref_logp: Tensor
-    #: The critic's values (float32).
+    #: The critic's values (float32; zeros without a critic).
     values: Tensor
     #: The policy's per-token entropy.
     entropy: Tensor
@@ -55,17 +59,21 @@ class RolloutBatch:
 
 def collect(models: PPOModels, tokenizer: Any, reward: CombinedReward, prompts: list[str],
             config: RLHFConfig, device: torch.device) -> RolloutBatch:
-    """Generate, score and run the forward passes for one batch of ``prompts``."""
+    """Generate, score and run the forward passes for one batch of ``prompts``: ``num_generations``
+    completions of each, adjacent (the groups that grpo and rloo compare)."""
     c = config
     t_start = time.perf_counter()
+    prompts = [p for p in prompts for _ in range(c.num_generations)]
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
-    sequences = sample(models.policy, tokenizer, prompt_ids, prompt_mask, c.max_new_tokens, c.temperature,
-                       synced=models.sharded)
+    with precision.autocast(c.mixed_precision, device):
+        sequences = sample(models.policy, tokenizer, prompt_ids, prompt_mask, c.max_new_tokens, c.temperature,
+                           synced=models.sharded)
     tokens = sequences.completion_ids
     t_generated = time.perf_counter()
 
     completions = decode(tokenizer, tokens, sequences.completion_mask)
-    scores, score_parts = reward(prompts, completions)
+    with precision.autocast(c.mixed_precision, device):
+        scores, score_parts = reward(prompts, completions)
     raw_score_mean = float(scores.mean())
     scores = scores.to(device)
     if c.missing_eos_penalty is not None:
@@ -74,13 +82,13 @@ def collect(models: PPOModels, tokenizer: Any, reward: CombinedReward, prompts: 
         scores = scores.clamp(-c.score_clip, c.score_clip)
     t_scored = time.perf_counter()
 
-    with torch.no_grad():
+    with torch.no_grad(), precision.autocast(c.mixed_precision, device):
         logits, values = models.policy_forward(sequences)
         logp = token_logprobs(logits, tokens, c.temperature)
         entropy = token_entropy(logits, c.temperature)
         del logits
-        if values is None:
-            values = models.values(sequences)
+        if values is None:  # no critic (critic-free advantages): nothing to value
+            values = models.values(sequences) if uses_critic(c.advantage) else torch.zeros_like(logp)
         ref_logp = token_logprobs(models.reference_logits(sequences), tokens, c.temperature)
     t_forward = time.perf_counter()
     return RolloutBatch(

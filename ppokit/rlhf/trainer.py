@@ -3,7 +3,7 @@
 One update, top to bottom::
 
     batch  = collect(prompts)        generate, score, forward passes                  rollout.py
-    Â, R̂   = token_advantages(batch) r_t = −β·KL_t (+ s at the last token), GAE(γ, λ)  advantages.py
+    Â, R̂   = estimate_advantages()   GAE with a critic, or grpo, rloo, reinforce_pp    advantages.py
     stats  = ppo_update(...)          K epochs × minibatches of clipped PPO             ppokit.core.update
     β      ← controller(KL)                                                            ppokit.core.kl
     record = update_metrics(...)                                                       here
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ppokit.configuration import callable_label, check_unchanged, from_mapping, load_yaml, with_absolute_paths
+from ppokit.configuration import callable_label, with_absolute_paths
 from ppokit.core.advantages import masked_mean
 from ppokit.core.collective import check_world_size, on_main
 from ppokit.core.diagnostics import explained_variance
@@ -44,17 +44,17 @@ from ppokit.io.lock import RunLock
 from ppokit.io.loop import Callback, LoopPlan, run_loop
 from ppokit.io.metrics import MetricsLogger, NullMetrics, truncate_metrics
 from ppokit.io.run_dir import default_run_dir, holds_run, open_run, run_trackers
-from ppokit.rlhf import checkpointing, data_parallel, sharding
+from ppokit.rlhf import checkpointing, data_parallel, precision, sharding
 from ppokit.rlhf import data as rdata
-from ppokit.rlhf.advantages import TokenAdvantages, token_advantages
+from ppokit.rlhf.advantages import TokenAdvantages, estimate_advantages, kl_placement, uses_critic
 from ppokit.rlhf.common import runtime
-from ppokit.rlhf.config import PATH_FIELDS, RESUMABLE_FIELDS, RLHFConfig
+from ppokit.rlhf.config import PATH_FIELDS, RLHFConfig
 from ppokit.rlhf.generation import token_entropy, token_logprobs
 from ppokit.rlhf.models import check_tokenizes, length_limit, load_tokenizer, model_positions
-from ppokit.rlhf.rewards import build_reward
+from ppokit.rlhf.rewards import build_reward, reward_options
 from ppokit.rlhf.roles import PPOModels
 from ppokit.rlhf.rollout import RolloutBatch, collect
-from ppokit.runtime import join_processes
+from ppokit.runtime import join_processes, resolve_dtype
 
 RewardSpec = str | Callable[..., Sequence[float]]
 
@@ -85,6 +85,9 @@ class RLHFTrainer:
     ) -> None:
         self.config = c = config
         self.device, self.dtype = runtime(c)
+        self.dtype = precision.weights_dtype(c, self.dtype)
+        #: The weights dtype of the frozen roles (reference, reward models).
+        self.frozen_dtype = self.dtype if c.frozen_dtype == "auto" else resolve_dtype(c.frozen_dtype, self.device)
         #: The processes of a data-parallel run (one process: a no-op); see data_parallel.
         self.collective = join_processes(self.device, c.dist_backend, c.dist_timeout)
         data_parallel.check_batch(c, self.collective)
@@ -97,7 +100,7 @@ class RLHFTrainer:
             if checkpoint is not None:
                 resume_state = read_resume_state(checkpoint, checkpointing.KIND, checkpointing.RESUME_FORMAT)
                 check_world_size(resume_state, self.collective, checkpoint / RESUME_FILE, "share of the batch and random state")
-                check_resumable(directory / "config.yaml", c, rewards)
+                checkpointing.check_resumable(directory / "config.yaml", c, rewards)
             elif holds_run(directory):
                 # Stopped before its first checkpoint: nothing to continue from, so start it again.
                 log.warning("%s holds a run stopped before its first checkpoint; starting it over", directory)
@@ -120,8 +123,9 @@ class RLHFTrainer:
         self.skipped_rows = loaded.skipped
 
         self.reward_specs = list(rewards) if rewards is not None else list(c.rewards)
-        self.reward = build_reward(self.reward_specs, c.reward_weights, self.dtype, self.device, c.trust_remote_code)
-        self.models = PPOModels(c, self.reward, self.dtype, self.device)
+        self.reward = build_reward(self.reward_specs, c.reward_weights, self.frozen_dtype, self.device,
+                                   c.trust_remote_code, **reward_options(c))
+        self.models = PPOModels(c, self.reward, self.dtype, self.device, frozen_dtype=self.frozen_dtype)
         data_parallel.start(self.models.trainable, c.seed, self.collective)
         if c.sharding == "fsdp" and self.collective.active:
             sharding.shard(self.models)
@@ -164,8 +168,10 @@ class RLHFTrainer:
         adamw = make_adamw([p for p in self.models.trainable.parameters() if p.requires_grad],
                            lr=c.learning_rate, weight_decay=c.weight_decay)
         if self.models.sharded:
-            return sharding.ShardedOptimizer(adamw.optimizer, self.models.trainable, self.collective)
-        return AveragedGradients(adamw, self.collective) if self.collective.active else adamw
+            inner: Optimizer = sharding.ShardedOptimizer(adamw.optimizer, self.models.trainable, self.collective)
+        else:
+            inner = AveragedGradients(adamw, self.collective) if self.collective.active else adamw
+        return precision.scaled_for(c.mixed_precision, inner)
 
     @property
     def policy(self) -> torch.nn.Module:
@@ -200,21 +206,25 @@ class RLHFTrainer:
         c = self.config
         t_start = time.perf_counter() if t_start is None else t_start
         with torch.no_grad():
-            adv = token_advantages(batch.scores, batch.logp, batch.ref_logp, batch.values, batch.mask,
-                                   kl_coef=self.kl_coef, kl_estimator=c.kl_estimator, gamma=c.gamma,
-                                   gae_lambda=c.gae_lambda, whiten=c.whiten_advantages, collective=self.collective)
+            adv = estimate_advantages(c, batch.scores, batch.logp, batch.ref_logp, batch.values, batch.mask,
+                                      self.kl_coef, self.collective)
         t_prepared = time.perf_counter()
         self.optimizer.set_learning_rate(self.lr_schedule(self.num_updates / c.total_updates))
         shared = {"collective": self.collective} if self.collective.active else {}
-        stats = ppo_update(
-            {"logp": batch.logp, "values": adv.values, "advantages": adv.advantages, "returns": adv.returns,
-             "mask": batch.mask},
-            self._evaluate(batch), self.optimizer, self._settings(), **shared,
-        )
+        ppo_batch = {"logp": batch.logp, "values": adv.values, "advantages": adv.advantages, "returns": adv.returns,
+                     "mask": batch.mask, "ref_logp": batch.ref_logp}
+        if not uses_critic(c.advantage):  # no critic: nothing for a value loss to fit
+            del ppo_batch["values"], ppo_batch["returns"]
+        stats = ppo_update(ppo_batch, self._evaluate(batch), self.optimizer, self._settings(), **shared)
+        # The last step's gradients would otherwise stay allocated through the next rollout, which is
+        # then the peak of a run's memory (the benchmark of the memory options measured it).
+        self.optimizer.zero_grad()
         t_updated = time.perf_counter()
         record = self._record(batch, adv, stats, t_start, t_prepared, t_updated)
         if self.collective.active:
-            record.update(data_parallel.batch_figures(batch, adv, self.kl_coef, self.collective, t_updated - t_start))
+            record.update(data_parallel.batch_figures(batch, adv, adv.kl_coef, self.collective, t_updated - t_start))
+        if not uses_critic(c.advantage):  # no critic: absent rather than a flat 0 that reads as a perfect fit
+            del record["value_mean"], record["value_loss"], record["explained_variance"]
         if self.kl_controller is not None:
             self.kl_coef = self.kl_controller.update(record["kl"], len(batch.prompts) * self.collective.world_size)
         self.num_updates += 1
@@ -225,21 +235,24 @@ class RLHFTrainer:
 
     def _settings(self) -> PPOUpdateSettings:
         c = self.config
-        # The advantages were whitened over the whole batch already (token_advantages), not per minibatch.
+        # The advantages were whitened over the whole batch already (estimate_advantages), not per minibatch.
         return PPOUpdateSettings(
             num_epochs=c.num_epochs, num_minibatches=c.num_minibatches, clip_range=c.clip_range,
             vf_coef=c.vf_coef, ent_coef=c.ent_coef, max_grad_norm=c.max_grad_norm or None,
             clip_range_vf=c.clip_range_vf, whiten_advantages=False, target_kl=c.target_kl,
-            skip_nonfinite=c.on_nonfinite == "skip",
+            skip_nonfinite=c.on_nonfinite == "skip", gradient_accumulation_steps=c.gradient_accumulation_steps,
+            ref_kl_coef=self.kl_coef if kl_placement(c.advantage, c.kl_in) == "loss" else 0.0,
         )
 
     def _evaluate(self, batch: RolloutBatch) -> Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]:
         c, models, tokens = self.config, self.models, batch.tokens
 
         def evaluate(rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            new_logits, new_values = models.policy_forward(batch.sequences, rows)
-            if new_values is None:
-                new_values = models.values(batch.sequences, rows)
+            with precision.autocast(c.mixed_precision, self.device):
+                new_logits, new_values = models.policy_forward(batch.sequences, rows)
+                if new_values is None:  # a separate critic, or none (critic-free: ppo_update fits no values)
+                    new_values = (models.values(batch.sequences, rows) if uses_critic(c.advantage)
+                                  else torch.zeros(new_logits.shape[:2], device=new_logits.device))
             # With no entropy bonus the entropy is only logged: skip its graph (a [B, T, vocab] tensor).
             with torch.set_grad_enabled(c.ent_coef > 0 and torch.is_grad_enabled()):
                 entropy = token_entropy(new_logits, c.temperature)
@@ -249,10 +262,10 @@ class RLHFTrainer:
 
     def _record(self, batch: RolloutBatch, adv: TokenAdvantages, stats: dict[str, float],
                 t_start: float, t_prepared: float, t_updated: float) -> dict[str, Any]:
-        """The metrics row of one update."""
+        """The metrics row of one update (``non_score_reward``: the KL in the reward, 0 when it is in the loss)."""
         mask = batch.mask
         mean_kl = float(adv.kl.sum(-1).mean())
-        non_score = float((-self.kl_coef * adv.kl).sum(-1).mean())
+        non_score = float((-adv.kl_coef * adv.kl).sum(-1).mean())
         score = float(batch.scores.mean())
         return {
             "update": self.num_updates + 1,
@@ -315,6 +328,7 @@ class RLHFTrainer:
                 metrics.finish(summary, self.run_dir / "policy")
         finally:
             self.metrics = None
+            self.reward.close()  # a reward function's worker processes; started again if learn() is called again
         return summary
 
     def after_update(self, record: dict[str, Any]) -> bool:
@@ -351,7 +365,8 @@ class RLHFTrainer:
         return {
             "run_dir": str(self.run_dir), "updates": self.num_updates,
             "policy_dir": str(Path(str(self.run_dir)) / "policy"),
-            "value_model_dir": str(Path(str(self.run_dir)) / "value_model"),
+            "value_model_dir": (str(Path(str(self.run_dir)) / "value_model") if uses_critic(self.config.advantage)
+                                else None),  # critic-free runs have none
             "score_first": mean(first, "score"), "score_last": mean(last, "score"),
             "kl_last": mean(last, "kl"), "kl_coef": self.kl_coef,
             "mean_update_s": mean(self.history, "update_s"), "skipped_rows": self.skipped_rows,
@@ -376,18 +391,6 @@ class RLHFTrainer:
         state = sharding.full_state(self.models.trainable) if self.models.sharded else None
         if self.collective.is_main:
             self.models.save(directory, self.tokenizer, state)
-
-
-def check_resumable(config_file: Path, config: RLHFConfig, rewards: Sequence[RewardSpec] | None) -> None:
-    """Refuse a resume whose config differs from the run's recorded one outside RESUMABLE_FIELDS
-    (paths compared as absolute paths, rewards passed in code as their recorded labels)."""
-    data = dict(load_yaml(config_file))
-    data.pop("launch", None)  # how the run was launched (its world size), not a config field
-    saved = with_absolute_paths(from_mapping(RLHFConfig, data, str(config_file)), PATH_FIELDS)
-    specs = list(rewards) if rewards is not None else list(config.rewards)
-    now = with_absolute_paths(
-        dataclasses.replace(config, rewards=[r if isinstance(r, str) else callable_label(r) for r in specs]), PATH_FIELDS)
-    check_unchanged(saved, now, RESUMABLE_FIELDS, str(config_file))
 
 
 def train_rlhf(config: RLHFConfig, prompts: Any = None, rewards: Any = None,
