@@ -89,6 +89,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="no-op TRL's per-step gc.collect() and empty_cache() calls",
     )
     p.add_argument("--lora", action="store_true", help="train a LoRA adapter on c_attn via TRL's peft_config")
+    p.add_argument("--model-dir", help="policy (and tokenizer) directory to load instead of the tiny GPT-2 (rlhf_gpu.py)")
+    p.add_argument("--reward-dir", help="sequence-classification reward model directory (with --model-dir)")
+    p.add_argument("--prompts-file", help="JSON with 'input_ids': the prompts (with --model-dir; rlhf_gpu.py writes it)")
+    p.add_argument("--lora-targets", nargs="+", default=["c_attn"], help="LoRA target modules")
+    p.add_argument("--device", default="cpu", help="'cpu' or 'cuda'")
+    p.add_argument("--bf16", action="store_true", help="TRL's bf16 mixed precision")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--minibatches", type=int, default=1, help="num_mini_batches")
     args = p.parse_args(argv)
     if args.steps < 2:
         p.error("--steps must be at least 2 (the first step is warm-up)")
@@ -169,15 +177,26 @@ def build_models(tokenizer, save_dir: str, lora: bool):
     return config, policy, ref_policy, reward_model, value_model
 
 
-def build_prompts(tokenizer, words: list[str]):
+def load_models(model_dir: str, reward_dir: str, lora: bool):
+    """The policy, reference, reward and value models from directories (rlhf_gpu.py builds them)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    policy = AutoModelForCausalLM.from_pretrained(model_dir)
+    ref_policy = None if lora else AutoModelForCausalLM.from_pretrained(model_dir)
+    reward_model = AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1)
+    value_model = AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1)
+    return policy.config, policy, ref_policy, reward_model, value_model
+
+
+def build_prompts(tokenizer, words: list[str], length: int = PROMPT_TOKENS):
     import random
 
     from datasets import Dataset
 
     rng = random.Random(0)
-    texts = [" ".join(rng.choice(words) for _ in range(PROMPT_TOKENS)) for _ in range(N_PROMPTS)]
+    texts = [" ".join(rng.choice(words) for _ in range(length)) for _ in range(N_PROMPTS)]
     input_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    assert all(len(ids) == PROMPT_TOKENS for ids in input_ids)
+    assert all(len(ids) == length for ids in input_ids)
     return Dataset.from_dict({"input_ids": input_ids})
 
 
@@ -299,31 +318,44 @@ def main(argv=None) -> int:
             log("--lora needs peft, which is not installed in this venv")
             return 2
         peft_config = LoraConfig(
-            r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["c_attn"], fan_in_fan_out=True, task_type="CAUSAL_LM"
+            r=8, lora_alpha=16, lora_dropout=0.0, target_modules=args.lora_targets,
+            fan_in_fan_out=args.lora_targets == ["c_attn"], task_type="CAUSAL_LM"
         )
 
     with tempfile.TemporaryDirectory(prefix="trl-anchor-") as tmp:
-        model_dir = os.path.join(tmp, "tiny-gpt2")
-        tokenizer, words = build_tokenizer(args.vocab_size, model_dir)
-        config, policy, ref_policy, reward_model, value_model = build_models(tokenizer, model_dir, args.lora)
-        dataset = build_prompts(tokenizer, words)
+        if args.model_dir:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(args.model_dir, padding_side="left")
+            from datasets import Dataset
+
+            config, policy, ref_policy, reward_model, value_model = load_models(args.model_dir, args.reward_dir,
+                                                                                args.lora)
+            policy.generation_config.pad_token_id = tokenizer.pad_token_id
+            dataset = Dataset.from_dict({"input_ids": json.loads(open(args.prompts_file).read())["input_ids"]})
+        else:
+            model_dir = os.path.join(tmp, "tiny-gpt2")
+            tokenizer, words = build_tokenizer(args.vocab_size, model_dir)
+            config, policy, ref_policy, reward_model, value_model = build_models(tokenizer, model_dir, args.lora)
+            dataset = build_prompts(tokenizer, words)
+        prompt_length = len(dataset[0]["input_ids"])
         log(
             f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}; "
-            f"GPT-2 n_layer={config.n_layer} n_embd={config.n_embd} vocab={config.vocab_size}; "
-            f"{len(dataset)} prompts of {PROMPT_TOKENS} tokens; threads={torch.get_num_threads()}"
+            f"{config.model_type} layers={config.num_hidden_layers} width={config.hidden_size} vocab={config.vocab_size}; "
+            f"{len(dataset)} prompts of {prompt_length} tokens; threads={torch.get_num_threads()}"
         )
 
         ppo_args = PPOConfig(
             output_dir=os.path.join(tmp, "out"),
-            use_cpu=True,
-            bf16=False,
+            use_cpu=args.device == "cpu",
+            bf16=args.bf16,
             fp16=False,
-            gradient_checkpointing=False,
+            gradient_checkpointing=args.gradient_checkpointing,
             seed=0,
             # One step = one rollout of `batch` prompts, one minibatch, `epochs` PPO epochs.
             per_device_train_batch_size=args.batch,
             gradient_accumulation_steps=1,
-            num_mini_batches=1,
+            num_mini_batches=args.minibatches,
             local_rollout_forward_batch_size=args.batch,
             total_episodes=args.steps * args.batch,
             num_ppo_epochs=args.epochs,
@@ -386,10 +418,11 @@ def main(argv=None) -> int:
         "valid_token_fraction": round(valid_fraction, 4),
         "forced_gc_s_per_step_median": round(gc_med, 4),
         "peak_rss_mib": round(peak_rss_mib, 1),
+        "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
         "batch": args.batch,
         "response_length": args.response_length,
         "epochs": args.epochs,
-        "num_mini_batches": 1,
+        "num_mini_batches": args.minibatches,
         "forced_gc": args.forced_gc,
         "lora": args.lora,
         "threads": args.threads,

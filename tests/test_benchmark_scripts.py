@@ -34,6 +34,23 @@ def test_rlhf_benchmark_script_runs():
     assert len(result["s_per_step_all"]) == 2 and result["s_per_step_median"] > 0
 
 
+def test_rlhf_gpu_benchmark_script_runs_at_a_small_size(tmp_path):
+    pytest.importorskip("transformers")
+    out = tmp_path / "rows.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "rlhf_gpu.py"), "--size", "small", "--device", "cpu",
+                           "--batch", "2", "--prompt-length", "4", "--response-length", "4", "--epochs", "1",
+                           "--minibatches", "1", "--steps", "2", "--threads", "1", "--variants", "base", "lora+gc",
+                           "--no-trl", "--json", str(out)], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert [(r["variant"], r["lora"], r["gradient_checkpointing"]) for r in rows] == [("base", False, False),
+                                                                                       ("lora+gc", True, True)]
+    assert all(set(r["phases_s"]) >= {"generate_s", "score_s", "forward_s", "epochs_s"} for r in rows)
+    assert "| lora+gc | ppokit |" in proc.stdout
+
+
 def test_defaults_benchmark_script_runs():
     result = _run("defaults_ppokit.py", "--env", "CartPole-v1", "--steps", "2048", "--set", "num_epochs=1")
     assert result["steps"] == 2048 and result["eval_return"] > 0 and result["set"] == ["num_epochs=1"]
