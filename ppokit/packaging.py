@@ -102,7 +102,8 @@ def find_source(run_dir: Path, kind: str, config: dict[str, Any], *, best: bool 
     latest = latest_checkpoint(run_dir)
     if checkpoint:
         if kind not in IN_CHECKPOINT:
-            raise ConfigError(f"--checkpoint: {kind} runs keep no checkpoints ({run_dir})")
+            raise ConfigError(f"--checkpoint: a {kind} run's checkpoints hold training state, not a packageable "
+                              f"model ({run_dir}); finish the run with `ppokit resume {run_dir}` and package it")
         if latest is None:
             raise CheckpointError(f"{run_dir / CHECKPOINTS}: no complete checkpoint to package")
         return Source(run_dir, kind, config, (latest / IN_CHECKPOINT[kind]).resolve(), "checkpoint")
@@ -111,8 +112,8 @@ def find_source(run_dir: Path, kind: str, config: dict[str, Any], *, best: bool 
         _warn_if_run_went_on(run_dir, kind, final, latest)
         return Source(run_dir, kind, config, final, "final")
     if kind not in IN_CHECKPOINT:
-        raise CheckpointError(f"{run_dir}: no saved model ({final} is written when training ends, and {kind} "
-                              "training keeps no checkpoints); train the stage again")
+        raise CheckpointError(f"{run_dir}: no saved model ({final} is written when training ends); finish the "
+                              f"run with `ppokit resume {run_dir}`, or train the stage again")
     if latest is not None:
         raise CheckpointError(f"{run_dir}: no final model ({final} is written when training ends; the run stopped "
                               f"before). Finish it with `ppokit resume {run_dir}`, or package its latest checkpoint "

@@ -297,6 +297,9 @@ class RLHFConfig(LMRuntime):
                 f"config field 'gradient_accumulation_steps' = {self.gradient_accumulation_steps}: num_minibatches × "
                 f"gradient_accumulation_steps must divide the completions per update (batch_size × num_generations = "
                 f"{self.batch_size * self.num_generations})")
+        if self.advantage != "gae" and (self.share_reward_trunk or self.value_model != "separate"):
+            raise ConfigError(f"config field 'advantage' = {self.advantage!r} trains no critic: value_model "
+                              f"({self.value_model!r}) and share_reward_trunk do not apply; leave them at their defaults")
         if self.share_reward_trunk and not (self.value_model == "lora" and self.value_init == "reward"):
             raise ConfigError("config field 'share_reward_trunk' needs value_model: lora and value_init: reward "
                               "(the critic's adapters sit on the reward model's weights)")
