@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ppokit import __version__
 from ppokit.configuration import check_unchanged, from_mapping, to_dict
@@ -28,7 +28,15 @@ from ppokit.control.torch_env import capture_torch_env_state, restore_torch_env_
 from ppokit.core.collective import check_world_size, gather_rank_states, rank_state
 from ppokit.errors import CheckpointError, ConfigError
 from ppokit.io.atomic import atomic_write_dir, recover_dir
-from ppokit.io.checkpoints import RESUME_FILE, checkpoint_path, load_torch_state, prune_checkpoints, read_resume_state
+from ppokit.io.checkpoints import (
+    RESUME_FILE,
+    checkpoint_path,
+    load_safetensors,
+    load_torch_state,
+    prune_checkpoints,
+    read_resume_state,
+    refuse_non_finite,
+)
 from ppokit.io.rng import rng_state, set_rng_state
 from ppokit.io.state_codec import decode, encode
 
@@ -209,14 +217,8 @@ def load_weights(agent: PPO, model_dir: Path, state: Mapping[str, Any]) -> None:
 
 def _load_tensors(agent: PPO, model_dir: Path) -> None:
     file = model_dir / MODEL_FILE
-    try:
-        tensors = load_file(str(file))
-    except Exception as err:  # noqa: BLE001 - safetensors raises several types for bad files
-        raise CheckpointError(f"{file}: not a readable safetensors file ({err})") from None
-    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise CheckpointError(f"{file}: holds non-finite values (NaN or inf) in {', '.join(bad[:3])}"
-                              f"{' and more' if len(bad) > 3 else ''}; refusing to load weights that cannot act")
+    tensors = load_safetensors(file)
+    refuse_non_finite(file, tensors.items(), "refusing to load weights that cannot act")
     policy_state = {k[len("policy."):]: v for k, v in tensors.items() if k.startswith("policy.")}
     try:
         agent.policy.load_state_dict(policy_state)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,28 @@ def load_torch_state(path: str | Path, map_location: Any = "cpu") -> Any:
         raise CheckpointError(
             f"{path}: refused to load: not a plain tensor state file ({first[:300]})"
         ) from None
+
+
+def load_safetensors(path: str | Path, device: str = "cpu") -> dict[str, Any]:
+    """The tensors of a safetensors file; a file safetensors cannot read is a :class:`CheckpointError` naming it."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device=device)
+    except Exception as err:  # noqa: BLE001 - safetensors raises several types for bad files
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+
+
+def refuse_non_finite(path: str | Path, tensors: Iterable[tuple[str, Any]],
+                      consequence: str = "refusing to resume from them") -> None:
+    """A :class:`CheckpointError` naming ``path`` and the first tensors (of ``(name, tensor)``) that
+    hold NaN or inf: weights that diverged must not be trained or acted on further."""
+    import torch
+
+    bad = [name for name, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(f"{path}: holds non-finite values (NaN or inf) in {', '.join(bad[:3])}"
+                              f"{' and more' if len(bad) > 3 else ''}; {consequence}")
 
 
 def find_resumable(run_dir: str | Path) -> Path:

@@ -23,7 +23,14 @@ from ppokit.configuration import callable_label, check_unchanged, from_mapping, 
 from ppokit.core.collective import gather_rank_states, rank_state
 from ppokit.errors import CheckpointError, ConfigError, UntrustedCodeError
 from ppokit.io.atomic import atomic_write_dir
-from ppokit.io.checkpoints import RESUME_FILE, checkpoint_path, find_resumable, load_torch_state, prune_checkpoints
+from ppokit.io.checkpoints import (
+    RESUME_FILE,
+    checkpoint_path,
+    find_resumable,
+    load_torch_state,
+    prune_checkpoints,
+    refuse_non_finite,
+)
 from ppokit.io.rng import rng_state, set_rng_state
 from ppokit.rlhf import sharding
 from ppokit.rlhf.config import PATH_FIELDS, RESUMABLE_FIELDS, RLHFConfig
@@ -107,10 +114,7 @@ def _load_trainable(trainer: RLHFTrainer, file: Path) -> None:
         missing, unexpected = load_model(trainer.models.trainable, str(file), strict=False, device=str(trainer.device))
     except Exception as err:  # noqa: BLE001 - safetensors raises several types for bad files
         raise CheckpointError(f"{file}: not a readable safetensors file ({err})") from None
-    bad = [name for name, p in trainer.models.trainable.named_parameters() if not bool(torch.isfinite(p).all())]
-    if bad:
-        raise CheckpointError(f"{file}: holds non-finite values (NaN or inf) in {', '.join(bad[:3])}"
-                              f"{' and more' if len(bad) > 3 else ''}; refusing to resume from them")
+    refuse_non_finite(file, trainer.models.trainable.named_parameters())
     if missing or unexpected:
         raise CheckpointError(
             f"{file}: the saved weights do not fit this model (missing {list(missing)[:3]}, "
@@ -118,17 +122,24 @@ def _load_trainable(trainer: RLHFTrainer, file: Path) -> None:
         )
 
 
+def recorded_config(run_dir: Path, overrides: Mapping[str, Any], resumable: frozenset[str]) -> tuple[Path, dict[str, Any]]:
+    """``(config.yaml, its fields)`` of the resumable run in ``run_dir``, for a resume with ``overrides``;
+    refused when an override names a field outside ``resumable`` (one that shaped the run)."""
+    find_resumable(run_dir)
+    config_file = run_dir / "config.yaml"
+    fixed = sorted(set(overrides) - resumable)
+    if fixed:
+        raise ConfigError(f"resuming {run_dir}: {', '.join(fixed)} shaped the run and cannot change on resume "
+                          f"(only {', '.join(sorted(resumable))} can)")
+    data = dict(load_yaml(config_file))
+    data.pop("launch", None)  # how the run was launched (its world size), not a config field
+    return config_file, data
+
+
 def resume_config(run_dir: Path, rewards: Sequence[Any] | None, trust: bool, overrides: Mapping[str, Any]) -> RLHFConfig:
     """The config a run is resumed with (:meth:`RLHFTrainer.resume`): its config.yaml with ``overrides``,
     refused when it names code to run (a reward module, remote code) that was not passed again or trusted."""
-    find_resumable(run_dir)
-    config_file = run_dir / "config.yaml"
-    fixed = sorted(set(overrides) - RESUMABLE_FIELDS)
-    if fixed:
-        raise ConfigError(f"resuming {run_dir}: {', '.join(fixed)} shaped the run and cannot change on resume "
-                          f"(only {', '.join(sorted(RESUMABLE_FIELDS))} can)")
-    data = dict(load_yaml(config_file))
-    data.pop("launch", None)  # how the run was launched (its world size), not a config field
+    config_file, data = recorded_config(run_dir, overrides, RESUMABLE_FIELDS)
     would_run = []
     if rewards is None and "rewards" not in overrides:
         for spec in data.get("rewards") or []:

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from ppokit.core.collective import Collective
 from ppokit.core.optim import TorchOptimizer
 from ppokit.errors import CheckpointError
+from ppokit.io.checkpoints import load_safetensors, refuse_non_finite
 
 if TYPE_CHECKING:
     from ppokit.rlhf.roles import PPOModels
@@ -96,17 +97,10 @@ def save_state(state: dict[str, Tensor], file: Path) -> None:
 
 def load_state(module: nn.Module, file: Path) -> None:
     """Load a state dict written by :func:`save_state` into the sharded ``module`` (every process)."""
-    from safetensors.torch import load_file
     from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
-    try:
-        state = load_file(str(file))
-    except Exception as err:  # noqa: BLE001 - safetensors raises several types for bad files
-        raise CheckpointError(f"{file}: not a readable safetensors file ({err})") from None
-    bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    if bad:
-        raise CheckpointError(f"{file}: holds non-finite values (NaN or inf) in {', '.join(bad[:3])}"
-                              f"{' and more' if len(bad) > 3 else ''}; refusing to resume from them")
+    state = load_safetensors(file)
+    refuse_non_finite(file, state.items())
     try:
         set_model_state_dict(module, dict(state), options=_options())
     except (RuntimeError, KeyError, ValueError) as err:

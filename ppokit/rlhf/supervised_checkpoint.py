@@ -22,8 +22,16 @@ from ppokit.configuration import check_unchanged, from_mapping, load_yaml, with_
 from ppokit.core.collective import gather_rank_states, rank_state
 from ppokit.errors import CheckpointError, ConfigError, UntrustedCodeError
 from ppokit.io.atomic import atomic_write_dir
-from ppokit.io.checkpoints import RESUME_FILE, checkpoint_path, find_resumable, load_torch_state, prune_checkpoints
+from ppokit.io.checkpoints import (
+    RESUME_FILE,
+    checkpoint_path,
+    load_safetensors,
+    load_torch_state,
+    prune_checkpoints,
+    refuse_non_finite,
+)
 from ppokit.io.rng import rng_state, set_rng_state
+from ppokit.rlhf.checkpointing import recorded_config
 from ppokit.rlhf.config import PATH_FIELDS, SUPERVISED_RESUMABLE_FIELDS, RewardConfig, SFTConfig
 
 if TYPE_CHECKING:
@@ -94,12 +102,7 @@ def restore(trainer: SupervisedTrainer, checkpoint: Path, state: dict[str, Any])
 
 
 def _load_trainable(trainer: SupervisedTrainer, file: Path) -> None:
-    from safetensors.torch import load_file
-
-    try:
-        saved = load_file(str(file), device=str(trainer.device))
-    except Exception as err:  # noqa: BLE001 - safetensors raises several types for bad files
-        raise CheckpointError(f"{file}: not a readable safetensors file ({err})") from None
+    saved = load_safetensors(file, device=str(trainer.device))
     missing = sorted(set(trainer.trainable) - set(saved))
     unexpected = sorted(set(saved) - set(trainer.trainable))
     misshapen = [k for k in set(saved) & set(trainer.trainable) if saved[k].shape != trainer.trainable[k].shape]
@@ -107,10 +110,7 @@ def _load_trainable(trainer: SupervisedTrainer, file: Path) -> None:
         raise CheckpointError(
             f"{file}: the saved weights do not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]}, "
             f"other shape {misshapen[:3]}); was the model or the lora setting changed?")
-    bad = [name for name, tensor in saved.items() if not bool(torch.isfinite(tensor).all())]
-    if bad:
-        raise CheckpointError(f"{file}: holds non-finite values (NaN or inf) in {', '.join(bad[:3])}"
-                              f"{' and more' if len(bad) > 3 else ''}; refusing to resume from them")
+    refuse_non_finite(file, saved.items())
     with torch.no_grad():
         for name, param in trainer.trainable.items():
             param.copy_(saved[name])
@@ -137,14 +137,7 @@ def resume_config(stage: str, run_dir: Path, trust: bool, overrides: Mapping[str
     """The config an SFT or reward-training run is resumed with from its directory alone (``ppokit
     resume``): its config.yaml with ``overrides``. Refused when it turns on ``trust_remote_code`` without
     the user's consent, or when the run's data came in as a Python object (not recorded)."""
-    find_resumable(run_dir)
-    config_file = run_dir / "config.yaml"
-    fixed = sorted(set(overrides) - SUPERVISED_RESUMABLE_FIELDS)
-    if fixed:
-        raise ConfigError(f"resuming {run_dir}: {', '.join(fixed)} shaped the run and cannot change on resume "
-                          f"(only {', '.join(sorted(SUPERVISED_RESUMABLE_FIELDS))} can)")
-    data = dict(load_yaml(config_file))
-    data.pop("launch", None)
+    config_file, data = recorded_config(run_dir, overrides, SUPERVISED_RESUMABLE_FIELDS)
     if data.get("trust_remote_code") is True and "trust_remote_code" not in overrides and not trust:
         raise UntrustedCodeError(
             f"{config_file} names code that resuming would run: trust_remote_code: true (runs the Python code "
