@@ -31,7 +31,7 @@ class Optimizer(Protocol):
     def zero_grad(self) -> None:
         """Clear the gradients before a backward pass."""
 
-    def clip_grad_norm(self, max_norm: float) -> Tensor:
+    def clip_grad_norm(self, max_norm: float) -> Tensor | float:
         """Scale the gradients to a global L2 norm of at most ``max_norm``; return the norm before."""
         ...
 
@@ -79,7 +79,7 @@ class TorchOptimizer:
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
 
-    def clip_grad_norm(self, max_norm: float) -> Tensor:
+    def clip_grad_norm(self, max_norm: float) -> Tensor | float:
         return torch.nn.utils.clip_grad_norm_(self.params, max_norm)
 
     def step(self) -> None:
@@ -131,7 +131,7 @@ class OptimizerWrapper:
     def zero_grad(self) -> None:
         self.inner.zero_grad()
 
-    def clip_grad_norm(self, max_norm: float) -> Tensor:
+    def clip_grad_norm(self, max_norm: float) -> Tensor | float:
         return self.inner.clip_grad_norm(max_norm)
 
     def step(self) -> None:
@@ -184,7 +184,7 @@ class AveragedGradients(OptimizerWrapper):
                 offset += n
         self._averaged = True
 
-    def clip_grad_norm(self, max_norm: float) -> Tensor:
+    def clip_grad_norm(self, max_norm: float) -> Tensor | float:
         self.average()
         return self.inner.clip_grad_norm(max_norm)
 
@@ -209,7 +209,7 @@ class LossScaledOptimizer(OptimizerWrapper):
         self.growth_interval = growth_interval
         self.good_steps = 0
 
-    def clip_grad_norm(self, max_norm: float) -> Tensor:
+    def clip_grad_norm(self, max_norm: float) -> Tensor | float:
         grads = [g for g in self.inner.gradients() if g is not None]
         if grads:
             torch._foreach_mul_(grads, 1.0 / self.loss_scale)
