@@ -21,6 +21,7 @@ from gymnasium import spaces
 from torch import Tensor
 
 from ppokit.control.actions import ActionAdapter, action_width
+from ppokit.control.envs import TrustsOwnActions
 from ppokit.control.networks import ActorCritic
 from ppokit.control.observations import ObservationReader
 from ppokit.control.rollout_buffer import Rollout as Rollout
@@ -149,6 +150,8 @@ class RolloutCollector:
         # this generator instead of torch's, seeded by reset() and saved with the collector's state.
         self.numpy_policy = numpy_policy
         self.rng = np.random.default_rng([0, 1])
+        space = env.unwrapped.action_space
+        self._trusting = space if isinstance(space, TrustsOwnActions) else None
         self._obs: np.ndarray | None = None
         #: The action mask that goes with ``_obs`` (None while the env gives none).
         self._mask: np.ndarray | None = None
@@ -323,7 +326,10 @@ class RolloutCollector:
         b.actions[t] = action
         b.logp[t] = logp
         b.values[t] = value
-        next_obs, reward, term, trunc, info = self.env.step(self.to_env(action))
+        env_action = self.to_env(action)
+        if self._trusting is not None:
+            self._trusting.passing = env_action
+        next_obs, reward, term, trunc, info = self.env.step(env_action)
         next_obs, self._mask = self._read(next_obs, info)
         if self._mask is not None and b.masks is None:  # the env's first mask, mid-rollout
             b.masks = np.ones((self.num_steps, self.num_envs, self.mask_size), dtype=bool)
