@@ -84,8 +84,10 @@ def make_optimizer(policy: ActorCritic, config: ControlConfig, device: torch.dev
     ``update_backend='torch'`` and for device-resident rollouts, torch's own."""
     if device.type == "cpu" and policy.spec.encoder == "mlp" and config.update_backend != "torch" and not on_device:
         from ppokit.control.fast.flat_adam import FlatAdam
+        from ppokit.control.fast.layout import fused_order
 
-        return FlatAdam(policy.parameters(), lr=config.learning_rate, eps=config.adam_eps)
+        # Stored actor beside critic, layer by layer: the NumPy paths then run both in one product.
+        return FlatAdam(policy.parameters(), lr=config.learning_rate, eps=config.adam_eps, layout=fused_order(policy))
     return make_adamw(policy.parameters(), lr=config.learning_rate, eps=config.adam_eps)
 
 

@@ -40,7 +40,9 @@ def test_the_run_records_the_value_it_used(tmp_path, env_id, ent_coef):
 
 # The old defaults (8 envs x 2,048 steps per update: two to six updates in these budgets) fail the
 # CartPole and Pendulum cases (401 and -1064 at seed 1). Acrobot's deterministic evaluation was
-# already -76 after their three updates, so that case guards the new defaults only.
+# already -76 after their three updates, so that case guards the new defaults only. The median of
+# three seeds is asserted: one seed's result moves with any change in rounding (CartPole's seed 1
+# reached 328 after the fast path's fused products, seeds 2 to 8 all 500).
 @pytest.mark.learning
 @pytest.mark.parametrize("env_id, steps, threshold", [
     ("CartPole-v1", 40_000, 475.0),
@@ -48,9 +50,11 @@ def test_the_run_records_the_value_it_used(tmp_path, env_id, ent_coef):
     ("Pendulum-v1", 100_000, -300.0),
 ])
 def test_the_general_defaults_learn_small_tasks_in_small_budgets(tmp_path, env_id, steps, threshold):
-    agent = PPO(ControlConfig(env_id=env_id, total_steps=steps, seed=1, progress=False, tensorboard=False,
-                              eval_episodes=0, run_dir=str(tmp_path / "run")))
-    agent.learn()
-    result = agent.evaluate(episodes=10)
-    agent.close()
-    assert result["mean_return"] >= threshold, result
+    returns = []
+    for seed in (1, 2, 3):
+        agent = PPO(ControlConfig(env_id=env_id, total_steps=steps, seed=seed, progress=False, tensorboard=False,
+                                  eval_episodes=0, run_dir=str(tmp_path / f"run{seed}")))
+        agent.learn()
+        returns.append(agent.evaluate(episodes=10)["mean_return"])
+        agent.close()
+    assert sorted(returns)[1] >= threshold, returns

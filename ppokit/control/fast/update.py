@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ppokit.control.fast.layout import FusedArrays, features, heads, split_twin, trunk_output
 from ppokit.control.fast.policy import HALF_LOG_2PI, NUMPY_ACTIVATIONS
 from ppokit.control.networks import ActorCritic
 from ppokit.core.collective import Collective
@@ -52,42 +53,14 @@ _DERIVATIVES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def _grad(param: Tensor) -> np.ndarray:
-    if param.grad is None:
-        raise ValueError("the NumPy update needs preallocated gradients (FlatAdam's views)")
-    return param.grad.numpy()
-
-
-class _Layer:
-    """A linear layer's weight and bias, and their gradients, as NumPy views of the torch tensors."""
-
-    def __init__(self, linear: torch.nn.Linear) -> None:
-        self.w = linear.weight.detach().numpy()  # [out, in], updated in place by the optimiser
-        self.b = linear.bias.detach().numpy()
-        self.gw = _grad(linear.weight)
-        self.gb = _grad(linear.bias)
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        return x @ self.w.T + self.b
-
-    def param_grads(self, x: np.ndarray, delta: np.ndarray) -> None:
-        """Write dL/dW and dL/db for ``delta`` = dL/d(output)."""
-        np.matmul(delta.T, x, out=self.gw)
-        np.sum(delta, axis=0, out=self.gb)
-
-    def backward(self, x: np.ndarray, delta: np.ndarray) -> np.ndarray:
-        """:meth:`param_grads`, and return dL/d(input)."""
-        self.param_grads(x, delta)
-        return delta @ self.w
-
-
 class NumpyMinibatchStep:
     """A :class:`~ppokit.core.update.MinibatchStep` for an MLP :class:`ActorCritic` on a CPU.
 
-    Only for the policies and settings :func:`ppokit.control.fast.support.refusal` accepts.
-    ``obs`` and ``actions`` are the whole batch (the rows are picked per minibatch), as are the
-    arrays of ``batch`` (``logp``, ``values``, ``advantages``, ``returns``). Overwrites the
-    parameters' preallocated gradient views.
+    Only for the policies and settings :func:`ppokit.control.fast.support.refusal` accepts, with
+    the parameters and gradients in the fused layout (:mod:`ppokit.control.fast.layout`: FlatAdam
+    with ``layout=fused_order(policy)``). ``obs`` and ``actions`` are the whole batch (the rows
+    are picked per minibatch), as are the arrays of ``batch`` (``logp``, ``values``,
+    ``advantages``, ``returns``). Overwrites the parameters' gradient views.
     """
 
     def __init__(self, policy: ActorCritic, obs: Tensor, actions: Tensor, batch: dict[str, Tensor],
@@ -99,105 +72,105 @@ class NumpyMinibatchStep:
         self.scale = 1.0
         name = policy.spec.activation
         self.activation, self.activation_grad = NUMPY_ACTIVATIONS[name], _DERIVATIVES[name]
-        layers = policy.layers()
-        self.actor = [_Layer(m) for m in layers.actor]
-        self.critic = None if layers.critic is None else [_Layer(m) for m in layers.critic]
-        self.head = _Layer(layers.head)
-        self.value_head = _Layer(layers.value)
-        self.gaussian = layers.log_std is not None
-        if layers.log_std is not None:
-            self.log_std = layers.log_std.detach().numpy()
-            self.g_log_std = _grad(layers.log_std)
+        self.w = FusedArrays(policy)
+        self.g = FusedArrays(policy, grads=True)  # raises unless laid out in fused_order
+        if not self.w.views:
+            raise ValueError("the NumPy update needs the parameters laid out in fused_order")
+        self.gaussian = self.w.log_std is not None
+        self.num_out = self.w.num_out
+        # The gradient views in the shapes the backward pass writes.
+        g = self.g
+        self.g_weights = [w.reshape(2, -1, w.shape[1]) if g.twin and k == 0 else w for k, w in enumerate(g.weights)]
+        self.g_biases = [b.reshape(2, -1) if g.twin else b for b in g.biases]
+        self.g_out_b = g.out_b[:, 0]
         self.obs = obs.numpy().reshape(obs.shape[0], -1)
-        self.actions = actions.numpy()
-        self.logp_old = batch["logp"].numpy()
-        self.values_old = batch["values"].numpy()
-        self.advantages = batch["advantages"].numpy()
-        self.returns = batch["returns"].numpy()
-
-    def _trunk(self, x: np.ndarray, layers: list[_Layer]) -> list[np.ndarray]:
-        outs = [x]
-        for layer in layers:
-            outs.append(self.activation(layer.forward(outs[-1])))
-        return outs
-
-    def _trunk_backward(self, outs: list[np.ndarray], layers: list[_Layer], grad: np.ndarray) -> None:
-        for i in range(len(layers) - 1, 0, -1):
-            grad = layers[i].backward(outs[i], grad * self.activation_grad(outs[i + 1]))
-        layers[0].param_grads(outs[0], grad * self.activation_grad(outs[1]))  # the input needs no gradient
+        self.actions = actions.numpy() if self.gaussian else actions.numpy().astype(np.intp)
+        # Old log-prob, old value, advantage, return: one row each, so a minibatch is one gather.
+        self.data = np.stack([batch[k].numpy() for k in ("logp", "values", "advantages", "returns")]).astype(np.float32)
+        self.arange = np.arange(self.obs.shape[0])
 
     def forward(self, idx: Tensor) -> float:
         s = self.settings
         rows = idx.numpy()
-        x = self.obs[rows]
+        x = self.obs.take(rows, axis=0)
+        logp_old, values_old, adv, ret = self.data.take(rows, axis=1)
         b = x.shape[0]
         with np.errstate(all="ignore"):  # overflow gives inf/NaN, as in torch; the caller checks
-            self.actor_outs = self._trunk(x, self.actor)
-            self.critic_outs = self.actor_outs if self.critic is None else self._trunk(x, self.critic)
-            h_actor, h_critic = self.actor_outs[-1], self.critic_outs[-1]
-            values = self.value_head.forward(h_critic)[:, 0]
-            out = self.head.forward(h_actor)
+            self.outs = features(self.w, x, self.activation)
+            self.f = trunk_output(self.w, self.outs)
+            out, values = heads(self.w, self.f)  # out: [A, b]
 
             if self.gaussian:
-                actions = self.actions[rows]
-                inv_std = np.exp(-self.log_std)
+                actions = self.actions.take(rows, axis=0).T
+                assert self.w.log_std is not None
+                log_std = self.w.log_std
+                inv_std = np.exp(-log_std)[:, None]
                 u = (actions - out) * inv_std
-                logp = -0.5 * (u * u).sum(-1) - (self.log_std.sum() + out.shape[1] * HALF_LOG_2PI)
-                entropy = float((0.5 + HALF_LOG_2PI + self.log_std).sum())
+                logp = -0.5 * np.add.reduce(u * u, axis=0) - (float(log_std.sum()) + out.shape[0] * HALF_LOG_2PI)
+                entropy = float((0.5 + HALF_LOG_2PI + log_std).sum())
                 self.u, self.inv_std = u, inv_std
             else:
-                actions = self.actions[rows].astype(np.intp)
-                shifted = out - out.max(-1, keepdims=True)
-                log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-                probs = np.exp(log_probs)
-                logp = log_probs[np.arange(b), actions]
-                ent_rows = -(probs * log_probs).sum(-1)
-                entropy = float(ent_rows.mean())
-                self.probs, self.log_probs, self.ent_rows, self.action_idx = probs, log_probs, ent_rows, actions
+                shifted = out - np.maximum.reduce(out, axis=0)
+                e = np.exp(shifted)
+                total = np.add.reduce(e, axis=0)
+                log_probs = shifted - np.log(total)
+                probs = e / total
+                self.flat_idx = self.actions.take(rows) * b + self.arange[:b]
+                logp = log_probs.ravel().take(self.flat_idx)
+                self.plogp = np.add.reduce(probs * log_probs, axis=0)  # minus each row's entropy
+                entropy = -float(np.add.reduce(self.plogp)) / b
+                self.probs, self.log_probs = probs, log_probs
 
-            adv = self.advantages[rows]
             if self.collective is not None:
-                local, total, mb_mean, mb_var = self.collective.moments(torch.from_numpy(adv))
-                self.scale = self.collective.share(local, total)
+                local, total_n, mb_mean, mb_var = self.collective.moments(torch.from_numpy(adv))
+                self.scale = self.collective.share(local, total_n)
                 if s.whiten_advantages:
                     adv = ((adv - mb_mean.item()) / np.sqrt(mb_var.item() + 1e-8)).astype(np.float32)
             elif s.whiten_advantages:
-                var = adv.var(ddof=1) if b > 1 else np.float32(0.0)
-                adv = (adv - adv.mean()) / np.sqrt(var + np.float32(1e-8))
-            log_ratio = logp - self.logp_old[rows]
+                centred = adv - np.add.reduce(adv) / np.float32(b)
+                var = float(np.dot(centred, centred)) / (b - 1) if b > 1 else 0.0
+                adv = centred * np.float32(1.0 / np.sqrt(np.float32(var) + np.float32(1e-8)))
+            log_ratio = logp - logp_old
             ratio = np.exp(log_ratio)
-            kl_k1 = float(-log_ratio.mean())
-            k3 = np.expm1(log_ratio) - log_ratio  # per sample; also the penalty's KL term
-            kl_k3 = float(k3.mean())
+            kl_k1 = -float(np.add.reduce(log_ratio)) / b
+            k3 = np.expm1(log_ratio)  # per sample (r - 1) - log r; also the penalty's KL term
+            k3 -= log_ratio
+            kl_k3 = float(np.add.reduce(k3)) / b
+            clip_fraction = np.count_nonzero(np.abs(ratio - 1.0) > s.clip_range) / b
+            unclipped = ratio * adv
             if s.loss == "penalty":
-                policy_loss = -float((ratio * adv - s.kl_coef * k3).mean())
-                clip_fraction = float((np.abs(ratio - 1.0) > s.clip_range).mean())
-                g_logp = -(ratio * adv - s.kl_coef * (ratio - 1.0)) / b
+                policy_loss = -float(np.add.reduce(unclipped - s.kl_coef * k3)) / b
+                g_logp = (unclipped - s.kl_coef * (ratio - 1.0)) * (-1.0 / b)
             else:
-                unclipped = ratio * adv
-                clipped = np.clip(ratio, 1.0 - s.clip_range, 1.0 + s.clip_range) * adv
-                policy_loss = -float(np.minimum(unclipped, clipped).mean())
-                outside = np.abs(ratio - 1.0) > s.clip_range
-                clip_fraction = float(outside.mean())
-                inside = (ratio >= 1.0 - s.clip_range) & (ratio <= 1.0 + s.clip_range)
-                g_logp = -(adv * ratio) * ((unclipped < clipped) | inside) / b
+                lo, hi = 1.0 - s.clip_range, 1.0 + s.clip_range
+                clipped = np.minimum(np.maximum(ratio, lo), hi)
+                clipped *= adv
+                policy_loss = -float(np.add.reduce(np.minimum(unclipped, clipped))) / b
+                # The unclipped term is the minimum, or the clip passes the gradient (inside it).
+                passes = unclipped < clipped
+                passes |= (ratio >= lo) & (ratio <= hi)
+                g_logp = unclipped * passes
+                g_logp *= -1.0 / b
 
-            ret = self.returns[rows]
             err = values - ret
             if s.clip_range_vf is None:
-                v_loss = 0.5 * float((err * err).mean())
-                g_values = err / b
+                v_loss = 0.5 * float(np.dot(err, err)) / b
+                g_values = err
             else:
-                v_old = self.values_old[rows]
-                delta_v = values - v_old
-                err_c = v_old + np.clip(delta_v, -s.clip_range_vf, s.clip_range_vf) - ret
+                c = s.clip_range_vf
+                delta_v = values - values_old
+                err_c = np.minimum(np.maximum(delta_v, -c), c)
+                err_c += values_old
+                err_c -= ret
                 e1, e2 = err * err, err_c * err_c
-                v_loss = 0.5 * float(np.maximum(e1, e2).mean())
-                w = np.where(e1 > e2, 1.0, np.where(e1 == e2, 0.5, 0.0)).astype(np.float32)
-                passes = np.abs(delta_v) <= s.clip_range_vf
-                g_values = (err * w + err_c * passes * (1.0 - w)) / b
+                v_loss = 0.5 * float(np.add.reduce(np.maximum(e1, e2))) / b
+                g_clipped = err_c * (np.abs(delta_v) <= c)
+                # torch's maximum splits the gradient evenly on ties (common: the clip inactive)
+                g_values = np.where(e1 > e2, err, g_clipped)
+                g_values = np.where(e1 == e2, 0.5 * (err + g_clipped), g_values)
+            g_values = g_values * (s.vf_coef / b)
 
-        self.g_logp, self.g_values = g_logp.astype(np.float32), (s.vf_coef * g_values).astype(np.float32)
+        self.g_logp, self.g_values = g_logp.astype(np.float32, copy=False), g_values.astype(np.float32, copy=False)
         loss = policy_loss + s.vf_coef * v_loss - s.ent_coef * entropy
         self.row: tuple[float, ...] = (policy_loss, v_loss, entropy, kl_k1, kl_k3, clip_fraction, loss)
         if self.collective is not None:
@@ -213,26 +186,59 @@ class NumpyMinibatchStep:
 
     def backward(self) -> None:
         s = self.settings
-        g_logp = self.g_logp
+        g_logp, g = self.g_logp, self.g
+        b = g_logp.shape[0]
         with np.errstate(all="ignore"):
             if self.gaussian:
-                g_out = g_logp[:, None] * self.u * self.inv_std
+                g_out = g_logp * self.u * self.inv_std
                 # d logp / d s = u² - 1 per row; the entropy's derivative is 1 for every row.
-                np.sum(g_logp[:, None] * (self.u * self.u - 1.0), axis=0, out=self.g_log_std)
-                self.g_log_std -= s.ent_coef * self.scale
+                assert g.log_std is not None
+                np.add.reduce(g_logp * (self.u * self.u - 1.0), axis=1, out=g.log_std)
+                g.log_std -= s.ent_coef * self.scale
             else:
-                g_out = -g_logp[:, None] * self.probs
-                g_out[np.arange(g_out.shape[0]), self.action_idx] += g_logp
-                # -c2 * dH/dz / B, with dH/dz_j = -p_j (log p_j + H)
-                g_out += (s.ent_coef * self.scale / g_out.shape[0]) * self.probs * (self.log_probs + self.ent_rows[:, None])
-            h_actor, h_critic = self.actor_outs[-1], self.critic_outs[-1]
-            g_actor = self.head.backward(h_actor, g_out)
-            g_critic = self.value_head.backward(h_critic, self.g_values[:, None])
-            if self.critic is None:
-                self._trunk_backward(self.actor_outs, self.actor, g_actor + g_critic)
+                # dlogp/dz = onehot - p; -c2 dH/dz / B with dH/dz_j = -p_j (log p_j + H)
+                g_out = self.log_probs - self.plogp
+                g_out *= s.ent_coef * self.scale / b
+                g_out -= g_logp
+                g_out *= self.probs
+                g_out.ravel()[self.flat_idx] += g_logp
+            w, a = self.w, self.num_out
+            f = self.f
+            if w.twin:
+                grad = np.zeros((2, a + 1, b), dtype=np.float32)
+                grad[0, :a] = g_out
+                grad[1, a] = self.g_values
+                np.add.reduce(np.matmul(grad, f), axis=0, out=g.out_w)
+                np.add.reduce(grad, axis=(0, 2), out=self.g_out_b)
             else:
-                self._trunk_backward(self.actor_outs, self.actor, g_actor)
-                self._trunk_backward(self.critic_outs, self.critic, g_critic)
+                grad = np.empty((a + 1, b), dtype=np.float32)
+                grad[:a] = g_out
+                grad[a] = self.g_values
+                np.matmul(grad, f, out=g.out_w)
+                np.add.reduce(grad, axis=1, out=self.g_out_b)
+            d_f = np.matmul(grad.swapaxes(-1, -2), w.out_w)  # dL/d(features): [2, b, H] or [b, H]
+            self._trunk_backward(d_f)
+
+    def _trunk_backward(self, d_f: np.ndarray) -> None:
+        w, outs, twin = self.w, self.outs, self.w.twin
+        for k in range(len(w.weights) - 1, -1, -1):
+            h_out = outs[k + 1]
+            h_in = outs[k]
+            if twin and k == 0:
+                h_out = split_twin(h_out)
+            elif twin and k == 1:
+                h_in = split_twin(h_in)
+            delta = d_f * self.activation_grad(h_out)
+            if twin:
+                np.matmul(delta.swapaxes(1, 2), h_in, out=self.g_weights[k])
+                np.add.reduce(delta, axis=1, out=self.g_biases[k])
+                if k > 0:
+                    d_f = np.matmul(delta, w.weights[k])
+            else:
+                np.matmul(delta.T, h_in, out=self.g_weights[k])
+                np.add.reduce(delta, axis=0, out=self.g_biases[k])
+                if k > 0:
+                    d_f = delta @ w.weights[k]
 
     def stats(self) -> Tensor:
         return torch.tensor(self.row, dtype=torch.float64)

@@ -20,6 +20,7 @@ import torch
 from ppokit.configuration import field_types, literal_choices
 from ppokit.control.fast import support
 from ppokit.control.fast.flat_adam import FlatAdam
+from ppokit.control.fast.layout import fused_order
 from ppokit.control.fast.policy import NumpyPolicy
 from ppokit.control.fast.update import NumpyMinibatchStep
 from ppokit.control.networks import ActorCritic, PolicySpec
@@ -131,7 +132,8 @@ def _check_update_parity(spec: PolicySpec, settings: PPOUpdateSettings) -> None:
     torch.manual_seed(0)
     policy = ActorCritic(spec)
     twin = copy.deepcopy(policy)
-    optimizer, twin_optimizer = FlatAdam(policy.parameters(), lr=3e-2), FlatAdam(twin.parameters(), lr=3e-2)
+    optimizer = FlatAdam(policy.parameters(), lr=3e-2, layout=fused_order(policy))
+    twin_optimizer = FlatAdam(twin.parameters(), lr=3e-2, layout=fused_order(twin))
     obs, actions, batch = _batch(policy, spec)
 
     # One minibatch: loss, KL, statistics and gradient.
