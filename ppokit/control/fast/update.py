@@ -86,7 +86,7 @@ class NumpyMinibatchStep:
         self.obs = obs.numpy().reshape(obs.shape[0], -1)
         self.actions = actions.numpy() if self.gaussian else actions.numpy().astype(np.intp)
         # Old log-prob, old value, advantage, return: one row each, so a minibatch is one gather.
-        self.data = np.stack([batch[k].numpy() for k in ("logp", "values", "advantages", "returns")]).astype(np.float32)
+        self.data = np.stack([batch[k].numpy() for k in ("logp", "values", "advantages", "returns")], dtype=np.float32)
         self.arange = np.arange(self.obs.shape[0])
 
     def forward(self, idx: Tensor) -> float:
@@ -228,17 +228,11 @@ class NumpyMinibatchStep:
                 h_out = split_twin(h_out)
             elif twin and k == 1:
                 h_in = split_twin(h_in)
-            delta = d_f * self.activation_grad(h_out)
-            if twin:
-                np.matmul(delta.swapaxes(1, 2), h_in, out=self.g_weights[k])
-                np.add.reduce(delta, axis=1, out=self.g_biases[k])
-                if k > 0:
-                    d_f = np.matmul(delta, w.weights[k])
-            else:
-                np.matmul(delta.T, h_in, out=self.g_weights[k])
-                np.add.reduce(delta, axis=0, out=self.g_biases[k])
-                if k > 0:
-                    d_f = delta @ w.weights[k]
+            delta = d_f * self.activation_grad(h_out)  # [..., b, H]: twins carry a leading axis of 2
+            np.matmul(delta.swapaxes(-1, -2), h_in, out=self.g_weights[k])
+            np.add.reduce(delta, axis=-2, out=self.g_biases[k])
+            if k > 0:
+                d_f = np.matmul(delta, w.weights[k])
 
     def stats(self) -> Tensor:
         return torch.tensor(self.row, dtype=torch.float64)
