@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ppokit.errors import CheckpointError
+from ppokit.io.atomic import recover_dir
 
 CHECKPOINTS = "checkpoints"
 BEST = "best"
@@ -32,10 +33,16 @@ def checkpoint_path(run_dir: str | Path, update: int) -> Path:
 
 
 def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
-    """Complete resumable checkpoints of a run, oldest first."""
+    """Complete resumable checkpoints of a run, oldest first.
+
+    A checkpoint rewritten under its own name (a save with no update in between) whose writer was
+    killed between the replacement's two renames survives only under its aside name; it is put
+    back first (:func:`ppokit.io.atomic.recover_dir`), so the run still has it."""
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
+    for aside in root.glob(f".{PREFIX}*.old"):
+        recover_dir(aside.with_name(aside.name[1:-len(".old")]))
     found = [p for p in root.glob(f"{PREFIX}*") if p.is_dir() and (p / RESUME_FILE).is_file()]
     return sorted(found, key=lambda p: p.name)
 

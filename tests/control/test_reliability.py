@@ -273,6 +273,21 @@ def test_sigkill_during_saves_always_leaves_a_loadable_checkpoint(tmp_path):
     assert steps == sorted(steps) and steps[-1] > steps[0]
 
 
+def test_a_kill_between_the_renames_of_a_rewritten_checkpoint_leaves_it_loadable(tmp_path):
+    """The moment test_sigkill_during_saves hits by chance, made certain: a checkpoint rewritten under
+    its own name, with the old copy moved aside and the new one not yet moved in."""
+    run = tmp_path / "run"
+    PPO(_config(eval_episodes=0)).learn(run_dir=run, callback=_stop_after(1))
+    checkpoint = latest_checkpoint(run)
+    assert checkpoint is not None
+    os.replace(checkpoint, checkpoint.with_name(f".{checkpoint.name}.old"))
+    assert latest_checkpoint(run) == checkpoint  # put back, not dropped as a leftover
+    agent = PPO.resume(run)
+    assert agent.num_updates == 1
+    agent.save_checkpoint()  # and the next save (which prunes leftovers) keeps it
+    assert [p.name for p in checkpoint_dirs(run)] == [checkpoint.name]
+
+
 # ----------------------------------------------------------------------------- bad checkpoints
 
 class _RunsCode:
