@@ -401,3 +401,37 @@ def game_with_lives(length: int = 6, every: int = 2) -> gym.Env:
     """A game of ``length`` steps (reward 1 each) that ends a training episode every ``every`` steps,
     with its own episode statistics recorded below those wrappers (the real game score)."""
     return _LifeLossEnds(gym.wrappers.RecordEpisodeStatistics(_Game(length=length, terminate=True)), every)
+
+
+class UnevenEpisodesEnv(gym.Env):
+    """Episodes of random length (1 to 6 steps) and random float rewards, ending by termination
+    or truncation at random; each env keeps its own log of ``(vector step, env index, return,
+    length)``, the return summed in Python as the rewards came, for tests of the collector's books.
+    ``made`` numbers the envs in the order they are built (reset it before building a vector env)."""
+
+    made = 0
+
+    def __init__(self):
+        self.observation_space = spaces.Box(-np.inf, np.inf, shape=(1,), dtype=np.float32)
+        self.action_space = spaces.Discrete(2)
+        self.index = UnevenEpisodesEnv.made
+        UnevenEpisodesEnv.made += 1
+        self.log: list[tuple[int, int, float, int]] = []
+        self.vector_steps = -1  # the first reset is not a vector step
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.vector_steps += 1
+        self.length, self.total, self.t = int(self.np_random.integers(1, 7)), 0.0, 0
+        return np.zeros(1, dtype=np.float32), {}
+
+    def step(self, action):
+        self.vector_steps += 1
+        self.t += 1
+        reward = float(self.np_random.uniform(-1.0, 1.0))
+        self.total += reward
+        end = self.t >= self.length
+        if end:
+            self.log.append((self.vector_steps, self.index, self.total, self.t))
+        terminate = end and bool(self.np_random.integers(2))
+        return np.zeros(1, dtype=np.float32), reward, terminate, end and not terminate, {}

@@ -62,8 +62,12 @@ class ActionAdapter:
             self.high = action_space.high.reshape(-1).astype(np.float32)
             self.shape = action_space.shape
             self.dtype = action_space.dtype
+        #: Whether a NumPy array of actions goes to the env as it is (indices that start at 0).
+        self.as_is = isinstance(action_space, (spaces.Discrete, spaces.MultiDiscrete)) and not self.has_start
 
     def __call__(self, actions: Tensor | np.ndarray) -> Any:
+        if self.as_is and isinstance(actions, np.ndarray):
+            return actions
         a = actions if isinstance(actions, np.ndarray) else actions.detach().cpu().numpy()
         if self.parts:
             out, start = [], 0

@@ -98,6 +98,12 @@ class ObservationReader:
                                                 dtype=np.float32)
 
     @property
+    def passes_through(self) -> bool:
+        """Whether the observation goes to the policy as the env gives it, with no critic part, so
+        only a mask in ``info`` can make :meth:`read` return anything else."""
+        return self.obs_key is None and not self.flatten and not self.mask_in_obs and self.critic_env_space is None
+
+    @property
     def in_observation(self) -> bool:
         """Whether the mask is a key of the observation (so the policy is masked from the start)."""
         return self.mask_in_obs

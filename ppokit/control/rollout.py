@@ -152,6 +152,8 @@ class RolloutCollector:
         self.rng = np.random.default_rng([0, 1])
         space = env.unwrapped.action_space
         self._trusting = space if isinstance(space, TrustsOwnActions) else None
+        #: Whether a step's observation needs no reading when its info is empty (see advance).
+        self._plain_obs = masks is None or masks.passes_through
         self._obs: np.ndarray | None = None
         #: The action mask that goes with ``_obs`` (None while the env gives none).
         self._mask: np.ndarray | None = None
@@ -309,14 +311,15 @@ class RolloutCollector:
             self.numpy_policy.refresh()
         self._buffers = RolloutStorage.allocate(self)
         self._initial_state = self._state.clone()
+        self._begun = (self._pending_reset.copy(), self._starts.copy())
 
     def advance(self, t: int, action: np.ndarray, logp: np.ndarray, value: np.ndarray) -> None:
-        """Step ``t`` of the rollout: store the policy's output for the current observation, step
-        the envs with ``action``, and do the bookkeeping (episodes, reward scaling, resets)."""
+        """Step ``t`` of the rollout: store the policy's output for the current observation and step
+        the envs with ``action``. Only what the next step needs is worked out here; ``valid``,
+        ``starts`` and the episodes wait for :meth:`finish` (``RolloutStorage.settle``), except
+        reward scaling and the env's own episode reports, which need this step's state."""
         b = self._buffers
-        obs = self.current_obs
-        b.obs[t] = obs
-        b.starts[t] = self._starts
+        b.obs[t] = self._obs
         if b.masks is not None:
             b.masks[t] = True if self._mask is None else self._mask
         if self._critic is not None:
@@ -330,36 +333,27 @@ class RolloutCollector:
         if self._trusting is not None:
             self._trusting.passing = env_action
         next_obs, reward, term, trunc, info = self.env.step(env_action)
-        next_obs, self._mask = self._read(next_obs, info)
+        if self._plain_obs and not info:
+            self._mask = None  # nothing to read: the observation as it is, no mask
+        else:
+            next_obs, self._mask = self._read(next_obs, info)
         if self._mask is not None and b.masks is None:  # the env's first mask, mid-rollout
             b.masks = np.ones((self.num_steps, self.num_envs, self.mask_size), dtype=bool)
-        reward = np.asarray(reward, dtype=np.float64)
-        term = np.asarray(term, dtype=bool)
-        trunc = np.asarray(trunc, dtype=bool)
-        ok = ~self._pending_reset
-        b.valid[t] = ok
+        b.raw_rewards[t] = reward
         b.terminated[t] = term
         b.truncated[t] = trunc
-        done = term | trunc
-
-        self._ep_return += reward * ok
-        self._ep_length += ok
-        ended = done & ok
-        if ended.any():
-            reported = env_episodes(info, ended, self.env_reports_episodes)
-            self.env_reports_episodes = reported is not None
-            for i in np.flatnonzero(ended):
-                if reported is None:
-                    b.finished_r.append(float(self._ep_return[i]))
-                    b.finished_l.append(int(self._ep_length[i]))
-                elif reported[2][i]:
-                    b.finished_r.append(float(reported[0][i]))
-                    b.finished_l.append(int(reported[1][i]))
-            self._ep_return[ended] = 0.0
-            self._ep_length[ended] = 0
-        b.rewards[t] = self._scale_rewards(reward, done, ok) if self.ret_rms is not None else reward
+        done = b.terminated[t] | b.truncated[t]
+        if self.ret_rms is not None:
+            b.rewards[t] = self._scale_rewards(b.raw_rewards[t], done, ~self._pending_reset)
+        if self.env_reports_episodes or (isinstance(info, dict) and "episode" in info):
+            ended = done & ~self._pending_reset
+            if ended.any():
+                report = env_episodes(info, ended, self.env_reports_episodes)
+                if report is not None:
+                    b.reports[t] = report
+                    self.env_reports_episodes = True
         # A reset step (next-step autoreset) returns an episode's first observation.
-        self._starts = self._pending_reset.copy()
+        self._starts = self._pending_reset
         self._pending_reset = done
         self._obs = self._process_obs(next_obs, update_stats=True)
 
@@ -367,6 +361,9 @@ class RolloutCollector:
         """End the rollout begun by :meth:`begin`: its buffers, as tensors on the device."""
         b = self._buffers
         obs = self.current_obs
+        b.settle(*self._begun, self._ep_return, self._ep_length)
+        if self.ret_rms is None:
+            b.rewards[:] = b.raw_rewards
         record_episodes(self, b.finished_r, b.finished_l)
         recurrent = self.policy.core is not None
 

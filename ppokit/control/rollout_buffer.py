@@ -52,7 +52,12 @@ class RolloutStorage:
     valid: np.ndarray
     starts: np.ndarray
     masks: np.ndarray | None
+    #: The env's rewards as it gave them (float64), for the episodes' returns; ``rewards`` holds
+    #: what is trained on (scaled, with reward normalisation).
+    raw_rewards: np.ndarray
     critic: np.ndarray | None = None
+    #: Steps at which the env reported episodes of its own (see ``rollout.env_episodes``).
+    reports: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
     finished_r: list[float] = dataclasses.field(default_factory=list)
     finished_l: list[int] = dataclasses.field(default_factory=list)
 
@@ -68,7 +73,46 @@ class RolloutStorage:
             truncated=np.empty((T, N), dtype=bool), valid=np.empty((T, N), dtype=bool),
             starts=np.empty((T, N), dtype=bool),
             masks=None if not c.policy.spec.action_mask else np.ones((T, N, c.mask_size), dtype=bool),
+            raw_rewards=np.empty((T, N), dtype=np.float64),
         )
+
+    def settle(self, pending: np.ndarray, starts: np.ndarray, ep_return: np.ndarray, ep_length: np.ndarray) -> None:
+        """After the last step: what the per-step loop leaves out, worked out once for the rollout.
+
+        ``pending``/``starts``: which envs' first step was a reset step / an episode's first
+        observation, at the rollout's start. Fills ``valid`` (not a reset step) and ``starts``, and
+        appends the episodes that ended to ``finished_r``/``finished_l`` in the order they ended
+        (step, then env): the env's own report where it gave one at that step, else the rewards of
+        the episode's valid steps, added one by one from ``ep_return``/``ep_length`` (each env's
+        unfinished sums, updated in place to carry into the next rollout).
+        """
+        done = self.terminated | self.truncated
+        self.valid[0] = ~pending
+        np.logical_not(done[:-1], out=self.valid[1:])
+        self.starts[0] = starts
+        self.starts[1:] = ~self.valid[:-1]
+        ended = done & self.valid
+        rewards = self.raw_rewards * self.valid
+        own: dict[tuple[int, int], tuple[float, int]] = {}
+        for i in range(ended.shape[1]):
+            total, length, start = float(ep_return[i]), int(ep_length[i]), 0
+            column, counted = rewards[:, i].tolist(), self.valid[:, i]
+            for t in np.flatnonzero(ended[:, i]).tolist():
+                for r in column[start:t + 1]:
+                    total += r
+                own[t, i] = (total, length + int(np.count_nonzero(counted[start:t + 1])))
+                total, length, start = 0.0, 0, t + 1
+            for r in column[start:]:
+                total += r
+            ep_return[i], ep_length[i] = total, length + int(np.count_nonzero(counted[start:]))
+        for t, i in np.argwhere(ended).tolist():
+            report = self.reports.get(t)
+            if report is None:
+                self.finished_r.append(own[t, i][0])
+                self.finished_l.append(own[t, i][1])
+            elif report[2][i]:
+                self.finished_r.append(float(report[0][i]))
+                self.finished_l.append(int(report[1][i]))
 
 
 def record_episodes(collector: Any, returns: list[float], lengths: list[int]) -> None:

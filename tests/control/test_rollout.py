@@ -8,6 +8,7 @@ from ppokit.control.agent import PPO
 from ppokit.control.algorithm import make_batch
 from ppokit.control.config import ControlConfig
 from tests.core.test_advantages import reference_gae
+from tests.envs import UnevenEpisodesEnv
 
 
 def _agent(terminate: bool, num_envs: int = 1, **kw):
@@ -70,3 +71,21 @@ def test_an_env_that_records_its_episodes_is_believed_over_the_rewards_ppokit_se
     assert int((ro.terminated & ro.valid).sum()) > 4  # the lives ended training episodes
     returns, lengths = agent.collector.last_finished
     assert returns == [6.0] * 4 and lengths == [6] * 4
+
+
+def test_episode_returns_are_the_rewards_summed_as_they_came_across_rollouts():
+    # Float rewards, episodes that span rollouts, both kinds of end: the log must hold each
+    # episode's exact sequential sum and length, in the order the episodes ended (step, then env).
+    UnevenEpisodesEnv.made = 0
+    cfg = ControlConfig(env_id="tests.envs:UnevenEpisodesEnv", num_envs=3, num_steps=5, num_minibatches=1,
+                        num_epochs=1, normalize_obs=False, normalize_reward=False, progress=False,
+                        tensorboard=False, eval_episodes=0, vectorization="sync")
+    agent = PPO(cfg)
+    logged: list[tuple[float, int]] = []
+    for _ in range(6):
+        agent.collector.collect()
+        logged += list(zip(*agent.collector.last_finished))
+    envs = agent.env.unwrapped.envs
+    expected = sorted((e for env in envs for e in env.unwrapped.log), key=lambda e: (e[0], e[1]))
+    assert len(expected) >= 10
+    assert logged == [(r, n) for _, _, r, n in expected]
