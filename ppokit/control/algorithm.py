@@ -11,7 +11,7 @@ settings, the fast path's NumPy step (:mod:`ppokit.control.fast`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -28,6 +28,9 @@ from ppokit.core.optim import AveragedGradients, Optimizer, make_adamw
 from ppokit.core.schedules import make_schedule
 from ppokit.core.update import AutogradStep, MinibatchStep, PPOUpdateSettings, run_epochs
 from ppokit.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    from ppokit.control.fast.layout import LiveViews
 
 
 def rollout_advantages(rollout: Rollout, gamma: float, gae_lambda: float) -> tuple[Tensor, Tensor]:
@@ -121,6 +124,7 @@ class PPOAlgorithm:
         #: The NumPy minibatch step runs the updates (where it is selected, the optimiser is FlatAdam,
         #: whose gradient views it writes into).
         self.fast_update = not on_device and fast.select(c.update_backend, policy.spec, device, self.settings(0.0))
+        self._fused_views: LiveViews | None = None
 
     @property
     def kl_coef(self) -> float:
@@ -155,9 +159,12 @@ class PPOAlgorithm:
         obs, actions, masks, critic = batch["obs"], batch["actions"], batch.get("action_mask"), batch.get("critic_obs")
         # Checked again per update: settings change over a run (scheduled ε, adaptive β).
         if self.fast_update and fast.refusal(self.policy.spec, self.device, settings) is None:
+            from ppokit.control.fast.layout import LiveViews
             from ppokit.control.fast.update import NumpyMinibatchStep
 
-            return NumpyMinibatchStep(self.policy, obs, actions, batch, settings, collective)
+            if self._fused_views is None or self._fused_views.policy is not self.policy:
+                self._fused_views = LiveViews(self.policy)
+            return NumpyMinibatchStep(self.policy, obs, actions, batch, settings, collective, self._fused_views)
         return AutogradStep(batch, lambda idx: self.policy.evaluate(
             obs[idx], actions[idx], None if masks is None else masks[idx], None if critic is None else critic[idx]),
             settings, collective)

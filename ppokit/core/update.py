@@ -93,10 +93,14 @@ class MinibatchStep(Protocol):
     the same loss (held to the reference by parity tests).
     """
 
+    #: Whether :meth:`backward` writes every gradient entry (rather than adding to it), so
+    #: :func:`run_epochs` need not zero the gradients first.
+    overwrites_gradients: bool
+
     def forward(self, idx: Tensor) -> float:
         """Compute the losses on rows ``idx``; return the total loss. A step may also write the
-        gradient here (then :meth:`backward` does nothing): :func:`run_epochs` zeroes the gradients
-        before it calls ``forward``."""
+        gradient here (then :meth:`backward` does nothing): unless it ``overwrites_gradients``,
+        :func:`run_epochs` zeroes the gradients before it calls ``forward``."""
         ...
 
     def approx_kl(self) -> float:
@@ -106,8 +110,9 @@ class MinibatchStep(Protocol):
     def backward(self) -> None:
         """Write the gradient of the last forward's total loss into the parameters' ``.grad``."""
 
-    def stats(self) -> Tensor:
-        """The last forward's diagnostics: a 1-D tensor in the order of :data:`STEP_STAT_NAMES`."""
+    def stats(self) -> Tensor | tuple[float, ...]:
+        """The last forward's diagnostics in the order of :data:`STEP_STAT_NAMES`: a 1-D tensor, or
+        floats (a step that computes them on the host)."""
         ...
 
 
@@ -126,6 +131,8 @@ class AutogradStep:
     :math:`n` entries enters with weight :math:`n_j / n`: the summed gradient is the minibatch's,
     equal up to rounding.
     """
+
+    overwrites_gradients = False  # autograd adds to .grad
 
     def __init__(self, batch: Mapping[str, Tensor], evaluate: Evaluate, settings: PPOUpdateSettings,
                  collective: Collective | None = None) -> None:
@@ -281,7 +288,7 @@ def run_epochs(
     once after the last step; non-finite ones raise too.
     """
     max_norm = settings.max_grad_norm if settings.max_grad_norm is not None else float("inf")
-    rows: list[Tensor] = []
+    rows: list[Tensor | tuple[float, ...]] = []
     grad_norms: list[float] = []
     epochs_done = 0
     early_stopped = False
@@ -298,7 +305,8 @@ def run_epochs(
         for mb, idx in enumerate(split):
             if idx.numel() == 0 and not shared:
                 continue
-            optimizer.zero_grad()  # before forward: a step may write its gradient there
+            if not step.overwrites_gradients:
+                optimizer.zero_grad()  # before forward: a step may write its gradient there
             if scaler is not None:
                 step.loss_scale = scaler.loss_scale  # type: ignore[attr-defined]
             loss = step.forward(idx)
@@ -339,7 +347,9 @@ def run_epochs(
     if rows and not optimizer.params_finite():
         raise NonFiniteError("parameter", *last_step)
     if rows:
-        mean_row = torch.stack(rows).to(torch.float64).mean(dim=0)
+        table = (torch.tensor(rows, dtype=torch.float64) if isinstance(rows[0], tuple)
+                 else torch.stack(rows).to(torch.float64))  # type: ignore[arg-type]
+        mean_row = table.mean(dim=0)
         if shared:
             assert collective is not None
             mean_row = collective.mean_(mean_row.to(collective.device)).cpu()

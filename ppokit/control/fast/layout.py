@@ -141,6 +141,26 @@ class FusedArrays:
         return out
 
 
+class LiveViews:
+    """A policy's parameter and gradient views in the fused form, kept from one update to the next
+    and taken again only when a parameter or its gradient has moved (checked by address), as
+    building them costs more than a minibatch."""
+
+    def __init__(self, policy: ActorCritic) -> None:
+        self.policy = policy
+        self._where: tuple[int, ...] = ()
+        self._arrays: tuple[FusedArrays, FusedArrays] | None = None
+
+    def get(self) -> tuple[FusedArrays, FusedArrays]:
+        """``(weights, gradients)``; raises as :class:`FusedArrays` does for gradients out of layout."""
+        params = list(self.policy.parameters())
+        where = (*(p.data_ptr() for p in params), *(0 if p.grad is None else p.grad.data_ptr() for p in params))
+        if self._arrays is None or where != self._where:
+            self._arrays = (FusedArrays(self.policy), FusedArrays(self.policy, grads=True))
+            self._where = where
+        return self._arrays
+
+
 def split_twin(h: np.ndarray) -> np.ndarray:
     """Twin features ``[..., B, 2H]`` as ``[..., 2, B, H]`` (a view)."""
     return h.reshape(*h.shape[:-1], 2, -1).swapaxes(-2, -3)

@@ -25,15 +25,20 @@ from ppokit.control.networks import ActorCritic
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
+def _tanh(x: np.ndarray) -> np.ndarray:
+    return np.tanh(x, out=x)
+
+
 def _elu(x: np.ndarray) -> np.ndarray:
     return np.where(x > 0, x, np.expm1(np.minimum(x, 0)))
 
 
 def _relu(x: np.ndarray) -> np.ndarray:
-    return np.maximum(x, 0)
+    return np.maximum(x, 0, out=x)
 
 
-NUMPY_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"tanh": np.tanh, "relu": _relu, "elu": _elu}
+#: Each activation, applied to a layer's pre-activation, which it may overwrite (it is not kept).
+NUMPY_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"tanh": _tanh, "relu": _relu, "elu": _elu}
 
 
 class NumpyPolicy:

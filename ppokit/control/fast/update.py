@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ppokit.control.fast.layout import FusedArrays, features, heads, split_twin, trunk_output
+from ppokit.control.fast.layout import LiveViews, features, heads, split_twin, trunk_output
 from ppokit.control.fast.policy import HALF_LOG_2PI, NUMPY_ACTIVATIONS
 from ppokit.control.networks import ActorCritic
 from ppokit.core.collective import Collective
@@ -63,8 +63,12 @@ class NumpyMinibatchStep:
     ``advantages``, ``returns``). Overwrites the parameters' gradient views.
     """
 
+    overwrites_gradients = True  # every gradient view is written with out=, never added to
+
     def __init__(self, policy: ActorCritic, obs: Tensor, actions: Tensor, batch: dict[str, Tensor],
-                 settings: PPOUpdateSettings, collective: Collective | None = None) -> None:
+                 settings: PPOUpdateSettings, collective: Collective | None = None,
+                 views: LiveViews | None = None) -> None:
+        """``views``: the policy's fused views kept between updates (taken here when None)."""
         self.settings = settings
         # Data parallel: whiten with the union minibatch's statistics and weight this process's
         # means by its share of it, as core.update.AutogradStep does.
@@ -72,8 +76,8 @@ class NumpyMinibatchStep:
         self.scale = 1.0
         name = policy.spec.activation
         self.activation, self.activation_grad = NUMPY_ACTIVATIONS[name], _DERIVATIVES[name]
-        self.w = FusedArrays(policy)
-        self.g = FusedArrays(policy, grads=True)  # raises unless laid out in fused_order
+        # Raises unless the gradients are laid out in fused_order.
+        self.w, self.g = (views or LiveViews(policy)).get()
         if not self.w.views:
             raise ValueError("the NumPy update needs the parameters laid out in fused_order")
         self.gaussian = self.w.log_std is not None
@@ -88,6 +92,7 @@ class NumpyMinibatchStep:
         # Old log-prob, old value, advantage, return: one row each, so a minibatch is one gather.
         self.data = np.stack([batch[k].numpy() for k in ("logp", "values", "advantages", "returns")], dtype=np.float32)
         self.arange = np.arange(self.obs.shape[0])
+        self.ones = np.ones(self.obs.shape[0], dtype=np.float32)
 
     def forward(self, idx: Tensor) -> float:
         s = self.settings
@@ -230,9 +235,9 @@ class NumpyMinibatchStep:
                 h_in = split_twin(h_in)
             delta = d_f * self.activation_grad(h_out)  # [..., b, H]: twins carry a leading axis of 2
             np.matmul(delta.swapaxes(-1, -2), h_in, out=self.g_weights[k])
-            np.add.reduce(delta, axis=-2, out=self.g_biases[k])
+            np.matmul(self.ones[:delta.shape[-2]], delta, out=self.g_biases[k])  # sum over rows, by BLAS
             if k > 0:
                 d_f = np.matmul(delta, w.weights[k])
 
-    def stats(self) -> Tensor:
-        return torch.tensor(self.row, dtype=torch.float64)
+    def stats(self) -> tuple[float, ...]:
+        return self.row

@@ -9,7 +9,7 @@ import torch
 
 from ppokit.control.envs import TrustsOwnActions, make_vector_env
 from ppokit.control.fast.flat_adam import FlatAdam
-from ppokit.control.fast.layout import FusedArrays, fused_order
+from ppokit.control.fast.layout import FusedArrays, LiveViews, fused_order
 from ppokit.control.fast.policy import NumpyPolicy
 from ppokit.control.fast.update import NumpyMinibatchStep
 from ppokit.control.networks import ActorCritic, PolicySpec
@@ -100,3 +100,19 @@ def test_the_batched_envs_check_skips_only_the_array_the_collector_passes():
     space.passing = ours
     env.step(ours)
     env.close()
+
+
+def test_live_views_are_kept_between_updates_until_a_parameter_moves():
+    policy = _policy()
+    optimizer = FlatAdam(policy.parameters(), lr=1e-3, layout=fused_order(policy))
+    views = LiveViews(policy)
+    first = views.get()
+    assert views.get() is first  # nothing moved: the same arrays, not rebuilt
+    # A new optimiser lays the parameters (and gradients) out in new storage: new views of it.
+    FlatAdam(policy.parameters(), lr=1e-3, layout=fused_order(policy))
+    second = views.get()
+    assert second is not first and second[0].views and second[1].views
+    with torch.no_grad():
+        policy.layers().head.weight[0, 0] = 5.0
+    assert second[0].out_w[0, 0] == 5.0
+    del optimizer

@@ -123,9 +123,12 @@ def _batch(policy: ActorCritic, spec: PolicySpec):
 def _minibatch(step, optimizer: FlatAdam, idx: torch.Tensor):
     loss = step.forward(idx)
     kl3 = step.approx_kl()
-    optimizer.zero_grad()
+    if step.overwrites_gradients:
+        optimizer.flat_grad.fill_(float("nan"))  # any entry backward leaves unwritten shows
+    else:
+        optimizer.zero_grad()
     step.backward()
-    return kl3, loss, optimizer.flat_grad.clone(), step.stats().double().numpy()
+    return kl3, loss, optimizer.flat_grad.clone(), np.asarray(step.stats(), dtype=np.float64)
 
 
 def _check_update_parity(spec: PolicySpec, settings: PPOUpdateSettings) -> None:
