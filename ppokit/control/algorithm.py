@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -20,7 +21,7 @@ from ppokit.control import fast
 from ppokit.control.config import ControlConfig
 from ppokit.control.networks import ActorCritic
 from ppokit.control.rollout import Rollout
-from ppokit.core.advantages import gae, masked_mean
+from ppokit.core.advantages import gae, gae_arrays, masked_mean
 from ppokit.core.collective import SINGLE, Collective
 from ppokit.core.diagnostics import explained_variance
 from ppokit.core.kl import AdaptiveClipController, AdaptiveKLController, kl_k3
@@ -35,6 +36,12 @@ if TYPE_CHECKING:
 
 def rollout_advantages(rollout: Rollout, gamma: float, gae_lambda: float) -> tuple[Tensor, Tensor]:
     """GAE over a time-major rollout: ``(advantages, returns)``, each ``[T, N]``."""
+    if rollout.values.device.type == "cpu" and not rollout.values.requires_grad:  # NumPy views: cheaper small ops
+        values, term = rollout.values.numpy(), rollout.terminated.numpy()
+        after = np.concatenate([values[1:], rollout.last_value.numpy()[None]])  # as `following` below
+        adv, ret = gae_arrays(rollout.rewards.numpy(), values, np.where(term, np.zeros((), after.dtype), after),
+                              term | rollout.truncated.numpy(), gamma, gae_lambda)
+        return torch.from_numpy(adv), torch.from_numpy(ret)
     following = torch.cat([rollout.values[1:], rollout.last_value.unsqueeze(0)])
     # Termination: the future is worth nothing. Truncation: the following step's input is the
     # true final observation (next-step autoreset), so ``following`` already bootstraps from it.
@@ -47,11 +54,22 @@ def make_batch(rollout: Rollout, gamma: float, gae_lambda: float, every_step_val
     """GAE over the rollout, then the valid steps flattened into one batch. ``every_step_valid``
     (same-step autoreset) skips the selection, whose size would have to be read from the device."""
     advantages, returns = rollout_advantages(rollout, gamma, gae_lambda)
-    keep = None if every_step_valid else rollout.valid.reshape(-1).nonzero().squeeze(1)
+    on_host = rollout.values.device.type == "cpu"
+    keep: np.ndarray | Tensor | None
+    if every_step_valid:
+        keep = None
+    elif on_host:
+        keep = np.flatnonzero(rollout.valid.numpy().reshape(-1))
+    else:
+        keep = rollout.valid.reshape(-1).nonzero().squeeze(1)
 
     def flat(x: Tensor) -> Tensor:
         rows = x.reshape(-1, *x.shape[2:])
-        return rows if keep is None else rows.index_select(0, keep)
+        if keep is None:
+            return rows
+        if isinstance(keep, np.ndarray):
+            return torch.from_numpy(rows.numpy().take(keep, axis=0))
+        return rows.index_select(0, keep)
 
     batch = {
         "obs": flat(rollout.obs), "actions": flat(rollout.actions), "logp": flat(rollout.logp),

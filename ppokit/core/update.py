@@ -93,14 +93,10 @@ class MinibatchStep(Protocol):
     the same loss (held to the reference by parity tests).
     """
 
-    #: Whether :meth:`backward` writes every gradient entry (rather than adding to it), so
-    #: :func:`run_epochs` need not zero the gradients first.
-    overwrites_gradients: bool
-
     def forward(self, idx: Tensor) -> float:
         """Compute the losses on rows ``idx``; return the total loss. A step may also write the
-        gradient here (then :meth:`backward` does nothing): unless it ``overwrites_gradients``,
-        :func:`run_epochs` zeroes the gradients before it calls ``forward``."""
+        gradient here (then :meth:`backward` does nothing): :func:`run_epochs` zeroes the gradients
+        before it calls ``forward``."""
         ...
 
     def approx_kl(self) -> float:
@@ -131,8 +127,6 @@ class AutogradStep:
     :math:`n` entries enters with weight :math:`n_j / n`: the summed gradient is the minibatch's,
     equal up to rounding.
     """
-
-    overwrites_gradients = False  # autograd adds to .grad
 
     def __init__(self, batch: Mapping[str, Tensor], evaluate: Evaluate, settings: PPOUpdateSettings,
                  collective: Collective | None = None) -> None:
@@ -305,8 +299,7 @@ def run_epochs(
         for mb, idx in enumerate(split):
             if idx.numel() == 0 and not shared:
                 continue
-            if not step.overwrites_gradients:
-                optimizer.zero_grad()  # before forward: a step may write its gradient there
+            optimizer.zero_grad()  # before forward: a step may write its gradient there
             if scaler is not None:
                 step.loss_scale = scaler.loss_scale  # type: ignore[attr-defined]
             loss = step.forward(idx)

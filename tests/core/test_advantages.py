@@ -82,8 +82,9 @@ def test_gae_recursions_agree_on_transposed_batches_and_keep_the_graph():
     ends[2, 3] = True
     a_np, r_np = gae(rewards.T, values.T, next_values.T, ends.T, 0.99, 0.9, recursion="numpy")
     a_t, r_t = gae(rewards.T, values.T, next_values.T, ends.T, 0.99, 0.9, recursion="torch")
-    torch.testing.assert_close(a_np, a_t)
-    torch.testing.assert_close(r_np, r_t)
+    # The same bits in the same memory layout: what RLHF sums next must not change order.
+    assert torch.equal(a_np, a_t) and torch.equal(r_np, r_t)
+    assert a_np.stride() == a_t.stride() and r_np.stride() == r_t.stride()
     rewards.requires_grad_(True)
     adv, _ = gae(rewards.T, values.T, next_values.T, ends.T, 0.99, 0.9)
     adv.sum().backward()

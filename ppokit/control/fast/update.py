@@ -63,8 +63,6 @@ class NumpyMinibatchStep:
     ``advantages``, ``returns``). Overwrites the parameters' gradient views.
     """
 
-    overwrites_gradients = True  # every gradient view is written with out=, never added to
-
     def __init__(self, policy: ActorCritic, obs: Tensor, actions: Tensor, batch: dict[str, Tensor],
                  settings: PPOUpdateSettings, collective: Collective | None = None,
                  views: LiveViews | None = None) -> None:

@@ -123,8 +123,8 @@ def _batch(policy: ActorCritic, spec: PolicySpec):
 def _minibatch(step, optimizer: FlatAdam, idx: torch.Tensor):
     loss = step.forward(idx)
     kl3 = step.approx_kl()
-    if step.overwrites_gradients:
-        optimizer.flat_grad.fill_(float("nan"))  # any entry backward leaves unwritten shows
+    if isinstance(step, NumpyMinibatchStep):
+        optimizer.flat_grad.fill_(float("nan"))  # it overwrites the gradients: an entry left unwritten shows
     else:
         optimizer.zero_grad()
     step.backward()
