@@ -33,6 +33,7 @@ The gradients, for a minibatch of :math:`B` rows and the total loss
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -132,7 +133,8 @@ class NumpyMinibatchStep:
             elif s.whiten_advantages:
                 centred = adv - np.add.reduce(adv) / np.float32(b)
                 var = float(np.dot(centred, centred)) / (b - 1) if b > 1 else 0.0
-                adv = centred * np.float32(1.0 / np.sqrt(np.float32(var) + np.float32(1e-8)))
+                centred *= 1.0 / math.sqrt(var + 1e-8)
+                adv = centred
             log_ratio = logp - logp_old
             ratio = np.exp(log_ratio)
             kl_k1 = -float(np.add.reduce(log_ratio)) / b
