@@ -251,8 +251,7 @@ class RolloutCollector:
         return policy_input(obs, self.obs_rms, self.clip_obs, image=self.obs_dtype == torch.uint8)
 
     def _act(self, obs: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if self.numpy_policy is not None:
-            return self.numpy_policy.act(obs, self.rng)
+        """Acting through torch (collect calls the NumPy policy itself)."""
         mask_t = None if mask is None else torch.as_tensor(mask, device=self.device)
         if self.policy.core is not None:
             starts = torch.as_tensor(self._starts, device=self.device)
