@@ -20,6 +20,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from ppokit.envs.cartpole_vector import CartPoleVectorEnv
 from ppokit.errors import CheckpointError
 from ppokit.io.state_codec import SKIP, decode, encode
 
@@ -80,7 +81,7 @@ def _capture(obj: Any, path: str, problems: list[str]) -> dict[str, Any]:
                 attrs[key] = encoded
             elif not _is_fixed(value):
                 problems.append(f"{where} ({type(value).__name__})")
-    return {"type": f"{type(obj).__module__}.{type(obj).__qualname__}", "attrs": attrs, "children": children}
+    return {"type": _kind(obj), "attrs": attrs, "children": children}
 
 
 def capture_env_state(env: gym.vector.VectorEnv) -> tuple[dict[str, Any] | None, str | None]:
@@ -101,8 +102,17 @@ def capture_env_state(env: gym.vector.VectorEnv) -> tuple[dict[str, Any] | None,
     return state, None
 
 
+def _kind(obj: Any) -> str:
+    """The env's class, as a checkpoint names it. ppokit's CartPole is Gymnasium's with a quicker
+    step and the same state: it goes by Gymnasium's name, so checkpoints of either resume in either."""
+    kind = type(obj)
+    if kind is CartPoleVectorEnv:
+        kind = kind.__mro__[1]
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
 def _restore(obj: Any, state: dict[str, Any], path: str) -> None:
-    kind = f"{type(obj).__module__}.{type(obj).__qualname__}"
+    kind = _kind(obj)
     if state.get("type") != kind:
         raise CheckpointError(f"saved env state at {path} is for {state.get('type')!r}, but the env is {kind!r}")
     for key, child in state.get("children", {}).items():
