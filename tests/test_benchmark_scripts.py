@@ -94,3 +94,10 @@ def test_atari_benchmark_script_runs(side, needs):
     pytest.importorskip(needs)
     result = _run("atari_throughput.py", "--side", side, "--steps", "1024")
     assert result["side"] == side and result["steps"] == 1024 and result["sps"] > 0
+
+
+def test_env_step_benchmark_script_runs():
+    result = _run("env_step.py", "--steps", "20", "--counts", "1,3", "--sync-envs", "Pendulum-v1")
+    assert [r["envs"] for r in result["cartpole"]] == [1, 3]
+    assert all(r["gymnasium_us"] > 0 and r["ppokit_us"] > 0 for r in result["cartpole"])
+    assert result["sync"][0]["env"] == "Pendulum-v1" and result["sync"][0]["bare_us"] > 0
