@@ -11,12 +11,15 @@ Gymnasium's own. The step is Gymnasium's, bit for bit: the same IEEE operations 
 order (``x * x`` is ``np.square``), the angle's cosine and sine still taken by NumPy (so by the
 same implementation as Gymnasium's), the same draws for the envs that reset, the same dtypes.
 ``tests/control/test_cartpole_vector.py`` steps both side by side, with every constructor option.
+ppokit uses it only under the Gymnasium releases whose step it was read against
+(:data:`CHECKED_RELEASES`), so a release that changes CartPole keeps its own.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import gymnasium
 import numpy as np
 from gymnasium.envs.classic_control import cartpole
 
@@ -26,6 +29,15 @@ MOST_ENVS = 16
 #: The registered vector entry point this class stands in for.
 GYMNASIUM_ENTRY_POINT = "gymnasium.envs.classic_control.cartpole:CartPoleVectorEnv"
 ENTRY_POINT = "ppokit.envs.cartpole_vector:CartPoleVectorEnv"
+
+#: The Gymnasium releases whose step this one reproduces (read side by side: the step is the same
+#: from 1.1 to 1.4). Under any other, ppokit leaves CartPole to Gymnasium's own class.
+CHECKED_RELEASES = ("1.1.", "1.2.", "1.3.", "1.4.")
+
+
+def stands_in() -> bool:
+    """Whether the installed Gymnasium's CartPole step is the one this class reproduces."""
+    return gymnasium.__version__.startswith(CHECKED_RELEASES)
 
 
 class CartPoleVectorEnv(cartpole.CartPoleVectorEnv):

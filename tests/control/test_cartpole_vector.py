@@ -74,6 +74,14 @@ def test_training_and_evaluation_envs_of_the_gymnasium_id_are_this_env() -> None
     assert not isinstance(sync.unwrapped, cartpole.CartPoleVectorEnv)
 
 
+def test_a_gymnasium_release_not_read_keeps_its_own_cartpole(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gymnasium
+
+    assert cartpole_vector.stands_in()  # the release the side-by-side tests ran against
+    monkeypatch.setattr(gymnasium, "__version__", "1.9.0")
+    assert type(make_vector_env("CartPole-v1", 4).unwrapped) is cartpole.CartPoleVectorEnv
+
+
 def test_a_checkpointed_state_of_gymnasiums_env_resumes_in_this_one_and_back() -> None:
     """Checkpoints written before ppokit stepped CartPole itself name Gymnasium's class."""
     theirs, ours = cartpole.CartPoleVectorEnv(4), CartPoleVectorEnv(4)
