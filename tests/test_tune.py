@@ -224,3 +224,14 @@ def _base(**changes):
     fields = {"env_id": "CartPole-v1", "total_steps": 2048, "num_envs": 4, "num_steps": 64, "num_minibatches": 4,
               "normalize_obs": False, "normalize_reward": False, "tensorboard": False, **changes}
     return ControlConfig(**fields)
+
+
+def test_the_space_check_makes_the_env_as_a_trial_does():
+    """A torch env class (made as one env), and an id with the config's preprocessing."""
+    from ppokit.errors import EnvError
+    from ppokit.tune.sweep import _discrete_actions
+
+    assert _discrete_actions(_base(env_id="ppokit.envs.torch_cartpole:TorchCartPole"))
+    assert not _discrete_actions(_base(env_id="ppokit.envs.torch_pendulum:TorchPendulum"))
+    with pytest.raises(EnvError, match="env_preprocessing 'atari'"):
+        _discrete_actions(_base(env_preprocessing="atari"))

@@ -85,7 +85,7 @@ class TorchEnvSource(EnvSource):
         return self.make(num_envs)
 
     def single(self, **extra: Any) -> Any:
-        raise EnvError("a torch env has no single-env form (videos, ppokit tune's space check); use a Gymnasium env")
+        raise EnvError("a torch env has no single-env form (videos need one); use a Gymnasium env")
 
 
 def given(obj: Any, env_kwargs: dict[str, Any]) -> EnvSource:

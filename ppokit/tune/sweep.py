@@ -93,11 +93,20 @@ def tune(base: ControlConfig, space: str | Path | Mapping[str, Any] | None = Non
 
 def _discrete_actions(base: ControlConfig) -> bool:
     """Whether the env's actions are all discrete (the default space then searches the entropy bonus);
-    making the env here also fails fast, before any trial, when it cannot be made."""
+    making the env here also fails fast, before any trial, when it cannot be made. The env is made as
+    a trial makes it: a torch env class as one env on the config's device, an id with the config's
+    preprocessing."""
+    from ppokit.control import torch_source
     from ppokit.control.actions import all_discrete
-    from ppokit.control.env_source import EnvSource
 
-    env = EnvSource(base.env_id, base.env_kwargs).single()
+    source = torch_source.for_config(base)
+    if isinstance(source, torch_source.TorchEnvSource):
+        vector = source.make(1)
+        try:
+            return all_discrete(vector.single_action_space)
+        finally:
+            vector.close()
+    env = source.single()
     try:
         return all_discrete(env.action_space)
     finally:
