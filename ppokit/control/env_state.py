@@ -20,7 +20,6 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from ppokit.envs.cartpole_vector import CartPoleVectorEnv
 from ppokit.errors import CheckpointError
 from ppokit.io.state_codec import SKIP, decode, encode
 
@@ -103,11 +102,10 @@ def capture_env_state(env: gym.vector.VectorEnv) -> tuple[dict[str, Any] | None,
 
 
 def _kind(obj: Any) -> str:
-    """The env's class, as a checkpoint names it. ppokit's CartPole is Gymnasium's with a quicker
-    step and the same state: it goes by Gymnasium's name, so checkpoints of either resume in either."""
-    kind = type(obj)
-    if kind is CartPoleVectorEnv:
-        kind = kind.__mro__[1]
+    """The env's class, as a checkpoint names it: its own, or the class whose state it keeps that it
+    names as ``saved_as`` (ppokit's CartPole, a quicker step of Gymnasium's; read from the class
+    itself, so a subclass of it goes by its own name)."""
+    kind = vars(type(obj)).get("saved_as", type(obj))
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
