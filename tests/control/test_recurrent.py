@@ -78,20 +78,21 @@ def test_recurrent_settings_are_checked(tmp_path):
 @pytest.mark.learning
 def test_cartpole_without_velocities_needs_memory(tmp_path):
     """Only position and angle are observed. The LSTM policy solves it in the budget; the MLP does not.
-    (Measured: LSTM 497.8, MLP 48.7 at 100k steps.)"""
+    The median of three seeds: one seed alone depends on the machine's arithmetic (seed 1 reached 500 on
+    one machine and 235 on another at 60k steps, where seeds 2 and 3 reached 500)."""
+    import json
 
-    def run(recurrent):
-        config = _config(tmp_path, f"run-{recurrent}", recurrent=recurrent, num_envs=16, num_steps=32,
+    def run(recurrent, seed):
+        name = f"run-{recurrent}-{seed}"
+        config = _config(tmp_path, name, recurrent=recurrent, num_envs=16, num_steps=32,
                          num_minibatches=4, num_epochs=4, total_steps=60_000, recurrent_size=64,
                          hidden_sizes=[64, 64], learning_rate=1e-3, lr_schedule="constant", ent_coef=0.0,
-                         normalize_reward=True, eval_episodes=10, seed=1)
+                         normalize_reward=True, eval_episodes=10, seed=seed)
         PPO(config).learn()
-        import json
+        return json.loads((tmp_path / name / "eval.json").read_text())["mean_return"]
 
-        return json.loads((tmp_path / f"run-{recurrent}" / "eval.json").read_text())["mean_return"]
-
-    assert run("lstm") >= 450.0
-    assert run(None) <= 150.0
+    assert np.median([run("lstm", seed) for seed in (1, 2, 3)]) >= 450.0
+    assert np.median([run(None, seed) for seed in (1, 2, 3)]) <= 150.0
 
 
 @pytest.mark.learning
