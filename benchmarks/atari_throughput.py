@@ -11,7 +11,7 @@ annealed linearly, clip 0.1 (the value's too), entropy 0.01, value 0.5, gradient
 λ 0.95, the Nature CNN, and the standard preprocessing (30 no-ops, 4-frame skip with max-pool, episodic
 life, FIRE reset, sign-clipped rewards, 84x84 grey, 4 frames stacked):
 
-* ``ppokit-gym``: ppokit, ``vectorization: sync`` over Gymnasium's Atari wrappers (ppokit.control.atari);
+* ``ppokit-gym``: ppokit, ``vectorization: sync`` over Gymnasium's Atari wrappers (ppokit.control.envs.atari);
 * ``ppokit-envpool``: ppokit, ``vectorization: envpool`` (EnvPool's C++ preprocessing);
 * ``sb3``: SB3's ``make_atari_env`` (its AtariWrapper, in-process DummyVecEnv) + ``VecFrameStack(4)`` and
   ``PPO('CnnPolicy')``, in .venv-bench (never imports ppokit);
@@ -96,7 +96,7 @@ def run_sb3(steps: int, seed: int, threads: int) -> dict:
 def run_env(vectorization: str, steps: int, seed: int) -> dict:
     import numpy as np
 
-    from ppokit.control.envs import make_vector_env
+    from ppokit.control.envs.make import make_vector_env
 
     env = make_vector_env(ENV_ID, SETTINGS["num_envs"], vectorization="envpool" if vectorization == "envpool" else "sync")
     env.reset(seed=seed)

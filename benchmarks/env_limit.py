@@ -16,7 +16,7 @@ from control_tasks import parse_task_args  # noqa: E402
 
 def main() -> None:
     name, t, steps, _ = parse_task_args(__doc__.split("\n\n")[0], seed=False)
-    from ppokit.control.envs import make_vector_env
+    from ppokit.control.envs.make import make_vector_env
 
     env = make_vector_env(t["env_id"], t["num_envs"])
     env.reset(seed=0)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from gymnasium.envs.classic_control import cartpole
 
-from ppokit.control.envs import make_single_env, make_vector_env
+from ppokit.control.envs.make import make_single_env, make_vector_env
 from ppokit.envs import cartpole_vector
 
 

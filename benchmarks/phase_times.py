@@ -42,8 +42,8 @@ def main(argv: list[str]) -> None:
     import ppokit.control.algorithm as algorithm
     import ppokit.control.fast.flat_adam as flat_adam
     import ppokit.control.fast.update as fast_update
-    import ppokit.control.rollout as rollout
-    from ppokit.cli import main as cli_main
+    import ppokit.control.rollout.host as rollout
+    from ppokit.cli.main import main as cli_main
 
     TIMES["import"] = time.perf_counter() - start
     timed(rollout.RolloutCollector, "collect", "collect")

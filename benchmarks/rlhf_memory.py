@@ -110,7 +110,7 @@ def measure(option: str, policy: str, reward: str, batch: int, new_tokens: int, 
 
     from ppokit.rlhf.config import RLHFConfig
     from ppokit.rlhf.demo import NOUNS
-    from ppokit.rlhf.trainer import RLHFTrainer
+    from ppokit.rlhf.ppo.trainer import RLHFTrainer
 
     torch.set_num_threads(threads)
     prompts = [{"prompt": f"describe the {NOUNS[i % len(NOUNS)]} :"} for i in range(batch)]
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [o for o in options if o not in OPTIONS]
     if unknown:
         p.error(f"unknown option(s) {', '.join(unknown)}; choose from {', '.join(OPTIONS)}")
-    from ppokit.rlhf.models import quiet_transformers
+    from ppokit.rlhf.models.loading import quiet_transformers
 
     quiet_transformers()
     rows = []

@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import ppokit
     from ppokit.rlhf.config import RLHFConfig
-    from ppokit.rlhf.models import quiet_transformers
-    from ppokit.rlhf.trainer import RLHFTrainer
+    from ppokit.rlhf.models.loading import quiet_transformers
+    from ppokit.rlhf.ppo.trainer import RLHFTrainer
 
     quiet_transformers()
     with tempfile.TemporaryDirectory(prefix="ppokit-bench-") as tmp:

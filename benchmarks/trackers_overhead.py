@@ -43,7 +43,7 @@ def _one(root: Path, trackers: list[str], i: int) -> float:
     from ppokit import PPO
     from ppokit.configuration import from_mapping
     from ppokit.control.config import ControlConfig
-    from ppokit.presets import load_preset
+    from ppokit.control.presets import load_preset
 
     data = {**load_preset("CartPole-v1"), "progress": False, "tensorboard": False, "eval_episodes": 0,
             "trackers": trackers, "seed": 1}

@@ -45,8 +45,8 @@ def control(tmp: str) -> None:
 def rlhf(tmp: str) -> None:
     from ppokit.rlhf.config import RLHFConfig
     from ppokit.rlhf.demo import NOUNS, WORDS
+    from ppokit.rlhf.ppo.trainer import RLHFTrainer
     from ppokit.rlhf.tiny import build_tiny_gpt2
-    from ppokit.rlhf.trainer import RLHFTrainer
 
     base = str(build_tiny_gpt2(os.path.join(tmp, "base"), WORDS, n_layer=2, n_embd=32, n_head=2, seed=0))
     prompts = [{"prompt": f"describe the {noun} :"} for noun in NOUNS]

@@ -2,7 +2,7 @@
 
 import sys
 
-from ppokit.cli import main
+from ppokit.cli.main import main
 
 if __name__ == "__main__":  # not when a spawned worker process imports this module
     sys.exit(main())

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from ppokit.aggregate import estimates, iqm, normalise, stratified_bootstrap
-from ppokit.cli import main
+from ppokit.analysis.aggregate import estimates, iqm, normalise, stratified_bootstrap
+from ppokit.analysis.plots import aggregate, panels, read_run, run_score
+from ppokit.cli.main import main
 from ppokit.configuration import config_to_yaml
 from ppokit.control.config import ControlConfig
-from ppokit.plotting import aggregate, panels, read_run, run_score
 
 
 def test_iqm_is_the_mean_of_the_middle_half_with_a_quarter_cut_from_each_end():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ppokit.cli import main
+from ppokit.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--total-steps", "512", "--set", "num_envs=4", "--set", "num_steps=64", "--set", "num_minibatches=2",
@@ -17,7 +17,7 @@ TINY = ["--total-steps", "512", "--set", "num_envs=4", "--set", "num_steps=64", 
 
 def _run(*args, cwd=None):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "ppokit.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    return subprocess.run([sys.executable, "-m", "ppokit", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
 def test_train_writes_a_complete_run_directory_and_eval_reads_it(tmp_path):
@@ -146,7 +146,7 @@ def test_mujoco_video_records_without_a_display(tmp_path):
     (["--set", "eval_every=3"], 3),                     # said explicitly: kept
 ])
 def test_stop_at_return_evaluates_about_every_thousand_steps_unless_told(extra, expected):
-    from ppokit.cli import build_parser, resolve_train_config
+    from ppokit.cli.main import build_parser, resolve_train_config
 
     args = build_parser().parse_args(["train", "CartPole-v1", "--stop-at-return", "475", *extra])
     config, _ = resolve_train_config(args)
@@ -155,7 +155,7 @@ def test_stop_at_return_evaluates_about_every_thousand_steps_unless_told(extra, 
 
 @pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["rlhf", "ppo", "--help"], ["resume", "--help"]])
 def test_help_answers_without_importing_torch_or_gymnasium(args):
-    code = ("import sys\nfrom ppokit.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+    code = ("import sys\nfrom ppokit.cli.main import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
             "print(sorted(m for m in ('torch', 'gymnasium', 'transformers') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -164,14 +164,14 @@ def test_help_answers_without_importing_torch_or_gymnasium(args):
 
 
 def test_a_nan_evaluation_is_reported_not_a_crash():
-    from ppokit.cli import _eval_line
+    from ppokit.cli.main import _eval_line
 
     line = _eval_line({"episodes": 3, "deterministic": True, "mean_return": None, "std_return": float("nan")})
     assert "not finite" in line
 
 
 def test_interrupting_sft_at_once_points_at_its_checkpoints(monkeypatch, capsys):
-    import ppokit.rlhf.sft as sft
+    import ppokit.rlhf.supervised.sft as sft
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

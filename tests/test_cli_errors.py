@@ -23,7 +23,7 @@ TINY = ["--no-progress", "--set", "num_envs=2", "--set", "num_steps=16", "--set"
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "ppokit.cli", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "ppokit", *args], capture_output=True, text=True, env=env,
                           cwd=ROOT, timeout=300)
 
 

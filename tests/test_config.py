@@ -2,8 +2,8 @@ import pytest
 
 from ppokit.configuration import from_mapping, load_yaml, parse_overrides, replace
 from ppokit.control.config import ControlConfig
+from ppokit.control.presets import list_presets, load_preset
 from ppokit.errors import ConfigError
-from ppokit.presets import list_presets, load_preset
 
 
 def test_defaults_are_valid_and_documented():

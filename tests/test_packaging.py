@@ -20,10 +20,10 @@ import pytest
 import yaml
 
 from ppokit import PPO, ControlConfig, __version__
-from ppokit.cli import main
+from ppokit.cli.main import main
+from ppokit.hub.model_card import hub_id
+from ppokit.hub.package import _base_model
 from ppokit.io.checkpoints import latest_checkpoint
-from ppokit.model_card import hub_id
-from ppokit.packaging import _base_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTROL_FILES = {"README.md", "config.yaml", "eval.json", "curves.png", "model.safetensors", "state.json"}
@@ -66,7 +66,7 @@ def control_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def rlhf_run(tmp_path_factory, tiny_lm) -> Path:
     from ppokit.rlhf.config import RLHFConfig
-    from ppokit.rlhf.trainer import RLHFTrainer
+    from ppokit.rlhf.ppo.trainer import RLHFTrainer
     from tests.rlhf.helpers import PROMPTS
 
     run = tmp_path_factory.mktemp("rlhf") / "run"
@@ -222,14 +222,14 @@ def test_an_existing_out_dir_is_kept_without_overwrite_and_replaced_only_when_co
     assert code == 2 and f"{out}: exists and is not empty" in err and "--overwrite" in err
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
 
-    import ppokit.packaging
+    import ppokit.hub.package
 
     def broken(*_args):
         from ppokit.errors import CheckpointError
 
         raise CheckpointError("disk full, say")
 
-    monkeypatch.setattr(ppokit.packaging, "control_card", broken)  # fails after the weights were copied
+    monkeypatch.setattr(ppokit.hub.package, "control_card", broken)  # fails after the weights were copied
     code, _, err = package(capsys, control_run, out, "--overwrite")
     assert code == 2 and "disk full" in err
     assert [p.name for p in out.iterdir()] == ["mine.txt"] and (out / "mine.txt").read_text() == "keep me"
@@ -264,7 +264,7 @@ def test_packaging_imports_nothing_the_run_names(control_run, rlhf_run, tmp_path
     config["rewards"] = ["tests.trace_code:reward"]
     (rlhf / "config.yaml").write_text(yaml.safe_dump(config))
     trace = tmp_path / "trace"
-    code = ("import sys\nfrom ppokit.cli import main\n"
+    code = ("import sys\nfrom ppokit.cli.main import main\n"
             f"assert main(['package', {str(control)!r}, {str(tmp_path / 'c')!r}]) == 0\n"
             f"assert main(['package', {str(rlhf)!r}, {str(tmp_path / 'r')!r}]) == 0\n"
             "assert 'tests.trace_code' not in sys.modules\n")
@@ -325,11 +325,11 @@ def test_sft_and_reward_runs_package_their_model(tiny_lm, tmp_path, capsys, stag
     common = {"model": tiny_lm, "batch_size": 4, "max_length": 32, "progress": False, "tensorboard": False,
               "torch_threads": 1, "device": "cpu"}
     if stage == "sft":
-        from ppokit.rlhf.sft import train_sft
+        from ppokit.rlhf.supervised.sft import train_sft
 
         train_sft(SFTConfig(**common), data=[{"prompt": "describe the cat :", "response": "soft warm"}] * 4, run_dir=run)
     else:
-        from ppokit.rlhf.reward_training import train_reward_model
+        from ppokit.rlhf.supervised.reward_model import train_reward_model
 
         rows = [{"prompt": f"describe the {n} :", "chosen": "soft warm", "rejected": "cold wet"}
                 for n in ("cat", "dog", "sun", "tree")]

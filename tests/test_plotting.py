@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from ppokit import PPO, ControlConfig
-from ppokit.cli import main
+from ppokit.analysis.plots import CONTROL_PANELS, RLHF_PANELS, group, panels, plot_runs, read_run, series
+from ppokit.cli.main import main
 from ppokit.errors import CheckpointError, ConfigError
-from ppokit.plotting import CONTROL_PANELS, RLHF_PANELS, group, panels, plot_runs, read_run, series
 
 pytest.importorskip("matplotlib")
 
@@ -76,7 +76,7 @@ def test_the_picture_has_the_control_panels(seeds, tmp_path):
 
 def test_rlhf_runs_get_score_kl_and_the_frontier(tmp_path, tiny_lm):
     from ppokit.rlhf.config import RLHFConfig
-    from ppokit.rlhf.trainer import RLHFTrainer
+    from ppokit.rlhf.ppo.trainer import RLHFTrainer
     from tests.rlhf.helpers import PROMPTS
 
     config = RLHFConfig(policy=tiny_lm, rewards=["tests.rlhf.helpers:pleasant_minus_unpleasant"], total_updates=3,
@@ -94,7 +94,7 @@ def test_rlhf_runs_get_score_kl_and_the_frontier(tmp_path, tiny_lm):
 
 def test_each_of_several_reward_sources_gets_its_own_panel(tmp_path, tiny_lm):
     from ppokit.rlhf.config import RLHFConfig
-    from ppokit.rlhf.trainer import RLHFTrainer
+    from ppokit.rlhf.ppo.trainer import RLHFTrainer
     from tests.rlhf.helpers import PROMPTS
 
     config = RLHFConfig(policy=tiny_lm, rewards=["tests.rlhf.helpers:pleasant_minus_unpleasant",

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from ppokit.cli import main
+from ppokit.cli.main import main
 from tests.fixtures.make_saved_runs import ROOT
 
 SAVED = Path(__file__).resolve().parent / "fixtures" / "saved_runs"
@@ -32,7 +32,7 @@ def runs(tmp_path: Path) -> Path:
 
 
 def _answers_as_saved(agent, probe: dict) -> None:
-    from ppokit.control.rollout import policy_input
+    from ppokit.control.rollout.host import policy_input
 
     obs = np.asarray(probe["obs"], dtype=np.float32)
     assert np.asarray(agent.predict(obs)).tolist() == probe["actions"]
@@ -89,7 +89,7 @@ def test_an_rlhf_lora_run_resumes_and_its_policy_loads(runs, capsys):
     pytest.importorskip("peft")
     from transformers import AutoModelForCausalLM
 
-    from ppokit.rlhf.trainer import RLHFTrainer
+    from ppokit.rlhf.ppo.trainer import RLHFTrainer
 
     run = runs / "rlhf_lora"
     assert main(["resume", str(run), "--no-progress"]) == 2  # its reward is 'module:function'

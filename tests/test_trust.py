@@ -23,7 +23,7 @@ TRACE_ENV = "tests.trace_code:make_env"
 
 def _run(args: list[str], trace: Path, code: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PPOKIT_TRACE": str(trace)}
-    cmd = [sys.executable, "-c", code] if code else [sys.executable, "-m", "ppokit.cli", *args]
+    cmd = [sys.executable, "-c", code] if code else [sys.executable, "-m", "ppokit", *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
 
 
@@ -104,7 +104,7 @@ def test_a_resume_file_cannot_put_data_where_the_env_keeps_code(tmp_path):
 @pytest.fixture(scope="module")
 def rlhf_run(tmp_path_factory, tiny_lm) -> Path:
     from ppokit.rlhf.config import RLHFConfig
-    from ppokit.rlhf.trainer import RLHFTrainer
+    from ppokit.rlhf.ppo.trainer import RLHFTrainer
     from tests.rlhf.helpers import PROMPTS
 
     run = tmp_path_factory.mktemp("rlhf") / "run"

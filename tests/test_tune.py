@@ -12,7 +12,7 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from ppokit import cli  # noqa: E402
+from ppokit.cli.main import main as cli  # noqa: E402
 from ppokit.errors import ConfigError, PPOKitError, TrainingError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,11 +35,11 @@ def _wired() -> bool:
 
 
 def _tune(*argv: str) -> int:
-    """``ppokit tune ARGV``: through ``ppokit.cli.main`` once it has the subcommand; until then the
-    same parser and one-line error handling around :mod:`ppokit.tune`."""
+    """``ppokit tune ARGV``: through ``ppokit.cli.main.main`` once it has the subcommand; until then the
+    same parser and one-line error handling around :mod:`ppokit.control.tune`."""
     if _wired():
         return cli.main(["tune", *argv])
-    from ppokit.tune import add_parser, run
+    from ppokit.cli.tune import add_parser, run
 
     parser = argparse.ArgumentParser(prog="ppokit")
     add_parser(parser.add_subparsers(dest="command"))
@@ -107,8 +107,8 @@ def test_a_resumed_study_runs_only_the_missing_trials_and_refuses_other_settings
 
 
 def test_a_trial_below_the_pruner_threshold_is_pruned_at_its_first_evaluation(tmp_path):
-    from ppokit.tune.study import TuneSettings
-    from ppokit.tune.sweep import tune
+    from ppokit.control.tune.study import TuneSettings
+    from ppokit.control.tune.sweep import tune
 
     base = _base()
     settings = TuneSettings(trials=2, out=str(tmp_path / "out"), eval_every=512, eval_episodes=2,
@@ -126,8 +126,8 @@ def test_a_trial_below_the_pruner_threshold_is_pruned_at_its_first_evaluation(tm
 
 
 def test_an_invalid_sampled_config_fails_its_trial_and_the_study_goes_on(tmp_path):
-    from ppokit.tune.study import TuneSettings
-    from ppokit.tune.sweep import tune
+    from ppokit.control.tune.study import TuneSettings
+    from ppokit.control.tune.sweep import tune
 
     # Each value alone is valid with the base (checked when the space is read); together they are not.
     space = {"default_space": False, "adaptive_clip": {"type": "categorical", "choices": [True]},
@@ -169,9 +169,9 @@ def test_two_jobs_share_a_sqlite_study_in_the_output_directory(tmp_path):
 
 def test_an_error_in_a_worker_process_reaches_the_caller_as_one_line(tmp_path):
     from ppokit.configuration import to_dict
-    from ppokit.tune.space import load_space
-    from ppokit.tune.study import Job, TuneSettings
-    from ppokit.tune.workers import run_workers
+    from ppokit.control.tune.space import load_space
+    from ppokit.control.tune.study import Job, TuneSettings
+    from ppokit.control.tune.workers import run_workers
 
     base = _base()
     settings = TuneSettings(trials=1, jobs=2, out=str(tmp_path)).resolved(base)
@@ -183,7 +183,7 @@ def test_an_error_in_a_worker_process_reaches_the_caller_as_one_line(tmp_path):
 
 
 def test_num_minibatches_is_fitted_to_the_batch():
-    from ppokit.tune.space import fit_minibatches
+    from ppokit.control.tune.space import fit_minibatches
 
     assert fit_minibatches({"num_envs": 4, "num_steps": 64, "num_minibatches": 32}) == {}
     assert fit_minibatches({"num_envs": 3, "num_steps": 10, "num_minibatches": 4}) == {"num_minibatches": 5}
@@ -192,7 +192,7 @@ def test_num_minibatches_is_fitted_to_the_batch():
 
 
 def test_the_default_space_fits_the_env_and_the_budget():
-    from ppokit.tune.space import load_space
+    from ppokit.control.tune.space import load_space
 
     discrete = load_space(None, _base(total_steps=2048), discrete=True)
     assert "ent_coef" in discrete and discrete["num_steps"].choices == (32, 64, 128)  # 4 updates of 4 x 128 fit
@@ -203,7 +203,7 @@ def test_the_default_space_fits_the_env_and_the_budget():
 
 
 def test_without_optuna_the_error_says_how_to_install_it(monkeypatch):
-    from ppokit.tune.study import require_optuna
+    from ppokit.control.tune.study import require_optuna
 
     monkeypatch.setitem(sys.modules, "optuna", None)
     with pytest.raises(ConfigError, match=r"pip install 'ppokit\[tune\]'"):
@@ -211,7 +211,7 @@ def test_without_optuna_the_error_says_how_to_install_it(monkeypatch):
 
 
 def test_importing_the_subcommand_imports_neither_torch_nor_optuna():
-    code = ("import sys\nimport ppokit.tune\n"
+    code = ("import sys\nimport ppokit.control.tune\n"
             "print(sorted(m for m in ('torch', 'gymnasium', 'optuna') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -228,8 +228,8 @@ def _base(**changes):
 
 def test_the_space_check_makes_the_env_as_a_trial_does():
     """A torch env class (made as one env), and an id with the config's preprocessing."""
+    from ppokit.control.tune.sweep import _discrete_actions
     from ppokit.errors import EnvError
-    from ppokit.tune.sweep import _discrete_actions
 
     assert _discrete_actions(_base(env_id="ppokit.envs.torch_cartpole:TorchCartPole"))
     assert not _discrete_actions(_base(env_id="ppokit.envs.torch_pendulum:TorchPendulum"))

@@ -23,19 +23,20 @@ import torch
 
 from ppokit import runtime
 from ppokit.configuration import replace
-from ppokit.control import checkpointing, data_parallel, device_evaluation, fast, torch_source
-from ppokit.control.actions import ActionAdapter, all_discrete, first_of
+from ppokit.control import checkpointing, data_parallel, device_evaluation, fast
 from ppokit.control.algorithm import PPOAlgorithm
-from ppokit.control.collectors import Collector, make_collector
 from ppokit.control.config import RESUMABLE_FIELDS, ControlConfig
 from ppokit.control.data_parallel import local_num_envs
-from ppokit.control.env_source import EnvSource
-from ppokit.control.envs import check_spaces
+from ppokit.control.envs import torch_source
+from ppokit.control.envs.make import check_spaces
+from ppokit.control.envs.observations import ObservationReader, as_policy_input
+from ppokit.control.envs.source import EnvSource
+from ppokit.control.envs.torch_source import TorchEnvSource
 from ppokit.control.evaluation import periodic_evaluation, run_evaluation
-from ppokit.control.networks import ActorCritic, PolicySpec, is_image_space
-from ppokit.control.observations import ObservationReader, as_policy_input
-from ppokit.control.rollout import RolloutCollector, observation_batch, policy_input
-from ppokit.control.torch_source import TorchEnvSource
+from ppokit.control.policy.actions import ActionAdapter, all_discrete, first_of
+from ppokit.control.policy.networks import ActorCritic, PolicySpec, is_image_space
+from ppokit.control.rollout.collectors import Collector, make_collector
+from ppokit.control.rollout.host import RolloutCollector, observation_batch, policy_input
 from ppokit.core.collective import on_main
 from ppokit.core.health import HealthMonitor
 from ppokit.core.running_stats import RunningMeanStd
@@ -55,8 +56,8 @@ class PPO:
     """
 
     def __init__(self, config: ControlConfig | None = None, env: Any = None, **overrides: Any) -> None:
-        """``env``: an id or an env object (see :mod:`ppokit.control.env_source`; a torch env,
-        :mod:`ppokit.control.torch_env`) instead of ``env_id``."""
+        """``env``: an id or an env object (see :mod:`ppokit.control.envs.source`; a torch env,
+        :mod:`ppokit.control.envs.torch_env`) instead of ``env_id``."""
         config = config or ControlConfig()
         given = torch_source.given(env, config.env_kwargs) if env is not None else None
         if given is not None:

@@ -22,9 +22,9 @@ from safetensors.torch import save_file
 from ppokit import __version__
 from ppokit.configuration import check_unchanged, from_mapping, to_dict
 from ppokit.control.config import RESUMABLE_FIELDS, ControlConfig
-from ppokit.control.env_state import capture_env_state, restore_env_state
-from ppokit.control.spaces_json import space_from_json, space_to_json
-from ppokit.control.torch_env import capture_torch_env_state, restore_torch_env_state
+from ppokit.control.envs.spaces import space_from_json, space_to_json
+from ppokit.control.envs.state import capture_env_state, restore_env_state
+from ppokit.control.envs.torch_env import capture_torch_env_state, restore_torch_env_state
 from ppokit.core.collective import check_world_size, gather_rank_states, rank_state
 from ppokit.errors import CheckpointError, ConfigError
 from ppokit.io.atomic import atomic_write_dir, recover_dir

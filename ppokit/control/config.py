@@ -32,7 +32,7 @@ RESUMABLE_FIELDS = frozenset({
 })
 
 Vectorization = Literal["auto", "sync", "async", "envpool"]
-#: Which preprocessing wraps the envs made from an id (ppokit.control.atari).
+#: Which preprocessing wraps the envs made from an id (ppokit.control.envs.atari).
 EnvPreprocessing = Literal["auto", "none", "atari"]
 Network = Literal["auto", "mlp", "cnn"]
 Activation = Literal["tanh", "relu", "elu"]

@@ -32,7 +32,7 @@ from ppokit.errors import ConfigError
 if TYPE_CHECKING:
     from ppokit.control.agent import PPO
     from ppokit.control.config import ControlConfig
-    from ppokit.control.rollout import RolloutCollector
+    from ppokit.control.rollout.host import RolloutCollector
 
 T = TypeVar("T")
 

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ppokit.control.device_rollout import TorchActions
+from ppokit.control.envs.torch_env import check_reset, check_step, check_torch_env
 from ppokit.control.evaluation import check_fits, summarize
-from ppokit.control.torch_env import check_reset, check_step, check_torch_env
+from ppokit.control.rollout.device import TorchActions
 from ppokit.core.running_stats import DeviceMeanStd
 from ppokit.errors import EnvError, ObservationError
 

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ppokit.control.actions import first_of
-from ppokit.control.observations import ObservationReader
+from ppokit.control.envs.observations import ObservationReader
+from ppokit.control.policy.actions import first_of
 
 if TYPE_CHECKING:
     from ppokit.control.agent import PPO
-    from ppokit.control.env_source import EnvSource
+    from ppokit.control.envs.source import EnvSource
 from ppokit.errors import EnvError
 
 #: Periodic evaluations run their episodes in parallel in up to this many envs.
@@ -108,7 +108,7 @@ def evaluate_policy(
     (observation, action) spaces the policy expects; an env with others is refused. An env with
     episode statistics of its own is scored by them (module docstring).
     """
-    from ppokit.control.rollout import env_episodes, records_episodes
+    from ppokit.control.rollout.host import env_episodes, records_episodes
 
     if episodes < 1:
         raise ValueError("episodes must be at least 1")

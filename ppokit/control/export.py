@@ -28,7 +28,7 @@ import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 
-from ppokit.control.actions import action_width
+from ppokit.control.policy.actions import action_width
 from ppokit.errors import ConfigError
 
 if TYPE_CHECKING:

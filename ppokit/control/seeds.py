@@ -44,7 +44,7 @@ from ppokit.control import checkpointing
 from ppokit.control.agent import PPO
 from ppokit.control.config import ControlConfig
 from ppokit.control.fast.stacked import StackedPolicy
-from ppokit.control.rollout import RolloutCollector
+from ppokit.control.rollout.host import RolloutCollector
 from ppokit.errors import ConfigError
 from ppokit.io.atomic import atomic_write_json
 from ppokit.io.checkpoints import checkpoint_path

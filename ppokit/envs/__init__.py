@@ -1,6 +1,6 @@
 """Reference torch-batched envs: classic-control physics for thousands of envs at once, on any device.
 
-They follow :class:`ppokit.control.torch_env.TorchVecEnv` (tensors in, tensors out, same-step
+They follow :class:`ppokit.control.envs.torch_env.TorchVecEnv` (tensors in, tensors out, same-step
 autoreset) and exist for ppokit's tests and benchmarks, and as a model for adapting a GPU simulator.
 They import torch and Gymnasium's spaces and nothing of ppokit, so a benchmark's anchor library can
 step the very same env.

@@ -44,7 +44,7 @@ class CartPoleVectorEnv(cartpole.CartPoleVectorEnv):
     """``gymnasium.envs.classic_control.cartpole.CartPoleVectorEnv`` with a quicker ``step`` for at
     most :data:`MOST_ENVS` envs; same arguments, same results."""
 
-    #: Checkpoints name the env by this class (``ppokit.control.env_state``): the state is Gymnasium's,
+    #: Checkpoints name the env by this class (``ppokit.control.envs.state``): the state is Gymnasium's,
     #: so a checkpoint of either class resumes in either.
     saved_as = cartpole.CartPoleVectorEnv
 

@@ -23,7 +23,7 @@ from ppokit.io.run_dir import open_run as _open_run
 from ppokit.io.state_codec import decode, encode
 from ppokit.rlhf import data_parallel
 from ppokit.rlhf.config import PATH_FIELDS
-from ppokit.rlhf.models import quiet_transformers
+from ppokit.rlhf.models.loading import quiet_transformers
 
 T = TypeVar("T")
 

@@ -30,9 +30,9 @@ from ppokit.core.collective import Collective
 from ppokit.errors import ConfigError
 
 if TYPE_CHECKING:
-    from ppokit.rlhf.advantages import TokenAdvantages
     from ppokit.rlhf.config import RLHFConfig
-    from ppokit.rlhf.rollout import RolloutBatch
+    from ppokit.rlhf.ppo.advantages import TokenAdvantages
+    from ppokit.rlhf.ppo.rollout import RolloutBatch
 
 T = TypeVar("T")
 

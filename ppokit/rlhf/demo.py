@@ -84,8 +84,8 @@ def preference_rows(n: int, rng: random.Random) -> list[dict[str, str]]:
 def hidden_score_of(model_dir: str | Path, prompts: list[str], max_new_tokens: int, temperature: float,
                     seed: int) -> tuple[float, list[tuple[str, str]]]:
     """Mean hidden-rule score of completions sampled from a saved model, and a few of them."""
-    from ppokit.rlhf.generation import decode, encode_prompts, sample
-    from ppokit.rlhf.models import load_causal_lm, load_tokenizer
+    from ppokit.rlhf.models.generation import decode, encode_prompts, sample
+    from ppokit.rlhf.models.loading import load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(str(model_dir))
     model = load_causal_lm(str(model_dir), torch.float32, torch.device("cpu"))
@@ -101,15 +101,15 @@ def hidden_score_of(model_dir: str | Path, prompts: list[str], max_new_tokens: i
 def run_demo(run_dir: str | Path = "runs/rlhf-demo", seed: int = 0, ppo_updates: int = 60, overwrite: bool = False,
              progress: bool = True, echo: Any = print) -> dict[str, Any]:
     """Run the four stages into ``run_dir``; returns a summary (also written to summary.json)."""
+    from ppokit.analysis.plots import plot_runs
     from ppokit.errors import CheckpointError, ConfigError
     from ppokit.io.atomic import atomic_write_json
     from ppokit.io.run_dir import holds_run
-    from ppokit.plotting import plot_runs
     from ppokit.rlhf.config import RewardConfig, RLHFConfig, SFTConfig
-    from ppokit.rlhf.reward_training import train_reward_model
-    from ppokit.rlhf.sft import train_sft
+    from ppokit.rlhf.ppo.trainer import RLHFTrainer
+    from ppokit.rlhf.supervised.reward_model import train_reward_model
+    from ppokit.rlhf.supervised.sft import train_sft
     from ppokit.rlhf.tiny import build_tiny_gpt2
-    from ppokit.rlhf.trainer import RLHFTrainer
 
     out = Path(run_dir)
     if out.exists() and not out.is_dir():

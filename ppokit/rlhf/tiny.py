@@ -42,7 +42,7 @@ def build_tiny_gpt2(
     """Write a randomly initialised GPT-2 and its word tokenizer to ``directory``; returns it."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from ppokit.rlhf.models import quiet_transformers
+    from ppokit.rlhf.models.loading import quiet_transformers
 
     quiet_transformers()
     directory = Path(directory)
@@ -120,7 +120,7 @@ def build_causal_lm(directory: str | Path, words: Iterable[str], architecture: s
     trained on ``words`` to ``directory``."""
     from transformers import AutoModelForCausalLM
 
-    from ppokit.rlhf.models import quiet_transformers
+    from ppokit.rlhf.models.loading import quiet_transformers
 
     quiet_transformers()
     directory = Path(directory)

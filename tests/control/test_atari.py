@@ -1,5 +1,5 @@
 """Atari through ale-py: each rule of the standard preprocessing, game scores in training logs and in
-evaluation, a short training run, and the presets (ppokit.control.atari)."""
+evaluation, a short training run, and the presets (ppokit.control.envs.atari)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,11 @@ cv2 = pytest.importorskip("cv2", reason="needs ppokit[atari] (opencv-python-head
 
 from ppokit import PPO, ControlConfig  # noqa: E402
 from ppokit.configuration import from_mapping  # noqa: E402
-from ppokit.control import atari  # noqa: E402
-from ppokit.control.env_source import EnvSource  # noqa: E402
-from ppokit.control.envs import check_env_id, make_single_env, make_vector_env  # noqa: E402
+from ppokit.control.envs.make import atari, check_env_id, make_single_env, make_vector_env  # noqa: E402
+from ppokit.control.envs.source import EnvSource  # noqa: E402
 from ppokit.control.evaluation import evaluate_policy  # noqa: E402
+from ppokit.control.presets import default_preset_for, load_preset  # noqa: E402
 from ppokit.errors import EnvError  # noqa: E402
-from ppokit.presets import default_preset_for, load_preset  # noqa: E402
 
 BREAKOUT = "BreakoutNoFrameskip-v4"
 NOOP, FIRE, RIGHT = 0, 1, 2

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from gymnasium.envs.classic_control import cartpole
 
-from ppokit.control.env_state import capture_env_state, restore_env_state
-from ppokit.control.envs import make_vector_env
+from ppokit.control.envs.make import make_vector_env
+from ppokit.control.envs.state import capture_env_state, restore_env_state
 from ppokit.envs import cartpole_vector
 from ppokit.envs.cartpole_vector import MOST_ENVS, CartPoleVectorEnv
 

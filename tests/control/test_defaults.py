@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from ppokit import PPO, ControlConfig
-from ppokit.control.actions import all_discrete
 from ppokit.control.config import DISCRETE_ENT_COEF
+from ppokit.control.policy.actions import all_discrete
 
 BOX = gym.spaces.Box(-1.0, 1.0, (2,), dtype=np.float32)
 

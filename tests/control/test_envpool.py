@@ -1,6 +1,6 @@
 """vectorization: envpool keeps the Gymnasium path's rules: terminated vs truncated, the reset step
 after a done, the collector's valid mask, game scores for Atari, seeded resets, and resume
-(ppokit.control.envpool_env)."""
+(ppokit.control.envs.envpool_env)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from ppokit import PPO, ControlConfig
-from ppokit.control.env_state import capture_env_state
-from ppokit.control.envpool_env import EnvPoolVectorEnv
-from ppokit.control.envs import make_vector_env
+from ppokit.control.envs.envpool_env import EnvPoolVectorEnv
+from ppokit.control.envs.make import make_vector_env
+from ppokit.control.envs.state import capture_env_state
 from ppokit.errors import EnvError
 
 needs_envpool = pytest.mark.skipif(importlib.util.find_spec("envpool") is None, reason="needs ppokit[envpool]")

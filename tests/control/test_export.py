@@ -6,7 +6,7 @@ import torch
 from gymnasium import spaces
 
 from ppokit import PPO, ControlConfig
-from ppokit.cli import main
+from ppokit.cli.main import main
 from ppokit.control.export import export_policy
 from ppokit.errors import ConfigError
 

@@ -1,7 +1,7 @@
 import torch
 from torch.distributions import Categorical, Normal
 
-from ppokit.control.heads import CategoricalHead, GaussianHead, MultiCategoricalHead
+from ppokit.control.policy.heads import CategoricalHead, GaussianHead, MultiCategoricalHead
 
 
 def test_categorical_head_matches_torch_distributions():

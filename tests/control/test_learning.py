@@ -4,7 +4,7 @@ import pytest
 
 from ppokit import PPO, ControlConfig
 from ppokit.configuration import from_mapping
-from ppokit.presets import load_preset
+from ppokit.control.presets import load_preset
 
 pytestmark = pytest.mark.learning
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ppokit import PPO, ControlConfig
-from ppokit.control.heads import CategoricalHead, MultiCategoricalHead
+from ppokit.control.policy.heads import CategoricalHead, MultiCategoricalHead
 from ppokit.core.update import AutogradStep
 
 

@@ -11,8 +11,8 @@ import torch
 from gymnasium import spaces
 
 from ppokit import PPO, ControlConfig
-from ppokit.control.actions import ActionAdapter
-from ppokit.control.heads import CategoricalHead, GaussianHead, MixedHead
+from ppokit.control.policy.actions import ActionAdapter
+from ppokit.control.policy.heads import CategoricalHead, GaussianHead, MixedHead
 
 
 def test_the_mixed_head_sums_its_parts():

@@ -10,7 +10,7 @@ import pytest
 from gymnasium import spaces
 
 from ppokit import PPO, ControlConfig
-from ppokit.control.observations import ObservationReader
+from ppokit.control.envs.observations import ObservationReader
 
 
 def _config(tmp_path, kind: str, total_steps: int = 512, **env_kwargs) -> ControlConfig:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ppokit.cli import main
+from ppokit.cli.main import main
 from ppokit.configuration import replace
 from ppokit.control.agent import PPO
 from ppokit.control.config import ControlConfig
@@ -175,7 +175,7 @@ def test_a_crashing_async_worker_is_reported_with_its_index(mode, expected, tmp_
 
 def _cli(*args, **kwargs):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "ppokit.cli", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "ppokit", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, **kwargs)
 
 
@@ -367,7 +367,7 @@ def test_learning_more_in_the_same_process_starts_a_new_run_directory(tmp_path, 
 
 def test_env_state_with_non_string_keys_is_saved_and_resumed_exactly(tmp_path):
     """Dicts keyed by numbers or tuples are env state too: captured, not mistaken for constants."""
-    from ppokit.control.env_state import capture_env_state
+    from ppokit.control.envs.state import capture_env_state
 
     config = ControlConfig(env_id="tests.envs:KeyedMemoryEnv", num_envs=2, num_steps=16, num_minibatches=2,
                            num_epochs=1, total_steps=2 * 16 * 4, progress=False, tensorboard=False, eval_episodes=0,

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from ppokit.cli import main
+from ppokit.cli.main import main
 from ppokit.control.agent import PPO
 from ppokit.control.config import ControlConfig
 from ppokit.control.fast.policy import NumpyPolicy
 from ppokit.control.fast.stacked import StackedPolicy
-from ppokit.control.networks import ActorCritic, PolicySpec
+from ppokit.control.policy.networks import ActorCritic, PolicySpec
 from ppokit.control.seeds import SeedGroup, parse_seeds
 from ppokit.errors import ConfigError
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from ppokit import PPO, ControlConfig
-from ppokit.control.device_rollout import DeviceRolloutCollector
-from ppokit.control.torch_env import is_torch_env, is_torch_env_class
+from ppokit.control.envs.torch_env import is_torch_env, is_torch_env_class
+from ppokit.control.rollout.device import DeviceRolloutCollector
 from ppokit.core.running_stats import DeviceMeanStd, RunningMeanStd
 from ppokit.envs.torch_cartpole import TorchCartPole
 from ppokit.envs.torch_pendulum import TorchPendulum

@@ -49,7 +49,7 @@ def test_the_monitor_logs_a_warning_once_after_it_persists_and_saves_its_state(c
 
 def test_rlhf_runs_get_the_same_live_warnings(tmp_path, monkeypatch, caplog, tiny_lm):
     from ppokit.rlhf.config import RLHFConfig
-    from ppokit.rlhf.trainer import RLHFTrainer
+    from ppokit.rlhf.ppo.trainer import RLHFTrainer
     from tests.rlhf.helpers import PROMPTS
 
     seen = []

@@ -18,8 +18,8 @@ import torch
 from ppokit.launch import leave_processes
 from ppokit.rlhf.config import RewardConfig, RLHFConfig, SFTConfig
 from ppokit.rlhf.demo import NOUNS, PLEASANT, UNPLEASANT
-from ppokit.rlhf.generation import Completions
-from ppokit.rlhf.rollout import RolloutBatch, collect
+from ppokit.rlhf.models.generation import Completions
+from ppokit.rlhf.ppo.rollout import RolloutBatch, collect
 
 #: Prompts per update (over all processes), processes, PPO epochs and minibatches of the one-step scenario.
 BATCH, WORLD, EPOCHS, MINIBATCHES = 8, 2, 2, 2
@@ -80,7 +80,7 @@ def trainable_params(trainer: Any) -> dict[str, torch.Tensor]:
 
 def collect_batch(policy: str, out: Path, kind: str) -> Path:
     """One process's batch of ``BATCH`` completions, saved for the processes to split."""
-    from ppokit.rlhf.trainer import RLHFTrainer
+    from ppokit.rlhf.ppo.trainer import RLHFTrainer
 
     trainer = RLHFTrainer(ppo_config(policy, out / f"collect-{kind}", **KINDS[kind]),
                           prompts=write_prompts(out / "prompts.jsonl"))
@@ -98,7 +98,7 @@ def reference_step(policy: str, out: Path, kind: str) -> tuple[Any, dict[str, An
     """One process's update on the whole batch, minibatch j of each epoch being the union of every
     process's minibatch j (what the data-parallel update computes); returns that trainer."""
     from ppokit.core.update import AutogradStep, run_epochs
-    from ppokit.rlhf import trainer as trainer_module
+    from ppokit.rlhf.ppo import trainer as trainer_module
 
     trainer = trainer_module.RLHFTrainer(ppo_config(policy, out / f"reference-{kind}", **KINDS[kind]),
                                          prompts=write_prompts(out / "prompts.jsonl"))
@@ -126,7 +126,7 @@ def outputs(trainer: Any, params: dict[str, torch.Tensor], batch: RolloutBatch) 
     """The policy's log-probs and the critic's values of the batch's tokens, with ``params`` loaded:
     what the weights compute, blind to directions the loss cannot see (a key bias, where Adam steps
     on rounding noise)."""
-    from ppokit.rlhf.generation import token_logprobs
+    from ppokit.rlhf.models.generation import token_logprobs
 
     models = trainer.models
     models.trainable.load_state_dict(params)
@@ -140,7 +140,7 @@ def outputs(trainer: Any, params: dict[str, torch.Tensor], batch: RolloutBatch) 
 
 def ppo_step(out: Path, policy: str, variant: str) -> None:
     """Each process updates on its half of the saved batch (``variant``: one of :data:`VARIANTS`)."""
-    from ppokit.rlhf.trainer import RLHFTrainer
+    from ppokit.rlhf.ppo.trainer import RLHFTrainer
 
     kind, sharding = VARIANTS[variant]
     trainer = RLHFTrainer(ppo_config(policy, out / f"run-{variant}", sharding=sharding, **KINDS[kind]),
@@ -157,7 +157,7 @@ def ppo_step(out: Path, policy: str, variant: str) -> None:
 
 def learn(out: Path, policy: str, sharding: str) -> None:
     """A 4-update run checkpointed at update 2."""
-    from ppokit.rlhf.trainer import RLHFTrainer
+    from ppokit.rlhf.ppo.trainer import RLHFTrainer
 
     trainer = RLHFTrainer(ppo_config(policy, out / "run", checkpoint_every=2, sharding=sharding, sample_every=1,
                                      data=str(write_prompts(out / "prompts.jsonl"))))
@@ -173,9 +173,9 @@ def supervised_outputs(kind: str, model_dir: Path, data: Path) -> torch.Tensor:
     """What a saved SFT model (its response log-probs) or reward model (its normalised scores)
     computes on the training rows."""
     from ppokit.rlhf.common import pad_right
-    from ppokit.rlhf.generation import token_logprobs
-    from ppokit.rlhf.models import load_causal_lm, load_reward_model, load_tokenizer, position_ids_from_mask
-    from ppokit.rlhf.reward_training import score_texts
+    from ppokit.rlhf.models.generation import token_logprobs
+    from ppokit.rlhf.models.loading import load_causal_lm, load_reward_model, load_tokenizer, position_ids_from_mask
+    from ppokit.rlhf.supervised.reward_model import score_texts
 
     tokenizer = load_tokenizer(str(model_dir))
     lines = [json.loads(line) for line in data.read_text().splitlines()]
@@ -222,8 +222,8 @@ def reward_config(model: str, out: Path, data: Path) -> RewardConfig:
 
 def supervised(out: Path, model: str, _: str) -> None:
     """SFT, then reward-model training, each on the processes' shares of every batch."""
-    from ppokit.rlhf.reward_training import train_reward_model
-    from ppokit.rlhf.sft import train_sft
+    from ppokit.rlhf.supervised.reward_model import train_reward_model
+    from ppokit.rlhf.supervised.sft import train_sft
 
     sft_data, pairs = supervised_data(out)
     sft = train_sft(sft_config(model, out / "sft", sft_data))

@@ -16,8 +16,8 @@ import torch
 from ppokit import runtime
 from ppokit.control.algorithm import PPOAlgorithm, make_batch
 from ppokit.control.config import ControlConfig
-from ppokit.control.networks import ActorCritic, PolicySpec
-from ppokit.control.rollout import Rollout
+from ppokit.control.policy.networks import ActorCritic, PolicySpec
+from ppokit.control.rollout.host import Rollout
 from ppokit.core.update import run_epochs
 from ppokit.launch import leave_processes
 

@@ -33,7 +33,7 @@ scenarios.KINDS.update(CRITIC_FREE_KINDS)
 
 def logprobs(trainer, params: dict[str, torch.Tensor], batch) -> torch.Tensor:
     """The policy's log-probs of the batch's tokens with ``params`` loaded (there are no values)."""
-    from ppokit.rlhf.generation import token_logprobs
+    from ppokit.rlhf.models.generation import token_logprobs
 
     trainer.models.trainable.load_state_dict(params)
     with torch.no_grad():
@@ -43,7 +43,7 @@ def logprobs(trainer, params: dict[str, torch.Tensor], batch) -> torch.Tensor:
 
 def two_processes(out: Path, policy: str) -> None:
     """Each process updates on its half of each saved batch, then collects one batch of its own."""
-    from ppokit.rlhf.trainer import RLHFTrainer
+    from ppokit.rlhf.ppo.trainer import RLHFTrainer
 
     results = {}
     for kind in CRITIC_FREE_KINDS:

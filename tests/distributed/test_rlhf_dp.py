@@ -91,7 +91,7 @@ def test_two_processes_take_the_ppo_update_of_one_process_on_their_union(variant
 
 @pytest.mark.parametrize("sharding", ["none", "fsdp"])
 def test_a_two_process_rlhf_run_resumes_exactly_and_refuses_another_world_size(sharding, tiny_lm, tmp_path):
-    from ppokit.rlhf.trainer import RLHFTrainer
+    from ppokit.rlhf.ppo.trainer import RLHFTrainer
 
     whole = tmp_path / "whole"
     torchrun("learn", whole, tiny_lm, sharding)
@@ -142,8 +142,8 @@ def supervised_runs(tiny_lm, tmp_path_factory):
     (model / "config.json").write_text(json.dumps(config))
     two, one = tmp_path_factory.mktemp("two"), tmp_path_factory.mktemp("one")
     torchrun("supervised", two, str(model))
-    from ppokit.rlhf.reward_training import train_reward_model
-    from ppokit.rlhf.sft import train_sft
+    from ppokit.rlhf.supervised.reward_model import train_reward_model
+    from ppokit.rlhf.supervised.sft import train_sft
 
     sft_data, pairs = scenarios.supervised_data(one)
     reference = {"sft": train_sft(scenarios.sft_config(str(model), one / "sft", sft_data)),

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ppokit import PPO, ControlConfig
-from ppokit.cli import main
+from ppokit.cli.main import main
 from ppokit.io.run_info import describe_run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,7 +59,7 @@ def test_an_extended_run_is_not_finished_until_its_new_budget_is_reached(tmp_pat
 
 def test_an_rlhf_run(tmp_path, tiny_lm):
     from ppokit.rlhf.config import RLHFConfig
-    from ppokit.rlhf.trainer import RLHFTrainer
+    from ppokit.rlhf.ppo.trainer import RLHFTrainer
     from tests.rlhf.helpers import PROMPTS
 
     config = RLHFConfig(policy=tiny_lm, rewards=["tests.rlhf.helpers:pleasant_minus_unpleasant"], total_updates=2,
@@ -76,7 +76,7 @@ def test_an_rlhf_run(tmp_path, tiny_lm):
 
 def test_info_cli_reads_files_only_and_reports_bad_directories(tmp_path, capsys):
     _control(tmp_path / "run", env_kwargs={})
-    code = ("import sys\nfrom ppokit.cli import main\nmain(sys.argv[1:])\n"
+    code = ("import sys\nfrom ppokit.cli.main import main\nmain(sys.argv[1:])\n"
             "print(sorted(m for m in ('torch', 'gymnasium', 'transformers') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code, "info", str(tmp_path / "run")], capture_output=True,
                           text=True, cwd=ROOT, timeout=60)

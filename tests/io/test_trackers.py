@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from ppokit.cli import main
+from ppokit.cli.main import main
 from ppokit.control.agent import PPO
 from ppokit.control.config import ControlConfig
 from ppokit.errors import ConfigError
@@ -228,7 +228,7 @@ def test_mlflow_marks_an_interrupted_run_killed_and_resume_finishes_it(tmp_path,
 
 def test_an_rlhf_run_sends_its_scores_and_policy(tmp_path, mlflow_env, tiny_lm):
     from ppokit.rlhf.config import RLHFConfig
-    from ppokit.rlhf.trainer import RLHFTrainer
+    from ppokit.rlhf.ppo.trainer import RLHFTrainer
     from tests.rlhf.helpers import PROMPTS
 
     client, experiment = mlflow_env
@@ -316,7 +316,7 @@ def test_an_sft_run_sends_its_rows_summary_and_model(tmp_path, mlflow_env, tiny_
 
     from ppokit.rlhf.config import SFTConfig
     from ppokit.rlhf.demo import sft_rows
-    from ppokit.rlhf.sft import train_sft
+    from ppokit.rlhf.supervised.sft import train_sft
 
     client, experiment = mlflow_env
     config = SFTConfig(model=tiny_lm, epochs=1, batch_size=8, max_length=32, progress=False, tensorboard=False,

@@ -8,8 +8,8 @@ import torch
 from ppokit.core.advantages import masked_mean, masked_var
 from ppokit.core.losses import clipped_surrogate_loss, reference_kl_loss
 from ppokit.core.update import AutogradStep, PPOUpdateSettings
-from ppokit.rlhf import trainer as trainer_module
-from ppokit.rlhf.advantages import critic_free_advantages, kl_placement, token_advantages, uses_critic
+from ppokit.rlhf.ppo import trainer as trainer_module
+from ppokit.rlhf.ppo.advantages import critic_free_advantages, kl_placement, token_advantages, uses_critic
 from tests.rlhf.helpers import PROMPTS
 
 # Two completions: the first has 3 valid tokens, the second 2 (then padding).

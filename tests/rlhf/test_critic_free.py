@@ -9,13 +9,13 @@ import json
 import pytest
 import torch
 
-from ppokit.cli import main
+from ppokit.cli.main import main
 from ppokit.errors import ConfigError
-from ppokit.rlhf import trainer as trainer_module
 from ppokit.rlhf.config import RLHFConfig
 from ppokit.rlhf.demo import WORDS
+from ppokit.rlhf.ppo import trainer as trainer_module
+from ppokit.rlhf.ppo.trainer import RLHFTrainer
 from ppokit.rlhf.tiny import build_tiny_gpt2
-from ppokit.rlhf.trainer import RLHFTrainer
 from tests.rlhf.helpers import PROMPTS
 
 pytest.importorskip("transformers")

@@ -7,13 +7,13 @@ import random
 import pytest
 import torch
 
-from ppokit.cli import main
+from ppokit.cli.main import main
 from ppokit.rlhf.config import RewardConfig, RLHFConfig, SFTConfig
 from ppokit.rlhf.demo import WORDS, preference_rows, run_demo, sft_rows
-from ppokit.rlhf.reward_training import train_reward_model
-from ppokit.rlhf.sft import train_sft
+from ppokit.rlhf.ppo.trainer import RLHFTrainer
+from ppokit.rlhf.supervised.reward_model import train_reward_model
+from ppokit.rlhf.supervised.sft import train_sft
 from ppokit.rlhf.tiny import build_tiny_gpt2
-from ppokit.rlhf.trainer import RLHFTrainer
 from tests.rlhf.helpers import PROMPTS
 
 pytest.importorskip("transformers")
@@ -77,7 +77,7 @@ def test_sft_loss_falls_and_covers_only_the_response(base_model, tmp_path):
 
 
 def test_sft_target_mask_excludes_the_prompt():
-    from ppokit.rlhf.sft import tokenize_sft
+    from ppokit.rlhf.supervised.sft import tokenize_sft
     from ppokit.rlhf.tiny import build_word_tokenizer
 
     tokenizer = build_word_tokenizer(WORDS)
@@ -89,7 +89,7 @@ def test_sft_target_mask_excludes_the_prompt():
 def test_ppo_variants_run_and_save_transformers_loadable_models(base_model, tmp_path, variant):
     from transformers import AutoModelForCausalLM
 
-    from ppokit.rlhf.models import ScalarHeadModel
+    from ppokit.rlhf.models.loading import ScalarHeadModel
 
     trainer = RLHFTrainer(_ppo_config(base_model, total_updates=3, **variant), prompts=PROMPTS, run_dir=tmp_path / "run")
     before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
@@ -138,7 +138,7 @@ def test_reward_model_directory_drives_ppo_and_initialises_the_critic(base_model
         data=preference_rows(200, rng), run_dir=tmp_path / "rm")
     trainer = RLHFTrainer(_ppo_config(base_model, rewards=[rm["model_dir"], "tests.rlhf.helpers:pleasant_minus_unpleasant"],
                                       reward_weights=[1.0, 0.5], total_updates=2), prompts=PROMPTS, run_dir=tmp_path / "ppo")
-    from ppokit.rlhf.models import load_reward_model
+    from ppokit.rlhf.models.loading import load_reward_model
 
     reward_model = load_reward_model(rm["model_dir"], torch.float32, torch.device("cpu"))
     head = reward_model.model.score.weight

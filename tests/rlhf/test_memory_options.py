@@ -12,7 +12,7 @@ from torch import nn
 
 from ppokit.errors import ConfigError
 from ppokit.rlhf.config import RLHFConfig
-from ppokit.rlhf.trainer import RLHFTrainer
+from ppokit.rlhf.ppo.trainer import RLHFTrainer
 from tests.rlhf.helpers import PROMPTS, pleasant_minus_unpleasant
 
 pytest.importorskip("transformers")
@@ -28,7 +28,7 @@ def reward_dirs(tiny_lm, tmp_path_factory):
     classifier and a ppokit value-head model."""
     from transformers import AutoModelForSequenceClassification
 
-    from ppokit.rlhf.models import load_tokenizer, new_reward_model
+    from ppokit.rlhf.models.loading import load_tokenizer, new_reward_model
 
     root = tmp_path_factory.mktemp("reward_models")
     tokenizer = load_tokenizer(tiny_lm)
@@ -74,7 +74,7 @@ OPTIONS = {
 
 @pytest.mark.parametrize("option", list(OPTIONS))
 def test_each_memory_option_trains_and_saves_usable_models(tiny_lm, reward_dirs, tmp_path, option):
-    from ppokit.rlhf.models import ScalarHeadModel, load_causal_lm
+    from ppokit.rlhf.models.loading import ScalarHeadModel, load_causal_lm
 
     trainer = RLHFTrainer(_config(tiny_lm, reward_dirs["classification"], **OPTIONS[option]), prompts=PROMPTS,
                           run_dir=tmp_path / "run")
@@ -111,9 +111,9 @@ def test_a_bad_attn_implementation_is_a_config_error_naming_the_field(tiny_lm, t
 # ---- gradient checkpointing -------------------------------------------------------------------
 
 def _models(tiny_lm, **changes):
-    from ppokit.rlhf.models import quiet_transformers
-    from ppokit.rlhf.rewards import CombinedReward
-    from ppokit.rlhf.roles import PPOModels
+    from ppokit.rlhf.models.loading import quiet_transformers
+    from ppokit.rlhf.ppo.roles import PPOModels
+    from ppokit.rlhf.rewards.sources import CombinedReward
 
     quiet_transformers()
     torch.manual_seed(0)  # the same LoRA initialisation in both builds
@@ -122,8 +122,8 @@ def _models(tiny_lm, **changes):
 
 
 def _sample(models, tiny_lm):
-    from ppokit.rlhf.generation import encode_prompts, sample
-    from ppokit.rlhf.models import load_tokenizer
+    from ppokit.rlhf.models.generation import encode_prompts, sample
+    from ppokit.rlhf.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_lm)
     ids, mask = encode_prompts(tokenizer, [p["prompt"] for p in PROMPTS[:4]], torch.device("cpu"))
@@ -132,7 +132,7 @@ def _sample(models, tiny_lm):
 
 
 def _attention_modules(model: nn.Module) -> list[nn.Module]:
-    from ppokit.rlhf.recompute import transformer_blocks
+    from ppokit.rlhf.models.recompute import transformer_blocks
 
     return [block.attn for block in transformer_blocks(model)]
 
@@ -185,7 +185,7 @@ def test_generation_keeps_the_kv_cache_under_gradient_checkpointing(tiny_lm):
 # ---- LoRA critic and the shared reward trunk ----------------------------------------------------
 
 def test_lora_critic_trains_adapters_and_head_on_a_frozen_trunk_and_saves_merged(tiny_lm, reward_dirs, tmp_path):
-    from ppokit.rlhf.models import ScalarHeadModel
+    from ppokit.rlhf.models.loading import ScalarHeadModel
 
     trainer = RLHFTrainer(_config(tiny_lm, reward_dirs["classification"], value_model="lora"), prompts=PROMPTS,
                           run_dir=tmp_path / "run")
@@ -209,7 +209,7 @@ def test_lora_critic_trains_adapters_and_head_on_a_frozen_trunk_and_saves_merged
 
 @pytest.mark.parametrize("kind", ["classification", "value_head"])
 def test_shared_reward_trunk_is_one_copy_and_scores_do_not_move(tiny_lm, reward_dirs, tmp_path, kind):
-    from ppokit.rlhf.models import trunk_of
+    from ppokit.rlhf.models.loading import trunk_of
 
     trainer = RLHFTrainer(_config(tiny_lm, reward_dirs[kind], value_model="lora", share_reward_trunk=True),
                           prompts=PROMPTS, run_dir=tmp_path / "run")
@@ -253,7 +253,7 @@ def test_lora_critic_resumes_bit_identically(tiny_lm, reward_dirs, tmp_path, var
 # ---- offload ----------------------------------------------------------------------------------
 
 def _offload_round_trip(device: torch.device) -> None:
-    from ppokit.rlhf.offload import CPUOffload
+    from ppokit.rlhf.models.offload import CPUOffload
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
@@ -282,7 +282,7 @@ def _reference_output(state, x):
 
 
 def test_cpu_offload_moves_the_weights_only_inside_the_block(monkeypatch):
-    from ppokit.rlhf.offload import CPUOffload
+    from ppokit.rlhf.models.offload import CPUOffload
 
     assert not CPUOffload(nn.Linear(2, 2), torch.device("cpu")).active  # on a CPU-only run: nothing to do
     # Force the round trip with the CPU as the "device": the copies in and the swap back are exercised.

@@ -8,8 +8,8 @@ from ppokit.core.optim import LossScaledOptimizer, TorchOptimizer
 from ppokit.core.update import PPOUpdateSettings, ppo_update
 from ppokit.rlhf.config import RLHFConfig
 from ppokit.rlhf.demo import WORDS
+from ppokit.rlhf.ppo.trainer import RLHFTrainer
 from ppokit.rlhf.tiny import ARCHITECTURES, build_causal_lm
-from ppokit.rlhf.trainer import RLHFTrainer
 from tests.rlhf.helpers import PROMPTS
 
 pytest.importorskip("transformers")

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ppokit.cli import main
+from ppokit.cli.main import main
 from ppokit.errors import CheckpointError, ConfigError
 from ppokit.io.checkpoints import latest_checkpoint
 from ppokit.rlhf.config import RLHFConfig
-from ppokit.rlhf.trainer import RLHFTrainer
+from ppokit.rlhf.ppo.trainer import RLHFTrainer
 from tests.rlhf.helpers import PROMPTS
 
 pytest.importorskip("transformers")

@@ -22,8 +22,8 @@ import torch
 
 from ppokit.errors import ConfigError, TrainingError
 from ppokit.rlhf.config import RLHFConfig
-from ppokit.rlhf.remote_reward import HTTPReward
-from ppokit.rlhf.rewards import CallableReward, build_reward, reward_import, split_batch
+from ppokit.rlhf.rewards.remote import HTTPReward
+from ppokit.rlhf.rewards.sources import CallableReward, build_reward, reward_import, split_batch
 from tests.rlhf import helpers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -268,7 +268,7 @@ def test_the_server_app_validates_requests():
     pytest.importorskip("httpx")  # starlette's TestClient drives the app through httpx
     from starlette.testclient import TestClient
 
-    from ppokit.rlhf.reward_server import make_app
+    from ppokit.rlhf.rewards.server import make_app
 
     client = TestClient(make_app(lambda p, c: torch.tensor([len(x) + 0.5 for x in c]), "fake"))
     assert client.get("/health").json() == {"status": "ok", "model": "fake"}
@@ -291,7 +291,7 @@ def test_the_server_app_validates_requests():
 @pytest.fixture(scope="module")
 def reward_dir(tiny_lm, tmp_path_factory):
     """A ppokit reward model (random head, a non-trivial normalisation) saved in the test."""
-    from ppokit.rlhf.models import load_tokenizer, new_reward_model
+    from ppokit.rlhf.models.loading import load_tokenizer, new_reward_model
 
     tokenizer = load_tokenizer(tiny_lm)
     torch.manual_seed(0)
@@ -343,7 +343,7 @@ def served(reward_dir):
 
 
 def test_served_scores_equal_the_reward_model_scorers(served, reward_dir):
-    from ppokit.rlhf.rewards import RewardModelScorer
+    from ppokit.rlhf.rewards.sources import RewardModelScorer
 
     health = json.loads(urllib.request.urlopen(served.replace("/score", "/health"), timeout=30).read())
     assert health == {"status": "ok", "model": str(reward_dir)}
@@ -365,8 +365,8 @@ def test_the_server_answers_a_bad_body_with_400(served):
 
 
 def test_ppo_trains_against_the_server_and_resumes_without_trust(served, reward_dir, tiny_lm, tmp_path):
-    from ppokit.rlhf.rewards import RewardModelScorer
-    from ppokit.rlhf.trainer import RLHFTrainer
+    from ppokit.rlhf.ppo.trainer import RLHFTrainer
+    from ppokit.rlhf.rewards.sources import RewardModelScorer
 
     config = RLHFConfig(policy=tiny_lm, rewards=[served], total_updates=2, batch_size=4, num_epochs=1,
                         max_new_tokens=4, progress=False, tensorboard=False, torch_threads=1, device="cpu", seed=0,
@@ -395,7 +395,7 @@ def test_serve_reward_stops_cleanly_on_a_signal(reward_dir, sig):
 
 
 def _cli_error(capsys, *argv):
-    from ppokit.cli import main
+    from ppokit.cli.main import main
 
     code = main(["rlhf", "serve-reward", *map(str, argv)])
     err = capsys.readouterr().err.strip()

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ppokit.cli import main
+from ppokit.cli.main import main
 from ppokit.errors import CheckpointError, ConfigError
 from ppokit.io.checkpoints import checkpoint_dirs, latest_checkpoint
 from ppokit.rlhf.config import RewardConfig, SFTConfig
 from ppokit.rlhf.demo import preference_rows, sft_rows
-from ppokit.rlhf.reward_training import RewardTrainer, train_reward_model
-from ppokit.rlhf.sft import SFTTrainer, train_sft
+from ppokit.rlhf.supervised.reward_model import RewardTrainer, train_reward_model
+from ppokit.rlhf.supervised.sft import SFTTrainer, train_sft
 
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
@@ -215,8 +215,8 @@ def test_sft_with_lora_saves_the_merged_model_and_the_adapter(tiny_lm, tmp_path)
 
 @pytest.mark.parametrize("head", ["classification", "value_head"])
 def test_reward_lora_trains_the_head_whole_and_saves_a_usable_model(tiny_lm, tmp_path, head):
-    from ppokit.rlhf.models import load_reward_model
-    from ppokit.rlhf.rewards import encode_pairs
+    from ppokit.rlhf.models.loading import load_reward_model
+    from ppokit.rlhf.rewards.sources import encode_pairs
 
     trainer = RewardTrainer(_reward(tiny_lm, lora=True, lora_r=4, head=head), data=PAIRS, run_dir=tmp_path / "run")
     head_names = [n for n in trainer.trainable if "lora_" not in n]
@@ -253,7 +253,7 @@ def test_evaluation_is_logged_during_training_and_summarised(tiny_lm, tmp_path):
 
 
 def test_ctrl_c_checkpoints_and_ppokit_resume_finishes_the_run(tiny_lm, tmp_path, monkeypatch, capsys):
-    from ppokit.rlhf.supervised import SupervisedTrainer
+    from ppokit.rlhf.supervised.loop import SupervisedTrainer
 
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in SFT_ROWS))

@@ -11,12 +11,12 @@ from ppokit.core.kl import ProportionalKLController
 from ppokit.core.losses import bradley_terry_loss
 from ppokit.errors import ConfigError, TrainingError
 from ppokit.rlhf import data as rdata
-from ppokit.rlhf.advantages import per_token_rewards
 from ppokit.rlhf.config import RewardConfig, RLHFConfig, SFTConfig
 from ppokit.rlhf.demo import WORDS
-from ppokit.rlhf.generation import completion_logits, completion_mask, encode_prompts, sample, token_logprobs
-from ppokit.rlhf.models import load_causal_lm, load_tokenizer, position_ids_from_mask
-from ppokit.rlhf.rewards import CallableReward, CombinedReward, import_callable
+from ppokit.rlhf.models.generation import completion_logits, completion_mask, encode_prompts, sample, token_logprobs
+from ppokit.rlhf.models.loading import load_causal_lm, load_tokenizer, position_ids_from_mask
+from ppokit.rlhf.ppo.advantages import per_token_rewards
+from ppokit.rlhf.rewards.sources import CallableReward, CombinedReward, import_callable
 from ppokit.rlhf.tiny import build_tiny_gpt2
 
 transformers = pytest.importorskip("transformers")
@@ -359,7 +359,7 @@ def test_fused_activation_gives_the_same_logits(tmp_path):
 def test_data_in_words_the_tokenizer_does_not_know_is_refused(tmp_path):
     from ppokit.errors import CheckpointError
     from ppokit.rlhf.demo import WORDS
-    from ppokit.rlhf.models import check_tokenizes
+    from ppokit.rlhf.models.loading import check_tokenizes
     from ppokit.rlhf.tiny import build_tiny_gpt2
 
     path = build_tiny_gpt2(tmp_path / "m", WORDS, n_layer=1, n_embd=16, n_head=2, seed=0)
@@ -375,7 +375,7 @@ def test_an_interrupted_final_save_leaves_no_half_model(tmp_path, monkeypatch):
 
     from ppokit.rlhf.config import SFTConfig
     from ppokit.rlhf.demo import WORDS
-    from ppokit.rlhf.sft import train_sft
+    from ppokit.rlhf.supervised.sft import train_sft
     from ppokit.rlhf.tiny import build_tiny_gpt2
 
     base = build_tiny_gpt2(tmp_path / "base", WORDS, n_layer=1, n_embd=16, n_head=2, seed=0)

@@ -9,7 +9,7 @@ network. This package does the same maths in NumPy (BENCHMARKS.md has the measur
 - :mod:`.flat_adam`: Adam over one flat buffer, an :class:`~ppokit.core.optim.Optimizer`.
 
 The reference is the torch path. :mod:`.support` declares exactly which policy features
-(:class:`~ppokit.control.networks.PolicySpec` fields) and update settings
+(:class:`~ppokit.control.policy.networks.PolicySpec` fields) and update settings
 (:class:`~ppokit.core.update.PPOUpdateSettings` fields) the fast path implements; anything else,
 including a field it has never heard of, is refused, and the torch path runs. The parity tests in
 ``tests/control/fast/`` are generated from those two dataclasses, so a new field fails them until the

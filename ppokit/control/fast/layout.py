@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ppokit.control.networks import ActorCritic
+from ppokit.control.policy.networks import ActorCritic
 
 
 def fused_order(policy: ActorCritic) -> list[Tensor] | None:

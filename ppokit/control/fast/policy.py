@@ -7,7 +7,7 @@ from the env's arrays and back. NumPy does the same maths at a fraction of the p
 
 The weights are read through zero-copy views of the torch parameters in the fused form of
 :mod:`ppokit.control.fast.layout` (actor and critic in one product per layer), so acting always
-uses the current policy. The formulas are those of :mod:`ppokit.control.heads` (the tests check the two
+uses the current policy. The formulas are those of :mod:`ppokit.control.policy.heads` (the tests check the two
 against each other): categorical sampling by the inverse CDF, Gaussian sampling as
 :math:`a = \mu + \sigma\,\varepsilon`, and the same log-probability expressions.
 """
@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ppokit.control.fast.layout import FusedArrays, features, heads, trunk_output
-from ppokit.control.networks import ActorCritic
+from ppokit.control.policy.networks import ActorCritic
 
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 

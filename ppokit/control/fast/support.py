@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ppokit.control.networks import PolicySpec
+from ppokit.control.policy.networks import PolicySpec
 from ppokit.core.update import PPOUpdateSettings
 from ppokit.errors import ConfigError
 

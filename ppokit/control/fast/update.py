@@ -42,7 +42,7 @@ from torch import Tensor
 
 from ppokit.control.fast.layout import LiveViews, features, heads, split_twin, trunk_output
 from ppokit.control.fast.policy import HALF_LOG_2PI, NUMPY_ACTIVATIONS
-from ppokit.control.networks import ActorCritic
+from ppokit.control.policy.networks import ActorCritic
 from ppokit.core.collective import Collective
 from ppokit.core.update import PPOUpdateSettings
 

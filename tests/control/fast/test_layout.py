@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from ppokit.control.envs import TrustsOwnActions, make_vector_env
+from ppokit.control.envs.make import TrustsOwnActions, make_vector_env
 from ppokit.control.fast.flat_adam import FlatAdam
 from ppokit.control.fast.layout import FusedArrays, LiveViews, fused_order
 from ppokit.control.fast.policy import NumpyPolicy
 from ppokit.control.fast.update import NumpyMinibatchStep
-from ppokit.control.networks import ActorCritic, PolicySpec
+from ppokit.control.policy.networks import ActorCritic, PolicySpec
 from ppokit.core.update import PPOUpdateSettings
 
 

@@ -23,7 +23,7 @@ from ppokit.control.fast.flat_adam import FlatAdam
 from ppokit.control.fast.layout import fused_order
 from ppokit.control.fast.policy import NumpyPolicy
 from ppokit.control.fast.update import NumpyMinibatchStep
-from ppokit.control.networks import ActorCritic, PolicySpec
+from ppokit.control.policy.networks import ActorCritic, PolicySpec
 from ppokit.core.update import STEP_STAT_NAMES, AutogradStep, PPOUpdateSettings, ppo_update, run_epochs
 
 CPU = torch.device("cpu")

@@ -8,7 +8,7 @@ import torch
 from gymnasium import spaces
 
 from ppokit.control.fast.policy import NumpyPolicy
-from ppokit.control.networks import ActorCritic, PolicySpec
+from ppokit.control.policy.networks import ActorCritic, PolicySpec
 
 OBS = spaces.Box(-np.inf, np.inf, (3, 2), np.float32)  # rank 2: the flattening is exercised too
 

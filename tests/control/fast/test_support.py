@@ -12,7 +12,7 @@ from ppokit.control import fast
 from ppokit.control.algorithm import PPOAlgorithm
 from ppokit.control.fast.flat_adam import FlatAdam
 from ppokit.control.fast.update import NumpyMinibatchStep
-from ppokit.control.networks import PolicySpec
+from ppokit.control.policy.networks import PolicySpec
 from ppokit.core.optim import TorchOptimizer
 from ppokit.core.update import AutogradStep, PPOUpdateSettings
 from ppokit.errors import ConfigError

@@ -1,0 +1,381 @@
+"""The ``ppokit`` command. Thin: it parses arguments and calls the library.
+
+Every error the library raises on purpose (:class:`~ppokit.errors.PPOKitError`) is printed as one
+line, ``ppokit: error: ...``, with exit code 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ppokit import __version__
+from ppokit.cli.train_config import STOP_EVAL_MIN_STEPS, config_fields_help, resolve_train_config
+from ppokit.errors import PPOKitError, TrainingInterrupted
+from ppokit.launch import EXIT_LOST_CONTACT, add_nproc_flag, in_worker, leave_processes, lost_contact, relaunch
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ppokit", description="Proximal Policy Optimization for Gymnasium environments and causal language models."
+    )
+    parser.add_argument("--version", action="version", version=f"ppokit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = sub.add_parser(
+        "train", help="train an agent on a Gymnasium env",
+        description="Train with PPO. Settings come from, in increasing priority: ppokit's defaults, "
+        "the preset (the one named after ENV_ID when there is one), --config, the flags, --set.",
+        epilog=config_fields_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("env_id", nargs="?", help="Gymnasium env id, or module:EnvClass (default: from the preset/config)")
+    train.add_argument("--preset", help="named preset (see `ppokit presets`); default: the one for ENV_ID if any")
+    train.add_argument("--no-preset", action="store_true", help="ignore the env's default preset")
+    train.add_argument("--config", help="YAML file of config fields")
+    train.add_argument("--total-steps", type=int, help="environment steps to train for")
+    train.add_argument("--seed", type=int, help="random seed")
+    train.add_argument("--run-dir", help="where to write the run (default: runs/<env>__seed<N>__<time>)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override any config field (repeatable), e.g. --set learning_rate=1e-3")
+    train.add_argument("--overwrite", action="store_true", help="start over in a run directory that holds a run")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --run-dir from its latest checkpoint (start it if there is none)")
+    train.add_argument("--stop-at-return", type=float, metavar="R",
+                       help="evaluate during training and stop once the mean return reaches R (every update, "
+                            f"or every few when updates are under {STOP_EVAL_MIN_STEPS} env steps; "
+                            "--set eval_every=N to choose)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--seeds", metavar="LIST", help="train these seeds together in one process (1-8, 1,3,5), each "
+                       "written to RUN_DIR/seed_<k> and equal to a run of that --seed alone; see README, Many seeds")
+    add_nproc_flag(train)
+
+    rs = sub.add_parser("resume", help="continue an interrupted run (control, RLHF PPO, SFT or reward training) from "
+                        "its latest checkpoint",
+                        description="Continue a run exactly where its latest checkpoint left it: weights, "
+                        "optimizer, schedules, normalisation, RNGs, environments (or, for RLHF, the prompt order; for "
+                        "SFT and reward training, the data order).")
+    rs.add_argument("run_dir", help="the run directory")
+    _add_trust_flags(rs, "resuming")
+    budget = rs.add_mutually_exclusive_group()
+    budget.add_argument("--total-steps", type=int, help="control runs: train to this many env steps instead of the run's own total")
+    budget.add_argument("--total-updates", type=int, help="RLHF runs: train to this many PPO updates instead of the run's own total")
+    rs.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_nproc_flag(rs)
+
+    ev = sub.add_parser("eval", help="evaluate a saved policy and write eval.json into its run directory")
+    ev.add_argument("run_dir", help="a run directory (or a model/checkpoint directory)")
+    ev.add_argument("--episodes", type=int, default=20, help="episodes to play (default 20)")
+    mode = ev.add_mutually_exclusive_group()
+    mode.add_argument("--deterministic", dest="deterministic", action="store_true", default=True,
+                      help="act with the policy's mode (default)")
+    mode.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions")
+    ev.add_argument("--seed", type=int, default=None, help="seed of the evaluation envs")
+    ev.add_argument("--video", metavar="DIR", help="record the episodes as videos into DIR (needs ppokit[video])")
+    ev.add_argument("--out", metavar="FILE", help="write the result here (default: a new evals/eval_<time>.json in the "
+                    "run directory, so the run's own eval.json is never replaced)")
+    _add_trust_flags(ev, "evaluating")
+
+    ex = sub.add_parser("export", help="write a trained policy as an ONNX or TorchScript file that runs without ppokit",
+                        description="The deterministic policy of `predict`, with the observation normalisation "
+                        "and the action bounds inside (README, Export).")
+    ex.add_argument("run_dir", help="a run directory (or a model/checkpoint directory)")
+    ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="file format (default onnx)")
+    ex.add_argument("-o", "--output", required=True, metavar="FILE", help="the file to write")
+    ex.add_argument("--action-mask", action="store_true",
+                    help="give the file an action_mask input (automatic when the policy reads masks from its observations)")
+
+    pl = sub.add_parser("plot", help="learning curves and diagnostics of runs as a PNG (seeds of one config as a band)")
+    pl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="control or RLHF PPO run directories")
+    pl.add_argument("-o", "--output", required=True, metavar="FILE.png", help="the picture to write")
+    pl.add_argument("--aggregate-by", action="append", metavar="FIELD",
+                    help="runs on several tasks: compare groups by this config field (repeatable; default: the "
+                    "fields that differ between runs of one task)")
+    pl.add_argument("--score-range", action="append", default=[], metavar="TASK=LOW:HIGH",
+                    help="runs on several tasks: normalise TASK's scores as (score - LOW) / (HIGH - LOW), e.g. "
+                    "random and expert returns (default: the worst and best run of that task)")
+
+    info = sub.add_parser("info", help="what a run directory holds: its task, progress, checkpoint, evaluation, state")
+    info.add_argument("run_dir", help="a run directory (control or RLHF)")
+
+    from ppokit.cli.rlhf import add_parser as add_rlhf_parser
+    from ppokit.hub.package import add_parser as add_package_parser
+
+    add_package_parser(sub)
+    add_rlhf_parser(sub)
+
+    from ppokit.cli.tune import add_parser as add_tune_parser
+
+    add_tune_parser(sub)
+
+    pr = sub.add_parser("presets", help="list the named presets, or show one")
+    pr.add_argument("name", nargs="?", help="show this preset's settings")
+    return parser
+
+
+def _add_trust_flags(parser: argparse.ArgumentParser, doing: str) -> None:
+    parser.add_argument("--env", metavar="ENV_ID", help=f"the env to use when {doing} (default: the one the saved run names; "
+                        "a 'module:Env' id from a saved file is imported only when you give it here or pass --trust)")
+    parser.add_argument("--trust", action="store_true",
+                        help="allow what the saved files name to run: 'module:Env' env ids, 'module:function' "
+                        "rewards and trust_remote_code (never on by default: a run directory may come from anyone)")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ppokit.control.agent import PPO
+    from ppokit.control.envs.make import check_env_id
+    from ppokit.io.run_dir import check_resume_flags
+
+    config, preset = resolve_train_config(args)
+    check_env_id(config.env_id)
+    check_resume_flags(args.resume, args.overwrite, config.run_dir)
+    if args.seeds is not None:
+        return _train_seeds(args, config, preset)
+    agent = PPO(config)
+    world = agent.collective.world_size
+    if agent.collective.is_main:
+        print(f"ppokit: training {config.env_id} for {config.steps_trained(world_size=world)} steps"
+              + (f" with preset {preset!r}" if preset else " with the general defaults")
+              + (f" in {world} processes" if world > 1 else ""), file=sys.stderr)
+    _run_learn(agent, overwrite=args.overwrite, resume=args.resume)
+    return _report_run(agent)
+
+
+def _train_seeds(args: argparse.Namespace, config: Any, preset: str | None) -> int:
+    from ppokit.control.seeds import SeedGroup, parse_seeds
+
+    seeds = parse_seeds(args.seeds)
+    if args.seed is not None:
+        raise PPOKitError("--seed and --seeds: give one of them")
+    print(f"ppokit: training {config.env_id} for {config.steps_trained()} steps under {len(seeds)} seeds in one process"
+          + (f" with preset {preset!r}" if preset else " with the general defaults"), file=sys.stderr)
+    group = SeedGroup(config, seeds)
+    _run_learn(group, overwrite=args.overwrite, resume=args.resume)
+    return _report_group(group)
+
+
+def _report_group(group: Any) -> int:
+    print(f"run directory: {group.run_dir} (seeds {', '.join(map(str, group.seeds))}: seed_<k>)")
+    for seed in group.seeds:
+        eval_file = group.member_dir(seed) / "eval.json"
+        if eval_file.exists():
+            print(f"seed {seed}: {_eval_line(json.loads(eval_file.read_text()))}")
+    return 0
+
+
+def _run_learn(agent: Any, **kwargs: Any) -> None:
+    # What the imports and the set-up made (torch alone is ~200k objects) lives as long as the
+    # process: out of the cyclic collector's sight, its passes during training and at exit are short.
+    gc.freeze()
+    try:
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        with logging_redirect_tqdm():  # warnings print above the bar, not through it
+            agent.learn(**kwargs)
+    finally:
+        agent.close()
+
+
+def _report_run(agent: Any) -> int:
+    assert agent.run_dir is not None
+    if not agent.collective.is_main:  # rank 0 reports for the job
+        return 0
+    print(f"run directory: {agent.run_dir}")
+    eval_file = agent.run_dir / "eval.json"
+    if eval_file.exists():
+        result = json.loads(eval_file.read_text())
+        print(_eval_line(result))
+    return 0
+
+
+def _eval_line(result: dict[str, Any]) -> str:
+    kind = "deterministic" if result["deterministic"] else "stochastic"
+
+    def number(value: Any) -> str:  # NaN and inf are written to JSON as null
+        return "not finite (NaN/inf)" if value is None or not math.isfinite(value) else f"{value:.2f}"
+
+    return (f"evaluation ({result['episodes']} episodes, {kind}): mean return "
+            f"{number(result['mean_return'])} ± {number(result['std_return'])}")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ppokit.control.agent import PPO
+    from ppokit.control.checkpointing import find_model_dir
+    from ppokit.errors import ConfigError
+    from ppokit.io.atomic import atomic_write_json
+
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes {args.episodes}: must be at least 1")
+    model_dir = find_model_dir(args.run_dir)
+    agent = PPO.load(model_dir, trust=args.trust, progress=False, **({"env_id": args.env} if args.env else {}))
+    result = agent.evaluate(args.episodes, deterministic=args.deterministic, seed=args.seed,
+                            video_dir=args.video)
+    run_dir = Path(args.run_dir)
+    home = run_dir if (run_dir / "model").is_dir() or (run_dir / "config.yaml").exists() else model_dir
+    out = Path(args.out) if args.out else home / "evals" / f"eval_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    if out.is_dir():
+        raise ConfigError(f"--out {out}: is a directory; name a file")
+    atomic_write_json(out, result)
+    print(_eval_line(result))
+    if args.video:
+        print(f"videos: {args.video}")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ppokit.control.agent import PPO
+    from ppokit.control.export import export_policy
+
+    # Loading makes no env, so nothing the saved files name is imported.
+    agent = PPO.load(args.run_dir, progress=False)
+    path = export_policy(agent, args.output, args.format, action_mask=args.action_mask or None)
+    print(f"wrote {path} ({args.format}; inputs and outputs: README, Export)")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from ppokit.analysis.plots import describe_estimates, draw, panels, parse_score_ranges, read_run
+
+    figure = panels([read_run(p) for p in args.run_dirs], args.aggregate_by, parse_score_ranges(args.score_range))
+    for line in describe_estimates(figure):
+        print(line)
+    print(f"wrote {draw(figure, args.output)}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from ppokit.io.run_info import describe_run
+
+    print("\n".join(describe_run(args.run_dir)))
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from ppokit.errors import CheckpointError, ConfigError
+    from ppokit.io.checkpoints import RESUME_FILE, find_resumable, read_resume_state
+
+    run_dir = Path(args.run_dir)
+    if (run_dir / "seeds.json").is_file():  # a group of seeds (train --seeds)
+        from ppokit.control.seeds import SeedGroup
+
+        group = SeedGroup.resume(run_dir, trust=args.trust, **({"progress": False} if args.no_progress else {}))
+        _run_learn(group, total_steps=args.total_steps)
+        return _report_group(group)
+    checkpoint = find_resumable(run_dir)
+    kind = read_resume_state(checkpoint).get("kind")
+    overrides: dict[str, Any] = {"progress": False} if args.no_progress else {}
+    if kind in ("ppokit.rlhf.sft", "ppokit.rlhf.reward"):
+        from ppokit.cli.rlhf import resume_supervised
+
+        stage = "sft" if kind == "ppokit.rlhf.sft" else "reward"
+        if args.total_steps is not None or args.total_updates is not None:
+            raise ConfigError(f"{run_dir} is an {'SFT' if stage == 'sft' else 'reward-training'} run: it ends with its "
+                              "epochs (the learning rate decays over them), so it takes no --total-steps or "
+                              "--total-updates")
+        if args.env is not None:
+            raise ConfigError(f"{run_dir} is an RLHF run: --env applies to control runs")
+        return resume_supervised(run_dir, stage, overrides, trust=args.trust)
+    if kind == "ppokit.rlhf":
+        from ppokit.cli.rlhf import resume_ppo
+
+        if args.total_steps is not None:
+            raise ConfigError(f"{run_dir} is an RLHF run, counted in PPO updates: pass --total-updates, not --total-steps")
+        if args.env is not None:
+            raise ConfigError(f"{run_dir} is an RLHF run: --env applies to control runs")
+        return resume_ppo(run_dir, args.total_updates, overrides, trust=args.trust)
+    if kind != "ppokit.control":
+        raise CheckpointError(f"{checkpoint / RESUME_FILE}: unknown run kind {kind!r}")
+    if args.total_updates is not None:
+        raise ConfigError(f"{run_dir} is a control run, counted in env steps: pass --total-steps, not --total-updates")
+    from ppokit.control.agent import PPO
+
+    if args.env is not None:
+        overrides["env_id"] = args.env
+    agent = PPO.resume(run_dir, trust=args.trust, **overrides)
+    if agent.collective.is_main:
+        print(f"ppokit: resuming {agent.config.env_id} at step {agent.global_step} from {checkpoint}", file=sys.stderr)
+    _run_learn(agent, total_steps=args.total_steps)
+    return _report_run(agent)
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from ppokit.control.presets import list_presets, preset_path
+
+    if args.name:
+        print(preset_path(args.name).read_text(encoding="utf-8"), end="")
+        return 0
+    presets = list_presets()
+    width = max(len(n) for n in presets)
+    for name, description in presets.items():
+        print(f"{name:<{width}}  {description}")
+    return 0
+
+
+def cmd_package(args: argparse.Namespace) -> int:
+    from ppokit.hub.package import run
+
+    return run(args)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from ppokit.cli.tune import run
+
+    return run(args)
+
+
+def cmd_rlhf(args: argparse.Namespace) -> int:
+    from ppokit.cli.rlhf import run
+
+    return run(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    logging.basicConfig(level=logging.INFO, format="ppokit: %(levelname)s: %(message)s")
+    if getattr(args, "nproc", 1) != 1 and not in_worker():
+        return relaunch(sys.argv[1:] if argv is None else argv, args.nproc)
+    handlers = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets, "export": cmd_export, "info": cmd_info,
+                "plot": cmd_plot, "package": cmd_package, "rlhf": cmd_rlhf, "resume": cmd_resume,
+                "tune": cmd_tune}
+    try:
+        code = handlers[args.command](args)
+        leave_processes()  # a torchrun job's process: leave the job before the interpreter tears it down
+        return code
+    except TrainingInterrupted as err:
+        from ppokit.io.interrupt import EXIT_CODES
+
+        print(f"ppokit: {err}", file=sys.stderr)
+        return EXIT_CODES.get(err.signal_name, EXIT_INTERRUPTED)
+    except PPOKitError as err:
+        print(f"ppokit: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("ppokit: interrupted at once; the files written so far are intact (every save is atomic); "
+              "`ppokit resume RUN_DIR` continues from the latest checkpoint, and `--resume` starts the run "
+              "over if it stopped before its first one", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:
+        message = lost_contact(err)
+        if message is None:
+            raise
+        print(f"ppokit: error: {message}", file=sys.stderr)
+        return EXIT_LOST_CONTACT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

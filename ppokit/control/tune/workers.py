@@ -1,0 +1,95 @@
+"""The worker processes of ``ppokit tune --jobs J``.
+
+Each job is a process started with "spawn" (torch's threads and a forked copy of them do not mix)
+that loads the study from the one shared storage and runs ``study.optimize`` for its share of the
+missing trials, so the study ends with exactly the trials asked for. A script that calls
+:func:`ppokit.control.tune.sweep.tune` with ``jobs`` > 1 needs the usual ``if __name__ == "__main__":``
+guard, as every spawning program does.
+
+Ctrl-C reaches every process of the terminal's group: each worker ends its trial after the current
+update (the trial is marked failed, and a resume runs it again) and the parent waits for them. A
+worker that has not stopped after ``GRACE_SECONDS`` is asked again with SIGTERM, then killed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import traceback
+from typing import Any
+
+from ppokit.control.tune.study import Job, make_pruner, make_sampler, make_storage, require_optuna, run_trials
+from ppokit.errors import PPOKitError, TrainingError
+
+#: Seconds the parent waits for an interrupted worker before it signals it again, then kills it.
+GRACE_SECONDS = 15.0
+
+
+def worker(job: Job, index: int, n_trials: int, existing: int) -> str | None:
+    """Load the study from the shared storage and run ``n_trials`` of its trials in this process.
+    Returns None, or what went wrong as one line (the traceback of a bug is printed here first)."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=job.log_level, format="ppokit: %(levelname)s: %(message)s")
+    logging.getLogger("ppokit").setLevel(job.log_level)
+    try:
+        optuna = require_optuna()
+        study = optuna.load_study(study_name=job.settings.study, storage=make_storage(job.settings.storage),
+                                  sampler=make_sampler(int(job.base["seed"]), index, existing),
+                                  pruner=make_pruner(job.settings))
+        run_trials(study, job, n_trials)
+    except PPOKitError as err:
+        return str(err)
+    except KeyboardInterrupt:
+        return "interrupted"
+    except Exception as err:
+        traceback.print_exc()
+        return f"{type(err).__name__}: {err} (traceback above)"
+    return None
+
+
+def _process_main(job: Job, index: int, n_trials: int, existing: int, conn: Any) -> None:
+    conn.send(worker(job, index, n_trials, existing))
+    conn.close()
+
+
+def run_workers(job: Job, missing: int, existing: int) -> None:
+    """Share ``missing`` trials out among ``job.settings.jobs`` spawned processes and wait for them;
+    the first error of any becomes a TrainingError naming the worker. ``existing``: the trials the
+    study held before, which seeds the samplers apart from those of earlier runs."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    jobs = min(int(job.settings.jobs), missing)
+    shares = [missing // jobs + (i < missing % jobs) for i in range(jobs)]
+    workers = []
+    for i, share in enumerate(shares):
+        receive, send = context.Pipe(duplex=False)
+        process = context.Process(target=_process_main, args=(job, i, share, existing, send),
+                                  name=f"ppokit-tune-{i + 1}")
+        process.start()
+        send.close()  # the child holds the sending end; the parent's would keep the pipe open
+        workers.append((process, receive))
+    try:
+        for process, _ in workers:
+            process.join()
+    except KeyboardInterrupt:
+        _stop(workers)
+        raise
+    for i, (process, receive) in enumerate(workers):
+        died = f"the process died with exit code {process.exitcode} (killed, or out of memory?)"
+        error = receive.recv() if receive.poll() else died
+        if error is not None:
+            raise TrainingError(f"worker {i + 1} of {jobs}: {error}; the study keeps the trials that finished, "
+                                "and the same command runs the missing ones")
+
+
+def _stop(workers: list[tuple[Any, Any]]) -> None:
+    """After Ctrl-C: let the workers end their trials, ask the ones that do not again, then kill them."""
+    for ask in (None, signal.SIGTERM, signal.SIGKILL):
+        alive = [p for p, _ in workers if p.is_alive()]
+        for process in alive:
+            if ask is not None and process.pid is not None:
+                os.kill(process.pid, ask)
+        for process in alive:
+            process.join(GRACE_SECONDS)

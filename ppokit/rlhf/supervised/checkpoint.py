@@ -1,0 +1,152 @@
+"""Resumable checkpoints of SFT and reward-training runs.
+
+``RUN_DIR/checkpoints/update_<optimiser steps>`` holds ``trainable.safetensors`` (the weights that
+train: the whole model, or its LoRA adapters and new head), ``optimizer.pt`` (AdamW's moments, read
+with ``weights_only=True``) and ``resume.json``, written last so its presence marks a complete
+checkpoint: the step, the learning-rate schedule, the data position (epoch, batches taken, the
+shuffling generator as the epoch began), every process's RNG states, the evaluations so far and a
+fingerprint of the training data. The model a run trains is written at its end (``model/``), not
+into every checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ppokit.configuration import check_unchanged, from_mapping, load_yaml, with_absolute_paths
+from ppokit.core.collective import gather_rank_states, rank_state
+from ppokit.errors import CheckpointError, ConfigError, UntrustedCodeError
+from ppokit.io.atomic import atomic_write_dir
+from ppokit.io.checkpoints import (
+    RESUME_FILE,
+    checkpoint_path,
+    load_safetensors,
+    load_torch_state,
+    prune_checkpoints,
+    refuse_non_finite,
+)
+from ppokit.io.rng import rng_state, set_rng_state
+from ppokit.rlhf.config import PATH_FIELDS, SUPERVISED_RESUMABLE_FIELDS, RewardConfig, SFTConfig
+from ppokit.rlhf.ppo.checkpointing import recorded_config
+
+if TYPE_CHECKING:
+    from ppokit.rlhf.supervised.loop import SupervisedTrainer
+
+#: Version of a supervised checkpoint's resume.json.
+RESUME_FORMAT = 1
+#: The run kind a checkpoint's resume.json names, by stage (``ppokit resume`` dispatches on it).
+KINDS = {"sft": "ppokit.rlhf.sft", "reward": "ppokit.rlhf.reward"}
+CONFIGS: dict[str, type[SFTConfig] | type[RewardConfig]] = {"sft": SFTConfig, "reward": RewardConfig}
+TRAINABLE_FILE = "trainable.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+
+
+def save_checkpoint(trainer: SupervisedTrainer) -> Path:
+    """Write a resumable checkpoint; keeps the newest ``keep_checkpoints``. With several processes every
+    one calls it (their RNG states are gathered) and rank 0 writes: the weights are the same on all."""
+    from safetensors.torch import save_file
+
+    assert trainer.run_dir is not None
+    per_rank = gather_rank_states(trainer.collective, {"rng": rng_state()})
+    path = checkpoint_path(trainer.run_dir, trainer.num_updates)
+    if not trainer.collective.is_main:
+        return path
+    state = {
+        "format": RESUME_FORMAT, "kind": KINDS[trainer.stage], "step": trainer.num_updates,
+        "batches": trainer.batches.state_dict(), "scheduler": trainer.scheduler.state_dict(), **per_rank,
+        "last_loss": trainer.last_loss, "evals": trainer.evals, "data": trainer.fingerprint,
+    }
+    weights = {name: p.detach().cpu().contiguous() for name, p in trainer.trainable.items()}
+    optimizer_state = trainer.optimizer.state_dict()
+
+    def fill(tmp: Path) -> None:
+        save_file(weights, str(tmp / TRAINABLE_FILE))
+        torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
+        # Written last: its presence marks the checkpoint complete.
+        (tmp / RESUME_FILE).write_text(json.dumps(state) + "\n", encoding="utf-8")
+
+    atomic_write_dir(path, fill)
+    prune_checkpoints(trainer.run_dir, trainer.config.keep_checkpoints)
+    return path
+
+
+def check_data(checkpoint: Path, state: Mapping[str, Any], fingerprint: str) -> None:
+    """Refuse to resume on training rows other than the run's (their fingerprint differs)."""
+    if state.get("data") != fingerprint:
+        raise CheckpointError(f"{checkpoint / RESUME_FILE}: the run was trained on other data (fingerprint "
+                              f"{state.get('data')!r}, this data's is {fingerprint!r}); resume it on the same rows, "
+                              "or start a new run")
+
+
+def restore(trainer: SupervisedTrainer, checkpoint: Path, state: dict[str, Any]) -> None:
+    """Load a checkpoint of this run into a freshly built trainer (on every process)."""
+    _load_trainable(trainer, checkpoint / TRAINABLE_FILE)
+    try:
+        trainer.optimizer.load_state_dict(load_torch_state(checkpoint / OPTIMIZER_FILE, trainer.device))
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise CheckpointError(f"{checkpoint / OPTIMIZER_FILE}: optimizer state does not fit ({err})") from None
+    try:
+        trainer.scheduler.load_state_dict(dict(state["scheduler"]))
+        trainer.batches.load_state_dict(state["batches"])
+        trainer.num_updates = int(state["step"])
+        trainer.last_loss = float(state["last_loss"])
+        trainer.evals = [dict(row) for row in state["evals"]]
+        set_rng_state(rank_state(state, trainer.collective)["rng"])
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as err:
+        raise CheckpointError(f"{checkpoint / RESUME_FILE}: bad resume state ({type(err).__name__}: {err})") from None
+
+
+def _load_trainable(trainer: SupervisedTrainer, file: Path) -> None:
+    saved = load_safetensors(file, device=str(trainer.device))
+    missing = sorted(set(trainer.trainable) - set(saved))
+    unexpected = sorted(set(saved) - set(trainer.trainable))
+    misshapen = [k for k in set(saved) & set(trainer.trainable) if saved[k].shape != trainer.trainable[k].shape]
+    if missing or unexpected or misshapen:
+        raise CheckpointError(
+            f"{file}: the saved weights do not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]}, "
+            f"other shape {misshapen[:3]}); was the model or the lora setting changed?")
+    refuse_non_finite(file, saved.items())
+    with torch.no_grad():
+        for name, param in trainer.trainable.items():
+            param.copy_(saved[name])
+
+
+def check_resumable(config_file: Path, config: SFTConfig | RewardConfig) -> None:
+    """Refuse a resume whose config differs from the run's recorded one outside
+    :data:`~ppokit.rlhf.config.SUPERVISED_RESUMABLE_FIELDS` (paths compared as absolute paths)."""
+    data = dict(load_yaml(config_file))
+    data.pop("launch", None)  # how the run was launched (its world size), not a config field
+    saved = with_absolute_paths(from_mapping(type(config), data, str(config_file)), PATH_FIELDS)
+    check_unchanged(saved, with_absolute_paths(config, PATH_FIELDS), SUPERVISED_RESUMABLE_FIELDS, str(config_file))
+
+
+def stage_of(checkpoint: Path) -> str | None:
+    """``'sft'`` or ``'reward'`` for a supervised checkpoint (by its resume.json's kind), else None."""
+    from ppokit.io.checkpoints import read_resume_state
+
+    kind = read_resume_state(checkpoint).get("kind")
+    return next((stage for stage, k in KINDS.items() if k == kind), None)
+
+
+def resume_config(stage: str, run_dir: Path, trust: bool, overrides: Mapping[str, Any]) -> SFTConfig | RewardConfig:
+    """The config an SFT or reward-training run is resumed with from its directory alone (``ppokit
+    resume``): its config.yaml with ``overrides``. Refused when it turns on ``trust_remote_code`` without
+    the user's consent, or when the run's data came in as a Python object (not recorded)."""
+    config_file, data = recorded_config(run_dir, overrides, SUPERVISED_RESUMABLE_FIELDS)
+    if data.get("trust_remote_code") is True and "trust_remote_code" not in overrides and not trust:
+        raise UntrustedCodeError(
+            f"{config_file} names code that resuming would run: trust_remote_code: true (runs the Python code "
+            "shipped with the models it loads). ppokit runs nothing a saved run names unless you allow it: if you "
+            "trust this run directory, pass --trust to ppokit resume")
+    if not data.get("data"):
+        function = "train_sft" if stage == "sft" else "train_reward_model"
+        raise ConfigError(f"{config_file}: the run's data came in as a Python object, not a file; resume it from "
+                          f"Python with {function}(config, data=..., resume=True)")
+    data.update(overrides)
+    data["run_dir"] = str(run_dir)
+    return from_mapping(CONFIGS[stage], data, str(config_file))
