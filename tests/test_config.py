@@ -109,3 +109,16 @@ def test_every_rlhf_field_is_range_checked(changes, field):
         RLHFConfig(policy="some/model", **changes)
     for disabled in ("target_kl", "clip_range_vf", "score_clip", "missing_eos_penalty"):
         assert getattr(RLHFConfig(policy="some/model", **{disabled: None}), disabled) is None
+
+
+def test_the_public_api_is_lazy_and_complete():
+    """``from ppokit import ...`` names every trainer and config; importing the package loads no torch."""
+    import ast
+    import subprocess
+    import sys
+
+    code = ("import sys, ppokit; assert 'torch' not in sys.modules and 'gymnasium' not in sys.modules; "
+            "from ppokit import *; print(sorted(n for n in ppokit.__all__ if not n.startswith('_')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert ast.literal_eval(out) == sorted(["PPO", "ControlConfig", "SeedGroup", "RLHFTrainer", "RLHFConfig", "SFTTrainer",
+                                "SFTConfig", "RewardTrainer", "RewardConfig", "PPOKitError"])

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import save_file
 
-from ppokit import __version__
+from ppokit._version import __version__
 from ppokit.configuration import check_unchanged, from_mapping, to_dict
 from ppokit.control.config import RESUMABLE_FIELDS, ControlConfig
 from ppokit.control.envs.spaces import space_from_json, space_to_json

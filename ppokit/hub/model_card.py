@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ppokit import __version__
+from ppokit._version import __version__
 
 #: What the Hub accepts as a repository name; anything else in the card's commands becomes ``<repo>``.
 _REPO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")

@@ -136,7 +136,7 @@ def find_resumable(run_dir: str | Path) -> Path:
 
 def read_resume_state(checkpoint: str | Path, kind: str | None = None, version: int | None = None) -> dict[str, Any]:
     """The checkpoint's ``resume.json``, checked to be of ``kind`` and format ``version`` when given."""
-    from ppokit import __version__
+    from ppokit._version import __version__
 
     file = Path(checkpoint) / RESUME_FILE
     try:
