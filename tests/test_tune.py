@@ -12,7 +12,8 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from ppokit.cli.main import main as cli  # noqa: E402
+from ppokit.cli import main as cli  # noqa: E402
+from ppokit.cli.exit_codes import EXIT_USAGE  # noqa: E402
 from ppokit.errors import ConfigError, PPOKitError, TrainingError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ def _tune(*argv: str) -> int:
         return run(parser.parse_args(["tune", *argv]))
     except PPOKitError as err:
         print(f"ppokit: error: {err}", file=sys.stderr)
-        return cli.EXIT_USAGE
+        return EXIT_USAGE
 
 
 def _space(tmp_path: Path, text: str = SPACE) -> str:

@@ -18,12 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from ppokit._version import __version__
+from ppokit.cli.exit_codes import EXIT_INTERRUPTED, EXIT_USAGE
 from ppokit.cli.train_config import STOP_EVAL_MIN_STEPS, config_fields_help, resolve_train_config
 from ppokit.errors import PPOKitError, TrainingInterrupted
 from ppokit.launch import EXIT_LOST_CONTACT, add_nproc_flag, in_worker, leave_processes, lost_contact, relaunch
-
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="what a run directory holds: its task, progress, checkpoint, evaluation, state")
     info.add_argument("run_dir", help="a run directory (control or RLHF)")
 
+    from ppokit.cli.package import add_parser as add_package_parser
     from ppokit.cli.rlhf import add_parser as add_rlhf_parser
-    from ppokit.hub.package import add_parser as add_package_parser
 
     add_package_parser(sub)
     add_rlhf_parser(sub)
@@ -323,7 +321,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_package(args: argparse.Namespace) -> int:
-    from ppokit.hub.package import run
+    from ppokit.cli.package import run
 
     return run(args)
 

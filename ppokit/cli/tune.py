@@ -63,7 +63,8 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Resolve the base config like ``ppokit train``, run the study, print the best trials."""
-    from ppokit.cli.main import EXIT_INTERRUPTED, resolve_train_config
+    from ppokit.cli.exit_codes import EXIT_INTERRUPTED
+    from ppokit.cli.train_config import resolve_train_config
     from ppokit.control.envs.make import check_env_id
     from ppokit.control.tune.study import TuneSettings, require_optuna
     from ppokit.control.tune.sweep import summary, tune
