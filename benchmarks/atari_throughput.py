@@ -59,7 +59,7 @@ def run_ppokit(vectorization: str, steps: int, seed: int, threads: int) -> dict:
         start = time.perf_counter()
         agent.learn(run_dir=Path(tmp) / "run")
         seconds = time.perf_counter() - start
-        returns = list(agent.collector.episode_returns) if agent.collector is not None else []
+        returns = list(agent.collector.episodes.returns) if agent.collector is not None else []
         agent.close()
     return {"side": f"ppokit-{'envpool' if vectorization == 'envpool' else 'gym'}", "steps": agent.global_step,
             "seconds": seconds, "sps": agent.global_step / seconds,

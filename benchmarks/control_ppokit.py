@@ -31,7 +31,7 @@ def main() -> None:
         start = time.perf_counter()
         agent.learn()
         seconds = time.perf_counter() - start
-        returns = list(agent.collector.episode_returns)
+        returns = list(agent.collector.episodes.returns)
         agent.close()
     print(json.dumps({"library": "ppokit", "task": name, "steps": agent.global_step, "seconds": seconds,
                       "sps": agent.global_step / seconds,

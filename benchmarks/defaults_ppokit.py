@@ -32,7 +32,7 @@ def main() -> None:
         start = time.perf_counter()
         agent.learn()
         seconds = time.perf_counter() - start
-        returns = list(agent.collector.episode_returns)
+        returns = list(agent.collector.episodes.returns)
         evaluation = agent.evaluate(episodes=EVAL_EPISODES, seed=10_000 + args.seed)
         agent.close()
     print(json.dumps({"library": "ppokit", "env": args.env, "seed": args.seed, "set": args.set,

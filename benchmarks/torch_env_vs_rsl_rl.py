@@ -75,7 +75,7 @@ def run_ppokit(args: argparse.Namespace) -> dict[str, Any]:
             return True
 
         agent.learn(callback=mark)
-        returns = list(agent.collector.episode_returns)
+        returns = list(agent.collector.episodes.returns)
         agent.close()
     seconds = marks[-1] - marks[0]
     steps = batch * (len(marks) - 1)

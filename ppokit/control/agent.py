@@ -221,14 +221,14 @@ class PPO:
         self.global_step += self.global_batch
         stats = self.algorithm.update(rollout, fraction)
         self.num_updates += 1
-        returns, lengths = self.collector.episode_returns, self.collector.episode_lengths
+        returns, lengths = self.collector.episodes.returns, self.collector.episodes.lengths
         record: dict[str, Any] = {"global_step": self.global_step, "update": self.num_updates}
         if isinstance(self.collector, RolloutCollector) and self.collective.active:
             record.update(data_parallel.episode_figures(self.collector, self.collective))
         else:
             record.update(episodic_return=float(np.mean(returns)) if returns else None,
                           episodic_length=float(np.mean(lengths)) if lengths else None,
-                          episodes=len(self.collector.last_finished[0]))
+                          episodes=len(self.collector.episodes.last[0]))
         record.update(stats)
         self.health.check(record, fraction, self.num_updates)
         return record

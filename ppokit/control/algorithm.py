@@ -20,7 +20,7 @@ from torch import Tensor
 from ppokit.control import fast
 from ppokit.control.config import ControlConfig
 from ppokit.control.policy.networks import ActorCritic
-from ppokit.control.rollout.host import Rollout
+from ppokit.control.rollout.storage import Rollout
 from ppokit.core.advantages import gae, gae_arrays, masked_mean
 from ppokit.core.collective import SINGLE, Collective
 from ppokit.core.diagnostics import explained_variance

@@ -288,10 +288,7 @@ def restore_training(agent: PPO, checkpoint: Path, run_dir: Path) -> None:
             # Envs whose state cannot be saved start fresh (seeded) episodes; the statistics of
             # finished episodes carry over.
             log.warning("resuming with fresh episodes, not bit-identically: %s", own["env_not_saved"])
-            collector = decode(own["collector"])
-            agent.collector.episode_returns.extend(collector["episode_returns"])
-            agent.collector.episode_lengths.extend(collector["episode_lengths"])
-            agent.collector.episodes_total = int(collector["episodes_total"])
+            agent.collector.episodes.carry_over(decode(own["collector"]))
         set_rng_state(own["rng"])
     except CheckpointError as err:
         raise CheckpointError(f"{file}: {err}") from None

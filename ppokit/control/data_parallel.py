@@ -91,10 +91,10 @@ def merge_across(rms: RunningMeanStd, collective: Collective) -> None:
 def episode_figures(collector: RolloutCollector, collective: Collective) -> dict[str, Any]:
     """The metrics row's episode figures: the mean return and length of the recent episodes of
     every rank (each keeps its last 100), and the episodes finished in this rollout on all ranks."""
-    returns, lengths = collector.episode_returns, collector.episode_lengths
+    returns, lengths = collector.episodes.returns, collector.episodes.lengths
     sums = collective.sum_floats(float(np.sum(returns)) if returns else 0.0, float(len(returns)),
                                  float(np.sum(lengths)) if lengths else 0.0, float(len(lengths)),
-                                 float(len(collector.last_finished[0])))
+                                 float(len(collector.episodes.last[0])))
     return_sum, n_returns, length_sum, n_lengths, episodes = sums
     return {
         "episodic_return": return_sum / n_returns if n_returns else None,

@@ -108,7 +108,7 @@ def evaluate_policy(
     (observation, action) spaces the policy expects; an env with others is refused. An env with
     episode statistics of its own is scored by them (module docstring).
     """
-    from ppokit.control.rollout.host import env_episodes, records_episodes
+    from ppokit.control.rollout.storage import env_episodes, records_episodes
 
     if episodes < 1:
         raise ValueError("episodes must be at least 1")

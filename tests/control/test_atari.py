@@ -207,9 +207,9 @@ def test_a_short_training_run_logs_game_scores_and_writes_an_evaluation(tmp_path
     evaluation = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert evaluation["episodes"] == 1 and evaluation["mean_length"] > 100  # a whole game, not one life
     # 512 steps of random-ish play end a few games, each logged once with its full length.
-    assert agent.collector.episodes_total >= 1
-    assert min(agent.collector.episode_lengths) > 100
-    assert agent.collector.episodes_total < 10  # not one per life
+    assert agent.collector.episodes.total >= 1
+    assert min(agent.collector.episodes.lengths) > 100
+    assert agent.collector.episodes.total < 10  # not one per life
     agent.close()
 
 

@@ -151,7 +151,7 @@ def test_a_short_ppo_run_on_envpool_saves_says_why_its_envs_are_not_saved_and_re
     state, why = capture_env_state(agent.env)
     assert state is None and "EnvPool" in why
     agent.learn(run_dir=tmp_path / "run")
-    assert agent.global_step == 512 and agent.collector is not None and agent.collector.episodes_total > 0
+    assert agent.global_step == 512 and agent.collector is not None and agent.collector.episodes.total > 0
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["episodes"] == 4
     checkpoint = sorted((tmp_path / "run" / "checkpoints").iterdir())[-1]
     assert "EnvPool" in json.loads((checkpoint / "resume.json").read_text())["env_not_saved"]

@@ -57,7 +57,7 @@ def test_reset_steps_are_masked_and_boundaries_respected(terminate):
 def test_episode_statistics_count_only_real_steps():
     agent = _agent(terminate=False, num_envs=2)
     agent.collector.collect()
-    returns, lengths = agent.collector.last_finished
+    returns, lengths = agent.collector.episodes.last
     assert lengths == [3, 3, 3, 3] and returns == [3.0, 3.0, 3.0, 3.0]
 
 
@@ -69,7 +69,7 @@ def test_an_env_that_records_its_episodes_is_believed_over_the_rewards_ppokit_se
     agent = PPO(cfg)
     ro = agent.collector.collect()
     assert int((ro.terminated & ro.valid).sum()) > 4  # the lives ended training episodes
-    returns, lengths = agent.collector.last_finished
+    returns, lengths = agent.collector.episodes.last
     assert returns == [6.0] * 4 and lengths == [6] * 4
 
 
@@ -84,7 +84,7 @@ def test_episode_returns_are_the_rewards_summed_as_they_came_across_rollouts():
     logged: list[tuple[float, int]] = []
     for _ in range(6):
         agent.collector.collect()
-        logged += list(zip(*agent.collector.last_finished))
+        logged += list(zip(*agent.collector.episodes.last))
     envs = agent.env.unwrapped.envs
     expected = sorted((e for env in envs for e in env.unwrapped.log), key=lambda e: (e[0], e[1]))
     assert len(expected) >= 10

@@ -263,14 +263,14 @@ def test_a_truncated_step_bootstraps_from_the_final_observation_or_the_last_valu
         torch.testing.assert_close(rollout.rewards[t], expected)
         assert torch.equal(rollout.terminated[t], truncated)  # every episode end stops the recursion
     assert int(rollout.truncated.sum()) == 2 * 4  # steps 5 and 10 of each env
-    assert agent.collector.last_finished[1] == [5] * 8
+    assert agent.collector.episodes.last[1] == [5] * 8
 
 
 def test_a_pendulum_smoke_run_learns_something_continuous(tmp_path):
     config = _config(tmp_path, num_steps=64, num_minibatches=16, num_epochs=4, total_steps=64 * 64 * 6,
                      gamma=0.9, learning_rate=1e-3, log_std_init=-0.5, eval_episodes=8)
     agent = PPO(config, env=TorchPendulum).learn()
-    assert agent.collector.episodes_total == 64 * 64 * 6 // 200 // 64 * 64 and set(agent.collector.episode_lengths) == {200}
+    assert agent.collector.episodes.total == 64 * 64 * 6 // 200 // 64 * 64 and set(agent.collector.episodes.lengths) == {200}
     assert all(bool(torch.isfinite(p).all()) for p in agent.policy.parameters())
     result = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert result["episodes"] == 8 and -1700 < result["mean_return"] < 0
@@ -289,7 +289,7 @@ def test_a_torch_env_named_by_id_saves_loads_and_resumes_exactly(tmp_path):
     assert resumed.global_step == straight.global_step == 32 * 16 * 3
     for a, b in zip(straight.policy.parameters(), resumed.policy.parameters()):
         assert torch.equal(a, b)  # the envs' state, the generators and the normalisers came back exactly
-    assert list(resumed.collector.episode_returns) == list(straight.collector.episode_returns)
+    assert list(resumed.collector.episodes.returns) == list(straight.collector.episodes.returns)
 
     loaded = PPO.load(tmp_path / "straight", trust=True)
     assert torch.equal(loaded.obs_rms.mean, straight.obs_rms.mean)

@@ -17,7 +17,7 @@ from ppokit import runtime
 from ppokit.control.algorithm import PPOAlgorithm, make_batch
 from ppokit.control.config import ControlConfig
 from ppokit.control.policy.networks import ActorCritic, PolicySpec
-from ppokit.control.rollout.host import Rollout
+from ppokit.control.rollout.storage import Rollout
 from ppokit.core.update import run_epochs
 from ppokit.launch import leave_processes
 

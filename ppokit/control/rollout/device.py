@@ -17,7 +17,6 @@ for the whole rollout, after it), else :math:`V(s_t)` (see :mod:`ppokit.control.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 import numpy as np
@@ -27,13 +26,7 @@ from torch import Tensor
 
 from ppokit.control.envs.torch_env import check_reset, check_step, check_torch_env, final_observation
 from ppokit.control.policy.networks import ActorCritic
-from ppokit.control.rollout.storage import (
-    Rollout,
-    check_saved_obs,
-    episode_log_state,
-    load_episode_log,
-    record_episodes,
-)
+from ppokit.control.rollout.storage import EpisodeLog, Rollout, check_saved_obs
 from ppokit.core.running_stats import DeviceMeanStd, RunningMeanStd
 from ppokit.errors import EnvError
 
@@ -101,11 +94,8 @@ class DeviceRolloutCollector:
         self._ep_return = torch.zeros(N, dtype=torch.float64, device=device)
         self._ep_length = torch.zeros(N, dtype=torch.float64, device=device)
         self._checked = False
-        self.episode_returns: deque[float] = deque(maxlen=100)
-        self.episode_lengths: deque[int] = deque(maxlen=100)
-        self.episodes_total = 0
-        #: (returns, lengths) of the episodes that ended during the latest rollout.
-        self.last_finished: tuple[list[float], list[int]] = ([], [])
+        #: The episodes seen to end.
+        self.episodes = EpisodeLog()
 
     def _process(self, obs: Tensor, update: bool) -> Tensor:
         if self.obs_stats is None:
@@ -209,7 +199,7 @@ class DeviceRolloutCollector:
         where = np.nonzero(ended)  # step-major, then env: the order the host collector reports
         finished_r = [float(r) for r in returns[where]]
         finished_l = [int(n) for n in lengths[where]]
-        record_episodes(self, finished_r, finished_l)
+        self.episodes.record(finished_r, finished_l)
 
     def state_dict(self) -> dict[str, Any]:
         """The running state between rollouts, as plain data (read back from the device)."""
@@ -220,7 +210,7 @@ class DeviceRolloutCollector:
             "obs": None if self._obs is None else host(self._obs),
             "disc_return": host(self._disc_return), "ep_return": host(self._ep_return),
             "ep_length": host(self._ep_length),
-            **episode_log_state(self),
+            **self.episodes.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -232,4 +222,4 @@ class DeviceRolloutCollector:
             if value.shape != (self.num_envs,):
                 raise ValueError(f"saved {name} has shape {value.shape}, expected {(self.num_envs,)}")
             setattr(self, f"_{name}", torch.as_tensor(value, device=self.device).clone())
-        load_episode_log(self, state)
+        self.episodes.load_state_dict(state)

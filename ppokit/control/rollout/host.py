@@ -11,7 +11,6 @@ the next step's forward pass anyway) is exactly the bootstrap GAE needs.
 from __future__ import annotations
 
 import dataclasses
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
@@ -24,13 +23,13 @@ from ppokit.control.envs.make import TrustsOwnActions
 from ppokit.control.envs.observations import ObservationReader
 from ppokit.control.policy.actions import ActionAdapter, action_width
 from ppokit.control.policy.networks import ActorCritic
-from ppokit.control.rollout.storage import Rollout as Rollout
 from ppokit.control.rollout.storage import (
+    EpisodeLog,
+    Rollout,
     RolloutStorage,
     check_saved_obs,
-    episode_log_state,
-    load_episode_log,
-    record_episodes,
+    env_episodes,
+    records_episodes,
 )
 from ppokit.core.running_stats import RunningMeanStd
 from ppokit.errors import ObservationError
@@ -54,39 +53,6 @@ def observation_batch(obs: Any, space: spaces.Space) -> tuple[np.ndarray, bool]:
         raise ObservationError(f"predict: observation{'' if single else f' {rows[0]}'} holds NaN or inf values; "
                                "no action is meaningful for it")
     return batch, single
-
-
-def records_episodes(env: Any) -> bool:
-    """Whether a vector env's envs record their own episode statistics: its metadata declares
-    ``episode_statistics``, or (in-process envs) one's wrappers include ``RecordEpisodeStatistics``.
-    Known before the first game ends, so the lives lost before it are not counted as episodes."""
-    if getattr(env, "metadata", {}).get("episode_statistics"):
-        return True
-    for sub in getattr(env, "envs", ())[:1]:
-        while isinstance(sub, gym.Wrapper):
-            if isinstance(sub, gym.wrappers.RecordEpisodeStatistics):
-                return True
-            sub = sub.env
-    return False
-
-
-def env_episodes(info: Any, ended: np.ndarray, reports: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """``(returns, lengths, reported)`` of the episodes the env itself reports as over (Gymnasium's
-    ``RecordEpisodeStatistics`` under the vector env: ``info['episode']``), or None when the env
-    keeps no statistics of its own (``reports`` False and none in ``info``).
-
-    An env that records its own statistics knows better than the rewards ppokit sees: Atari's
-    preprocessing clips rewards and ends a training episode at each lost life, while the score of a
-    game is the unclipped sum over all its lives. Such an env reports a game only when it ends, so a
-    ``done`` it does not report is a lost life and counts as no episode.
-    """
-    stats = info.get("episode") if isinstance(info, dict) else None
-    if not isinstance(stats, dict):
-        if not reports:
-            return None
-        return np.zeros(len(ended)), np.zeros(len(ended), dtype=np.int64), np.zeros(len(ended), dtype=bool)
-    reported = np.asarray(info.get("_episode", np.ones_like(ended)), dtype=bool)
-    return np.asarray(stats["r"], dtype=np.float64), np.asarray(stats["l"]), reported & ended
 
 
 def policy_input(obs: np.ndarray, obs_rms: RunningMeanStd | None, clip_obs: float, image: bool = False) -> np.ndarray:
@@ -166,14 +132,11 @@ class RolloutCollector:
         self._disc_return = np.zeros(self.num_envs, dtype=np.float64)
         self._ep_return = np.zeros(self.num_envs, dtype=np.float64)
         self._ep_length = np.zeros(self.num_envs, dtype=np.int64)
-        self.episode_returns: deque[float] = deque(maxlen=100)
-        self.episode_lengths: deque[int] = deque(maxlen=100)
-        self.episodes_total = 0
+        #: The episodes seen to end.
+        self.episodes = EpisodeLog()
         #: A rollout collected by a group stepping several collectors at once (control.seeds), for
         #: the next collect() to return.
         self.prepared: Rollout | None = None
-        #: (returns, lengths) of the episodes that ended during the latest rollout.
-        self.last_finished: tuple[list[float], list[int]] = ([], [])
 
     def _read(self, obs: Any, info: dict[str, Any]) -> tuple[Any, np.ndarray | None]:
         """The observation and, when the env gives one, the action mask."""
@@ -215,7 +178,7 @@ class RolloutCollector:
             "disc_return": self._disc_return.copy(),
             "ep_return": self._ep_return.copy(),
             "ep_length": self._ep_length.copy(),
-            **episode_log_state(self),
+            **self.episodes.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -243,7 +206,7 @@ class RolloutCollector:
             if value.shape != current.shape:
                 raise ValueError(f"saved {name} has shape {value.shape}, expected {current.shape}")
             setattr(self, f"_{name}", value.copy())
-        load_episode_log(self, state)
+        self.episodes.load_state_dict(state)
 
     def _process_obs(self, obs: np.ndarray, update_stats: bool) -> np.ndarray:
         if update_stats and self.obs_rms is not None:
@@ -311,7 +274,11 @@ class RolloutCollector:
             self.reset()
         if self.numpy_policy is not None:
             self.numpy_policy.refresh()
-        self._buffers = RolloutStorage.allocate(self)
+        self._buffers = RolloutStorage.allocate(
+            self.num_steps, self.num_envs, self.obs_shape,
+            np.uint8 if self.obs_dtype == torch.uint8 and self.obs_rms is None else np.float32,
+            self.action_shape, np.float32 if self.action_dtype == torch.float32 else np.int64,
+            self.mask_size if self.policy.spec.action_mask else None)
         self._initial_state = self._state.clone()
         self._begun = (self._pending_reset.copy(), self._starts.copy())
 
@@ -366,7 +333,7 @@ class RolloutCollector:
         b.settle(*self._begun, self._ep_return, self._ep_length)
         if self.ret_rms is None:
             b.rewards[:] = b.raw_rewards
-        record_episodes(self, b.finished_r, b.finished_l)
+        self.episodes.record(b.finished_r, b.finished_l)
         recurrent = self.policy.core is not None
 
         def to_device(a: np.ndarray) -> Tensor:

@@ -1,18 +1,16 @@
-"""A rollout's storage: preallocated NumPy buffers while it is collected, tensors after."""
+"""A rollout's storage (preallocated NumPy buffers while it is collected, tensors after) and the
+episodes that end in it: the env's own reports of them, and the collector's log."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import gymnasium as gym
 import numpy as np
-import torch
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from ppokit.control.rollout.host import RolloutCollector
 
 
 @dataclass
@@ -62,17 +60,18 @@ class RolloutStorage:
     finished_l: list[int] = dataclasses.field(default_factory=list)
 
     @classmethod
-    def allocate(cls, c: RolloutCollector) -> RolloutStorage:
-        T, N = c.num_steps, c.num_envs
-        obs_dtype = np.uint8 if c.obs_dtype == torch.uint8 and c.obs_rms is None else np.float32
+    def allocate(cls, num_steps: int, num_envs: int, obs_shape: tuple[int, ...], obs_dtype: type[np.generic],
+                 action_shape: tuple[int, ...], action_dtype: type[np.generic], mask_size: int | None) -> RolloutStorage:
+        """Empty buffers of ``num_steps`` × ``num_envs``; ``mask_size``: actions per mask, or None when
+        the policy takes no masks."""
+        T, N = num_steps, num_envs
         return cls(
-            obs=np.empty((T, N, *c.obs_shape), dtype=obs_dtype),
-            actions=np.empty((T, N, *c.action_shape), dtype=np.float32 if c.action_dtype == torch.float32 else np.int64),
+            obs=np.empty((T, N, *obs_shape), dtype=obs_dtype), actions=np.empty((T, N, *action_shape), dtype=action_dtype),
             logp=np.empty((T, N), dtype=np.float32), values=np.empty((T, N), dtype=np.float32),
             rewards=np.empty((T, N), dtype=np.float32), terminated=np.empty((T, N), dtype=bool),
             truncated=np.empty((T, N), dtype=bool), valid=np.empty((T, N), dtype=bool),
             starts=np.empty((T, N), dtype=bool),
-            masks=None if not c.policy.spec.action_mask else np.ones((T, N, c.mask_size), dtype=bool),
+            masks=None if mask_size is None else np.ones((T, N, mask_size), dtype=bool),
             raw_rewards=np.empty((T, N), dtype=np.float64),
         )
 
@@ -115,32 +114,80 @@ class RolloutStorage:
                 self.finished_l.append(int(report[1][i]))
 
 
-def record_episodes(collector: Any, returns: list[float], lengths: list[int]) -> None:
-    """Add a rollout's finished episodes to a collector's log (``episode_returns`` and
-    ``episode_lengths``, the last 100 of each; ``episodes_total``; ``last_finished``)."""
-    collector.episode_returns.extend(returns)
-    collector.episode_lengths.extend(lengths)
-    collector.episodes_total += len(returns)
-    collector.last_finished = (returns, lengths)
+def records_episodes(env: Any) -> bool:
+    """Whether a vector env's envs record their own episode statistics: its metadata declares
+    ``episode_statistics``, or (in-process envs) one's wrappers include ``RecordEpisodeStatistics``.
+    Known before the first game ends, so the lives lost before it are not counted as episodes."""
+    if getattr(env, "metadata", {}).get("episode_statistics"):
+        return True
+    for sub in getattr(env, "envs", ())[:1]:
+        while isinstance(sub, gym.Wrapper):
+            if isinstance(sub, gym.wrappers.RecordEpisodeStatistics):
+                return True
+            sub = sub.env
+    return False
 
 
-def episode_log_state(collector: Any) -> dict[str, Any]:
-    """A collector's episode log as plain data, for its checkpoint."""
-    return {
-        "episode_returns": list(collector.episode_returns),
-        "episode_lengths": list(collector.episode_lengths),
-        "episodes_total": collector.episodes_total,
-        "last_finished": [list(collector.last_finished[0]), list(collector.last_finished[1])],
-    }
+def env_episodes(info: Any, ended: np.ndarray, reports: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(returns, lengths, reported)`` of the episodes the env itself reports as over (Gymnasium's
+    ``RecordEpisodeStatistics`` under the vector env: ``info['episode']``), or None when the env
+    keeps no statistics of its own (``reports`` False and none in ``info``).
+
+    An env that records its own statistics knows better than the rewards ppokit sees: Atari's
+    preprocessing clips rewards and ends a training episode at each lost life, while the score of a
+    game is the unclipped sum over all its lives. Such an env reports a game only when it ends, so a
+    ``done`` it does not report is a lost life and counts as no episode.
+    """
+    stats = info.get("episode") if isinstance(info, dict) else None
+    if not isinstance(stats, dict):
+        if not reports:
+            return None
+        return np.zeros(len(ended)), np.zeros(len(ended), dtype=np.int64), np.zeros(len(ended), dtype=bool)
+    reported = np.asarray(info.get("_episode", np.ones_like(ended)), dtype=bool)
+    return np.asarray(stats["r"], dtype=np.float64), np.asarray(stats["l"]), reported & ended
 
 
-def load_episode_log(collector: Any, state: dict[str, Any]) -> None:
-    """Restore what :func:`episode_log_state` saved."""
-    collector.episode_returns = deque((float(r) for r in state["episode_returns"]), maxlen=100)
-    collector.episode_lengths = deque((int(n) for n in state["episode_lengths"]), maxlen=100)
-    collector.episodes_total = int(state["episodes_total"])
-    collector.last_finished = ([float(r) for r in state["last_finished"][0]],
-                               [int(n) for n in state["last_finished"][1]])
+class EpisodeLog:
+    """The episodes a collector has seen end: the last 100 returns and lengths (the metrics row's
+    means), how many in all, and those of the latest rollout."""
+
+    #: How many recent episodes the means are taken over.
+    RECENT = 100
+
+    def __init__(self) -> None:
+        self.returns: deque[float] = deque(maxlen=self.RECENT)
+        self.lengths: deque[int] = deque(maxlen=self.RECENT)
+        self.total = 0
+        #: ``(returns, lengths)`` of the episodes that ended during the latest rollout.
+        self.last: tuple[list[float], list[int]] = ([], [])
+
+    def record(self, returns: list[float], lengths: list[int]) -> None:
+        """Add a rollout's finished episodes."""
+        self.returns.extend(returns)
+        self.lengths.extend(lengths)
+        self.total += len(returns)
+        self.last = (returns, lengths)
+
+    def carry_over(self, state: dict[str, Any]) -> None:
+        """Add the finished episodes of a saved log (a resume whose envs start fresh episodes)."""
+        self.returns.extend(float(r) for r in state["episode_returns"])
+        self.lengths.extend(int(n) for n in state["episode_lengths"])
+        self.total = int(state["episodes_total"])
+
+    def state_dict(self) -> dict[str, Any]:
+        """The log as plain data, under the keys a collector's checkpoint has always used."""
+        return {
+            "episode_returns": list(self.returns),
+            "episode_lengths": list(self.lengths),
+            "episodes_total": self.total,
+            "last_finished": [list(self.last[0]), list(self.last[1])],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.returns = deque((float(r) for r in state["episode_returns"]), maxlen=self.RECENT)
+        self.lengths = deque((int(n) for n in state["episode_lengths"]), maxlen=self.RECENT)
+        self.total = int(state["episodes_total"])
+        self.last = ([float(r) for r in state["last_finished"][0]], [int(n) for n in state["last_finished"][1]])
 
 
 def check_saved_obs(obs: Any, num_envs: int, obs_shape: tuple[int, ...]) -> None:
