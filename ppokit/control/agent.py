@@ -8,7 +8,10 @@ One update is the PPO paper's algorithm box::
     adapt β / ε, check the run's health                           (algorithm.py, core.health)
 
 and :meth:`PPO.learn` runs updates in the one loop shell (:mod:`ppokit.io.loop`), which logs,
-checkpoints (:mod:`.checkpointing`) and handles signals.
+checkpoints and handles signals. The agent owns the parts (envs, policy, normalisers, algorithm,
+collector, counters) and hands each helper the parts it uses: :mod:`.checkpointing` knows the saved
+format, :mod:`.evaluation` and :mod:`.device_evaluation` play episodes, :mod:`.data_parallel` knows
+what a run of several processes does differently.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ import numpy as np
 import torch
 
 from ppokit import runtime
-from ppokit.configuration import replace
+from ppokit.configuration import check_unchanged, replace
 from ppokit.control import checkpointing, data_parallel, device_evaluation, fast
 from ppokit.control.algorithm import PPOAlgorithm
+from ppokit.control.checkpointing import Counters, Spaces
 from ppokit.control.config import RESUMABLE_FIELDS, ControlConfig
 from ppokit.control.data_parallel import local_num_envs
 from ppokit.control.envs import torch_source
@@ -32,7 +36,7 @@ from ppokit.control.envs.make import check_spaces
 from ppokit.control.envs.observations import ObservationReader, as_policy_input
 from ppokit.control.envs.source import EnvSource
 from ppokit.control.envs.torch_source import TorchEnvSource
-from ppokit.control.evaluation import periodic_evaluation, run_evaluation
+from ppokit.control.evaluation import EvaluationEnvs, eval_vectorization, run_evaluation
 from ppokit.control.policy.actions import ActionAdapter, all_discrete, first_of
 from ppokit.control.policy.networks import ActorCritic, PolicySpec, is_image_space
 from ppokit.control.rollout.collectors import Collector, make_collector
@@ -40,11 +44,12 @@ from ppokit.control.rollout.host import RolloutCollector, observation_batch, pol
 from ppokit.core.collective import on_main
 from ppokit.core.health import HealthMonitor
 from ppokit.core.running_stats import RunningMeanStd
-from ppokit.errors import ConfigError
-from ppokit.io.checkpoints import checkpoint_path, find_resumable
+from ppokit.errors import CheckpointError, ConfigError, EnvError
+from ppokit.io.atomic import atomic_write_json
+from ppokit.io.checkpoints import BEST, checkpoint_path, find_resumable, latest_checkpoint
 from ppokit.io.loop import Callback, LoopPlan, run_loop
-from ppokit.io.metrics import NullMetrics
-from ppokit.io.run_dir import default_run_dir, open_run
+from ppokit.io.metrics import MetricsLogger, NullMetrics
+from ppokit.io.run_dir import default_run_dir, holds_run, open_run
 
 log = logging.getLogger("ppokit")
 
@@ -108,7 +113,8 @@ class PPO:
             normalize_reward=c.normalize_reward, shared_trunk=spec.shared_trunk,
         )
         self._predict_rng = np.random.default_rng([c.seed, 3])
-        self._eval_env: Any = None
+        #: The envs of the periodic evaluations, kept from the first to the end of learn().
+        self._eval_envs = EvaluationEnvs(self.env_source, eval_vectorization(c))
         self.global_step = 0
         self.num_updates = 0
         self.run_dir: Path | None = None
@@ -120,7 +126,7 @@ class PPO:
         #: The evaluation that reached ``stop_at_return``, and where learn() started (step, time).
         self._final_eval: dict[str, Any] | None = None
         self._start = (0, time.perf_counter())
-        data_parallel.start(self)
+        data_parallel.start(self.collective, self.policy, c.seed, (self.obs_rms, self.ret_rms))
 
     @property
     def torch_env(self) -> bool:
@@ -157,9 +163,8 @@ class PPO:
         if resume and self.resume_from is None:
             if run_dir is None and c.run_dir is None:
                 raise ConfigError("resume=True needs the run directory to resume (run_dir)")
-            overwrite = checkpointing.restore_latest(self, directory) or overwrite
+            overwrite = self.restore_latest(directory) or overwrite
         resuming = self.resume_from is not None
-        self.ensure_env()
         if total_steps is not None:
             total = int(total_steps)
         elif resuming and self.total_steps is not None:
@@ -180,16 +185,7 @@ class PPO:
                 f"total_steps = {total} is less than one rollout (num_envs * num_steps = "
                 f"{c.num_envs} * {c.num_steps} = {c.batch_size}); nothing would be trained"
             )
-        self.total_steps = total
-        launch = {"world_size": self.collective.world_size, "global_batch_size": self.global_batch}
-        self.run_dir, metrics = on_main(self.collective, lambda: open_run(
-            directory, replace(c, total_steps=total, run_dir=str(directory)), overwrite=overwrite,
-            resume_update=self.num_updates if resuming else None,
-            purge_step=self.global_step + 1 if resuming else None,
-            launch=launch if self.collective.active else None,
-        ), lambda: (directory, NullMetrics()))
-        self._final_eval = None
-        self._start = (self.global_step, time.perf_counter())
+        metrics = self.open_run(directory, total, overwrite)
         plan = LoopPlan(
             updates=num_updates, desc=c.env_id, checkpoint_every=c.checkpoint_every,
             checkpoint_minutes=c.checkpoint_minutes, x_axis=lambda record: int(record["global_step"]),
@@ -202,33 +198,61 @@ class PPO:
             try:
                 run_loop(self, plan, metrics, callback)
             finally:
-                self._close_eval_env()
-            self.resume_from = None
+                self._eval_envs.close()
             if main:  # the weights are the same on every rank
-                self._finish_run(metrics)
+                self.finish_run(metrics)
+            self.resume_from = None
             self.collective.barrier()  # so that on every rank, learn() returns with the model saved
         return self
 
-    def _finish_run(self, metrics: Any) -> None:
-        checkpointing.finish_run(self, metrics)
+    def open_run(self, directory: Path, total_steps: int, overwrite: bool = False) -> MetricsLogger:
+        """Start (or, after a restore, continue) the run in ``directory`` towards ``total_steps`` env
+        steps: make the envs, write config.yaml, open the metrics (rank 0; the other ranks log nothing)."""
+        c = self.config
+        resuming = self.resume_from is not None
+        self.ensure_env()
+        self.total_steps = total_steps
+        launch = {"world_size": self.collective.world_size, "global_batch_size": self.global_batch}
+        self.run_dir, metrics = on_main(self.collective, lambda: open_run(
+            directory, replace(c, total_steps=total_steps, run_dir=str(directory)), overwrite=overwrite,
+            resume_update=self.num_updates if resuming else None,
+            purge_step=self.global_step + 1 if resuming else None,
+            launch=launch if self.collective.active else None,
+        ), lambda: (directory, NullMetrics()))
+        self._final_eval = None
+        self._start = (self.global_step, time.perf_counter())
+        return metrics
+
+    def finish_run(self, metrics: MetricsLogger) -> None:
+        """The end of a run: save the model and the final evaluation (eval.json), and give them to the
+        trackers (``metrics``). The evaluation that reached ``stop_at_return`` is the final one."""
+        assert self.run_dir is not None
+        c = self.config
+        self.save(self.run_dir / "model")
+        result = self._final_eval
+        if result is None and c.eval_episodes > 0:
+            result = self.evaluate(c.eval_episodes, deterministic=c.eval_deterministic)
+        if result is not None:
+            atomic_write_json(self.run_dir / "eval.json", result)
+        metrics.finish({f"eval/{k}": v for k, v in (result or {}).items()}, self.run_dir / "model")
 
     def update(self) -> dict[str, Any]:
         """One update: collect a rollout, estimate advantages, run the K epochs; its metrics row."""
         assert self.collector is not None
         fraction = self.global_step / self.total_steps if self.total_steps else 0.0
         rollout = self.collector.collect()
-        data_parallel.sync_normalisers(self)
+        data_parallel.sync_normalisers(self.collective, (self.obs_rms, self.ret_rms))
         self.global_step += self.global_batch
         stats = self.algorithm.update(rollout, fraction)
         self.num_updates += 1
-        returns, lengths = self.collector.episodes.returns, self.collector.episodes.lengths
+        episodes = self.collector.episodes
         record: dict[str, Any] = {"global_step": self.global_step, "update": self.num_updates}
         if isinstance(self.collector, RolloutCollector) and self.collective.active:
-            record.update(data_parallel.episode_figures(self.collector, self.collective))
+            record.update(data_parallel.episode_figures(episodes, self.collective))
         else:
-            record.update(episodic_return=float(np.mean(returns)) if returns else None,
-                          episodic_length=float(np.mean(lengths)) if lengths else None,
-                          episodes=len(self.collector.episodes.last[0]))
+            record.update(episodic_return=float(np.mean(episodes.returns)) if episodes.returns else None,
+                          episodic_length=float(np.mean(episodes.lengths)) if episodes.lengths else None,
+                          episodes=len(episodes.last[0]))
         record.update(stats)
         self.health.check(record, fraction, self.num_updates)
         return record
@@ -242,7 +266,13 @@ class PPO:
         record["time_elapsed"] = elapsed
         if not (c.eval_every and self.num_updates % c.eval_every == 0) or not self.collective.is_main:
             return False  # rank 0 evaluates; the loop shares its decision
-        result = periodic_evaluation(self, c.eval_episodes)
+        # A new seed per evaluation, so "best" is not chosen on one fixed set of start states.
+        result = self.evaluate(c.eval_episodes, deterministic=c.eval_deterministic,
+                               seed=c.seed + 10_000 + self.num_updates, env=self._eval_envs.get(c.eval_episodes))
+        if self.best_eval_return is None or result["mean_return"] > self.best_eval_return:
+            self.best_eval_return = result["mean_return"]
+            assert self.run_dir is not None
+            checkpointing.save_best(self.run_dir / BEST, self._tensors(), self._model_state(), result)
         record["eval_return"] = result["mean_return"]
         if c.stop_at_return is None or result["mean_return"] < c.stop_at_return:
             return False
@@ -260,7 +290,8 @@ class PPO:
         episode begins. Fast-path policies draw from ``rng`` (default: the agent's own generator).
         Torch observations (a torch env's) give torch actions, on the policy's device."""
         if isinstance(obs, torch.Tensor) and self.torch_env:
-            return device_evaluation.predict(self, obs, deterministic)
+            return device_evaluation.predict(self.policy, self.obs_rms, self.config.clip_obs,
+                                             (self.observation_space, self.action_space), self.device, obs, deterministic)
         obs = as_policy_input(self.env_observation_space, self.observation_space, obs)  # a Dict, Tuple, ... one
         batch, single = observation_batch(obs, self.observation_space)
         if action_mask is not None:
@@ -292,7 +323,7 @@ class PPO:
         made for the call and closed after it."""
         seed = self.config.seed + 10_000 if seed is None else seed
         if self.torch_env:  # batched episodes on the env's device
-            return {**device_evaluation.evaluate(self, episodes, deterministic, seed, video_dir, env),
+            return {**self._evaluate_on_device(episodes, deterministic, seed, video_dir, env),
                     "global_step": self.global_step}
         rng = np.random.default_rng([seed, 2])
 
@@ -310,14 +341,56 @@ class PPO:
         return result
 
     # ------------------------------------------------------------------ saving and loading
+    def _evaluate_on_device(self, episodes: int, deterministic: bool, seed: int, video_dir: Any,
+                            env: Any) -> dict[str, Any]:
+        """Evaluate on a torch env: ``env``, else new envs from the run's source, else (an env object that
+        cannot be made again) the training env, whose episodes then start over."""
+        if video_dir is not None:
+            raise EnvError("video recording needs a Gymnasium env; a torch env has no single-env form")
+        owned = env is None and self.env_source.can_make
+        if owned:
+            env = self.env_source.evaluation(episodes)
+        elif env is None:
+            if self.env is None:
+                self.env = self.env_source.training(self.config.num_envs, self.config.vectorization)
+            env = self.env
+            if self.collector is not None:
+                log.info("evaluating on the training env (an env object ppokit cannot make more of); its episodes "
+                         "start over")
+                self.collector.restart()
+        try:
+            return device_evaluation.evaluate(self.policy, self.obs_rms, self.config.clip_obs,
+                                              (self.observation_space, self.action_space), self.device, env,
+                                              self.config.env_id, episodes, deterministic, seed)
+        finally:
+            if owned:
+                env.close()
+
+    def _spaces(self) -> Spaces:
+        return Spaces(self.observation_space, self.action_space, self.env_observation_space)
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return checkpointing.policy_tensors(self.policy, self.obs_rms, self.ret_rms)
+
+    def _model_state(self) -> dict[str, Any]:
+        return checkpointing.model_state(self.config, self._spaces(), self.policy, self._counters(), self.torch_env,
+                                         self.algorithm.state_dict())
+
+    def _counters(self) -> Counters:
+        return Counters(self.global_step, self.num_updates, self.total_steps, self.best_eval_return)
+
     def save(self, path: str | Path) -> Path:
         """Write the policy (safetensors) and its metadata (JSON) to directory ``path``, atomically."""
-        return checkpointing.save_model(self, path)
+        return checkpointing.save_model(path, self._tensors(), self._model_state())
 
     def save_checkpoint(self) -> Path:
         """A resumable checkpoint ``RUN_DIR/checkpoints/update_<N>`` (weights, optimizer, RNGs, envs,
         counters); keeps the newest ``keep_checkpoints``."""
-        return checkpointing.save_checkpoint(self)
+        assert self.run_dir is not None and self.collector is not None and self.env is not None
+        own = checkpointing.rollout_state(self.env, self.collector, self.torch_env)
+        return checkpointing.save_checkpoint(
+            self.run_dir, self._tensors(), self._model_state(), self.algorithm.optimizer, self._counters(),
+            self.health.state_dict(), own, self.collective, self.config.keep_checkpoints)
 
     def checkpoint_path(self) -> Path:
         assert self.run_dir is not None
@@ -344,11 +417,20 @@ class PPO:
         agent.device = runtime.resolve_device(agent.config.device)
         agent.collective = runtime.join_processes(agent.device, agent.config.dist_backend, agent.config.dist_timeout)
         agent.env = None  # made on demand by learn()
-        observation_space, action_space, agent.env_observation_space = checkpointing.saved_spaces(model_dir, state)
-        agent._build(observation_space, action_space, action_mask=bool(state.get("action_mask", False)),
+        spaces = checkpointing.saved_spaces(model_dir, state)
+        agent.env_observation_space = spaces.env_observation
+        agent._build(spaces.observation, spaces.action, action_mask=bool(state.get("action_mask", False)),
                      critic_shape=tuple(state.get("critic_obs_shape") or ()))
-        checkpointing.load_weights(agent, model_dir, state)
+        agent._load_weights(model_dir, state)
         return agent
+
+    def _load_weights(self, model_dir: Path, state: dict[str, Any]) -> None:
+        """Weights, normaliser statistics, counters, controllers and (if saved) optimiser state."""
+        checkpointing.load_policy(model_dir, self.policy, self.obs_rms, self.ret_rms)
+        counters = checkpointing.saved_counters(model_dir, state)
+        self.global_step, self.num_updates = counters.global_step, counters.num_updates
+        self.algorithm.load_state_dict(state, str(model_dir / checkpointing.STATE_FILE))
+        checkpointing.load_optimizer(model_dir, self.algorithm.optimizer, self.device)
 
     @classmethod
     def resume(cls, run_dir: str | Path, *, trust: bool = False, env: Any = None, **overrides: Any) -> PPO:
@@ -366,10 +448,43 @@ class PPO:
         if "env_id" in overrides and overrides["env_id"] != saved_env:
             raise ConfigError(f"resuming {run_dir}: the run trains on {saved_env!r}, not {overrides['env_id']!r}")
         agent = cls.load(checkpoint, trust=trust, env=env, **overrides)
-        checkpointing.restore_training(agent, checkpoint, Path(run_dir))
+        agent._restore_training(checkpoint, Path(run_dir))
         if "total_steps" in overrides:
             agent.total_steps = agent.config.total_steps
         return agent
+
+    def restore_latest(self, run_dir: Path) -> bool:
+        """``learn(resume=True)``: restore the run's latest checkpoint into this freshly built agent. A
+        run stopped before its first checkpoint has nothing to continue from: returns True (start it over)."""
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is not None:
+            state = checkpointing.read_state(checkpoint)
+            check_unchanged(checkpointing.saved_config(checkpoint, state, {}), self.config, RESUMABLE_FIELDS,
+                            str(checkpoint))
+            self._load_weights(checkpoint, state)
+            self._restore_training(checkpoint, run_dir)
+            self.total_steps = self.config.total_steps  # the budget given now, not the one saved
+            return False
+        if holds_run(run_dir):
+            log.warning("%s holds a run stopped before its first checkpoint; starting it over", run_dir)
+            return True
+        return False
+
+    def _restore_training(self, checkpoint: Path, run_dir: Path) -> None:
+        """The state beyond the weights: counters, health, envs, collector, RNGs (``resume.json``)."""
+        saved = checkpointing.read_resume(checkpoint, self.collective)
+        self.total_steps, self.best_eval_return = saved.counters.total_steps, saved.counters.best_eval_return
+        try:
+            self.health.load_state_dict(saved.health)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise CheckpointError(f"{saved.file}: bad or incompatible resume state ({type(err).__name__}: {err})") from None
+        # No reset when the env state is restored: a reset would feed its observations into the
+        # restored normalisation statistics.
+        self.ensure_env(reset=not saved.envs_saved)
+        assert self.collector is not None
+        checkpointing.restore_rollout(saved, self.env, self.collector, self.torch_env)
+        self.run_dir = run_dir
+        self.resume_from = checkpoint
 
     def ensure_env(self, reset: bool = True) -> None:
         """Create the training env if needed (after :meth:`load`) and start collecting from it.
@@ -383,16 +498,13 @@ class PPO:
         local_envs = local_num_envs(c, self.collective)
         if self.env is None:
             self.env = self.env_source.training(local_envs, c.vectorization)
-        self.collector = make_collector(self)
+        self.collector = make_collector(
+            self.env, self.policy, c, self.device, numpy_policy=self.numpy_policy, obs_rms=self.obs_rms,
+            ret_rms=self.ret_rms, data_parallel=self.collective.active, can_make_envs=self.env_source.can_make)
         if reset:
             self.collector.reset(seed=data_parallel.env_seed(c, local_envs, self.collective.rank, self.num_updates))
 
     def close(self) -> None:
         if self.env is not None:
             self.env.close()
-        self._close_eval_env()
-
-    def _close_eval_env(self) -> None:
-        if self._eval_env is not None:
-            self._eval_env.close()
-            self._eval_env = None
+        self._eval_envs.close()

@@ -1,4 +1,4 @@
-"""Saving, loading and resuming a control agent.
+"""What a control run saves, and reading it back: the format, given the parts it is made of.
 
 A saved policy (``RUN_DIR/model``, ``RUN_DIR/best``) is a directory of ``model.safetensors`` (the
 policy's weights and the observation/return normalisers) and ``state.json`` (config, spaces,
@@ -6,6 +6,9 @@ counters, controller state). A resumable checkpoint (``RUN_DIR/checkpoints/updat
 ``optimizer.pt`` (read with ``weights_only=True``) and ``resume.json``: RNG states, the rollout
 collector's and the envs' state, the health monitor, written last so its presence marks a
 complete checkpoint. Every directory is written atomically.
+
+The functions take and return the parts (the policy, the normalisers, the optimiser, the collector,
+the counters, plain dicts of state); :class:`~ppokit.control.agent.PPO` puts them together.
 """
 
 from __future__ import annotations
@@ -13,19 +16,24 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
 from ppokit._version import __version__
-from ppokit.configuration import check_unchanged, from_mapping, to_dict
-from ppokit.control.config import RESUMABLE_FIELDS, ControlConfig
+from ppokit.configuration import from_mapping, to_dict
+from ppokit.control.config import ControlConfig
 from ppokit.control.envs.spaces import space_from_json, space_to_json
 from ppokit.control.envs.state import capture_env_state, restore_env_state
 from ppokit.control.envs.torch_env import capture_torch_env_state, restore_torch_env_state
-from ppokit.core.collective import check_world_size, gather_rank_states, rank_state
+from ppokit.control.policy.networks import ActorCritic
+from ppokit.control.rollout.collectors import Collector
+from ppokit.core.collective import Collective, check_world_size, gather_rank_states, rank_state
+from ppokit.core.optim import Optimizer
+from ppokit.core.running_stats import RunningMeanStd
 from ppokit.errors import CheckpointError, ConfigError
 from ppokit.io.atomic import atomic_write_dir, recover_dir
 from ppokit.io.checkpoints import (
@@ -40,9 +48,6 @@ from ppokit.io.checkpoints import (
 from ppokit.io.rng import rng_state, set_rng_state
 from ppokit.io.state_codec import decode, encode
 
-if TYPE_CHECKING:
-    from ppokit.control.agent import PPO
-
 log = logging.getLogger("ppokit")
 
 #: Versions of state.json and resume.json (2: the vocabulary shared with RLHF, the health monitor's state).
@@ -54,45 +59,72 @@ STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 
 
-def _tensors(agent: PPO) -> dict[str, torch.Tensor]:
+@dataclass
+class Spaces:
+    """The spaces a policy was built for: what it observes and does, and what the env gives (the
+    observation before an action mask is taken out of it)."""
+
+    observation: Any
+    action: Any
+    env_observation: Any
+
+
+@dataclass
+class Counters:
+    """Where a run stands: env steps and updates done, the step budget, the best periodic evaluation."""
+
+    global_step: int = 0
+    num_updates: int = 0
+    total_steps: int | None = None
+    best_eval_return: float | None = None
+
+
+# ---------------------------------------------------------------------------------------------- saving
+
+def policy_tensors(policy: ActorCritic, obs_rms: RunningMeanStd | None,
+                   ret_rms: RunningMeanStd | None) -> dict[str, torch.Tensor]:
+    """``model.safetensors``: the policy's weights and the normalisers' statistics."""
     # clone: the parameters may be views of one buffer (FlatAdam), and safetensors refuses shared memory.
-    tensors = {f"policy.{k}": v.detach().cpu().clone() for k, v in agent.policy.state_dict().items()}
-    for name, rms in (("obs_rms", agent.obs_rms), ("ret_rms", agent.ret_rms)):
+    tensors = {f"policy.{k}": v.detach().cpu().clone() for k, v in policy.state_dict().items()}
+    for name, rms in (("obs_rms", obs_rms), ("ret_rms", ret_rms)):
         if rms is not None:
             tensors.update({f"{name}.{k}": v.contiguous() for k, v in rms.state_dict().items()})
     return tensors
 
 
-def _state(agent: PPO) -> dict[str, Any]:
+def model_state(config: ControlConfig, spaces: Spaces, policy: ActorCritic, counters: Counters, torch_env: bool,
+                algorithm_state: Mapping[str, Any]) -> dict[str, Any]:
+    """``state.json``: what the weights need to be used again."""
     return {
         "format": CHECKPOINT_FORMAT,
         "kind": KIND,
         "ppokit_version": __version__,
-        "config": to_dict(agent.config),
-        "observation_space": space_to_json(agent.observation_space),
-        "action_space": space_to_json(agent.action_space),
-        "env_observation_space": (None if agent.env_observation_space is agent.observation_space
-                                  else space_to_json(agent.env_observation_space)),
-        "global_step": agent.global_step,
-        "num_updates": agent.num_updates,
-        "action_mask": agent.policy.spec.action_mask,
-        "critic_obs_shape": list(agent.policy.spec.critic_obs_shape),
+        "config": to_dict(config),
+        "observation_space": space_to_json(spaces.observation),
+        "action_space": space_to_json(spaces.action),
+        "env_observation_space": (None if spaces.env_observation is spaces.observation
+                                  else space_to_json(spaces.env_observation)),
+        "global_step": counters.global_step,
+        "num_updates": counters.num_updates,
+        "action_mask": policy.spec.action_mask,
+        "critic_obs_shape": list(policy.spec.critic_obs_shape),
         # A torch env's id is made by calling its class; load() must know that before it may import it.
-        "torch_env": agent.torch_env,
-        **agent.algorithm.state_dict(),
+        "torch_env": torch_env,
+        **algorithm_state,
     }
 
 
-def save_model(agent: PPO, path: str | Path, include_optimizer: bool = False,
-               extra: Callable[[Path], None] | None = None) -> Path:
-    """Write the policy (safetensors) and its metadata (JSON) to directory ``path``, atomically."""
+def save_model(path: str | Path, tensors: Mapping[str, torch.Tensor], state: Mapping[str, Any],
+               optimizer: Optimizer | None = None, extra: Callable[[Path], None] | None = None) -> Path:
+    """Write a saved policy (``tensors``, ``state``, with ``optimizer``'s state for a checkpoint) to
+    directory ``path``, atomically; ``extra(tmp)`` adds files before it is moved into place."""
     path = Path(path)
 
     def fill(tmp: Path) -> None:
-        save_file(_tensors(agent), str(tmp / MODEL_FILE))
-        (tmp / STATE_FILE).write_text(json.dumps(_state(agent), indent=2) + "\n", encoding="utf-8")
-        if include_optimizer:
-            torch.save(agent.algorithm.optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+        save_file(dict(tensors), str(tmp / MODEL_FILE))
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
         if extra is not None:
             extra(tmp)
 
@@ -100,39 +132,40 @@ def save_model(agent: PPO, path: str | Path, include_optimizer: bool = False,
     return path
 
 
-def finish_run(agent: PPO, metrics: Any) -> None:
-    """The end of ``learn()``: save the model and the final evaluation (eval.json), and give them to the trackers."""
-    assert agent.run_dir is not None
-    c = agent.config
-    agent.save(agent.run_dir / "model")
-    result = agent._final_eval
-    if result is None and c.eval_episodes > 0:
-        result = agent.evaluate(c.eval_episodes, deterministic=c.eval_deterministic)
-    if result is not None:
-        from ppokit.io.atomic import atomic_write_json
+def save_best(path: Path, tensors: Mapping[str, torch.Tensor], state: Mapping[str, Any],
+              result: Mapping[str, Any]) -> None:
+    """The policy with the best periodic evaluation so far, with that evaluation's eval.json."""
 
-        atomic_write_json(agent.run_dir / "eval.json", result)
-    metrics.finish({f"eval/{k}": v for k, v in (result or {}).items()}, agent.run_dir / "model")
+    def extra(tmp: Path) -> None:
+        (tmp / "eval.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+    save_model(path, tensors, state, extra=extra)
 
 
-def save_checkpoint(agent: PPO) -> Path:
-    """A resumable checkpoint of the agent's run; keeps the newest ``keep_checkpoints``."""
-    assert agent.run_dir is not None and agent.collector is not None and agent.env is not None
-    env_state, why = capture_torch_env_state(agent.env) if agent.torch_env else capture_env_state(agent.env)
-    # What each process of a data-parallel run holds of its own (gathered to rank 0, which writes).
-    own = {"rng": rng_state(), "collector": encode(agent.collector.state_dict()), "env": env_state, "env_not_saved": why}
-    per_rank = gather_rank_states(agent.collective, own)
-    path = checkpoint_path(agent.run_dir, agent.num_updates)
-    if not agent.collective.is_main:
+def rollout_state(env: Any, collector: Collector, torch_env: bool) -> dict[str, Any]:
+    """What one process holds of its own: its RNGs, its collector's and its envs' state (or why the
+    envs' cannot be saved)."""
+    env_state, why = capture_torch_env_state(env) if torch_env else capture_env_state(env)
+    return {"rng": rng_state(), "collector": encode(collector.state_dict()), "env": env_state, "env_not_saved": why}
+
+
+def save_checkpoint(run_dir: Path, tensors: Mapping[str, torch.Tensor], state: Mapping[str, Any],
+                    optimizer: Optimizer, counters: Counters, health: Mapping[str, Any], own: Mapping[str, Any],
+                    collective: Collective, keep: int) -> Path:
+    """A resumable checkpoint ``run_dir/checkpoints/update_<N>``; keeps the newest ``keep``. Every
+    process calls it with its ``own`` :func:`rollout_state`; they are gathered to rank 0, which writes."""
+    per_rank = gather_rank_states(collective, dict(own))
+    path = checkpoint_path(run_dir, counters.num_updates)
+    if not collective.is_main:
         return path
     resume_state = {
         "format": RESUME_FORMAT,
         "kind": KIND,
-        "global_step": agent.global_step,
-        "num_updates": agent.num_updates,
-        "total_steps": agent.total_steps,
-        "best_eval_return": agent.best_eval_return,
-        "health": agent.health.state_dict(),
+        "global_step": counters.global_step,
+        "num_updates": counters.num_updates,
+        "total_steps": counters.total_steps,
+        "best_eval_return": counters.best_eval_return,
+        "health": dict(health),
         **per_rank,
     }
 
@@ -140,10 +173,12 @@ def save_checkpoint(agent: PPO) -> Path:
         # Written last: its presence marks the checkpoint complete (see io.checkpoints).
         (tmp / RESUME_FILE).write_text(json.dumps(resume_state) + "\n", encoding="utf-8")
 
-    save_model(agent, path, include_optimizer=True, extra=write_resume)
-    prune_checkpoints(agent.run_dir, agent.config.keep_checkpoints)
+    save_model(path, tensors, state, optimizer=optimizer, extra=write_resume)
+    prune_checkpoints(run_dir, keep)
     return path
 
+
+# ---------------------------------------------------------------------------------------------- reading
 
 def find_model_dir(path: str | Path) -> Path:
     """The saved policy in ``path``: the directory itself, or its ``model`` folder (a run directory)."""
@@ -179,7 +214,7 @@ def read_state(model_dir: Path) -> dict[str, Any]:
     return dict(state)
 
 
-def saved_spaces(model_dir: Path, state: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+def saved_spaces(model_dir: Path, state: Mapping[str, Any]) -> Spaces:
     """The policy's observation and action spaces, and the env's observation space, as saved."""
     try:
         observation_space = space_from_json(state["observation_space"])
@@ -188,7 +223,7 @@ def saved_spaces(model_dir: Path, state: Mapping[str, Any]) -> tuple[Any, Any, A
         env_space = space_from_json(saved_env_space) if saved_env_space else observation_space
     except (KeyError, TypeError, ValueError, CheckpointError) as err:
         raise CheckpointError(f"{model_dir / STATE_FILE}: bad saved spaces ({err})") from None
-    return observation_space, action_space, env_space
+    return Spaces(observation_space, action_space, env_space)
 
 
 def saved_config(model_dir: Path, state: Mapping[str, Any], overrides: Mapping[str, Any]) -> ControlConfig:
@@ -198,33 +233,26 @@ def saved_config(model_dir: Path, state: Mapping[str, Any], overrides: Mapping[s
         raise CheckpointError(f"{model_dir}: saved config is not valid for this ppokit: {err}") from None
 
 
-def load_weights(agent: PPO, model_dir: Path, state: Mapping[str, Any]) -> None:
-    """Weights, normaliser statistics, counters, controllers and (if saved) optimizer state."""
-    _load_tensors(agent, model_dir)
+def saved_counters(model_dir: Path, state: Mapping[str, Any]) -> Counters:
+    """The env steps and updates a saved policy was trained for."""
     try:
-        agent.global_step = int(state.get("global_step", 0))
-        agent.num_updates = int(state.get("num_updates", 0))
+        return Counters(global_step=int(state.get("global_step", 0)), num_updates=int(state.get("num_updates", 0)))
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{model_dir / STATE_FILE}: bad counters ({err})") from None
-    agent.algorithm.load_state_dict(dict(state), str(model_dir / STATE_FILE))
-    optimizer_path = model_dir / OPTIMIZER_FILE
-    if optimizer_path.exists():
-        try:
-            agent.algorithm.optimizer.load_state_dict(load_torch_state(optimizer_path, agent.device))
-        except (ValueError, KeyError, RuntimeError) as err:
-            raise CheckpointError(f"{optimizer_path}: optimizer state does not fit this network ({err})") from None
 
 
-def _load_tensors(agent: PPO, model_dir: Path) -> None:
+def load_policy(model_dir: Path, policy: ActorCritic, obs_rms: RunningMeanStd | None,
+                ret_rms: RunningMeanStd | None) -> None:
+    """Weights and normaliser statistics from ``model.safetensors``; non-finite ones are refused."""
     file = model_dir / MODEL_FILE
     tensors = load_safetensors(file)
     refuse_non_finite(file, tensors.items(), "refusing to load weights that cannot act")
     policy_state = {k[len("policy."):]: v for k, v in tensors.items() if k.startswith("policy.")}
     try:
-        agent.policy.load_state_dict(policy_state)
+        policy.load_state_dict(policy_state)
     except RuntimeError as err:
         raise CheckpointError(f"{file}: weights do not fit the configured network: {err}") from None
-    for name, rms in (("obs_rms", agent.obs_rms), ("ret_rms", agent.ret_rms)):
+    for name, rms in (("obs_rms", obs_rms), ("ret_rms", ret_rms)):
         if rms is not None:
             try:
                 rms.load_state_dict({k: tensors[f"{name}.{k}"] for k in ("mean", "var", "count")})
@@ -232,67 +260,58 @@ def _load_tensors(agent: PPO, model_dir: Path) -> None:
                 raise CheckpointError(f"{file}: missing or bad {name} statistics ({err})") from None
 
 
-def restore_latest(agent: PPO, run_dir: Path) -> bool:
-    """``learn(resume=True)``: restore the run's latest checkpoint into a freshly built agent. A run
-    stopped before its first checkpoint has nothing to continue from: returns True (start it over)."""
-    from ppokit.io.checkpoints import latest_checkpoint
-    from ppokit.io.run_dir import holds_run
-
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is not None:
-        restore_checkpoint(agent, checkpoint, run_dir)
-        return False
-    if holds_run(run_dir):
-        log.warning("%s holds a run stopped before its first checkpoint; starting it over", run_dir)
-        return True
-    return False
+def load_optimizer(model_dir: Path, optimizer: Optimizer, device: torch.device) -> None:
+    """The optimiser's state, when the directory holds one (a checkpoint)."""
+    optimizer_path = model_dir / OPTIMIZER_FILE
+    if optimizer_path.exists():
+        try:
+            optimizer.load_state_dict(load_torch_state(optimizer_path, device))
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise CheckpointError(f"{optimizer_path}: optimizer state does not fit this network ({err})") from None
 
 
-def save_best(agent: PPO, path: Path, result: dict[str, Any]) -> None:
-    """The policy with the best periodic evaluation so far, with that evaluation's eval.json."""
+@dataclass
+class ResumeState:
+    """A checkpoint's ``resume.json``, as this process resumes from it."""
 
-    def extra(tmp: Path) -> None:
-        (tmp / "eval.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    counters: Counters
+    health: Mapping[str, Any]
+    #: This process's own part (:func:`rollout_state`).
+    own: Mapping[str, Any]
+    file: Path
 
-    save_model(agent, path, extra=extra)
-
-
-def restore_checkpoint(agent: PPO, checkpoint: Path, run_dir: Path) -> None:
-    """Load a checkpoint of this same run into a freshly built agent."""
-    state = read_state(checkpoint)
-    check_unchanged(saved_config(checkpoint, state, {}), agent.config, RESUMABLE_FIELDS, str(checkpoint))
-    load_weights(agent, checkpoint, state)
-    restore_training(agent, checkpoint, run_dir)
-    agent.total_steps = agent.config.total_steps  # the budget given now, not the one saved
+    @property
+    def envs_saved(self) -> bool:
+        return self.own["env"] is not None
 
 
-
-def restore_training(agent: PPO, checkpoint: Path, run_dir: Path) -> None:
-    """The state beyond the weights: counters, health, envs, collector, RNGs (``resume.json``)."""
+def read_resume(checkpoint: Path, collective: Collective) -> ResumeState:
+    """The resume state of ``checkpoint``, refused when another number of processes wrote it."""
     file = checkpoint / RESUME_FILE
     resume = read_resume_state(checkpoint, KIND, RESUME_FORMAT)
-    check_world_size(resume, agent.collective, file, "envs and random state")
-    own = rank_state(resume, agent.collective)
+    check_world_size(resume, collective, file, "envs and random state")
     try:
-        agent.total_steps = resume["total_steps"]
-        agent.best_eval_return = resume["best_eval_return"]
-        agent.health.load_state_dict(resume["health"])
-        # No reset when the env state is restored: a reset would feed its observations into
-        # the restored normalisation statistics.
-        agent.ensure_env(reset=own["env"] is None)
-        assert agent.collector is not None
-        if own["env"] is not None:
-            (restore_torch_env_state if agent.torch_env else restore_env_state)(agent.env, own["env"])
-            agent.collector.load_state_dict(decode(own["collector"]))
+        own = rank_state(resume, collective)
+        counters = Counters(int(resume["global_step"]), int(resume["num_updates"]), resume["total_steps"],
+                            resume["best_eval_return"])
+        return ResumeState(counters, resume["health"], own, file)
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        raise CheckpointError(f"{file}: bad or incompatible resume state ({type(err).__name__}: {err})") from None
+
+
+def restore_rollout(saved: ResumeState, env: Any, collector: Collector, torch_env: bool) -> None:
+    """Put the envs, the collector and the RNGs back as the checkpoint left them. Envs whose state could
+    not be saved start fresh (seeded) episodes; the finished episodes' statistics carry over."""
+    own = saved.own
+    try:
+        if saved.envs_saved:
+            (restore_torch_env_state if torch_env else restore_env_state)(env, own["env"])
+            collector.load_state_dict(decode(own["collector"]))
         else:
-            # Envs whose state cannot be saved start fresh (seeded) episodes; the statistics of
-            # finished episodes carry over.
             log.warning("resuming with fresh episodes, not bit-identically: %s", own["env_not_saved"])
-            agent.collector.episodes.carry_over(decode(own["collector"]))
+            collector.episodes.carry_over(decode(own["collector"]))
         set_rng_state(own["rng"])
     except CheckpointError as err:
-        raise CheckpointError(f"{file}: {err}") from None
+        raise CheckpointError(f"{saved.file}: {err}") from None
     except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise CheckpointError(f"{file}: bad or incompatible resume state ({type(err).__name__}: {err})") from None
-    agent.run_dir = run_dir
-    agent.resume_from = checkpoint
+        raise CheckpointError(f"{saved.file}: bad or incompatible resume state ({type(err).__name__}: {err})") from None

@@ -19,22 +19,17 @@ With one process none of this runs and a run is what it always was.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 
 from ppokit import runtime
+from ppokit.control.config import ControlConfig
+from ppokit.control.rollout.storage import EpisodeLog
 from ppokit.core.collective import Collective
 from ppokit.core.running_stats import RunningMeanStd
 from ppokit.errors import ConfigError
-
-if TYPE_CHECKING:
-    from ppokit.control.agent import PPO
-    from ppokit.control.config import ControlConfig
-    from ppokit.control.rollout.host import RolloutCollector
-
-T = TypeVar("T")
 
 
 def local_num_envs(config: ControlConfig, collective: Collective) -> int:
@@ -53,14 +48,14 @@ def local_num_envs(config: ControlConfig, collective: Collective) -> int:
     return local
 
 
-def start(agent: PPO) -> None:
+def start(collective: Collective, policy: torch.nn.Module, seed: int,
+          normalisers: tuple[RunningMeanStd | None, ...]) -> None:
     """Make every rank start from rank 0's model, then give each rank its own random stream."""
-    collective = agent.collective
     if not collective.active:
         return
-    collective.broadcast_tensors_([*agent.policy.parameters(), *agent.policy.buffers()])
-    runtime.seed_everything(runtime.rank_seed(agent.config.seed, collective.rank))
-    for rms in (agent.obs_rms, agent.ret_rms):
+    collective.broadcast_tensors_([*policy.parameters(), *policy.buffers()])
+    runtime.seed_everything(runtime.rank_seed(seed, collective.rank))
+    for rms in normalisers:
         if rms is not None:
             rms.share_updates()
 
@@ -71,12 +66,12 @@ def env_seed(config: ControlConfig, num_envs: int, rank: int, num_updates: int) 
     return config.seed + rank * num_envs + num_updates
 
 
-def sync_normalisers(agent: PPO) -> None:
+def sync_normalisers(collective: Collective, normalisers: tuple[RunningMeanStd | None, ...]) -> None:
     """Merge every rank's statistics of the latest rollout into the normalisers (after collect)."""
-    if agent.collective.active:
-        for rms in (agent.obs_rms, agent.ret_rms):
+    if collective.active:
+        for rms in normalisers:
             if rms is not None:
-                merge_across(rms, agent.collective)
+                merge_across(rms, collective)
 
 
 def merge_across(rms: RunningMeanStd, collective: Collective) -> None:
@@ -88,16 +83,16 @@ def merge_across(rms: RunningMeanStd, collective: Collective) -> None:
                         row[1 + size:].numpy().reshape(mean.shape)) for row in rows])
 
 
-def episode_figures(collector: RolloutCollector, collective: Collective) -> dict[str, Any]:
+def episode_figures(episodes: EpisodeLog, collective: Collective) -> dict[str, Any]:
     """The metrics row's episode figures: the mean return and length of the recent episodes of
     every rank (each keeps its last 100), and the episodes finished in this rollout on all ranks."""
-    returns, lengths = collector.episodes.returns, collector.episodes.lengths
+    returns, lengths = episodes.returns, episodes.lengths
     sums = collective.sum_floats(float(np.sum(returns)) if returns else 0.0, float(len(returns)),
                                  float(np.sum(lengths)) if lengths else 0.0, float(len(lengths)),
-                                 float(len(collector.episodes.last[0])))
-    return_sum, n_returns, length_sum, n_lengths, episodes = sums
+                                 float(len(episodes.last[0])))
+    return_sum, n_returns, length_sum, n_lengths, ended = sums
     return {
         "episodic_return": return_sum / n_returns if n_returns else None,
         "episodic_length": length_sum / n_lengths if n_lengths else None,
-        "episodes": int(episodes),
+        "episodes": int(ended),
     }

@@ -2,82 +2,64 @@
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ppokit.control.envs.torch_env import check_reset, check_step, check_torch_env
 from ppokit.control.evaluation import check_fits, summarize
+from ppokit.control.policy.networks import ActorCritic
 from ppokit.control.rollout.device import TorchActions
-from ppokit.core.running_stats import DeviceMeanStd
-from ppokit.errors import EnvError, ObservationError
-
-if TYPE_CHECKING:
-    from ppokit.control.agent import PPO
-
-log = logging.getLogger("ppokit")
+from ppokit.core.running_stats import DeviceMeanStd, RunningMeanStd
+from ppokit.errors import ObservationError
 
 #: Evaluation checks whether every env has played its quota once per this many steps (one read-back each).
 CHECK_EVERY = 16
 
 
-def policy_input(agent: PPO, obs: Tensor) -> Tensor:
+def policy_input(obs: Tensor, obs_rms: RunningMeanStd | None, clip_obs: float, device: torch.device) -> Tensor:
     """Observations as the policy sees them: normalised by the run's statistics, on the policy's device."""
-    obs = obs.to(agent.device, torch.float32)
-    if agent.obs_rms is None:
+    obs = obs.to(device, torch.float32)
+    if obs_rms is None:
         return obs
-    return agent.obs_rms.normalize(obs, agent.config.clip_obs)
+    return obs_rms.normalize(obs, clip_obs)
 
 
-def predict(agent: PPO, obs: Tensor, deterministic: bool = True) -> Tensor:
-    """``PPO.predict`` for torch observations (one or a batch): actions as a torch env takes them."""
-    shape = tuple(agent.observation_space.shape or ())
+def predict(policy: ActorCritic, obs_rms: RunningMeanStd | None, clip_obs: float, spaces: tuple[Any, Any],
+            device: torch.device, obs: Tensor, deterministic: bool = True) -> Tensor:
+    """``PPO.predict`` for torch observations (one or a batch): actions as a torch env takes them.
+    ``spaces``: the policy's observation and action spaces."""
+    observation_space, action_space = spaces
+    shape = tuple(observation_space.shape or ())
     single = tuple(obs.shape) == shape
     batch = obs.unsqueeze(0) if single else obs
     if tuple(batch.shape[1:]) != shape:
         raise ObservationError(f"predict: observation shape {tuple(obs.shape)} does not match the policy's {shape} "
                                "(or a batch of them)")
     with torch.inference_mode():
-        action = agent.policy.action(policy_input(agent, batch), deterministic)
-        out = TorchActions(agent.action_space, agent.device)(action)
+        action = policy.action(policy_input(batch, obs_rms, clip_obs, device), deterministic)
+        out = TorchActions(action_space, device)(action)
     return out[0] if single else out
 
 
-def evaluate(agent: PPO, episodes: int, deterministic: bool, seed: int, video_dir: Any = None,
-             env: Any = None) -> dict[str, Any]:
-    """``PPO.evaluate`` on a torch env: ``env``, else new envs from the run's source, else (an env
-    object that cannot be made again) the training env, whose episodes then start over."""
-    if video_dir is not None:
-        raise EnvError("video recording needs a Gymnasium env; a torch env has no single-env form")
-    owned = env is None and getattr(agent.env_source, "can_make", False)
-    if owned:
-        env = agent.env_source.evaluation(episodes)
-    elif env is None:
-        if agent.env is None:
-            agent.env = agent.env_source.training(agent.config.num_envs, agent.config.vectorization)
-        env = agent.env
-        if agent.collector is not None:
-            log.info("evaluating on the training env (an env object ppokit cannot make more of); its episodes "
-                     "start over")
-            agent.collector._obs = None  # the next rollout resets them
-    check_torch_env(env, agent.device)
-    check_fits(agent.config.env_id, env.single_observation_space, env.single_action_space,
-               (agent.observation_space, agent.action_space))
+def evaluate(policy: ActorCritic, obs_rms: RunningMeanStd | None, clip_obs: float, spaces: tuple[Any, Any],
+             device: torch.device, env: Any, env_id: str, episodes: int, deterministic: bool,
+             seed: int) -> dict[str, Any]:
+    """``PPO.evaluate`` on a torch env ``env`` (the caller's to close): ``episodes`` batched episodes
+    on the env's device, summarised like a Gymnasium evaluation."""
+    check_torch_env(env, device)
+    check_fits(env_id, env.single_observation_space, env.single_action_space, spaces)
     own = torch.device(env.device)
     devices = [own.index or 0] if own.type == "cuda" else []
-    try:
-        # Stochastic evaluation draws from torch's generator; training must not see those draws.
-        with torch.random.fork_rng(devices=devices), torch.inference_mode():
-            returns, lengths = play(agent, env, episodes, deterministic, seed)
-    finally:
-        if owned:
-            env.close()
+    # Stochastic evaluation draws from torch's generator; training must not see those draws.
+    with torch.random.fork_rng(devices=devices), torch.inference_mode():
+        returns, lengths = play(policy, obs_rms, clip_obs, env, episodes, deterministic, seed)
     return summarize(returns, lengths, deterministic, seed)
 
 
-def play(agent: PPO, env: Any, episodes: int, deterministic: bool, seed: int) -> tuple[list[float], list[int]]:
+def play(policy: ActorCritic, obs_rms: RunningMeanStd | None, clip_obs: float, env: Any, episodes: int,
+         deterministic: bool, seed: int) -> tuple[list[float], list[int]]:
     """Undiscounted returns and lengths of ``episodes`` episodes, a fixed quota per env (so short
     episodes are not over-represented), counted on the device."""
     n_envs, device = int(env.num_envs), torch.device(env.device)
@@ -93,12 +75,12 @@ def play(agent: PPO, env: Any, episodes: int, deterministic: bool, seed: int) ->
     rows = torch.arange(n_envs, device=device)
     to_env = TorchActions(env.single_action_space, device)
     # The run's statistics copied to the device once, not at every step.
-    stats = DeviceMeanStd(agent.obs_rms, device) if agent.obs_rms is not None else None
+    stats = DeviceMeanStd(obs_rms, device) if obs_rms is not None else None
     obs, _ = check_reset(env, env.reset(seed=seed))
     step = 0
     while True:
-        x = stats.normalize(obs, agent.config.clip_obs) if stats is not None else obs.to(torch.float32)
-        action = agent.policy.action(x, deterministic)
+        x = stats.normalize(obs, clip_obs) if stats is not None else obs.to(torch.float32)
+        action = policy.action(x, deterministic)
         result = env.step(to_env(action))
         if step == 0:
             check_step(env, result)

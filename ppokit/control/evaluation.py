@@ -11,16 +11,14 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from ppokit.control.config import ControlConfig
 from ppokit.control.envs.observations import ObservationReader
+from ppokit.control.envs.source import EnvSource
 from ppokit.control.policy.actions import first_of
-
-if TYPE_CHECKING:
-    from ppokit.control.agent import PPO
-    from ppokit.control.envs.source import EnvSource
 from ppokit.errors import EnvError
 
 #: Periodic evaluations run their episodes in parallel in up to this many envs.
@@ -31,7 +29,7 @@ MAX_EVAL_ENVS = 32
 Act = Callable[[np.ndarray, bool, "np.ndarray | None", np.ndarray], Any]
 
 
-def run_evaluation(act: Act, source: EnvSource, config: Any, episodes: int, *, deterministic: bool, seed: int,
+def run_evaluation(act: Act, source: EnvSource, config: ControlConfig, episodes: int, *, deterministic: bool, seed: int,
                    video_dir: str | Path | None = None, env: Any = None,
                    policy_spaces: tuple[Any, Any] | None = None) -> dict[str, Any]:
     """Evaluate on envs from ``source``: recorded to ``video_dir`` one episode at a time, or in
@@ -64,10 +62,10 @@ def run_evaluation(act: Act, source: EnvSource, config: Any, episodes: int, *, d
                 env.close()
 
 
-def eval_vectorization(config: Any) -> str:
+def eval_vectorization(config: ControlConfig) -> str:
     """How evaluation envs are made: by EnvPool when the run trains on it (the same preprocessing in
     the same C++), else Gymnasium's ``auto``."""
-    return "envpool" if getattr(config, "vectorization", "auto") == "envpool" else "auto"
+    return "envpool" if config.vectorization == "envpool" else "auto"
 
 
 def check_fits(env_id: str, observation_space: Any, action_space: Any, policy_spaces: tuple[Any, Any] | None) -> None:
@@ -246,20 +244,21 @@ def record_video(
     return summarize(returns, lengths, deterministic, seed)
 
 
-def periodic_evaluation(agent: PPO, episodes: int) -> dict[str, Any]:
-    """Evaluate ``agent`` during training; keep its policy in ``RUN_DIR/best`` when it is the best so far."""
-    from ppokit.control import checkpointing
-    from ppokit.io.checkpoints import BEST
+class EvaluationEnvs:
+    """The envs a run's periodic evaluations play in: made for the first, kept to the end of the run,
+    one per episode (up to :data:`MAX_EVAL_ENVS`), so each evaluation is as many vector steps as its
+    longest episode, with no env construction."""
 
-    assert agent.run_dir is not None
-    if agent._eval_env is None:
-        # Kept for the whole run, one env per episode: each evaluation is then as many vector
-        # steps as its longest episode, with no env construction.
-        agent._eval_env = agent.env_source.evaluation(min(episodes, MAX_EVAL_ENVS), eval_vectorization(agent.config))
-    # A new seed per evaluation, so "best" is not chosen on one fixed set of start states.
-    result = agent.evaluate(episodes, deterministic=agent.config.eval_deterministic,
-                            seed=agent.config.seed + 10_000 + agent.num_updates, env=agent._eval_env)
-    if agent.best_eval_return is None or result["mean_return"] > agent.best_eval_return:
-        agent.best_eval_return = result["mean_return"]
-        checkpointing.save_best(agent, agent.run_dir / BEST, result)
-    return result
+    def __init__(self, source: EnvSource, vectorization: str) -> None:
+        self.source, self.vectorization = source, vectorization
+        self.env: Any = None
+
+    def get(self, episodes: int) -> Any:
+        if self.env is None:
+            self.env = self.source.evaluation(min(episodes, MAX_EVAL_ENVS), self.vectorization)
+        return self.env
+
+    def close(self) -> None:
+        if self.env is not None:
+            self.env.close()
+            self.env = None

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,7 +39,6 @@ import numpy as np
 import torch
 
 from ppokit.configuration import replace
-from ppokit.control import checkpointing
 from ppokit.control.agent import PPO
 from ppokit.control.config import ControlConfig
 from ppokit.control.fast.stacked import StackedPolicy
@@ -50,7 +48,7 @@ from ppokit.io.atomic import atomic_write_json
 from ppokit.io.checkpoints import checkpoint_path
 from ppokit.io.loop import Callback, LoopPlan, run_loop
 from ppokit.io.metrics import MetricsLogger
-from ppokit.io.run_dir import default_run_dir, open_run
+from ppokit.io.run_dir import default_run_dir
 
 #: The file in a group's root directory that names its seeds.
 GROUP_FILE = "seeds.json"
@@ -214,21 +212,13 @@ class SeedGroup:
         if resume:
             for agent, seed, generators in zip(self.agents, self.seeds, self.generators):
                 if agent.resume_from is None:
-                    overwrite = checkpointing.restore_latest(agent, self.member_dir(seed)) or overwrite
+                    overwrite = agent.restore_latest(self.member_dir(seed)) or overwrite
                 generators.capture()  # a restored seed continues from its checkpoint's generators
         loggers = []
         resumed = self.agents[0].total_steps if self.agents[0].resume_from is not None else None
         total = int(total_steps) if total_steps is not None else resumed or c.total_steps
         for agent, seed in zip(self.agents, self.seeds):
-            agent.ensure_env()
-            agent.total_steps = total
-            resuming = agent.resume_from is not None
-            agent.run_dir, logger = open_run(
-                self.member_dir(seed), replace(agent.config, total_steps=total, run_dir=str(self.member_dir(seed))),
-                overwrite=overwrite, resume_update=agent.num_updates if resuming else None,
-                purge_step=agent.global_step + 1 if resuming else None)
-            loggers.append(logger)
-            agent._final_eval, agent._start = None, (agent.global_step, time.perf_counter())
+            loggers.append(agent.open_run(self.member_dir(seed), total, overwrite))
         atomic_write_json(self.run_dir / GROUP_FILE, {"kind": "ppokit.seeds", "env_id": c.env_id, "seeds": self.seeds,
                                                      "runs": [f"seed_{s}" for s in self.seeds]})
         batch = c.batch_size
@@ -248,7 +238,7 @@ class SeedGroup:
             for agent, generators, logger in zip(self.agents, self.generators, loggers):
                 agent.resume_from = None
                 with generators.active():
-                    agent._finish_run(logger)
+                    agent.finish_run(logger)
         return self
 
     def close(self) -> None:

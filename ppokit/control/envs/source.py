@@ -75,6 +75,12 @@ class EnvSource:
         return cls(_label(obj), env_kwargs, obj=obj, preprocessing=preprocessing)
 
     @property
+    def can_make(self) -> bool:
+        """Whether more envs can be made (for evaluation): Gymnasium envs always can, from the id, the
+        factory or copies of the object given."""
+        return True
+
+    @property
     def fixed_num_envs(self) -> int | None:
         """The number of envs an env object brings (an instance is one); None when any number can be made."""
         if isinstance(self.obj, gym.vector.VectorEnv):

@@ -116,6 +116,10 @@ class DeviceRolloutCollector:
         return host
 
     @torch.inference_mode()
+    def restart(self) -> None:
+        """Drop the current episodes: the next rollout begins with a reset (someone else stepped the envs)."""
+        self._obs = None
+
     def reset(self, seed: int | None = None) -> None:
         """Start every env afresh (and the episode counters)."""
         obs, _ = check_reset(self.env, self.env.reset(seed=seed))

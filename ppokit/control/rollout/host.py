@@ -151,6 +151,10 @@ class RolloutCollector:
             self.numpy_policy = None
         return obs, mask
 
+    def restart(self) -> None:
+        """Drop the current episodes: the next rollout begins with a reset (someone else stepped the envs)."""
+        self._obs = None
+
     def reset(self, seed: int | None = None) -> None:
         obs, info = self.env.reset(seed=seed)
         obs, self._mask = self._read(obs, info)
