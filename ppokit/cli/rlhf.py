@@ -118,13 +118,14 @@ def run(args: argparse.Namespace) -> int:
         return serve_reward(args.model_dir, port=args.port, host=args.host, device=args.device, dtype=args.dtype,
                             batch_size=args.batch_size, trust_remote_code=args.trust_remote_code)
     if args.stage == "demo":
+        from ppokit.analysis.plots import plot_runs
         from ppokit.errors import ConfigError
         from ppokit.rlhf.demo import run_demo
 
         if args.total_updates < 1:
             raise ConfigError(f"--total-updates {args.total_updates}: must be at least 1")
         run_demo(args.run_dir, seed=args.seed, ppo_updates=args.total_updates, overwrite=args.overwrite,
-                 progress=not args.no_progress)
+                 progress=not args.no_progress, plot=plot_runs)
         return 0
     config = resolve_config(args.stage, args)
     from ppokit.io.run_dir import check_resume_flags

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,9 +100,11 @@ def hidden_score_of(model_dir: str | Path, prompts: list[str], max_new_tokens: i
 
 
 def run_demo(run_dir: str | Path = "runs/rlhf-demo", seed: int = 0, ppo_updates: int = 60, overwrite: bool = False,
-             progress: bool = True, echo: Any = print) -> dict[str, Any]:
-    """Run the four stages into ``run_dir``; returns a summary (also written to summary.json)."""
-    from ppokit.analysis.plots import plot_runs
+             progress: bool = True, echo: Any = print,
+             plot: Callable[[Any, Path], Any] | None = None) -> dict[str, Any]:
+    """Run the four stages into ``run_dir``; returns a summary (also written to summary.json).
+    ``plot(run_dirs, png)``: draws the PPO run's curves into ``run_dir/training.png``
+    (``ppokit rlhf demo`` passes :func:`ppokit.analysis.plots.plot_runs`)."""
     from ppokit.errors import CheckpointError, ConfigError
     from ppokit.io.atomic import atomic_write_json
     from ppokit.io.run_dir import holds_run
@@ -155,7 +158,7 @@ def run_demo(run_dir: str | Path = "runs/rlhf-demo", seed: int = 0, ppo_updates:
     ppo = trainer.learn()
     after, samples_after = hidden_score_of(Path(ppo["run_dir"]) / "policy", eval_prompts, 16, 1.0, seed + 1)
     try:
-        plotted = plot_runs([out / "ppo"], out / "training.png") is not None
+        plotted = plot is not None and plot([out / "ppo"], out / "training.png") is not None
     except ConfigError:  # matplotlib is not installed: the demo's numbers do not need it
         plotted = False
 

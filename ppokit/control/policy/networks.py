@@ -66,7 +66,6 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
         #: The linear layers, input to output; each is followed by the activation.
         self.linears: tuple[nn.Linear, ...] = tuple(m for m in layers if isinstance(m, nn.Linear))
-        self.activation_name = activation
         self._activation = _ACTIVATION_FNS[activation]
 
     def forward(self, x: Tensor) -> Tensor:
