@@ -174,3 +174,21 @@ class ProportionalKLController:
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.beta = float(state["beta"])
+
+
+class ConstantKL:
+    """β that stays as it was set: the KL weight of a run without an adaptive controller, kept where an
+    adaptive one would keep it, so a trainer reads and saves β in one place either way."""
+
+    def __init__(self, beta: float) -> None:
+        self.beta = float(beta)
+
+    def update(self, kl: float, num_samples: int) -> float:
+        """β, unchanged."""
+        return self.beta
+
+    def state_dict(self) -> dict[str, float]:
+        return {"beta": self.beta}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.beta = float(state["beta"])

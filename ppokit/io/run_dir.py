@@ -112,3 +112,21 @@ def run_trackers(path: Path, config: Any, resuming: bool) -> TrackerSet:
     names = getattr(config, "trackers", ())
     recorded = yaml.safe_load(config_to_yaml(config)) if names else {}
     return TrackerSet(open_trackers(names, path, recorded, resuming))
+
+
+def recorded_config(run_dir: Path, overrides: Mapping[str, Any], resumable: frozenset[str]) -> tuple[Path, dict[str, Any]]:
+    """``(config.yaml, its fields)`` of the resumable run in ``run_dir``, for a resume with ``overrides``;
+    refused when an override names a field outside ``resumable`` (one that shaped the run)."""
+    from ppokit.configuration import load_yaml
+    from ppokit.errors import ConfigError
+    from ppokit.io.checkpoints import find_resumable
+
+    find_resumable(run_dir)
+    config_file = run_dir / "config.yaml"
+    fixed = sorted(set(overrides) - resumable)
+    if fixed:
+        raise ConfigError(f"resuming {run_dir}: {', '.join(fixed)} shaped the run and cannot change on resume "
+                          f"(only {', '.join(sorted(resumable))} can)")
+    data = dict(load_yaml(config_file))
+    data.pop("launch", None)  # how the run was launched (its world size), not a config field
+    return config_file, data

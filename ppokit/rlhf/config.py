@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from ppokit.configuration import check_choices, check_runtime, check_types, doc
 from ppokit.core.choices import DistBackend, KLEstimator, OnNonFinite, ScheduleKind
@@ -84,6 +84,15 @@ def _check_supervised(config: SFTConfig | RewardConfig) -> None:
         raise ConfigError(f"config field 'gradient_accumulation_steps' = {config.gradient_accumulation_steps} is "
                           f"invalid: the batch of {config.batch_size} cannot be split into more micro-batches than it "
                           "has rows")
+
+
+class LoRASettings(Protocol):
+    """The ``lora_*`` fields a config with LoRA adapters has (:func:`ppokit.rlhf.models.lora.with_lora`)."""
+
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float
+    lora_target_modules: list[str] | None
 
 
 @dataclass

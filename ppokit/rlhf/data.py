@@ -15,6 +15,7 @@ import itertools
 import json
 import logging
 import math
+import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -374,3 +375,14 @@ class PromptLoader:
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
         self._order = self._shuffle()
+
+
+def split_by_prompt(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Hold out whole prompts (not single rows), so no held-out prompt was seen in training."""
+    prompts = sorted({r["prompt"] for r in rows})
+    if fraction <= 0 or len(prompts) < 2:
+        return rows, []
+    random.Random(seed).shuffle(prompts)
+    n_eval = max(1, round(len(prompts) * fraction))
+    held = set(prompts[:n_eval])
+    return [r for r in rows if r["prompt"] not in held], [r for r in rows if r["prompt"] in held]

@@ -9,7 +9,7 @@ from ppokit.core.advantages import masked_mean, masked_var
 from ppokit.core.losses import clipped_surrogate_loss, reference_kl_loss
 from ppokit.core.update import AutogradStep, PPOUpdateSettings
 from ppokit.rlhf.ppo import trainer as trainer_module
-from ppokit.rlhf.ppo.advantages import critic_free_advantages, kl_placement, token_advantages, uses_critic
+from ppokit.rlhf.ppo.advantages import KLPlacement, critic_free_advantages, token_advantages, uses_critic
 from tests.rlhf.helpers import PROMPTS
 
 # Two completions: the first has 3 valid tokens, the second 2 (then padding).
@@ -214,9 +214,12 @@ def test_critic_free_estimators_refuse_ragged_groups_and_unknown_methods():
 
 
 def test_where_the_kl_goes_and_who_needs_a_critic():
-    assert kl_placement("grpo", "auto") == "loss"
-    assert [kl_placement(m, "auto") for m in ("gae", "rloo", "reinforce_pp")] == ["reward"] * 3
-    assert kl_placement("grpo", "reward") == "reward" and kl_placement("rloo", "loss") == "loss"
+    assert KLPlacement.of("grpo", "auto") == KLPlacement(in_loss=True, estimator="k3")
+    assert [KLPlacement.of(m, "auto", "k3").in_loss for m in ("gae", "rloo", "reinforce_pp")] == [False] * 3
+    assert KLPlacement.of("grpo", "reward", "k1") == KLPlacement(in_loss=False, estimator="k1")
+    assert KLPlacement.of("rloo", "loss").in_loss
+    placement = KLPlacement.of("grpo", "auto")
+    assert (placement.reward_beta(0.1), placement.loss_beta(0.1)) == (0.0, 0.1)
     assert uses_critic("gae") and not any(uses_critic(m) for m in ("grpo", "rloo", "reinforce_pp"))
 
 

@@ -144,7 +144,7 @@ def _first_gradient(trainer) -> dict[str, torch.Tensor]:
     """The gradient the first batch's accumulated step applies (the step itself left out)."""
     from ppokit.core.collective import SINGLE
     from ppokit.core.optim import TorchOptimizer
-    from ppokit.rlhf.common import accumulated_step, micro_slices
+    from ppokit.rlhf.supervised.steps import accumulated_step, micro_slices
 
     class NoStep(TorchOptimizer):
         def step(self) -> None:

@@ -11,13 +11,16 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ppokit import runtime
 from ppokit.errors import CheckpointError, ConfigError
+from ppokit.rlhf.config import LMRuntime
 
 log = logging.getLogger("ppokit")
 
@@ -38,6 +41,13 @@ def quiet_transformers() -> None:
     warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False", category=UserWarning)
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+
+
+def setup_runtime(config: LMRuntime) -> tuple[torch.device, torch.dtype]:
+    """Apply the shared runtime fields (threads, seeds, device, dtype); returns ``(device, dtype)``."""
+    quiet_transformers()
+    device = runtime.setup(config.seed, config.device, config.torch_threads)
+    return device, runtime.resolve_dtype(config.dtype, device)
 
 
 def _load_error(kind: str, name: str, err: Exception, attn_implementation: str | None = None) -> Exception:
@@ -176,6 +186,17 @@ def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     log-probs would differ from the same prompt unpadded.
     """
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token rows into ``(ids, mask)``."""
+    width = max(1, max(len(r) for r in rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
 
 
 def trunk_of(model: nn.Module) -> nn.Module:

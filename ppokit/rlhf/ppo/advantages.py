@@ -13,7 +13,7 @@ from the same per-token rewards:
     rloo          Â_i = R_i − mean of the group's other R_j                   ppokit.core.advantages.leave_one_out
     reinforce_pp  Â_t = Σ_{s≥t} γ^{s−t} r_s, whitened over the batch         ppokit.core.advantages.discounted_returns
 
-Where the KL to the reference goes (:func:`kl_placement`): into r_t (β·KL_t with ``kl_estimator``), or,
+Where the KL to the reference goes (:class:`KLPlacement`): into r_t (β·KL_t with ``kl_estimator``), or,
 with ``kl_in: loss``, into the loss (:func:`ppokit.core.losses.reference_kl_loss`, k3) and r_t is the
 score alone.
 """
@@ -21,7 +21,7 @@ score alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -44,12 +44,31 @@ def uses_critic(advantage: str) -> bool:
     return advantage not in CRITIC_FREE
 
 
-def kl_placement(advantage: str, kl_in: str) -> Literal["reward", "loss"]:
-    """Where the KL to the reference goes: ``kl_in`` itself, or for 'auto' where the method's paper
-    puts it (GRPO: a loss term; PPO-RLHF, RLOO and REINFORCE++: a per-token penalty in the reward)."""
-    if kl_in == "auto":
-        return "loss" if advantage == "grpo" else "reward"
-    return "loss" if kl_in == "loss" else "reward"
+@dataclass(frozen=True)
+class KLPlacement:
+    """Where a run puts the KL to the reference, decided once (:meth:`of`): a per-token penalty in the
+    reward, or a k3 term in the loss. β itself lives in the trainer's controller; this says where it goes."""
+
+    #: Whether the KL is a loss term (else a penalty in the reward).
+    in_loss: bool
+    #: The per-token estimator of the KL the rollout reports (and, in the reward, penalises): the
+    #: config's ``kl_estimator`` in the reward, k3 (the loss term's) in the loss.
+    estimator: str
+
+    @classmethod
+    def of(cls, advantage: str, kl_in: str, kl_estimator: str = "k1") -> KLPlacement:
+        """``kl_in`` itself, or for 'auto' where the method's paper puts it (GRPO: a loss term;
+        PPO-RLHF, RLOO and REINFORCE++: a per-token penalty in the reward)."""
+        in_loss = advantage == "grpo" if kl_in == "auto" else kl_in == "loss"
+        return cls(in_loss, "k3" if in_loss else kl_estimator)
+
+    def reward_beta(self, beta: float) -> float:
+        """The weight of the KL penalty in the reward: β, or 0 when the KL is in the loss."""
+        return 0.0 if self.in_loss else beta
+
+    def loss_beta(self, beta: float) -> float:
+        """The weight of the KL loss term: β, or 0 when the KL is in the reward."""
+        return beta if self.in_loss else 0.0
 
 
 def per_token_rewards(
@@ -191,14 +210,14 @@ def critic_free_advantages(
 
 
 def estimate_advantages(config: RLHFConfig, scores: Tensor, logp: Tensor, ref_logp: Tensor, values: Tensor,
-                        mask: Tensor, kl_coef: float, collective: Collective | None = None) -> TokenAdvantages:
+                        mask: Tensor, placement: KLPlacement, kl_coef: float,
+                        collective: Collective | None = None) -> TokenAdvantages:
     """The advantages ``config.advantage`` names: :func:`token_advantages` (gae, with the critic's
-    ``values``) or :func:`critic_free_advantages`. The KL goes into the reward with β = ``kl_coef`` and
-    ``kl_estimator``, or, where :func:`kl_placement` puts it into the loss, the reward gets none
-    (β = 0) and the KL is measured with the loss's k3 for the record."""
+    ``values``) or :func:`critic_free_advantages`. Where ``placement`` puts the KL into the reward, it
+    goes there with β = ``kl_coef``; where it puts it into the loss, the reward gets none (β = 0) and
+    the KL is measured with the loss's k3 for the record."""
     c = config
-    in_loss = kl_placement(c.advantage, c.kl_in) == "loss"
-    beta, estimator = (0.0, "k3") if in_loss else (kl_coef, c.kl_estimator)
+    beta, estimator = placement.reward_beta(kl_coef), placement.estimator
     if uses_critic(c.advantage):
         return token_advantages(scores, logp, ref_logp, values, mask, kl_coef=beta, kl_estimator=estimator,
                                 gamma=c.gamma, gae_lambda=c.gae_lambda, whiten=c.whiten_advantages,

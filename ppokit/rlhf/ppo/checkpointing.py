@@ -15,29 +15,22 @@ import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ppokit.configuration import callable_label, check_unchanged, from_mapping, load_yaml, with_absolute_paths
-from ppokit.core.collective import gather_rank_states, rank_state
+from ppokit.core.collective import Collective, gather_rank_states, rank_state
+from ppokit.core.optim import Optimizer
 from ppokit.errors import CheckpointError, ConfigError, UntrustedCodeError
 from ppokit.io.atomic import atomic_write_dir
-from ppokit.io.checkpoints import (
-    RESUME_FILE,
-    checkpoint_path,
-    find_resumable,
-    load_torch_state,
-    prune_checkpoints,
-    refuse_non_finite,
-)
+from ppokit.io.checkpoints import RESUME_FILE, checkpoint_path, load_torch_state, prune_checkpoints, refuse_non_finite
 from ppokit.io.rng import rng_state, set_rng_state
+from ppokit.io.run_dir import recorded_config
 from ppokit.rlhf.config import PATH_FIELDS, RESUMABLE_FIELDS, RLHFConfig
 from ppokit.rlhf.models import sharding
+from ppokit.rlhf.ppo.roles import PPOModels
 from ppokit.rlhf.rewards.sources import reward_import
-
-if TYPE_CHECKING:
-    from ppokit.rlhf.ppo.trainer import RLHFTrainer
 
 #: Version of an RLHF checkpoint's resume.json (2: updates counted as in control, the health monitor).
 RESUME_FORMAT = 2
@@ -46,27 +39,21 @@ TRAINABLE_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 
 
-def save_checkpoint(trainer: RLHFTrainer) -> Path:
-    """Write a resumable checkpoint; keeps the newest ``keep_checkpoints``. With several processes
-    every one calls it (their states are gathered) and rank 0 writes."""
+def save_checkpoint(run_dir: Path, models: PPOModels, tokenizer: Any, optimizer: Optimizer,
+                    state: Mapping[str, Any], collective: Collective, keep: int) -> Path:
+    """Write a resumable checkpoint of update ``state['num_updates']`` (``state``: the trainer's own,
+    :meth:`RLHFTrainer.state_dict`); keeps the newest ``keep``. With several processes every one calls
+    it (their random states are gathered, sharded weights too) and rank 0 writes."""
     from safetensors.torch import save_model
 
-    assert trainer.run_dir is not None
-    collective, models = trainer.collective, trainer.models
     # What each process holds of its own; the rest is the same on every process (or gathered, FSDP).
     per_rank = gather_rank_states(collective, {"rng": rng_state()})
     weights = sharding.full_state(models.trainable) if models.sharded else None
-    optimizer_state = trainer.optimizer.state_dict()
-    path = checkpoint_path(trainer.run_dir, trainer.num_updates)
+    optimizer_state = optimizer.state_dict()
+    path = checkpoint_path(run_dir, int(state["num_updates"]))
     if not collective.is_main:
         return path
-    state = {
-        "format": RESUME_FORMAT, "kind": KIND, "num_updates": trainer.num_updates,
-        "kl_coef": trainer.kl_coef,
-        "kl_controller": trainer.kl_controller.state_dict() if trainer.kl_controller is not None else None,
-        "prompts": trainer.prompts.state_dict(), **per_rank, "history": trainer.history,
-        "health": trainer.health.state_dict(),
-    }
+    resume = {"format": RESUME_FORMAT, "kind": KIND, **state, **per_rank}
 
     def fill(tmp: Path) -> None:
         if weights is None:
@@ -74,66 +61,47 @@ def save_checkpoint(trainer: RLHFTrainer) -> Path:
         else:
             sharding.save_state(weights, tmp / TRAINABLE_FILE)
         torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
-        models.save(tmp, trainer.tokenizer, weights)
+        models.save(tmp, tokenizer, weights)
         # Written last: its presence marks the checkpoint complete.
-        (tmp / RESUME_FILE).write_text(json.dumps(state) + "\n", encoding="utf-8")
+        (tmp / RESUME_FILE).write_text(json.dumps(resume) + "\n", encoding="utf-8")
 
     atomic_write_dir(path, fill)
-    prune_checkpoints(trainer.run_dir, trainer.config.keep_checkpoints)
+    prune_checkpoints(run_dir, keep)
     return path
 
 
-def restore(trainer: RLHFTrainer, checkpoint: Path, state: dict[str, Any]) -> None:
-    """Load a checkpoint of this run into a freshly built trainer (on every process)."""
+def restore(checkpoint: Path, state: Mapping[str, Any], models: PPOModels, optimizer: Optimizer,
+            device: torch.device, collective: Collective) -> None:
+    """Load a checkpoint's weights, optimiser state and this process's random state (on every
+    process); the trainer's own state in ``state`` (its resume.json) is the trainer's to load."""
     file = checkpoint / TRAINABLE_FILE
-    if trainer.models.sharded:
-        sharding.load_state(trainer.models.trainable, file)
+    if models.sharded:
+        sharding.load_state(models.trainable, file)
     else:
-        _load_trainable(trainer, file)
+        _load_trainable(models.trainable, file, device)
     try:
-        trainer.optimizer.load_state_dict(load_torch_state(checkpoint / OPTIMIZER_FILE, trainer.device))
+        optimizer.load_state_dict(load_torch_state(checkpoint / OPTIMIZER_FILE, device))
     except (ValueError, KeyError, RuntimeError) as err:
         raise CheckpointError(f"{checkpoint / OPTIMIZER_FILE}: optimizer state does not fit ({err})") from None
     try:
-        trainer.num_updates = int(state["num_updates"])
-        trainer.kl_coef = float(state["kl_coef"])
-        if trainer.kl_controller is not None and state["kl_controller"] is not None:
-            trainer.kl_controller.load_state_dict(state["kl_controller"])
-        trainer.prompts.load_state_dict(state["prompts"])
-        trainer.history = list(state["history"])
-        trainer.health.load_state_dict(state["health"])
-        set_rng_state(rank_state(state, trainer.collective)["rng"])
+        set_rng_state(rank_state(state, collective)["rng"])
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
         raise CheckpointError(f"{checkpoint / RESUME_FILE}: bad resume state ({type(err).__name__}: {err})") from None
 
 
-def _load_trainable(trainer: RLHFTrainer, file: Path) -> None:
+def _load_trainable(trainable: torch.nn.Module, file: Path, device: torch.device) -> None:
     from safetensors.torch import load_model
 
     try:
-        missing, unexpected = load_model(trainer.models.trainable, str(file), strict=False, device=str(trainer.device))
+        missing, unexpected = load_model(trainable, str(file), strict=False, device=str(device))
     except Exception as err:  # noqa: BLE001 - safetensors raises several types for bad files
         raise CheckpointError(f"{file}: not a readable safetensors file ({err})") from None
-    refuse_non_finite(file, trainer.models.trainable.named_parameters())
+    refuse_non_finite(file, trainable.named_parameters())
     if missing or unexpected:
         raise CheckpointError(
             f"{file}: the saved weights do not fit this model (missing {list(missing)[:3]}, "
             f"unexpected {list(unexpected)[:3]}); was the policy, value_model or lora setting changed?"
         )
-
-
-def recorded_config(run_dir: Path, overrides: Mapping[str, Any], resumable: frozenset[str]) -> tuple[Path, dict[str, Any]]:
-    """``(config.yaml, its fields)`` of the resumable run in ``run_dir``, for a resume with ``overrides``;
-    refused when an override names a field outside ``resumable`` (one that shaped the run)."""
-    find_resumable(run_dir)
-    config_file = run_dir / "config.yaml"
-    fixed = sorted(set(overrides) - resumable)
-    if fixed:
-        raise ConfigError(f"resuming {run_dir}: {', '.join(fixed)} shaped the run and cannot change on resume "
-                          f"(only {', '.join(sorted(resumable))} can)")
-    data = dict(load_yaml(config_file))
-    data.pop("launch", None)  # how the run was launched (its world size), not a config field
-    return config_file, data
 
 
 def resume_config(run_dir: Path, rewards: Sequence[Any] | None, trust: bool, overrides: Mapping[str, Any]) -> RLHFConfig:

@@ -41,6 +41,7 @@ from ppokit.rlhf.models.loading import (
     load_trunk,
     trunk_of,
 )
+from ppokit.rlhf.models.lora import with_lora
 from ppokit.rlhf.models.offload import CPUOffload
 from ppokit.rlhf.models.recompute import enable_gradient_checkpointing
 from ppokit.rlhf.ppo.advantages import uses_critic
@@ -70,7 +71,7 @@ class PPOModels:
         #: The reference kept in CPU memory between its forward passes (``offload_frozen``).
         self.reference_offload: CPUOffload | None = None
         if c.lora:
-            policy = self._with_lora(policy, "CAUSAL_LM", "LoRA")
+            policy = with_lora(policy, c, "CAUSAL_LM", what="lora: true")
         if c.reference is not None or not c.lora:
             # A frozen copy. Without LoRA it must be a second set of weights; with LoRA and an
             # explicit reference it is the model the user named.
@@ -105,28 +106,13 @@ class PPOModels:
     def _scorers(reward: CombinedReward) -> list[RewardModelScorer]:
         return [s for s in reward.sources if isinstance(s, RewardModelScorer)]
 
-    def _with_lora(self, model: nn.Module, task_type: str | None, what: str) -> Any:
-        """``model`` inside a peft model with the config's LoRA adapters (the policy's and a LoRA critic's
-        settings are the same fields); peft freezes the wrapped weights."""
-        c = self.config
-        try:
-            from peft import LoraConfig, get_peft_model
-        except ImportError as err:  # pragma: no cover - the rlhf extra installs it
-            raise ConfigError(f"{what} needs the 'peft' package (pip install ppokit[rlhf])") from err
-        lora = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
-                          target_modules=c.lora_target_modules, task_type=task_type)
-        try:
-            return get_peft_model(model, lora)
-        except ValueError as err:
-            raise ConfigError(f"{what}: {err}; set lora_target_modules") from None
-
     def _build_critic(self, reward: CombinedReward) -> ScalarHeadModel:
         """The critic of ``value_model`` ``separate`` or ``lora``, initialised as ``value_init`` says."""
         c = self.config
         critic = self._initial_critic(reward)
         if c.value_model == "lora":
             # The trunk is frozen (peft freezes what it wraps); the adapters and the head train.
-            critic.trunk = self._with_lora(critic.trunk, None, "value_model: lora")
+            critic.trunk = with_lora(critic.trunk, c, None, what="value_model: lora")
             critic.head.to(dtype=self.dtype).requires_grad_(True)
             if c.share_reward_trunk:
                 self._scorers(reward)[0].share_trunk(critic.trunk)

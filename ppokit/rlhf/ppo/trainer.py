@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +33,11 @@ from ppokit.core.advantages import masked_mean
 from ppokit.core.collective import check_world_size, on_main
 from ppokit.core.diagnostics import explained_variance
 from ppokit.core.health import HealthMonitor
-from ppokit.core.kl import ProportionalKLController
+from ppokit.core.kl import ConstantKL, ProportionalKLController
 from ppokit.core.optim import AveragedGradients, Optimizer, make_adamw
 from ppokit.core.schedules import make_schedule
 from ppokit.core.update import PPOUpdateSettings, ppo_update
-from ppokit.errors import ConfigError
+from ppokit.errors import CheckpointError, ConfigError
 from ppokit.io.atomic import atomic_write_json
 from ppokit.io.checkpoints import RESUME_FILE, checkpoint_path, latest_checkpoint, read_resume_state
 from ppokit.io.lock import RunLock
@@ -46,7 +46,6 @@ from ppokit.io.metrics import MetricsLogger, NullMetrics, truncate_metrics
 from ppokit.io.run_dir import default_run_dir, holds_run, open_run, run_trackers
 from ppokit.rlhf import data as rdata
 from ppokit.rlhf import data_parallel
-from ppokit.rlhf.common import runtime
 from ppokit.rlhf.config import PATH_FIELDS, RLHFConfig
 from ppokit.rlhf.models import precision, sharding
 from ppokit.rlhf.models.generation import token_entropy, token_logprobs
@@ -55,9 +54,10 @@ from ppokit.rlhf.models.loading import (
     length_limit,
     load_tokenizer,
     model_positions,
+    setup_runtime,
 )
 from ppokit.rlhf.ppo import checkpointing
-from ppokit.rlhf.ppo.advantages import TokenAdvantages, estimate_advantages, kl_placement, uses_critic
+from ppokit.rlhf.ppo.advantages import KLPlacement, TokenAdvantages, estimate_advantages, uses_critic
 from ppokit.rlhf.ppo.roles import PPOModels
 from ppokit.rlhf.ppo.rollout import RolloutBatch, collect
 from ppokit.rlhf.rewards.sources import build_reward, reward_options
@@ -91,7 +91,7 @@ class RLHFTrainer:
         resume: bool = False,
     ) -> None:
         self.config = c = config
-        self.device, self.dtype = runtime(c)
+        self.device, self.dtype = setup_runtime(c)
         self.dtype = precision.weights_dtype(c, self.dtype)
         #: The weights dtype of the frozen roles (reference, reward models).
         self.frozen_dtype = self.dtype if c.frozen_dtype == "auto" else resolve_dtype(c.frozen_dtype, self.device)
@@ -140,8 +140,11 @@ class RLHFTrainer:
             log.info("sharding: fsdp with one process: nothing to shard, the models train whole")
         self.optimizer = self._optimizer()
         self.lr_schedule = make_schedule(c.lr_schedule, c.learning_rate)
-        self.kl_controller = ProportionalKLController(c.kl_coef, c.kl_target, c.kl_horizon) if c.adaptive_kl else None
-        self.kl_coef = c.kl_coef
+        #: β, the weight of the KL to the reference: adapted by Ziegler et al.'s controller, or constant.
+        self.kl_controller: ProportionalKLController | ConstantKL = (
+            ProportionalKLController(c.kl_coef, c.kl_target, c.kl_horizon) if c.adaptive_kl else ConstantKL(c.kl_coef))
+        #: Where the KL goes, the reward or the loss: decided once, here.
+        self.kl_placement = KLPlacement.of(c.advantage, c.kl_in, c.kl_estimator)
         self.health = HealthMonitor(target_kl=c.target_kl, normalize_reward=False, shared_trunk=c.value_model == "head")
         self.num_updates = 0
         self.history: list[dict[str, Any]] = []
@@ -167,7 +170,8 @@ class RLHFTrainer:
 
         self.run_dir, self.metrics = on_main(self.collective, open_, lambda: (directory, NullMetrics()))
         if checkpoint is not None and resume_state is not None:
-            checkpointing.restore(self, checkpoint, resume_state)
+            checkpointing.restore(checkpoint, resume_state, self.models, self.optimizer, self.device, self.collective)
+            self.load_state_dict(resume_state, checkpoint / RESUME_FILE)
 
     def _optimizer(self) -> Optimizer:
         """AdamW over what trains; with several processes it averages their gradients (FSDP: FSDP does)."""
@@ -183,6 +187,29 @@ class RLHFTrainer:
     @property
     def policy(self) -> torch.nn.Module:
         return self.models.policy
+
+    @property
+    def kl_coef(self) -> float:
+        """β now: the weight of the KL to the reference in the next update."""
+        return self.kl_controller.beta
+
+    def state_dict(self) -> dict[str, Any]:
+        """The trainer's own state for a checkpoint (the weights and optimiser are saved beside it)."""
+        return {"num_updates": self.num_updates, "kl_controller": self.kl_controller.state_dict(),
+                "prompts": self.prompts.state_dict(), "history": self.history, "health": self.health.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any], where: Path | str = "resume state") -> None:
+        try:
+            self.num_updates = int(state["num_updates"])
+            if state.get("kl_controller") is not None:
+                self.kl_controller.load_state_dict(state["kl_controller"])
+            else:  # written before β had one home: a constant β was saved only as kl_coef
+                self.kl_controller.beta = float(state["kl_coef"])
+            self.prompts.load_state_dict(state["prompts"])
+            self.history = list(state["history"])
+            self.health.load_state_dict(state["health"])
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+            raise CheckpointError(f"{where}: bad resume state ({type(err).__name__}: {err})") from None
 
     @classmethod
     def resume(cls, run_dir: str | Path, prompts: Any = None, rewards: Sequence[RewardSpec] | None = None,
@@ -214,7 +241,7 @@ class RLHFTrainer:
         t_start = time.perf_counter() if t_start is None else t_start
         with torch.no_grad():
             adv = estimate_advantages(c, batch.scores, batch.logp, batch.ref_logp, batch.values, batch.mask,
-                                      self.kl_coef, self.collective)
+                                      self.kl_placement, self.kl_coef, self.collective)
         t_prepared = time.perf_counter()
         self.optimizer.set_learning_rate(self.lr_schedule(self.num_updates / c.total_updates))
         shared = {"collective": self.collective} if self.collective.active else {}
@@ -232,8 +259,7 @@ class RLHFTrainer:
             record.update(data_parallel.batch_figures(batch, adv, adv.kl_coef, self.collective, t_updated - t_start))
         if not uses_critic(c.advantage):  # no critic: absent rather than a flat 0 that reads as a perfect fit
             del record["value_mean"], record["value_loss"], record["explained_variance"]
-        if self.kl_controller is not None:
-            self.kl_coef = self.kl_controller.update(record["kl"], len(batch.prompts) * self.collective.world_size)
+        self.kl_controller.update(record["kl"], len(batch.prompts) * self.collective.world_size)
         self.num_updates += 1
         record["update"] = self.num_updates
         self.last_batch = (batch.prompts, batch.completions, batch.scores.tolist())
@@ -248,7 +274,7 @@ class RLHFTrainer:
             vf_coef=c.vf_coef, ent_coef=c.ent_coef, max_grad_norm=c.max_grad_norm or None,
             clip_range_vf=c.clip_range_vf, whiten_advantages=False, target_kl=c.target_kl,
             skip_nonfinite=c.on_nonfinite == "skip", gradient_accumulation_steps=c.gradient_accumulation_steps,
-            ref_kl_coef=self.kl_coef if kl_placement(c.advantage, c.kl_in) == "loss" else 0.0,
+            ref_kl_coef=self.kl_placement.loss_beta(self.kl_coef),
         )
 
     def _evaluate(self, batch: RolloutBatch) -> Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]:
@@ -389,7 +415,9 @@ class RLHFTrainer:
         """A resumable checkpoint ``RUN_DIR/checkpoints/update_<N>``: the trainable weights (policy,
         value model or head, LoRA adapter), optimizer, KL controller, prompt position, RNGs, history;
         plus ``policy/`` and ``value_model/`` as usable models. Keeps the newest ``keep_checkpoints``."""
-        return checkpointing.save_checkpoint(self)
+        assert self.run_dir is not None
+        return checkpointing.save_checkpoint(self.run_dir, self.models, self.tokenizer, self.optimizer, self.state_dict(),
+                                             self.collective, self.config.keep_checkpoints)
 
     def save(self, directory: str | Path) -> None:
         """Write ``policy/`` (a ``save_pretrained`` causal LM, LoRA merged in, plus the adapter alone in
@@ -399,8 +427,3 @@ class RLHFTrainer:
         if self.collective.is_main:
             self.models.save(directory, self.tokenizer, state)
 
-
-def train_rlhf(config: RLHFConfig, prompts: Any = None, rewards: Any = None,
-               run_dir: str | Path | None = None, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
-    """Build an :class:`RLHFTrainer` and run :meth:`~RLHFTrainer.learn`; returns its summary."""
-    return RLHFTrainer(config, prompts, rewards, run_dir, overwrite, resume).learn()

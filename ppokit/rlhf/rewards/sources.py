@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ppokit.errors import ConfigError
-from ppokit.rlhf.common import pad_right
+from ppokit.rlhf.models.loading import pad_right
 from ppokit.rlhf.rewards.functions import (  # noqa: F401 - re-exported: the reward sources' one import
     CallableReward,
     RewardFn,

@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ppokit.configuration import check_unchanged, from_mapping, load_yaml, with_absolute_paths
-from ppokit.core.collective import gather_rank_states, rank_state
+from ppokit.core.collective import Collective, gather_rank_states, rank_state
+from ppokit.core.optim import Optimizer
 from ppokit.errors import CheckpointError, ConfigError, UntrustedCodeError
 from ppokit.io.atomic import atomic_write_dir
 from ppokit.io.checkpoints import (
@@ -31,11 +32,8 @@ from ppokit.io.checkpoints import (
     refuse_non_finite,
 )
 from ppokit.io.rng import rng_state, set_rng_state
+from ppokit.io.run_dir import recorded_config
 from ppokit.rlhf.config import PATH_FIELDS, SUPERVISED_RESUMABLE_FIELDS, RewardConfig, SFTConfig
-from ppokit.rlhf.ppo.checkpointing import recorded_config
-
-if TYPE_CHECKING:
-    from ppokit.rlhf.supervised.loop import SupervisedTrainer
 
 #: Version of a supervised checkpoint's resume.json.
 RESUME_FORMAT = 1
@@ -46,32 +44,29 @@ TRAINABLE_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 
 
-def save_checkpoint(trainer: SupervisedTrainer) -> Path:
-    """Write a resumable checkpoint; keeps the newest ``keep_checkpoints``. With several processes every
-    one calls it (their RNG states are gathered) and rank 0 writes: the weights are the same on all."""
+def save_checkpoint(run_dir: Path, stage: str, trainable: Mapping[str, torch.Tensor], optimizer: Optimizer,
+                    state: Mapping[str, Any], collective: Collective, keep: int) -> Path:
+    """Write a resumable checkpoint of optimiser step ``state['step']`` (``state``: the trainer's own,
+    :meth:`SupervisedTrainer.state_dict`); keeps the newest ``keep``. With several processes every one
+    calls it (their RNG states are gathered) and rank 0 writes: the weights are the same on all."""
     from safetensors.torch import save_file
 
-    assert trainer.run_dir is not None
-    per_rank = gather_rank_states(trainer.collective, {"rng": rng_state()})
-    path = checkpoint_path(trainer.run_dir, trainer.num_updates)
-    if not trainer.collective.is_main:
+    per_rank = gather_rank_states(collective, {"rng": rng_state()})
+    path = checkpoint_path(run_dir, int(state["step"]))
+    if not collective.is_main:
         return path
-    state = {
-        "format": RESUME_FORMAT, "kind": KINDS[trainer.stage], "step": trainer.num_updates,
-        "batches": trainer.batches.state_dict(), "scheduler": trainer.scheduler.state_dict(), **per_rank,
-        "last_loss": trainer.last_loss, "evals": trainer.evals, "data": trainer.fingerprint,
-    }
-    weights = {name: p.detach().cpu().contiguous() for name, p in trainer.trainable.items()}
-    optimizer_state = trainer.optimizer.state_dict()
+    resume = {"format": RESUME_FORMAT, "kind": KINDS[stage], **state, **per_rank}
+    weights = {name: p.detach().cpu().contiguous() for name, p in trainable.items()}
+    optimizer_state = optimizer.state_dict()
 
     def fill(tmp: Path) -> None:
         save_file(weights, str(tmp / TRAINABLE_FILE))
         torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
         # Written last: its presence marks the checkpoint complete.
-        (tmp / RESUME_FILE).write_text(json.dumps(state) + "\n", encoding="utf-8")
+        (tmp / RESUME_FILE).write_text(json.dumps(resume) + "\n", encoding="utf-8")
 
     atomic_write_dir(path, fill)
-    prune_checkpoints(trainer.run_dir, trainer.config.keep_checkpoints)
+    prune_checkpoints(run_dir, keep)
     return path
 
 
@@ -83,36 +78,33 @@ def check_data(checkpoint: Path, state: Mapping[str, Any], fingerprint: str) -> 
                               "or start a new run")
 
 
-def restore(trainer: SupervisedTrainer, checkpoint: Path, state: dict[str, Any]) -> None:
-    """Load a checkpoint of this run into a freshly built trainer (on every process)."""
-    _load_trainable(trainer, checkpoint / TRAINABLE_FILE)
+def restore(checkpoint: Path, state: Mapping[str, Any], trainable: Mapping[str, torch.nn.Parameter],
+            optimizer: Optimizer, device: torch.device, collective: Collective) -> None:
+    """Load a checkpoint's weights, optimiser state and this process's random state (on every process);
+    the trainer's own state in ``state`` (its resume.json) is the trainer's to load."""
+    _load_trainable(trainable, checkpoint / TRAINABLE_FILE, device)
     try:
-        trainer.optimizer.load_state_dict(load_torch_state(checkpoint / OPTIMIZER_FILE, trainer.device))
+        optimizer.load_state_dict(load_torch_state(checkpoint / OPTIMIZER_FILE, device))
     except (ValueError, KeyError, RuntimeError) as err:
         raise CheckpointError(f"{checkpoint / OPTIMIZER_FILE}: optimizer state does not fit ({err})") from None
     try:
-        trainer.scheduler.load_state_dict(dict(state["scheduler"]))
-        trainer.batches.load_state_dict(state["batches"])
-        trainer.num_updates = int(state["step"])
-        trainer.last_loss = float(state["last_loss"])
-        trainer.evals = [dict(row) for row in state["evals"]]
-        set_rng_state(rank_state(state, trainer.collective)["rng"])
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as err:
+        set_rng_state(rank_state(state, collective)["rng"])
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
         raise CheckpointError(f"{checkpoint / RESUME_FILE}: bad resume state ({type(err).__name__}: {err})") from None
 
 
-def _load_trainable(trainer: SupervisedTrainer, file: Path) -> None:
-    saved = load_safetensors(file, device=str(trainer.device))
-    missing = sorted(set(trainer.trainable) - set(saved))
-    unexpected = sorted(set(saved) - set(trainer.trainable))
-    misshapen = [k for k in set(saved) & set(trainer.trainable) if saved[k].shape != trainer.trainable[k].shape]
+def _load_trainable(trainable: Mapping[str, torch.nn.Parameter], file: Path, device: torch.device) -> None:
+    saved = load_safetensors(file, device=str(device))
+    missing = sorted(set(trainable) - set(saved))
+    unexpected = sorted(set(saved) - set(trainable))
+    misshapen = [k for k in set(saved) & set(trainable) if saved[k].shape != trainable[k].shape]
     if missing or unexpected or misshapen:
         raise CheckpointError(
             f"{file}: the saved weights do not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]}, "
             f"other shape {misshapen[:3]}); was the model or the lora setting changed?")
     refuse_non_finite(file, saved.items())
     with torch.no_grad():
-        for name, param in trainer.trainable.items():
+        for name, param in trainable.items():
             param.copy_(saved[name])
 
 
@@ -123,14 +115,6 @@ def check_resumable(config_file: Path, config: SFTConfig | RewardConfig) -> None
     data.pop("launch", None)  # how the run was launched (its world size), not a config field
     saved = with_absolute_paths(from_mapping(type(config), data, str(config_file)), PATH_FIELDS)
     check_unchanged(saved, with_absolute_paths(config, PATH_FIELDS), SUPERVISED_RESUMABLE_FIELDS, str(config_file))
-
-
-def stage_of(checkpoint: Path) -> str | None:
-    """``'sft'`` or ``'reward'`` for a supervised checkpoint (by its resume.json's kind), else None."""
-    from ppokit.io.checkpoints import read_resume_state
-
-    kind = read_resume_state(checkpoint).get("kind")
-    return next((stage for stage, k in KINDS.items() if k == kind), None)
 
 
 def resume_config(stage: str, run_dir: Path, trust: bool, overrides: Mapping[str, Any]) -> SFTConfig | RewardConfig:

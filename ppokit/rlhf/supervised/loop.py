@@ -8,9 +8,9 @@ class runs them in :func:`ppokit.io.loop.run_loop`, one optimiser step per loop 
     for each optimiser step:
         batch  = the next rows in the epoch's shuffled order           EpochBatches
         pieces = the stage's micro-batches of this process's share      micro_batch()
-        step   = accumulated_step(pieces)                               common.py
+        step   = accumulated_step(pieces)                               steps.py
         every eval_every steps and at each epoch's end: evaluate()      logged with prefix "eval"
-        checkpoints when due, at the end and on Ctrl-C                  supervised_checkpoint.py
+        checkpoints when due, at the end and on Ctrl-C                  checkpoint.py
     the stage saves the model                                           finish()
 """
 
@@ -19,37 +19,57 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 
-from ppokit.core.collective import check_world_size
+from ppokit.configuration import with_absolute_paths
+from ppokit.core.collective import SINGLE, Collective, check_world_size, on_main
 from ppokit.core.schedules import make_schedule
-from ppokit.errors import ConfigError
+from ppokit.errors import CheckpointError, ConfigError
 from ppokit.io.atomic import atomic_write_json
 from ppokit.io.checkpoints import RESUME_FILE, checkpoint_path, latest_checkpoint, read_resume_state
 from ppokit.io.loop import Callback, LoopPlan, run_loop
-from ppokit.io.metrics import MetricsLogger
-from ppokit.io.run_dir import holds_run
+from ppokit.io.metrics import MetricsLogger, NullMetrics
+from ppokit.io.run_dir import default_run_dir, holds_run
+from ppokit.io.run_dir import open_run as _open_run
 from ppokit.rlhf import data_parallel
-from ppokit.rlhf.common import (
-    EpochBatches,
-    MicroBatch,
-    accumulated_step,
-    join,
-    micro_slices,
-    open_run,
-    run_path,
-    runtime,
-    step_optimizer,
-)
+from ppokit.rlhf.config import PATH_FIELDS, RewardConfig, SFTConfig
+from ppokit.rlhf.models.loading import setup_runtime
 from ppokit.rlhf.supervised import checkpoint as supervised_checkpoint
+from ppokit.rlhf.supervised.steps import EpochBatches, MicroBatch, accumulated_step, micro_slices, step_optimizer
+from ppokit.runtime import join_processes
 
 log = logging.getLogger("ppokit")
 
 
-class SupervisedTrainer:
+def run_path(config: SFTConfig | RewardConfig, stage: str, run_dir: str | Path | None, collective: Collective = SINGLE) -> Path:
+    """The run directory of an SFT or reward-training run: ``run_dir``, the config's, or a new name
+    (rank 0's, so every process agrees on it)."""
+    return data_parallel.run_path(collective, run_dir or config.run_dir or default_run_dir(f"rlhf-{stage}", config.seed))
+
+
+def open_run(config: SFTConfig | RewardConfig, path: Path, overwrite: bool, collective: Collective = SINGLE,
+             resume_step: int | None = None) -> tuple[Path, MetricsLogger]:
+    """Create (or, resuming from the checkpoint of optimiser step ``resume_step``, reopen) the run
+    directory of an SFT or reward-training run, write config.yaml, open the metrics (rank 0 alone; the
+    other processes get rank 0's path and a logger that writes nothing). Reopened, the metrics rows and
+    TensorBoard events after ``resume_step`` are dropped: the resumed run writes them again."""
+    launch = {"world_size": collective.world_size, "global_batch_size": config.batch_size} if collective.active else None
+    purge = None if resume_step is None else resume_step + 1
+    return on_main(
+        collective, lambda: _open_run(path, with_absolute_paths(config, PATH_FIELDS), overwrite=overwrite, launch=launch,
+                                      resume_update=resume_step, purge_step=purge, resume_key="step"),
+        lambda: (path, NullMetrics()))
+
+
+#: The config of a supervised stage.
+StageConfig = TypeVar("StageConfig", SFTConfig, RewardConfig)
+
+
+class SupervisedTrainer(Generic[StageConfig]):
     """What SFT and reward training share around their loss (the :class:`~ppokit.io.loop.Trainable`
     the loop shell drives). A stage's constructor calls ``super().__init__`` first (runtime, processes,
     the checkpoint to resume), then loads its data and model and calls :meth:`_start`."""
@@ -61,10 +81,11 @@ class SupervisedTrainer:
     #: The metrics row's throughput figure: the batch's entries (tokens, pairs) per second, or none.
     rate: str | None = None
 
-    def __init__(self, config: Any, run_dir: str | Path | None, overwrite: bool, resume: bool) -> None:
-        self.config = c = config
-        self.device, self.dtype = runtime(c)
-        self.collective = join(c, self.device)
+    def __init__(self, config: StageConfig, run_dir: str | Path | None, overwrite: bool, resume: bool) -> None:
+        self.config: StageConfig = config
+        c = config
+        self.device, self.dtype = setup_runtime(c)
+        self.collective = join_processes(self.device, c.dist_backend, c.dist_timeout)
         self.directory = run_path(c, self.stage, run_dir, self.collective)
         self.overwrite = overwrite
         self.checkpoint: Path | None = None
@@ -130,7 +151,9 @@ class SupervisedTrainer:
         self.run_dir, self.metrics = open_run(c, self.directory, self.overwrite, self.collective, resume_step)
         if self.checkpoint is not None and self.resume_state is not None:
             try:
-                supervised_checkpoint.restore(self, self.checkpoint, self.resume_state)
+                supervised_checkpoint.restore(self.checkpoint, self.resume_state, self.trainable, self.optimizer,
+                                              self.device, self.collective)
+                self.load_state_dict(self.resume_state, self.checkpoint / RESUME_FILE)
             except BaseException:
                 self.metrics.close("failed")  # releases the run directory's lock
                 raise
@@ -216,8 +239,26 @@ class SupervisedTrainer:
         return checkpoint_path(self.run_dir, self.num_updates)
 
     def save_checkpoint(self) -> Path:
-        """A resumable checkpoint ``RUN_DIR/checkpoints/update_<step>`` (see :mod:`.supervised_checkpoint`)."""
-        return supervised_checkpoint.save_checkpoint(self)
+        """A resumable checkpoint ``RUN_DIR/checkpoints/update_<step>`` (see :mod:`.checkpoint`)."""
+        assert self.run_dir is not None
+        return supervised_checkpoint.save_checkpoint(self.run_dir, self.stage, self.trainable, self.optimizer,
+                                                     self.state_dict(), self.collective, self.config.keep_checkpoints)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The trainer's own state for a checkpoint: the step, data position, schedule, evaluations, and
+        the training data's fingerprint (the weights and optimiser are saved beside it)."""
+        return {"step": self.num_updates, "batches": self.batches.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "last_loss": self.last_loss, "evals": self.evals, "data": self.fingerprint}
+
+    def load_state_dict(self, state: Mapping[str, Any], where: Path | str = "resume state") -> None:
+        try:
+            self.scheduler.load_state_dict(dict(state["scheduler"]))
+            self.batches.load_state_dict(state["batches"])
+            self.num_updates = int(state["step"])
+            self.last_loss = float(state["last_loss"])
+            self.evals = [dict(row) for row in state["evals"]]
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as err:
+            raise CheckpointError(f"{where}: bad resume state ({type(err).__name__}: {err})") from None
 
 
 def data_fingerprint(rows: Any) -> str:

@@ -34,8 +34,8 @@ from ppokit.io.atomic import atomic_write_dir, atomic_write_json
 from ppokit.io.loop import Callback
 from ppokit.rlhf import data as rdata
 from ppokit.rlhf import data_parallel
-from ppokit.rlhf.common import MicroBatch, split_by_prompt, with_lora
 from ppokit.rlhf.config import RewardConfig
+from ppokit.rlhf.data import split_by_prompt
 from ppokit.rlhf.models.loading import (
     RewardModel,
     check_tokenizes,
@@ -44,8 +44,10 @@ from ppokit.rlhf.models.loading import (
     model_positions,
     new_reward_model,
 )
+from ppokit.rlhf.models.lora import with_lora
 from ppokit.rlhf.rewards.sources import encode_pairs
 from ppokit.rlhf.supervised.loop import SupervisedTrainer, data_fingerprint
+from ppokit.rlhf.supervised.steps import MicroBatch
 
 __all__ = ["RewardTrainer", "output_scale", "pairwise_accuracy", "score_texts", "split_by_prompt",
            "train_reward_model"]
@@ -131,7 +133,7 @@ def regression_loss(model: RewardModel, tokenizer: Any, rows: list[dict], device
     return total / n
 
 
-class RewardTrainer(SupervisedTrainer):
+class RewardTrainer(SupervisedTrainer[RewardConfig]):
     """Train a reward model on preferences (pairs, rankings or ratings).
 
     ``data`` / ``eval_data`` (a ``datasets.Dataset`` or list of dicts) replace ``config.data`` /

@@ -25,8 +25,8 @@ from ppokit.io.atomic import atomic_write_dir
 from ppokit.io.loop import Callback
 from ppokit.rlhf import data as rdata
 from ppokit.rlhf import data_parallel
-from ppokit.rlhf.common import MicroBatch, pad_right, split_by_prompt, with_lora
 from ppokit.rlhf.config import SFTConfig
+from ppokit.rlhf.data import split_by_prompt
 from ppokit.rlhf.models.generation import token_logprobs
 from ppokit.rlhf.models.loading import (
     check_tokenizes,
@@ -34,9 +34,12 @@ from ppokit.rlhf.models.loading import (
     load_causal_lm,
     load_tokenizer,
     model_positions,
+    pad_right,
     position_ids_from_mask,
 )
+from ppokit.rlhf.models.lora import with_lora
 from ppokit.rlhf.supervised.loop import SupervisedTrainer, data_fingerprint
+from ppokit.rlhf.supervised.steps import MicroBatch
 
 log = logging.getLogger("ppokit")
 
@@ -68,7 +71,7 @@ def sft_loss(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, targ
     return nll / count.clamp_min(1.0)
 
 
-class SFTTrainer(SupervisedTrainer):
+class SFTTrainer(SupervisedTrainer[SFTConfig]):
     """Fine-tune ``config.model`` on prompt/response rows.
 
     ``data`` / ``eval_data`` (a ``datasets.Dataset`` or list of dicts) replace ``config.data`` /
