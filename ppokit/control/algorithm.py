@@ -11,6 +11,7 @@ settings, the fast path's NumPy step (:mod:`ppokit.control.fast`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,11 +28,42 @@ from ppokit.core.diagnostics import explained_variance
 from ppokit.core.kl import AdaptiveClipController, AdaptiveKLController, kl_k3
 from ppokit.core.optim import AveragedGradients, Optimizer, make_adamw
 from ppokit.core.schedules import make_schedule
-from ppokit.core.update import AutogradStep, MinibatchStep, PPOUpdateSettings, run_epochs
+from ppokit.core.update import AutogradStep, MinibatchStep, PPOBatch, PPOUpdateSettings, run_epochs
 from ppokit.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
     from ppokit.control.fast.layout import LiveViews
+
+
+@dataclass(kw_only=True)
+class ControlBatch(PPOBatch):
+    """A rollout's valid steps flattened into rows, one per env step, with what the policy re-runs on."""
+
+    #: The observations the actions were taken on (normalised, as the policy saw them).
+    obs: Tensor
+    #: The actions taken.
+    actions: Tensor
+    #: ``[rows, actions]``: which actions were allowed; None when the env gives no masks. (Not
+    #: :attr:`~ppokit.core.update.PPOBatch.mask`, which marks the loss entries that count.)
+    action_mask: Tensor | None = None
+    #: The critic's own observations; None when it sees the actor's.
+    critic_obs: Tensor | None = None
+
+
+@dataclass(kw_only=True)
+class SequenceBatch(PPOBatch):
+    """A recurrent policy's rollout kept as whole env sequences. The per-step quantities of
+    :class:`~ppokit.core.update.PPOBatch` are env-major ``[N, T]`` (a minibatch picks envs) and
+    ``mask`` marks the reset steps out of the loss; what the core re-runs on stays time-major."""
+
+    #: ``[T, N, ...]`` observations, ``[T, N, ...]`` actions, ``[T, N]`` episode starts.
+    seq_obs: Tensor
+    seq_actions: Tensor
+    seq_starts: Tensor
+    #: ``[N, S]``: the core's state before the rollout's first step.
+    initial_state: Tensor
+    #: ``[T, N, actions]``: the allowed actions, or None.
+    seq_action_mask: Tensor | None = None
 
 
 def rollout_advantages(rollout: Rollout, gamma: float, gae_lambda: float) -> tuple[Tensor, Tensor]:
@@ -50,7 +82,7 @@ def rollout_advantages(rollout: Rollout, gamma: float, gae_lambda: float) -> tup
     return gae(rollout.rewards, rollout.values, next_values, episode_ends, gamma, gae_lambda)
 
 
-def make_batch(rollout: Rollout, gamma: float, gae_lambda: float, every_step_valid: bool = False) -> dict[str, Tensor]:
+def make_batch(rollout: Rollout, gamma: float, gae_lambda: float, every_step_valid: bool = False) -> ControlBatch:
     """GAE over the rollout, then the valid steps flattened into one batch. ``every_step_valid``
     (same-step autoreset) skips the selection, whose size would have to be read from the device."""
     advantages, returns = rollout_advantages(rollout, gamma, gae_lambda)
@@ -71,32 +103,23 @@ def make_batch(rollout: Rollout, gamma: float, gae_lambda: float, every_step_val
             return torch.from_numpy(rows.numpy().take(keep, axis=0))
         return rows.index_select(0, keep)
 
-    batch = {
-        "obs": flat(rollout.obs), "actions": flat(rollout.actions), "logp": flat(rollout.logp),
-        "values": flat(rollout.values), "advantages": flat(advantages), "returns": flat(returns),
-    }
-    if rollout.masks is not None:
-        # Not "mask": that key is core's mask of valid loss entries (padding), a different thing.
-        batch["action_mask"] = flat(rollout.masks)
-    if rollout.critic_obs is not None:
-        batch["critic_obs"] = flat(rollout.critic_obs)
-    return batch
+    return ControlBatch(
+        obs=flat(rollout.obs), actions=flat(rollout.actions), logp=flat(rollout.logp), values=flat(rollout.values),
+        advantages=flat(advantages), returns=flat(returns),
+        action_mask=None if rollout.masks is None else flat(rollout.masks),
+        critic_obs=None if rollout.critic_obs is None else flat(rollout.critic_obs),
+    )
 
 
-def make_sequence_batch(rollout: Rollout, gamma: float, gae_lambda: float) -> dict[str, Tensor]:
-    """For a recurrent policy: the rollout kept as whole env sequences. The per-step quantities are
-    env-major ``[N, T]`` (minibatches pick envs), with the reset steps masked out of the loss
-    (``mask``, core's loss mask); what the core re-runs on stays time-major ``[T, N, ...]``."""
+def make_sequence_batch(rollout: Rollout, gamma: float, gae_lambda: float) -> SequenceBatch:
+    """For a recurrent policy: GAE over the rollout, kept as whole env sequences (:class:`SequenceBatch`)."""
     advantages, returns = rollout_advantages(rollout, gamma, gae_lambda)
     assert rollout.starts is not None and rollout.initial_state is not None
-    batch = {
-        "logp": rollout.logp.T, "values": rollout.values.T, "advantages": advantages.T, "returns": returns.T,
-        "mask": rollout.valid.T, "seq_obs": rollout.obs, "seq_actions": rollout.actions,
-        "seq_starts": rollout.starts, "initial_state": rollout.initial_state,
-    }
-    if rollout.masks is not None:
-        batch["seq_action_mask"] = rollout.masks
-    return batch
+    return SequenceBatch(
+        logp=rollout.logp.T, values=rollout.values.T, advantages=advantages.T, returns=returns.T, mask=rollout.valid.T,
+        seq_obs=rollout.obs, seq_actions=rollout.actions, seq_starts=rollout.starts,
+        initial_state=rollout.initial_state, seq_action_mask=rollout.masks,
+    )
 
 
 def make_optimizer(policy: ActorCritic, config: ControlConfig, device: torch.device, on_device: bool = False) -> Optimizer:
@@ -162,19 +185,20 @@ class PPOAlgorithm:
             loss=c.loss, kl_coef=self.kl_coef, skip_nonfinite=c.on_nonfinite == "skip",
         )
 
-    def _sequence_evaluate(self, batch: dict[str, Tensor], idx: Tensor | slice) -> tuple[Tensor, Tensor, Tensor]:
+    def _sequence_evaluate(self, batch: SequenceBatch, idx: Tensor | slice) -> tuple[Tensor, Tensor, Tensor]:
         """Re-run the recurrent policy over the sequences of envs ``idx``; results env-major ``[b, T]``."""
-        masks = batch.get("seq_action_mask")
+        masks = batch.seq_action_mask
         logp, entropy, value = self.policy.evaluate_sequence(
-            batch["seq_obs"][:, idx], batch["seq_actions"][:, idx], batch["initial_state"][idx],
-            batch["seq_starts"][:, idx], None if masks is None else masks[:, idx])
+            batch.seq_obs[:, idx], batch.seq_actions[:, idx], batch.initial_state[idx],
+            batch.seq_starts[:, idx], None if masks is None else masks[:, idx])
         return logp.T, entropy.T, value.T
 
-    def minibatch_step(self, batch: dict[str, Tensor], settings: PPOUpdateSettings) -> MinibatchStep:
+    def minibatch_step(self, batch: ControlBatch | SequenceBatch, settings: PPOUpdateSettings) -> MinibatchStep:
         collective = self.collective
-        if "seq_obs" in batch:
-            return AutogradStep(batch, lambda idx: self._sequence_evaluate(batch, idx), settings, collective)
-        obs, actions, masks, critic = batch["obs"], batch["actions"], batch.get("action_mask"), batch.get("critic_obs")
+        if isinstance(batch, SequenceBatch):
+            sequences = batch
+            return AutogradStep(batch, lambda idx: self._sequence_evaluate(sequences, idx), settings, collective)
+        obs, actions, masks, critic = batch.obs, batch.actions, batch.action_mask, batch.critic_obs
         # Checked again per update: settings change over a run (scheduled ε, adaptive β).
         if self.fast_update and fast.refusal(self.policy.spec, self.device, settings) is None:
             from ppokit.control.fast.layout import LiveViews
@@ -193,30 +217,30 @@ class PPOAlgorithm:
         lr = self.lr_schedule(fraction)
         self.optimizer.set_learning_rate(lr)
         settings = self.settings(fraction)
-        recurrent = rollout.starts is not None
-        if recurrent:
+        batch: ControlBatch | SequenceBatch
+        if rollout.starts is not None:  # a recurrent policy
             batch = make_sequence_batch(rollout, c.gamma, c.gae_lambda)
         else:
             batch = make_batch(rollout, c.gamma, c.gae_lambda, every_step_valid=self.on_device)
         step = self.minibatch_step(batch, settings)
         # Rows are samples, or for a recurrent policy whole env sequences.
-        stats = run_epochs(step, batch["logp"].shape[0], self.optimizer, settings, device=batch["logp"].device,
+        stats = run_epochs(step, batch.rows, self.optimizer, settings, device=batch.logp.device,
                            collective=self.collective)
         if self.kl_controller is not None or self.clip_controller is not None:
             with torch.no_grad():
-                if recurrent:
+                if isinstance(batch, SequenceBatch):
                     logp_new = self._sequence_evaluate(batch, slice(None))[0]
                 else:
-                    logp_new, _, _ = self.policy.evaluate(batch["obs"], batch["actions"], batch.get("action_mask"),
-                                                          batch.get("critic_obs"))
-                kl_after = self._batch_mean(kl_k3(logp_new - batch["logp"]), batch.get("mask"))
+                    logp_new, _, _ = self.policy.evaluate(batch.obs, batch.actions, batch.action_mask, batch.critic_obs)
+                kl_after = self._batch_mean(kl_k3(logp_new - batch.logp), batch.mask)
             stats["kl_after_update"] = kl_after
             if self.kl_controller is not None:
                 self.kl_controller.update(kl_after)
             if self.clip_controller is not None:
                 self.clip_controller.update(kl_after)
+        assert batch.values is not None and batch.returns is not None  # a control policy always has a critic
         stats["explained_variance"] = self.collective.mean_floats(
-            explained_variance(batch["values"], batch["returns"], batch.get("mask")))[0]
+            explained_variance(batch.values, batch.returns, batch.mask))[0]
         stats["learning_rate"] = lr
         stats["clip_range"] = settings.clip_range
         stats["kl_coef"] = settings.kl_coef

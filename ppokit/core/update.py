@@ -1,7 +1,7 @@
 """The PPO optimisation phase: K epochs of shuffled minibatch updates over one batch of experience.
 
 This is the part of the algorithm box that both front ends share verbatim. The front end supplies the
-batch (old log-probs, values, advantages, returns, optional mask) and an ``evaluate`` callback that
+batch (a :class:`PPOBatch`: old log-probs, values, advantages, returns, optional mask) and an ``evaluate`` callback that
 re-runs its model on a minibatch; everything else, the losses, the clipping, the early stop at a
 target KL, gradient clipping and the diagnostics, lives here once. The epoch loop
 (:func:`run_epochs`) drives any :class:`MinibatchStep` through any
@@ -11,7 +11,7 @@ target KL, gradient clipping and the diagnostics, lives here once. The epoch loo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -34,6 +34,34 @@ from ppokit.errors import TrainingError
 
 #: ``evaluate(indices) -> (logp_new, entropy, values_new)`` for the rows ``indices`` of the batch.
 Evaluate = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
+
+
+@dataclass(kw_only=True)
+class PPOBatch:
+    """One batch of experience for the K epochs, every tensor with the row first: a row is a sample
+    (control), a completion (RLHF, ``[B, T]`` per token) or an env's whole sequence (a recurrent
+    policy, ``[N, T]``). A front end's batch adds what its ``evaluate`` re-runs the model on."""
+
+    #: :math:`\log\pi_{old}(a)`: the log-probs of the actions under the policy that collected them.
+    logp: Tensor
+    #: :math:`\hat{A}`: the advantage estimates.
+    advantages: Tensor
+    #: :math:`V_{old}`: the critic's estimates when the data was collected; None with no critic.
+    values: Tensor | None = None
+    #: :math:`\hat{R}`: the value targets; None with no critic (then :math:`L^{VF} = 0`).
+    returns: Tensor | None = None
+    #: True where an entry counts in the loss (padding and reset steps are False); None: all count.
+    mask: Tensor | None = None
+    #: A frozen reference's log-probs, for the ``ref_kl_coef`` loss term (RLHF with the KL in the loss).
+    ref_logp: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if (self.values is None) != (self.returns is None):
+            raise ValueError("a PPO batch has both values and returns (a critic) or neither")
+
+    @property
+    def rows(self) -> int:
+        return int(self.logp.shape[0])
 
 
 @dataclass
@@ -68,7 +96,7 @@ class PPOUpdateSettings:
     #: so only one micro-batch's activations are held at a time; the gradient is the minibatch's.
     gradient_accumulation_steps: int = 1
     #: β of a KL-to-reference loss term (:func:`~ppokit.core.losses.reference_kl_loss`, RLHF with the KL
-    #: in the loss); it reads ``batch["ref_logp"]``. 0 leaves the term out.
+    #: in the loss); it reads ``batch.ref_logp``. 0 leaves the term out.
     ref_kl_coef: float = 0.0
 
 
@@ -128,11 +156,11 @@ class AutogradStep:
     equal up to rounding.
     """
 
-    def __init__(self, batch: Mapping[str, Tensor], evaluate: Evaluate, settings: PPOUpdateSettings,
+    def __init__(self, batch: PPOBatch, evaluate: Evaluate, settings: PPOUpdateSettings,
                  collective: Collective | None = None) -> None:
         """``collective``: the processes whose minibatches together make the minibatch (data parallel)."""
         self.batch, self.evaluate, self.settings = batch, evaluate, settings
-        self.mask_all = batch.get("mask")
+        self.mask_all = batch.mask
         self.collective = collective if collective is not None and collective.active else None
         #: This process's share of the minibatch mean (1 with one process), see Collective.share.
         self.scale = 1.0
@@ -143,7 +171,7 @@ class AutogradStep:
     def forward(self, idx: Tensor) -> float:
         settings, batch = self.settings, self.batch
         mask = self.mask_all[idx] if self.mask_all is not None else None
-        advantages = batch["advantages"][idx]
+        advantages = batch.advantages[idx]
         if self.collective is not None:
             # The minibatch is the union of every process's rows: whiten with its statistics, and
             # weight this process's means by its share of the entries.
@@ -187,7 +215,7 @@ class AutogradStep:
         loss, value loss, entropy, approximate KLs, clip fraction, total."""
         settings, batch = self.settings, self.batch
         logp, entropy, values = self.evaluate(idx)
-        logp_old = batch["logp"][idx]
+        logp_old = batch.logp[idx]
         with torch.no_grad():
             log_ratio = logp - logp_old  # samples came from the old policy: KL(old || new)
             approx_kl_k1 = masked_mean(kl_k1(log_ratio), mask)
@@ -199,14 +227,16 @@ class AutogradStep:
                 clip_fraction = masked_mean(((log_ratio.exp() - 1.0).abs() > settings.clip_range).to(logp.dtype), mask)
         else:
             policy_loss, clip_fraction = clipped_surrogate_loss(logp, logp_old, advantages, settings.clip_range, mask)
-        if "returns" in batch:
-            v_loss = value_loss(values, batch["values"][idx], batch["returns"][idx], settings.clip_range_vf, mask)
+        if batch.values is not None and batch.returns is not None:
+            v_loss = value_loss(values, batch.values[idx], batch.returns[idx], settings.clip_range_vf, mask)
         else:  # no critic (critic-free advantages): nothing to fit
             v_loss = policy_loss.new_zeros(())
         mean_entropy = entropy_bonus(entropy, mask)
         total = policy_loss + settings.vf_coef * v_loss - settings.ent_coef * mean_entropy
         if settings.ref_kl_coef:  # folded into the total; the trainer logs the rollout's KL to the reference
-            total = total + settings.ref_kl_coef * reference_kl_loss(logp, batch["ref_logp"][idx], mask)
+            if batch.ref_logp is None:
+                raise ValueError("ref_kl_coef > 0 needs the reference's log-probs in the batch (ref_logp)")
+            total = total + settings.ref_kl_coef * reference_kl_loss(logp, batch.ref_logp[idx], mask)
         return [policy_loss, v_loss, mean_entropy, approx_kl_k1, approx_kl_k3, clip_fraction, total]
 
     def _keep(self, terms: list[Tensor]) -> None:
@@ -229,7 +259,7 @@ class AutogradStep:
 
 
 def ppo_update(
-    batch: Mapping[str, Tensor],
+    batch: PPOBatch,
     evaluate: Evaluate,
     optimizer: Optimizer,
     settings: PPOUpdateSettings,
@@ -237,11 +267,12 @@ def ppo_update(
 ) -> dict[str, float]:
     r"""Run K epochs of minibatch PPO updates and return the mean diagnostics.
 
-    ``batch`` holds, with the sample (row) as the leading dimension: ``logp`` (log-probs under the
-    policy that collected the data), ``values`` (its value estimates), ``advantages``, ``returns``
-    and optionally ``mask`` (true where an entry counts) and ``ref_logp`` (a frozen reference's
-    log-probs, for the ``ref_kl_coef`` term). Without ``returns`` (and ``values``) there is no critic:
-    :math:`L^{VF}` is 0 and the ``values`` that ``evaluate`` returns are ignored.
+    ``batch`` (:class:`PPOBatch`) holds, with the sample (row) as the leading dimension: ``logp``
+    (log-probs under the policy that collected the data), ``values`` (its value estimates),
+    ``advantages``, ``returns`` and optionally ``mask`` (true where an entry counts) and ``ref_logp``
+    (a frozen reference's log-probs, for the ``ref_kl_coef`` term). Without ``returns`` (and
+    ``values``) there is no critic: :math:`L^{VF}` is 0 and the ``values`` that ``evaluate`` returns
+    are ignored.
 
     For each minibatch the total loss is
 
@@ -251,8 +282,8 @@ def ppo_update(
     the early stop and the checks are :func:`run_epochs`'s. With ``collective``, each process's
     ``batch`` is its share of the batch, and the update is the update on the union of the shares.
     """
-    return run_epochs(AutogradStep(batch, evaluate, settings, collective), batch["logp"].shape[0], optimizer,
-                      settings, device=batch["logp"].device, collective=collective)
+    return run_epochs(AutogradStep(batch, evaluate, settings, collective), batch.rows, optimizer,
+                      settings, device=batch.logp.device, collective=collective)
 
 
 def run_epochs(

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ppokit import PPO, ControlConfig
+from ppokit.control.algorithm import ControlBatch
 from ppokit.control.policy.heads import CategoricalHead, MultiCategoricalHead
 from ppokit.core.update import AutogradStep
 
@@ -67,9 +68,9 @@ def test_masks_take_the_torch_path_and_survive_save_load_and_resume(tmp_path):
     config = _config(tmp_path, "straight", total_steps=4 * 128 * 4)
     straight = PPO(config).learn()
     assert isinstance(straight.algorithm.minibatch_step(
-        {"obs": torch.zeros(2, 1), "actions": torch.zeros(2, dtype=torch.long), "logp": torch.zeros(2),
-         "values": torch.zeros(2), "advantages": torch.zeros(2), "returns": torch.zeros(2),
-         "action_mask": torch.ones(2, 8, dtype=torch.bool)}, straight.algorithm.settings(0.0)), AutogradStep)
+        ControlBatch(obs=torch.zeros(2, 1), actions=torch.zeros(2, dtype=torch.long), logp=torch.zeros(2),
+                     values=torch.zeros(2), advantages=torch.zeros(2), returns=torch.zeros(2),
+                     action_mask=torch.ones(2, 8, dtype=torch.bool)), straight.algorithm.settings(0.0)), AutogradStep)
 
     split_config = _config(tmp_path, "split", total_steps=4 * 128 * 4)
     PPO(split_config).learn(callback=lambda record: record["update"] < 2)

@@ -31,8 +31,8 @@ def test_the_update_re_runs_exactly_what_the_rollout_computed(tmp_path, recurren
     batch = make_sequence_batch(rollout, 0.99, 0.95)
     with torch.no_grad():
         logp, _, values = agent.algorithm._sequence_evaluate(batch, slice(None))
-    torch.testing.assert_close(logp, batch["logp"], rtol=0, atol=1e-5)
-    torch.testing.assert_close(values, batch["values"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(logp, batch.logp, rtol=0, atol=1e-5)
+    torch.testing.assert_close(values, batch.values, rtol=0, atol=1e-5)
     agent.close()
 
 

@@ -36,8 +36,8 @@ def test_reset_steps_are_masked_and_boundaries_respected(terminate):
     assert bool(ro.terminated[2, 0]) is terminate
 
     batch = make_batch(ro, agent.config.gamma, agent.config.gae_lambda)
-    assert batch["obs"].shape[0] == 6  # the two reset steps are dropped
-    assert (batch["obs"][:, 1] < 3).all()  # no final observation is ever trained on as a state
+    assert batch.obs.shape[0] == 6  # the two reset steps are dropped
+    assert (batch.obs[:, 1] < 3).all()  # no final observation is ever trained on as a state
 
     values = ro.values[:, 0].double().numpy()
     with torch.no_grad():
@@ -51,7 +51,7 @@ def test_reset_steps_are_masked_and_boundaries_respected(terminate):
         final_values=final_values, last_value=ro.last_value[0].item(), gamma=0.9, lam=0.8,
     )
     valid = ro.valid[:, 0].numpy().astype(bool)
-    np.testing.assert_allclose(batch["advantages"].double().numpy(), expected[valid], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(batch.advantages.double().numpy(), expected[valid], rtol=1e-5, atol=1e-6)
 
 
 def test_episode_statistics_count_only_real_steps():

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ppokit.core.optim import TorchOptimizer
-from ppokit.core.update import NonFiniteError, PPOUpdateSettings, ppo_update
+from ppokit.core.update import NonFiniteError, PPOBatch, PPOUpdateSettings, ppo_update
 
 
 def _setup(n=64, seed=0):
@@ -14,7 +14,7 @@ def _setup(n=64, seed=0):
         out = model(obs)
         logp = torch.log_softmax(out[:, :2], -1).gather(1, actions[:, None]).squeeze(1)
         values = out[:, 2]
-    batch = {"logp": logp, "values": values, "advantages": torch.randn(n), "returns": torch.randn(n)}
+    batch = PPOBatch(logp=logp, values=values, advantages=torch.randn(n), returns=torch.randn(n))
 
     def evaluate(idx):
         out = model(obs[idx])
@@ -50,7 +50,7 @@ def test_early_stop_at_target_kl_skips_the_offending_step():
 
 def test_non_finite_loss_stops_before_the_step():
     model, batch, evaluate = _setup()
-    batch["advantages"][5] = float("nan")
+    batch.advantages[5] = float("nan")
     before = [p.detach().clone() for p in model.parameters()]
     opt = TorchOptimizer(torch.optim.Adam(model.parameters(), lr=1e-2))
     with pytest.raises(NonFiniteError, match="non-finite loss"):
@@ -61,8 +61,8 @@ def test_non_finite_loss_stops_before_the_step():
 
 def test_masked_rows_do_not_contribute():
     model, batch, evaluate = _setup(n=8)
-    batch["mask"] = torch.tensor([1, 1, 1, 1, 0, 0, 0, 0], dtype=torch.bool)
-    batch["advantages"][4:] = 1e6  # would dominate the loss if it leaked through the mask
+    batch.mask = torch.tensor([1, 1, 1, 1, 0, 0, 0, 0], dtype=torch.bool)
+    batch.advantages[4:] = 1e6  # would dominate the loss if it leaked through the mask
     opt = TorchOptimizer(torch.optim.SGD(model.parameters(), lr=0.0))
     stats = ppo_update(batch, evaluate, opt, _settings(num_epochs=1, num_minibatches=1, whiten_advantages=False))
     assert abs(stats["policy_loss"]) < 100
@@ -73,8 +73,9 @@ def _token_setup(seed=0):
     model, batch, evaluate = _setup(n=48, seed=seed)
     b, t = 8, 6
     mask = torch.arange(t)[None, :] < torch.tensor([6, 1, 3, 6, 2, 5, 4, 6])[:, None]
-    token = {k: v.reshape(b, t) for k, v in batch.items()}
-    token["mask"] = mask
+    assert batch.values is not None and batch.returns is not None
+    token = PPOBatch(logp=batch.logp.reshape(b, t), advantages=batch.advantages.reshape(b, t),
+                     values=batch.values.reshape(b, t), returns=batch.returns.reshape(b, t), mask=mask)
 
     def evaluate_rows(rows):
         flat = (rows[:, None] * t + torch.arange(t)[None, :]).reshape(-1)
@@ -107,7 +108,7 @@ def test_gradient_accumulation_takes_the_same_steps(whiten):
 
 def test_gradient_accumulation_stops_before_a_non_finite_step():
     model, batch, evaluate = _token_setup()
-    batch["advantages"][3, 0] = float("nan")
+    batch.advantages[3, 0] = float("nan")
     before = [p.detach().clone() for p in model.parameters()]
     opt = TorchOptimizer(torch.optim.Adam(model.parameters(), lr=1e-2))
     with pytest.raises(NonFiniteError, match="non-finite loss"):

@@ -110,7 +110,7 @@ def reference_step(policy: str, out: Path, kind: str) -> tuple[Any, dict[str, An
         return [torch.cat([r * local + chunks[r][j] for r in range(WORLD)]) for j in range(MINIBATCHES)]
 
     def union_update(batch_, evaluate, optimizer, settings):
-        return run_epochs(AutogradStep(batch_, evaluate, settings), batch_["logp"].shape[0], optimizer, settings,
+        return run_epochs(AutogradStep(batch_, evaluate, settings), batch_.rows, optimizer, settings,
                           minibatches=minibatches)
 
     real = trainer_module.ppo_update

@@ -104,7 +104,7 @@ def reference_update(backend: str) -> tuple[torch.Tensor, dict[str, float]]:
     settings = algorithm.settings(0.0)
     algorithm.optimizer.set_learning_rate(config.learning_rate)
     batch = make_batch(rollout, config.gamma, config.gae_lambda)
-    stats = run_epochs(algorithm.minibatch_step(batch, settings), batch["logp"].shape[0], algorithm.optimizer,
+    stats = run_epochs(algorithm.minibatch_step(batch, settings), batch.rows, algorithm.optimizer,
                        settings, minibatches=minibatches)
     return params(policy), stats
 

@@ -7,7 +7,7 @@ import torch
 
 from ppokit.core.advantages import masked_mean, masked_var
 from ppokit.core.losses import clipped_surrogate_loss, reference_kl_loss
-from ppokit.core.update import AutogradStep, PPOUpdateSettings
+from ppokit.core.update import AutogradStep, PPOBatch, PPOUpdateSettings
 from ppokit.rlhf.ppo import trainer as trainer_module
 from ppokit.rlhf.ppo.advantages import KLPlacement, critic_free_advantages, token_advantages, uses_critic
 from tests.rlhf.helpers import PROMPTS
@@ -80,7 +80,7 @@ def test_the_trainer_updates_on_the_advantages_its_config_asks_for(whiten, monke
     real = trainer_module.ppo_update
 
     def spy(batch, evaluate, optimizer, settings):
-        seen.update(advantages=batch["advantages"].clone(), mask=batch["mask"].clone(), settings=settings)
+        seen.update(advantages=batch.advantages.clone(), mask=batch.mask.clone(), settings=settings)
         return real(batch, evaluate, optimizer, settings)
 
     monkeypatch.setattr(trainer_module, "ppo_update", spy)
@@ -243,7 +243,7 @@ def test_the_update_folds_the_kl_term_into_the_total_and_fits_no_values_without_
     mask = G3_MASK
     logp_old = G3_LOGP.clone()
     advantages = _free("grpo").advantages
-    batch = {"logp": logp_old, "advantages": advantages, "mask": mask, "ref_logp": G3_REF}
+    batch = PPOBatch(logp=logp_old, advantages=advantages, mask=mask, ref_logp=G3_REF)
     settings = PPOUpdateSettings(num_epochs=1, num_minibatches=1, clip_range=0.2, vf_coef=0.5, ent_coef=0.0,
                                  whiten_advantages=False, ref_kl_coef=0.3, gradient_accumulation_steps=accumulation)
     theta = torch.nn.Parameter(logp_old + 0.15 * torch.sin(torch.arange(24.0)).view(6, 4))

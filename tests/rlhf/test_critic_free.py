@@ -4,6 +4,7 @@ raising a rule-based reward on the tiny demo model (fixed seeds, step budgets, r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -35,7 +36,8 @@ def _spy_on_the_update(monkeypatch):
     real = trainer_module.ppo_update
 
     def spy(batch, evaluate, optimizer, settings):
-        seen.update(batch={k: v.clone() for k, v in batch.items()}, settings=settings)
+        fields = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
+        seen.update(batch={k: v.clone() for k, v in fields.items() if v is not None}, settings=settings)
         return real(batch, evaluate, optimizer, settings)
 
     monkeypatch.setattr(trainer_module, "ppo_update", spy)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ppokit.core.optim import LossScaledOptimizer, TorchOptimizer
-from ppokit.core.update import PPOUpdateSettings, ppo_update
+from ppokit.core.update import PPOBatch, PPOUpdateSettings, ppo_update
 from ppokit.rlhf.config import RLHFConfig
 from ppokit.rlhf.demo import WORDS
 from ppokit.rlhf.ppo.trainer import RLHFTrainer
@@ -61,7 +61,7 @@ def _linear_problem():
     with torch.no_grad():
         out = model(obs)
         logp = torch.log_softmax(out[:, :2], -1).gather(1, actions[:, None]).squeeze(1)
-    batch = {"logp": logp, "values": out[:, 2], "advantages": torch.randn(32), "returns": torch.randn(32)}
+    batch = PPOBatch(logp=logp, values=out[:, 2], advantages=torch.randn(32), returns=torch.randn(32))
 
     def evaluate(idx):
         out = model(obs[idx])
@@ -88,7 +88,7 @@ def test_loss_scaling_unscales_gradients_before_the_step():
 
 def test_loss_scale_overflow_skips_the_step_and_halves_the_scale():
     model, batch, evaluate = _linear_problem()
-    batch["advantages"] = batch["advantages"] * 1e4  # a finite loss whose gradient × 1e38 overflows float32
+    batch.advantages = batch.advantages * 1e4  # a finite loss whose gradient × 1e38 overflows float32
     before = _weights(model)
     opt = LossScaledOptimizer(TorchOptimizer(torch.optim.SGD(model.parameters(), lr=0.1)), init_scale=1e38)
     settings = PPOUpdateSettings(num_epochs=1, num_minibatches=1, clip_range=0.2, vf_coef=0.5, ent_coef=0.01,

@@ -44,7 +44,7 @@ from ppokit.control.fast.layout import LiveViews, features, heads, split_twin, t
 from ppokit.control.fast.policy import HALF_LOG_2PI, NUMPY_ACTIVATIONS
 from ppokit.control.policy.networks import ActorCritic
 from ppokit.core.collective import Collective
-from ppokit.core.update import PPOUpdateSettings
+from ppokit.core.update import PPOBatch, PPOUpdateSettings
 
 # Each activation's derivative, written in terms of the activation's output.
 _DERIVATIVES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -60,11 +60,11 @@ class NumpyMinibatchStep:
     Only for the policies and settings :func:`ppokit.control.fast.support.refusal` accepts, with
     the parameters and gradients in the fused layout (:mod:`ppokit.control.fast.layout`: FlatAdam
     with ``layout=fused_order(policy)``). ``obs`` and ``actions`` are the whole batch (the rows
-    are picked per minibatch), as are the arrays of ``batch`` (``logp``, ``values``,
-    ``advantages``, ``returns``). Overwrites the parameters' gradient views.
+    are picked per minibatch), as is ``batch`` (its ``logp``, ``values``, ``advantages`` and
+    ``returns``; a critic's, so never None here). Overwrites the parameters' gradient views.
     """
 
-    def __init__(self, policy: ActorCritic, obs: Tensor, actions: Tensor, batch: dict[str, Tensor],
+    def __init__(self, policy: ActorCritic, obs: Tensor, actions: Tensor, batch: PPOBatch,
                  settings: PPOUpdateSettings, collective: Collective | None = None,
                  views: LiveViews | None = None) -> None:
         """``views``: the policy's fused views kept between updates (taken here when None)."""
@@ -89,7 +89,9 @@ class NumpyMinibatchStep:
         self.obs = obs.numpy().reshape(obs.shape[0], -1)
         self.actions = actions.numpy() if self.gaussian else actions.numpy().astype(np.intp)
         # Old log-prob, old value, advantage, return: one row each, so a minibatch is one gather.
-        self.data = np.stack([batch[k].numpy() for k in ("logp", "values", "advantages", "returns")], dtype=np.float32)
+        assert batch.values is not None and batch.returns is not None, "the fast path's critic needs values and returns"
+        self.data = np.stack([t.numpy() for t in (batch.logp, batch.values, batch.advantages, batch.returns)],
+                             dtype=np.float32)
         self.arange = np.arange(self.obs.shape[0])
         self.ones = np.ones(self.obs.shape[0], dtype=np.float32)
 

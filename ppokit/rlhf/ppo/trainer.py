@@ -36,7 +36,7 @@ from ppokit.core.health import HealthMonitor
 from ppokit.core.kl import ConstantKL, ProportionalKLController
 from ppokit.core.optim import AveragedGradients, Optimizer, make_adamw
 from ppokit.core.schedules import make_schedule
-from ppokit.core.update import PPOUpdateSettings, ppo_update
+from ppokit.core.update import PPOBatch, PPOUpdateSettings, ppo_update
 from ppokit.errors import CheckpointError, ConfigError
 from ppokit.io.atomic import atomic_write_json
 from ppokit.io.checkpoints import RESUME_FILE, checkpoint_path, latest_checkpoint, read_resume_state
@@ -245,10 +245,9 @@ class RLHFTrainer:
         t_prepared = time.perf_counter()
         self.optimizer.set_learning_rate(self.lr_schedule(self.num_updates / c.total_updates))
         shared = {"collective": self.collective} if self.collective.active else {}
-        ppo_batch = {"logp": batch.logp, "values": adv.values, "advantages": adv.advantages, "returns": adv.returns,
-                     "mask": batch.mask, "ref_logp": batch.ref_logp}
-        if not uses_critic(c.advantage):  # no critic: nothing for a value loss to fit
-            del ppo_batch["values"], ppo_batch["returns"]
+        critic = uses_critic(c.advantage)  # without one, nothing for a value loss to fit
+        ppo_batch = PPOBatch(logp=batch.logp, advantages=adv.advantages, values=adv.values if critic else None,
+                             returns=adv.returns if critic else None, mask=batch.mask, ref_logp=batch.ref_logp)
         stats = ppo_update(ppo_batch, self._evaluate(batch), self.optimizer, self._settings(), **shared)
         # The last step's gradients would otherwise stay allocated through the next rollout, which is
         # then the peak of a run's memory (the benchmark of the memory options measured it).

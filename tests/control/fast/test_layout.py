@@ -13,7 +13,7 @@ from ppokit.control.fast.layout import FusedArrays, LiveViews, fused_order
 from ppokit.control.fast.policy import NumpyPolicy
 from ppokit.control.fast.update import NumpyMinibatchStep
 from ppokit.control.policy.networks import ActorCritic, PolicySpec
-from ppokit.core.update import PPOUpdateSettings
+from ppokit.core.update import PPOBatch, PPOUpdateSettings
 
 
 def _policy(shared: bool = False, hidden: tuple[int, ...] = (8, 6)) -> ActorCritic:
@@ -57,7 +57,7 @@ def test_copies_follow_in_place_changes_and_the_update_refuses_another_layout():
     np.testing.assert_allclose(fast.value(obs), before + 1.0, rtol=1e-6)
     FlatAdam(policy.parameters(), lr=1e-3)  # stored in the order given: not the fused one
     n = 4
-    batch = {k: torch.zeros(n) for k in ("logp", "values", "advantages", "returns")}
+    batch = PPOBatch(logp=torch.zeros(n), values=torch.zeros(n), advantages=torch.zeros(n), returns=torch.zeros(n))
     settings = PPOUpdateSettings(num_epochs=1, num_minibatches=1, clip_range=0.2, vf_coef=0.5, ent_coef=0.0,
                                  max_grad_norm=None, clip_range_vf=None, whiten_advantages=False, target_kl=None,
                                  loss="clip", kl_coef=0.0, skip_nonfinite=False)

@@ -24,7 +24,7 @@ from ppokit.control.fast.layout import fused_order
 from ppokit.control.fast.policy import NumpyPolicy
 from ppokit.control.fast.update import NumpyMinibatchStep
 from ppokit.control.policy.networks import ActorCritic, PolicySpec
-from ppokit.core.update import STEP_STAT_NAMES, AutogradStep, PPOUpdateSettings, ppo_update, run_epochs
+from ppokit.core.update import STEP_STAT_NAMES, AutogradStep, PPOBatch, PPOUpdateSettings, ppo_update, run_epochs
 
 CPU = torch.device("cpu")
 N = 96
@@ -111,12 +111,12 @@ def _batch(policy: ActorCritic, spec: PolicySpec):
     with torch.no_grad():
         logp, _, values = policy.evaluate(obs, actions)
     # Old log-probs and values off by enough that both clips are active on some rows.
-    batch = {
-        "logp": logp + 0.4 * torch.randn(N, generator=gen),
-        "values": values + 0.5 * torch.randn(N, generator=gen),
-        "advantages": 2.0 * torch.randn(N, generator=gen) + 0.5,
-        "returns": values + torch.randn(N, generator=gen),
-    }
+    batch = PPOBatch(
+        logp=logp + 0.4 * torch.randn(N, generator=gen),
+        values=values + 0.5 * torch.randn(N, generator=gen),
+        advantages=2.0 * torch.randn(N, generator=gen) + 0.5,
+        returns=values + torch.randn(N, generator=gen),
+    )
     return obs, actions, batch
 
 

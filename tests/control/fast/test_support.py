@@ -9,7 +9,7 @@ import torch
 
 from ppokit import PPO, ControlConfig
 from ppokit.control import fast
-from ppokit.control.algorithm import PPOAlgorithm
+from ppokit.control.algorithm import ControlBatch, PPOAlgorithm
 from ppokit.control.fast.flat_adam import FlatAdam
 from ppokit.control.fast.update import NumpyMinibatchStep
 from ppokit.control.policy.networks import PolicySpec
@@ -65,8 +65,8 @@ def test_the_algorithm_takes_the_reference_step_for_an_undeclared_setting(tmp_pa
     agent = PPO(ControlConfig(env_id="CartPole-v1", num_envs=2, num_steps=16, total_steps=64, progress=False,
                               tensorboard=False, eval_episodes=0, run_dir=str(tmp_path / "a")))
     assert agent.algorithm.fast_update and isinstance(agent.algorithm.optimizer, FlatAdam)
-    batch = {k: torch.zeros(4) for k in ("logp", "values", "advantages", "returns")}
-    batch.update(obs=torch.zeros(4, 4), actions=torch.zeros(4, dtype=torch.long))
+    batch = ControlBatch(obs=torch.zeros(4, 4), actions=torch.zeros(4, dtype=torch.long), logp=torch.zeros(4),
+                         values=torch.zeros(4), advantages=torch.zeros(4), returns=torch.zeros(4))
     assert isinstance(agent.algorithm.minibatch_step(batch, agent.algorithm.settings(0.0)), NumpyMinibatchStep)
 
     original = PPOAlgorithm.settings
