@@ -1,8 +1,11 @@
 """Turning YAML files, dicts and ``key=value`` overrides into validated config dataclasses.
 
-Every trainer config is a dataclass whose fields carry a one-line ``help`` in their metadata. This
-module is the one place that parses values into the declared field types, so the YAML file, the
-Python API and ``--set`` on the command line all fail the same way, naming the field and source.
+Every trainer config is a dataclass whose fields carry a one-line ``help`` and, where the type alone
+allows too much, a :class:`Rule` in their metadata (:func:`doc`; fields several configs share are
+declared once in :mod:`ppokit.config_fields`). This module is the one place that checks them
+(:func:`validate`, called from every config's ``__post_init__``, before its checks across fields),
+so the YAML file, the Python API and ``--set`` on the command line all fail the same way, naming the
+field and source.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,9 +26,29 @@ from ppokit.errors import ConfigError
 T = TypeVar("T")
 
 
-def doc(help_text: str, **kwargs: Any) -> Any:
-    """A dataclass field with a one-line description (TRL-style)."""
-    return dataclasses.field(metadata={"help": help_text}, **kwargs)
+@dataclass(frozen=True)
+class Rule:
+    """The values a field allows beyond its type: a test, and the words for what passes it."""
+
+    test: Callable[[Any], bool]
+    #: What is allowed, as the reference and the errors say it ("at least 1", "in [0, 1]").
+    allowed: str
+
+
+AT_LEAST_1 = Rule(lambda v: v >= 1, "at least 1")
+POSITIVE = Rule(lambda v: v > 0, "positive")
+NON_NEGATIVE = Rule(lambda v: v >= 0, "not negative")
+UNIT = Rule(lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
+#: A fraction held out or dropped: 1 would leave nothing.
+FRACTION = Rule(lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+#: The clip range ε: a ratio clipped to [1 - ε, 1 + ε] needs 0 < ε < 1.
+OPEN_UNIT = Rule(lambda v: 0.0 < v < 1.0, "in (0, 1)")
+
+
+def doc(help_text: str, *, rule: Rule | None = None, **kwargs: Any) -> Any:
+    """A dataclass field with a one-line description (TRL-style) and, optionally, the :class:`Rule`
+    its values must pass (null passes where the type allows it: it disables)."""
+    return dataclasses.field(metadata={"help": help_text, "rule": rule}, **kwargs)
 
 
 def _type_name(tp: Any) -> str:
@@ -156,19 +180,33 @@ def check_types(config: Any) -> None:
             object.__setattr__(config, name, coerced)
 
 
-#: Upper bound of torch_threads: far more threads than any machine has cores crash torch's pool.
-MAX_THREADS = 1024
-#: Seeds must fit the generators that take them (NumPy's legacy seed is 32 bits).
-MAX_SEED = 2**32 - 1
+def check_rules(config: Any) -> None:
+    """Reject a value its field's :class:`Rule` refuses, naming the field, the value and what is allowed."""
+    for f in dataclasses.fields(config):
+        rule = f.metadata.get("rule")
+        value = getattr(config, f.name)
+        if rule is not None and value is not None and not rule.test(value):
+            raise ConfigError(f"config field {f.name!r} = {value!r} is invalid: must be {rule.allowed}")
 
 
-def check_runtime(config: Any) -> None:
-    """The seed and thread-count checks every config shares."""
-    if not 0 <= config.seed <= MAX_SEED:
-        raise ConfigError(f"config field 'seed' = {config.seed!r} is invalid: must lie in [0, {MAX_SEED}]")
-    if not 0 <= config.torch_threads <= MAX_THREADS:
-        raise ConfigError(f"config field 'torch_threads' = {config.torch_threads!r} is invalid: must lie in "
-                          f"[0, {MAX_THREADS}] (0 keeps torch's default)")
+def validate(config: Any) -> None:
+    """Every field's own checks, in the order a reader needs them: its type, its ``Literal`` choices,
+    its rule. A config's ``__post_init__`` calls this, then checks what concerns several fields."""
+    check_types(config)
+    check_choices(config)
+    check_rules(config)
+
+
+def allowed(cls: type, name: str) -> str:
+    """What field ``name`` of ``cls`` allows beyond its type, in words ('' when its type says it all)."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    rule = f.metadata.get("rule")
+    tp = field_types(cls)[name]
+    choices = literal_choices(tp)
+    text = rule.allowed if rule is not None else ", ".join(map(repr, choices)) if choices else ""
+    if text and type(None) in typing.get_args(tp):
+        text += " or null"
+    return text
 
 
 def check_choices(config: Any) -> None:
@@ -331,12 +369,22 @@ def replace(config: T, source: str = "override", **changes: Any) -> T:
     return from_mapping(type(config), data, source)
 
 
-def describe(cls: type) -> list[tuple[str, str, Any, str]]:
-    """``(name, type, default, help)`` for every field, for ``--help`` style listings."""
+def describe(cls: type) -> list[tuple[str, str, Any, str, str]]:
+    """``(name, type, default, help, allowed)`` for every field, for ``--help`` listings and the
+    reference; ``allowed``: :func:`allowed`."""
     rows = []
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None
         )
-        rows.append((f.name, _type_name(field_types(cls)[f.name]), default, f.metadata.get("help", "")))
+        rows.append((f.name, _type_name(field_types(cls)[f.name]), default, f.metadata.get("help", ""),
+                     allowed(cls, f.name)))
     return rows
+
+
+def fields_help(cls: type) -> str:
+    """Every field of ``cls`` with its doc, default and allowed values: the epilog of ``--help``."""
+    lines = ["config fields (set any of them with --set key=value or in a --config YAML file):"]
+    for name, _type, default, help_text, allows in describe(cls):
+        lines.append(f"  {name:<22} {help_text} [default: {default!r}" + (f"; {allows}]" if allows else "]"))
+    return "\n".join(lines)

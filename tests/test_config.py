@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from ppokit.configuration import from_mapping, load_yaml, parse_overrides, replace
@@ -122,3 +124,49 @@ def test_the_public_api_is_lazy_and_complete():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert ast.literal_eval(out) == sorted(["PPO", "ControlConfig", "SeedGroup", "RLHFTrainer", "RLHFConfig", "SFTTrainer",
                                 "SFTConfig", "RewardTrainer", "RewardConfig", "PPOKitError"])
+
+
+def _declared(cls: type) -> dict[str, dataclasses.Field]:
+    """The fields ``cls`` declares itself (not those a dataclass base declares)."""
+    inherited = {f.name for base in cls.__mro__[1:] if dataclasses.is_dataclass(base) for f in dataclasses.fields(base)}
+    return {f.name: f for f in dataclasses.fields(cls) if f.name not in inherited}
+
+
+def test_a_field_several_configs_declare_is_declared_once_with_one_doc_and_one_rule():
+    from collections import Counter
+
+    from ppokit.config_fields import SHARED
+    from ppokit.rlhf.config import LMRuntime, RewardConfig, RLHFConfig, SFTConfig
+
+    classes = [ControlConfig, LMRuntime, RLHFConfig, SFTConfig, RewardConfig]
+    declared = {cls: _declared(cls) for cls in classes}
+    counts = Counter(name for fields in declared.values() for name in fields)
+    for cls, fields in declared.items():
+        for name, field in fields.items():
+            assert field.metadata.get("help"), f"{cls.__name__}.{name} has no doc"
+            if counts[name] > 1:
+                assert field.metadata.get("shared") and field.metadata["help"] == SHARED[name][0], \
+                    f"{cls.__name__}.{name} is declared by several configs: declare it with config_fields.shared"
+
+
+@pytest.mark.parametrize("name, value", [("clip_range", 1.5), ("gamma", -0.1), ("num_epochs", 0), ("seed", -1),
+                                         ("device", "tpu"), ("max_grad_norm", -1.0)])
+def test_both_front_ends_refuse_a_shared_field_alike(name, value):
+    from ppokit.rlhf.config import RLHFConfig
+
+    messages = []
+    for build in (lambda: ControlConfig(**{name: value}), lambda: RLHFConfig(policy="p", **{name: value})):
+        with pytest.raises(ConfigError) as err:
+            build()
+        messages.append(str(err.value))
+    assert messages[0] == messages[1] and f"config field {name!r} = {value!r} is invalid: must be " in messages[0]
+
+
+def test_describe_gives_what_each_field_allows():
+    from ppokit.configuration import describe
+
+    rows = {row[0]: row for row in describe(ControlConfig)}
+    assert rows["clip_range"][4] == "in (0, 1)"
+    assert rows["loss"][4] == "'clip', 'penalty'"
+    assert rows["target_kl"][4] == "positive or null"
+    assert rows["env_kwargs"][4] == ""

@@ -15,13 +15,16 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ppokit._version import __version__
 from ppokit.cli.exit_codes import EXIT_INTERRUPTED, EXIT_USAGE
 from ppokit.cli.train_config import STOP_EVAL_MIN_STEPS, config_fields_help, resolve_train_config
 from ppokit.errors import PPOKitError, TrainingInterrupted
 from ppokit.launch import EXIT_LOST_CONTACT, add_nproc_flag, in_worker, leave_processes, lost_contact, relaunch
+
+if TYPE_CHECKING:
+    from ppokit.control.config import ControlConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,7 +152,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return _report_run(agent)
 
 
-def _train_seeds(args: argparse.Namespace, config: Any, preset: str | None) -> int:
+def _train_seeds(args: argparse.Namespace, config: ControlConfig, preset: str | None) -> int:
     from ppokit.control.seeds import SeedGroup, parse_seeds
 
     seeds = parse_seeds(args.seeds)

@@ -28,12 +28,9 @@ def _config_class(stage: str) -> type:
 
 
 def _fields_help(stage: str) -> str:
-    from ppokit.configuration import describe
+    from ppokit.configuration import fields_help
 
-    lines = ["config fields (set any of them with --set key=value or in a --config YAML file):"]
-    for name, _type, default, help_text in describe(_config_class(stage)):
-        lines.append(f"  {name:<20} {help_text} [default: {default!r}]")
-    return "\n".join(lines)
+    return fields_help(_config_class(stage))
 
 
 def add_parser(sub: Any) -> None:

@@ -9,13 +9,10 @@ from typing import Any
 
 
 def config_fields_help() -> str:
-    from ppokit.configuration import describe
+    from ppokit.configuration import fields_help
     from ppokit.control.config import ControlConfig
 
-    lines = ["config fields (set any of them with --set key=value or in a --config YAML file):"]
-    for name, _type_name, default, help_text in describe(ControlConfig):
-        lines.append(f"  {name:<22} {help_text} [default: {default!r}]")
-    return "\n".join(lines)
+    return fields_help(ControlConfig)
 
 
 #: ``--stop-at-return`` without ``eval_every``: evaluations at least this many env steps apart. A

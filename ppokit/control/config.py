@@ -14,7 +14,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ppokit.configuration import check_choices, check_runtime, check_types, doc
+from ppokit.config_fields import shared
+from ppokit.configuration import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Rule, doc, validate
 from ppokit.core.choices import DistBackend, Loss, OnNonFinite, ScheduleKind
 from ppokit.errors import ConfigError
 from ppokit.io.trackers import TrackerName
@@ -47,77 +48,77 @@ class ControlConfig:
     ``--set`` overrides or code."""
 
     # --- environment ---
-    env_id: str = doc("Gymnasium env id, 'module:EnvClass', or 'module:Env-v0' to import then make.", default="CartPole-v1")
+    env_id: str = doc("Gymnasium env id, 'module:EnvClass', or 'module:Env-v0' to import then make.", default="CartPole-v1", rule=Rule(lambda v: bool(v.strip()), "a non-empty env id"))
     env_kwargs: dict[str, Any] = doc("Keyword arguments passed to the environment constructor.", default_factory=dict)
-    num_envs: int = doc("Number of parallel environments in the vector env (of each process, or of all of them: num_envs_scope).", default=4)
+    num_envs: int = doc("Number of parallel environments in the vector env (of each process, or of all of them: num_envs_scope).", default=4, rule=AT_LEAST_1)
     num_envs_scope: Literal["rank", "global"] = doc("With several processes (--nproc, torchrun): 'rank' runs num_envs envs in each (the batch grows with the processes), 'global' splits num_envs among them (the batch and minibatch size stay those of one process).", default="rank")
     vectorization: Vectorization = doc("'auto' (native vector env if the env has one, else sync), 'sync', 'async', or 'envpool' (EnvPool's C++ envs: Atari, classic control, MuJoCo; pip install 'ppokit[envpool]').", default="auto")
     env_preprocessing: EnvPreprocessing = doc("'auto' (the standard Atari stack for ale-py ids: no-op reset, 4-frame skip with max-pool, episodic life, FIRE reset, sign-clipped rewards, 84x84 grey, 4 frames stacked; nothing for other ids), 'atari' (that stack, or an error) or 'none' (the env as made).", default="auto")
-    total_steps: int = doc("Environment steps to train for, summed over all parallel envs.", default=1_000_000)
-    seed: int = doc("Seed for torch, numpy and the environments.", default=1)
+    total_steps: int = doc("Environment steps to train for, summed over all parallel envs.", default=1_000_000, rule=AT_LEAST_1)
+    seed: int = shared("seed", default=1)
 
     # --- rollout and advantages ---
-    num_steps: int = doc("Steps collected per env per rollout; batch size = num_envs * num_steps.", default=512)
-    gamma: float = doc("Discount factor γ.", default=0.99)
-    gae_lambda: float = doc("GAE λ: 0 is one-step TD, 1 is Monte-Carlo.", default=0.95)
+    num_steps: int = doc("Steps collected per env per rollout; batch size = num_envs * num_steps.", default=512, rule=AT_LEAST_1)
+    gamma: float = shared("gamma", default=0.99)
+    gae_lambda: float = shared("gae_lambda", default=0.95)
 
     # --- optimisation ---
-    num_epochs: int = doc("K: passes over each rollout batch.", default=10)
-    num_minibatches: int = doc("Minibatches per epoch; must divide the batch size.", default=32)
-    learning_rate: float = doc("Adam learning rate (initial value when scheduled).", default=3e-4)
-    lr_schedule: ScheduleKind = doc("'constant' or 'linear' (anneal to 0 over training).", default="linear")
-    adam_eps: float = doc("Adam epsilon.", default=1e-5)
-    max_grad_norm: float = doc("Global gradient-norm clip; 0 disables it.", default=0.5)
-    whiten_advantages: bool = doc("Whiten the advantages within each minibatch.", default=True)
+    num_epochs: int = shared("num_epochs", default=10)
+    num_minibatches: int = shared("num_minibatches", default=32)
+    learning_rate: float = shared("learning_rate", default=3e-4)
+    lr_schedule: ScheduleKind = shared("lr_schedule", default="linear")
+    adam_eps: float = doc("Adam epsilon.", default=1e-5, rule=POSITIVE)
+    max_grad_norm: float = shared("max_grad_norm", default=0.5)
+    whiten_advantages: bool = shared("whiten_advantages", default=True)
 
     # --- the objective ---
     loss: Loss = doc("'clip' (PPO-Clip) or 'penalty' (PPO-Penalty, r·A − β·KL).", default="clip")
-    clip_range: float = doc("ε of the clipped surrogate (initial value when scheduled or adaptive).", default=0.2)
+    clip_range: float = shared("clip_range", default=0.2)
     clip_schedule: ScheduleKind = doc("'constant' or 'linear' (anneal ε to 0).", default="constant")
     adaptive_clip: bool = doc("Adapt ε after each update to keep the KL near kl_target.", default=False)
-    clip_range_vf: float | None = doc("Clip the value update to ±this around the old values; null disables.", default=None)
-    vf_coef: float = doc("c1: weight of the value loss.", default=0.5)
-    ent_coef: float | None = doc("c2: weight of the entropy bonus; null: chosen from the action space, 0.01 when every action is discrete (a categorical's entropy is bounded, so the bonus keeps it exploring) and 0 otherwise (a Gaussian's entropy grows without bound with its std).", default=None)
-    kl_coef: float = doc("β: initial KL penalty coefficient (loss='penalty').", default=1.0)
-    adaptive_kl: bool = doc("Adapt β after each update with the paper's rule (loss='penalty').", default=True)
-    kl_target: float = doc("Target KL per update for adaptive β and adaptive ε.", default=0.01)
-    target_kl: float | None = doc("Stop the epoch loop early when a minibatch's KL exceeds 1.5× this; null disables.", default=None)
+    clip_range_vf: float | None = shared("clip_range_vf", default=None)
+    vf_coef: float = shared("vf_coef", default=0.5)
+    ent_coef: float | None = shared("ent_coef", default=None)
+    kl_coef: float = shared("kl_coef", default=1.0)
+    adaptive_kl: bool = shared("adaptive_kl", default=True)
+    kl_target: float = shared("kl_target", default=0.01)
+    target_kl: float | None = shared("target_kl", default=None)
 
     # --- the network ---
     network: Network = doc("'auto' (CNN for image observations, else MLP), 'mlp' or 'cnn'.", default="auto")
-    hidden_sizes: list[int] = doc("Hidden layer widths of the MLP trunk(s).", default_factory=lambda: [64, 64])
+    hidden_sizes: list[int] = doc("Hidden layer widths of the MLP trunk(s).", default_factory=lambda: [64, 64], rule=Rule(lambda v: bool(v) and all(h >= 1 for h in v), "a non-empty list of positive widths"))
     activation: Activation = doc("Activation of the MLP trunk(s).", default="tanh")
     shared_trunk: bool = doc("One trunk for actor and critic (else separate networks).", default=False)
     ortho_init: bool = doc("Orthogonal init: gain √2 hidden, 0.01 policy head, 1 value head.", default=True)
     recurrent: Literal["lstm", "gru"] | None = doc("A recurrent core ('lstm' or 'gru') after the MLP trunk, shared by actor and critic; its state is carried through rollouts and reset at episode starts. null: none.", default=None)
-    recurrent_size: int = doc("Hidden size of the recurrent core.", default=64)
+    recurrent_size: int = doc("Hidden size of the recurrent core.", default=64, rule=AT_LEAST_1)
     log_std_init: float = doc("Initial log standard deviation of the Gaussian head (Box actions).", default=0.0)
 
     # --- normalisation ---
     normalize_obs: bool = doc("Running mean/std observation normalisation (saved with the policy; image observations are never normalised).", default=True)
     normalize_reward: bool = doc("Scale rewards by the running std of the discounted return.", default=True)
-    clip_obs: float = doc("Clip normalised observations to ±this.", default=10.0)
-    clip_reward: float = doc("Clip scaled rewards to ±this.", default=10.0)
+    clip_obs: float = doc("Clip normalised observations to ±this.", default=10.0, rule=POSITIVE)
+    clip_reward: float = doc("Clip scaled rewards to ±this.", default=10.0, rule=POSITIVE)
 
     # --- runtime and output ---
-    device: str = doc("'cpu', 'cuda', 'cuda:N' or 'auto'.", default="cpu")
+    device: str = shared("device", default="cpu")
     action_mask_key: str = doc("Where the env gives invalid-action masks: this key of each step's info, or of a Dict observation (see README, Action masks).", default="action_mask")
     update_backend: UpdateBackend = doc("'auto' (the NumPy fast path where it applies: MLP policies with categorical or Gaussian heads on a CPU), 'torch' (always the reference) or 'numpy' (the fast path; an error where it cannot apply).", default="auto")
-    dist_backend: DistBackend = doc("torch.distributed backend with several processes: 'auto' (NCCL on CUDA, gloo on a CPU), 'gloo' or 'nccl'.", default="auto")
-    dist_timeout: float = doc("Seconds a process waits for the others in a collective before the job fails (a process that stopped answering).", default=600.0)
-    torch_threads: int = doc("torch intra-op threads; small MLPs run fastest on 1; 0 keeps torch's default.", default=1)
-    run_dir: str | None = doc("Where the run is written; null picks runs/<env>__<seed>__<time>.", default=None)
-    checkpoint_every: int = doc("Save a resumable checkpoint every this many updates; 0: only by time, at the end and on Ctrl-C.", default=0)
-    checkpoint_minutes: float = doc("Also save one when this many minutes have passed since the last; 0 disables.", default=10.0)
-    keep_checkpoints: int = doc("How many periodic checkpoints to keep (oldest removed first).", default=3)
-    eval_every: int = doc("Evaluate every this many updates on separate envs, log eval_return, keep the best policy in RUN_DIR/best; 0 disables.", default=0)
-    eval_episodes: int = doc("Episodes per evaluation (periodic, and the final one written to eval.json; 0 skips the final one).", default=20)
+    dist_backend: DistBackend = shared("dist_backend", default="auto")
+    dist_timeout: float = shared("dist_timeout", default=600.0)
+    torch_threads: int = shared("torch_threads", default=1)
+    run_dir: str | None = shared("run_dir", default=None)
+    checkpoint_every: int = shared("checkpoint_every", default=0)
+    checkpoint_minutes: float = shared("checkpoint_minutes", default=10.0)
+    keep_checkpoints: int = shared("keep_checkpoints", default=3)
+    eval_every: int = shared("eval_every", default=0)
+    eval_episodes: int = doc("Episodes per evaluation (periodic, and the final one written to eval.json; 0 skips the final one).", default=20, rule=NON_NEGATIVE)
     stop_at_return: float | None = doc("Stop once an evaluation's mean return reaches this, saving that policy and its eval.json; null disables.", default=None)
-    on_nonfinite: OnNonFinite = doc("A NaN/inf loss or gradient: 'stop' the run with an error, or 'skip' that minibatch and count it.", default="stop")
+    on_nonfinite: OnNonFinite = shared("on_nonfinite", default="stop")
     eval_deterministic: bool = doc("Evaluate with the mode of the policy rather than samples.", default=True)
-    tensorboard: bool = doc("Write TensorBoard event files into the run directory.", default=True)
-    trackers: list[TrackerName] = doc("Experiment trackers that also get the config, metrics, evaluation and model: [wandb], [mlflow] or both (README, Trackers).", default_factory=list)
-    progress: bool = doc("Show a progress bar with steps/s and recent return.", default=True)
+    tensorboard: bool = shared("tensorboard", default=True)
+    trackers: list[TrackerName] = shared("trackers", default_factory=list)
+    progress: bool = shared("progress", default=True)
 
     @property
     def batch_size(self) -> int:
@@ -167,45 +168,15 @@ class ControlConfig:
         def bad(name: str, allowed: str) -> ConfigError:
             return ConfigError(f"config field {name!r} = {getattr(self, name)!r} is invalid: {allowed}")
 
-        check_types(self)
-        check_choices(self)
-        check_runtime(self)
-
-        if not isinstance(self.env_id, str) or not self.env_id.strip():
-            raise bad("env_id", "must be a non-empty env id")
-        for name in ("num_envs", "total_steps", "num_steps", "num_epochs", "num_minibatches"):
-            if getattr(self, name) < 1:
-                raise bad(name, "must be at least 1")
-        for name in ("gamma", "gae_lambda"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise bad(name, "must lie in [0, 1]")
-        if self.learning_rate <= 0:
-            raise bad("learning_rate", "must be positive")
-        if self.adam_eps <= 0:
-            raise bad("adam_eps", "must be positive")
-        for name in ("max_grad_norm", "vf_coef", "ent_coef", "kl_coef"):
-            if (getattr(self, name) or 0) < 0:
-                raise bad(name, "must not be negative")
-        if self.clip_range <= 0:
-            raise bad("clip_range", "must be positive (a typical value is 0.1 to 0.3)")
-        if self.clip_range_vf is not None and self.clip_range_vf <= 0:
-            raise bad("clip_range_vf", "must be positive, or null to disable value clipping")
-        if self.kl_target <= 0:
-            raise bad("kl_target", "must be positive")
-        if self.target_kl is not None and self.target_kl <= 0:
-            raise bad("target_kl", "must be positive, or null to disable the early stop")
+        validate(self)  # each field's type, choices and rule; what follows concerns several fields
         if self.adaptive_clip and self.clip_schedule != "constant":
             raise bad("clip_schedule", "adaptive_clip sets ε itself; use clip_schedule='constant' with it")
         if self.recurrent is not None:
-            if self.recurrent_size < 1:
-                raise bad("recurrent_size", "must be at least 1")
             if self.num_envs % self.num_minibatches:
                 raise bad("num_minibatches", f"must divide num_envs = {self.num_envs} with a recurrent policy "
                           "(its minibatches are whole env sequences)")
             if self.network == "cnn":
                 raise bad("recurrent", "is not supported with the CNN yet")
-        if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
-            raise bad("hidden_sizes", "must be a non-empty list of positive widths")
         if self.batch_size % self.num_minibatches != 0:
             raise ConfigError(
                 f"config field 'num_minibatches' = {self.num_minibatches} does not divide the batch "
@@ -216,18 +187,7 @@ class ControlConfig:
                 f"config field 'total_steps' = {self.total_steps} is less than one rollout "
                 f"(num_envs * num_steps = {self.num_envs} * {self.num_steps} = {self.batch_size})"
             )
-        if self.clip_obs <= 0 or self.clip_reward <= 0:
-            raise bad("clip_obs" if self.clip_obs <= 0 else "clip_reward", "must be positive")
-        for name in ("checkpoint_every", "eval_episodes", "eval_every", "checkpoint_minutes"):
-            if getattr(self, name) < 0:
-                raise bad(name, "must not be negative")
         if self.eval_every and self.eval_episodes < 1:
             raise bad("eval_episodes", "must be at least 1 when eval_every is set")
         if self.stop_at_return is not None and not self.eval_every:
             raise bad("stop_at_return", "needs periodic evaluation: set eval_every (updates between evaluations)")
-        if self.keep_checkpoints < 1:
-            raise bad("keep_checkpoints", "must be at least 1")
-        if not self.dist_timeout > 0:
-            raise bad("dist_timeout", "must be a positive number of seconds")
-        if not (self.device in ("cpu", "auto", "cuda", "mps") or self.device.startswith("cuda:")):
-            raise bad("device", "expected 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'")

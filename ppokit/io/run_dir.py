@@ -6,12 +6,21 @@ import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ppokit.errors import CheckpointError
 from ppokit.io.lock import RunLock
 from ppokit.io.metrics import MetricsLogger
 from ppokit.io.trackers import TRACKER_STATE, TrackerSet, check_trackers, open_trackers
+
+
+class RunConfig(Protocol):
+    """What a run directory needs of a config (any of the trainers' dataclasses): it is written to
+    config.yaml whole; these fields say which metric sinks to open."""
+
+    tensorboard: bool
+    trackers: list[Any]
+
 
 #: Files whose presence means a directory already holds a run.
 RUN_MARKERS = ("config.yaml", "metrics.jsonl")
@@ -60,7 +69,7 @@ def check_resume_flags(resume: bool, overwrite: bool, run_dir: str | Path | None
         raise ConfigError("--resume and --overwrite contradict each other; pass one")
 
 
-def open_run(path: str | Path, config: Any, *, overwrite: bool = False, resume_update: int | None = None,
+def open_run(path: str | Path, config: RunConfig, *, overwrite: bool = False, resume_update: int | None = None,
              purge_step: int | None = None, launch: Mapping[str, Any] | None = None,
              resume_key: str = "update") -> tuple[Path, MetricsLogger]:
     """Start (or, with ``resume_update``, reopen) a run directory: write ``config.yaml``, open the metrics.
@@ -103,7 +112,7 @@ def open_run(path: str | Path, config: Any, *, overwrite: bool = False, resume_u
             raise
 
 
-def run_trackers(path: Path, config: Any, resuming: bool) -> TrackerSet:
+def run_trackers(path: Path, config: RunConfig, resuming: bool) -> TrackerSet:
     """The trackers ``config.trackers`` names, given the config as config.yaml records it."""
     import yaml
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ppokit.errors import ConfigError
+from ppokit.rlhf.config import RewardConfig
 
 log = logging.getLogger("ppokit")
 
@@ -285,7 +286,7 @@ def ratings_to_pairs(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return pairs
 
 
-def detect_format(columns: Iterable[str], config: Any) -> str:
+def detect_format(columns: Iterable[str], config: RewardConfig) -> str:
     """Which preference format the columns hold, for ``format: auto``."""
     cols = set(columns)
     if {config.chosen_column, config.rejected_column} <= cols:
@@ -302,7 +303,7 @@ def detect_format(columns: Iterable[str], config: Any) -> str:
     )
 
 
-def load_preferences(source: Any, config: Any) -> tuple[str, Loaded]:
+def load_preferences(source: Any, config: RewardConfig) -> tuple[str, Loaded]:
     """Read preference data in any of the three formats; returns ``(format, loaded)``.
 
     ``pairs`` rows come back as prompt/chosen/rejected, ``rankings`` are expanded into all their
@@ -310,7 +311,7 @@ def load_preferences(source: Any, config: Any) -> tuple[str, Loaded]:
     ``ratings_as='regression'``.
     """
     rows, name = read_rows(source)
-    fmt = config.format
+    fmt: str = config.format
     if fmt == "auto":
         if not rows:
             raise DataError(f"{name}: holds no rows")

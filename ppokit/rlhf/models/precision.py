@@ -16,11 +16,12 @@ import torch
 
 from ppokit.core.optim import LossScaledOptimizer, Optimizer
 from ppokit.errors import ConfigError
+from ppokit.rlhf.config import RLHFConfig
 
 HALF_TYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def weights_dtype(config: Any, dtype: torch.dtype) -> torch.dtype:
+def weights_dtype(config: RLHFConfig, dtype: torch.dtype) -> torch.dtype:
     """The dtype the trainable weights load in: float32 under mixed precision when ``dtype`` is
     'auto' (which alone would pick bfloat16 weights on a GPU), else ``dtype``."""
     if config.mixed_precision != "no" and config.dtype == "auto":

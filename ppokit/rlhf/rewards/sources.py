@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ppokit.errors import ConfigError
+from ppokit.rlhf.config import RLHFConfig
 from ppokit.rlhf.models.loading import pad_right
 from ppokit.rlhf.rewards.functions import (  # noqa: F401 - re-exported: the reward sources' one import
     CallableReward,
@@ -132,7 +133,7 @@ class CombinedReward:
                 source.close()
 
 
-def reward_options(config: Any) -> dict[str, Any]:
+def reward_options(config: RLHFConfig) -> dict[str, Any]:
     """:func:`build_reward`'s keyword options from an :class:`~ppokit.rlhf.config.RLHFConfig`."""
     return {"attn_implementation": config.attn_implementation, "timeout": config.reward_timeout,
             "retries": config.reward_retries, "batch_size": config.reward_batch_size,
