@@ -187,3 +187,15 @@ def test_python_dash_m_ppokit_runs_the_cli():
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "CartPole-v1" in proc.stdout
+
+
+def test_output_cut_short_by_its_reader_ends_quietly():
+    """``ppokit presets | head -1``: the reader has closed the pipe; no traceback, the shell's SIGPIPE code."""
+    read, write = os.pipe()
+    os.close(read)  # every write to the pipe fails now, as after `head` exits
+    try:
+        proc = subprocess.run([sys.executable, "-m", "ppokit", "presets"], stdout=write, stderr=subprocess.PIPE,
+                              text=True, cwd=ROOT, timeout=120)
+    finally:
+        os.close(write)
+    assert proc.returncode == 141 and "Traceback" not in proc.stderr, proc.stderr

@@ -4,3 +4,5 @@
 EXIT_USAGE = 2
 #: Stopped by Ctrl-C (SIGINT; SIGTERM has its own code, :data:`ppokit.io.interrupt.EXIT_CODES`).
 EXIT_INTERRUPTED = 130
+#: The reader of the output went away (``ppokit presets | head``): 128 + SIGPIPE, what a shell reports.
+EXIT_BROKEN_PIPE = 141

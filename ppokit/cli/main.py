@@ -11,6 +11,7 @@ import gc
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ppokit._version import __version__
-from ppokit.cli.exit_codes import EXIT_INTERRUPTED, EXIT_USAGE
+from ppokit.cli.exit_codes import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE
 from ppokit.cli.train_config import STOP_EVAL_MIN_STEPS, config_fields_help, resolve_train_config
 from ppokit.errors import PPOKitError, TrainingInterrupted
 from ppokit.launch import EXIT_LOST_CONTACT, add_nproc_flag, in_worker, leave_processes, lost_contact, relaunch
@@ -365,6 +366,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PPOKitError as err:
         print(f"ppokit: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        # Whoever read our output stopped (`ppokit presets | head -3`): end quietly, as Unix tools do,
+        # with stdout pointed away so the interpreter's final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print("ppokit: interrupted at once; the files written so far are intact (every save is atomic); "
               "`ppokit resume RUN_DIR` continues from the latest checkpoint, and `--resume` starts the run "
