@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -87,6 +88,21 @@ def test_the_api_reference_documents_the_public_names(built: DocsBuild) -> None:
                  "RewardTrainer", "RewardConfig"):
         assert any(obj == f"ppokit.{name}" or obj.endswith(f".{name}") for obj in objects), f"{name} is not documented"
     assert "ppokit.errors.PPOKitError" in objects and "ppokit.errors.ConfigError" in objects
+
+
+def test_the_config_directive_prefers_describes_allowed_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``describe`` rows gain a fifth item (the allowed values or range); until then the ``Literal`` choices."""
+    pytest.importorskip("sphinx")
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "docs" / "_ext"))
+    from ppokit_config import allowed_values
+
+    choice = Literal["clip", "penalty"]
+    assert allowed_values(("loss", "str", "clip", "help", "'clip' only"), choice) == "'clip' only"
+    assert allowed_values(("num_envs", "int", 4, "help", "at least 1"), int) == "at least 1"
+    assert allowed_values(("seed", "int", 1, "help", ""), int) == ""
+    assert allowed_values(("loss", "Literal", "clip", "help"), choice) == "'clip' or 'penalty'"
+    assert allowed_values(("kind", "Literal", None, "help"), Literal["a", "b"] | None) == "'a', 'b' or null"
+    assert allowed_values(("seed", "int", 1, "help"), int) == ""
 
 
 def test_screenshots_folder_is_ignored_by_git() -> None:

@@ -102,6 +102,8 @@ def test_page_examples_run(page: Path, syntax_error: str | None, tmp_path: Path,
     main = types.ModuleType("__main__")
     monkeypatch.setitem(sys.modules, "__main__", main)
     env = command_env(python_bin_dir(), Path(ppokit.__file__).resolve().parents[1])
+    for name in ("PATH", "PYTHONPATH"):  # a block that starts `ppokit` itself finds the same one
+        monkeypatch.setenv(name, env[name])
     before = set(sys.modules)
     try:
         for block in runnable:
