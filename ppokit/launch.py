@@ -7,7 +7,7 @@ command ends with that process's exit code (its one-line error is printed above,
 itself). Ctrl-C or SIGTERM to this command reaches every process once: they finish the current
 update together, rank 0 saves a checkpoint, and they stop.
 
-For several machines, run ``torchrun`` yourself on each (README, Several processes).
+For several machines, run ``torchrun`` yourself on each (docs/how-to/distributed.md).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def add_nproc_flag(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--nproc", type=count, default=1, metavar="N",
                         help="train data-parallel in N processes on this machine (torchrun --standalone; "
-                             "gloo on a CPU, NCCL on GPUs); see README, Several processes")
+                             "gloo on a CPU, NCCL on GPUs); see docs/how-to/distributed.md")
 
 
 def in_worker() -> bool:

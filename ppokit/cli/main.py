@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "--set eval_every=N to choose)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--seeds", metavar="LIST", help="train these seeds together in one process (1-8, 1,3,5), each "
-                       "written to RUN_DIR/seed_<k> and equal to a run of that --seed alone; see README, Many seeds")
+                       "written to RUN_DIR/seed_<k> and equal to a run of that --seed alone; see docs/how-to/many-seeds.md")
     add_nproc_flag(train)
 
     rs = sub.add_parser("resume", help="continue an interrupted run (control, RLHF PPO, SFT or reward training) from "
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("export", help="write a trained policy as an ONNX or TorchScript file that runs without ppokit",
                         description="The deterministic policy of `predict`, with the observation normalisation "
-                        "and the action bounds inside (README, Export).")
+                        "and the action bounds inside (docs/how-to/export.md).")
     ex.add_argument("run_dir", help="a run directory (or a model/checkpoint directory)")
     ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="file format (default onnx)")
     ex.add_argument("-o", "--output", required=True, metavar="FILE", help="the file to write")
@@ -242,7 +242,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     # Loading makes no env, so nothing the saved files name is imported.
     agent = PPO.load(args.run_dir, progress=False)
     path = export_policy(agent, args.output, args.format, action_mask=args.action_mask or None)
-    print(f"wrote {path} ({args.format}; inputs and outputs: README, Export)")
+    print(f"wrote {path} ({args.format}; inputs and outputs: docs/how-to/export.md)")
     return 0
 
 

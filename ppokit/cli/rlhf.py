@@ -38,7 +38,7 @@ def add_parser(sub: Any) -> None:
                           description="RLHF for causal language models (needs ppokit[rlhf]).")
     stages = rlhf.add_subparsers(dest="stage", metavar="STAGE")
     for stage, (_cls, help_text) in STAGES.items():
-        p = stages.add_parser(stage, help=help_text, description=help_text.capitalize() + ".",
+        p = stages.add_parser(stage, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
                               epilog=_fields_help(stage), formatter_class=argparse.RawDescriptionHelpFormatter)
         if stage == "ppo":
             p.add_argument("--policy", help="hub id or directory of the policy (e.g. the SFT run's model/)")

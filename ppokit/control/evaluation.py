@@ -175,7 +175,7 @@ def offscreen_rendering() -> None:
 
 def rendering_failed(env_id: str, err: Exception) -> EnvError:
     return EnvError(f"recording video of {env_id!r} failed ({type(err).__name__}: {err}); without a display, MuJoCo "
-                    "envs need MUJOCO_GL=egl (the default here) or osmesa, and that library installed (README, Videos)")
+                    "envs need MUJOCO_GL=egl (the default here) or osmesa, and that library installed (docs/tutorials/mujoco.md)")
 
 
 def record_video(

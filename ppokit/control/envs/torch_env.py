@@ -3,7 +3,7 @@ r"""Batched envs that step on a device and speak torch tensors (GPU simulators),
 Isaac Lab, ManiSkill3, Genesis and MuJoCo Playground run thousands of envs on a GPU and return torch
 tensors there. ppokit trains on such an env without a host round-trip per step
 (:mod:`ppokit.control.rollout.device`) when it offers :class:`TorchVecEnv`: what those simulators
-give already, or after an adapter of a few lines (README, "Torch-vectorized and GPU envs").
+give already, or after an adapter of a few lines (docs/how-to/gpu-envs.md).
 
 **Same-step autoreset.** A GPU simulator resets an env in the step its episode ends: the observation
 it returns for that env is already the next episode's first. Every step is then a real transition
@@ -117,7 +117,7 @@ def check_torch_env(env: Any, device: torch.device | None = None) -> None:
     obs_space, action_space = env.single_observation_space, env.single_action_space
     if not isinstance(obs_space, spaces.Box) or not np.issubdtype(obs_space.dtype, np.floating):
         raise EnvError(f"{name}: single_observation_space is {obs_space}; ppokit trains torch envs on float Box "
-                       "observations (an Isaac Lab env: pick the 'policy' group, see README)")
+                       "observations (an Isaac Lab env: pick the 'policy' group, see docs/how-to/gpu-envs.md)")
     if not isinstance(action_space, (spaces.Discrete, spaces.MultiDiscrete, spaces.Box)):
         raise EnvError(f"{name}: single_action_space is {action_space}; expected Discrete, MultiDiscrete or Box")
     own = env_device(env)
@@ -145,7 +145,7 @@ def check_reset(env: Any, result: Any) -> tuple[Tensor, dict[str, Any]]:
     obs, info = result
     if isinstance(obs, Mapping):
         raise EnvError(f"torch env: reset() returned a dict of observations ({', '.join(map(str, obs))}); return the "
-                       "policy's tensor (an Isaac Lab env: obs['policy'], see README)")
+                       "policy's tensor (an Isaac Lab env: obs['policy'], see docs/how-to/gpu-envs.md)")
     device = env_device(env)
     _check_tensor(obs, "the observation", (env.num_envs, *env.single_observation_space.shape), device, "float")
     return obs, dict(info or {})
@@ -160,7 +160,7 @@ def check_step(env: Any, result: Any) -> None:
     obs, reward, terminated, truncated, info = result
     device, n = env_device(env), int(env.num_envs)
     if isinstance(obs, Mapping):
-        raise EnvError("torch env: step() returned a dict of observations; return the policy's tensor (see README)")
+        raise EnvError("torch env: step() returned a dict of observations; return the policy's tensor (see docs/how-to/gpu-envs.md)")
     _check_tensor(obs, "the observation", (n, *env.single_observation_space.shape), device, "float")
     _check_tensor(reward, "the reward", (n,), device, "float")
     _check_tensor(terminated, "terminated", (n,), device, "flag")
