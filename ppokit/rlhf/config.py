@@ -38,16 +38,6 @@ SUPERVISED_RESUMABLE_FIELDS = frozenset({
 })
 
 
-def _check_supervised(config: SFTConfig | RewardConfig) -> None:
-    """The checks across fields SFT and reward training share (after :func:`validate`)."""
-    if not config.model:
-        raise ConfigError("config field 'model' is required: a hub id or a local model directory")
-    if config.gradient_accumulation_steps > config.batch_size:
-        raise ConfigError(f"config field 'gradient_accumulation_steps' = {config.gradient_accumulation_steps} is "
-                          f"invalid: the batch of {config.batch_size} cannot be split into more micro-batches than it "
-                          "has rows")
-
-
 class LoRASettings(Protocol):
     """The ``lora_*`` fields a config with LoRA adapters has (:func:`ppokit.rlhf.models.lora.with_lora`)."""
 
@@ -76,28 +66,25 @@ class LMRuntime:
 
 
 @dataclass
-class SFTConfig(LMRuntime):
-    """Supervised fine-tuning of a causal LM on prompt/response pairs (loss on the response only)."""
+class SupervisedConfig(LMRuntime):
+    """What SFT and reward training share: the model, optimiser steps over epochs of the data, LoRA,
+    evaluation and checkpoints."""
 
     model: str = shared("model", default="")
     data: str = shared("data", default="")
+    eval_data: str | None = shared("eval_data", default=None)
     prompt_column: str = shared("prompt_column", default="prompt")
-    response_column: str = shared("response_column", default="response")
     max_length: int = shared("max_length", default=512)
     epochs: int = shared("epochs", default=1)
     batch_size: int = shared("batch_size", default=8)
-    learning_rate: float = shared("learning_rate", default=5e-5)
     weight_decay: float = shared("weight_decay", default=0.0)
     max_grad_norm: float = shared("max_grad_norm", default=1.0)
-    add_eos: bool = doc("Append the EOS token to every response so the model learns to stop.", default=True)
     gradient_accumulation_steps: int = shared("gradient_accumulation_steps", default=1)
     lora: bool = shared("lora", default=False)
     lora_r: int = shared("lora_r", default=8)
     lora_alpha: int = shared("lora_alpha", default=16)
     lora_dropout: float = shared("lora_dropout", default=0.0)
     lora_target_modules: list[str] | None = shared("lora_target_modules", default=None)
-    eval_data: str | None = shared("eval_data", default=None)
-    eval_fraction: float = shared("eval_fraction", default=0.0)
     eval_every: int = shared("eval_every", default=0)
     checkpoint_every: int = shared("checkpoint_every", default=0)
     checkpoint_minutes: float = shared("checkpoint_minutes", default=10.0)
@@ -105,19 +92,31 @@ class SFTConfig(LMRuntime):
 
     def __post_init__(self) -> None:
         validate(self)  # each field's type, choices and rule; what follows concerns several fields
-        _check_supervised(self)
+        if not self.model:
+            raise ConfigError("config field 'model' is required: a hub id or a local model directory")
+        if self.gradient_accumulation_steps > self.batch_size:
+            raise ConfigError(f"config field 'gradient_accumulation_steps' = {self.gradient_accumulation_steps} is "
+                              f"invalid: the batch of {self.batch_size} cannot be split into more micro-batches than "
+                              "it has rows")
 
 
 @dataclass
-class RewardConfig(LMRuntime):
+class SFTConfig(SupervisedConfig):
+    """Supervised fine-tuning of a causal LM on prompt/response pairs (loss on the response only)."""
+
+    response_column: str = shared("response_column", default="response")
+    learning_rate: float = shared("learning_rate", default=5e-5)
+    add_eos: bool = doc("Append the EOS token to every response so the model learns to stop.", default=True)
+    eval_fraction: float = shared("eval_fraction", default=0.0)
+
+
+@dataclass
+class RewardConfig(SupervisedConfig):
     """Reward-model training from human preferences: pairs, K-way rankings or scalar ratings."""
 
-    model: str = shared("model", default="")
-    data: str = shared("data", default="")
-    eval_data: str | None = shared("eval_data", default=None)
+    learning_rate: float = shared("learning_rate", default=1e-5)
     eval_fraction: float = shared("eval_fraction", default=0.1)
     format: PreferenceFormat = doc("'pairs' (prompt, chosen, rejected), 'rankings' (prompt, responses, ranking), 'ratings' (prompt, response, rating) or 'auto' (from the columns).", default="auto")
-    prompt_column: str = shared("prompt_column", default="prompt")
     chosen_column: str = doc("Column of the preferred response (pairs).", default="chosen")
     rejected_column: str = doc("Column of the dispreferred response (pairs).", default="rejected")
     responses_column: str = doc("Column of the list of K responses (rankings).", default="responses")
@@ -126,26 +125,6 @@ class RewardConfig(LMRuntime):
     rating_column: str = doc("Column of the numeric rating, higher = better (ratings).", default="rating")
     ratings_as: Literal["pairs", "regression"] = doc("'pairs' (within a prompt, the higher-rated response is preferred) or 'regression' (fit the standardised rating).", default="pairs")
     head: Literal["classification", "value_head"] = doc("'classification' (AutoModelForSequenceClassification, num_labels=1) or 'value_head' (a linear head on a causal LM's last hidden state).", default="classification")
-    max_length: int = shared("max_length", default=512)
-    epochs: int = shared("epochs", default=1)
-    batch_size: int = shared("batch_size", default=8)
-    learning_rate: float = shared("learning_rate", default=1e-5)
-    weight_decay: float = shared("weight_decay", default=0.0)
-    max_grad_norm: float = shared("max_grad_norm", default=1.0)
-    gradient_accumulation_steps: int = shared("gradient_accumulation_steps", default=1)
-    lora: bool = shared("lora", default=False)
-    lora_r: int = shared("lora_r", default=8)
-    lora_alpha: int = shared("lora_alpha", default=16)
-    lora_dropout: float = shared("lora_dropout", default=0.0)
-    lora_target_modules: list[str] | None = shared("lora_target_modules", default=None)
-    eval_every: int = shared("eval_every", default=0)
-    checkpoint_every: int = shared("checkpoint_every", default=0)
-    checkpoint_minutes: float = shared("checkpoint_minutes", default=10.0)
-    keep_checkpoints: int = shared("keep_checkpoints", default=2)
-
-    def __post_init__(self) -> None:
-        validate(self)  # each field's type, choices and rule; what follows concerns several fields
-        _check_supervised(self)
 
 
 @dataclass

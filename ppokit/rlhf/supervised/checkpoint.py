@@ -33,7 +33,7 @@ from ppokit.io.checkpoints import (
 )
 from ppokit.io.rng import rng_state, set_rng_state
 from ppokit.io.run_dir import recorded_config
-from ppokit.rlhf.config import PATH_FIELDS, SUPERVISED_RESUMABLE_FIELDS, RewardConfig, SFTConfig
+from ppokit.rlhf.config import PATH_FIELDS, SUPERVISED_RESUMABLE_FIELDS, RewardConfig, SFTConfig, SupervisedConfig
 
 #: Version of a supervised checkpoint's resume.json.
 RESUME_FORMAT = 1
@@ -108,7 +108,7 @@ def _load_trainable(trainable: Mapping[str, torch.nn.Parameter], file: Path, dev
             param.copy_(saved[name])
 
 
-def check_resumable(config_file: Path, config: SFTConfig | RewardConfig) -> None:
+def check_resumable(config_file: Path, config: SupervisedConfig) -> None:
     """Refuse a resume whose config differs from the run's recorded one outside
     :data:`~ppokit.rlhf.config.SUPERVISED_RESUMABLE_FIELDS` (paths compared as absolute paths)."""
     data = dict(load_yaml(config_file))

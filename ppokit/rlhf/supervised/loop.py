@@ -36,7 +36,7 @@ from ppokit.io.metrics import MetricsLogger, NullMetrics
 from ppokit.io.run_dir import default_run_dir, holds_run
 from ppokit.io.run_dir import open_run as _open_run
 from ppokit.rlhf import data_parallel
-from ppokit.rlhf.config import PATH_FIELDS, RewardConfig, SFTConfig
+from ppokit.rlhf.config import PATH_FIELDS, RewardConfig, SFTConfig, SupervisedConfig
 from ppokit.rlhf.models.loading import setup_runtime
 from ppokit.rlhf.supervised import checkpoint as supervised_checkpoint
 from ppokit.rlhf.supervised.steps import EpochBatches, MicroBatch, accumulated_step, micro_slices, step_optimizer
@@ -45,13 +45,13 @@ from ppokit.runtime import join_processes
 log = logging.getLogger("ppokit")
 
 
-def run_path(config: SFTConfig | RewardConfig, stage: str, run_dir: str | Path | None, collective: Collective = SINGLE) -> Path:
+def run_path(config: SupervisedConfig, stage: str, run_dir: str | Path | None, collective: Collective = SINGLE) -> Path:
     """The run directory of an SFT or reward-training run: ``run_dir``, the config's, or a new name
     (rank 0's, so every process agrees on it)."""
     return data_parallel.run_path(collective, run_dir or config.run_dir or default_run_dir(f"rlhf-{stage}", config.seed))
 
 
-def open_run(config: SFTConfig | RewardConfig, path: Path, overwrite: bool, collective: Collective = SINGLE,
+def open_run(config: SupervisedConfig, path: Path, overwrite: bool, collective: Collective = SINGLE,
              resume_step: int | None = None) -> tuple[Path, MetricsLogger]:
     """Create (or, resuming from the checkpoint of optimiser step ``resume_step``, reopen) the run
     directory of an SFT or reward-training run, write config.yaml, open the metrics (rank 0 alone; the
