@@ -11,6 +11,10 @@ an HTML comment on the line(s) just above a block's fence changes that:
 
 Blocks inside MyST directives (```` ````{note} ````) are found too; ``{code-block} python`` counts as
 python. Other languages (``bash``, ``text``, ``yaml``...) are never run.
+
+A page runs in an interpreter of its own (``python -m tests.docs.examples PAGE DIR``, :func:`run_page`),
+as a reader runs it: what a page sets up process-wide (a tracking URI, logging, the environment,
+torch's threads) cannot reach another page or the rest of the test suite.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import os
 import re
 import subprocess
 import sys
+import traceback
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -221,3 +227,52 @@ def run_command(command: Command, cwd: Path, env: dict[str, str], timeout: float
 def python_bin_dir() -> Path:
     """The bin directory of the interpreter running the tests (the venv's)."""
     return Path(sys.executable).parent
+
+
+class PageFailed(AssertionError):
+    """A block of the page did not do what the page shows; the message names the page line."""
+
+
+def run_python(block: Block, module: types.ModuleType, root: Path) -> None:
+    """Run a python block in the page's ``__main__``; a failure shows the traceback from the block on."""
+    # Padded so that the traceback names the page's own line numbers.
+    code = compile("\n" * (block.line - 1) + block.code, str(root / block.page), "exec")
+    try:
+        exec(code, module.__dict__)
+    except Exception as err:
+        tb = err.__traceback__.tb_next if err.__traceback__ else None  # from the block's own frame on
+        failure = "".join(traceback.format_exception(type(err), err, tb))
+        raise PageFailed(f"{block.where}: the python block raised\n{failure}") from None
+
+
+def run_page(page: Path, root: Path, cwd: Path, timeout: float) -> None:
+    """Run the page's blocks top to bottom in ``cwd``, in this process (which must be the page's own):
+    python blocks in one ``__main__`` (``cwd`` first on ``sys.path``, so a module a block writes can be
+    imported, and classes a block defines pickle by name), console blocks as shell commands in ``cwd``
+    with this venv's ``bin`` first on ``PATH``."""
+    blocks = [b for b in parse_blocks((root / page).read_text(encoding="utf-8"), page) if not b.skip]
+    os.chdir(cwd)
+    env = command_env(python_bin_dir(), root)
+    os.environ.update({"MPLBACKEND": "Agg", "TQDM_DISABLE": "1", "PATH": env["PATH"], "PYTHONPATH": env["PYTHONPATH"]})
+    sys.path[:0] = [str(cwd), str(root)]
+    main = types.ModuleType("__main__")
+    main.__file__ = str(cwd / "__main__.py")
+    sys.modules["__main__"] = main
+    for block in blocks:
+        if block.kind == "python":
+            run_python(block, main, root)
+        else:
+            for command in console_commands(block):
+                try:
+                    run_command(command, cwd, env, timeout, f"{page}:{command.line}")
+                except AssertionError as err:
+                    raise PageFailed(str(err)) from None
+
+
+if __name__ == "__main__":  # python -m tests.docs.examples PAGE ROOT DIR TIMEOUT
+    page_arg, root_arg, cwd_arg, timeout_arg = sys.argv[1:5]
+    try:
+        run_page(Path(page_arg), Path(root_arg), Path(cwd_arg), float(timeout_arg))
+    except PageFailed as failure:
+        print(failure, file=sys.stderr)
+        sys.exit(1)

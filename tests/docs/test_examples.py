@@ -1,25 +1,24 @@
 """Every python and console block of docs/**/*.md and README.md runs, as a reader would run it.
 
-One test per page, in a fresh temporary directory: the page's blocks run top to bottom, python
-blocks in one namespace (a ``__main__`` module of their own, the directory first on ``sys.path`` so
-a module a block writes can be imported), console blocks as shell commands in the same directory
-with the venv's ``bin`` first on ``PATH``. Markers and the rules are in ``docs/CONTRIBUTING-docs.md``;
-the parsing is ``tests/docs/examples.py``.
+One test per page, in a fresh temporary directory and an interpreter of its own (what a page sets
+process-wide, an MLflow tracking URI say, must not reach the next page or the rest of the suite): the
+page's blocks run top to bottom, python blocks in one namespace (a ``__main__`` module of their own,
+the directory first on ``sys.path`` so a module a block writes can be imported), console blocks as
+shell commands in the same directory with the venv's ``bin`` first on ``PATH``. Markers and the rules
+are in ``docs/CONTRIBUTING-docs.md``; the parsing and running are ``tests/docs/examples.py``.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
-import traceback
-import types
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.docs.examples import (
-    Block,
     DocsSyntaxError,
     command_env,
     console_commands,
@@ -55,20 +54,6 @@ def page_params() -> list[Any]:
     return params
 
 
-def run_python(block: Block, module: types.ModuleType) -> None:
-    """Run a python block in the page's module; a failure shows the traceback from the block on."""
-    # Padded so that the traceback names the page's own line numbers.
-    code = compile("\n" * (block.line - 1) + block.code, str(ROOT / block.page), "exec")
-    failure = None
-    try:
-        exec(code, module.__dict__)
-    except Exception as err:
-        tb = err.__traceback__.tb_next if err.__traceback__ else None  # from the block's own frame on
-        failure = "".join(traceback.format_exception(type(err), err, tb))
-    if failure is not None:
-        pytest.fail(f"{block.where}: the python block raised\n{failure}", pytrace=False)
-
-
 def test_markers_are_understood_on_every_page() -> None:
     """A stray or unknown marker fails here even on a page with nothing to run."""
     problems = []
@@ -81,8 +66,7 @@ def test_markers_are_understood_on_every_page() -> None:
 
 
 @pytest.mark.parametrize(("page", "syntax_error"), page_params())
-def test_page_examples_run(page: Path, syntax_error: str | None, tmp_path: Path,
-                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_page_examples_run(page: Path, syntax_error: str | None, tmp_path: Path) -> None:
     if syntax_error:
         pytest.fail(syntax_error)
     blocks = parse_blocks(page.read_text(encoding="utf-8"), page.relative_to(ROOT))
@@ -94,30 +78,14 @@ def test_page_examples_run(page: Path, syntax_error: str | None, tmp_path: Path,
 
     import ppokit
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setenv("TQDM_DISABLE", "1")  # progress bars would only fill the captured output
-    monkeypatch.syspath_prepend(str(tmp_path))
-    # The page's own __main__, as a script has: classes defined in a block pickle and resolve by name.
-    main = types.ModuleType("__main__")
-    monkeypatch.setitem(sys.modules, "__main__", main)
-    env = command_env(python_bin_dir(), Path(ppokit.__file__).resolve().parents[1])
-    for name in ("PATH", "PYTHONPATH"):  # a block that starts `ppokit` itself finds the same one
-        monkeypatch.setenv(name, env[name])
-    before = set(sys.modules)
-    try:
-        for block in runnable:
-            if block.kind == "python":
-                run_python(block, main)
-            else:
-                for command in console_commands(block):
-                    run_command(command, tmp_path, env, TIMEOUT, f"{page.relative_to(ROOT)}:{command.line}")
-    finally:
-        # Modules the page wrote and imported (my_env.py) must not leak into the next page.
-        for name in set(sys.modules) - before:
-            origin = getattr(sys.modules[name], "__file__", None) or ""
-            if origin.startswith(str(tmp_path)):
-                del sys.modules[name]
+    source_root = Path(ppokit.__file__).resolve().parents[1]
+    env = command_env(python_bin_dir(), source_root)
+    # ROOT on the path too: the runner is tests/docs/examples.py of this checkout.
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([str(ROOT), env["PYTHONPATH"]]))
+    done = subprocess.run([sys.executable, "-m", "tests.docs.examples", str(page.relative_to(ROOT)), str(ROOT),
+                           str(tmp_path), str(TIMEOUT)], cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(f"{page.relative_to(ROOT)}:\n{(done.stdout + done.stderr)[-6000:]}", pytrace=False)
 
 
 # --- the parser itself, on small pages ---------------------------------------------------------------
