@@ -39,8 +39,8 @@ from ppokit.io.atomic import atomic_write_dir, recover_dir
 from ppokit.io.checkpoints import (
     RESUME_FILE,
     checkpoint_path,
+    load_optimizer_state,
     load_safetensors,
-    load_torch_state,
     prune_checkpoints,
     read_resume_state,
     refuse_non_finite,
@@ -262,12 +262,8 @@ def load_policy(model_dir: Path, policy: ActorCritic, obs_rms: RunningMeanStd | 
 
 def load_optimizer(model_dir: Path, optimizer: Optimizer, device: torch.device) -> None:
     """The optimiser's state, when the directory holds one (a checkpoint)."""
-    optimizer_path = model_dir / OPTIMIZER_FILE
-    if optimizer_path.exists():
-        try:
-            optimizer.load_state_dict(load_torch_state(optimizer_path, device))
-        except (ValueError, KeyError, RuntimeError) as err:
-            raise CheckpointError(f"{optimizer_path}: optimizer state does not fit this network ({err})") from None
+    if (model_dir / OPTIMIZER_FILE).exists():
+        load_optimizer_state(model_dir / OPTIMIZER_FILE, optimizer, device)
 
 
 @dataclass

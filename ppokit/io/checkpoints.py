@@ -98,6 +98,15 @@ def load_torch_state(path: str | Path, map_location: Any = "cpu") -> Any:
         ) from None
 
 
+def load_optimizer_state(path: Path, optimizer: Any, device: Any = "cpu") -> None:
+    """An optimiser's state from ``path`` (read as :func:`load_torch_state` reads), refused by name when
+    it does not fit ``optimizer`` (another network, another LoRA or critic setting)."""
+    try:
+        optimizer.load_state_dict(load_torch_state(path, device))
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: optimizer state does not fit this model ({err})") from None
+
+
 def load_safetensors(path: str | Path, device: str = "cpu") -> dict[str, Any]:
     """The tensors of a safetensors file; a file safetensors cannot read is a :class:`CheckpointError` naming it."""
     from safetensors.torch import load_file

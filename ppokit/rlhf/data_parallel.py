@@ -19,15 +19,16 @@ With one process none of this runs and a run is what it always was.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from torch import Tensor, nn
 
 from ppokit import runtime as _runtime
-from ppokit.core.collective import Collective
-from ppokit.errors import ConfigError
+from ppokit.core.collective import Collective, rank_state
+from ppokit.errors import CheckpointError, ConfigError
+from ppokit.io.rng import set_rng_state
 
 if TYPE_CHECKING:
     from ppokit.rlhf.config import RLHFConfig
@@ -117,3 +118,11 @@ def gather_samples(samples: tuple[list[str], list[str], list[float]],
 def run_path(collective: Collective, path: str | Path) -> Path:
     """Rank 0's run directory (a default name holds the time, which the ranks would not agree on)."""
     return Path(collective.broadcast_object(str(path)))
+
+
+def restore_rng(state: Mapping[str, Any], collective: Collective, where: Path) -> None:
+    """Put back this rank's random state from a checkpoint's resume.json (``where``, for the message)."""
+    try:
+        set_rng_state(rank_state(state, collective)["rng"])
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+        raise CheckpointError(f"{where}: bad resume state ({type(err).__name__}: {err})") from None

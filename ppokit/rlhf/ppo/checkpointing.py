@@ -20,13 +20,20 @@ from typing import Any
 import torch
 
 from ppokit.configuration import callable_label, check_unchanged, from_mapping, load_yaml, with_absolute_paths
-from ppokit.core.collective import Collective, gather_rank_states, rank_state
+from ppokit.core.collective import Collective, gather_rank_states
 from ppokit.core.optim import Optimizer
 from ppokit.errors import CheckpointError, ConfigError, UntrustedCodeError
 from ppokit.io.atomic import atomic_write_dir
-from ppokit.io.checkpoints import RESUME_FILE, checkpoint_path, load_torch_state, prune_checkpoints, refuse_non_finite
-from ppokit.io.rng import rng_state, set_rng_state
+from ppokit.io.checkpoints import (
+    RESUME_FILE,
+    checkpoint_path,
+    load_optimizer_state,
+    prune_checkpoints,
+    refuse_non_finite,
+)
+from ppokit.io.rng import rng_state
 from ppokit.io.run_dir import recorded_config
+from ppokit.rlhf import data_parallel
 from ppokit.rlhf.config import PATH_FIELDS, RESUMABLE_FIELDS, RLHFConfig
 from ppokit.rlhf.models import sharding
 from ppokit.rlhf.ppo.roles import PPOModels
@@ -79,14 +86,8 @@ def restore(checkpoint: Path, state: Mapping[str, Any], models: PPOModels, optim
         sharding.load_state(models.trainable, file)
     else:
         _load_trainable(models.trainable, file, device)
-    try:
-        optimizer.load_state_dict(load_torch_state(checkpoint / OPTIMIZER_FILE, device))
-    except (ValueError, KeyError, RuntimeError) as err:
-        raise CheckpointError(f"{checkpoint / OPTIMIZER_FILE}: optimizer state does not fit ({err})") from None
-    try:
-        set_rng_state(rank_state(state, collective)["rng"])
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
-        raise CheckpointError(f"{checkpoint / RESUME_FILE}: bad resume state ({type(err).__name__}: {err})") from None
+    load_optimizer_state(checkpoint / OPTIMIZER_FILE, optimizer, device)
+    data_parallel.restore_rng(state, collective, checkpoint / RESUME_FILE)
 
 
 def _load_trainable(trainable: torch.nn.Module, file: Path, device: torch.device) -> None:
