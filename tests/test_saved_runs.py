@@ -108,7 +108,8 @@ def test_an_sft_run_resumes_and_its_model_loads(runs):
     from transformers import AutoModelForCausalLM
 
     run = runs / "sft"
-    assert main(["resume", str(run), "--no-progress"]) == 0
+    assert main(["resume", str(run), "--no-progress"]) == 2  # reading its data file needs the user's word
+    assert main(["resume", str(run), "--no-progress", "--data", str(runs / "sft.jsonl")]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 2
     AutoModelForCausalLM.from_pretrained(run / "model")

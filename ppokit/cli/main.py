@@ -72,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     budget = rs.add_mutually_exclusive_group()
     budget.add_argument("--total-steps", type=int, help="control runs: train to this many env steps instead of the run's own total")
     budget.add_argument("--total-updates", type=int, help="RLHF runs: train to this many PPO updates instead of the run's own total")
+    rs.add_argument("--data", metavar="FILE", help="RLHF runs: the data file the run names, given again to allow "
+                    "reading it (else --trust)")
+    rs.add_argument("--eval-data", metavar="FILE", help="SFT and reward runs: the held-out file the run names, given "
+                    "again to allow reading it (else --trust)")
+    rs.add_argument("--reward", dest="rewards", action="append", metavar="SOURCE",
+                    help="RLHF PPO runs: the reward sources the run names, given again (repeatable, in order) to "
+                    "allow calling them (else --trust)")
     rs.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_nproc_flag(rs)
 
@@ -271,12 +278,17 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if (run_dir / "seeds.json").is_file():  # a group of seeds (train --seeds)
         from ppokit.control.seeds import SeedGroup
 
+        _refuse_rlhf_flags(args, run_dir)
+
         group = SeedGroup.resume(run_dir, trust=args.trust, **({"progress": False} if args.no_progress else {}))
         _run_learn(group, total_steps=args.total_steps)
         return _report_group(group)
     checkpoint = find_resumable(run_dir)
     kind = read_resume_state(checkpoint).get("kind")
     overrides: dict[str, Any] = {"progress": False} if args.no_progress else {}
+    named_again = {"data": args.data, "eval_data": args.eval_data, "rewards": args.rewards}
+    if kind not in ("ppokit.rlhf", "ppokit.rlhf.sft", "ppokit.rlhf.reward"):
+        _refuse_rlhf_flags(args, run_dir)
     if kind in ("ppokit.rlhf.sft", "ppokit.rlhf.reward"):
         from ppokit.cli.rlhf import resume_supervised
 
@@ -287,6 +299,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
                               "--total-updates")
         if args.env is not None:
             raise ConfigError(f"{run_dir} is an RLHF run: --env applies to control runs")
+        if args.rewards is not None:
+            raise ConfigError(f"{run_dir} is an {'SFT' if stage == 'sft' else 'reward-training'} run: --reward "
+                              "applies to RLHF PPO runs")
+        overrides.update({k: v for k, v in named_again.items() if k != "rewards" and v is not None})
         return resume_supervised(run_dir, stage, overrides, trust=args.trust)
     if kind == "ppokit.rlhf":
         from ppokit.cli.rlhf import resume_ppo
@@ -295,7 +311,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
             raise ConfigError(f"{run_dir} is an RLHF run, counted in PPO updates: pass --total-updates, not --total-steps")
         if args.env is not None:
             raise ConfigError(f"{run_dir} is an RLHF run: --env applies to control runs")
-        return resume_ppo(run_dir, args.total_updates, overrides, trust=args.trust)
+        if args.eval_data is not None:
+            raise ConfigError(f"{run_dir} is an RLHF PPO run: --eval-data applies to SFT and reward runs")
+        if args.data is not None:
+            overrides["data"] = args.data
+        return resume_ppo(run_dir, args.total_updates, overrides, trust=args.trust, rewards=args.rewards)
     if kind != "ppokit.control":
         raise CheckpointError(f"{checkpoint / RESUME_FILE}: unknown run kind {kind!r}")
     if args.total_updates is not None:
@@ -309,6 +329,15 @@ def cmd_resume(args: argparse.Namespace) -> int:
         print(f"ppokit: resuming {agent.config.env_id} at step {agent.global_step} from {checkpoint}", file=sys.stderr)
     _run_learn(agent, total_steps=args.total_steps)
     return _report_run(agent)
+
+
+def _refuse_rlhf_flags(args: argparse.Namespace, run_dir: Path) -> None:
+    from ppokit.errors import ConfigError
+
+    flags = {"--data": args.data, "--eval-data": args.eval_data, "--reward": args.rewards}
+    given = [flag for flag, value in flags.items() if value is not None]
+    if given:
+        raise ConfigError(f"{run_dir} is a control run: {', '.join(given)} apply to RLHF runs")
 
 
 def cmd_presets(args: argparse.Namespace) -> int:

@@ -187,14 +187,15 @@ def _finish_ppo(trainer: Any) -> int:
     return 0
 
 
-def resume_ppo(run_dir: Any, total_updates: int | None, overrides: dict[str, Any], trust: bool = False) -> int:
+def resume_ppo(run_dir: Any, total_updates: int | None, overrides: dict[str, Any], trust: bool = False,
+               rewards: list[str] | None = None) -> int:
     """``ppokit resume`` for an RLHF PPO run: rebuild the trainer from its config.yaml and continue."""
     _require_rlhf_extra()
     from ppokit.rlhf.ppo.trainer import RLHFTrainer
 
     if total_updates is not None:
         overrides = {**overrides, "total_updates": total_updates}
-    trainer = RLHFTrainer.resume(run_dir, trust=trust, **overrides)
+    trainer = RLHFTrainer.resume(run_dir, rewards=rewards, trust=trust, **overrides)
     if trainer.collective.is_main:
         print(f"ppokit: resuming RLHF PPO at update {trainer.num_updates} in {run_dir}", file=sys.stderr)
     return _finish_ppo(trainer)

@@ -163,3 +163,33 @@ def read_resume_state(checkpoint: str | Path, kind: str | None = None, version: 
         raise CheckpointError(f"{file}: resume format {state.get('format')!r} is not supported by "
                               f"ppokit {__version__} (expected {version})")
     return state
+
+
+def file_record(path: str | Path) -> dict[str, Any]:
+    """A data file as a checkpoint records it: its size and SHA-256, so a resume on another file is refused."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+            size += len(block)
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
+def check_file_record(recorded: Any, path: str | Path, field: str, where: str | Path) -> None:
+    """Refuse to resume on a ``field`` file other than the one the checkpoint ``where`` recorded
+    (checkpoints written before files were recorded have no record and pass)."""
+    if not isinstance(recorded, dict):
+        return
+    try:
+        now = file_record(path)
+    except OSError as err:
+        raise CheckpointError(f"{field} file {str(path)!r}: cannot read it ({err.strerror or type(err).__name__}); "
+                              f"the run was trained on it (recorded in {where})") from None
+    if now != {"size": recorded.get("size"), "sha256": recorded.get("sha256")}:
+        raise CheckpointError(
+            f"{field} file {str(path)!r} is not the file the run was trained on: {where} records "
+            f"{recorded.get('size')} bytes, sha256 {str(recorded.get('sha256'))[:12]}…; it now has {now['size']} bytes, "
+            f"sha256 {now['sha256'][:12]}…; resume on the same file, or start a new run")

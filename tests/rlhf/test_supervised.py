@@ -274,7 +274,7 @@ def test_ctrl_c_checkpoints_and_ppokit_resume_finishes_the_run(tiny_lm, tmp_path
     monkeypatch.setattr(SupervisedTrainer, "after_update", real)
     assert main(["resume", str(run), "--total-updates", "9"]) == 2
     assert "takes no --total-steps or --total-updates" in capsys.readouterr().err
-    assert main(["resume", str(run), "--no-progress"]) == 0
+    assert main(["resume", str(run), "--no-progress", "--data", str(data)]) == 0
     assert "resuming SFT at step 2 of 6" in capsys.readouterr().err
     assert [r["step"] for r in _rows(run)] == [1, 2, 3, 4, 5, 6]
     assert (run / "model" / "model.safetensors").is_file()

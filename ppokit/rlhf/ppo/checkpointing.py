@@ -22,7 +22,7 @@ import torch
 from ppokit.configuration import callable_label, check_unchanged, from_mapping, load_yaml, with_absolute_paths
 from ppokit.core.collective import Collective, gather_rank_states
 from ppokit.core.optim import Optimizer
-from ppokit.errors import CheckpointError, ConfigError, UntrustedCodeError
+from ppokit.errors import CheckpointError, ConfigError
 from ppokit.io.atomic import atomic_write_dir
 from ppokit.io.checkpoints import (
     RESUME_FILE,
@@ -35,6 +35,7 @@ from ppokit.io.rng import rng_state
 from ppokit.io.run_dir import recorded_config
 from ppokit.rlhf import data_parallel
 from ppokit.rlhf.config import PATH_FIELDS, RESUMABLE_FIELDS, RLHFConfig
+from ppokit.rlhf.consent import refuse_without_consent, saved_uses
 from ppokit.rlhf.models import sharding
 from ppokit.rlhf.ppo.roles import PPOModels
 from ppokit.rlhf.rewards.sources import reward_import
@@ -44,6 +45,9 @@ RESUME_FORMAT = 2
 KIND = "ppokit.rlhf"
 TRAINABLE_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
+#: Fields a resume may give again, as consent to use what config.yaml names: they must equal the
+#: recorded ones (:func:`check_resumable` compares them).
+NAMED_AGAIN = frozenset({"data"})
 
 
 def save_checkpoint(run_dir: Path, models: PPOModels, tokenizer: Any, optimizer: Optimizer,
@@ -105,24 +109,15 @@ def _load_trainable(trainable: torch.nn.Module, file: Path, device: torch.device
         )
 
 
-def resume_config(run_dir: Path, rewards: Sequence[Any] | None, trust: bool, overrides: Mapping[str, Any]) -> RLHFConfig:
+def resume_config(run_dir: Path, rewards: Sequence[Any] | None, trust: bool, overrides: Mapping[str, Any],
+                  prompts_given: bool = False) -> RLHFConfig:
     """The config a run is resumed with (:meth:`RLHFTrainer.resume`): its config.yaml with ``overrides``,
-    refused when it names code to run (a reward module, remote code) that was not passed again or trusted."""
-    config_file, data = recorded_config(run_dir, overrides, RESUMABLE_FIELDS)
-    would_run = []
-    if rewards is None and "rewards" not in overrides:
-        for spec in data.get("rewards") or []:
-            module = reward_import(spec)
-            if module is not None and not str(spec).startswith("<python callable"):
-                would_run.append(f"reward {spec!r} (imports module {module!r} and calls it)")
-    if data.get("trust_remote_code") is True and "trust_remote_code" not in overrides:
-        would_run.append("trust_remote_code: true (runs the Python code shipped with the models it loads)")
-    if would_run and not trust:
-        raise UntrustedCodeError(
-            f"{config_file} names code that resuming would run: {'; '.join(would_run)}. ppokit runs nothing a "
-            "saved run names unless you allow it: if you trust this run directory, pass --trust to ppokit resume "
-            "(in Python: trust=True, or the rewards again with rewards=[...])"
-        )
+    refused when it names code to run, a data file to read or a reward server to contact that was not
+    named again (``rewards``, ``prompts_given``, ``overrides``) or trusted (:mod:`ppokit.rlhf.consent`)."""
+    config_file, data = recorded_config(run_dir, overrides, RESUMABLE_FIELDS | NAMED_AGAIN)
+    named_again = set(overrides) | ({"rewards"} if rewards is not None else set()) | ({"data"} if prompts_given else set())
+    refuse_without_consent(config_file, saved_uses(data, named_again, reward_import), trust,
+                           "ppokit resume RUN --data FILE --reward SOURCE; in Python prompts=..., rewards=[...]")
     data.update(overrides)
     data["run_dir"] = str(run_dir)
     if rewards is None and any(isinstance(r, str) and r.startswith("<python callable") for r in data.get("rewards", [])):

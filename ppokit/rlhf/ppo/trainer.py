@@ -39,7 +39,14 @@ from ppokit.core.schedules import make_schedule
 from ppokit.core.update import PPOBatch, PPOUpdateSettings, ppo_update
 from ppokit.errors import CheckpointError, ConfigError
 from ppokit.io.atomic import atomic_write_json
-from ppokit.io.checkpoints import RESUME_FILE, checkpoint_path, latest_checkpoint, read_resume_state
+from ppokit.io.checkpoints import (
+    RESUME_FILE,
+    check_file_record,
+    checkpoint_path,
+    file_record,
+    latest_checkpoint,
+    read_resume_state,
+)
 from ppokit.io.lock import RunLock
 from ppokit.io.loop import Callback, LoopPlan, run_loop
 from ppokit.io.metrics import MetricsLogger, NullMetrics, truncate_metrics
@@ -114,6 +121,10 @@ class RLHFTrainer:
                 overwrite = True
         self.tokenizer = load_tokenizer(c.policy, c.trust_remote_code)
 
+        if prompts is None and checkpoint is not None and resume_state is not None:  # the same prompts, or the saved order means nothing
+            check_file_record(resume_state.get("data_file"), c.data, "data", checkpoint / RESUME_FILE)
+        #: The prompt file's size and hash (None for prompts given as objects), kept in checkpoints.
+        self.data_file = file_record(c.data) if prompts is None and c.data and Path(c.data).is_file() else None
         loaded = rdata.load(prompts if prompts is not None else c.data, {"prompt": (c.prompt_column, "text")},
                             c.skip_bad_rows)
         check_tokenizes(self.tokenizer, [r["prompt"] for r in loaded.rows], c.policy, "prompts")
@@ -196,7 +207,8 @@ class RLHFTrainer:
     def state_dict(self) -> dict[str, Any]:
         """The trainer's own state for a checkpoint (the weights and optimiser are saved beside it)."""
         return {"num_updates": self.num_updates, "kl_controller": self.kl_controller.state_dict(),
-                "prompts": self.prompts.state_dict(), "history": self.history, "health": self.health.state_dict()}
+                "prompts": self.prompts.state_dict(), "history": self.history, "health": self.health.state_dict(),
+                "data_file": self.data_file}
 
     def load_state_dict(self, state: Mapping[str, Any], where: Path | str = "resume state") -> None:
         try:
@@ -217,12 +229,14 @@ class RLHFTrainer:
         """The run in ``run_dir`` as of its latest checkpoint, built from its config.yaml.
 
         A run whose rewards or prompts came in as Python objects needs them passed again. What the
-        saved config would make ppokit import or run (``'module:function'`` rewards,
-        ``trust_remote_code: true``) is refused unless you pass it again (``rewards=...``,
-        ``trust_remote_code=...``) or ``trust=True``: a run directory must not run code by being resumed.
+        saved config would make ppokit import, run, read or contact (``'module:function'`` rewards,
+        ``trust_remote_code: true``, the ``data`` file, reward servers) is refused unless you pass it
+        again (``rewards=...``, ``prompts=...``, ``data=...``, ``trust_remote_code=...``) or ``trust=True``:
+        a run directory must not run code, read your files or send them anywhere by being resumed
+        (:mod:`ppokit.rlhf.consent`). A prompt file that changed since the checkpoint is refused.
         """
         run_dir = Path(run_dir)
-        config = checkpointing.resume_config(run_dir, rewards, trust, overrides)
+        config = checkpointing.resume_config(run_dir, rewards, trust, overrides, prompts_given=prompts is not None)
         return cls(config, prompts=prompts, rewards=rewards, run_dir=run_dir, resume=True)
 
     # ---- one PPO update ----------------------------------------------------------------------

@@ -21,7 +21,7 @@ import torch
 from ppokit.configuration import check_unchanged, from_mapping, load_yaml, with_absolute_paths
 from ppokit.core.collective import Collective, gather_rank_states
 from ppokit.core.optim import Optimizer
-from ppokit.errors import CheckpointError, ConfigError, UntrustedCodeError
+from ppokit.errors import CheckpointError, ConfigError
 from ppokit.io.atomic import atomic_write_dir
 from ppokit.io.checkpoints import (
     RESUME_FILE,
@@ -35,6 +35,7 @@ from ppokit.io.rng import rng_state
 from ppokit.io.run_dir import recorded_config
 from ppokit.rlhf import data_parallel
 from ppokit.rlhf.config import PATH_FIELDS, SUPERVISED_RESUMABLE_FIELDS, RewardConfig, SFTConfig, SupervisedConfig
+from ppokit.rlhf.consent import refuse_without_consent, saved_uses
 
 #: Version of a supervised checkpoint's resume.json.
 RESUME_FORMAT = 1
@@ -43,6 +44,9 @@ KINDS = {"sft": "ppokit.rlhf.sft", "reward": "ppokit.rlhf.reward"}
 CONFIGS: dict[str, type[SFTConfig] | type[RewardConfig]] = {"sft": SFTConfig, "reward": RewardConfig}
 TRAINABLE_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
+#: Fields a resume may give again, as consent to read the files config.yaml names: they must equal
+#: the recorded ones (:func:`check_resumable` compares them).
+NAMED_AGAIN = frozenset({"data", "eval_data"})
 
 
 def save_checkpoint(run_dir: Path, stage: str, trainable: Mapping[str, torch.Tensor], optimizer: Optimizer,
@@ -116,12 +120,9 @@ def resume_config(stage: str, run_dir: Path, trust: bool, overrides: Mapping[str
     """The config an SFT or reward-training run is resumed with from its directory alone (``ppokit
     resume``): its config.yaml with ``overrides``. Refused when it turns on ``trust_remote_code`` without
     the user's consent, or when the run's data came in as a Python object (not recorded)."""
-    config_file, data = recorded_config(run_dir, overrides, SUPERVISED_RESUMABLE_FIELDS)
-    if data.get("trust_remote_code") is True and "trust_remote_code" not in overrides and not trust:
-        raise UntrustedCodeError(
-            f"{config_file} names code that resuming would run: trust_remote_code: true (runs the Python code "
-            "shipped with the models it loads). ppokit runs nothing a saved run names unless you allow it: if you "
-            "trust this run directory, pass --trust to ppokit resume")
+    config_file, data = recorded_config(run_dir, overrides, SUPERVISED_RESUMABLE_FIELDS | NAMED_AGAIN)
+    refuse_without_consent(config_file, saved_uses(data, set(overrides)), trust,
+                           "ppokit resume RUN --data FILE [--eval-data FILE]")
     if not data.get("data"):
         function = "train_sft" if stage == "sft" else "train_reward_model"
         raise ConfigError(f"{config_file}: the run's data came in as a Python object, not a file; resume it from "
