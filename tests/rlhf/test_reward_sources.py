@@ -364,7 +364,8 @@ def test_the_server_answers_a_bad_body_with_400(served):
     assert json.loads(err.value.read()) == {"error": "the body has no 'completions'"}
 
 
-def test_ppo_trains_against_the_server_and_resumes_without_trust(served, reward_dir, tiny_lm, tmp_path):
+def test_ppo_trains_against_the_server_and_resumes_once_named_again(served, reward_dir, tiny_lm, tmp_path):
+    from ppokit.errors import UntrustedCodeError
     from ppokit.rlhf.ppo.trainer import RLHFTrainer
     from ppokit.rlhf.rewards.sources import RewardModelScorer
 
@@ -377,8 +378,10 @@ def test_ppo_trains_against_the_server_and_resumes_without_trust(served, reward_
     prompts, completions, scores = trainer.last_batch
     local = RewardModelScorer(str(reward_dir), torch.float32, torch.device("cpu"))(prompts, completions)
     torch.testing.assert_close(torch.tensor(scores), local, rtol=0, atol=1e-5)
-    # A URL is not code: resuming calls it again without --trust (a module:function would be refused).
-    resumed = RLHFTrainer.resume(tmp_path / "run", prompts=helpers.PROMPTS, total_updates=3)
+    # A server the saved config names is contacted again only with consent: named again, or trust=True.
+    with pytest.raises(UntrustedCodeError, match="reward server"):
+        RLHFTrainer.resume(tmp_path / "run", prompts=helpers.PROMPTS, total_updates=3)
+    resumed = RLHFTrainer.resume(tmp_path / "run", prompts=helpers.PROMPTS, rewards=[served], total_updates=3)
     assert resumed.learn()["updates"] == 3
 
 
