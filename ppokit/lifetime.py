@@ -39,13 +39,16 @@ def parent_from_environment() -> int | None:
     return int(text) if text.isdigit() and int(text) > 1 else None
 
 
-def die_with_parent(parent: int | None = None) -> None:
+def die_with_parent(parent: int | None = None, kernel: bool = True) -> None:
     """Make this process stop when ``parent`` (default: its current parent) exits; see the module
-    docstring. Call it first thing in a child process; calling it again changes nothing."""
+    docstring. Call it first thing in a child process; calling it again changes nothing.
+
+    ``kernel=False``: the watchdog alone, for a child that a short-lived thread of its parent may
+    have started (Linux sends the parent-death signal when that *thread* ends, the parent alive)."""
     global _watching
     parent = parent or os.getppid()
     kernel_signals = False
-    if sys.platform.startswith("linux"):
+    if kernel and sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
             kernel_signals = libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0
