@@ -78,9 +78,7 @@ _WORKER_CODE = (
 
 def worker_command(argv: Sequence[str]) -> list[str]:
     """The interpreter arguments that run ``ppokit ARGV`` (less ``--nproc``) as one of the processes."""
-    import ppokit
-
-    root = str(Path(ppokit.__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parent.parent)  # the folder holding this ppokit package
     path = [root, *(p for p in sys.path if p and p != root)]
     safe = ["-P"] if sys.version_info >= (3, 11) else []
     return [*safe, "-c", _WORKER_CODE, os.pathsep.join(path), *strip_nproc(argv)]

@@ -46,7 +46,8 @@ def die_with_parent(parent: int | None = None, kernel: bool = True) -> None:
     ``kernel=False``: the watchdog alone, for a child that a short-lived thread of its parent may
     have started (Linux sends the parent-death signal when that *thread* ends, the parent alive)."""
     global _watching
-    parent = parent or os.getppid()
+    if parent is None or (parent != os.getppid() and _alive(parent)):
+        parent = os.getppid()  # none named, or a stale name (inherited from another launch): not ours
     kernel_signals = False
     if kernel and sys.platform.startswith("linux"):
         try:
@@ -64,6 +65,16 @@ def die_with_parent(parent: int | None = None, kernel: bool = True) -> None:
 
 
 _watching = False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _watch(parent: int, kernel_signals: bool) -> None:

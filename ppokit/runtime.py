@@ -19,6 +19,7 @@ import torch
 
 from ppokit.core.collective import SINGLE, Collective
 from ppokit.errors import ConfigError
+from ppokit.lifetime import die_with_parent, parent_from_environment
 
 
 def resolve_device(name: str, field: str = "device") -> torch.device:
@@ -92,6 +93,8 @@ def join_processes(device: torch.device, backend: str = "auto", timeout_s: float
 
     if not launched_by_torchrun():
         return SINGLE
+    # A script under torchrun, too, must not train on after its launcher is gone.
+    die_with_parent(parent_from_environment())
     if not dist.is_initialized():
         if backend == "auto":
             backend = "nccl" if device.type == "cuda" else "gloo"
