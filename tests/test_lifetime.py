@@ -136,3 +136,22 @@ def _assert_usable(feature: str, tmp_path: Path) -> None:
     from ppokit.io.lock import RunLock
 
     RunLock(run).release()  # raises CheckpointError while another process holds it
+
+
+@pytest.mark.parametrize("named, stops", [("dead", True), ("live_stranger", False)])
+def test_a_child_whose_parent_is_already_gone_stops_and_a_stale_name_is_ignored(named, stops, tmp_path):
+    """The race the kernel's parent-death signal misses: a parent that died before the child asked
+    for it. A parent pid inherited from another launch (a live process, not this one's parent) must
+    not stop the child."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    pid = dead.pid if named == "dead" else os.getpid()  # the test process is the child's grandparent
+    code = (f"import time; from ppokit.lifetime import die_with_parent; die_with_parent({pid}); "
+            "time.sleep(3); print('alive')")
+    # The shell in between makes the test process a live stranger rather than the child's parent.
+    proc = subprocess.run(["sh", "-c", f'"{sys.executable}" -c "{code}"; echo "exit=$?"'], cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+    if stops:
+        assert "alive" not in proc.stdout and f"exit={128 + signal.SIGTERM}" in proc.stdout, proc
+    else:
+        assert "alive" in proc.stdout and "exit=0" in proc.stdout, proc
