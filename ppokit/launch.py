@@ -2,7 +2,10 @@
 
 ``ppokit train … --nproc 2`` is ``torchrun --standalone --nproc_per_node 2 -m ppokit train …``: the
 processes start in their own sessions, join one torch.distributed job through a rendezvous on
-localhost, and train data-parallel. When one of them fails the launcher stops the others and this
+localhost, and train data-parallel. Each process runs the ppokit this command imported (by its
+path, with the working directory kept off ``sys.path``, so a ``ppokit/`` folder where the command is
+run never stands in for it), and dies with this command (:mod:`ppokit.lifetime`): a SIGKILL of the
+launcher leaves no process training or holding the run's lock. When one of them fails the launcher stops the others and this
 command ends with that process's exit code (its one-line error is printed above, by the process
 itself). Ctrl-C or SIGTERM to this command reaches every process once: they finish the current
 update together, rank 0 saves a checkpoint, and they stop.
@@ -19,6 +22,10 @@ import signal
 import sys
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
+
+from ppokit.errors import ConfigError
+from ppokit.lifetime import PARENT_ENV
 
 #: Exit codes of a process stopped by a signal after saving its checkpoint (ppokit.io.interrupt).
 INTERRUPTED = (130, 143)
@@ -33,6 +40,48 @@ def add_nproc_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nproc", type=count, default=1, metavar="N",
                         help="train data-parallel in N processes on this machine (torchrun --standalone; "
                              "gloo on a CPU, NCCL on GPUs); see docs/how-to/distributed.md")
+
+
+def max_processes() -> int:
+    """The most processes ``--nproc`` starts: the CPU cores this process may use. Each process needs
+    a core of its own to step its envs (on GPUs, too), and more only fight over them."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def check_nproc(nproc: int, seeds: str | None = None) -> None:
+    """Refuse, before any process starts, an ``--nproc`` that cannot work (one line each)."""
+    if seeds is not None:
+        raise ConfigError(f"--nproc {nproc} and --seeds {seeds}: --seeds trains several runs in one process and "
+                          "--nproc one run in several processes; give one of them")
+    limit = max_processes()
+    if nproc > limit:
+        raise ConfigError(f"--nproc {nproc}: this machine gives ppokit {limit} CPU core{'s' * (limit != 1)}, and "
+                          f"each process needs one; use --nproc {limit} or fewer (for more processes across "
+                          "machines, run torchrun on each: docs/how-to/distributed.md)")
+
+
+#: What each process runs: ``ppokit.cli.main`` with this launcher's ``sys.path`` (so it imports what
+#: the launcher can, env modules included), this launcher's ppokit first, and no entry that means
+#: "the working directory" ("" that ``-c`` and ``-m`` put first). ``-P`` (Python 3.11) keeps the
+#: working directory off the path while the interpreter starts; ``os`` and ``sys`` are loaded by
+#: then, so nothing is imported from it before the path is set, on 3.10 too.
+_WORKER_CODE = (
+    "import os, sys\n"
+    "sys.path[:] = sys.argv.pop(1).split(os.pathsep)\n"
+    "from ppokit.cli.main import main\n"
+    "sys.exit(main())\n"
+)
+
+
+def worker_command(argv: Sequence[str]) -> list[str]:
+    """The interpreter arguments that run ``ppokit ARGV`` (less ``--nproc``) as one of the processes."""
+    root = str(Path(__file__).resolve().parent.parent)  # the folder holding this ppokit package
+    path = [root, *(p for p in sys.path if p and p != root)]
+    safe = ["-P"] if sys.version_info >= (3, 11) else []
+    return [*safe, "-c", _WORKER_CODE, os.pathsep.join(path), *strip_nproc(argv)]
 
 
 def in_worker() -> bool:
@@ -94,7 +143,8 @@ def strip_nproc(argv: Sequence[str]) -> list[str]:
 
 
 def relaunch(argv: Sequence[str], nproc: int) -> int:
-    """Run ``python -m ppokit ARGV`` (less ``--nproc``) as ``nproc`` processes; the exit code."""
+    """Run ``ppokit ARGV`` (less ``--nproc``) as ``nproc`` processes (:func:`worker_command`); the exit
+    code. :func:`check_nproc` first."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -102,12 +152,13 @@ def relaunch(argv: Sequence[str], nproc: int) -> int:
     if "OMP_NUM_THREADS" not in os.environ:
         # Each process's torch would otherwise start a thread per core and they would fight over them.
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    os.environ[PARENT_ENV] = str(os.getpid())  # the workers die with this process (ppokit.lifetime)
     for name in ("torch.distributed.elastic", "torch.distributed.launcher"):
         logging.getLogger(name).setLevel(logging.CRITICAL)  # the processes report their own errors
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1)
     try:
-        elastic_launch(config, entrypoint=sys.executable)("-m", "ppokit", *strip_nproc(argv))
+        elastic_launch(config, entrypoint=sys.executable)(*worker_command(argv))
     except ChildFailedError as err:
         # Name the process that failed: not one that lost contact with it, nor one the launcher stopped.
         rank, failure = min(err.failures.items(), key=lambda item: (

@@ -6,16 +6,20 @@ same generators, and join a torch.distributed job (launched by ``torchrun``) the
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import json
 import logging
 import os
 import random
+from typing import Any
 
 import numpy as np
 import torch
 
 from ppokit.core.collective import SINGLE, Collective
 from ppokit.errors import ConfigError
+from ppokit.lifetime import die_with_parent, parent_from_environment
 
 
 def resolve_device(name: str, field: str = "device") -> torch.device:
@@ -76,17 +80,21 @@ def rank_seed(seed: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint32)[0])
 
 
-def join_processes(device: torch.device, backend: str = "auto", timeout_s: float = 600.0) -> Collective:
+def join_processes(device: torch.device, backend: str = "auto", timeout_s: float = 600.0,
+                   settings: Any = None) -> Collective:
     """Join the torch.distributed job this process was launched into (one process when it was not).
 
     ``backend``: ``'auto'`` is NCCL for a CUDA device and gloo otherwise. ``timeout_s`` bounds how long
-    a collective waits for a process that stopped answering before it fails. Every rank but 0 logs
-    only errors, so that warnings are printed once.
+    a collective waits for a process that stopped answering before it fails. ``settings``: the run's
+    config (a dataclass), which every process must share (:func:`agree_on_settings`). Every rank but
+    0 logs only errors, so that warnings are printed once.
     """
     import torch.distributed as dist
 
     if not launched_by_torchrun():
         return SINGLE
+    # A script under torchrun, too, must not train on after its launcher is gone.
+    die_with_parent(parent_from_environment())
     if not dist.is_initialized():
         if backend == "auto":
             backend = "nccl" if device.type == "cuda" else "gloo"
@@ -97,6 +105,52 @@ def join_processes(device: torch.device, backend: str = "auto", timeout_s: float
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s),
                                 device_id=device if backend == "nccl" else None)
     collective = Collective()
+    if settings is not None:
+        agree_on_settings(collective, settings)
     if not collective.is_main:
         logging.getLogger("ppokit").setLevel(logging.ERROR)
     return collective
+
+
+def _fingerprint(value: Any) -> str:
+    """``value`` as canonical JSON; an object that is not data stands for its type (its repr would
+    name a memory address, which differs between processes)."""
+    def plain(obj: Any) -> Any:
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            return dataclasses.asdict(obj)
+        return f"<{type(obj).__module__}.{type(obj).__qualname__}>"
+
+    return json.dumps(value, sort_keys=True, default=plain)
+
+
+def agree_on_settings(collective: Collective, settings: Any) -> None:
+    """Refuse, on every process at once, a job whose processes were started with different configs or
+    ppokit versions: they would train different models (or wait for each other until ``dist_timeout``
+    when their loops differ in length) and write rank 0's config as the run's.
+
+    Every field is compared: none may differ per process. Paths are compared as given, not resolved,
+    since only rank 0 writes the run; ``device: auto`` is the same string on every rank, the device it
+    picks (the rank's own GPU) is not part of the config."""
+    from ppokit._version import __version__
+
+    if not collective.active:
+        return
+    mine = {"ppokit version": __version__,
+            **{f.name: _fingerprint(getattr(settings, f.name)) for f in dataclasses.fields(settings)}}
+    everyone = collective.gather_objects(mine)
+    first = everyone[0]
+    differ: dict[str, str] = {}
+    for rank, theirs in enumerate(everyone[1:], start=1):
+        for name in [n for n in first if first[n] != theirs.get(n)] + [n for n in theirs if n not in first]:
+            differ.setdefault(name, f"{name} = {_short(first.get(name))} on process 0 but {_short(theirs.get(name))} "
+                                    f"on process {rank}")
+    if differ:
+        shown = "; ".join(list(differ.values())[:3]) + (f" (and {len(differ) - 3} more)" if len(differ) > 3 else "")
+        raise ConfigError(f"the {collective.world_size} processes of this job were started with different settings: "
+                          f"{shown}; start every process with the same config and the same ppokit")
+
+
+def _short(text: str | None, limit: int = 60) -> str:
+    if text is None:
+        return "nothing"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -132,7 +133,8 @@ def test_an_invalid_sampled_config_fails_its_trial_and_the_study_goes_on(tmp_pat
 
     # Each value alone is valid with the base (checked when the space is read); together they are not.
     space = {"default_space": False, "adaptive_clip": {"type": "categorical", "choices": [True]},
-             "clip_schedule": {"type": "categorical", "choices": ["linear"]}}
+             "clip_schedule": {"type": "categorical", "choices": ["linear"]},
+             "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3}}
     result = tune(_base(clip_schedule="constant"), space, TuneSettings(trials=2, out=str(tmp_path / "out")))
     trials = result.study.trials
     assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
@@ -236,3 +238,53 @@ def test_the_space_check_makes_the_env_as_a_trial_does():
     assert not _discrete_actions(_base(env_id="ppokit.envs.torch_pendulum:TorchPendulum"))
     with pytest.raises(EnvError, match="env_preprocessing 'atari'"):
         _discrete_actions(_base(env_preprocessing="atari"))
+
+
+@pytest.mark.parametrize("text", [
+    "default_space: false\n",
+    "default_space: false\ngamma: 0.98\nhidden_sizes: {type: categorical, choices: [[16]]}\n",
+])
+def test_a_space_with_nothing_to_search_is_refused_for_more_than_one_trial(tmp_path, capsys, text):
+    """Before the fix, the trials all trained the same config without a word."""
+    out = tmp_path / "out"
+    assert _tune(*TINY, "--trials", "3", "--space", _space(tmp_path, text), "--out", str(out)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ppokit: error: the search space has nothing to search") and err.count("\n") == 1, err
+    assert "3 trials would all train the same config" in err
+    assert not list(out.glob("trial_*"))
+
+
+def test_the_default_space_keeps_the_fields_the_base_config_sets():
+    """``--set num_steps=64`` was silently replaced by the default space's num_steps choices."""
+    from ppokit.control.tune.space import load_space
+    from ppokit.control.tune.sweep import user_chosen
+
+    base = _base(total_steps=100_000, learning_rate=1e-3)
+    chosen = user_chosen(base)
+    assert {"num_steps", "learning_rate", "num_envs"} <= chosen and "gamma" not in chosen
+    space = load_space(None, base, discrete=True, chosen=chosen)
+    assert "num_steps" not in space and "learning_rate" not in space and "gamma" in space
+    # An entry of the user's own space still searches the field.
+    space = load_space({"num_steps": {"type": "categorical", "choices": [32, 64]}}, base, discrete=True, chosen=chosen)
+    assert space["num_steps"].choices == (32, 64)
+
+
+def test_a_trial_left_running_by_a_killed_process_is_marked_failed(tmp_path):
+    """A worker killed mid-trial left it RUNNING for ever; the next run of the study (or the parent,
+    for its own workers) marks it failed, so it is run again. A live process's trial is left alone."""
+    import socket
+
+    from ppokit.control.tune.study import TuneSettings, fail_abandoned
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    settings = TuneSettings(study="s", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    study = optuna.create_study(study_name="s", storage=settings.storage)
+    for pid in (dead.pid, os.getpid()):
+        trial = study.ask()
+        trial.set_user_attr("pid", pid)
+        trial.set_user_attr("host", socket.gethostname())
+    assert fail_abandoned(settings) == [0]
+    states = [t.state.name for t in optuna.load_study(study_name="s", storage=settings.storage).trials]
+    assert states == ["FAIL", "RUNNING"]
+    assert fail_abandoned(settings, {os.getpid()}) == [1]

@@ -22,7 +22,16 @@ from ppokit._version import __version__
 from ppokit.cli.exit_codes import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE
 from ppokit.cli.train_config import STOP_EVAL_MIN_STEPS, config_fields_help, resolve_train_config
 from ppokit.errors import PPOKitError, TrainingInterrupted
-from ppokit.launch import EXIT_LOST_CONTACT, add_nproc_flag, in_worker, leave_processes, lost_contact, relaunch
+from ppokit.launch import (
+    EXIT_LOST_CONTACT,
+    add_nproc_flag,
+    check_nproc,
+    in_worker,
+    leave_processes,
+    lost_contact,
+    relaunch,
+)
+from ppokit.lifetime import die_with_parent, parent_from_environment
 
 if TYPE_CHECKING:
     from ppokit.control.config import ControlConfig
@@ -149,6 +158,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_env_id(config.env_id)
     check_resume_flags(args.resume, args.overwrite, config.run_dir)
     if args.seeds is not None:
+        if in_worker():  # torchrun started this process: refuse before joining the job
+            check_nproc(int(os.environ.get("WORLD_SIZE", "2")), args.seeds)
         return _train_seeds(args, config, preset)
     agent = PPO(config)
     world = agent.collective.world_size
@@ -378,7 +389,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     logging.basicConfig(level=logging.INFO, format="ppokit: %(levelname)s: %(message)s")
-    if getattr(args, "nproc", 1) != 1 and not in_worker():
+    if in_worker():
+        die_with_parent(parent_from_environment())  # no worker outlives its launcher
+    elif getattr(args, "nproc", 1) != 1:
+        try:
+            check_nproc(args.nproc, getattr(args, "seeds", None))
+        except PPOKitError as err:
+            print(f"ppokit: error: {err}", file=sys.stderr)
+            return EXIT_USAGE
         return relaunch(sys.argv[1:] if argv is None else argv, args.nproc)
     handlers = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets, "export": cmd_export, "info": cmd_info,
                 "plot": cmd_plot, "package": cmd_package, "rlhf": cmd_rlhf, "resume": cmd_resume,

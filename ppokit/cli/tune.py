@@ -68,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
     from ppokit.control.envs.make import check_env_id
     from ppokit.control.tune.study import TuneSettings, require_optuna
     from ppokit.control.tune.sweep import summary, tune
+    from ppokit.control.tune.workers import Terminated
     from ppokit.errors import TrainingError, TrainingInterrupted
+    from ppokit.io.interrupt import EXIT_CODES
 
     require_optuna()  # before any work: the one thing a plain install lacks
     train_args = argparse.Namespace(
@@ -82,13 +84,14 @@ def run(args: argparse.Namespace) -> int:
                             eval_every=args.eval_every, eval_episodes=args.eval_episodes, pruner=args.pruner)
     try:
         result = tune(base, args.space, settings)
-    except (KeyboardInterrupt, TrainingInterrupted):
+    except (KeyboardInterrupt, TrainingInterrupted) as err:
         kept = settings.resolved(base).storage
         print("ppokit: interrupted; " + (f"the study keeps its finished trials in {kept}: run the same command "
                                          "again to run the missing ones" if kept else
                                          "the study was in memory and is lost (--storage sqlite:///FILE keeps one)"),
               file=sys.stderr)
-        return EXIT_INTERRUPTED
+        sigterm = isinstance(err, Terminated) or getattr(err, "signal_name", None) == "SIGTERM"
+        return EXIT_CODES["SIGTERM"] if sigterm else EXIT_INTERRUPTED
     print("\n".join(summary(result)))
     if result.best_file is None:
         raise TrainingError(f"no trial of study {result.settings.study!r} has completed (all pruned or failed), so "

@@ -75,7 +75,8 @@ class PPO:
         self.env_source: EnvSource = torch_source.for_config(config, given)
         self.device = runtime.setup(config.seed, config.device, config.torch_threads)
         #: The processes of a data-parallel run (one process: a no-op); see data_parallel.
-        self.collective = runtime.join_processes(self.device, config.dist_backend, config.dist_timeout)
+        self.collective = runtime.join_processes(self.device, config.dist_backend, config.dist_timeout,
+                                                     settings=config)
         #: The training vector env; None after :meth:`load` until :meth:`learn` makes one.
         self.env: Any = self.env_source.training(local_num_envs(config, self.collective), config.vectorization)
         reader = ObservationReader(self.env.single_observation_space, self.env.single_action_space,
@@ -415,7 +416,8 @@ class PPO:
             torch_env=bool(state.get("torch_env", False)))
         runtime.set_threads(agent.config.torch_threads)
         agent.device = runtime.resolve_device(agent.config.device)
-        agent.collective = runtime.join_processes(agent.device, agent.config.dist_backend, agent.config.dist_timeout)
+        agent.collective = runtime.join_processes(agent.device, agent.config.dist_backend,
+                                                  agent.config.dist_timeout, settings=agent.config)
         agent.env = None  # made on demand by learn()
         spaces = checkpointing.saved_spaces(model_dir, state)
         agent.env_observation_space = spaces.env_observation

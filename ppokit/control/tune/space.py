@@ -130,10 +130,13 @@ def default_space(base: ControlConfig, discrete: bool) -> Space:
     return space
 
 
-def load_space(source: str | Path | Mapping[str, Any] | None, base: ControlConfig, discrete: bool) -> Space:
-    """The space a study samples: the default one, with the entries of ``source`` (a YAML file or a
-    mapping) replacing or adding to it; checked against ``base``. Errors name the file and the field."""
-    space = default_space(base, discrete)
+def load_space(source: str | Path | Mapping[str, Any] | None, base: ControlConfig, discrete: bool,
+               chosen: frozenset[str] = frozenset()) -> Space:
+    """The space a study samples: the default one, less the fields in ``chosen`` (those the user set
+    in the base config, which the default space must not silently replace), with the entries of
+    ``source`` (a YAML file or a mapping) replacing or adding to it; checked against ``base``.
+    Errors name the file and the field."""
+    space = {name: param for name, param in default_space(base, discrete).items() if name not in chosen}
     where = "the default search space"
     if source is not None:
         data = dict(source) if isinstance(source, Mapping) else load_yaml(source)
@@ -147,6 +150,12 @@ def load_space(source: str | Path | Mapping[str, Any] | None, base: ControlConfi
             space[name] = parse_entry(str(name), entry, where)
     check_space(space, base, where)
     return space
+
+
+def searched(space: Space) -> list[str]:
+    """The fields of ``space`` that take more than one value (a range, or several choices)."""
+    return [name for name, p in space.items()
+            if (p.kind == "categorical" and len(set(p.labels())) > 1) or (p.kind in ("float", "int") and p.low < p.high)]
 
 
 def parse_entry(name: str, entry: Any, where: str) -> Param:

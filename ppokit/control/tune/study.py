@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,7 @@ def objective(trial: Any, job: Job) -> float:
     from ppokit.control.tune.space import sample
 
     trial.set_user_attr("pid", os.getpid())
+    trial.set_user_attr("host", socket.gethostname())  # with the pid: whether its process still runs
     try:
         values = sample(job.space, trial, job.base)
         trial.set_user_attr("values", values)
@@ -232,6 +234,43 @@ def run_trials(study: Any, job: Job, n_trials: int) -> None:
     combination, a loss that turns NaN) fails its trial and the study goes on; anything else stops it."""
     study.optimize(lambda trial: objective(trial, job), n_trials=n_trials, catch=(ConfigError, TrainingError),
                    callbacks=[announce])
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # someone else's process now holds the pid
+        return True
+    return False
+
+
+def fail_abandoned(settings: TuneSettings, pids: set[int] | None = None) -> list[int]:
+    """Mark failed the RUNNING trials of the study whose process stopped without ending them (killed,
+    or its parent was): those of ``pids``, or (None) every one started on this machine by a process
+    that is gone. A trial of a live process, or of another machine, is left alone. The trial
+    numbers marked. A failed trial does not count, so the next run of the study runs it again."""
+    if settings.storage is None or pids == set():
+        return []
+    optuna = require_optuna()
+    study = optuna.load_study(study_name=settings.study, storage=make_storage(settings.storage))
+    marked = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        pid, host = trial.user_attrs.get("pid"), trial.user_attrs.get("host")
+        if not isinstance(pid, int) or host != socket.gethostname():
+            continue
+        if (pids is not None and pid in pids) or (pids is None and _gone(pid)):
+            study._storage.set_trial_user_attr(trial._trial_id, "error",
+                                               f"its process (pid {pid}) stopped before the trial ended")
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            marked.append(trial.number)
+    if marked:
+        log.warning("study %r: trial%s %s marked failed: %s process stopped before %s ended (a rerun runs %s again)",
+                    settings.study, "s" * (len(marked) > 1), ", ".join(map(str, marked)),
+                    "their" if len(marked) > 1 else "its", "they" if len(marked) > 1 else "it",
+                    "them" if len(marked) > 1 else "it")
+    return marked
 
 
 def check_resumable(study: Any, base: ControlConfig, space: Space, settings: TuneSettings) -> None:

@@ -20,12 +20,13 @@ import yaml
 
 from ppokit.configuration import from_mapping, to_dict
 from ppokit.control.config import ControlConfig
-from ppokit.control.tune.space import load_space
+from ppokit.control.tune.space import NOT_SEARCHED, default_space, load_space, searched
 from ppokit.control.tune.study import (
     Job,
     TuneSettings,
     check_resumable,
     counted,
+    fail_abandoned,
     make_pruner,
     make_sampler,
     make_storage,
@@ -34,6 +35,7 @@ from ppokit.control.tune.study import (
     short,
 )
 from ppokit.control.tune.workers import run_workers
+from ppokit.errors import ConfigError
 
 log = logging.getLogger("ppokit")
 
@@ -62,7 +64,16 @@ def tune(base: ControlConfig, space: str | Path | Mapping[str, Any] | None = Non
 
     given = settings or TuneSettings()
     settings = given.resolved(base)
-    params = load_space(space, base, discrete=_discrete_actions(base))
+    chosen = user_chosen(base)
+    params = load_space(space, base, discrete=_discrete_actions(base), chosen=chosen)
+    left_out = sorted(chosen & set(default_space(base, discrete=True)) - set(params))
+    if left_out:
+        log.info("the default search space leaves out what the base config sets (--set, --config, a preset): %s; "
+                 "give a field an entry in --space to search it anyway", ", ".join(left_out))
+    if not searched(params) and settings.trials > 1:
+        raise ConfigError(f"the search space has nothing to search (every entry is fixed or has one choice): the "
+                          f"{settings.trials} trials would all train the same config; give an entry a range or several "
+                          "choices (--space), or run --trials 1")
     out = Path(str(settings.out))
     with reported_os_errors(out):
         out.mkdir(parents=True, exist_ok=True)
@@ -72,6 +83,7 @@ def tune(base: ControlConfig, space: str | Path | Mapping[str, Any] | None = Non
     storage = make_storage(settings.storage)
     study = optuna.create_study(study_name=settings.study, storage=storage, direction="maximize",
                                 load_if_exists=True, pruner=make_pruner(settings))
+    fail_abandoned(settings)  # trials a killed run left RUNNING would otherwise stay so for ever
     existing = len(study.get_trials(deepcopy=False))
     study.sampler = make_sampler(base.seed, 0, existing)
     check_resumable(study, base, params, settings)
@@ -89,6 +101,14 @@ def tune(base: ControlConfig, space: str | Path | Mapping[str, Any] | None = Non
         log.info("study %r already holds %d trials; nothing to run", settings.study, settings.trials)
     trials_file, best_file = write_results(study, base, settings)
     return TuneResult(study, settings, missing, trials_file, best_file)
+
+
+def user_chosen(base: ControlConfig) -> frozenset[str]:
+    """The fields the base config sets to other values than ``ppokit train`` would start from (the
+    defaults and the env's preset): the user chose them (``--set``, ``--config``, a preset)."""
+    baseline = train_baseline(base.env_id)
+    return frozenset(f.name for f in fields(ControlConfig)
+                     if f.name not in NOT_SEARCHED and getattr(base, f.name) != getattr(baseline, f.name))
 
 
 def _discrete_actions(base: ControlConfig) -> bool:

@@ -8,7 +8,11 @@ guard, as every spawning program does.
 
 Ctrl-C reaches every process of the terminal's group: each worker ends its trial after the current
 update (the trial is marked failed, and a resume runs it again) and the parent waits for them. A
-worker that has not stopped after ``GRACE_SECONDS`` is asked again with SIGTERM, then killed.
+SIGTERM to the parent alone is passed on to the workers, with the same effect. A worker that has not
+stopped after ``GRACE_SECONDS`` is asked again with SIGTERM, then killed; a trial it left RUNNING is
+marked failed. Every worker dies with the parent (:mod:`ppokit.lifetime`): a SIGKILL of the parent
+stops them as a SIGTERM does, and the next run of the study marks failed the RUNNING trials whose
+process is gone (:func:`ppokit.control.tune.study.fail_abandoned`).
 """
 
 from __future__ import annotations
@@ -16,11 +20,21 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import traceback
 from typing import Any
 
-from ppokit.control.tune.study import Job, make_pruner, make_sampler, make_storage, require_optuna, run_trials
+from ppokit.control.tune.study import (
+    Job,
+    fail_abandoned,
+    make_pruner,
+    make_sampler,
+    make_storage,
+    require_optuna,
+    run_trials,
+)
 from ppokit.errors import PPOKitError, TrainingError
+from ppokit.lifetime import die_with_parent
 
 #: Seconds the parent waits for an interrupted worker before it signals it again, then kills it.
 GRACE_SECONDS = 15.0
@@ -48,7 +62,16 @@ def worker(job: Job, index: int, n_trials: int, existing: int) -> str | None:
     return None
 
 
-def _process_main(job: Job, index: int, n_trials: int, existing: int, conn: Any) -> None:
+class Terminated(KeyboardInterrupt):
+    """The parent got SIGTERM while its workers ran (told apart from Ctrl-C for the exit code)."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def _process_main(job: Job, index: int, n_trials: int, existing: int, conn: Any, parent: int) -> None:
+    die_with_parent(parent)
     conn.send(worker(job, index, n_trials, existing))
     conn.close()
 
@@ -65,17 +88,24 @@ def run_workers(job: Job, missing: int, existing: int) -> None:
     workers = []
     for i, share in enumerate(shares):
         receive, send = context.Pipe(duplex=False)
-        process = context.Process(target=_process_main, args=(job, i, share, existing, send),
+        process = context.Process(target=_process_main, args=(job, i, share, existing, send, os.getpid()),
                                   name=f"ppokit-tune-{i + 1}")
         process.start()
         send.close()  # the child holds the sending end; the parent's would keep the pipe open
         workers.append((process, receive))
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         for process, _ in workers:
             process.join()
-    except KeyboardInterrupt:
-        _stop(workers)
+    except KeyboardInterrupt as err:
+        _stop(workers, first=signal.SIGTERM if isinstance(err, Terminated) else None)
         raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        # A worker killed in the middle of a trial leaves it RUNNING: it never finishes now.
+        fail_abandoned(job.settings, {p.pid for p, _ in workers if p.pid is not None and not p.is_alive()})
     for i, (process, receive) in enumerate(workers):
         died = f"the process died with exit code {process.exitcode} (killed, or out of memory?)"
         error = receive.recv() if receive.poll() else died
@@ -84,9 +114,11 @@ def run_workers(job: Job, missing: int, existing: int) -> None:
                                 "and the same command runs the missing ones")
 
 
-def _stop(workers: list[tuple[Any, Any]]) -> None:
-    """After Ctrl-C: let the workers end their trials, ask the ones that do not again, then kill them."""
-    for ask in (None, signal.SIGTERM, signal.SIGKILL):
+def _stop(workers: list[tuple[Any, Any]], first: signal.Signals | None = None) -> None:
+    """After Ctrl-C (which reached the workers too; ``first`` None) or a SIGTERM to this process alone
+    (``first`` SIGTERM, passed on): let the workers end their trials, ask the ones that do not again,
+    then kill them."""
+    for ask in (first, signal.SIGTERM, signal.SIGKILL) if first is not None else (None, signal.SIGTERM, signal.SIGKILL):
         alive = [p for p, _ in workers if p.is_alive()]
         for process in alive:
             if ask is not None and process.pid is not None:

@@ -103,7 +103,7 @@ class RLHFTrainer:
         #: The weights dtype of the frozen roles (reference, reward models).
         self.frozen_dtype = self.dtype if c.frozen_dtype == "auto" else resolve_dtype(c.frozen_dtype, self.device)
         #: The processes of a data-parallel run (one process: a no-op); see data_parallel.
-        self.collective = join_processes(self.device, c.dist_backend, c.dist_timeout)
+        self.collective = join_processes(self.device, c.dist_backend, c.dist_timeout, settings=c)
         data_parallel.check_batch(c, self.collective)
         checkpoint, resume_state = None, None
         directory = data_parallel.run_path(self.collective, run_dir or c.run_dir or default_run_dir("rlhf-ppo", c.seed))

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ppokit.errors import ConfigError, TrainingError
+from ppokit.lifetime import die_with_parent
 from ppokit.rlhf.rewards.remote import is_url
 
 RewardFn = Callable[[list[str], list[str]], Sequence[float]]
@@ -183,7 +184,8 @@ class CallableReward:
         """The worker processes, started (spawned: safe with threads and CUDA in this one) at the first call.
         Starting them and importing the function is not counted against ``timeout``."""
         if self._processes is None:
-            processes = multiprocessing.get_context("spawn").Pool(self.workers, _load_in_worker, (self.spec,))
+            processes = multiprocessing.get_context("spawn").Pool(self.workers, _load_in_worker,
+                                                                   (self.spec, os.getpid()))
             try:
                 problems = processes.map_async(_worker_problem, range(self.workers), chunksize=1).get(
                     max(WORKER_START_S, self.timeout or 0.0))
@@ -212,10 +214,13 @@ _worker_fn: Any = None
 _worker_error = ""
 
 
-def _load_in_worker(spec: str) -> None:
-    """A worker process's start: import the function once. A failure is kept and reported, not raised
-    (an initializer that raises makes multiprocessing start the worker again, forever)."""
+def _load_in_worker(spec: str, parent: int) -> None:
+    """A worker process's start: stop with the trainer (a pool's workers otherwise outlive a killed
+    parent, waiting on their queue for ever), then import the function once. A failure is kept and
+    reported, not raised (an initializer that raises makes multiprocessing start the worker again,
+    forever). The parent may have started the pool from a thread that ends: the watchdog alone."""
     global _worker_fn, _worker_error
+    die_with_parent(parent, kernel=False)
     try:
         _worker_fn = import_callable(spec)
     except Exception as err:  # noqa: BLE001 - sent back to the parent as text

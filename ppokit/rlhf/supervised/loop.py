@@ -85,7 +85,7 @@ class SupervisedTrainer(Generic[StageConfig]):
         self.config: StageConfig = config
         c = config
         self.device, self.dtype = setup_runtime(c)
-        self.collective = join_processes(self.device, c.dist_backend, c.dist_timeout)
+        self.collective = join_processes(self.device, c.dist_backend, c.dist_timeout, settings=c)
         self.directory = run_path(c, self.stage, run_dir, self.collective)
         self.overwrite = overwrite
         self.checkpoint: Path | None = None
