@@ -195,7 +195,7 @@ def _errors(control_run: Path, tmp_path: Path) -> dict[str, tuple[list, str]]:
         "inside the model dir": ([control_run, control_run / "model" / "hub"], "which ppokit reads back"),
         "the run itself": ([control_run, control_run, "--overwrite"], "would replace the run"),
         "a parent of the run": ([control_run, control_run.parent, "--overwrite"], "would replace the run"),
-        "unwritable": ([control_run, not_a_dir / "out"], f"cannot write {not_a_dir / 'out'}"),
+        "unwritable": ([control_run, not_a_dir / "out"], f"{not_a_dir} is a file, not a directory"),
         "bad license": ([control_run, tmp_path / "out", "--license", "MIT License"], "not a hub license id"),
     }
 
