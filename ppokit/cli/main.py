@@ -228,13 +228,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ppokit.control.checkpointing import find_model_dir
     from ppokit.errors import ConfigError
     from ppokit.io.atomic import atomic_write_json
-    from ppokit.io.outputs import check_output
+    from ppokit.io.outputs import check_output, holds_run
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes {args.episodes}: must be at least 1")
     model_dir = find_model_dir(args.run_dir)
-    run_dir = Path(args.run_dir)
-    home = run_dir if (run_dir / "model").is_dir() or (run_dir / "config.yaml").exists() else model_dir
+    # The default file goes to the run's own evals/ (made for it), never into a checkpoint or model
+    # folder: a checkpoint is pruned, and a model folder is replaced whole on the next save.
+    home = next((d for d in (model_dir, *model_dir.parents) if holds_run(d)), model_dir)
     # Both outputs are checked before the episodes are played: a bad path fails at once, not after them.
     if args.out:
         out = check_output(args.out, overwrite=args.overwrite, flag="--out")

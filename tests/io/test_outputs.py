@@ -186,3 +186,13 @@ def test_scratch_names_never_take_a_users_file(writer, run, tmp_path, capsys):
     for aside, held in mine.items():
         assert snapshot(aside) == held
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == sorted(a.name for a in mine)
+
+
+def test_eval_of_a_checkpoint_writes_into_the_runs_evals_not_the_checkpoint(run, capsys):
+    """The default --out of a checkpoint's evaluation: the run's evals/ (before: inside the checkpoint,
+    which pruning deletes)."""
+    checkpoint = next((run / "checkpoints").iterdir())
+    before = snapshot(checkpoint)
+    assert main(["eval", str(checkpoint), "--episodes", "1"]) == 0
+    assert snapshot(checkpoint) == before
+    assert len(list((run / "evals").glob("eval_*.json"))) == 1
