@@ -70,7 +70,8 @@ def protected_owner(path: Path, *, run_itself: bool = False) -> str | None:
         return f"it is the run {path.parent}'s own {path.name}"
     for directory in (path, *path.parents):
         if directory.name in RUN_OWNED_DIRS and holds_run(directory.parent):
-            return f"it is inside {directory}, which the run {directory.parent} writes and reads back"
+            where = "it is" if directory == path else "it is inside"
+            return f"{where} {directory}, which the run {directory.parent} writes and reads back"
         if directory != path and holds_saved_model(directory):
             return f"it is inside {directory}, a saved model or checkpoint"
         if directory == path and not run_itself and path.is_dir() and _is_a_run(path):

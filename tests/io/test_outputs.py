@@ -3,10 +3,11 @@ destroy or misplace (issue 30, class 1): the test generates the pairs (writer ×
 than listing cases. Each refusal must be exit code 2, one line ``ppokit: error: ...`` naming the
 path, no traceback, and the whole directory tree around it byte for byte as it was.
 
-Against the code before ppokit.io.outputs (run as root, so the 7 "unwritable" cases skip), 43 of
-these 51 cases failed: FIFOs and a link to a device replaced, the run's own weights and logs
-overwritten, files replaced without --overwrite (there was no such flag), a path under a file a
-traceback, a user's ``.pk2.old`` adopted, and a new run started inside another run's checkpoint.
+Against the code before ppokit.io.outputs (commit 1b979f1; run as root, so the "unwritable" cases
+skip), 49 of the 64 cases of this file failed: FIFOs and a link to a device replaced, the run's own
+weights and logs overwritten, files replaced without --overwrite (there was no such flag), a path
+under a file a traceback, a user's ``.pk2.old`` adopted, new runs started inside another run's
+checkpoint, and eval's default result written into the checkpoint it evaluated.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ WRITERS = [
     Writer("train --run-dir", "dir", lambda run, t: ["train", "CartPole-v1", "--total-steps", "64", "--no-progress",
                                                      "--set", "num_envs=1", "--set", "num_steps=32",
                                                      "--run-dir", str(t)], True),
+    Writer("rlhf sft --run-dir", "dir", lambda run, t: ["rlhf", "sft", "--model", str(SAVED / "base_lm"), "--data",
+                                                        str(SAVED / "sft.jsonl"), "--run-dir", str(t)], True),
+    Writer("rlhf demo --run-dir", "dir", lambda run, t: ["rlhf", "demo", "--total-updates", "1", "--no-progress",
+                                                         "--run-dir", str(t)], True),
 ]
 
 
@@ -84,7 +89,7 @@ def _inside_a_checkpoint(tmp: Path, run: Path, w: Writer) -> tuple[Path, list[st
 
 def _an_existing_one(tmp: Path, run: Path, w: Writer) -> tuple[Path | None, list[str]]:
     """An existing file, or a directory that holds files, without --overwrite."""
-    if w.name in ("tune --out", "train --run-dir"):  # documented: a study resumes into its --out; a run
+    if w.name == "tune --out" or w.name.endswith("--run-dir"):  # documented: a study resumes into its --out; a run
         return None, []  # directory may hold other files (one holding a run is refused by its own check)
     if w.kind == "file":
         (tmp / "mine.out").write_bytes(b"the user's file")
