@@ -4,10 +4,11 @@ than listing cases. Each refusal must be exit code 2, one line ``ppokit: error: 
 path, no traceback, and the whole directory tree around it byte for byte as it was.
 
 Against the code before ppokit.io.outputs (commit 1b979f1; run as root, so the "unwritable" cases
-skip), 49 of the 64 cases of this file failed: FIFOs and a link to a device replaced, the run's own
+skip), 52 of the 68 cases of this file failed: FIFOs and a link to a device replaced, the run's own
 weights and logs overwritten, files replaced without --overwrite (there was no such flag), a path
 under a file a traceback, a user's ``.pk2.old`` adopted, new runs started inside another run's
-checkpoint, and eval's default result written into the checkpoint it evaluated.
+checkpoint, eval's default result written into the checkpoint it evaluated, and ``PPO.save`` over a
+FIFO or a link to a device.
 """
 
 from __future__ import annotations
@@ -201,3 +202,19 @@ def test_eval_of_a_checkpoint_writes_into_the_runs_evals_not_the_checkpoint(run,
     assert main(["eval", str(checkpoint), "--episodes", "1"]) == 0
     assert snapshot(checkpoint) == before
     assert len(list((run / "evals").glob("eval_*.json"))) == 1
+
+
+@pytest.mark.parametrize("target", ["a FIFO", "a link to a device", "the other kind", "under a file"])
+def test_the_library_save_refuses_what_a_rename_would_destroy(target, run, tmp_path):
+    """``PPO.save(path)`` (a user-named directory in Python) refuses the same non-directories: the
+    safety net under every atomic write, whatever called it (before: a FIFO or a link replaced)."""
+    from ppokit import PPO
+    from ppokit.errors import PPOKitError
+
+    agent = PPO.load(run)
+    path, _ = BAD_TARGETS[target](tmp_path, run, WRITERS[3])
+    before = snapshot(tmp_path)
+    with pytest.raises(PPOKitError) as refused:
+        agent.save(path)
+    assert "\n" not in str(refused.value) and str(path) in str(refused.value)
+    assert snapshot(tmp_path) == before
