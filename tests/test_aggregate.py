@@ -103,9 +103,9 @@ def test_plot_prints_the_aggregate_and_takes_score_ranges_and_grouping(two_tasks
     text = capsys.readouterr().out
     assert "IQM across 2 tasks (95% CI), normalised final score (by --score-range):" in text
     assert "learning_rate=0.0003:" in text and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert main(["plot", *map(str, dirs), "-o", str(out), "--aggregate-by", "seed"]) == 0
+    assert main(["plot", *map(str, dirs), "-o", str(out), "--aggregate-by", "seed", "--overwrite"]) == 0
     assert "seed=0:" in capsys.readouterr().out
-    assert main(["plot", *map(str, dirs), "-o", str(out), "--score-range", "CartPole-v1=5:1"]) == 2
+    assert main(["plot", *map(str, dirs), "-o", str(out), "--score-range", "CartPole-v1=5:1", "--overwrite"]) == 2
     assert "--score-range 'CartPole-v1=5:1': expected TASK=LOW:HIGH with finite LOW < HIGH" in capsys.readouterr().err
-    assert main(["plot", *map(str, dirs), "-o", str(out), "--score-range", "Hopper-v5=0:3000"]) == 2
+    assert main(["plot", *map(str, dirs), "-o", str(out), "--score-range", "Hopper-v5=0:3000", "--overwrite"]) == 2
     assert "names 'Hopper-v5', which no run trained on" in capsys.readouterr().err

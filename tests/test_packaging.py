@@ -195,7 +195,7 @@ def _errors(control_run: Path, tmp_path: Path) -> dict[str, tuple[list, str]]:
         "inside the model dir": ([control_run, control_run / "model" / "hub"], "which ppokit reads back"),
         "the run itself": ([control_run, control_run, "--overwrite"], "would replace the run"),
         "a parent of the run": ([control_run, control_run.parent, "--overwrite"], "would replace the run"),
-        "unwritable": ([control_run, not_a_dir / "out"], f"cannot write {not_a_dir / 'out'}"),
+        "unwritable": ([control_run, not_a_dir / "out"], f"{not_a_dir} is a file, not a directory"),
         "bad license": ([control_run, tmp_path / "out", "--license", "MIT License"], "not a hub license id"),
     }
 
@@ -356,3 +356,81 @@ def test_the_base_model_is_a_hub_id_never_a_local_path(tmp_path):
     (sft / "config.yaml").write_text(yaml.safe_dump({"model": "org/base", "response_column": "response"}))
     assert _base_model(str(sft / "model"))[0] == "org/base"  # an SFT run's model names its own start
     assert _base_model(str(tmp_path / "elsewhere"))[0] is None
+
+
+# ------------------------------------------------- what a run can hide from the package (issue 30)
+
+SAVED = ROOT / "tests" / "fixtures" / "saved_runs"
+
+
+def _linked_model(run: Path, elsewhere: Path) -> None:
+    """The run's model folder a link to a directory outside it (holding a secret beside the weights)."""
+    model = run / ("model" if (run / "model").is_dir() else "policy")
+    shutil.copytree(model, elsewhere)
+    (elsewhere / "credentials").write_text("secret")
+    shutil.rmtree(model)
+    model.symlink_to(elsewhere, target_is_directory=True)
+
+
+def _linked_checkpoint(run: Path, elsewhere: Path) -> None:
+    checkpoint = next((run / "checkpoints").iterdir())
+    shutil.move(checkpoint, elsewhere)
+    (elsewhere / "credentials").write_text("secret")
+    checkpoint.symlink_to(elsewhere, target_is_directory=True)
+
+
+def _linked_file(run: Path, elsewhere: Path) -> None:
+    weights = run / ("model" if (run / "model").is_dir() else "policy") / "model.safetensors"
+    elsewhere.mkdir()
+    shutil.move(weights, elsewhere / "model.safetensors")
+    weights.symlink_to(elsewhere / "model.safetensors")
+
+
+def _damaged_weights(run: Path, elsewhere: Path) -> None:
+    weights = run / ("model" if (run / "model").is_dir() else "policy") / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+
+def _garbage_config(run: Path, elsewhere: Path) -> None:
+    (run / "config.yaml").write_text("env_id: [CartPole\nseed: {\n")
+
+
+HIDDEN = {  # how a run hides something, what --checkpoint it needs, and what the one line must say
+    "a linked model folder": (_linked_model, [], "is a symbolic link"),
+    "a linked checkpoint": (_linked_checkpoint, ["--checkpoint"], "is a symbolic link"),
+    "a linked file": (_linked_file, [], "is a symbolic link"),
+    "damaged weights": (_damaged_weights, [], "model.safetensors"),
+    "a garbage config.yaml": (_garbage_config, [], "config.yaml, line"),
+}
+
+
+@pytest.mark.parametrize("saved", ["control", "rlhf_lora"])
+@pytest.mark.parametrize("case", list(HIDDEN))
+def test_package_takes_only_what_is_really_in_the_run_and_checks_it(saved, case, tmp_path, capsys):
+    """Every kind of run × every way of handing over something else: a link out of the run (the
+    issue's ``RUN/policy -> dir/`` holding ``credentials``), damaged weights, a garbage config.yaml.
+    Each is one line naming the file, and nothing is written. Before the fix 8 of these 10 failed
+    (the linked folders packaged with their credentials, damaged weights shipped, the YAML error on
+    several lines); the linked file was already refused."""
+    run = Path(shutil.copytree(SAVED / saved, tmp_path / "run"))
+    hide, extra, message = HIDDEN[case]
+    hide(run, tmp_path / "elsewhere")
+    code, _, err = package(capsys, run, tmp_path / "out", *extra)
+    assert code == 2, err
+    assert err.startswith("ppokit: error: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
+    assert {p.name for p in tmp_path.iterdir()} <= {"run", "elsewhere"}  # no scratch directory left either
+
+
+def test_package_leaves_out_what_a_model_does_not_need(tmp_path, capsys, caplog):
+    """A save_pretrained folder gives only weights, configs and tokenizer files (failed before the fix:
+    everything in the folder was packaged)."""
+    run = Path(shutil.copytree(SAVED / "sft", tmp_path / "run"))
+    (run / "model" / "credentials").write_text("secret")
+    (run / "model" / "modeling_evil.py").write_text("import os")
+    with caplog.at_level(logging.WARNING, logger="ppokit"):
+        code, _, err = package(capsys, run, tmp_path / "out")
+    assert code == 0, err
+    assert {"credentials", "modeling_evil.py"}.isdisjoint(p.name for p in (tmp_path / "out").iterdir())
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= {p.name for p in (tmp_path / "out").iterdir()}
+    assert "credentials, modeling_evil.py" in caplog.text

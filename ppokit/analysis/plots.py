@@ -16,6 +16,7 @@ between runs of one task: what is being compared).
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ import numpy as np
 
 from ppokit.analysis.aggregate import Estimate, estimates, normalise
 from ppokit.errors import ConfigError
+from ppokit.io.atomic import atomic_write_bytes
 from ppokit.io.run_info import metrics_rows, read_config
 
 #: Config fields that do not change what a run learns: runs differing only in these are seeds of one curve.
@@ -277,9 +279,16 @@ def draw(figure_panels: list[Panel], out: str | Path) -> Path:
     fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=9, frameon=False)
     fig.tight_layout(rect=(0, 0.04 + 0.02 * (len(labels) // 3), 1, 1))
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    # Drawn in memory, then written atomically: a reader never sees half a picture, and a device or
+    # FIFO at ``out`` is refused rather than replaced or blocked on.
+    picture = io.BytesIO()
+    try:
+        fig.savefig(picture, dpi=100, format=out.suffix[1:].lower() or "png")
+    except ValueError as err:  # an extension matplotlib cannot write
+        raise ConfigError(f"plot: cannot write {out}: {str(err).splitlines()[0]}") from None
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(out, picture.getvalue())
     return out
 
 

@@ -99,9 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="act with the policy's mode (default)")
     mode.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions")
     ev.add_argument("--seed", type=int, default=None, help="seed of the evaluation envs")
-    ev.add_argument("--video", metavar="DIR", help="record the episodes as videos into DIR (needs ppokit[video])")
+    ev.add_argument("--video", metavar="DIR", help="record the episodes as videos into DIR (needs ppokit[video]; "
+                    "a DIR that holds files needs --overwrite)")
     ev.add_argument("--out", metavar="FILE", help="write the result here (default: a new evals/eval_<time>.json in the "
-                    "run directory, so the run's own eval.json is never replaced)")
+                    "run directory, so the run's own eval.json is never replaced); never a device, FIFO, link, or "
+                    "a path inside the run's model, checkpoints or tensorboard")
+    ev.add_argument("--overwrite", action="store_true",
+                    help="replace an existing --out file, or record into a --video DIR that holds files")
     _add_trust_flags(ev, "evaluating")
 
     ex = sub.add_parser("export", help="write a trained policy as an ONNX or TorchScript file that runs without ppokit",
@@ -109,13 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "and the action bounds inside (docs/how-to/export.md).")
     ex.add_argument("run_dir", help="a run directory (or a model/checkpoint directory)")
     ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="file format (default onnx)")
-    ex.add_argument("-o", "--output", required=True, metavar="FILE", help="the file to write")
+    ex.add_argument("-o", "--output", required=True, metavar="FILE",
+                    help="the file to write (not a device, FIFO, link or directory, nor inside a run's model, "
+                    "checkpoints or tensorboard)")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing FILE (once the new one is complete)")
     ex.add_argument("--action-mask", action="store_true",
                     help="give the file an action_mask input (automatic when the policy reads masks from its observations)")
 
     pl = sub.add_parser("plot", help="learning curves and diagnostics of runs as a PNG (seeds of one config as a band)")
     pl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="control or RLHF PPO run directories")
-    pl.add_argument("-o", "--output", required=True, metavar="FILE.png", help="the picture to write")
+    pl.add_argument("-o", "--output", required=True, metavar="FILE.png",
+                    help="the picture to write (not a device, FIFO, link or directory, nor inside a run's model, "
+                    "checkpoints or tensorboard)")
+    pl.add_argument("--overwrite", action="store_true", help="replace an existing FILE.png")
     pl.add_argument("--aggregate-by", action="append", metavar="FIELD",
                     help="runs on several tasks: compare groups by this config field (repeatable; default: the "
                     "fields that differ between runs of one task)")
@@ -152,11 +162,14 @@ def _add_trust_flags(parser: argparse.ArgumentParser, doing: str) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from ppokit.control.agent import PPO
     from ppokit.control.envs.make import check_env_id
+    from ppokit.io.outputs import check_run_dir
     from ppokit.io.run_dir import check_resume_flags
 
     config, preset = resolve_train_config(args)
     check_env_id(config.env_id)
     check_resume_flags(args.resume, args.overwrite, config.run_dir)
+    if config.run_dir is not None:  # before anything is made or said
+        check_run_dir(config.run_dir)
     if args.seeds is not None:
         if in_worker():  # torchrun started this process: refuse before joining the job
             check_nproc(int(os.environ.get("WORLD_SIZE", "2")), args.seeds)
@@ -233,19 +246,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ppokit.control.checkpointing import find_model_dir
     from ppokit.errors import ConfigError
     from ppokit.io.atomic import atomic_write_json
+    from ppokit.io.outputs import check_output, holds_run
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes {args.episodes}: must be at least 1")
     model_dir = find_model_dir(args.run_dir)
+    # The default file goes to the run's own evals/ (made for it), never into a checkpoint or model
+    # folder: a checkpoint is pruned, and a model folder is replaced whole on the next save.
+    home = next((d for d in (model_dir, *model_dir.parents) if holds_run(d)), model_dir)
+    # Both outputs are checked before the episodes are played: a bad path fails at once, not after them.
+    if args.out:
+        out = check_output(args.out, overwrite=args.overwrite, flag="--out")
+    else:  # evals/ is made for these files; a second evaluation within the same second gets its own name
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = home / "evals" / f"eval_{stamp}.json"
+        n = 1
+        while out.exists() or out.is_symlink():
+            n += 1
+            out = home / "evals" / f"eval_{stamp}-{n}.json"
+    if args.video:
+        check_output(args.video, kind="dir", overwrite=args.overwrite, flag="--video")
     agent = PPO.load(model_dir, trust=args.trust, progress=False, **({"env_id": args.env} if args.env else {}))
     result = agent.evaluate(args.episodes, deterministic=args.deterministic, seed=args.seed,
                             video_dir=args.video)
-    run_dir = Path(args.run_dir)
-    home = run_dir if (run_dir / "model").is_dir() or (run_dir / "config.yaml").exists() else model_dir
-    out = Path(args.out) if args.out else home / "evals" / f"eval_{time.strftime('%Y%m%d-%H%M%S')}.json"
-    if out.is_dir():
-        raise ConfigError(f"--out {out}: is a directory; name a file")
     atomic_write_json(out, result)
+    out = Path(args.out) if args.out else out
     print(_eval_line(result))
     if args.video:
         print(f"videos: {args.video}")
@@ -259,14 +284,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     # Loading makes no env, so nothing the saved files name is imported.
     agent = PPO.load(args.run_dir, progress=False)
-    path = export_policy(agent, args.output, args.format, action_mask=args.action_mask or None)
+    path = export_policy(agent, args.output, args.format, action_mask=args.action_mask or None,
+                         overwrite=args.overwrite, flag="-o")
     print(f"wrote {path} ({args.format}; inputs and outputs: docs/how-to/export.md)")
     return 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from ppokit.analysis.plots import describe_estimates, draw, panels, parse_score_ranges, read_run
+    from ppokit.io.outputs import check_output
 
+    check_output(args.output, overwrite=args.overwrite, flag="-o")
     figure = panels([read_run(p) for p in args.run_dirs], args.aggregate_by, parse_score_ranges(args.score_range))
     for line in describe_estimates(figure):
         print(line)

@@ -114,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
 
         return serve_reward(args.model_dir, port=args.port, host=args.host, device=args.device, dtype=args.dtype,
                             batch_size=args.batch_size, trust_remote_code=args.trust_remote_code)
+    from ppokit.io.outputs import check_run_dir
+
     if args.stage == "demo":
         from ppokit.analysis.plots import plot_runs
         from ppokit.errors import ConfigError
@@ -121,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
 
         if args.total_updates < 1:
             raise ConfigError(f"--total-updates {args.total_updates}: must be at least 1")
+        check_run_dir(args.run_dir)
         run_demo(args.run_dir, seed=args.seed, ppo_updates=args.total_updates, overwrite=args.overwrite,
                  progress=not args.no_progress, plot=plot_runs)
         return 0
@@ -128,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
     from ppokit.io.run_dir import check_resume_flags
 
     check_resume_flags(args.resume, args.overwrite, config.run_dir)
+    if config.run_dir is not None:  # before a model is loaded
+        check_run_dir(config.run_dir)
     if args.stage in ("sft", "reward"):
         return _finish_supervised(args.stage, _supervised_trainer(args.stage)(config, overwrite=args.overwrite,
                                                                               resume=args.resume))

@@ -55,7 +55,8 @@ def add_parser(sub: Any) -> None:
                    help="env steps between a trial's evaluations for the pruner (default: a fifth of the steps; 0: none)")
     p.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation (default 10)")
     p.add_argument("--seed", type=int, help="seed of every trial and of the sampler (default: the base config's)")
-    p.add_argument("--out", metavar="DIR", help="where trial runs and results go (default: runs/tune-<study>)")
+    p.add_argument("--out", metavar="DIR", help="where trial runs and results go (default: runs/tune-<study>); "
+                   "a directory, never inside a run's model, checkpoints or tensorboard")
     p.add_argument("--pruner", choices=["median", "none"], default="median",
                    help="median (default): from a trial's second evaluation on, once 5 trials have finished, stop it "
                         "when its return is below the median of the others' at the same step")
@@ -73,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
     from ppokit.io.interrupt import EXIT_CODES
 
     require_optuna()  # before any work: the one thing a plain install lacks
+    if args.out is not None:  # a study resumes into its --out, so one that holds files is expected
+        from ppokit.io.outputs import check_output
+
+        check_output(args.out, kind="dir", must_be_empty=False, flag="--out")
     train_args = argparse.Namespace(
         env_id=args.env_id, preset=args.preset, no_preset=args.no_preset, config=args.config,
         total_steps=args.total_steps, seed=args.seed, run_dir=None, no_progress=False, stop_at_return=None,

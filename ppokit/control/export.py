@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -30,6 +31,8 @@ from torch import Tensor, nn
 
 from ppokit.control.policy.actions import action_width
 from ppokit.errors import ConfigError
+from ppokit.io.atomic import current_umask, refuse_non_regular, reported_os_errors
+from ppokit.io.outputs import check_output
 
 if TYPE_CHECKING:
     from ppokit.control.agent import PPO
@@ -148,11 +151,15 @@ class _MaskedRecurrent(DeterministicPolicy):
         return self.act(obs, action_mask, state, episode_start)
 
 
-def export_policy(agent: PPO, path: str | Path, fmt: Format, action_mask: bool | None = None) -> Path:
+def export_policy(agent: PPO, path: str | Path, fmt: Format, action_mask: bool | None = None, *,
+                  overwrite: bool = True, flag: str = "path") -> Path:
     """Write ``agent``'s deterministic policy to ``path`` as ``fmt`` (see the module doc); returns the path.
 
     ``action_mask``: give the file a mask input (default: when the policy reads masks from its
-    observations; pass True for masks that the env gave in ``info``)."""
+    observations; pass True for masks that the env gave in ``info``). ``path`` is checked first
+    (:func:`ppokit.io.outputs.check_output`): never a device, FIFO, link or directory, nor inside a
+    run's or a saved model's directories; an existing file is replaced only with ``overwrite``
+    (the default here; ``ppokit export`` asks for ``--overwrite``). ``flag``: how errors name the path."""
     if fmt not in FORMATS:
         raise ConfigError(f"export: unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if fmt == "onnx":
@@ -161,17 +168,31 @@ def export_policy(agent: PPO, path: str | Path, fmt: Format, action_mask: bool |
             import onnxscript  # noqa: F401
         except ImportError as err:
             raise ConfigError(f"export to ONNX needs onnx and onnxscript: pip install 'ppokit[export]' ({err})") from None
+    target = check_output(path, overwrite=overwrite, flag=flag)
     mask = agent.policy.spec.action_mask if action_mask is None else action_mask
     layout = {(False, False): _Plain, (True, False): _Masked, (False, True): _Recurrent,
               (True, True): _MaskedRecurrent}[(mask, agent.policy.core is not None)]
     module = layout(agent, mask)
     inputs = module.example_inputs(agent)
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"export: {path} is a directory; name a file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside the target and renamed over it: a failed export leaves any earlier file whole.
-    partial = path.with_name(f".{path.name}.partial")
+    with reported_os_errors(path):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Written to a fresh name beside the target and renamed over it: a failed export leaves any
+        # earlier file whole, and no file of the user's is ever taken for the scratch file.
+        fd, scratch = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; the file is for the user to share
+        os.close(fd)
+    partial = Path(scratch)
+    try:
+        _write(module, inputs, fmt, partial)
+        with reported_os_errors(path):
+            refuse_non_regular(target)  # a FIFO made at the path while the policy was being written
+            os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return Path(path)
+
+
+def _write(module: DeterministicPolicy, inputs: tuple[Tensor, ...], fmt: Format, partial: Path) -> None:
     with torch.no_grad(), warnings.catch_warnings():
         # torch marks TorchScript deprecated in favour of torch.export; its files still load everywhere.
         warnings.simplefilter("ignore")
@@ -184,5 +205,3 @@ def export_policy(agent: PPO, path: str | Path, fmt: Format, action_mask: bool |
                                         dynamic_shapes=tuple({0: batch} for _ in inputs), verbose=False)
             assert program is not None
             program.save(str(partial))
-    os.replace(partial, path)
-    return path

@@ -24,10 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ppokit.configuration import load_yaml
 from ppokit.errors import CheckpointError, ConfigError
 from ppokit.hub.model_card import ControlFacts, LMFacts, control_card, hub_id, lm_card
 from ppokit.io.atomic import atomic_write_dir, recover_dir
 from ppokit.io.checkpoints import BEST, CHECKPOINTS, PREFIX, latest_checkpoint
+from ppokit.io.outputs import check_output
 from ppokit.io.run_info import metrics_rows, read_config, read_json
 
 log = logging.getLogger("ppokit")
@@ -78,10 +80,13 @@ def package_run(run_dir: str | Path, out_dir: str | Path, *, overwrite: bool = F
     run = Path(run_dir)
     if not run.is_dir():
         raise CheckpointError(f"{run}: no such run directory")
+    if (run / "config.yaml").is_file():
+        load_yaml(run / "config.yaml")  # a damaged file is one line naming it (and the line YAML stopped at)
     config, kind = read_config(run)
     source = find_source(run, kind, config, best=best, checkpoint=checkpoint)
     out = Path(os.path.abspath(out_dir))
     check_out_dir(out, source, overwrite=overwrite)
+    _check_model_dir(source)
     fill = (_control_files if kind == "control" else _lm_files)(source, out.name, license)
     atomic_write_dir(out, fill)
     return out
@@ -105,7 +110,7 @@ def find_source(run_dir: Path, kind: str, config: dict[str, Any], *, best: bool 
                               f"model ({run_dir}); finish the run with `ppokit resume {run_dir}` and package it")
         if latest is None:
             raise CheckpointError(f"{run_dir / CHECKPOINTS}: no complete checkpoint to package")
-        return Source(run_dir, kind, config, (latest / IN_CHECKPOINT[kind]).resolve(), "checkpoint")
+        return Source(run_dir, kind, config, Path(os.path.normpath(latest / IN_CHECKPOINT[kind])), "checkpoint")
     final = recover_dir(run_dir / FINAL[kind])
     if _holds_model(final, kind):
         _warn_if_run_went_on(run_dir, kind, final, latest)
@@ -143,24 +148,33 @@ def _warn_if_run_went_on(run_dir: Path, kind: str, final: Path, latest: Path | N
 
 
 def check_out_dir(out: Path, source: Source, *, overwrite: bool) -> None:
-    """Refuse an OUT_DIR that would replace the run or write into what ppokit reads back, or one that
-    holds files (without ``overwrite``)."""
+    """Refuse an OUT_DIR that would replace the run or write into what ppokit reads back, one that is
+    no directory, or one that holds files (without ``overwrite``): :func:`ppokit.io.outputs.check_output`
+    and, for this run, its own directories whatever their names."""
     target, run = out.resolve(), source.run_dir.resolve()
     if target == run or run.is_relative_to(target):
-        raise ConfigError(f"{out}: is the run directory {source.run_dir} or holds it; packaging there would "
-                          "replace the run; choose another OUT_DIR")
+        raise ConfigError(f"OUT_DIR {out}: is the run directory {source.run_dir} or holds it; packaging there "
+                          "would replace the run; choose another OUT_DIR")
     for inside in (source.model_dir.resolve(), *(run / name for name in SAVED_DIRS)):
         if target.is_relative_to(inside):
-            raise ConfigError(f"{out}: is inside {inside}, which ppokit reads back; choose an OUT_DIR outside it")
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise ConfigError(f"{out}: exists and is not a directory (or is a symbolic link); choose another OUT_DIR")
-    try:
-        holds_files = out.is_dir() and any(out.iterdir())
-    except OSError as err:
-        raise CheckpointError(f"cannot read {out}: {err.strerror or err}") from None
-    if holds_files and not overwrite:
-        raise ConfigError(f"{out}: exists and is not empty; pass --overwrite to replace it (it is replaced only "
-                          "once the new one is complete)")
+            raise ConfigError(f"OUT_DIR {out}: is inside {inside}, which ppokit reads back; choose an OUT_DIR "
+                              "outside it")
+    check_output(out, kind="dir", overwrite=overwrite, flag="OUT_DIR")
+
+
+def _check_model_dir(source: Source) -> None:
+    """The weights taken must be a real directory of the run: a link (``RUN/policy -> elsewhere``)
+    could hand over whatever it points to, and a package is meant to be published."""
+    run = source.run_dir.resolve()
+    here = source.model_dir
+    rel = Path(os.path.relpath(os.path.abspath(here), os.path.abspath(source.run_dir)))
+    step = source.run_dir
+    for part in rel.parts:
+        step = step / part
+        if step.is_symlink():
+            raise CheckpointError(f"{step}: is a symbolic link; refusing to package what it points to")
+    if not here.resolve().is_relative_to(run):
+        raise CheckpointError(f"{here}: is not inside the run directory {source.run_dir}; refusing to package it")
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -196,6 +210,7 @@ def _control_files(source: Source, out_name: str, license: str) -> Callable[[Pat
     from ppokit.control.checkpointing import MODEL_FILE, STATE_FILE, read_state
 
     state = read_state(source.model_dir)  # checked before anything is written: a foreign or newer format fails here
+    check_weights(source)
     evaluation, eval_file, note = _control_evaluation(source, state)
     seed, seed_note = _eval_seed(source, state, evaluation)
 
@@ -258,11 +273,75 @@ def _replayable(source: Source, result: dict[str, Any] | None) -> bool:
 
 # ------------------------------------------------------------------------------------ language models
 
+def model_files(model_dir: Path) -> list[Path]:
+    """The files of a save_pretrained directory that a model needs (weights, configs, tokenizer),
+    relative to it: regular files only, links neither followed nor taken, and nothing else (a
+    ``credentials`` file, a ``.py``: code is never packaged). What is left out is said on stderr."""
+    taken: list[Path] = []
+    left: list[str] = []
+    for root, dirs, names in os.walk(model_dir, followlinks=False):
+        for name in sorted(names) + sorted(d for d in dirs if Path(root, d).is_symlink()):
+            file = Path(root, name)
+            rel = file.relative_to(model_dir)
+            if file.is_symlink():
+                raise CheckpointError(f"{file}: is a symbolic link; refusing to package what it points to")
+            if not file.is_file():
+                left.append(str(rel))
+            elif name != CARD and (file.suffix in MODEL_SUFFIXES or name in MODEL_NAMES):
+                taken.append(rel)
+            elif name != CARD:
+                left.append(str(rel))
+    if left:
+        log.warning("%s: left out of the package (not model files): %s", model_dir, ", ".join(sorted(left)))
+    return sorted(taken)
+
+
+#: The files of a save_pretrained directory that are packaged: weights, JSON configs, tokenizer files.
+MODEL_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".tiktoken", ".jinja")
+MODEL_NAMES = ("tokenizer.model", "vocab.txt", "merges.txt")
+
+
+def check_weights(source: Source, files: list[Path] | None = None) -> None:
+    """Load what is about to be packaged, so a damaged file is refused before anything is written:
+    a control policy is built and its weights loaded into it (their names and shapes as state.json
+    says); a language model's safetensors files must open, with the tensors their index names."""
+    if source.kind == "control":
+        from ppokit.control.agent import PPO
+
+        try:
+            PPO.load(source.model_dir, progress=False)
+        except (CheckpointError, ConfigError) as err:
+            raise CheckpointError(f"{str(err).splitlines()[0]} (nothing was packaged)") from None
+        return
+    from safetensors import safe_open
+
+    named: set[str] = set()
+    for rel in files or []:
+        if rel.suffix != ".safetensors":
+            continue
+        try:
+            with safe_open(str(source.model_dir / rel), framework="pt") as weights:
+                for key in weights.keys():
+                    weights.get_slice(key).get_shape()
+                    named.add(key)
+        except Exception as err:  # noqa: BLE001 - safetensors raises several types for bad files
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise CheckpointError(f"{source.model_dir / rel}: not a readable safetensors file ({reason}); "
+                                  "nothing was packaged") from None
+    index = read_json(source.model_dir / "model.safetensors.index.json")
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if isinstance(weight_map, dict):
+        missing = sorted(set(weight_map) - named)
+        if missing:
+            raise CheckpointError(f"{source.model_dir / 'model.safetensors.index.json'}: names {len(missing)} tensor(s) "
+                                  f"no weight file holds (e.g. {missing[0]}); nothing was packaged")
+
+
 def _lm_files(source: Source, out_name: str, license: str) -> Callable[[Path], None]:
-    files = sorted(p.relative_to(source.model_dir) for p in source.model_dir.rglob("*")
-                   if (p.is_file() or p.is_symlink()) and p.name != CARD)
+    files = model_files(source.model_dir)
     if not any(p.suffix == ".safetensors" for p in files):
         log.warning("%s holds no .safetensors weights; packaging the files it has", source.model_dir)
+    check_weights(source, files)
     facts = _lm_facts(source, out_name, license)
 
     def fill(tmp: Path) -> None:

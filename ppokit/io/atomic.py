@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +30,7 @@ def reported_os_errors(path: str | Path) -> Iterator[None]:
                               "(every write goes to a temporary name first)") from None
 
 
-def _umask() -> int:
+def current_umask() -> int:
     """The process's umask (read by setting it, then putting it back: there is no getter)."""
     mask = os.umask(0o022)
     os.umask(mask)
@@ -54,9 +57,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    refuse_non_regular(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would honour the umask
+    os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a plain open() would honour the umask
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -88,24 +92,55 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(json_safe(data), indent=2, sort_keys=False) + "\n")
 
 
-def _old_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.old")
+#: What marks a directory moved aside by :func:`atomic_write_dir` as ppokit's own: ``.NAME`` + this +
+#: a random suffix. A user's ``.NAME.old`` (or anything else) never matches, so it is never adopted or deleted.
+ASIDE_TAG = ".ppokit-aside-"
+
+
+def aside_name(path: Path) -> Path:
+    """A fresh, unused name beside ``path`` for its previous version during a replacement."""
+    return path.with_name(f".{path.name}{ASIDE_TAG}{secrets.token_hex(6)}")
+
+
+def asides(path: Path) -> list[Path]:
+    """The directories :func:`atomic_write_dir` moved aside from ``path`` and has not yet removed, newest first."""
+    found = [p for p in path.parent.glob(f".{glob.escape(path.name)}{ASIDE_TAG}*")
+             if p.is_dir() and not p.is_symlink() and len(p.name) == len(path.name) + 1 + len(ASIDE_TAG) + 12]
+    return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
 
 
 def recover_dir(path: str | Path) -> Path:
     """Finish a replacement :func:`atomic_write_dir` was killed in the middle of.
 
     Replacing a directory takes two renames (old aside, new in); a kill between them leaves only
-    the old one, under its aside name. Put it back, so readers find the previous version.
+    the old one, under its aside name. Put it back, so readers find the previous version. Only
+    ppokit's own aside names (:data:`ASIDE_TAG`) are recognised; asides left beside a complete
+    ``path`` (a kill while deleting one) are removed.
     """
     path = Path(path)
     if not path.name:  # '.', '/': nothing of ours to recover
         return path
-    old = _old_name(path)
-    if not path.exists() and old.is_dir():
-        os.replace(old, path)
+    found = asides(path)
+    if found and not path.exists() and not path.is_symlink():
+        os.replace(found.pop(0), path)
         _fsync_dir(path.parent)
+    for stale in found:
+        shutil.rmtree(stale, ignore_errors=True)
     return path
+
+
+def refuse_non_regular(path: Path, kind: str = "file") -> None:
+    """An existing ``path`` that a rename would destroy (a device node, FIFO, socket, or what is not
+    a ``kind``) is refused: a safety net under every writer, whatever checked its path before."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    wanted = stat.S_ISREG(mode) if kind == "file" else stat.S_ISDIR(mode)
+    if not wanted:
+        what = "a directory" if stat.S_ISDIR(mode) else "a file" if stat.S_ISREG(mode) else "not a regular file"
+        raise CheckpointError(f"cannot write {path}: it is {what}, not the {kind} ppokit writes there; nothing was "
+                              "replaced")
 
 
 def atomic_write_dir(path: str | Path, fill: Callable[[Path], None]) -> None:
@@ -122,8 +157,11 @@ def atomic_write_dir(path: str | Path, fill: Callable[[Path], None]) -> None:
 def _atomic_write_dir(path: Path, fill: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(path)
+    if path.is_symlink():
+        raise CheckpointError(f"cannot write {path}: it is a symbolic link; nothing was replaced")
+    refuse_non_regular(path, "directory")
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a plain mkdir would honour the umask
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; a plain mkdir would honour the umask
     try:
         fill(tmp)
         for child in tmp.rglob("*"):
@@ -134,9 +172,7 @@ def _atomic_write_dir(path: Path, fill: Callable[[Path], None]) -> None:
                 _fsync_dir(child)
         _fsync_dir(tmp)
         if path.exists():
-            old = _old_name(path)
-            if old.exists():
-                shutil.rmtree(old)
+            old = aside_name(path)
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ppokit.errors import CheckpointError
-from ppokit.io.atomic import recover_dir
+from ppokit.io.atomic import ASIDE_TAG, recover_dir
 
 CHECKPOINTS = "checkpoints"
 BEST = "best"
@@ -41,8 +41,8 @@ def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
-    for aside in root.glob(f".{PREFIX}*.old"):
-        recover_dir(aside.with_name(aside.name[1:-len(".old")]))
+    for aside in root.glob(f".{PREFIX}*{ASIDE_TAG}*"):
+        recover_dir(aside.with_name(aside.name[1:aside.name.index(ASIDE_TAG)]))
     found = [p for p in root.glob(f"{PREFIX}*") if p.is_dir() and (p / RESUME_FILE).is_file()]
     return sorted(found, key=lambda p: p.name)
 

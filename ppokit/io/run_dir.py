@@ -84,9 +84,12 @@ def open_run(path: str | Path, config: RunConfig, *, overwrite: bool = False, re
     from ppokit.configuration import config_to_yaml
     from ppokit.io.atomic import atomic_write_text, reported_os_errors
     from ppokit.io.metrics import truncate_metrics
+    from ppokit.io.outputs import check_run_dir
 
     path = Path(path)
     check_trackers(getattr(config, "trackers", ()))
+    if resume_update is None:
+        check_run_dir(path)
     with reported_os_errors(path):
         if path.exists() and not path.is_dir():
             raise CheckpointError(f"run directory {str(path)!r} exists and is not a directory")

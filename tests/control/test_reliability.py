@@ -19,6 +19,7 @@ from ppokit.configuration import replace
 from ppokit.control.agent import PPO
 from ppokit.control.config import ControlConfig
 from ppokit.errors import CheckpointError, ConfigError, EnvError, TrainingError
+from ppokit.io.atomic import aside_name
 from ppokit.io.checkpoints import checkpoint_dirs, latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -280,7 +281,7 @@ def test_a_kill_between_the_renames_of_a_rewritten_checkpoint_leaves_it_loadable
     PPO(_config(eval_episodes=0)).learn(run_dir=run, callback=_stop_after(1))
     checkpoint = latest_checkpoint(run)
     assert checkpoint is not None
-    os.replace(checkpoint, checkpoint.with_name(f".{checkpoint.name}.old"))
+    os.replace(checkpoint, aside_name(checkpoint))
     assert latest_checkpoint(run) == checkpoint  # put back, not dropped as a leftover
     agent = PPO.resume(run)
     assert agent.num_updates == 1
