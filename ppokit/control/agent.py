@@ -53,6 +53,14 @@ from ppokit.io.run_dir import default_run_dir, holds_run, open_run
 
 log = logging.getLogger("ppokit")
 
+def check_budget(total_steps: int, done: int, run_dir: Path) -> None:
+    """A resumed run's budget may grow, never fall below the steps it has done: its config.yaml
+    would then record a total it has passed (``ppokit info``: "32,768 of 1,024 env steps")."""
+    if total_steps < done:
+        raise ConfigError(f"resuming {run_dir}: total_steps {total_steps:,} is below the {done:,} env steps the run "
+                          f"has already done; give it (--total-steps) {done:,} or more")
+
+
 class PPO:
     """Proximal Policy Optimization for a Gymnasium environment.
 
@@ -171,6 +179,8 @@ class PPO:
             total = self.total_steps
         else:
             total = c.total_steps
+        if resuming:
+            check_budget(total, self.global_step, directory)
         # Never exceed the step budget: a partial rollout at the end would be a different batch size.
         num_updates = max(0, (total - self.global_step) // self.global_batch)
         if total >= self.global_batch:

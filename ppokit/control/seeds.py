@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from ppokit.configuration import replace
-from ppokit.control.agent import PPO
+from ppokit.control.agent import PPO, check_budget
 from ppokit.control.config import ControlConfig
 from ppokit.control.fast.stacked import StackedPolicy
 from ppokit.control.rollout.host import RolloutCollector
@@ -217,6 +217,9 @@ class SeedGroup:
         loggers = []
         resumed = self.agents[0].total_steps if self.agents[0].resume_from is not None else None
         total = int(total_steps) if total_steps is not None else resumed or c.total_steps
+        for agent, seed in zip(self.agents, self.seeds):
+            if agent.resume_from is not None:  # before any seed's files change
+                check_budget(total, agent.global_step, self.member_dir(seed))
         for agent, seed in zip(self.agents, self.seeds):
             loggers.append(agent.open_run(self.member_dir(seed), total, overwrite))
         atomic_write_json(self.run_dir / GROUP_FILE, {"kind": "ppokit.seeds", "env_id": c.env_id, "seeds": self.seeds,
