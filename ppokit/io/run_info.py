@@ -99,6 +99,8 @@ def describe_run(run_dir: str | Path) -> list[str]:
     """A few lines: what the run trains, how far it got of how far, its latest checkpoint, its last
     evaluation, and whether it finished (with the command that continues it if not)."""
     run_dir = Path(run_dir)
+    if (run_dir / GROUP_FILE).is_file() and not (run_dir / "config.yaml").exists():
+        return describe_group(run_dir)
     config, kind = read_config(run_dir)
     rows = metrics_rows(run_dir / "metrics.jsonl", {"control": "global_step", "rlhf ppo": "update"}.get(kind))
     last = rows[-1] if rows else None
@@ -143,6 +145,36 @@ def describe_run(run_dir: str | Path) -> list[str]:
         lines.append(f"state: stopped before the end; continue it with: ppokit resume {run_dir}{nproc}")
     else:
         lines.append("state: not finished, and no checkpoint to resume from")
+    return lines
+
+
+#: What ``train --seeds`` writes beside its ``seed_<k>`` run directories (ppokit.control.seeds).
+GROUP_FILE = "seeds.json"
+
+
+def describe_group(run_dir: Path) -> list[str]:
+    """``ppokit info`` of a group of seeds trained together: the group, then each seed's progress
+    and state in a line, then how to continue the group if it has not finished."""
+    group = read_json(run_dir / GROUP_FILE)
+    seeds = group.get("seeds") if group else None
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(k, int) and not isinstance(k, bool) for k in seeds):
+        raise CheckpointError(f"{run_dir / GROUP_FILE}: not a seed group's file (no list of seeds)")
+    lines = [f"{run_dir}: a group of {len(seeds)} seeds trained together ({', '.join(map(str, seeds))}; "
+             f"{GROUP_FILE}), control PPO on {group.get('env_id') if group else '?'}"]
+    finished = True
+    for seed in seeds:
+        member = run_dir / f"seed_{seed}"
+        if not (member / "config.yaml").is_file():
+            lines.append(f"seed_{seed}: missing")
+            finished = False
+            continue
+        described = describe_run(member)
+        progress = next((line for line in described if line.startswith("progress: ")), "progress: ?")
+        state = described[-1]
+        finished = finished and state == "state: finished"
+        lines.append(f"seed_{seed}: {progress[len('progress: '):]}; {state[len('state: '):].split(';')[0]}")
+    lines.append("state: finished" if finished else
+                 f"state: not finished; continue the group with: ppokit resume {run_dir}")
     return lines
 
 
