@@ -358,6 +358,6 @@ def read_group(run_dir: str | Path) -> list[int] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         seeds = [int(s) for s in data["seeds"]]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
         raise ConfigError(f"{path}: not a seed group's file ({err})") from None
     return seeds
