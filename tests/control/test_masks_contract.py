@@ -152,3 +152,28 @@ def test_a_multidiscrete_mask_names_the_sum_of_nvec_and_each_dimension_needs_an_
         agent.predict(obs, action_mask=np.r_[np.ones(8, dtype=bool), np.zeros(2, dtype=bool)])
     with pytest.raises(ObservationError, match="row 1 allows no action"):
         agent.predict(np.stack([obs, obs]), action_mask=np.r_[[np.ones(10, bool)], [np.zeros(10, bool)]])
+
+
+class _TwoKeys(gym.Env):
+    """A Dict observation of two parts beside its mask: the policy sees the two flattened."""
+
+    observation_space = spaces.Dict({"a": spaces.Box(-1.0, 1.0, (2,), np.float32), "b": spaces.Discrete(3),
+                                     "action_mask": spaces.MultiBinary(4)})
+    action_space = spaces.Discrete(4)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return {"a": np.zeros(2, np.float32), "b": 1, "action_mask": np.array([0, 1, 0, 0], np.int8)}, {}
+
+    def step(self, action):
+        return self.reset()[0], 0.0, False, False, {}
+
+
+def test_predict_reads_a_dict_observation_as_the_env_returns_it_one_or_a_batch(tmp_path):
+    agent = PPO(ControlConfig(run_dir=str(tmp_path / "run"), **SMALL), env=_TwoKeys())
+    # one, with float64 values (not exactly the space's dtype) and the mask in it
+    assert agent.predict({"a": np.zeros(2), "b": 1, "action_mask": np.array([0, 1, 0, 0])}) == 1
+    batch = {"a": np.zeros((3, 2), np.float32), "b": np.array([0, 1, 2]), "action_mask": np.array([[0, 0, 1, 0]] * 3)}
+    assert agent.predict(batch).tolist() == [2, 2, 2]
+    with pytest.raises(ObservationError, match=r"keys \['a', 'c'\]; the policy reads \['a', 'b'\]"):
+        agent.predict({"a": np.zeros(2), "c": 1})

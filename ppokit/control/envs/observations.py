@@ -134,9 +134,13 @@ def as_policy_input(env_space: spaces.Space, policy_space: spaces.Space, obs: An
     if env_space is not policy_space and env_space.contains(obs):
         return flatten_one(env_space, obs)
     if isinstance(env_space, spaces.Dict) and isinstance(obs, dict) and set(obs) == set(env_space.spaces):
-        # A batch of them (each key's values stacked): flattened one by one.
+        # One whose values are not exactly of the space's dtypes, or a batch of them (each key's
+        # values stacked), told apart by the first key's shape; a batch is flattened one by one.
         try:
-            first = np.asarray(obs[next(iter(env_space.spaces))])
+            key = next(iter(env_space.spaces))
+            first = np.asarray(obs[key])
+            if first.shape == tuple(env_space.spaces[key].shape or ()):
+                return flatten_one(env_space, obs)
             rows = len(first) if first.ndim else 0
             batched = gym.vector.utils.batch_space(env_space, rows)
             return np.stack([flatten_one(env_space, item) for item in gym.vector.utils.iterate(batched, obs)])
