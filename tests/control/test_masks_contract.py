@@ -177,3 +177,25 @@ def test_predict_reads_a_dict_observation_as_the_env_returns_it_one_or_a_batch(t
     assert agent.predict(batch).tolist() == [2, 2, 2]
     with pytest.raises(ObservationError, match=r"keys \['a', 'c'\]; the policy reads \['a', 'b'\]"):
         agent.predict({"a": np.zeros(2), "c": 1})
+
+
+class _QuietThenEmpty(gym.Env):
+    """No info at steps 1 and 2, then a mask allowing nothing at step 3."""
+
+    observation_space = spaces.Box(0.0, 1.0, (1,), np.float32)
+    action_space = spaces.Discrete(4)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(1, np.float32), {"action_mask": np.ones(4, bool)}
+
+    def step(self, action):
+        self.t += 1
+        return np.zeros(1, np.float32), 0.0, False, False, {} if self.t < 3 else {"action_mask": np.zeros(4, bool)}
+
+
+def test_the_step_named_counts_the_steps_without_info_too(tmp_path):
+    config = ControlConfig(run_dir=str(tmp_path / "run"), **{**SMALL, "num_envs": 1})
+    with pytest.raises(EnvError, match=r"env 0's info\['action_mask'\] at step 3 allows no action"):
+        PPO(config, env=_QuietThenEmpty()).learn()

@@ -325,6 +325,8 @@ class RolloutCollector:
         next_obs, reward, term, trunc, info = self.env.step(env_action)
         if self._plain_obs and not info:
             self._mask = None  # nothing to read: the observation as it is, no mask
+            if self.masks is not None:
+                self.masks.steps += 1  # so that a bad mask later is named at its true step
         else:
             next_obs, self._mask = self._read(next_obs, info, np.logical_or(term, trunc))
         if self._mask is not None and b.masks is None:  # the env's first mask, mid-rollout
