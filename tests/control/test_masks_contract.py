@@ -6,7 +6,7 @@ integers or floats other than 0 and 1) is refused in one line naming the mask, t
 for an env, the env index and step; never broadcast to "all allowed", never cast silently. Booleans,
 0/1 integers and 0/1 floats are accepted, and so is an empty mask on the step that ends an episode.
 
-Without the fix, 36 of these 55 cases (4 more are skipped) failed: the bad masks were broadcast, cast or ignored (the
+Without the fix, 38 of these 57 cases (4 more are skipped) failed: the bad masks were broadcast, cast or ignored (the
 policy acted and trained as if every action were allowed), or raised a bare NumPy error."""
 
 from __future__ import annotations
