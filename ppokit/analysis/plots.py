@@ -82,7 +82,8 @@ def read_run(path: str | Path) -> Run:
     config, kind = read_config(path)
     if kind not in ("control", "rlhf ppo"):
         raise ConfigError(f"{path}: a {kind} run has no PPO curves to plot")
-    return Run(path, kind, config, metrics_rows(path / "metrics.jsonl"))
+    # The curves' x axis: a row without it (damage) is skipped, with the reader's warning.
+    return Run(path, kind, config, metrics_rows(path / "metrics.jsonl", "global_step" if kind == "control" else "update"))
 
 
 def run_score(run: Run) -> float | None:

@@ -309,6 +309,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_budget(run_dir: Path, saved: dict[str, Any], total_steps: int | None, total_updates: int | None) -> None:
+    """Refuse a budget below what the run has done, before anything is loaded or written (the
+    library refuses it too; here it comes before the "resuming" line and any model is read)."""
+    from ppokit.errors import ConfigError
+
+    for given, field, flag, unit in ((total_steps, "global_step", "--total-steps", "env steps"),
+                                     (total_updates, "num_updates", "--total-updates", "PPO updates")):
+        done = saved.get(field)
+        if given is not None and isinstance(done, int) and given < done:
+            raise ConfigError(f"resuming {run_dir}: {flag} {given:,} is below the {done:,} {unit} the run has "
+                              f"already done; give {done:,} or more")
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
     from ppokit.errors import CheckpointError, ConfigError
     from ppokit.io.checkpoints import RESUME_FILE, find_resumable, read_resume_state
@@ -323,7 +336,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
         _run_learn(group, total_steps=args.total_steps)
         return _report_group(group)
     checkpoint = find_resumable(run_dir)
-    kind = read_resume_state(checkpoint).get("kind")
+    saved = read_resume_state(checkpoint)
+    kind = saved.get("kind")
+    _check_budget(run_dir, saved, args.total_steps, args.total_updates)
     overrides: dict[str, Any] = {"progress": False} if args.no_progress else {}
     named_again = {"data": args.data, "eval_data": args.eval_data, "rewards": args.rewards}
     if kind not in ("ppokit.rlhf", "ppokit.rlhf.sft", "ppokit.rlhf.reward"):

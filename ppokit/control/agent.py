@@ -33,14 +33,14 @@ from ppokit.control.config import RESUMABLE_FIELDS, ControlConfig
 from ppokit.control.data_parallel import local_num_envs
 from ppokit.control.envs import torch_source
 from ppokit.control.envs.make import check_spaces
-from ppokit.control.envs.observations import ObservationReader, as_policy_input
+from ppokit.control.envs.observations import ObservationReader, as_policy_input, predict_mask, split_dict_observation
 from ppokit.control.envs.source import EnvSource
 from ppokit.control.envs.torch_source import TorchEnvSource
 from ppokit.control.evaluation import EvaluationEnvs, eval_vectorization, run_evaluation
 from ppokit.control.policy.actions import ActionAdapter, all_discrete, first_of
 from ppokit.control.policy.networks import ActorCritic, PolicySpec, is_image_space
 from ppokit.control.rollout.collectors import Collector, make_collector
-from ppokit.control.rollout.host import RolloutCollector, observation_batch, policy_input
+from ppokit.control.rollout.host import RolloutCollector, check_recurrent_inputs, observation_batch, policy_input
 from ppokit.core.collective import on_main
 from ppokit.core.health import HealthMonitor
 from ppokit.core.running_stats import RunningMeanStd
@@ -52,6 +52,14 @@ from ppokit.io.metrics import MetricsLogger, NullMetrics
 from ppokit.io.run_dir import default_run_dir, holds_run, open_run
 
 log = logging.getLogger("ppokit")
+
+def check_budget(total_steps: int, done: int, run_dir: Path) -> None:
+    """A resumed run's budget may grow, never fall below the steps it has done: its config.yaml
+    would then record a total it has passed (``ppokit info``: "32,768 of 1,024 env steps")."""
+    if total_steps < done:
+        raise ConfigError(f"resuming {run_dir}: total_steps {total_steps:,} is below the {done:,} env steps the run "
+                          f"has already done; give it (--total-steps) {done:,} or more")
+
 
 class PPO:
     """Proximal Policy Optimization for a Gymnasium environment.
@@ -172,6 +180,8 @@ class PPO:
             total = self.total_steps
         else:
             total = c.total_steps
+        if resuming:
+            check_budget(total, self.global_step, directory)
         # Never exceed the step budget: a partial rollout at the end would be a different batch size.
         num_updates = max(0, (total - self.global_step) // self.global_batch)
         if total >= self.global_batch:
@@ -293,10 +303,14 @@ class PPO:
         if isinstance(obs, torch.Tensor) and self.torch_env:
             return device_evaluation.predict(self.policy, self.obs_rms, self.config.clip_obs,
                                              (self.observation_space, self.action_space), self.device, obs, deterministic)
+        obs, action_mask = split_dict_observation(obs, action_mask, self.env_observation_space,
+                                                  self.config.action_mask_key)
         obs = as_policy_input(self.env_observation_space, self.observation_space, obs)  # a Dict, Tuple, ... one
         batch, single = observation_batch(obs, self.observation_space)
         if action_mask is not None:
-            action_mask = np.asarray(action_mask, dtype=bool).reshape(len(batch), -1)
+            action_mask = predict_mask(action_mask, self.action_space, len(batch), single)
+        if self.policy.core is not None:
+            check_recurrent_inputs(state, episode_start, len(batch), self.policy.state_size, self.policy.spec.recurrent)
         image = self.observation_space.dtype == np.uint8
         x = policy_input(batch, self.obs_rms, self.config.clip_obs, image=image)
         action: np.ndarray | torch.Tensor

@@ -124,9 +124,11 @@ def evaluate_policy(
     returns: list[float] = []
     lengths: list[int] = []
     reports = records_episodes(env)
+    ended = None  # the envs whose episode the last step ended (their mask may allow nothing)
     while np.any(done_count < quota):
-        obs, mask = masks.read(obs, info, env.num_envs)
+        obs, mask = masks.read(obs, info, env.num_envs, ended)
         obs, reward, term, trunc, info = env.step(act(obs, deterministic, mask, starts))
+        ended = np.logical_or(term, trunc)
         counting = ~pending & (done_count < quota)
         ep_return += np.asarray(reward, dtype=np.float64) * counting
         ep_length += counting

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,19 +40,19 @@ import numpy as np
 import torch
 
 from ppokit.configuration import replace
-from ppokit.control.agent import PPO
+from ppokit.control.agent import PPO, check_budget
 from ppokit.control.config import ControlConfig
 from ppokit.control.fast.stacked import StackedPolicy
 from ppokit.control.rollout.host import RolloutCollector
-from ppokit.errors import ConfigError
+from ppokit.errors import CheckpointError, ConfigError
 from ppokit.io.atomic import atomic_write_json
 from ppokit.io.checkpoints import checkpoint_path
+from ppokit.io.lock import LOCK_FILE, RunLock
 from ppokit.io.loop import Callback, LoopPlan, run_loop
 from ppokit.io.metrics import MetricsLogger
-from ppokit.io.run_dir import default_run_dir
+from ppokit.io.run_dir import default_run_dir, holds_run
+from ppokit.io.run_info import GROUP_FILE
 
-#: The file in a group's root directory that names its seeds.
-GROUP_FILE = "seeds.json"
 #: The most seeds one ``--seeds`` may name (a typo like ``1-10000`` should not start 10,000 runs).
 MAX_SEEDS = 256
 
@@ -214,11 +215,26 @@ class SeedGroup:
                 if agent.resume_from is None:
                     overwrite = agent.restore_latest(self.member_dir(seed)) or overwrite
                 generators.capture()  # a restored seed continues from its checkpoint's generators
+        starting = all(agent.resume_from is None for agent in self.agents)
+        stale = self._stale_members(overwrite) if starting else []
+        stale_locks = lock_members(stale)  # before anything changes: one in use refuses the start
         loggers = []
         resumed = self.agents[0].total_steps if self.agents[0].resume_from is not None else None
         total = int(total_steps) if total_steps is not None else resumed or c.total_steps
         for agent, seed in zip(self.agents, self.seeds):
-            loggers.append(agent.open_run(self.member_dir(seed), total, overwrite))
+            if agent.resume_from is not None:  # before any seed's files change
+                check_budget(total, agent.global_step, self.member_dir(seed))
+        try:
+            for agent, seed in zip(self.agents, self.seeds):
+                loggers.append(agent.open_run(self.member_dir(seed), total, overwrite))
+        except BaseException:
+            for lock in stale_locks:
+                lock.release()
+            raise
+        # Every new seed's run has started (its directory locked, its config written): only now do the
+        # old group's other seeds go, so a refused or failed start leaves the old group whole.
+        for member, lock in zip(stale, stale_locks):
+            remove_member(member, lock)
         atomic_write_json(self.run_dir / GROUP_FILE, {"kind": "ppokit.seeds", "env_id": c.env_id, "seeds": self.seeds,
                                                      "runs": [f"seed_{s}" for s in self.seeds]})
         batch = c.batch_size
@@ -240,6 +256,21 @@ class SeedGroup:
                 with generators.active():
                     agent.finish_run(logger)
         return self
+
+    def _stale_members(self, overwrite: bool) -> list[Path]:
+        """The run directories of the seeds a group already in ``run_dir`` has and this one has not:
+        refused without ``overwrite`` (the group would mix two seed sets), else to be removed."""
+        assert self.run_dir is not None
+        old = read_group(self.run_dir) or []
+        members = [self.run_dir / name for name in sorted(p.name for p in self.run_dir.glob("seed_*"))
+                   if _seed_of(name) is not None and _seed_of(name) not in self.seeds]
+        stale = [m for m in members if _seed_of(m.name) in old or holds_run(m)]
+        if stale and not overwrite:
+            raise CheckpointError(
+                f"{self.run_dir} holds the seed group {old or [_seed_of(m.name) for m in stale]}; continue it with "
+                f"`ppokit resume {self.run_dir}`, choose another --run-dir, or pass --overwrite to replace it by "
+                f"seeds {self.seeds}")
+        return [m for m in stale if holds_run(m)]
 
     def close(self) -> None:
         for agent in self.agents:
@@ -287,6 +318,38 @@ def default_group_dir(env_id: str, seeds: Sequence[int], root: str | Path = "run
     return default_run_dir(env_id, seeds[0], root, label=f"seeds{seeds[0]}{'-' if contiguous else '+'}{seeds[-1]}")
 
 
+def _seed_of(name: str) -> int | None:
+    """k of a ``seed_<k>`` directory name, else None."""
+    digits = name[len("seed_"):]
+    return int(digits) if name.startswith("seed_") and digits.isdigit() else None
+
+
+def lock_members(paths: Sequence[Path]) -> list[RunLock]:
+    """The locks of old seeds' run directories, all or none (one in use by a run refuses the lot)."""
+    locks: list[RunLock] = []
+    try:
+        for path in paths:
+            locks.append(RunLock(path))
+    except BaseException:
+        for lock in locks:
+            lock.release()
+        raise
+    return locks
+
+
+def remove_member(path: Path, lock: RunLock) -> None:
+    """Remove an old seed's run directory, whose ``lock`` this process holds."""
+    for child in path.iterdir():
+        if child.name == LOCK_FILE:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    lock.release()
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def read_group(run_dir: str | Path) -> list[int] | None:
     """The seeds of the group in ``run_dir`` (its seeds.json), or None when it is not a group."""
     path = Path(run_dir) / GROUP_FILE
@@ -295,6 +358,6 @@ def read_group(run_dir: str | Path) -> list[int] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         seeds = [int(s) for s in data["seeds"]]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
         raise ConfigError(f"{path}: not a seed group's file ({err})") from None
     return seeds

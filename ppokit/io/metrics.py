@@ -94,25 +94,86 @@ class NullMetrics(MetricsLogger):
         pass
 
 
+#: The counters a metrics row is placed by (control: env steps and updates; RLHF PPO: updates; SFT and
+#: reward training: optimiser steps). Each one a row has must be a count a run could reach.
+COUNTERS = ("global_step", "update", "step")
+_LARGEST_COUNT = 2**63 - 1
+
+
+def parse_row(line: bytes) -> tuple[dict[str, Any] | None, str]:
+    """One line of a metrics.jsonl as ``(row, "")``, or ``(None, why it is not a row)``: damage (bytes
+    that are not UTF-8, not JSON, nesting too deep to read, a counter that is not a count, a number
+    too large for a float) is reported, never raised, so every reader can skip it the same way."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "not UTF-8"
+    try:
+        row = json.loads(text)
+    except RecursionError:
+        return None, "nested too deeply"
+    except ValueError:
+        return None, "not JSON"
+    if not isinstance(row, dict):
+        return None, "not a JSON object"
+    counters = [key for key in COUNTERS if key in row]
+    if not counters:
+        return None, f"none of {', '.join(COUNTERS)}"
+    for key in counters:
+        value = row[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _LARGEST_COUNT:
+            return None, f"{key} is not a step count"
+    # A plot or a float() of a 400-digit integer overflows; no metric a run logs is that large.
+    if any(isinstance(v, int) and not isinstance(v, bool) and abs(v) > _LARGEST_COUNT for v in row.values()):
+        return None, "a number too large"
+    return row, ""
+
+
+def read_rows(path: str | Path, key: str | None = None) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
+    """``(rows, skipped)`` of a metrics.jsonl: the rows :func:`parse_row` accepts (and, with ``key``,
+    that have that counter), and ``(line number, why)`` of each line skipped. A torn final line (a
+    run killed mid-write, or one being written now) is left out without being counted. An absent
+    file has no rows; one that cannot be read raises OSError."""
+    data = Path(path).read_bytes()
+    lines = data.split(b"\n")
+    torn = lines.pop()  # b"" when the file ends with a newline
+    rows: list[dict[str, Any]] = []
+    skipped: list[tuple[int, str]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        row, why = parse_row(line)
+        if row is not None and key is not None and key not in row:
+            row, why = None, f"no {key}"
+        if row is None:
+            skipped.append((number, why))
+        else:
+            rows.append(row)
+    if torn.strip():
+        row, _ = parse_row(torn)
+        if row is not None and (key is None or key in row):
+            rows.append(row)
+    return rows, skipped
+
+
 def truncate_metrics(path: str | Path, key: str, last: int) -> None:
     """Drop the rows of a metrics.jsonl whose ``key`` is beyond ``last`` (and a torn final line), so a
-    resumed run does not log the steps after its checkpoint twice. Rewritten atomically."""
-    from ppokit.io.atomic import atomic_write_text
+    resumed run does not log the steps after its checkpoint twice. Rewritten atomically. Damaged
+    lines are kept byte for byte (the readers skip them and say so): a resume does not erase what
+    someone may want to look at."""
+    from ppokit.io.atomic import atomic_write_bytes
 
     path = Path(path)
     if not path.exists():
         return
+    lines = path.read_bytes().split(b"\n")
+    changed = lines.pop() != b""  # a line cut short by the crash
     kept = []
-    changed = False
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            changed = True  # a line cut short by the crash
-            continue
-        if isinstance(row, dict) and isinstance(row.get(key), (int, float)) and row[key] > last:
+    for line in lines:
+        row, _ = parse_row(line)
+        if row is not None and isinstance(row.get(key), int) and row[key] > last:
             changed = True
             continue
         kept.append(line)
     if changed:
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
+        atomic_write_bytes(path, b"".join(line + b"\n" for line in kept))

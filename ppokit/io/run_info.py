@@ -7,6 +7,7 @@ loaded, so it answers at once for any run, finished, interrupted or foreign.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,9 @@ import yaml
 
 from ppokit.errors import CheckpointError
 from ppokit.io.checkpoints import CHECKPOINTS, PREFIX, latest_checkpoint
+from ppokit.io.metrics import read_rows
+
+log = logging.getLogger("ppokit")
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -22,29 +26,37 @@ def read_json(path: Path) -> dict[str, Any] | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
+    except RecursionError:
+        raise CheckpointError(f"{path}: nested too deeply to be a run's file") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: not a UTF-8 text file") from None
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{path}: unreadable ({err})") from None
     return data if isinstance(data, dict) else None
 
 
-def metrics_rows(path: Path) -> list[dict[str, Any]]:
-    """The complete rows of a metrics.jsonl (a torn final line, from a killed run, is skipped); [] if
-    there is none yet."""
+def metrics_rows(path: Path, key: str | None = None) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl, for every command that reads one (``info``, ``plot``, ``package``);
+    [] if there is none yet. Damaged lines (:func:`ppokit.io.metrics.parse_row`; with ``key``, rows
+    without that counter too) are skipped, with one warning naming the file, how many and the
+    first; a torn final line, from a killed run, is skipped silently."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        rows, skipped = read_rows(path, key)
     except FileNotFoundError:
         return []
     except OSError as err:
-        raise CheckpointError(f"{path}: unreadable ({err})") from None
-    rows = []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
+        raise CheckpointError(f"{path}: unreadable ({err.strerror or err})") from None
+    if skipped:
+        line, why = skipped[0]
+        log.warning("%s: skipped %d damaged line%s (line %d: %s)", path, len(skipped), "s" * (len(skipped) > 1),
+                    line, why)
     return rows
+
+
+def _first_line(err: BaseException) -> str:
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"line {mark.line + 1}: {problem}" if mark is not None else str(problem)
 
 
 def run_kind(config: dict[str, Any]) -> str:
@@ -67,8 +79,14 @@ def read_config(run_dir: Path) -> tuple[dict[str, Any], str]:
         raise CheckpointError(f"{run_dir}: not a ppokit run directory (no config.yaml)")
     try:
         config = yaml.safe_load(config_file.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise CheckpointError(f"{config_file}: unreadable ({err})") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{config_file}: not a UTF-8 text file") from None
+    except RecursionError:
+        raise CheckpointError(f"{config_file}: nested too deeply to be a run's config") from None
+    except yaml.YAMLError as err:
+        raise CheckpointError(f"{config_file}: invalid YAML ({_first_line(err)})") from None
+    except OSError as err:
+        raise CheckpointError(f"{config_file}: unreadable ({err.strerror or err})") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{config_file}: not a mapping of config fields")
     try:
@@ -81,39 +99,45 @@ def describe_run(run_dir: str | Path) -> list[str]:
     """A few lines: what the run trains, how far it got of how far, its latest checkpoint, its last
     evaluation, and whether it finished (with the command that continues it if not)."""
     run_dir = Path(run_dir)
+    if (run_dir / GROUP_FILE).is_file() and not (run_dir / "config.yaml").exists():
+        return describe_group(run_dir)
     config, kind = read_config(run_dir)
-    rows = metrics_rows(run_dir / "metrics.jsonl")
+    rows = metrics_rows(run_dir / "metrics.jsonl", {"control": "global_step", "rlhf ppo": "update"}.get(kind))
     last = rows[-1] if rows else None
     latest = latest_checkpoint(run_dir)
     checkpoint = (f"{CHECKPOINTS}/{latest.name}", int(latest.name[len(PREFIX):])) if latest else None
     launch: dict[str, Any] = config["launch"] if isinstance(config.get("launch"), dict) else {}
-    world = int(launch.get("world_size", 1))
+    world = _count(launch, "world_size", run_dir / "config.yaml", default=1)
     lines = [f"{run_dir}: {_what(kind, config)} (seed {config.get('seed')}"
              + (f", {world} processes)" if world > 1 else ")")]
     done = False
     if kind == "control":
-        batch = int(launch.get("global_batch_size") or int(config["num_envs"]) * int(config["num_steps"]))
-        planned = int(config["total_steps"]) // batch * batch
+        batch = (_count(launch, "global_batch_size", run_dir / "config.yaml", default=0)
+                 or _count(config, "num_envs", run_dir / "config.yaml") * _count(config, "num_steps", run_dir / "config.yaml"))
+        planned = _count(config, "total_steps", run_dir / "config.yaml") // max(batch, 1) * batch
         step = int(last["global_step"]) if last else 0
-        lines.append(f"progress: {step:,} of {planned:,} env steps ({last['update'] if last else 0} updates)")
+        lines.append(f"progress: {step:,} of {planned:,} env steps ({last.get('update', '?') if last else 0} updates)")
         state = read_json(run_dir / "model" / "state.json")
-        done = state is not None and int(state.get("global_step", -1)) >= planned
+        done = state is not None and _count(state, "global_step", run_dir / "model", default=-1) >= planned
     elif kind == "rlhf ppo":
-        update, total = int(last["update"]) if last else 0, int(config["total_updates"])
+        update, total = int(last["update"]) if last else 0, _count(config, "total_updates", run_dir / "config.yaml")
         lines.append(f"progress: {update} of {total} PPO updates")
         summary = read_json(run_dir / "summary.json")
-        done = summary is not None and int(summary.get("updates", -1)) >= total
+        done = summary is not None and _count(summary, "updates", run_dir / "summary.json", default=-1) >= total
     else:
-        step = int(last["step"]) if last and "step" in last else 0
+        step = int(last["step"]) if last and isinstance(last.get("step"), int) else 0
         lines.append(f"progress: {step} optimiser steps")
         # Written once the model is saved: summary.json (and eval.json, by reward training), with the
         # steps done of all the run's steps (a run stopped early by a callback saved its model too).
         summary = read_json(run_dir / "summary.json") or read_json(run_dir / "eval.json")
         done = (run_dir / "model").is_dir() and summary is not None and (
-            int(summary.get("steps", 0)) >= int(summary.get("total_steps", 0)))
+            _count(summary, "steps", run_dir, default=0) >= _count(summary, "total_steps", run_dir, default=0))
     lines.append(f"latest checkpoint: {checkpoint[0]} (update {checkpoint[1]})" if checkpoint
                  else "latest checkpoint: none")
-    lines.append(_evaluation(kind, run_dir))
+    try:
+        lines.append(_evaluation(kind, run_dir))
+    except (TypeError, ValueError):  # a value that is not a number: say so rather than guess
+        lines.append("last evaluation: unreadable (its file holds values that are not numbers)")
     if done:
         lines.append("state: finished")
     elif checkpoint:
@@ -122,6 +146,46 @@ def describe_run(run_dir: str | Path) -> list[str]:
     else:
         lines.append("state: not finished, and no checkpoint to resume from")
     return lines
+
+
+#: What ``train --seeds`` writes beside its ``seed_<k>`` run directories (ppokit.control.seeds).
+GROUP_FILE = "seeds.json"
+
+
+def describe_group(run_dir: Path) -> list[str]:
+    """``ppokit info`` of a group of seeds trained together: the group, then each seed's progress
+    and state in a line, then how to continue the group if it has not finished."""
+    group = read_json(run_dir / GROUP_FILE)
+    seeds = group.get("seeds") if group else None
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(k, int) and not isinstance(k, bool) for k in seeds):
+        raise CheckpointError(f"{run_dir / GROUP_FILE}: not a seed group's file (no list of seeds)")
+    lines = [f"{run_dir}: a group of {len(seeds)} seeds trained together ({', '.join(map(str, seeds))}; "
+             f"{GROUP_FILE}), control PPO on {group.get('env_id') if group else '?'}"]
+    finished = True
+    for seed in seeds:
+        member = run_dir / f"seed_{seed}"
+        if not (member / "config.yaml").is_file():
+            lines.append(f"seed_{seed}: missing")
+            finished = False
+            continue
+        described = describe_run(member)
+        progress = next((line for line in described if line.startswith("progress: ")), "progress: ?")
+        state = described[-1]
+        finished = finished and state == "state: finished"
+        lines.append(f"seed_{seed}: {progress[len('progress: '):]}; {state[len('state: '):].split(';')[0]}")
+    lines.append("state: finished" if finished else
+                 f"state: not finished; continue the group with: ppokit resume {run_dir}")
+    return lines
+
+
+def _count(data: dict[str, Any], field: str, where: Path, default: int | None = None) -> int:
+    """A whole number a run's file records (``data[field]``), or ``default`` when absent; anything
+    else is damage, named in one line."""
+    value = data.get(field, default)
+    if isinstance(value, bool) or not isinstance(value, int) or abs(value) > 2**63:
+        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:37]}..."
+        raise CheckpointError(f"{where}: {field} is {shown}, not a whole number (a damaged run file)")
+    return value
 
 
 def _what(kind: str, config: dict[str, Any]) -> str:

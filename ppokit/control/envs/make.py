@@ -220,9 +220,11 @@ def _in_worker(env_id: str, kwargs: dict[str, Any], preprocessing: str = "auto")
     Ctrl-C reaches every process of the terminal's group; the trainer handles it in the main process
     (finish the update, checkpoint), which needs the workers alive until it is done.
     """
+    from ppokit.control.envs.contract import FirstAnswersChecked
+
     if multiprocessing.parent_process() is not None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return make_single_env(env_id, kwargs, preprocessing=preprocessing)
+    return FirstAnswersChecked(make_single_env(env_id, kwargs, preprocessing=preprocessing), env_id)
 
 
 class ReportingAsyncVectorEnv(gym.vector.AsyncVectorEnv):
@@ -241,6 +243,8 @@ class ReportingAsyncVectorEnv(gym.vector.AsyncVectorEnv):
             failures.append((index, exctype, value, trace))
         self._state = gym.vector.async_vector_env.AsyncState.DEFAULT
         index, exctype, value, trace = min(failures, key=lambda f: f[0])
+        if issubclass(exctype, EnvError):  # a one-line account already (the Gymnasium API check)
+            raise EnvError(f"environment worker {index} (of {self.num_envs}): {value}")
         where = _last_frame(trace)
         others = f" ({len(failures) - 1} other worker(s) failed too)" if len(failures) > 1 else ""
         raise EnvError(

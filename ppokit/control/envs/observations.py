@@ -16,6 +16,11 @@ in one of two places, the conventions of Gymnasium and PettingZoo:
 The key is ``ControlConfig.action_mask_key``. Masked actions get probability 0 in sampling,
 log-probabilities, entropy and the PPO ratio (:mod:`ppokit.control.policy.heads`). An env that gives no
 mask for some step (or some env of the vector) allows every action there.
+
+Every mask, from an env or given to ``predict``, goes through :func:`mask_values`: booleans, or 0/1
+integers or floats (cast); anything else (a string, other numbers, ``None``, the wrong number of
+entries) is refused in one line, as is a mask that allows no action at all, except on the step
+that ends an episode (its action is never taken).
 """
 
 from __future__ import annotations
@@ -26,7 +31,89 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from ppokit.errors import EnvError
+from ppokit.errors import EnvError, ObservationError, PPOKitError
+
+
+def expected_mask(action_space: spaces.Space) -> str:
+    """How many booleans a mask of ``action_space`` holds, said as the docs say it."""
+    if isinstance(action_space, spaces.MultiDiscrete):
+        nvec = [int(n) for n in np.asarray(action_space.nvec).reshape(-1)]
+        return f"{sum(nvec)} booleans, the sum of nvec {nvec}"
+    if isinstance(action_space, spaces.Discrete):
+        return f"{int(action_space.n)} booleans, one per action"
+    return "no mask (only Discrete and MultiDiscrete actions can be masked)"
+
+
+def mask_values(value: Any, what: str, error: type[PPOKitError] = EnvError) -> np.ndarray:
+    """``value`` as a boolean array: booleans as they are, integers or floats when every value is
+    0 or 1. Anything else is refused in one line beginning with ``what`` (an ``error``): a mask
+    that is silently cast or broadcast would train or act with actions the env rules out."""
+    if value is None:
+        raise error(f"{what} is None; expected booleans")
+    if isinstance(value, (str, bytes)):
+        raise error(f"{what} is a string ({value[:20]!r}); expected booleans")
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError):
+        raise error(f"{what} is not an array of booleans ({type(value).__name__})") from None
+    if array.dtype.kind == "b":
+        return array
+    if array.dtype.kind not in "iuf":
+        raise error(f"{what} holds {array.dtype} values; expected booleans")
+    ok = (array == 0) | (array == 1)
+    if not ok.all():
+        bad = np.unique(array[~ok])[:3].tolist()
+        raise error(f"{what} holds {', '.join(map(str, bad))}; a mask holds booleans (or 0 and 1)")
+    return array.astype(bool)
+
+
+def predict_mask(value: Any, action_space: spaces.Space, rows: int, single: bool) -> np.ndarray:
+    """``predict``'s ``action_mask`` as ``[rows, size]`` booleans: one mask for one observation, one
+    per observation for a batch; never broadcast (a one-element mask is not "allow everything")."""
+    what = "predict: action_mask"
+    if isinstance(action_space, spaces.Discrete):
+        parts = [int(action_space.n)]
+    elif isinstance(action_space, spaces.MultiDiscrete):
+        parts = [int(n) for n in np.asarray(action_space.nvec).reshape(-1)]
+    else:
+        raise ObservationError(f"{what} was given, but {action_space} actions take no mask")
+    size = sum(parts)
+    array = mask_values(value, what, ObservationError)
+    fits = array.shape in ((size,), (1, size)) if single else array.shape == (rows, size)
+    if not fits:
+        shape = f"({size},)" if single else f"({rows}, {size})"
+        of = "for one observation" if single else f"for a batch of {rows} observations"
+        raise ObservationError(f"{what} has shape {array.shape}; expected {shape} {of} "
+                               f"({expected_mask(action_space)})")
+    array = array.reshape(rows, size)
+    for i, row in enumerate(array):
+        empty = [k for k, part in enumerate(np.split(row, np.cumsum(parts)[:-1])) if not part.any()]
+        if empty:
+            where = "" if single else f" row {i}"
+            dimension = f" for dimension {empty[0]}" if len(parts) > 1 else ""
+            raise ObservationError(f"{what}{where} allows no action{dimension}")
+    return array
+
+
+def split_dict_observation(obs: Any, action_mask: Any, env_space: spaces.Space, mask_key: str,
+                           critic_key: str = "critic_obs") -> tuple[Any, Any]:
+    """``(observation, action_mask)`` for ``predict`` given a Dict observation as the env returns it:
+    the mask comes out of its ``mask_key`` (unless ``action_mask`` is given too), the critic's own
+    observation is dropped (acting needs only the actor's), and the rest is the observation."""
+    if not isinstance(obs, dict) or (isinstance(env_space, spaces.Dict) and set(obs) == set(env_space.spaces)):
+        return obs, action_mask
+    if mask_key in obs and action_mask is None:
+        action_mask = obs[mask_key]
+    rest = {k: v for k, v in obs.items() if k not in (mask_key, critic_key)}
+    if isinstance(env_space, spaces.Dict):
+        if set(rest) != set(env_space.spaces):
+            raise ObservationError(f"predict: a dict observation with keys {sorted(map(str, obs))}; the policy reads "
+                                   f"{sorted(map(str, env_space.spaces))} (and {mask_key!r}, {critic_key!r})")
+        return rest, action_mask
+    if len(rest) != 1:
+        raise ObservationError(f"predict: a dict observation with keys {sorted(map(str, obs))}; the policy reads one "
+                               f"observation key beside {mask_key!r} and {critic_key!r}")
+    return next(iter(rest.values())), action_mask
 
 
 def _has_image(space: spaces.Space) -> bool:
@@ -46,6 +133,20 @@ def as_policy_input(env_space: spaces.Space, policy_space: spaces.Space, obs: An
     """What ``predict`` was given, flattened when it is one raw observation of a non-Box env space."""
     if env_space is not policy_space and env_space.contains(obs):
         return flatten_one(env_space, obs)
+    if isinstance(env_space, spaces.Dict) and isinstance(obs, dict) and set(obs) == set(env_space.spaces):
+        # One whose values are not exactly of the space's dtypes, or a batch of them (each key's
+        # values stacked), told apart by the first key's shape; a batch is flattened one by one.
+        try:
+            key = next(iter(env_space.spaces))
+            first = np.asarray(obs[key])
+            if first.shape == tuple(env_space.spaces[key].shape or ()):
+                return flatten_one(env_space, obs)
+            rows = len(first) if first.ndim else 0
+            batched = gym.vector.utils.batch_space(env_space, rows)
+            return np.stack([flatten_one(env_space, item) for item in gym.vector.utils.iterate(batched, obs)])
+        except (ValueError, TypeError, IndexError, KeyError, AssertionError) as err:
+            raise ObservationError(f"predict: a dict observation that is neither one of {env_space} nor a batch of "
+                                   f"them ({type(err).__name__})") from None
     return obs
 
 
@@ -55,10 +156,17 @@ class ObservationReader:
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, key: str,
                  critic_key: str = "critic_obs") -> None:
         self.key, self.critic_key = key, critic_key
+        #: Steps read so far (the reset is step 0): where a bad mask is named.
+        self.steps = -1
+        self.expected = expected_mask(action_space)
+        #: The mask's parts: each must allow an action (one per MultiDiscrete dimension).
+        self.parts: list[int] = []
         if isinstance(action_space, spaces.Discrete):
             self.size: int | None = int(action_space.n)
+            self.parts = [self.size]
         elif isinstance(action_space, spaces.MultiDiscrete):
-            self.size = int(np.asarray(action_space.nvec).sum())
+            self.parts = [int(n) for n in np.asarray(action_space.nvec).reshape(-1)]
+            self.size = sum(self.parts)
         else:
             self.size = None  # Box actions have nothing to mask
         #: With a mask or a critic observation inside a Dict observation: the key of the observation
@@ -125,13 +233,16 @@ class ObservationReader:
         return np.stack([flatten_one(self.critic_env_space, item)
                          for item in gym.vector.utils.iterate(batched, obs[self.critic_key])])
 
-    def read(self, obs: Any, info: dict[str, Any], num_envs: int) -> tuple[Any, np.ndarray | None]:
-        """``(observation, mask or None)`` for a vector env's batch; the mask is ``[num_envs, size]``."""
+    def read(self, obs: Any, info: dict[str, Any], num_envs: int,
+             ended: np.ndarray | None = None) -> tuple[Any, np.ndarray | None]:
+        """``(observation, mask or None)`` for a vector env's batch; the mask is ``[num_envs, size]``.
+        ``ended``: the envs whose episode ended at this step (their mask may allow nothing)."""
+        self.steps += 1
         mask = None
         if self.mask_in_obs:
-            mask = self._rows(obs[self.key], num_envs)
+            mask = self._rows(obs[self.key], num_envs, ended=ended)
         elif self.size is not None and self.key in info:
-            mask = self._rows(info[self.key], num_envs, present=info.get(f"_{self.key}"))
+            mask = self._rows(info[self.key], num_envs, present=info.get(f"_{self.key}"), ended=ended)
         return self.policy_observation(self._actor_part(obs), num_envs), mask
 
     def _actor_part(self, obs: Any) -> Any:
@@ -143,6 +254,7 @@ class ObservationReader:
 
     def read_single(self, obs: Any, info: dict[str, Any]) -> tuple[Any, np.ndarray | None]:
         """The same for one (unbatched) env: ``(observation [1, ...], mask [size] or None)``."""
+        self.steps += 1
         mask = None
         if self.mask_in_obs:
             mask = self._rows([obs[self.key]], 1)[0]
@@ -159,14 +271,22 @@ class ObservationReader:
         batched = gym.vector.utils.batch_space(self.env_space, num_envs)
         return np.stack([flatten_one(self.env_space, item) for item in gym.vector.utils.iterate(batched, obs)])
 
-    def _rows(self, masks: Any, num_envs: int, present: Any = None) -> np.ndarray:
+    def _rows(self, masks: Any, num_envs: int, present: Any = None, ended: np.ndarray | None = None) -> np.ndarray:
         assert self.size is not None
         out = np.ones((num_envs, self.size), dtype=bool)
+        where = "the observation's" if self.mask_in_obs else "info"
         for i in range(num_envs):
             if present is not None and not bool(present[i]):
                 continue  # this env gave no mask this step: every action is allowed
-            row = np.asarray(masks[i])
+            what = f"env {i}'s {where}[{self.key!r}] at step {self.steps}"
+            row = mask_values(masks[i], what).reshape(-1)
             if row.size != self.size:
-                raise EnvError(f"action mask {self.key!r} has {row.size} entries; the action space has {self.size}")
-            out[i] = row.reshape(-1).astype(bool)
+                raise EnvError(f"{what} has {row.size} entries; the action space needs {self.expected}")
+            empty = [k for k, part in enumerate(np.split(row, np.cumsum(self.parts)[:-1])) if not part.any()]
+            if empty and not (ended is not None and bool(ended[i])):
+                dimension = f" for dimension {empty[0]}" if len(self.parts) > 1 else ""
+                raise EnvError(f"{what} allows no action{dimension}; a mask must allow at least one (an episode "
+                               "whose last observation allows none must end at that step)")
+            if not empty:  # an ended episode's empty row stays all-true: its action is never taken
+                out[i] = row
         return out

@@ -24,6 +24,7 @@ from typing import Any
 
 import gymnasium as gym
 
+from ppokit.control.envs.contract import check_first_answers
 from ppokit.control.envs.make import make_single_env, make_vector_env, require_no_import
 from ppokit.errors import EnvError
 
@@ -105,10 +106,11 @@ class EnvSource:
         """The training vector env: the given object itself, or ``num_envs`` new envs."""
         self._check_trusted()
         if isinstance(self.obj, gym.vector.VectorEnv):
-            return self.obj
+            return check_first_answers(self.obj, self.env_id)
         if isinstance(self.obj, gym.Env):
             instance = self.obj
-            return gym.vector.SyncVectorEnv([lambda: instance], autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+            return check_first_answers(gym.vector.SyncVectorEnv(
+                [lambda: instance], autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP), self.env_id)
         return self.evaluation(num_envs, vectorization)
 
     def evaluation(self, num_envs: int, vectorization: str = "auto") -> gym.vector.VectorEnv:
@@ -116,15 +118,16 @@ class EnvSource:
         self._check_trusted()
         factory = self._factory()
         if factory is None and self.obj is None:
-            return make_vector_env(self.env_id, num_envs, self.env_kwargs, vectorization,
-                                   preprocessing=self.preprocessing)
+            return check_first_answers(make_vector_env(self.env_id, num_envs, self.env_kwargs, vectorization,
+                                                       preprocessing=self.preprocessing), self.env_id)
         make = (lambda: self._new()) if factory is None else (lambda: self._call(factory))
         fns = [make for _ in range(num_envs)]
         if vectorization == "envpool":
             raise EnvError(f"vectorization 'envpool' makes its envs from an id; {self.env_id} is an env object")
         if vectorization == "async":
             return gym.vector.AsyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
-        return gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+        return check_first_answers(gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP),
+                                   self.env_id)
 
     def single(self, **extra: Any) -> gym.Env:
         """One new env (for videos: ``render_mode='rgb_array'``)."""

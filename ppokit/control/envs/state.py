@@ -20,6 +20,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from ppokit.control.envs.contract import settle_checks
 from ppokit.errors import CheckpointError
 from ppokit.io.state_codec import SKIP, decode, encode
 
@@ -94,6 +95,7 @@ def capture_env_state(env: gym.vector.VectorEnv) -> tuple[dict[str, Any] | None,
     if isinstance(env, gym.vector.AsyncVectorEnv):
         return None, "the envs run in worker processes (vectorization 'async')"
     problems: list[str] = []
+    settle_checks(env)  # the first-answer proxies are not the env's: never in its saved state
     state = _capture(env, "env", problems)
     if problems:
         shown = ", ".join(problems[:3]) + (f" and {len(problems) - 3} more" if len(problems) > 3 else "")
@@ -147,5 +149,7 @@ def _restore(obj: Any, state: dict[str, Any], path: str) -> None:
 
 
 def restore_env_state(env: gym.vector.VectorEnv, state: dict[str, Any]) -> None:
-    """Put a state from :func:`capture_env_state` back into an env built from the same config."""
+    """Put a state from :func:`capture_env_state` back into an env built from the same config (which
+    answered the Gymnasium API in the run that saved it: its first-answer checks are taken out)."""
+    settle_checks(env)
     _restore(env, state, "env")

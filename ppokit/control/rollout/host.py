@@ -55,6 +55,22 @@ def observation_batch(obs: Any, space: spaces.Space) -> tuple[np.ndarray, bool]:
     return batch, single
 
 
+def check_recurrent_inputs(state: Any, episode_start: Any, rows: int, size: int, kind: str | None) -> None:
+    """``predict``'s ``state`` (``[rows, size]``: what it returned last) and ``episode_start``
+    (``rows`` booleans), refused in one line when they do not fit the observations."""
+    if state is not None:
+        try:
+            shape = tuple(torch.as_tensor(state).shape)
+        except (ValueError, TypeError, RuntimeError):
+            raise ObservationError(f"predict: state is a {type(state).__name__}, not the array predict returned") from None
+        if shape != (rows, size):
+            raise ObservationError(f"predict: state has shape {shape}; this {kind} policy's state for {rows} "
+                                   f"observation(s) is ({rows}, {size}): pass back the state predict returned")
+    if episode_start is not None and np.asarray(episode_start).size != rows:
+        raise ObservationError(f"predict: episode_start has {np.asarray(episode_start).size} entries; expected one per "
+                               f"observation ({rows})")
+
+
 def policy_input(obs: np.ndarray, obs_rms: RunningMeanStd | None, clip_obs: float, image: bool = False) -> np.ndarray:
     """What the policy is fed: observations normalised by ``obs_rms`` (float32) when there is one,
     else as they are (uint8 images stay uint8, anything else becomes float32)."""
@@ -138,12 +154,13 @@ class RolloutCollector:
         #: the next collect() to return.
         self.prepared: Rollout | None = None
 
-    def _read(self, obs: Any, info: dict[str, Any]) -> tuple[Any, np.ndarray | None]:
-        """The observation and, when the env gives one, the action mask."""
+    def _read(self, obs: Any, info: dict[str, Any], ended: np.ndarray | None = None) -> tuple[Any, np.ndarray | None]:
+        """The observation and, when the env gives one, the action mask (``ended``: the envs whose
+        episode ended with this observation)."""
         if self.masks is None:
             return obs, None
         self._critic = self.masks.read_critic(obs, self.num_envs)
-        obs, mask = self.masks.read(obs, info, self.num_envs)
+        obs, mask = self.masks.read(obs, info, self.num_envs, ended)
         if mask is not None and not self.policy.spec.action_mask:
             # The env marks invalid actions: the policy honours them from now on, on the torch path
             # (the fast path's allow-list does not implement masks).
@@ -308,8 +325,10 @@ class RolloutCollector:
         next_obs, reward, term, trunc, info = self.env.step(env_action)
         if self._plain_obs and not info:
             self._mask = None  # nothing to read: the observation as it is, no mask
+            if self.masks is not None:
+                self.masks.steps += 1  # so that a bad mask later is named at its true step
         else:
-            next_obs, self._mask = self._read(next_obs, info)
+            next_obs, self._mask = self._read(next_obs, info, np.logical_or(term, trunc))
         if self._mask is not None and b.masks is None:  # the env's first mask, mid-rollout
             b.masks = np.ones((self.num_steps, self.num_envs, self.mask_size), dtype=bool)
         b.raw_rewards[t] = reward

@@ -121,6 +121,7 @@ def records_episodes(env: Any) -> bool:
     if getattr(env, "metadata", {}).get("episode_statistics"):
         return True
     for sub in getattr(env, "envs", ())[:1]:
+        sub = getattr(sub, "checked_env", sub)  # under its first-answer check (ppokit.control.envs.contract)
         while isinstance(sub, gym.Wrapper):
             if isinstance(sub, gym.wrappers.RecordEpisodeStatistics):
                 return True

@@ -114,6 +114,10 @@ class RLHFTrainer:
             if checkpoint is not None:
                 resume_state = read_resume_state(checkpoint, checkpointing.KIND, checkpointing.RESUME_FORMAT)
                 check_world_size(resume_state, self.collective, checkpoint / RESUME_FILE, "share of the batch and random state")
+                done = int(resume_state["num_updates"])
+                if c.total_updates < done:  # config.yaml would record a total the run has passed
+                    raise ConfigError(f"resuming {directory}: total_updates {c.total_updates} is below the {done} PPO "
+                                      f"updates the run has already done; give it (--total-updates) {done} or more")
                 checkpointing.check_resumable(directory / "config.yaml", c, rewards)
             elif holds_run(directory):
                 # Stopped before its first checkpoint: nothing to continue from, so start it again.
