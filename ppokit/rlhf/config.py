@@ -14,6 +14,7 @@ from ppokit.configuration import AT_LEAST_1, NON_NEGATIVE, POSITIVE, doc, valida
 from ppokit.core.choices import DistBackend, KLEstimator, OnNonFinite, ScheduleKind
 from ppokit.errors import ConfigError
 from ppokit.io.trackers import TrackerName
+from ppokit.urls import redact_url, url_scheme
 
 #: Fields that name files or directories; a run directory records them as absolute paths.
 PATH_FIELDS = ("model", "data", "eval_data", "policy", "reference", "rewards")
@@ -241,6 +242,11 @@ class RLHFConfig(LMRuntime):
         if self.sharding == "fsdp" and self.value_model == "lora" and self.advantage == "gae":
             raise ConfigError("config field 'sharding' = 'fsdp' does not combine with value_model: lora (the critic's "
                               "adapters are small; train them data-parallel with sharding: none)")
+        for i, spec in enumerate(self.rewards):
+            scheme = url_scheme(spec)
+            if scheme is not None and scheme not in ("http", "https"):
+                raise ConfigError(f"config field 'rewards'[{i}] = {redact_url(spec)!r}: unsupported URL scheme {scheme!r}; "
+                                  "a reward server is http://host[:port]/path or https://...")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
             raise ConfigError(
                 f"reward_weights has {len(self.reward_weights)} entries but rewards has {len(self.rewards)}; "

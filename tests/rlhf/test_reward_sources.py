@@ -144,13 +144,20 @@ def test_http_reward_retries_a_refused_connection_then_names_it():
     ('{"score": [1, 2]}', "has no 'scores' (got an object with keys ['score'])"),
     ("[1, 2]", "has no 'scores' (got a JSON list)"),
     ('{"scores": "1 2"}', "'scores' is a str, not a list"),
-    ('{"scores": [1]}', "answered 1 scores"),
-    ('{"scores": [1, 2, 3]}', "answered 3 scores"),
+    ('{"scores": [1]}', "answered 1 score;"),
+    ('{"scores": [1, 2, 3]}', "answered 3 scores;"),
     ('{"scores": [1, "2"]}', 'score 1 is "2", not a number'),
     ('{"scores": [true, 2]}', "score 0 is true, not a number"),
     ('{"scores": [1, null]}', "score 1 is null, not a number"),
     ('{"scores": [1, NaN]}', "score 1 is not finite (nan)"),
     ('{"scores": [1e999, 2]}', "score 0 is not finite (inf)"),
+    # issue 30: each used to be a traceback (OverflowError, RecursionError) or a "non-finite loss" later
+    ('{"scores": [1, ' + "9" * 400 + "]}", "score 1 is an integer of 400 digits, beyond float32's range"),
+    ('{"scores": [3.5e38, 2]}', "score 0 is 3.5e+38, beyond float32's range"),
+    ('{"scores": [1, -3.5e38]}', "score 1 is -3.5e+38, beyond float32's range"),
+    ('{"scores": [1, [2]]}', "score 1 is a JSON list, not a number"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('{"scores": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
 ])
 def test_http_reward_names_each_bad_answer_and_does_not_retry_it(fake, body, problem):
     fake.replies = [(200, body)]

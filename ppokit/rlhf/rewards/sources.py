@@ -29,7 +29,8 @@ from ppokit.rlhf.rewards.functions import (  # noqa: F401 - re-exported: the rew
     reward_import,
     split_batch,
 )
-from ppokit.rlhf.rewards.remote import HTTPReward, is_url
+from ppokit.rlhf.rewards.remote import HTTPReward
+from ppokit.urls import url_scheme
 
 
 class RewardModelScorer:
@@ -157,7 +158,7 @@ def build_reward(specs: Sequence[Any], weights: Sequence[float] | None, dtype: t
             sources.append(spec)
         elif callable(spec):
             sources.append(CallableReward(spec, workers=workers, timeout=timeout, pool=pool))
-        elif is_url(spec):
+        elif url_scheme(spec) is not None:  # http(s), or a scheme HTTPReward refuses by name
             sources.append(HTTPReward(str(spec), timeout=60.0 if timeout is None else timeout, retries=retries,
                                       batch_size=batch_size, workers=workers))
         elif reward_import(spec) is not None:
