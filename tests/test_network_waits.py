@@ -24,6 +24,8 @@ import torch
 from ppokit.errors import ConfigError, TrainingError
 
 SLACK_S = 1.5
+#: The longest a peer keeps a connection: the bound on each case, if the wait under test has none.
+PEER_GIVES_UP_S = 15.0
 
 
 class Peer:
@@ -61,7 +63,8 @@ class Peer:
                 pass
             reply = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
             i = 0
-            while not self.stop.is_set():
+            ends = time.monotonic() + PEER_GIVES_UP_S
+            while not self.stop.is_set() and time.monotonic() < ends:
                 if self.kind == "drip":
                     try:
                         conn.send(reply[i:i + 1] if i < len(reply) else b" ")

@@ -39,6 +39,7 @@ class FakeRewardServer:
     def __init__(self) -> None:
         self.requests: list[dict] = []
         self.replies: list[tuple] = []
+        self.location = ""
         self.lock = threading.Lock()
         owner = self
 
@@ -56,6 +57,8 @@ class FakeRewardServer:
                     status, text = reply
                 try:
                     self.send_response(status)
+                    if 300 <= status < 400:
+                        self.send_header("Location", owner.location)
                     self.send_header("Content-Type", "application/json")
                     self.end_headers()
                     self.wfile.write(text.encode())
@@ -181,6 +184,28 @@ def test_a_url_is_a_reward_server_not_a_module_to_import():
     for bad in ("http://", "http://host:port/score", "https:///score"):
         with pytest.raises(ConfigError, match="not a usable URL"):
             build_reward([bad], None, torch.float32, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("url", ["ftp://host/score", "file:///tmp/x:y", "gopher://h:1/s", "FTP://u:pw@h/s?token=t"])
+def test_a_url_of_another_scheme_is_refused_not_imported(url):
+    assert reward_import(url) is None  # never read as 'module:function'
+    for build in (lambda: build_reward([url], None, torch.float32, torch.device("cpu")),
+                  lambda: RLHFConfig(policy="x", rewards=[url])):
+        with pytest.raises(ConfigError, match=r"unsupported URL scheme '(ftp|file|gopher)'") as err:
+            build()
+        assert "\n" not in str(err.value) and "pw" not in str(err.value) and "token=t" not in str(err.value)
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_a_redirect_is_refused_naming_the_location_not_followed_as_a_get(fake, code):
+    fake.replies = [(code, "")]
+    fake.location = "http://127.0.0.1:1/elsewhere?token=hidden"
+    with pytest.raises(TrainingError) as err:
+        _client(fake.url)(["p"], ["c"])
+    message = str(err.value)
+    assert f"answered HTTP {code} redirecting to http://127.0.0.1:1/elsewhere?token=***" in message, message
+    assert "does not follow redirects" in message and "hidden" not in message
+    assert len(fake.requests) == 1  # no second request, GET or POST
 
 
 # ---- slow reward functions: concurrent chunks, a timeout ---------------------------------------------
