@@ -6,10 +6,12 @@ reward server reading a request from a client. The peers: one that accepts and n
 that drips a byte every 0.2 s (each read succeeds: a per-read timeout never fires), and a closed
 port (clients only; a server has no port to dial).
 
-Without the fix, 7 of the 12 cases fail: the reward POST against a dripping server (stretched to the
-whole drip), all three MLflow waits against a silent and a dripping peer (MLflow's 120 s per read,
-7 retries), and the closed port for MLflow (minutes of backoff); the server's idle connections were
-never closed (3 more, run with its flags)."""
+Measured without the fix (ppokit before issue 30, these tests unchanged but for the server's old
+app): 6 of the 12 cases fail. The reward POST, MLflow's start and MLflow mid-run against the dripping
+peer (per-read timeouts: they ran until the peer gave up, 30 s and 15 s against deadlines of 2 s),
+and the server's three waits (no timeout before a connection's first request: 6 s, until the test
+gave up). The silent and closed peers passed for MLflow because the case sets MLflow's own variables;
+``test_mlflow_waits_get_ppokit_defaults_unless_set`` covers the defaults (MLflow's: minutes)."""
 
 import asyncio
 import json
@@ -219,3 +221,20 @@ def test_the_reward_server_ends_each_wait_on_a_silent_client(reward_server, wait
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 408"), answer[:200]
         assert "idle-timeout" in json.loads(body)["error"]
+
+
+def test_mlflow_waits_get_ppokit_defaults_unless_set(monkeypatch):
+    """MLflow's own defaults (120 s a read, 7 retries, doubling backoff) let one call take minutes."""
+    from ppokit.io.trackers import MLFLOW_HTTP_DEFAULTS, mlflow_deadline
+
+    for name in [*MLFLOW_HTTP_DEFAULTS, "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"]:
+        monkeypatch.delenv(name, raising=False)
+    assert mlflow_deadline() == 10 * 3 + (2 + 1) + (4 + 1)
+    import os
+
+    assert {name: os.environ[name] for name in MLFLOW_HTTP_DEFAULTS} == MLFLOW_HTTP_DEFAULTS
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")  # the user's choice stands
+    assert mlflow_deadline() == 60 * 3 + 8
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "lots")
+    with pytest.raises(ConfigError, match="MLFLOW_HTTP_REQUEST_MAX_RETRIES='lots': expected a number"):
+        mlflow_deadline()
