@@ -79,8 +79,8 @@ class Refused(Exception):
 
 
 def parse_request(body: bytes, limits: ServerLimits | None = None) -> tuple[list[str], list[str]]:
-    """``(prompts, completions)`` from a request body, or a :class:`Refused` (a ValueError's subclass
-    is not used: a 413 is not a 400) saying what is wrong with it."""
+    """``(prompts, completions)`` from a request body, or a :class:`Refused` with the status (400 for a
+    body that is not the protocol, 413 for one over a limit) and what is wrong with it."""
     limits = limits or ServerLimits()
     try:
         data: Any = json.loads(body)
