@@ -446,3 +446,6 @@ def test_serve_reward_errors_are_one_line(capsys, tmp_path, reward_dir):
         port = taken.getsockname()[1]
         assert "is already in use" in _cli_error(capsys, reward_dir, "--port", port, "--device", "cpu")
     assert "a port is a number from 0 to 65535" in _cli_error(capsys, reward_dir, "--port", 70000)
+    for flag in ("--max-body-bytes", "--max-texts", "--max-text-chars", "--max-requests", "--max-connections",
+                 "--idle-timeout"):
+        assert f"{flag} 0: must be positive" in _cli_error(capsys, reward_dir, "--port", 0, flag, 0)

@@ -67,7 +67,7 @@ class ServerLimits:
         for field in dataclasses.fields(self):
             if not getattr(self, field.name) > 0:
                 flag = "--" + field.name.replace("_", "-")
-                raise ConfigError(f"{flag} {getattr(self, field.name)}: must be positive")
+                raise ConfigError(f"{flag} {getattr(self, field.name):g}: must be positive")
 
 
 class Refused(Exception):
