@@ -329,8 +329,10 @@ def check_unchanged(saved: Any, now: Any, resumable: frozenset[str], where: str)
                if f.name not in resumable and getattr(saved, f.name) != getattr(now, f.name)]
     if changed:
         from ppokit.errors import CheckpointError
+        from ppokit.urls import redact_text
 
-        shown = ", ".join(f"{name} = {getattr(saved, name)!r} (now {getattr(now, name)!r})" for name in changed[:4])
+        shown = redact_text(", ".join(f"{name} = {getattr(saved, name)!r} (now {getattr(now, name)!r})"
+                                      for name in changed[:4]))
         raise CheckpointError(
             f"{where}: the run was made with {shown}{' and more' if len(changed) > 4 else ''}; these shape "
             f"training and cannot change on resume (only {', '.join(sorted(resumable))} can). Start a new "

@@ -83,6 +83,23 @@ def add_parser(sub: Any) -> None:
                        help="weights dtype (default auto: bfloat16 on a GPU that supports it, else float32)")
     serve.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default 64)")
     serve.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code to run")
+    from ppokit.rlhf.rewards.server import ServerLimits  # the standard library only: the parser stays fast
+
+    limits = ServerLimits()
+    serve.add_argument("--max-body-bytes", type=int, default=limits.max_body_bytes,
+                       help=f"largest request body; larger gets 413 (default {limits.max_body_bytes})")
+    serve.add_argument("--max-texts", type=int, default=limits.max_texts,
+                       help=f"completions per request; more gets 413 (default {limits.max_texts})")
+    serve.add_argument("--max-text-chars", type=int, default=limits.max_text_chars,
+                       help=f"characters per prompt or completion; more gets 413 (default {limits.max_text_chars}; "
+                       "tokens past the model's positions are cut off)")
+    serve.add_argument("--max-requests", type=int, default=limits.max_requests,
+                       help=f"requests in flight; more get 503 with Retry-After (default {limits.max_requests})")
+    serve.add_argument("--max-connections", type=int, default=limits.max_connections,
+                       help=f"open connections; more get 503 and are closed (default {limits.max_connections})")
+    serve.add_argument("--idle-timeout", type=float, default=limits.idle_timeout,
+                       help="seconds a connection may take to send a request's headers, and its body, or stay idle "
+                       f"(default {limits.idle_timeout:g})")
     rlhf.set_defaults(rlhf_parser=rlhf)
 
 
@@ -110,10 +127,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     _require_rlhf_extra()
     if args.stage == "serve-reward":
-        from ppokit.rlhf.rewards.server import serve_reward
+        from ppokit.rlhf.rewards.server import ServerLimits, serve_reward
 
         return serve_reward(args.model_dir, port=args.port, host=args.host, device=args.device, dtype=args.dtype,
-                            batch_size=args.batch_size, trust_remote_code=args.trust_remote_code)
+                            batch_size=args.batch_size, trust_remote_code=args.trust_remote_code,
+                            limits=ServerLimits(args.max_body_bytes, args.max_texts, args.max_text_chars,
+                                                args.max_requests, args.max_connections, args.idle_timeout))
     from ppokit.io.outputs import check_run_dir
 
     if args.stage == "demo":

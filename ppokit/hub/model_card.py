@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from ppokit._version import __version__
+from ppokit.urls import redact_values
 
 #: What the Hub accepts as a repository name; anything else in the card's commands becomes ``<repo>``.
 _REPO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
@@ -155,7 +156,7 @@ def control_card(f: ControlFacts) -> str:
         ("Evaluation", _control_evaluation(f)),
         ("Learning curves", picture_section(f.picture_note)),
         ("Usage", _control_usage(f, env_id)),
-        ("Hyperparameters", hyperparameters(f.config, "config.yaml")),
+        ("Hyperparameters", hyperparameters(redact_values(f.config), "config.yaml")),
         ("Files", ["- `model.safetensors`: the policy's weights and its observation/return normalisation statistics",
                    "- `state.json`: the spaces, config and counters that `PPO.load` reads",
                    "- `config.yaml`: the run's config" + (", `eval.json`: the evaluation" if result else "")
@@ -240,7 +241,7 @@ def lm_card(f: LMFacts) -> str:
         front["base_model"] = f.base_model
     if f.kind in ("rlhf ppo", "sft"):
         front["pipeline_tag"] = "text-generation"
-    c = f.config
+    c = redact_values(f.config)  # a reward URL's credentials never reach a card
     data = f"`{c['data']}`" if c.get("data") else "rows given in code"
     if f.kind == "rlhf ppo":
         rewards = ", ".join(f"`{r}`" for r in c.get("rewards") or []) or "reward functions given in code"

@@ -31,6 +31,7 @@ from ppokit.io.atomic import atomic_write_dir, recover_dir
 from ppokit.io.checkpoints import BEST, CHECKPOINTS, PREFIX, latest_checkpoint
 from ppokit.io.outputs import check_output
 from ppokit.io.run_info import metrics_rows, read_config, read_json
+from ppokit.urls import redact_text
 
 log = logging.getLogger("ppokit")
 
@@ -185,6 +186,16 @@ def _copy(src: Path, dst: Path) -> None:
     shutil.copyfile(src, dst)
 
 
+def _copy_config(src: Path, dst: Path) -> None:
+    """The run's config.yaml as a package publishes it: every URL in it with its credentials hidden
+    (a reward server's ``?token=``; the run's own copy keeps them, since resume needs them)."""
+    _copy(src, dst)
+    text = dst.read_text(encoding="utf-8")
+    hidden = redact_text(text)
+    if hidden != text:
+        dst.write_text(hidden, encoding="utf-8")
+
+
 def _draw(source: Source, out: Path) -> str | None:
     """Draw the run's curves into ``out``; None, or why there is no picture (also said on stderr)."""
     if source.kind not in ("control", "rlhf ppo"):
@@ -217,7 +228,7 @@ def _control_files(source: Source, out_name: str, license: str) -> Callable[[Pat
     def fill(tmp: Path) -> None:
         for name in (MODEL_FILE, STATE_FILE):
             _copy(source.model_dir / name, tmp / name)
-        _copy(source.run_dir / "config.yaml", tmp / "config.yaml")
+        _copy_config(source.run_dir / "config.yaml", tmp / "config.yaml")
         if eval_file is not None:
             _copy(eval_file, tmp / "eval.json")
         facts = ControlFacts(source.config, state, source.which, evaluation, note, seed, seed_note,
@@ -347,7 +358,7 @@ def _lm_files(source: Source, out_name: str, license: str) -> Callable[[Path], N
     def fill(tmp: Path) -> None:
         for rel in files:
             _copy(source.model_dir / rel, tmp / rel)
-        _copy(source.run_dir / "config.yaml", tmp / "ppokit_config.yaml")
+        _copy_config(source.run_dir / "config.yaml", tmp / "ppokit_config.yaml")
         facts.picture_note = _draw(source, tmp / PICTURE)
         (tmp / CARD).write_text(lm_card(facts), encoding="utf-8")
 

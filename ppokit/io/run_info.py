@@ -16,6 +16,7 @@ import yaml
 from ppokit.errors import CheckpointError
 from ppokit.io.checkpoints import CHECKPOINTS, PREFIX, latest_checkpoint
 from ppokit.io.metrics import read_rows
+from ppokit.urls import redact_text
 
 log = logging.getLogger("ppokit")
 
@@ -192,7 +193,7 @@ def _what(kind: str, config: dict[str, Any]) -> str:
     if kind == "control":
         return f"control PPO on {config['env_id']}"
     if kind == "rlhf ppo":
-        rewards = ", ".join(str(r) for r in config.get("rewards") or []) or "none"
+        rewards = ", ".join(redact_text(str(r)) for r in config.get("rewards") or []) or "none"
         return f"RLHF PPO of {config.get('policy')} on {config.get('data')} (rewards: {rewards})"
     return f"{'reward model' if kind == 'reward' else 'supervised fine-tuning'} of {config.get('model')} on {config.get('data')}"
 

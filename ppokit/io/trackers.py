@@ -8,6 +8,14 @@ its usual environment variables: ``WANDB_PROJECT``, ``WANDB_ENTITY``, ``WANDB_MO
 
 A tracker that fails while training (a network outage) is logged once and dropped; the run goes
 on, since metrics.jsonl holds everything. Failing to start one stops the run before it trains.
+
+Every MLflow call has a deadline (:func:`mlflow_deadline`): MLflow's own settings
+``MLFLOW_HTTP_REQUEST_TIMEOUT`` (per read) and ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` get ppokit's
+defaults (:data:`MLFLOW_HTTP_DEFAULTS`) when the environment does not set them, and a call that has
+not returned when all its attempts could have run out (a server that accepts and never answers, or
+drips its answer) is abandoned: at start, the run stops with one line; while training, the tracker
+is dropped with one warning. Config values that hold URLs reach the trackers with their credentials
+hidden (:func:`ppokit.urls.redact_values`).
 """
 
 from __future__ import annotations
@@ -17,12 +25,14 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from ppokit.errors import CheckpointError, ConfigError
+from ppokit.urls import redact_text, redact_values
 
 log = logging.getLogger("ppokit")
 
@@ -30,6 +40,14 @@ log = logging.getLogger("ppokit")
 TRACKER_STATE = "trackers.json"
 #: The pip extra that installs each tracker's package.
 PACKAGES = {"wandb": ("wandb", "ppokit[wandb]"), "mlflow": ("mlflow", "ppokit[mlflow]")}
+
+#: ppokit's values for MLflow's HTTP settings where the environment sets none. MLflow's own (120 s per
+#: read, 7 retries with a doubling backoff) kept a run waiting minutes on a server that was down.
+MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
+#: MLflow's defaults for the backoff between attempts (urllib3's: factor · 2^i, plus up to jitter s).
+_MLFLOW_BACKOFF = {"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": 2.0, "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": 1.0}
+#: The most urllib3 waits between two attempts.
+_BACKOFF_MAX_S = 120.0
 
 #: The trackers a config's ``trackers`` field may name.
 TrackerName = Literal["wandb", "mlflow"]
@@ -97,11 +115,61 @@ def open_trackers(names: Sequence[str], run_dir: Path, config: Mapping[str, Any]
     except Exception as err:  # noqa: BLE001 - each tracker raises its own kinds for a bad URI, login, server
         for tracker in opened:
             tracker.close("failed")
-        raise ConfigError(f"trackers: could not start {name} ({type(err).__name__}: {err})") from None
+        first = (redact_text(str(err)).strip().splitlines() or [""])[0]
+        raise ConfigError(f"trackers: could not start {name} ({type(err).__name__}: {first})") from None
     from ppokit.io.atomic import atomic_write_json
 
     atomic_write_json(state_file, ids)
     return opened
+
+
+class TrackerTimeout(Exception):
+    """A tracker call that did not return within its deadline (it is left behind, in a daemon thread)."""
+
+
+def mlflow_deadline() -> float:
+    """Seconds one MLflow call may take: every attempt's timeout and every backoff between them.
+
+    Sets ``MLFLOW_HTTP_REQUEST_TIMEOUT`` and ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` to
+    :data:`MLFLOW_HTTP_DEFAULTS` where the environment does not set them (MLflow reads them per request)."""
+    for name, value in MLFLOW_HTTP_DEFAULTS.items():
+        if not os.environ.get(name):
+            os.environ[name] = value
+    values: dict[str, float] = {}
+    for name, default in [*((n, float(v)) for n, v in MLFLOW_HTTP_DEFAULTS.items()), *_MLFLOW_BACKOFF.items()]:
+        text = os.environ.get(name) or str(default)
+        try:
+            values[name] = float(text)
+        except ValueError:
+            raise ConfigError(f"environment variable {name}={text!r}: expected a number") from None
+        if not values[name] >= 0:
+            raise ConfigError(f"environment variable {name}={text!r}: expected a number at least 0")
+    timeout, retries = values["MLFLOW_HTTP_REQUEST_TIMEOUT"], int(values["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
+    factor, jitter = values["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"], values["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"]
+    waits = sum(min(factor * 2 ** i, _BACKOFF_MAX_S) + jitter for i in range(retries))
+    return timeout * (retries + 1) + waits
+
+
+def within(seconds: float, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, or a :class:`TrackerTimeout` once ``seconds`` have passed without it
+    returning (the call goes on in a daemon thread, which exits with the process)."""
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["value"] = fn(*args, **kwargs)
+        except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
+            result["error"] = err
+
+    thread = threading.Thread(target=run, name=f"ppokit-tracker-{what}", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TrackerTimeout(f"{what}: no answer within {seconds:g} s (MLFLOW_HTTP_REQUEST_TIMEOUT × "
+                             "(1 + MLFLOW_HTTP_REQUEST_MAX_RETRIES), with backoff)")
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
 
 
 class WandbTracker:
@@ -114,7 +182,7 @@ class WandbTracker:
 
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT") or "ppokit", name=run_dir.name, dir=str(run_dir),
-            config=dict(config), id=run_id, resume="allow" if run_id else None, reinit="create_new",
+            config=redact_values(dict(config)), id=run_id, resume="allow" if run_id else None, reinit="create_new",
             settings=wandb.Settings(quiet=True),
         )
         self.run_id: str = self.run.id
@@ -157,21 +225,26 @@ class MlflowTracker:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
+        self.deadline = mlflow_deadline()
         self.client = MlflowClient()
         if run_id is not None:
-            self.client.update_run(run_id, status="RUNNING")
+            self._call("update_run", run_id, status="RUNNING")
             self.run_id = run_id
         else:
             name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "ppokit"
-            experiment = self.client.get_experiment_by_name(name)
-            experiment_id = experiment.experiment_id if experiment is not None else self.client.create_experiment(name)
-            self.run_id = self.client.create_run(experiment_id, run_name=run_dir.name,
-                                                 tags={"ppokit.run_dir": str(run_dir.resolve())}).info.run_id
-            params = [Param(k, _param_text(v)[: self.PARAM_CHARS]) for k, v in config.items()]
+            experiment = self._call("get_experiment_by_name", name)
+            experiment_id = experiment.experiment_id if experiment is not None else self._call("create_experiment", name)
+            self.run_id = self._call("create_run", experiment_id, run_name=run_dir.name,
+                                     tags={"ppokit.run_dir": str(run_dir.resolve())}).info.run_id
+            params = [Param(k, _param_text(v)[: self.PARAM_CHARS]) for k, v in redact_values(dict(config)).items()]
             for i in range(0, len(params), 100):  # MLflow takes at most 100 params per request
-                self.client.log_batch(self.run_id, params=params[i:i + 100])
+                self._call("log_batch", self.run_id, params=params[i:i + 100])
         self._pending: list[Any] = []
         self._last_flush = time.monotonic()
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``self.client.method(...)`` within the deadline."""
+        return within(self.deadline, f"MLflow {method}", getattr(self.client, method), *args, **kwargs)
 
     def log(self, row: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -184,7 +257,7 @@ class MlflowTracker:
     def _flush(self) -> None:
         while self._pending:
             batch, self._pending = self._pending[: self.BATCH_LIMIT], self._pending[self.BATCH_LIMIT:]
-            self.client.log_batch(self.run_id, metrics=batch)
+            self._call("log_batch", self.run_id, metrics=batch)
         self._last_flush = time.monotonic()
 
     def summary(self, values: Mapping[str, float]) -> None:
@@ -196,13 +269,19 @@ class MlflowTracker:
 
     def artifact(self, directory: Path, name: str) -> None:
         self._flush()
+        # No total deadline: a large model takes long to upload. Each read still has MLflow's timeout.
         self.client.log_artifacts(self.run_id, str(directory), name)
 
     def close(self, status: Status) -> None:
         try:
             self._flush()
         finally:
-            self.client.set_terminated(self.run_id, status.upper())
+            self._call("set_terminated", self.run_id, status.upper())
+
+
+def _one_line(err: BaseException) -> str:
+    """An error's first line, URLs' credentials hidden (MLflow's messages name the tracking URI)."""
+    return (redact_text(str(err)).strip().splitlines() or [""])[0]
 
 
 def _param_text(value: Any) -> str:
@@ -234,7 +313,7 @@ class TrackerSet:
                 getattr(tracker, what)(*args)
             except Exception as err:  # noqa: BLE001 - a tracker's outage must not stop training
                 log.warning("tracker %s failed (%s: %s); it gets no more data from this run "
-                            "(metrics.jsonl has everything)", tracker.name, type(err).__name__, err)
+                            "(metrics.jsonl has everything)", tracker.name, type(err).__name__, _one_line(err))
                 self.trackers.remove(tracker)
 
     def log(self, row: Mapping[str, Any], step: int) -> None:
@@ -253,5 +332,5 @@ class TrackerSet:
             try:
                 tracker.close(status)
             except Exception as err:  # noqa: BLE001 - closing one must not keep the others open
-                log.warning("tracker %s failed to close (%s: %s)", tracker.name, type(err).__name__, err)
+                log.warning("tracker %s failed to close (%s: %s)", tracker.name, type(err).__name__, _one_line(err))
         self.trackers = []

@@ -14,6 +14,7 @@ from ppokit.configuration import AT_LEAST_1, NON_NEGATIVE, POSITIVE, doc, valida
 from ppokit.core.choices import DistBackend, KLEstimator, OnNonFinite, ScheduleKind
 from ppokit.errors import ConfigError
 from ppokit.io.trackers import TrackerName
+from ppokit.urls import redact_url, url_scheme
 
 #: Fields that name files or directories; a run directory records them as absolute paths.
 PATH_FIELDS = ("model", "data", "eval_data", "policy", "reference", "rewards")
@@ -156,8 +157,8 @@ class RLHFConfig(LMRuntime):
     max_prompt_length: int = doc("Maximum prompt tokens; longer prompts are an error (or skipped).", default=256, rule=AT_LEAST_1)
 
     # --- reward sources ---
-    reward_timeout: float = doc("Seconds one reward call may take (a function call, or one HTTP request) before it fails.", default=60.0, rule=POSITIVE)
-    reward_retries: int = doc("Retries of a failed HTTP reward request (connection error, timeout, 5xx), with exponential backoff.", default=3, rule=NON_NEGATIVE)
+    reward_timeout: float = doc("Seconds one reward call may take before it fails: a function call, or one attempt of an HTTP request (a deadline for connecting, sending and the whole answer).", default=60.0, rule=POSITIVE)
+    reward_retries: int = doc("Retries of a failed HTTP reward request (connection error, missed deadline, 5xx), with exponential backoff (0.5 s doubling, at most 30 s).", default=3, rule=NON_NEGATIVE)
     reward_batch_size: int = doc("Completions per HTTP reward request.", default=64, rule=AT_LEAST_1)
     reward_workers: int = doc("Concurrent calls of each reward function (the batch split into this many chunks) or server (requests in flight); 1 calls them one batch at a time.", default=1, rule=AT_LEAST_1)
     reward_pool: Literal["thread", "process"] = doc("Where concurrent reward-function calls run: 'thread', or 'process' (worker processes, for pure-Python functions the GIL serialises; 'module:function' rewards only).", default="thread")
@@ -241,6 +242,11 @@ class RLHFConfig(LMRuntime):
         if self.sharding == "fsdp" and self.value_model == "lora" and self.advantage == "gae":
             raise ConfigError("config field 'sharding' = 'fsdp' does not combine with value_model: lora (the critic's "
                               "adapters are small; train them data-parallel with sharding: none)")
+        for i, spec in enumerate(self.rewards):
+            scheme = url_scheme(spec)
+            if scheme is not None and scheme not in ("http", "https"):
+                raise ConfigError(f"config field 'rewards'[{i}] = {redact_url(spec)!r}: unsupported URL scheme {scheme!r}; "
+                                  "a reward server is http://host[:port]/path or https://...")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
             raise ConfigError(
                 f"reward_weights has {len(self.reward_weights)} entries but rewards has {len(self.rewards)}; "

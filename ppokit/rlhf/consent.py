@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from ppokit.errors import UntrustedCodeError
+from ppokit.urls import redact_url
 
 #: The data-file fields a resume reads, by the stage's config (eval_data: SFT and reward training).
 DATA_FIELDS = ("data", "eval_data")
@@ -28,14 +28,6 @@ DATA_FIELDS = ("data", "eval_data")
 
 def is_url(spec: Any) -> bool:
     return isinstance(spec, str) and spec.lower().startswith(("http://", "https://"))
-
-
-def server_label(url: str) -> str:
-    """A reward server as the consent message names it: scheme, host and port, never a path, query or
-    password (a token in either stays out of the terminal and the logs)."""
-    parts = urlsplit(url)
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname or '?'}{port}"
 
 
 def saved_uses(data: Mapping[str, Any], named_again: Collection[str], reward_import: Any = None) -> list[str]:
@@ -46,7 +38,7 @@ def saved_uses(data: Mapping[str, Any], named_again: Collection[str], reward_imp
     if "rewards" not in named_again:
         for spec in data.get("rewards") or []:
             if is_url(spec):
-                uses.append(f"reward server {server_label(spec)} (would be sent every prompt and completion)")
+                uses.append(f"reward server {redact_url(spec)} (would be sent every prompt and completion)")
                 continue
             module = reward_import(spec) if reward_import is not None else None
             if module is not None and not str(spec).startswith("<python callable"):

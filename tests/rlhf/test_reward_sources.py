@@ -39,6 +39,7 @@ class FakeRewardServer:
     def __init__(self) -> None:
         self.requests: list[dict] = []
         self.replies: list[tuple] = []
+        self.location = ""
         self.lock = threading.Lock()
         owner = self
 
@@ -56,6 +57,8 @@ class FakeRewardServer:
                     status, text = reply
                 try:
                     self.send_response(status)
+                    if 300 <= status < 400:
+                        self.send_header("Location", owner.location)
                     self.send_header("Content-Type", "application/json")
                     self.end_headers()
                     self.wfile.write(text.encode())
@@ -144,13 +147,20 @@ def test_http_reward_retries_a_refused_connection_then_names_it():
     ('{"score": [1, 2]}', "has no 'scores' (got an object with keys ['score'])"),
     ("[1, 2]", "has no 'scores' (got a JSON list)"),
     ('{"scores": "1 2"}', "'scores' is a str, not a list"),
-    ('{"scores": [1]}', "answered 1 scores"),
-    ('{"scores": [1, 2, 3]}', "answered 3 scores"),
+    ('{"scores": [1]}', "answered 1 score;"),
+    ('{"scores": [1, 2, 3]}', "answered 3 scores;"),
     ('{"scores": [1, "2"]}', 'score 1 is "2", not a number'),
     ('{"scores": [true, 2]}', "score 0 is true, not a number"),
     ('{"scores": [1, null]}', "score 1 is null, not a number"),
     ('{"scores": [1, NaN]}', "score 1 is not finite (nan)"),
     ('{"scores": [1e999, 2]}', "score 0 is not finite (inf)"),
+    # issue 30: each used to be a traceback (OverflowError, RecursionError) or a "non-finite loss" later
+    ('{"scores": [1, ' + "9" * 400 + "]}", "score 1 is an integer of 400 digits, beyond float32's range"),
+    ('{"scores": [3.5e38, 2]}', "score 0 is 3.5e+38, beyond float32's range"),
+    ('{"scores": [1, -3.5e38]}', "score 1 is -3.5e+38, beyond float32's range"),
+    ('{"scores": [1, [2]]}', "score 1 is a JSON list, not a number"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('{"scores": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
 ])
 def test_http_reward_names_each_bad_answer_and_does_not_retry_it(fake, body, problem):
     fake.replies = [(200, body)]
@@ -174,6 +184,28 @@ def test_a_url_is_a_reward_server_not_a_module_to_import():
     for bad in ("http://", "http://host:port/score", "https:///score"):
         with pytest.raises(ConfigError, match="not a usable URL"):
             build_reward([bad], None, torch.float32, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("url", ["ftp://host/score", "file:///tmp/x:y", "gopher://h:1/s", "FTP://u:pw@h/s?token=t"])
+def test_a_url_of_another_scheme_is_refused_not_imported(url):
+    assert reward_import(url) is None  # never read as 'module:function'
+    for build in (lambda: build_reward([url], None, torch.float32, torch.device("cpu")),
+                  lambda: RLHFConfig(policy="x", rewards=[url])):
+        with pytest.raises(ConfigError, match=r"unsupported URL scheme '(ftp|file|gopher)'") as err:
+            build()
+        assert "\n" not in str(err.value) and "pw" not in str(err.value) and "token=t" not in str(err.value)
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_a_redirect_is_refused_naming_the_location_not_followed_as_a_get(fake, code):
+    fake.replies = [(code, "")]
+    fake.location = "http://127.0.0.1:1/elsewhere?token=hidden"
+    with pytest.raises(TrainingError) as err:
+        _client(fake.url)(["p"], ["c"])
+    message = str(err.value)
+    assert f"answered HTTP {code} redirecting to http://127.0.0.1:1/elsewhere?token=***" in message, message
+    assert "does not follow redirects" in message and "hidden" not in message
+    assert len(fake.requests) == 1  # no second request, GET or POST
 
 
 # ---- slow reward functions: concurrent chunks, a timeout ---------------------------------------------
@@ -417,3 +449,6 @@ def test_serve_reward_errors_are_one_line(capsys, tmp_path, reward_dir):
         port = taken.getsockname()[1]
         assert "is already in use" in _cli_error(capsys, reward_dir, "--port", port, "--device", "cpu")
     assert "a port is a number from 0 to 65535" in _cli_error(capsys, reward_dir, "--port", 70000)
+    for flag in ("--max-body-bytes", "--max-texts", "--max-text-chars", "--max-requests", "--max-connections",
+                 "--idle-timeout"):
+        assert f"{flag} 0: must be positive" in _cli_error(capsys, reward_dir, "--port", 0, flag, 0)

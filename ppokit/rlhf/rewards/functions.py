@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ppokit.errors import ConfigError, TrainingError
 from ppokit.lifetime import die_with_parent
-from ppokit.rlhf.rewards.remote import is_url
+from ppokit.urls import url_scheme
 
 RewardFn = Callable[[list[str], list[str]], Sequence[float]]
 RewardPool = Literal["thread", "process"]
@@ -254,7 +254,8 @@ def reward_import(spec: object) -> str | None:
     """The module that building the reward source ``spec`` would import (a ``'module:function'``
     string that is not an existing path); None for a reward-model directory, a URL (a reward server
     is called, not imported: resuming may call it) or a Python object."""
-    if isinstance(spec, str) and ":" in spec and not is_url(spec) and not Path(spec).exists():
+    # Any scheme:// (ftp://, file://) is a URL, never a module: build_reward refuses the schemes it cannot call.
+    if isinstance(spec, str) and ":" in spec and url_scheme(spec) is None and not Path(spec).exists():
         return spec.partition(":")[0] or spec
     return None
 

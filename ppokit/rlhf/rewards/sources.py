@@ -29,7 +29,8 @@ from ppokit.rlhf.rewards.functions import (  # noqa: F401 - re-exported: the rew
     reward_import,
     split_batch,
 )
-from ppokit.rlhf.rewards.remote import HTTPReward, is_url
+from ppokit.rlhf.rewards.remote import HTTPReward
+from ppokit.urls import url_scheme
 
 
 class RewardModelScorer:
@@ -38,9 +39,12 @@ class RewardModelScorer:
 
     def __init__(self, path: str, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False,
                  batch_size: int = 64, attn_implementation: str | None = None) -> None:
-        from ppokit.rlhf.models.loading import load_reward_model, load_tokenizer
+        from ppokit.rlhf.models.loading import load_reward_model, load_tokenizer, model_positions
 
         self.name = path
+        #: Tokens past the model's positions are cut off (else the position embedding fails with an
+        #: IndexError); None when its config states no limit.
+        self.max_length = model_positions(path, trust_remote_code)
         self.tokenizer = load_tokenizer(path, trust_remote_code)
         self.model = load_reward_model(path, dtype, device, trust_remote_code, attn_implementation)
         if self.model.kind == "classification" and self.model.model.config.pad_token_id is None:
@@ -82,7 +86,7 @@ class RewardModelScorer:
         with self._scoring_model() as model:
             for start in range(0, len(prompts), self.batch_size):
                 ids, mask = encode_pairs(self.tokenizer, prompts[start:start + self.batch_size],
-                                         completions[start:start + self.batch_size], self.device)
+                                         completions[start:start + self.batch_size], self.device, self.max_length)
                 scores.append(model(ids, mask).float().cpu())
         return torch.cat(scores)
 
@@ -157,7 +161,7 @@ def build_reward(specs: Sequence[Any], weights: Sequence[float] | None, dtype: t
             sources.append(spec)
         elif callable(spec):
             sources.append(CallableReward(spec, workers=workers, timeout=timeout, pool=pool))
-        elif is_url(spec):
+        elif url_scheme(spec) is not None:  # http(s), or a scheme HTTPReward refuses by name
             sources.append(HTTPReward(str(spec), timeout=60.0 if timeout is None else timeout, retries=retries,
                                       batch_size=batch_size, workers=workers))
         elif reward_import(spec) is not None:
