@@ -169,7 +169,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_env_id(config.env_id)
     check_resume_flags(args.resume, args.overwrite, config.run_dir)
     if config.run_dir is not None:  # before anything is made or said
-        check_run_dir(config.run_dir)
+        check_run_dir(config.run_dir, group=args.seeds is not None)
     if args.seeds is not None:
         if in_worker():  # torchrun started this process: refuse before joining the job
             check_nproc(int(os.environ.get("WORLD_SIZE", "2")), args.seeds)

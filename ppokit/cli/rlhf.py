@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -133,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
                             batch_size=args.batch_size, trust_remote_code=args.trust_remote_code,
                             limits=ServerLimits(args.max_body_bytes, args.max_texts, args.max_text_chars,
                                                 args.max_requests, args.max_connections, args.idle_timeout))
-    from ppokit.io.outputs import check_run_dir
+    from ppokit.io.outputs import check_output, check_run_dir
 
     if args.stage == "demo":
         from ppokit.analysis.plots import plot_runs
@@ -142,7 +143,9 @@ def run(args: argparse.Namespace) -> int:
 
         if args.total_updates < 1:
             raise ConfigError(f"--total-updates {args.total_updates}: must be at least 1")
-        check_run_dir(args.run_dir)
+        check_output(args.run_dir, kind="dir", must_be_empty=False, flag="--run-dir")  # not a run or a group
+        for stage in ("sft", "reward", "ppo"):  # the demo's runs; the folder holding them may hold others
+            check_run_dir(os.path.join(args.run_dir, stage), "--run-dir")
         run_demo(args.run_dir, seed=args.seed, ppo_updates=args.total_updates, overwrite=args.overwrite,
                  progress=not args.no_progress, plot=plot_runs)
         return 0

@@ -26,8 +26,10 @@ from ppokit.errors import ConfigError
 
 Kind = Literal["file", "dir"]
 
-#: A run directory holds one of these (io.run_dir.RUN_MARKERS).
-RUN_MARKERS = ("config.yaml", "metrics.jsonl")
+#: A run directory holds one of these (io.run_dir.RUN_MARKERS), and a group of seeds its seeds.json.
+RUN_MARKERS = ("config.yaml", "metrics.jsonl", "seeds.json")
+#: What marks a directory whose loss would lose training: a group of seeds, a tune study.
+GROUP_MARKERS = ("seeds.json", "trials.jsonl", "study.db")
 #: The directories of a run that ppokit writes and reads back: nothing else writes inside them.
 RUN_OWNED_DIRS = ("model", "best", "checkpoints", "tensorboard", "policy", "policy_adapter", "value_model",
                   "model_adapter")
@@ -52,8 +54,31 @@ def holds_run(directory: Path) -> bool:
 def _is_a_run(directory: Path) -> bool:
     """A run (its metrics, or its config with what training saves), not a package of one: a package
     holds a copy of the run's config.yaml and its weights, but no metrics or model/checkpoints folder."""
-    return (directory / "metrics.jsonl").is_file() or ((directory / "config.yaml").is_file() and any(
-        (directory / name).is_dir() for name in RUN_OWNED_DIRS))
+    return (directory / "metrics.jsonl").is_file() or any((directory / m).is_file() for m in GROUP_MARKERS) or (
+        (directory / "config.yaml").is_file() and any((directory / name).is_dir() for name in RUN_OWNED_DIRS))
+
+
+def run_below(directory: Path, depth: int = 2, budget: int = 2000) -> Path | None:
+    """A run, group of seeds or tune study inside ``directory`` (up to ``depth`` levels down), or None.
+    Bounded: a huge tree is looked at for its first ``budget`` entries only."""
+    level = [directory]
+    for _ in range(depth):
+        children: list[Path] = []
+        for parent in level:
+            try:
+                entries = [e for e in os.scandir(parent) if e.is_dir(follow_symlinks=False)]
+            except OSError:
+                continue
+            for entry in entries:
+                child = Path(entry.path)
+                if _is_a_run(child):
+                    return child
+                children.append(child)
+                budget -= 1
+                if budget <= 0:
+                    return None
+        level = children
+    return None
 
 
 def holds_saved_model(directory: Path) -> bool:
@@ -117,6 +142,11 @@ def check_output(path: str | Path, *, kind: Kind = "file", overwrite: bool = Fal
         if must_be_empty and _holds_files(target, where):
             raise ConfigError(f"{where}: exists and is not empty; pass --overwrite to replace it (it is replaced "
                               "only once the new one is complete)")
+    if mode is not None and kind == "dir" and must_be_empty and overwrite:
+        inner = run_below(target)
+        if inner is not None:  # replacing the directory would delete what trained there
+            raise ConfigError(f"{where}: holds the run {inner}; replacing {given} would delete it, even with "
+                              "--overwrite; choose another path")
     _check_parent(target, where)
     return target
 
@@ -144,10 +174,12 @@ def _check_parent(target: Path, where: str) -> None:
         return
 
 
-def check_run_dir(path: str | Path, flag: str = "--run-dir") -> None:
+def check_run_dir(path: str | Path, flag: str = "--run-dir", *, group: bool = False) -> None:
     """A new run's directory: never inside another run's model, checkpoints or tensorboard, nor a
-    saved model or checkpoint (a run there would mix its files with what ppokit reads back). An
-    existing run there is :func:`ppokit.io.run_dir.prepare_run_dir`'s to refuse or clear."""
+    saved model or checkpoint, nor a directory that holds other runs or is a group of seeds when
+    this is one run (``group``: a group of seeds, ``train --seeds``, whose directory is one run's when
+    it holds one): a run there would mix its files with what ppokit reads back. An existing run of
+    the same kind there is :func:`ppokit.io.run_dir.prepare_run_dir`'s to refuse or clear."""
     target = Path(os.path.abspath(path))
     try:
         mode = os.stat(target).st_mode  # a link to a directory is a directory the user chose
@@ -163,4 +195,17 @@ def check_run_dir(path: str | Path, flag: str = "--run-dir") -> None:
         reason = "it is a saved model or checkpoint"
     if reason is not None:
         raise ConfigError(f"{flag} {path}: {reason}; choose a run directory outside it")
+    if target.is_dir():
+        is_group = (target / "seeds.json").is_file()
+        is_run = not is_group and any((target / m).is_file() for m in ("config.yaml", "metrics.jsonl"))
+        if is_group and not group:
+            raise ConfigError(f"{flag} {path}: holds a group of seeds (train --seeds); continue it with `ppokit resume "
+                              f"{path}`, or choose another --run-dir for this run")
+        if is_run and group:
+            raise ConfigError(f"{flag} {path}: holds a single run; continue it with `ppokit resume {path}`, or choose "
+                              "another --run-dir for the group of seeds")
+        inner = None if is_group or is_run else run_below(target)
+        if inner is not None:
+            raise ConfigError(f"{flag} {path}: holds other runs ({inner}); a run directory is new or holds that one "
+                              f"run: choose a new one, e.g. {os.path.join(str(path), 'my-run')}")
     _check_parent(target, f"{flag} {path}")

@@ -113,7 +113,23 @@ def _unwritable(tmp: Path, run: Path, w: Writer) -> tuple[Path | None, list[str]
     return tmp / "ro" / "out", []
 
 
+def _a_seed_group(tmp: Path, run: Path, w: Writer) -> tuple[Path, list[str]]:
+    """A group of seeds (train --seeds): its own seeds.json (a file writer) or the group itself, even
+    with --overwrite: it holds several trained runs."""
+    group = Path(shutil.copytree(SAVED / "seeds", tmp / "group"))
+    return group / "seeds.json" if w.kind == "file" else group, ["--overwrite"] if w.overwrite else []
+
+
+def _a_folder_of_runs(tmp: Path, run: Path, w: Writer) -> tuple[Path | None, list[str]]:
+    """A folder that holds runs (not a run itself), to be replaced with --overwrite or to start a run in."""
+    if w.kind == "file" or w.name in ("tune --out", "rlhf demo --run-dir"):
+        return None, []  # a file is not a folder; tune and the demo add their own folders beside the runs
+    shutil.copytree(run, tmp / "runs" / "earlier")
+    return tmp / "runs", ["--overwrite"] if w.overwrite else []
+
+
 BAD_TARGETS = {
+    "a seed group": _a_seed_group, "a folder of runs": _a_folder_of_runs,
     "a FIFO": _fifo, "a link to a device": _link_to_a_device, "the other kind": _the_other_kind,
     "inside the run": _inside_the_run, "inside a checkpoint": _inside_a_checkpoint,
     "existing, no --overwrite": _an_existing_one, "under a file": _under_a_file, "unwritable": _unwritable,
