@@ -113,3 +113,18 @@ def test_an_sft_run_resumes_and_its_model_loads(runs):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 2
     AutoModelForCausalLM.from_pretrained(run / "model")
+
+
+@pytest.mark.parametrize("command", ["eval", "export", "package", "plot"])
+def test_a_seed_group_is_plotted_as_a_band_and_refused_by_one_run_commands(runs, tmp_path, capsys, command):
+    pytest.importorskip("matplotlib")
+    group = runs / "seeds"
+    out = {"eval": [], "export": ["-o", str(tmp_path / "p.onnx")], "package": [str(tmp_path / "pkg")],
+           "plot": ["-o", str(tmp_path / "g.png")]}[command]
+    code = main([command, str(group), *out])
+    err = capsys.readouterr().err
+    if command == "plot":  # the group's seeds, one band
+        assert code == 0 and (tmp_path / "g.png").stat().st_size > 0, err
+        return
+    assert code == 2 and "is a group of seeds (seed_1, seed_2)" in err and f"{group / 'seed_1'}" in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err

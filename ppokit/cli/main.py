@@ -247,9 +247,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ppokit.errors import ConfigError
     from ppokit.io.atomic import atomic_write_json
     from ppokit.io.outputs import check_output, holds_run
+    from ppokit.io.run_info import refuse_group
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes {args.episodes}: must be at least 1")
+    refuse_group(args.run_dir, "eval")
     model_dir = find_model_dir(args.run_dir)
     # The default file goes to the run's own evals/ (made for it), never into a checkpoint or model
     # folder: a checkpoint is pruned, and a model folder is replaced whole on the next save.
@@ -281,7 +283,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from ppokit.control.agent import PPO
     from ppokit.control.export import export_policy
+    from ppokit.io.run_info import refuse_group
 
+    refuse_group(args.run_dir, "export")
     # Loading makes no env, so nothing the saved files name is imported.
     agent = PPO.load(args.run_dir, progress=False)
     path = export_policy(agent, args.output, args.format, action_mask=args.action_mask or None,
@@ -293,9 +297,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from ppokit.analysis.plots import describe_estimates, draw, panels, parse_score_ranges, read_run
     from ppokit.io.outputs import check_output
+    from ppokit.io.run_info import group_members
 
     check_output(args.output, overwrite=args.overwrite, flag="-o")
-    figure = panels([read_run(p) for p in args.run_dirs], args.aggregate_by, parse_score_ranges(args.score_range))
+    run_dirs = [member for p in args.run_dirs for member in group_members(p) or [p]]  # a group: its seeds, a band
+    figure = panels([read_run(p) for p in run_dirs], args.aggregate_by, parse_score_ranges(args.score_range))
     for line in describe_estimates(figure):
         print(line)
     print(f"wrote {draw(figure, args.output)}")

@@ -29,6 +29,9 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ppokit.io.run_info import refuse_group
+
+    refuse_group(args.run_dir, "package")
     out = package_run(args.run_dir, args.out_dir, overwrite=args.overwrite, license=args.license, best=args.best,
                       checkpoint=args.checkpoint)
     print(f"wrote {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")

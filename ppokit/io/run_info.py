@@ -213,3 +213,26 @@ def _evaluation(kind: str, run_dir: Path) -> str:
                 f"{result.get('episodes')} episodes at step {result.get('global_step'):,} (eval.json)")
     shown = ", ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, (int, float)))
     return f"last evaluation: {shown} (eval.json)"
+
+
+def group_members(run_dir: str | Path) -> list[Path] | None:
+    """The seed runs of a group of seeds (``train --seeds``: ``seeds.json`` and ``seed_<k>``), in its
+    order, those that exist; None when ``run_dir`` is not a group."""
+    group = Path(run_dir)
+    if not (group / "seeds.json").is_file():
+        return None
+    data = read_json(group / "seeds.json")
+    seeds = data.get("seeds") if isinstance(data, dict) else None
+    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise CheckpointError(f"{group / 'seeds.json'}: not a seed group's file (no list of seeds)")
+    return [group / f"seed_{s}" for s in seeds if (group / f"seed_{s}").is_dir()]
+
+
+def refuse_group(run_dir: str | Path, command: str) -> None:
+    """``command`` takes one run: a group of seeds is refused in one line naming its members."""
+    members = group_members(run_dir)
+    if members is not None:
+        names = ", ".join(m.name for m in members) or "no seed runs yet"
+        example = members[0] if members else Path(run_dir) / "seed_<k>"
+        raise CheckpointError(f"{run_dir}: is a group of seeds ({names}); `ppokit {command}` takes one run: give one "
+                              f"of them, e.g. {example}")
