@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:  # a study resumes into its --out, so one that holds files is expected
         from ppokit.io.outputs import check_output
 
-        check_output(args.out, kind="dir", must_be_empty=False, flag="--out")
+        check_output(args.out, kind="dir", must_be_empty=False, flag="--out", study=True)
     train_args = argparse.Namespace(
         env_id=args.env_id, preset=args.preset, no_preset=args.no_preset, config=args.config,
         total_steps=args.total_steps, seed=args.seed, run_dir=None, no_progress=False, stop_at_return=None,

@@ -88,9 +88,15 @@ def holds_saved_model(directory: Path) -> bool:
         or ((directory / "config.json").is_file() and any(directory.glob("*.safetensors")))
 
 
-def protected_owner(path: Path, *, run_itself: bool = False) -> str | None:
+def _is_a_study(directory: Path) -> bool:
+    return any((directory / m).is_file() for m in ("trials.jsonl", "study.db")) and not (
+        directory / "metrics.jsonl").is_file() and not (directory / "seeds.json").is_file()
+
+
+def protected_owner(path: Path, *, run_itself: bool = False, study_itself: bool = False) -> str | None:
     """Why ``path`` (absolute) lies in something ppokit reads back, or None when it does not.
-    ``run_itself``: ``path`` may be a run directory (a new run's --run-dir, with --overwrite)."""
+    ``run_itself``: ``path`` may be a run directory (a new run's --run-dir, with --overwrite);
+    ``study_itself``: it may be a tune study's directory (``tune --out`` resumes into its own)."""
     if holds_run(path.parent) and path.name in RUN_OWNED_FILES:
         return f"it is the run {path.parent}'s own {path.name}"
     for directory in (path, *path.parents):
@@ -99,18 +105,20 @@ def protected_owner(path: Path, *, run_itself: bool = False) -> str | None:
             return f"{where} {directory}, which the run {directory.parent} writes and reads back"
         if directory != path and holds_saved_model(directory):
             return f"it is inside {directory}, a saved model or checkpoint"
-        if directory == path and not run_itself and path.is_dir() and _is_a_run(path):
+        if directory == path and not run_itself and path.is_dir() and _is_a_run(path) and not (
+                study_itself and _is_a_study(path)):
             return f"it is the run directory {path}"
     return None
 
 
 def check_output(path: str | Path, *, kind: Kind = "file", overwrite: bool = False, flag: str = "--out",
-                 must_be_empty: bool = True) -> Path:
+                 must_be_empty: bool = True, study: bool = False) -> Path:
     """Refuse a user-named output ``path`` that writing would destroy or misplace (see the module doc);
     returns it as an absolute path. ``flag`` names it in the error (``-o``, ``OUT_DIR``).
 
     ``kind="dir"``: ``path`` must be a directory or not exist; with ``must_be_empty`` one that holds
-    files needs ``overwrite`` (``tune --out`` resumes into its directory, so it passes False).
+    files needs ``overwrite`` (``tune --out`` resumes into its directory, so it passes False, and
+    ``study``: the directory may be a study's own).
     """
     given = str(path)
     where = f"{flag} {given}"
@@ -132,7 +140,7 @@ def check_output(path: str | Path, *, kind: Kind = "file", overwrite: bool = Fal
             raise ConfigError(f"{where}: is a directory; name a file")
         if kind == "dir" and not stat.S_ISDIR(mode):
             raise ConfigError(f"{where}: is a file, not a directory; name a directory")
-    reason = protected_owner(target)
+    reason = protected_owner(target, study_itself=study)
     if reason is not None:
         raise ConfigError(f"{where}: {reason}; ppokit never writes its outputs there; choose a path outside it")
     if mode is not None and not overwrite:
