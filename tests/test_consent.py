@@ -203,3 +203,22 @@ def test_the_python_api_asks_for_the_same_consent(tmp_path, reward_run, server):
         RLHFTrainer.resume(run, prompts=PROMPTS)
     trainer = RLHFTrainer.resume(run, data=config["data"], rewards=[server.url])
     assert trainer.num_updates == 1
+
+
+@pytest.mark.parametrize(("fields", "flags"), [
+    ({"data": "/d/p.jsonl"}, " --data /d/p.jsonl"),
+    ({"data": "/d/p q.jsonl", "eval_data": "/d/e.jsonl"}, " --data '/d/p q.jsonl' --eval-data /d/e.jsonl"),
+    ({"data": "/d/p.jsonl", "rewards": ["/models/rm"]}, " --data /d/p.jsonl"),  # a model directory runs no code
+    ({"data": "/d/p.jsonl", "rewards": [f"http://h/s?token={SECRET}"]}, " --trust"),  # never print the token
+    ({"data": "/d/p.jsonl", "rewards": ["tests.trace_code:reward"]}, " --trust"),
+    ({"data": "/d/p.jsonl", "trust_remote_code": True}, " --trust"),
+    ({"data": ""}, ""),  # prompts given in Python: the command line cannot resume it anyway
+])
+def test_the_resume_command_printed_at_an_interruption_has_the_consent_it_needs(fields, flags):
+    from types import SimpleNamespace
+
+    from ppokit.rlhf.consent import resume_flags
+    from ppokit.rlhf.rewards.sources import reward_import
+
+    config = SimpleNamespace(**{"rewards": [], "trust_remote_code": False, "data": "", "eval_data": None, **fields})
+    assert resume_flags(config, reward_import) == flags

@@ -144,3 +144,27 @@ def test_rlhf_resume_refuses_remote_code_the_saved_config_turns_on(rlhf_run, tmp
     run = _edit_config(rlhf_run, trust_remote_code=True)
     proc = _run(["resume", str(run), "--no-progress"], tmp_path / "trace")
     assert proc.returncode == 2 and "trust_remote_code: true" in proc.stderr and "--trust" in proc.stderr
+
+
+def test_the_resume_command_printed_at_an_interruption_names_the_module_env(tmp_path, capsys):
+    """The command printed on Ctrl-C must work as shown: a 'module:Env' run's names the env again."""
+    import signal
+
+    run = tmp_path / "run"
+    agent = PPO(ControlConfig(env_id="tests.envs:CountingEnv", num_envs=2, num_steps=16, num_minibatches=2,
+                              num_epochs=1, total_steps=256, progress=False, tensorboard=False, eval_episodes=0,
+                              run_dir=str(run)))
+
+    def ctrl_c(record):
+        if record["global_step"] >= 64:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    from ppokit.errors import TrainingInterrupted
+
+    with pytest.raises(TrainingInterrupted) as info:
+        agent.learn(callback=ctrl_c)
+    agent.close()
+    assert info.value.resume_command == f"ppokit resume {run} --env tests.envs:CountingEnv"
+    from ppokit.cli.main import main
+
+    assert main([*info.value.resume_command.split()[1:], "--no-progress"]) == 0, capsys.readouterr().err

@@ -17,6 +17,7 @@ what a run of several processes does differently.
 from __future__ import annotations
 
 import logging
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from ppokit.control.checkpointing import Counters, Spaces
 from ppokit.control.config import RESUMABLE_FIELDS, ControlConfig
 from ppokit.control.data_parallel import local_num_envs
 from ppokit.control.envs import torch_source
-from ppokit.control.envs.make import check_spaces
+from ppokit.control.envs.make import check_spaces, env_import
 from ppokit.control.envs.observations import ObservationReader, as_policy_input, predict_mask, split_dict_observation
 from ppokit.control.envs.source import EnvSource
 from ppokit.control.envs.torch_source import TorchEnvSource
@@ -203,7 +204,10 @@ class PPO:
             progress=c.progress and main, unit="step", total=self.global_step + num_updates * self.global_batch,
             position=lambda: self.global_step,
             postfix=lambda r: {"ret": "-" if r["episodic_return"] is None else f"{r['episodic_return']:.1f}"},
-            agree=self.collective.any, resume_flags=f" --nproc {self.collective.world_size}" * self.collective.active,
+            agree=self.collective.any,
+            # A 'module:Env' id is imported on resume only when named again: the printed command does.
+            resume_flags=(f" --env {shlex.quote(c.env_id)}" if env_import(c.env_id) else "")
+            + f" --nproc {self.collective.world_size}" * self.collective.active,
         )
         with metrics:  # open until the model and evaluation are written, so the trackers get them
             try:

@@ -60,3 +60,18 @@ def refuse_without_consent(config_file: Path, uses: list[str], trust: bool, agai
             f"{config_file} names what resuming would run, read or contact: {'; '.join(uses)}. ppokit uses nothing "
             f"a saved run names unless you allow it: name it again ({again}) or, if you trust this run directory, "
             "pass --trust to ppokit resume (in Python: trust=True)")
+
+
+def resume_flags(config: Any, reward_import: Any = None) -> str:
+    """What ``ppokit resume RUN`` needs after it for this run (its ``config``), so that the command
+    printed when a run is interrupted works as shown: nothing, the data files named again, or
+    ``--trust`` when the run names code or a reward server (a server's URL may carry a token, which
+    the terminal must not show)."""
+    import shlex
+
+    recorded = {name: getattr(config, name, None) for name in ("rewards", "trust_remote_code", *DATA_FIELDS)}
+    uses = saved_uses(recorded, (), reward_import)
+    if any(not use.startswith(tuple(f"{field} file" for field in DATA_FIELDS)) for use in uses):
+        return " --trust"
+    return "".join(f" --{field.replace('_', '-')} {shlex.quote(str(recorded[field]))}" for field in DATA_FIELDS
+                   if isinstance(recorded[field], str) and recorded[field])

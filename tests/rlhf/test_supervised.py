@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shlex
 import signal
 from pathlib import Path
 
@@ -269,12 +270,14 @@ def test_ctrl_c_checkpoints_and_ppokit_resume_finishes_the_run(tiny_lm, tmp_path
 
     monkeypatch.setattr(SupervisedTrainer, "after_update", interrupt_at_step_2)
     assert main(args) == 130
-    assert f"ppokit resume {run}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"ppokit resume {run} --data {data}" in err  # the data file named again: the printed command works
+    printed = shlex.split(err.split("resume with: ")[1].splitlines()[0])
     assert latest_checkpoint(run).name == "update_000000000002"
     monkeypatch.setattr(SupervisedTrainer, "after_update", real)
     assert main(["resume", str(run), "--total-updates", "9"]) == 2
     assert "takes no --total-steps or --total-updates" in capsys.readouterr().err
-    assert main(["resume", str(run), "--no-progress", "--data", str(data)]) == 0
+    assert main([*printed[1:], "--no-progress"]) == 0
     assert "resuming SFT at step 2 of 6" in capsys.readouterr().err
     assert [r["step"] for r in _rows(run)] == [1, 2, 3, 4, 5, 6]
     assert (run / "model" / "model.safetensors").is_file()

@@ -54,6 +54,7 @@ from ppokit.io.run_dir import default_run_dir, holds_run, open_run, run_trackers
 from ppokit.rlhf import data as rdata
 from ppokit.rlhf import data_parallel
 from ppokit.rlhf.config import PATH_FIELDS, RLHFConfig
+from ppokit.rlhf.consent import resume_flags
 from ppokit.rlhf.models import precision, sharding
 from ppokit.rlhf.models.generation import token_entropy, token_logprobs
 from ppokit.rlhf.models.loading import (
@@ -67,7 +68,7 @@ from ppokit.rlhf.ppo import checkpointing
 from ppokit.rlhf.ppo.advantages import KLPlacement, TokenAdvantages, estimate_advantages, uses_critic
 from ppokit.rlhf.ppo.roles import PPOModels
 from ppokit.rlhf.ppo.rollout import RolloutBatch, collect
-from ppokit.rlhf.rewards.sources import build_reward, reward_options
+from ppokit.rlhf.rewards.sources import build_reward, reward_import, reward_options
 from ppokit.runtime import join_processes, resolve_dtype
 
 RewardSpec = str | Callable[..., Sequence[float]]
@@ -358,6 +359,8 @@ class RLHFTrainer:
             checkpoint_minutes=c.checkpoint_minutes, x_axis=lambda record: int(record["update"]),
             progress=c.progress and main, total=target, position=lambda: self.num_updates,
             postfix=lambda r: {"score": f"{r['score']:.3f}", "kl": f"{r['kl']:.2f}"}, agree=self.collective.any,
+            resume_flags=resume_flags(self.recorded_config, reward_import)
+            + (f" --nproc {self.collective.world_size}" if self.collective.active else ""),
         )
         # The models, tokenizers and libraries loaded so far live for the whole run; freezing them
         # keeps Python's cyclic GC from rescanning their hundreds of thousands of objects each time

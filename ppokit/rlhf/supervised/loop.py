@@ -37,6 +37,7 @@ from ppokit.io.run_dir import default_run_dir, holds_run
 from ppokit.io.run_dir import open_run as _open_run
 from ppokit.rlhf import data_parallel
 from ppokit.rlhf.config import PATH_FIELDS, RewardConfig, SFTConfig, SupervisedConfig
+from ppokit.rlhf.consent import resume_flags
 from ppokit.rlhf.models.loading import setup_runtime
 from ppokit.rlhf.supervised import checkpoint as supervised_checkpoint
 from ppokit.rlhf.supervised.steps import EpochBatches, MicroBatch, accumulated_step, micro_slices, step_optimizer
@@ -216,7 +217,7 @@ class SupervisedTrainer(Generic[StageConfig]):
             checkpoint_minutes=c.checkpoint_minutes, x_axis=lambda record: int(record["step"]),
             progress=c.progress and main, unit="step", total=self.batches.total, position=lambda: self.num_updates,
             postfix=lambda record: {"loss": f"{record['loss']:.3f}"}, agree=self.collective.any,
-            resume_flags=f" --nproc {world}" if world > 1 else "",
+            resume_flags=resume_flags(with_absolute_paths(c, PATH_FIELDS)) + (f" --nproc {world}" if world > 1 else ""),
         )
         metrics = self.metrics
         try:
