@@ -178,16 +178,16 @@ def file_record(path: str | Path) -> dict[str, Any]:
     return {"size": size, "sha256": digest.hexdigest()}
 
 
-def check_file_record(recorded: Any, path: str | Path, field: str, where: str | Path) -> None:
-    """Refuse to resume on a ``field`` file other than the one the checkpoint ``where`` recorded
-    (checkpoints written before files were recorded have no record and pass)."""
+def check_file_record(recorded: Any, now: dict[str, Any] | None, path: str | Path, field: str,
+                      where: str | Path) -> None:
+    """Refuse to resume on a ``field`` file other than the one the checkpoint ``where`` recorded;
+    ``now``: the file's :func:`file_record` (None: it cannot be read). Checkpoints written before files
+    were recorded have no record and pass."""
     if not isinstance(recorded, dict):
         return
-    try:
-        now = file_record(path)
-    except OSError as err:
-        raise CheckpointError(f"{field} file {str(path)!r}: cannot read it ({err.strerror or type(err).__name__}); "
-                              f"the run was trained on it (recorded in {where})") from None
+    if now is None:
+        raise CheckpointError(f"{field} file {str(path)!r}: cannot be read; the run was trained on it (recorded in "
+                              f"{where})")
     if now != {"size": recorded.get("size"), "sha256": recorded.get("sha256")}:
         raise CheckpointError(
             f"{field} file {str(path)!r} is not the file the run was trained on: {where} records "

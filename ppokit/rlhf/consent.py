@@ -20,20 +20,23 @@ from pathlib import Path
 from typing import Any
 
 from ppokit.errors import UntrustedCodeError
+from ppokit.rlhf.rewards.remote import is_url
 from ppokit.urls import redact_url
 
 #: The data-file fields a resume reads, by the stage's config (eval_data: SFT and reward training).
 DATA_FIELDS = ("data", "eval_data")
 
 
-def is_url(spec: Any) -> bool:
-    return isinstance(spec, str) and spec.lower().startswith(("http://", "https://"))
-
-
 def saved_uses(data: Mapping[str, Any], named_again: Collection[str], reward_import: Any = None) -> list[str]:
     """What the recorded config ``data`` would make a resume run, read or contact, less the fields in
     ``named_again`` (given again by the user). ``reward_import``: ``spec -> module name or None``, the
     reward sources' own parser (PPO runs only)."""
+    return _code_and_servers(data, named_again, reward_import) + [
+        f"{field} file {data[field]!r} (would be read, and its rows used for training)"
+        for field in _data_files(data, named_again)]
+
+
+def _code_and_servers(data: Mapping[str, Any], named_again: Collection[str], reward_import: Any) -> list[str]:
     uses: list[str] = []
     if "rewards" not in named_again:
         for spec in data.get("rewards") or []:
@@ -45,11 +48,13 @@ def saved_uses(data: Mapping[str, Any], named_again: Collection[str], reward_imp
                 uses.append(f"reward {spec!r} (imports module {module!r} and calls it)")
     if data.get("trust_remote_code") is True and "trust_remote_code" not in named_again:
         uses.append("trust_remote_code: true (runs the Python code shipped with the models it loads)")
-    for field in DATA_FIELDS:
-        value = data.get(field)
-        if isinstance(value, str) and value and field not in named_again:
-            uses.append(f"{field} file {value!r} (would be read, and its rows used for training)")
     return uses
+
+
+def _data_files(data: Mapping[str, Any], named_again: Collection[str]) -> list[str]:
+    """The data-file fields ``data`` names that were not named again."""
+    return [field for field in DATA_FIELDS
+            if isinstance(data.get(field), str) and data[field] and field not in named_again]
 
 
 def refuse_without_consent(config_file: Path, uses: list[str], trust: bool, again: str) -> None:
@@ -70,8 +75,7 @@ def resume_flags(config: Any, reward_import: Any = None) -> str:
     import shlex
 
     recorded = {name: getattr(config, name, None) for name in ("rewards", "trust_remote_code", *DATA_FIELDS)}
-    uses = saved_uses(recorded, (), reward_import)
-    if any(not use.startswith(tuple(f"{field} file" for field in DATA_FIELDS)) for use in uses):
+    if _code_and_servers(recorded, (), reward_import):
         return " --trust"
-    return "".join(f" --{field.replace('_', '-')} {shlex.quote(str(recorded[field]))}" for field in DATA_FIELDS
-                   if isinstance(recorded[field], str) and recorded[field])
+    return "".join(f" --{field.replace('_', '-')} {shlex.quote(str(recorded[field]))}"
+                   for field in _data_files(recorded, ()))

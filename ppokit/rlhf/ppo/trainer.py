@@ -126,10 +126,10 @@ class RLHFTrainer:
                 overwrite = True
         self.tokenizer = load_tokenizer(c.policy, c.trust_remote_code)
 
-        if prompts is None and checkpoint is not None and resume_state is not None:  # the same prompts, or the saved order means nothing
-            check_file_record(resume_state.get("data_file"), c.data, "data", checkpoint / RESUME_FILE)
         #: The prompt file's size and hash (None for prompts given as objects), kept in checkpoints.
         self.data_file = file_record(c.data) if prompts is None and c.data and Path(c.data).is_file() else None
+        if prompts is None and checkpoint is not None and resume_state is not None:  # the same prompts, or the saved order means nothing
+            check_file_record(resume_state.get("data_file"), self.data_file, c.data, "data", checkpoint / RESUME_FILE)
         loaded = rdata.load(prompts if prompts is not None else c.data, {"prompt": (c.prompt_column, "text")},
                             c.skip_bad_rows)
         check_tokenizes(self.tokenizer, [r["prompt"] for r in loaded.rows], c.policy, "prompts")
