@@ -17,7 +17,6 @@ what a run of several processes does differently.
 from __future__ import annotations
 
 import logging
-import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from ppokit.control.checkpointing import Counters, Spaces
 from ppokit.control.config import RESUMABLE_FIELDS, ControlConfig
 from ppokit.control.data_parallel import local_num_envs
 from ppokit.control.envs import torch_source
-from ppokit.control.envs.make import check_spaces, env_import
+from ppokit.control.envs.make import check_spaces, consent_flags
 from ppokit.control.envs.observations import ObservationReader, as_policy_input, predict_mask, split_dict_observation
 from ppokit.control.envs.source import EnvSource
 from ppokit.control.envs.torch_source import TorchEnvSource
@@ -82,6 +81,8 @@ class PPO:
         #: Where the envs come from. A config given in code or on the command line is trusted; one read
         #: back from a file (load, resume) only with the user's consent.
         self.env_source: EnvSource = torch_source.for_config(config, given)
+        if config.eval_episodes or config.eval_every:  # refused now, not after the budget is spent
+            self.env_source.require_evaluation()
         self.device = runtime.setup(config.seed, config.device, config.torch_threads)
         #: The processes of a data-parallel run (one process: a no-op); see data_parallel.
         self.collective = runtime.join_processes(self.device, config.dist_backend, config.dist_timeout,
@@ -206,7 +207,7 @@ class PPO:
             postfix=lambda r: {"ret": "-" if r["episodic_return"] is None else f"{r['episodic_return']:.1f}"},
             agree=self.collective.any,
             # A 'module:Env' id is imported on resume only when named again: the printed command does.
-            resume_flags=(f" --env {shlex.quote(c.env_id)}" if env_import(c.env_id) else "")
+            resume_flags=consent_flags(c.env_id, c.env_spec, c.env_wrappers)
             + f" --nproc {self.collective.world_size}" * self.collective.active,
         )
         with metrics:  # open until the model and evaluation are written, so the trackers get them

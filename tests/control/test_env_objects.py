@@ -23,7 +23,7 @@ def test_an_env_instance_is_trained_in_place_and_evaluated_on_copies(tmp_path):
     env = gym.make("CartPole-v1")
     agent = PPO(_config(tmp_path, "instance"), env=env)
     assert agent.config.num_envs == 1  # an instance is one env
-    assert agent.config.env_id == "gymnasium.envs.classic_control.cartpole:CartPoleEnv"
+    assert agent.config.env_id == "CartPole-v1" and agent.config.env_spec["max_episode_steps"] == 500  # its spec
     agent.learn()
     assert env.unwrapped.state is not None  # the very instance was stepped
     assert agent.evaluate(3)["episodes"] == 3

@@ -5,8 +5,10 @@ alone) or one whose observations do not fit its ``observation_space`` would othe
 Gymnasium's vector env with a traceback about unpacking or broadcasting, or train on garbage. Each
 sub-env of a ``SyncVectorEnv`` answers through a :class:`_FirstAnswers` proxy until its first step has
 been checked; the proxy then takes itself out of the vector env, so nothing is left in the path of
-the later steps (or in the env state a checkpoint captures). Other vector envs (async workers,
-EnvPool, ppokit's own batched envs) are not looked into: their own errors already name the worker.
+the later steps (or in the env state a checkpoint captures). Async workers check their own env
+(:class:`FirstAnswersChecked`); any other vector env (EnvPool, ppokit's batched envs, a VectorEnv
+subclass from another library) has its attributes checked when it is given, and its own first
+``reset`` and ``step`` (infos one dict of batched values, observations of the batched space).
 """
 
 from __future__ import annotations
@@ -108,10 +110,80 @@ class _FirstAnswers:
         return self._checked("step()", self._env.step(action), done=True)
 
 
+#: What ppokit reads of every vector env, beyond reset and step.
+VECTOR_ATTRIBUTES = ("num_envs", "single_observation_space", "single_action_space", "observation_space", "action_space")
+
+
+def check_vector_api(env: Any, env_id: str) -> None:
+    """Refuse in one line a vector env that lacks what ppokit reads of it (SuperSuit's and PettingZoo's
+    vector envs have no ``single_observation_space``), or that resets another way than next-step."""
+    kind = type(env).__name__
+    for name in VECTOR_ATTRIBUTES:
+        try:
+            value = getattr(env, name)
+        except AttributeError:
+            raise EnvError(f"env {env_id!r}: the vector env {kind} has no {name!r}, which ppokit needs of a "
+                           "Gymnasium VectorEnv (num_envs, single_observation_space, single_action_space, batched "
+                           "observation_space and action_space)") from None
+        if name == "num_envs" and not (isinstance(value, (int, np.integer)) and value >= 1):
+            raise EnvError(f"env {env_id!r}: the vector env {kind} has num_envs = {value!r}; ppokit needs a count of 1 or more")
+        if name != "num_envs" and not isinstance(value, spaces.Space):
+            raise EnvError(f"env {env_id!r}: the vector env {kind}'s {name} is a {type(value).__name__}, not a gymnasium space")
+    mode = (getattr(env, "metadata", None) or {}).get("autoreset_mode")
+    if mode is not None and mode not in (gym.vector.AutoresetMode.NEXT_STEP, "NextStep", "next_step"):
+        raise EnvError(f"the vector env given ({kind}) resets with {mode}; ppokit needs Gymnasium's default, "
+                       "AutoresetMode.NEXT_STEP")
+
+
+def _vector_problem(env: Any, call: str, out: Any) -> str | None:
+    size, api = (2, _RESET) if call == "reset()" else (5, _STEP)
+    if not isinstance(out, tuple) or len(out) != size:
+        return f"{call} returned {_count(out)}; {api}"
+    if not isinstance(out[-1], Mapping):
+        return (f"{call} returned its infos as a {type(out[-1]).__name__}; Gymnasium vector envs return one dict "
+                "of batched values (a list of per-env dicts is the old convention)")
+    for i, part in enumerate(out[1:3] if size == 5 else ()):
+        if np.shape(part) != (env.num_envs,):
+            return f"{call} returned {('rewards', 'terminated')[i]} of shape {np.shape(part)}, not ({env.num_envs},)"
+    problem = observation_problem(env.observation_space, out[0])
+    return f"{call} returned {problem}; its observation_space is {env.observation_space}" if problem else None
+
+
+def _check_vector_answers(env: Any, env_id: str) -> None:
+    """Check the first ``reset`` and ``step`` of a vector env that is not a SyncVectorEnv, through methods
+    set on the instance that take themselves off once the first step is checked."""
+    def checked(call: str, method: Any) -> Any:
+        def answer(*args: Any, **kwargs: Any) -> Any:
+            out = method(*args, **kwargs)
+            problem = _vector_problem(env, call, out)
+            if problem or call == "step()":
+                _take_off(env)
+            if problem:
+                raise EnvError(f"env {env_id!r} ({type(env).__name__}): {problem}")
+            return out
+        answer.first_answer_check = True  # type: ignore[attr-defined]
+        return answer
+
+    try:
+        env.reset, env.step = checked("reset()", env.reset), checked("step()", env.step)
+    except AttributeError:  # an env with __slots__ or read-only methods: its own errors will do
+        pass
+
+
+def _take_off(env: Any) -> None:
+    for name in ("reset", "step"):
+        if getattr(getattr(env, "__dict__", {}).get(name), "first_answer_check", False):
+            del env.__dict__[name]
+
+
 def check_first_answers(env: Any, env_id: str) -> Any:
-    """``env`` with each sub-env's first ``reset`` and ``step`` checked (SyncVectorEnv only)."""
+    """``env`` with what ppokit reads of it checked: its attributes now; each sub-env's first ``reset``
+    and ``step`` (a SyncVectorEnv), or the vector env's own (any other)."""
+    check_vector_api(env, env_id)
     if isinstance(env, gym.vector.SyncVectorEnv):
         env.envs = [_FirstAnswers(sub, env, i, env_id) for i, sub in enumerate(env.envs)]  # type: ignore[misc]
+    elif not isinstance(env, gym.vector.AsyncVectorEnv):  # async workers check their own (FirstAnswersChecked)
+        _check_vector_answers(env, env_id)
     return env
 
 
@@ -144,3 +216,5 @@ def settle_checks(env: Any) -> None:
     """Take the first-answer proxies out of ``env`` now (an env whose state is saved or restored)."""
     if isinstance(env, gym.vector.SyncVectorEnv):
         env.envs = [sub._env if isinstance(sub, _FirstAnswers) else sub for sub in env.envs]
+    else:
+        _take_off(env)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
+import importlib.util
+import json
 import multiprocessing
+import shlex
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -14,7 +16,8 @@ from gymnasium import spaces
 
 from ppokit.control.envs import atari
 from ppokit.envs import cartpole_vector
-from ppokit.errors import EnvError, UntrustedCodeError
+from ppokit.errors import ConfigError, EnvError, UntrustedCodeError
+from ppokit.imports import import_user_module
 
 
 def _resolve_callable(env_id: str) -> Callable[..., gym.Env] | None:
@@ -26,7 +29,7 @@ def _resolve_callable(env_id: str) -> Callable[..., gym.Env] | None:
             part.isidentifier() for part in module_name.split(".")):
         raise EnvError(f"env id {env_id!r}: expected a registered id (CartPole-v1) or 'package.module:EnvClass'")
     try:
-        module = importlib.import_module(module_name)
+        module = import_user_module(module_name)
     except ImportError as err:
         raise EnvError(f"env id {env_id!r}: cannot import module {module_name!r} ({err})") from None
     target = getattr(module, attr, None)
@@ -78,21 +81,161 @@ def _spec(name: str) -> gym.envs.registration.EnvSpec:
         return gym.spec(name)
 
 
+#: Id prefixes of envs that a package registers when it is imported, and that package: an id that is
+#: not registered yet is then made as ``package:id`` (Gymnasium imports the package first).
+PACKAGE_OF_IDS: tuple[tuple[str, str], ...] = (
+    ("MiniGrid-", "minigrid"), ("BabyAI-", "minigrid"),
+    ("highway-", "highway_env"), ("merge-", "highway_env"), ("roundabout-", "highway_env"),
+    ("parking-", "highway_env"), ("intersection-", "highway_env"), ("racetrack-", "highway_env"),
+    ("exit-", "highway_env"), ("u-turn-", "highway_env"), ("two-way-", "highway_env"), ("lane-keeping-", "highway_env"),
+    ("Fetch", "gymnasium_robotics"), ("HandReach", "gymnasium_robotics"), ("HandManipulate", "gymnasium_robotics"),
+    ("AntMaze_", "gymnasium_robotics"), ("PointMaze_", "gymnasium_robotics"), ("AdroitHand", "gymnasium_robotics"),
+    ("FrankaKitchen", "gymnasium_robotics"),
+    ("procgen-", "procgen_gym"), ("MetaDrive", "metadrive"), ("flappy-bird", "flappy_bird_gymnasium"),
+    ("FlappyBird", "flappy_bird_gymnasium"), ("Sokoban", "gym_sokoban"), ("miniworld-", "miniworld"),
+    ("MiniWorld-", "miniworld"), ("panda-", "panda_gym"), ("Panda", "panda_gym"), ("CarlaEnv", "carla_gym"),
+)
+
+
+def package_hint(env_id: str) -> str:
+    """For an unregistered id that a known package registers on import: how to name it so it is made."""
+    if ":" in env_id:
+        return ""
+    package = next((pkg for prefix, pkg in PACKAGE_OF_IDS if env_id.startswith(prefix)), None)
+    if package is None:
+        return ""
+    if importlib.util.find_spec(package) is None:
+        return f"; ids like it come from the package {package!r} (not installed): install it, then pass {package}:{env_id}"
+    return f"; {package!r} registers it when imported: pass {package}:{env_id}"
+
+
 def check_env_id(env_id: str) -> None:
-    """Raise :class:`EnvError` with Gymnasium's suggestion when ``env_id`` names no environment."""
+    """Raise :class:`EnvError` with Gymnasium's suggestion when ``env_id`` names no environment, and
+    the ``package:id`` form when a known package registers ids like it."""
     if _resolve_callable(env_id) is not None:
         return
     name = _registered_id(env_id)
     try:
         _spec(name)
     except gym.error.Error as err:
-        raise EnvError(f"unknown env id {env_id!r}: {err}") from None
+        raise EnvError(f"unknown env id {env_id!r}: {err}{package_hint(env_id)}") from None
+
+
+# ---------------------------------------------------------------- wrappers named in the config
+
+#: The module prefix of Gymnasium's own wrappers: naming one runs no code the user did not install
+#: with Gymnasium, so a saved file may name it without consent; any other module needs it.
+GYMNASIUM_MODULES = "gymnasium."
+
+
+def parse_wrappers(entries: Sequence[Any], where: str = "env_wrappers") -> list[tuple[str, dict[str, Any]]]:
+    """``env_wrappers`` as ``(module:Name, kwargs)`` pairs: each entry is ``'module:Name'`` or a one-key
+    mapping ``{'module:Name': {kwargs}}``."""
+    parsed = []
+    for i, entry in enumerate(entries):
+        name: Any
+        kwargs: Any
+        if isinstance(entry, str):
+            name, kwargs = entry, {}
+        elif isinstance(entry, Mapping) and len(entry) == 1:
+            name, kwargs = next(iter(entry.items()))
+            kwargs = {} if kwargs is None else kwargs
+        else:
+            raise ConfigError(f"{where}[{i}]: {entry!r}: expected 'module:Wrapper' or {{'module:Wrapper': {{kwargs}}}}")
+        module, _, attr = str(name).partition(":")
+        if not module or not attr or not isinstance(kwargs, Mapping):
+            raise ConfigError(f"{where}[{i}]: {entry!r}: expected 'module:Wrapper' or {{'module:Wrapper': {{kwargs}}}}")
+        parsed.append((str(name), dict(kwargs)))
+    return parsed
+
+
+def wrapper_imports(entries: Sequence[Any]) -> list[str]:
+    """The wrappers of ``entries`` outside Gymnasium's own modules: code, which a saved file may name only
+    with the user's consent."""
+    return [name for name, _ in parse_wrappers(entries) if not name.startswith(GYMNASIUM_MODULES)]
+
+
+def apply_wrappers(env: gym.Env, entries: Sequence[Any]) -> gym.Env:
+    """``env`` inside the wrappers ``entries`` names, the first innermost."""
+    for name, kwargs in parse_wrappers(entries):
+        module_name, _, attr = name.partition(":")
+        try:
+            wrapper = getattr(import_user_module(module_name), attr, None)
+        except ImportError as err:
+            raise EnvError(f"env_wrappers: {name!r}: cannot import module {module_name!r} ({err})") from None
+        if not callable(wrapper):
+            raise EnvError(f"env_wrappers: {name!r}: module {module_name!r} has no wrapper {attr!r}")
+        try:
+            env = wrapper(env, **kwargs)
+        except TypeError as err:
+            raise EnvError(f"env_wrappers: {name!r} with {kwargs}: {err}") from None
+        if not isinstance(env, gym.Env):
+            raise EnvError(f"env_wrappers: {name!r} returned {type(env).__name__}, not a gymnasium.Env")
+    return env
+
+
+# ---------------------------------------------------------------- Gymnasium's EnvSpec, as saved
+
+def spec_from_dict(data: Mapping[str, Any]) -> gym.envs.registration.EnvSpec:
+    """The EnvSpec ``env_spec`` records (the JSON of ``EnvSpec.to_json``)."""
+    try:
+        return gym.envs.registration.EnvSpec.from_json(json.dumps(dict(data)))
+    except (ValueError, TypeError) as err:
+        raise EnvError(f"env_spec: not a Gymnasium EnvSpec ({err})") from None
+
+
+def spec_imports(data: Mapping[str, Any]) -> list[str]:
+    """What making the saved spec ``data`` would import beyond registered envs and Gymnasium's own
+    wrappers: its entry point when its id is not registered with that entry point, and every wrapper
+    outside ``gymnasium.``. Looks at the names only; imports nothing (ale-py ids aside, as for an id)."""
+    spec = spec_from_dict(data)
+    found = []
+    try:
+        registered = _spec(spec.id).entry_point
+    except (gym.error.Error, EnvError):
+        registered = None
+    if registered != spec.entry_point:
+        found.append(str(spec.entry_point))
+    found += [str(w.entry_point) for w in spec.additional_wrappers
+              if not str(w.entry_point).startswith(GYMNASIUM_MODULES)]
+    return found
+
+
+def consent_flags(env_id: str, env_spec: Mapping[str, Any] | None, wrappers: Sequence[Any]) -> str:
+    """The flags a printed ``ppokit resume`` command needs to make the run's envs from its saved files:
+    ``--trust`` for wrappers outside Gymnasium, ``--env ID`` for an id or spec that imports a module."""
+    if wrapper_imports(wrappers):
+        return " --trust"
+    spec = env_spec if env_spec and env_spec.get("id") == env_id else None
+    if (spec_imports(spec) if spec is not None else env_import(env_id)):
+        return f" --env {shlex.quote(env_id)}"
+    return ""
+
+
+def make_from_spec(data: Mapping[str, Any], wrappers: Sequence[Any] = (), **extra: Any) -> gym.Env:
+    """One env, as ``gym.make`` makes it from the saved spec (its time limit and wrappers included)."""
+    spec = spec_from_dict(data)
+    for entry_point in [spec.entry_point, *(w.entry_point for w in spec.additional_wrappers)]:
+        module = str(entry_point).partition(":")[0]
+        if module:  # the one import rule: the working directory too
+            try:
+                import_user_module(module)
+            except ImportError as err:
+                raise EnvError(f"env {spec.id!r}: cannot import module {module!r} ({err})") from None
+    try:
+        env = gym.make(spec, **extra)
+    except gym.error.DependencyNotInstalled as err:
+        raise EnvError(f"env {spec.id!r} needs a package that is not installed: {err}") from None
+    except (gym.error.Error, TypeError, ValueError) as err:
+        raise EnvError(f"cannot make env {spec.id!r} from its saved spec: {err}") from None
+    return apply_wrappers(env, wrappers)
 
 
 def make_single_env(env_id: str, env_kwargs: dict[str, Any] | None = None, *, preprocessing: str = "auto",
-                    **extra: Any) -> gym.Env:
+                    wrappers: Sequence[Any] = (), **extra: Any) -> gym.Env:
     """One environment instance (used for evaluation videos and as the sync/async building block),
-    inside the Atari stack when ``preprocessing`` says so (:func:`ppokit.control.envs.atari.applies`)."""
+    inside the Atari stack when ``preprocessing`` says so (:func:`ppokit.control.envs.atari.applies`),
+    then inside ``wrappers`` (``ControlConfig.env_wrappers``)."""
     kwargs = {**(env_kwargs or {}), **extra}
     factory = _resolve_callable(env_id)
     stack = atari.applies(env_id, preprocessing)
@@ -106,7 +249,7 @@ def make_single_env(env_id: str, env_kwargs: dict[str, Any] | None = None, *, pr
         else:
             _spec(_registered_id(env_id))
             env = gym.make(_registered_id(env_id), **kwargs)
-        return atari.wrap(env, env_id) if stack else env
+        return apply_wrappers(atari.wrap(env, env_id) if stack else env, wrappers)
     except gym.error.DependencyNotInstalled as err:
         raise EnvError(f"env {env_id!r} needs a package that is not installed: {err}") from None
     except gym.error.Error as err:
@@ -153,6 +296,7 @@ def make_vector_env(
     vectorization: str = "auto",
     render_mode: str | None = None,
     preprocessing: str = "auto",
+    wrappers: Sequence[Any] = (),
 ) -> gym.vector.VectorEnv:
     """A Gymnasium vector env with next-step autoreset.
 
@@ -160,11 +304,14 @@ def make_vector_env(
     (CartPole's numpy-batched env steps many envs in one call; ppokit steps a few of them with
     :mod:`ppokit.envs.cartpole_vector`, the same env with a cheaper step), else runs the envs in-process
     (``sync``); ``async`` runs each in its own worker process; ``envpool`` steps them in EnvPool's C++
-    threads (:mod:`ppokit.control.envs.envpool_env`). ``preprocessing``: see ``ControlConfig.env_preprocessing``.
+    threads (:mod:`ppokit.control.envs.envpool_env`). ``preprocessing``: see ``ControlConfig.env_preprocessing``;
+    ``wrappers``: ``ControlConfig.env_wrappers``, around each env (so never a native vector env).
     """
     if vectorization == "envpool":
         from ppokit.control.envs.envpool_env import EnvPoolVectorEnv
 
+        if wrappers:
+            raise EnvError("vectorization 'envpool' steps its envs in C++: env_wrappers cannot wrap them")
         if render_mode is not None:
             raise EnvError("vectorization 'envpool' does not render; record videos with a Gymnasium env")
         return EnvPoolVectorEnv(env_id, num_envs, env_kwargs, preprocessing)
@@ -176,7 +323,7 @@ def make_vector_env(
     stack = atari.applies(env_id, preprocessing)
     # ale-py's own vector env (its entry point) preprocesses in C++ its own way; ppokit's stack is
     # Gymnasium's wrappers, and 'none' means raw frames, so ale-py ids always take the sync path.
-    if factory is None and vectorization == "auto" and not stack and not atari.is_atari_id(env_id):
+    if factory is None and vectorization == "auto" and not stack and not wrappers and not atari.is_atari_id(env_id):
         spec = gym.spec(_registered_id(env_id))
         if spec.vector_entry_point == cartpole_vector.GYMNASIUM_ENTRY_POINT and cartpole_vector.stands_in():
             # The same env, bit for bit, with a step that costs under half for a few envs.
@@ -189,11 +336,13 @@ def make_vector_env(
                 raise EnvError(f"cannot make env {env_id!r}: {err}") from None
             except TypeError as err:
                 raise EnvError(f"cannot make env {env_id!r} with env_kwargs {kwargs}: {err}") from None
-    fns = [lambda: make_single_env(env_id, kwargs, preprocessing=preprocessing) for _ in range(num_envs)]
+    wrappers = list(wrappers)
+    fns = [lambda: make_single_env(env_id, kwargs, preprocessing=preprocessing, wrappers=wrappers)
+           for _ in range(num_envs)]
     # Build one env up front so construction errors surface here, in this process, with a message.
-    make_single_env(env_id, kwargs, preprocessing=preprocessing).close()
+    make_single_env(env_id, kwargs, preprocessing=preprocessing, wrappers=wrappers).close()
     if vectorization == "async":
-        worker_fns = [lambda: _in_worker(env_id, kwargs, preprocessing) for _ in range(num_envs)]
+        worker_fns = [lambda: _in_worker(env_id, kwargs, preprocessing, wrappers) for _ in range(num_envs)]
         return ReportingAsyncVectorEnv(worker_fns, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
     return gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
 
@@ -214,7 +363,7 @@ def check_spaces(observation_space: spaces.Space, action_space: spaces.Space, en
         )
 
 
-def _in_worker(env_id: str, kwargs: dict[str, Any], preprocessing: str = "auto") -> gym.Env:
+def _in_worker(env_id: str, kwargs: dict[str, Any], preprocessing: str = "auto", wrappers: Sequence[Any] = ()) -> gym.Env:
     """Build an env inside an async worker process, deaf to Ctrl-C.
 
     Ctrl-C reaches every process of the terminal's group; the trainer handles it in the main process
@@ -224,7 +373,7 @@ def _in_worker(env_id: str, kwargs: dict[str, Any], preprocessing: str = "auto")
 
     if multiprocessing.parent_process() is not None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return FirstAnswersChecked(make_single_env(env_id, kwargs, preprocessing=preprocessing), env_id)
+    return FirstAnswersChecked(make_single_env(env_id, kwargs, preprocessing=preprocessing, wrappers=wrappers), env_id)
 
 
 class ReportingAsyncVectorEnv(gym.vector.AsyncVectorEnv):

@@ -100,7 +100,7 @@ def given(obj: Any, env_kwargs: dict[str, Any]) -> EnvSource:
 def given_overrides(source: EnvSource, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """The config fields an env object sets: its id, its number of envs, and a torch env's device
     (``overrides`` may name another, which the env's check then refuses)."""
-    own: dict[str, Any] = {"env_id": source.env_id}
+    own: dict[str, Any] = {"env_id": source.env_id, "env_spec": source.spec}
     if is_torch_env(source.obj):
         own["device"] = str(source.obj.device)
     fixed = {"num_envs": source.fixed_num_envs} if source.fixed_num_envs is not None else {}
@@ -125,4 +125,8 @@ def for_config(config: ControlConfig, source: EnvSource | None = None, *, truste
         source.device = config.device
     else:  # the Atari stack or none, for the envs made from an id (ppokit.control.envs.atari)
         source.preprocessing = config.env_preprocessing
+        source.wrappers = list(config.env_wrappers)
+        # The saved spec of an env object rebuilds it, unless another env is named now (env_id).
+        if source.obj is None and config.env_spec and config.env_spec.get("id") == config.env_id:
+            source.spec = dict(config.env_spec)
     return source

@@ -7,11 +7,9 @@ and the scores are joined in order. Every call has a ``timeout``.
 
 from __future__ import annotations
 
-import importlib
 import math
 import multiprocessing
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ppokit.errors import ConfigError, TrainingError
+from ppokit.imports import import_user_module
 from ppokit.lifetime import die_with_parent
 from ppokit.urls import url_scheme
 
@@ -265,12 +264,8 @@ def import_callable(spec: str) -> RewardFn:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"reward {spec!r}: expected 'module:function'")
-    # Like other 'module:attr' loaders (uvicorn, gunicorn), look in the working directory too, so a
-    # rules.py next to the user's data works from the console script.
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.append(os.getcwd())
     try:
-        module = importlib.import_module(module_name)
+        module = import_user_module(module_name)  # the working directory too: a rules.py beside the data
     except ImportError as err:
         raise ConfigError(f"reward {spec!r}: cannot import module {module_name!r}: {err}") from None
     fn: Any = module

@@ -1,0 +1,147 @@
+"""Env objects given in code are saved so evaluation and resume rebuild the same env, or refuse (issue 31,
+item 1); every vector env kind is evaluated or refused before training (items 5, 6)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+from gymnasium.utils import RecordConstructorArgs
+
+from ppokit import PPO, ControlConfig
+from ppokit.errors import EnvError, UntrustedCodeError
+
+ROOT = Path(__file__).resolve().parents[2]
+NEXT_STEP = gym.vector.AutoresetMode.NEXT_STEP
+
+
+def _config(tmp_path, name: str, **changes) -> ControlConfig:
+    values = dict(num_envs=2, num_steps=16, num_minibatches=1, num_epochs=1, total_steps=32, progress=False,
+                  tensorboard=False, eval_episodes=2, run_dir=str(tmp_path / name))
+    values.update(changes)
+    return ControlConfig(**values)
+
+
+def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "ppokit", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=300)
+
+
+def _five_steps() -> gym.Env:
+    return gym.make("CartPole-v1", max_episode_steps=5)  # no policy drops the pole in 5 steps: returns are 5
+
+
+class ScaledReward(gym.RewardWrapper, RecordConstructorArgs):
+    """A wrapper outside Gymnasium that records its arguments: rebuildable, but code."""
+
+    def __init__(self, env: gym.Env, scale: float = 1.0) -> None:
+        RecordConstructorArgs.__init__(self, scale=scale)
+        gym.RewardWrapper.__init__(self, env)
+        self.scale = scale
+
+    def reward(self, reward):
+        return self.scale * reward
+
+
+def test_a_sync_vector_env_is_rebuilt_with_its_time_limit(tmp_path):
+    vec = gym.vector.SyncVectorEnv([_five_steps] * 2, autoreset_mode=NEXT_STEP)
+    agent = PPO(_config(tmp_path, "sync"), env=vec).learn()
+    assert agent.config.env_id == "CartPole-v1" and agent.config.env_spec["max_episode_steps"] == 5
+    loaded = PPO.load(tmp_path / "sync")  # a registered env with Gymnasium's wrappers: no consent needed
+    result = loaded.evaluate(4)
+    assert result["mean_return"] == 5.0 and result["std_return"] == 0.0  # TimeLimit(5), as trained
+    assert "TimeLimit" in str(loaded.env_source.single())
+    # The command line rebuilds the same env.
+    out = _cli("eval", tmp_path / "sync", "--episodes", 3)
+    assert out.returncode == 0, out.stderr
+    [written] = (tmp_path / "sync" / "evals").glob("eval_*.json")
+    assert json.loads(written.read_text())["mean_return"] == 5.0
+
+
+def test_a_wrapped_instance_keeps_its_wrappers_after_save_and_load(tmp_path):
+    env = gym.wrappers.TimeAwareObservation(gym.make("CartPole-v1", max_episode_steps=7))
+    PPO(_config(tmp_path, "wrapped"), env=env).learn()
+    loaded = PPO.load(tmp_path / "wrapped")
+    assert "TimeAwareObservation<TimeLimit" in str(loaded.env_source.single())
+    assert loaded.evaluate(3)["mean_return"] == 7.0  # five observation values, the policy's, and the limit
+
+
+def test_an_env_that_cannot_be_rebuilt_is_recorded_so_and_refused(tmp_path):
+    doubled = gym.wrappers.TransformReward(gym.make("CartPole-v1"), lambda r: 2 * r)  # a lambda: no spec to save
+    by_hand = gym.wrappers.TimeLimit(CartPoleEnv(), 50)  # no gym.make: no spec at all
+    for name, env in (("lambda", doubled), ("hand", by_hand)):
+        agent = PPO(_config(tmp_path, name), env=env).learn()
+        assert agent.config.env_id == "<object CartPoleEnv>" and agent.config.env_spec is None
+        with pytest.raises(EnvError, match=r"cannot rebuild exactly; pass it again \(PPO.load\(path, env=\.\.\.\)\)"):
+            PPO.load(tmp_path / name, trust=True).evaluate(1)
+        with pytest.raises(EnvError, match="pass it again"):
+            PPO.resume(tmp_path / name, trust=True, total_steps=64)
+    assert PPO.load(tmp_path / "lambda", env=doubled).evaluate(1)["mean_return"] > 0
+    out = _cli("eval", tmp_path / "hand", "--trust")
+    assert out.returncode != 0 and "pass it again" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_saved_spec_naming_code_needs_consent(tmp_path):
+    env = ScaledReward(_five_steps(), scale=2.0)
+    agent = PPO(_config(tmp_path, "code"), env=env).learn()
+    assert agent.config.env_spec["additional_wrappers"][0]["entry_point"].endswith(":ScaledReward")
+    with pytest.raises(UntrustedCodeError, match="ScaledReward"):
+        PPO.load(tmp_path / "code").evaluate(1)
+    assert PPO.load(tmp_path / "code", trust=True).evaluate(2)["mean_return"] == 10.0
+
+
+@pytest.mark.parametrize("kind", ["async", "make_vec"])
+def test_async_and_make_vec_envs_are_evaluated_at_the_end(tmp_path, kind):
+    if kind == "async":
+        vec = gym.vector.AsyncVectorEnv([_five_steps] * 2, autoreset_mode=NEXT_STEP)
+    else:
+        vec = gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="vector_entry_point", max_episode_steps=5)
+    try:
+        agent = PPO(_config(tmp_path, kind), env=vec).learn()
+    finally:
+        vec.close()
+    assert (tmp_path / kind / "eval.json").exists()
+    assert agent.config.env_id == "CartPole-v1" and agent.config.env_spec["max_episode_steps"] == 5
+    assert PPO.load(tmp_path / kind).evaluate(2)["mean_return"] == 5.0
+
+
+def test_a_vector_env_that_cannot_be_evaluated_is_refused_before_training(tmp_path):
+    vec = gym.wrappers.vector.NormalizeObservation(gym.vector.SyncVectorEnv([_five_steps] * 2, autoreset_mode=NEXT_STEP))
+    with pytest.raises(EnvError, match="NormalizeObservation.*eval_episodes=0"):
+        PPO(_config(tmp_path, "wrapped_vec"), env=vec)
+    PPO(_config(tmp_path, "no_eval", eval_episodes=0), env=vec).learn()  # evaluation explicitly off: it trains
+
+
+class NoSingleSpaces(gym.vector.VectorEnv):
+    """Like SuperSuit's vector envs: batched spaces, but no single_observation_space."""
+
+    def __init__(self, infos_as_list: bool = False) -> None:
+        self.num_envs, self.infos_as_list = 2, infos_as_list
+        self.observation_space = gym.spaces.Box(-1, 1, (2, 3), np.float32)
+        self.action_space = gym.spaces.MultiDiscrete([2, 2])
+        self.single_action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        infos = [{}, {}] if self.infos_as_list else {}
+        return np.zeros((2, 3), np.float32), infos
+
+    def step(self, actions):
+        infos = [{}, {}] if self.infos_as_list else {}
+        return np.zeros((2, 3), np.float32), np.zeros(2), np.zeros(2, bool), np.zeros(2, bool), infos
+
+
+def test_a_vector_env_lacking_what_ppokit_needs_is_refused_in_one_line(tmp_path):
+    with pytest.raises(EnvError, match="NoSingleSpaces has no 'single_observation_space'"):
+        PPO(_config(tmp_path, "bare", eval_episodes=0), env=NoSingleSpaces())
+    listed = NoSingleSpaces(infos_as_list=True)
+    listed.single_observation_space = gym.spaces.Box(-1, 1, (3,), np.float32)
+    with pytest.raises(EnvError, match="infos as a list"):
+        PPO(_config(tmp_path, "listed", eval_episodes=0), env=listed).learn()
