@@ -5,6 +5,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from gymnasium.utils import RecordConstructorArgs
 
 
 class CountingEnv(gym.Env):
@@ -435,3 +436,15 @@ class UnevenEpisodesEnv(gym.Env):
             self.log.append((self.vector_steps, self.index, self.total, self.t))
         terminate = end and bool(self.np_random.integers(2))
         return np.zeros(1, dtype=np.float32), reward, terminate, end and not terminate, {}
+
+
+class ScaledReward(gym.RewardWrapper, RecordConstructorArgs):
+    """A wrapper outside Gymnasium that records its arguments: its spec rebuilds it, but naming it is code."""
+
+    def __init__(self, env: gym.Env, scale: float = 1.0) -> None:
+        RecordConstructorArgs.__init__(self, scale=scale)
+        gym.RewardWrapper.__init__(self, env)
+        self.scale = scale
+
+    def reward(self, reward):
+        return self.scale * reward

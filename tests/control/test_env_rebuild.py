@@ -13,10 +13,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
-from gymnasium.utils import RecordConstructorArgs
 
 from ppokit import PPO, ControlConfig
 from ppokit.errors import EnvError, UntrustedCodeError
+from tests.envs import ScaledReward
 
 ROOT = Path(__file__).resolve().parents[2]
 NEXT_STEP = gym.vector.AutoresetMode.NEXT_STEP
@@ -37,18 +37,6 @@ def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 
 def _five_steps() -> gym.Env:
     return gym.make("CartPole-v1", max_episode_steps=5)  # no policy drops the pole in 5 steps: returns are 5
-
-
-class ScaledReward(gym.RewardWrapper, RecordConstructorArgs):
-    """A wrapper outside Gymnasium that records its arguments: rebuildable, but code."""
-
-    def __init__(self, env: gym.Env, scale: float = 1.0) -> None:
-        RecordConstructorArgs.__init__(self, scale=scale)
-        gym.RewardWrapper.__init__(self, env)
-        self.scale = scale
-
-    def reward(self, reward):
-        return self.scale * reward
 
 
 def test_a_sync_vector_env_is_rebuilt_with_its_time_limit(tmp_path):
