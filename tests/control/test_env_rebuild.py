@@ -15,8 +15,9 @@ import pytest
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 
 from ppokit import PPO, ControlConfig
+from ppokit.control.envs.make import consent_flags
 from ppokit.errors import EnvError, UntrustedCodeError
-from tests.envs import ScaledReward
+from tests.envs import PositionOnlyCartPole, ScaledReward
 
 ROOT = Path(__file__).resolve().parents[2]
 NEXT_STEP = gym.vector.AutoresetMode.NEXT_STEP
@@ -52,6 +53,12 @@ def test_a_sync_vector_env_is_rebuilt_with_its_time_limit(tmp_path):
     assert out.returncode == 0, out.stderr
     [written] = (tmp_path / "sync" / "evals").glob("eval_*.json")
     assert json.loads(written.read_text())["mean_return"] == 5.0
+    # Resuming makes the same envs from the spec, in Python and on the command line.
+    resumed = PPO.resume(tmp_path / "sync", total_steps=64)
+    assert "TimeLimit" in str(resumed.env.envs[0]) and resumed.env.envs[0].spec.max_episode_steps == 5
+    resumed.close()
+    out = _cli("resume", tmp_path / "sync", "--total-steps", 64, "--no-progress")
+    assert out.returncode == 0, out.stderr
 
 
 def test_a_wrapped_instance_keeps_its_wrappers_after_save_and_load(tmp_path):
@@ -65,7 +72,8 @@ def test_a_wrapped_instance_keeps_its_wrappers_after_save_and_load(tmp_path):
 def test_an_env_that_cannot_be_rebuilt_is_recorded_so_and_refused(tmp_path):
     doubled = gym.wrappers.TransformReward(gym.make("CartPole-v1"), lambda r: 2 * r)  # a lambda: no spec to save
     by_hand = gym.wrappers.TimeLimit(CartPoleEnv(), 50)  # no gym.make: no spec at all
-    for name, env in (("lambda", doubled), ("hand", by_hand)):
+    unrecorded = PositionOnlyCartPole()  # a wrapper that does not record its arguments (no RecordConstructorArgs)
+    for name, env in (("lambda", doubled), ("hand", by_hand), ("unrecorded", unrecorded)):
         agent = PPO(_config(tmp_path, name), env=env).learn()
         assert agent.config.env_id == "<object CartPoleEnv>" and agent.config.env_spec is None
         with pytest.raises(EnvError, match=r"cannot rebuild exactly; pass it again \(PPO.load\(path, env=\.\.\.\)\)"):
@@ -83,6 +91,9 @@ def test_a_saved_spec_naming_code_needs_consent(tmp_path):
     assert agent.config.env_spec["additional_wrappers"][0]["entry_point"].endswith(":ScaledReward")
     with pytest.raises(UntrustedCodeError, match="ScaledReward"):
         PPO.load(tmp_path / "code").evaluate(1)
+    # Naming the env again is consent too, and the printed resume command carries it.
+    assert consent_flags(agent.config.env_id, agent.config.env_spec, []) == " --env CartPole-v1"
+    assert PPO.load(tmp_path / "code", env_id="CartPole-v1").evaluate(2)["mean_return"] == 10.0
     assert PPO.load(tmp_path / "code", trust=True).evaluate(2)["mean_return"] == 10.0
 
 
