@@ -112,6 +112,14 @@ def test_async_and_make_vec_envs_are_evaluated_at_the_end(tmp_path, kind):
     assert PPO.load(tmp_path / kind).evaluate(2)["mean_return"] == 5.0
 
 
+def test_a_watching_vector_wrapper_keeps_the_spec(tmp_path):
+    vec = gym.wrappers.vector.RecordEpisodeStatistics(gym.vector.SyncVectorEnv([_five_steps] * 2,
+                                                                               autoreset_mode=NEXT_STEP))
+    agent = PPO(_config(tmp_path, "watched"), env=vec).learn()
+    assert agent.config.env_spec["max_episode_steps"] == 5
+    assert PPO.load(tmp_path / "watched").evaluate(2)["mean_return"] == 5.0
+
+
 def test_a_vector_env_that_cannot_be_evaluated_is_refused_before_training(tmp_path):
     vec = gym.wrappers.vector.NormalizeObservation(gym.vector.SyncVectorEnv([_five_steps] * 2, autoreset_mode=NEXT_STEP))
     with pytest.raises(EnvError, match="NormalizeObservation.*eval_episodes=0"):

@@ -110,6 +110,8 @@ def _sub_specs(obj: gym.vector.VectorEnv) -> list[Any]:
 def describe(obj: Any) -> tuple[str, dict[str, Any] | None]:
     """What the run's files record of ``obj``: ``(env_id, env_spec)``. See the module's docs."""
     if isinstance(obj, gym.vector.VectorEnv):
+        while isinstance(obj, gym.vector.VectorWrapper) and type(obj).__name__ in WATCHING_VECTOR_WRAPPERS:
+            obj = obj.env  # watches only: the env inside is the one to rebuild
         if isinstance(obj, (gym.vector.SyncVectorEnv, gym.vector.AsyncVectorEnv)):
             specs = [saved_spec(spec) for spec in _sub_specs(obj)]
             data = specs[0] if specs and all(s is not None and s == specs[0] for s in specs) else None
@@ -187,10 +189,12 @@ class EnvSource:
         return self.cannot_evaluate is None
 
     def require_evaluation(self) -> None:
-        """Refuse, before training spends its budget, an env object ppokit cannot evaluate on."""
+        """Refuse, before training spends its budget, an env object ppokit cannot evaluate on; make the
+        first evaluation env of a vector env now, so a factory that fails does so before training too."""
         if self.cannot_evaluate is not None:
             raise EnvError(f"{self.cannot_evaluate}: pass an env class or factory (env=...), apply the wrappers to "
                            "each env instead, or turn evaluation off (eval_episodes=0, eval_every=0)")
+        self._ensure_prototype()
 
     @property
     def fixed_num_envs(self) -> int | None:
@@ -289,13 +293,16 @@ class EnvSource:
             raise EnvError(f"the env factory {self.env_id} returned {type(env).__name__}, not a gymnasium.Env")
         return apply_wrappers(env, self.wrappers)
 
-    def _new(self) -> gym.Env:
+    def _ensure_prototype(self) -> None:
         if self._prototype is None and self._first_factory is not None:
             env = self._first_factory()
             if not isinstance(env, gym.Env):
                 raise EnvError(f"the vector env's first factory returned {type(env).__name__}, not a gymnasium.Env")
             # A copy, so a factory that hands back one captured instance is never stepped twice at once.
             self._prototype = copy.deepcopy(env)
+
+    def _new(self) -> gym.Env:
+        self._ensure_prototype()
         if self._prototype is None:
             raise EnvError(f"evaluation needs envs it can make: {self.cannot_evaluate}; pass an env class or factory "
                            "instead")
