@@ -152,3 +152,27 @@ def test_a_vector_env_lacking_what_ppokit_needs_is_refused_in_one_line(tmp_path)
     listed.single_observation_space = gym.spaces.Box(-1, 1, (3,), np.float32)
     with pytest.raises(EnvError, match="infos as a list"):
         PPO(_config(tmp_path, "listed", eval_episodes=0), env=listed).learn()
+
+
+@pytest.mark.parametrize("names", ["spec_entry_point", "spec_wrapper", "env_wrappers"])
+def test_a_saved_spec_or_wrapper_naming_code_imports_nothing_without_consent(tmp_path, names):
+    """The saved file is edited to name code that leaves a trace when imported (tests/trace_code.py)."""
+    vec = gym.vector.SyncVectorEnv([_five_steps] * 2, autoreset_mode=NEXT_STEP)
+    PPO(_config(tmp_path, "run", eval_episodes=0), env=vec).learn()
+    state_file = tmp_path / "run" / "model" / "state.json"
+    state = json.loads(state_file.read_text())
+    config = state["config"]
+    if names == "spec_entry_point":
+        config["env_spec"]["entry_point"] = "tests.trace_code:make_env"
+    elif names == "spec_wrapper":
+        config["env_spec"]["additional_wrappers"].append(
+            {"name": "Traced", "entry_point": "tests.trace_code:Traced", "kwargs": {}})
+    else:
+        config["env_wrappers"] = ["tests.trace_code:Traced"]
+    state_file.write_text(json.dumps(state))
+    trace = tmp_path / "trace"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PPOKIT_TRACE": str(trace)}
+    out = subprocess.run([sys.executable, "-m", "ppokit", "eval", str(tmp_path / "run"), "--episodes", "1"],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert out.returncode == 2 and "tests.trace_code" in out.stderr and "--trust" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and not trace.exists()
