@@ -73,7 +73,12 @@ def test_an_env_that_cannot_be_rebuilt_is_recorded_so_and_refused(tmp_path):
     doubled = gym.wrappers.TransformReward(gym.make("CartPole-v1"), lambda r: 2 * r)  # a lambda: no spec to save
     by_hand = gym.wrappers.TimeLimit(CartPoleEnv(), 50)  # no gym.make: no spec at all
     unrecorded = PositionOnlyCartPole()  # a wrapper that does not record its arguments (no RecordConstructorArgs)
-    for name, env in (("lambda", doubled), ("hand", by_hand), ("unrecorded", unrecorded)):
+
+    class Local(ScaledReward):  # records its arguments, but its name leads nowhere importable
+        pass
+
+    local = Local(gym.make("CartPole-v1"), scale=1.0)
+    for name, env in (("lambda", doubled), ("hand", by_hand), ("unrecorded", unrecorded), ("local", local)):
         agent = PPO(_config(tmp_path, name), env=env).learn()
         assert agent.config.env_id == "<object CartPoleEnv>" and agent.config.env_spec is None
         with pytest.raises(EnvError, match=r"cannot rebuild exactly; pass it again \(PPO.load\(path, env=\.\.\.\)\)"):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -49,7 +50,7 @@ from ppokit.errors import EnvError, UntrustedCodeError
 
 #: Vector wrappers that only watch (they change no observation, reward or action): evaluation envs
 #: made without them are the same env.
-WATCHING_VECTOR_WRAPPERS = ("RecordEpisodeStatistics",)
+WATCHING_VECTOR_WRAPPERS: tuple[type, ...] = (gym.wrappers.vector.RecordEpisodeStatistics,)
 
 
 def _importable(target: Any) -> str | None:
@@ -62,8 +63,16 @@ def _importable(target: Any) -> str | None:
 
 
 def _entry_importable(entry_point: Any) -> bool:
-    return isinstance(entry_point, str) and ":" in entry_point and not entry_point.startswith("__main__:") \
-        and "<" not in entry_point
+    """Whether ``gym.make`` can load ``entry_point`` again: a ``module:Name`` outside a script whose
+    module, if this process has it, holds ``Name`` (a wrapper class defined in a function or nested in
+    another class records a name that is not there)."""
+    if not isinstance(entry_point, str) or ":" not in entry_point:
+        return False
+    module_name, _, name = entry_point.partition(":")
+    if module_name == "__main__" or "<" in entry_point:
+        return False
+    module = sys.modules.get(module_name)
+    return module is None or hasattr(module, name)
 
 
 def saved_spec(spec: gym.envs.registration.EnvSpec | None) -> dict[str, Any] | None:
@@ -110,8 +119,8 @@ def _sub_specs(obj: gym.vector.VectorEnv) -> list[Any]:
 def describe(obj: Any) -> tuple[str, dict[str, Any] | None]:
     """What the run's files record of ``obj``: ``(env_id, env_spec)``. See the module's docs."""
     if isinstance(obj, gym.vector.VectorEnv):
-        while isinstance(obj, gym.vector.VectorWrapper) and type(obj).__name__ in WATCHING_VECTOR_WRAPPERS:
-            obj = obj.env  # watches only: the env inside is the one to rebuild
+        while type(obj) in WATCHING_VECTOR_WRAPPERS:
+            obj = obj.env  # type: ignore[attr-defined]  # watches only: the env inside is the one to rebuild
         if isinstance(obj, (gym.vector.SyncVectorEnv, gym.vector.AsyncVectorEnv)):
             specs = [saved_spec(spec) for spec in _sub_specs(obj)]
             data = specs[0] if specs and all(s is not None and s == specs[0] for s in specs) else None
@@ -157,7 +166,7 @@ class EnvSource:
         """How evaluation envs are made for the vector env ``obj``: copies of its first env."""
         kind, inner = type(obj).__name__, obj
         while isinstance(inner, gym.vector.VectorWrapper):
-            if type(inner).__name__ not in WATCHING_VECTOR_WRAPPERS:
+            if type(inner) not in WATCHING_VECTOR_WRAPPERS:
                 self.cannot_evaluate = (f"the vector env is wrapped in {type(inner).__name__} (a VectorWrapper), which "
                                         "ppokit cannot put around evaluation envs")
                 return
