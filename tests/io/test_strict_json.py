@@ -74,3 +74,13 @@ def test_rlhf_commands_print_and_write_standard_json(tiny_lm, tmp_path, capsys):
         if stage == "sft":
             assert summary["eval_loss"] is None and summary["eval_rows"] == 0
         assert _check_json_files(tmp_path / stage), stage
+
+
+def test_a_sweep_writes_standard_json(tmp_path, capsys):
+    pytest.importorskip("optuna")
+    out = tmp_path / "sweep"
+    assert main(["tune", "CartPole-v1", "--total-steps", "512", "--set", "num_envs=2", "--set", "num_steps=64",
+                 "--set", "num_minibatches=2", "--eval-every", "256", "--eval-episodes", "2", "--pruner", "none",
+                 "--trials", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert {"trials.jsonl", "eval.json", "metrics.jsonl"} <= set(_check_json_files(out))
