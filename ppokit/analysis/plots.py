@@ -8,8 +8,9 @@ score against KL (the reward/KL frontier). :func:`series` computes what is drawn
 draws it, so what a picture shows can be checked against the runs.
 
 Control runs on two or more tasks get a learning-curve panel per task and aggregate panels: each
-run's final score (:func:`run_score`) normalised per task and pooled across tasks into the IQM,
-median and mean of each group, with stratified-bootstrap 95 % intervals (:mod:`ppokit.analysis.aggregate`).
+run's final score (:func:`run_score`) normalised per task, and rliable's IQM, median, mean and
+optimality gap of each group across tasks, with stratified-bootstrap 95 % intervals
+(:mod:`ppokit.analysis.aggregate` says exactly what each one is).
 The groups there are the values of ``aggregate_by`` (by default the config fields that differ
 between runs of one task: what is being compared).
 """
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ppokit.analysis.aggregate import Estimate, estimates, normalise
+from ppokit.analysis.aggregate import STATISTICS, Estimate, estimates, normalise
 from ppokit.errors import ConfigError
 from ppokit.io.atomic import atomic_write_bytes
 from ppokit.io.run_info import metrics_rows, read_config
@@ -136,7 +137,7 @@ def compared_fields(runs: list[Run]) -> list[str]:
 
 def aggregate(runs: list[Run], by: list[str] | None = None, ranges: dict[str, tuple[float, float]] | None = None,
               reps: int = 2000) -> list[Estimate]:
-    """IQM, median and mean of the runs' normalised final scores across tasks, per group of the
+    """rliable's IQM, median, mean and optimality gap of the runs' normalised final scores across tasks, per group of the
     ``by`` fields' values (default :func:`compared_fields`), with bootstrap intervals."""
     by = compared_fields(runs) if by is None else by
     scores: dict[str, dict[str, list[float]]] = {}
@@ -205,8 +206,9 @@ def panels(runs: list[Run], aggregate_by: list[str] | None = None,
                    series(per_task[t], "episodic_return", "global_step")) for t in tasks]
         found = aggregate(runs, aggregate_by, ranges)
         normalised = "by --score-range" if ranges and set(ranges) >= set(tasks) else "0: worst, 1: best run of the task"
-        drawn += [(f"{name} across {len(tasks)} tasks (95% CI)", f"normalised final score ({normalised})",
-                   [e for e in found if e.statistic == name]) for name in ("IQM", "median", "mean")]
+        drawn += [(f"{name} across {len(tasks)} tasks (95% CI)",
+                   f"normalised final score ({normalised})" + ("; lower is better" if name == "optimality gap" else ""),
+                   [e for e in found if e.statistic == name]) for name in STATISTICS]
         spec = tuple(p for p in spec if p[0] != "episodic_return")
     if kinds == {"rlhf ppo"}:
         spec += reward_source_panels(runs[0].config)

@@ -8,11 +8,11 @@ relaunches the command with torchrun's launcher); only rank 0 prints.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
 
+from ppokit.io.atomic import strict_json
 from ppokit.launch import add_nproc_flag
 
 STAGES = {
@@ -184,7 +184,7 @@ def _finish_supervised(stage: str, trainer: Any) -> int:
     else:
         print(f"reward model: held-out pairwise accuracy {summary['eval_accuracy']:.3f} "
               f"({summary['eval_pairs']} pairs); model: {summary['model_dir']}")
-    print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, list)}), file=sys.stderr)
+    print(strict_json({k: v for k, v in summary.items() if not isinstance(v, list)}), file=sys.stderr)
     return 0
 
 
@@ -210,7 +210,7 @@ def _finish_ppo(trainer: Any) -> int:
         return 0
     print(f"PPO done: score {summary['score_first']:+.3f} -> {summary['score_last']:+.3f}, "
           f"KL {summary['kl_last']:.3f}; policy: {summary['policy_dir']}")
-    print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, list)}), file=sys.stderr)
+    print(strict_json({k: v for k, v in summary.items() if not isinstance(v, list)}), file=sys.stderr)
     return 0
 
 

@@ -37,6 +37,7 @@ from ppokit.control.envs.observations import ObservationReader, as_policy_input,
 from ppokit.control.envs.source import EnvSource
 from ppokit.control.envs.torch_source import TorchEnvSource
 from ppokit.control.evaluation import EvaluationEnvs, eval_vectorization, run_evaluation
+from ppokit.control.evaluation_checks import deterministic_gap
 from ppokit.control.policy.actions import ActionAdapter, all_discrete, first_of
 from ppokit.control.policy.networks import ActorCritic, PolicySpec, is_image_space
 from ppokit.control.rollout.collectors import Collector, make_collector
@@ -249,6 +250,14 @@ class PPO:
         if result is None and c.eval_episodes > 0:
             result = self.evaluate(c.eval_episodes, deterministic=c.eval_deterministic)
         if result is not None:
+            # The argmax of a policy that solves its task by sampling can loop: say so, once, where
+            # the user reads the result (the log and eval.json), with how to evaluate sampling.
+            recent = getattr(self.collector, "episodes", None)
+            gap = deterministic_gap(result, list(recent.returns) if recent is not None else [], self.action_space,
+                                    str(self.run_dir))
+            if gap is not None:
+                log.warning("%s", gap["deterministic_warning"])
+                result = {**result, **gap}
             atomic_write_json(self.run_dir / "eval.json", result)
         metrics.finish({f"eval/{k}": v for k, v in (result or {}).items()}, self.run_dir / "model")
 

@@ -35,7 +35,7 @@ from ppokit.core.collective import Collective, check_world_size, gather_rank_sta
 from ppokit.core.optim import Optimizer
 from ppokit.core.running_stats import RunningMeanStd
 from ppokit.errors import CheckpointError, ConfigError
-from ppokit.io.atomic import atomic_write_dir, recover_dir
+from ppokit.io.atomic import atomic_write_dir, recover_dir, strict_json
 from ppokit.io.checkpoints import (
     RESUME_FILE,
     checkpoint_path,
@@ -122,7 +122,7 @@ def save_model(path: str | Path, tensors: Mapping[str, torch.Tensor], state: Map
 
     def fill(tmp: Path) -> None:
         save_file(dict(tensors), str(tmp / MODEL_FILE))
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+        (tmp / STATE_FILE).write_text(strict_json(state, indent=2) + "\n", encoding="utf-8")
         if optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
         if extra is not None:
@@ -137,7 +137,7 @@ def save_best(path: Path, tensors: Mapping[str, torch.Tensor], state: Mapping[st
     """The policy with the best periodic evaluation so far, with that evaluation's eval.json."""
 
     def extra(tmp: Path) -> None:
-        (tmp / "eval.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        (tmp / "eval.json").write_text(strict_json(result, indent=2) + "\n", encoding="utf-8")
 
     save_model(path, tensors, state, extra=extra)
 

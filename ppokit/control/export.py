@@ -18,9 +18,12 @@ added). Inputs and outputs, by name (ONNX) or position (TorchScript):
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -192,10 +195,25 @@ def export_policy(agent: PPO, path: str | Path, fmt: Format, action_mask: bool |
     return Path(path)
 
 
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """No warnings and no log records below ERROR while the exporter runs: torch.onnx and onnxscript
+    log their passes (INFO, through the CLI's handler as if they were ppokit's lines) and warn about
+    optional packages (torchvision ops it skips), none of which says anything about the file written.
+    Errors still show; torch marks TorchScript deprecated in favour of torch.export, but its files
+    still load everywhere."""
+    before = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # every logger, torch's own handlers included
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(before)
+
+
 def _write(module: DeterministicPolicy, inputs: tuple[Tensor, ...], fmt: Format, partial: Path) -> None:
-    with torch.no_grad(), warnings.catch_warnings():
-        # torch marks TorchScript deprecated in favour of torch.export; its files still load everywhere.
-        warnings.simplefilter("ignore")
+    with torch.no_grad(), _quiet_exporter():
         if fmt == "torchscript":
             torch.jit.save(torch.jit.trace(module, inputs, check_trace=False), str(partial))
         else:

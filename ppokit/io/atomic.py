@@ -88,8 +88,15 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def strict_json(data: Any, **kwargs: Any) -> str:
+    """``data`` as standard JSON, which strict parsers accept: NaN and infinities become null
+    (:func:`json_safe`), and ``allow_nan=False`` makes any that slipped through an error, not a
+    ``NaN`` token. Every JSON file or line ppokit writes or prints for users goes through here."""
+    return json.dumps(json_safe(data), allow_nan=False, **kwargs)
+
+
 def atomic_write_json(path: str | Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(json_safe(data), indent=2, sort_keys=False) + "\n")
+    atomic_write_text(path, strict_json(data, indent=2, sort_keys=False) + "\n")
 
 
 #: What marks a directory moved aside by :func:`atomic_write_dir` as ppokit's own: ``.NAME`` + this +

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ppokit.io.atomic import json_safe
+from ppokit.io.atomic import strict_json
 from ppokit.io.lock import RunLock
 from ppokit.io.trackers import Status, TrackerSet
 
@@ -34,7 +34,7 @@ class MetricsLogger:
             self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=purge_step)
 
     def log(self, record: Mapping[str, Any], step: int, prefix: str = "train") -> None:
-        self._file.write(json.dumps(json_safe(dict(record))) + "\n")
+        self._file.write(strict_json(dict(record)) + "\n")
         self._file.flush()
         if self._tb is not None:
             from tensorboard.compat.proto.summary_pb2 import Summary

@@ -1,5 +1,10 @@
 """Exported policies (ONNX, TorchScript) act as ``PPO.load(...).predict`` does, without ppokit."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -164,3 +169,19 @@ def test_export_cli_writes_the_file_and_reports_bad_input(tmp_path, capsys):
     assert "nowhere" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "run"), "-o", str(tmp_path)]) == 2
     assert "is a directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_cli_prints_only_its_own_line(tmp_path, fmt):
+    # In a fresh process, as a user runs it: torch.onnx's and onnxscript's INFO records went through the
+    # CLI's log handler as "ppokit: INFO: ..." lines, and torch's own handler warned of torchvision.
+    _trained(tmp_path, "CartPole-v1", {}, {})
+    out = tmp_path / f"policy.{fmt}"
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "ppokit", "export", str(tmp_path / "run"), "--format", fmt,
+                           "-o", str(out)], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [f"wrote {out} ({fmt}; inputs and outputs: docs/how-to/export.md)"]
+    assert proc.stderr == ""
+    assert out.stat().st_size > 0

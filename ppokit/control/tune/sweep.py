@@ -9,7 +9,6 @@ comment that says which trial it is.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -141,10 +140,10 @@ def completed(study: Any) -> list[Any]:
 
 def write_results(study: Any, base: ControlConfig, settings: TuneSettings) -> tuple[Path, Path | None]:
     """Write ``trials.jsonl`` and, once a trial has completed, ``best.yaml``; their paths."""
-    from ppokit.io.atomic import atomic_write_text, json_safe
+    from ppokit.io.atomic import atomic_write_text, strict_json
 
     out = Path(str(settings.out))
-    rows = [json.dumps(json_safe(trial_row(t))) + "\n" for t in study.get_trials(deepcopy=False)]
+    rows = [strict_json(trial_row(t)) + "\n" for t in study.get_trials(deepcopy=False)]
     atomic_write_text(out / "trials.jsonl", "".join(rows))
     best = completed(study)
     if not best:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ppokit import runtime
 from ppokit.errors import CheckpointError, ConfigError
+from ppokit.io.atomic import strict_json
 from ppokit.rlhf.config import LMRuntime
 
 log = logging.getLogger("ppokit")
@@ -362,7 +363,7 @@ class RewardModel(nn.Module):
             self.model.save_pretrained(path)
         tokenizer.save_pretrained(path)
         meta = {"format": 1, "head": self.kind, "mean": self.mean, "std": self.std}
-        (path / REWARD_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        (path / REWARD_META).write_text(strict_json(meta, indent=2) + "\n", encoding="utf-8")
 
 
 def new_reward_model(base: str, head: str, dtype: torch.dtype, device: torch.device, pad_token_id: int,

@@ -41,7 +41,7 @@ from ppokit.rlhf.models.loading import (
     load_trunk,
     trunk_of,
 )
-from ppokit.rlhf.models.lora import with_lora
+from ppokit.rlhf.models.lora import save_adapter, with_lora
 from ppokit.rlhf.models.offload import CPUOffload
 from ppokit.rlhf.models.recompute import enable_gradient_checkpointing
 from ppokit.rlhf.ppo.advantages import uses_critic
@@ -206,7 +206,7 @@ class PPOModels:
 
         atomic_write_dir(directory / "policy", write_policy)
         if lora:
-            atomic_write_dir(directory / "policy_adapter", lambda tmp: self.policy.save_pretrained(tmp))
+            atomic_write_dir(directory / "policy_adapter", lambda tmp: save_adapter(self.policy, tmp, tokenizer))
         if self.critic is not None:
             # A LoRA critic is written merged: an ordinary scalar-head model, like a separate critic's.
             critic = self.critic.merged() if self.config.value_model == "lora" else self.critic

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import logging
 import math
 import time
@@ -38,7 +37,7 @@ from ppokit.core.optim import AveragedGradients, Optimizer, make_adamw
 from ppokit.core.schedules import make_schedule
 from ppokit.core.update import PPOBatch, PPOUpdateSettings, ppo_update
 from ppokit.errors import CheckpointError, ConfigError
-from ppokit.io.atomic import atomic_write_json
+from ppokit.io.atomic import atomic_write_json, strict_json
 from ppokit.io.checkpoints import (
     RESUME_FILE,
     check_file_record,
@@ -402,7 +401,7 @@ class RLHFTrainer:
                 for p, y, s in list(zip(prompts, completions, scores))[:n]]
         with open(self.run_dir / "samples.jsonl", "a", encoding="utf-8") as fh:
             for row in rows:
-                fh.write(json.dumps(row) + "\n")
+                fh.write(strict_json(row) + "\n")
         assert self.metrics is not None
         self.metrics.text("samples", "\n\n".join(f"**{r['prompt']}** {r['completion']} (score {r['score']:.3f})"
                                                    for r in rows), self.num_updates)

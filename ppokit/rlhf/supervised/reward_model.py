@@ -44,7 +44,7 @@ from ppokit.rlhf.models.loading import (
     model_positions,
     new_reward_model,
 )
-from ppokit.rlhf.models.lora import with_lora
+from ppokit.rlhf.models.lora import save_adapter, with_lora
 from ppokit.rlhf.rewards.sources import encode_pairs
 from ppokit.rlhf.supervised.loop import SupervisedTrainer, data_fingerprint
 from ppokit.rlhf.supervised.steps import MicroBatch
@@ -250,7 +250,8 @@ class RewardTrainer(SupervisedTrainer[RewardConfig]):
         # Complete or absent: a kill mid-save must never leave weights without their tokenizer or metadata.
         if collective.is_main:  # the weights are the same in every process
             if lora:
-                atomic_write_dir(self.run_dir / "model_adapter", lambda tmp: model.model.save_pretrained(tmp))
+                atomic_write_dir(self.run_dir / "model_adapter",
+                                 lambda tmp: save_adapter(model.model, tmp, tokenizer, self.config.model))
             atomic_write_dir(model_dir, write if lora else lambda tmp: model.save(tmp, tokenizer))
         steps_per_epoch = self.batches.per_epoch
         final = self.final_eval()

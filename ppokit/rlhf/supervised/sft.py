@@ -37,7 +37,7 @@ from ppokit.rlhf.models.loading import (
     pad_right,
     position_ids_from_mask,
 )
-from ppokit.rlhf.models.lora import with_lora
+from ppokit.rlhf.models.lora import save_adapter, with_lora
 from ppokit.rlhf.supervised.loop import SupervisedTrainer, data_fingerprint
 from ppokit.rlhf.supervised.steps import MicroBatch
 
@@ -163,7 +163,7 @@ class SFTTrainer(SupervisedTrainer[SFTConfig]):
         # Complete or absent: a kill mid-save must never leave weights without their tokenizer.
         if self.collective.is_main:  # the weights are the same in every process
             if self.config.lora:
-                atomic_write_dir(self.run_dir / ADAPTER_DIR, lambda tmp: model.save_pretrained(tmp))
+                atomic_write_dir(self.run_dir / ADAPTER_DIR, lambda tmp: save_adapter(model, tmp, tokenizer))
             atomic_write_dir(model_dir, write)
         final = self.final_eval()
         summary = {"run_dir": str(self.run_dir), "model_dir": str(model_dir), "steps": self.num_updates,
