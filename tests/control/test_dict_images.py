@@ -102,6 +102,28 @@ def test_small_image_values_scaled_by_1_over_255_are_warned_about(tmp_path, capl
     assert not [r for r in caplog.records if "image_scale" in r.getMessage()]
 
 
+def test_image_scale_applies_to_plain_images_too(tmp_path):
+    config = ControlConfig(env_id="tests.envs:TinyImageEnv", num_envs=2, num_steps=16, num_minibatches=2,
+                           num_epochs=1, total_steps=32, progress=False, tensorboard=False, eval_episodes=0)
+    default = PPO(config)
+    assert default.policy.spec.encoder == "cnn" and default.config.image_scale == pytest.approx(1 / 255)
+    scaled = PPO(config, image_scale=1.0)
+    assert scaled.policy.encoder.scale == 1.0
+    scaled.policy.encoder.load_state_dict(default.policy.encoder.state_dict())
+    image = torch.randint(0, 256, (3, 12, 12, 1), dtype=torch.uint8)
+    with torch.no_grad():  # the same CNN, fed values already divided by 255 under image_scale 1
+        torch.testing.assert_close(scaled.policy.encoder(image.float() / 255), default.policy.encoder(image))
+
+
+def test_minigrid_ids_get_the_minigrid_preset():
+    from ppokit.control.presets import default_preset_for, load_preset
+
+    for env_id in ("minigrid:MiniGrid-Empty-5x5-v0", "MiniGrid-DoorKey-5x5-v0", "minigrid:MiniGrid-KeyCorridorS3R1-v0"):
+        assert default_preset_for(env_id) == "minigrid", env_id
+    assert default_preset_for("minigrid:BabyAI-GoToLocal-v0") is None
+    assert load_preset("minigrid")["image_scale"] == 0.1
+
+
 def test_text_is_refused_when_asked_and_other_parts_always(tmp_path):
     with pytest.raises(EnvError, match=r"observation key 'mission' holds text .*text_observations: drop"):
         PPO(_config(tmp_path, text_observations="refuse"))

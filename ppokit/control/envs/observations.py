@@ -113,7 +113,7 @@ def split_dict_observation(obs: Any, action_mask: Any, env_space: spaces.Space, 
     observation is dropped (acting needs only the actor's), and so are parts holding text (MiniGrid's
     ``mission``: the policy was built without them), and the rest is the observation."""
     if isinstance(obs, dict) and not (isinstance(env_space, spaces.Dict) and set(obs) == set(env_space.spaces)):
-        obs = {k: v for k, v in obs.items() if not _is_text_value(v)}
+        obs = {k: v for k, v in obs.items() if k in (mask_key, critic_key) or not _is_text_value(v)}
     if not isinstance(obs, dict) or (isinstance(env_space, spaces.Dict) and set(obs) == set(env_space.spaces)):
         return obs, action_mask
     if mask_key in obs and action_mask is None:
