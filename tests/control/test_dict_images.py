@@ -183,5 +183,5 @@ def test_minigrid_empty_5x5_is_solved_from_its_dict_observation(tmp_path):
     assert main(["train", "minigrid:MiniGrid-Empty-5x5-v0", "--total-steps", "16384", "--run-dir", str(run),
                  "--no-progress", "--set", "eval_episodes=10", "--set", "tensorboard=false"]) == 0
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved["image_scale"] == 0.1 and saved["num_envs"] == 8  # the minigrid preset
+    assert saved["image_scale"] == 0.1 and saved["num_envs"] == 16  # the minigrid preset
     assert json.loads((run / "eval.json").read_text())["mean_return"] >= 0.9
