@@ -93,7 +93,7 @@ def check_image_values(spec: PolicySpec, obs: Tensor) -> None:
         return
     top = float(values.max())
     if top <= SMALL_IMAGE_VALUES:
-        log.warning("the image values of the first rollout never exceed %g, yet image_scale (null) scales them by "
+        log.warning("the image values of the first rollout never exceed %g, yet image_scale, left unset, scales them by "
                     "1/255: set image_scale (e.g. 0.1 or 1.0) if they are codes rather than pixels", top)
 
 
