@@ -448,3 +448,46 @@ class ScaledReward(gym.RewardWrapper, RecordConstructorArgs):
 
     def reward(self, reward):
         return self.scale * reward
+
+
+class CameraEnv(gym.Env):
+    """A camera and proprioception, as robotics envs give them: a Dict of an 8×8 RGB uint8 image (HWC)
+    that shows the target as a bright column, a Box of joint readings (noise) and a Discrete step
+    count, and (``text=True``) a Text ``mission``. The action equal to the target column // 3 pays 1:
+    only the image tells it. ``dim``: the image's values are codes of at most this (MiniGrid-like)."""
+
+    def __init__(self, length: int = 10, text: bool = False, dim: int = 255, extra: str | None = None):
+        self.length, self.text, self.dim = length, text, dim
+        parts: dict[str, spaces.Space] = {
+            "camera": spaces.Box(0, 255, (8, 8, 3), np.uint8),
+            "joints": spaces.Box(-1.0, 1.0, (3,), np.float32),
+            "step": spaces.Discrete(length + 1),
+        }
+        if text:
+            parts["mission"] = spaces.Text(32)
+        if extra == "sequence":
+            parts["history"] = spaces.Sequence(spaces.Discrete(3))
+        elif extra == "graph":
+            parts["graph"] = spaces.Graph(spaces.Box(0, 1, (2,)), None)
+        self.observation_space = spaces.Dict(parts)
+        self.action_space = spaces.Discrete(3)
+        self.t, self.target = 0, 0
+
+    def _obs(self):
+        image = np.zeros((8, 8, 3), dtype=np.uint8)
+        image[:, 3 * self.target] = self.dim
+        obs = {"camera": image, "joints": self.np_random.uniform(-1, 1, 3).astype(np.float32), "step": self.t}
+        if self.text:
+            obs["mission"] = "look at the bright column"
+        return obs
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.target = 0, int(self.np_random.integers(3))
+        return self._obs(), {}
+
+    def step(self, action):
+        reward = float(int(action) == self.target)
+        self.t += 1
+        self.target = int(self.np_random.integers(3))
+        return self._obs(), reward, False, self.t >= self.length, {}

@@ -18,6 +18,9 @@ from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
 from sphinx.util.nodes import make_id
 
+#: Presets that serve a family of env ids: (an example id, the ids they serve).
+FAMILIES = {"minigrid": ("minigrid:MiniGrid-DoorKey-5x5-v0", "MiniGrid-*")}
+
 
 def ale_alias(name: str) -> str | None:
     """``ALE/Breakout-v5`` for ``BreakoutNoFrameskip-v4``: ale-py's id of the same game, which shares its preset."""
@@ -80,7 +83,19 @@ class PresetsDirective(SphinxDirective):
                 section += nodes.paragraph(description, description)
             serves = [env for env in (name, ale_alias(name)) if env and default_preset_for(env) == name]
             para = nodes.paragraph()
-            if serves:
+            family = FAMILIES.get(name)
+            if family is not None:  # a preset for a family of ids, named after none of them
+                example, pattern = family
+                assert default_preset_for(example) == name, (name, example)
+                command = f"ppokit train {example}"
+                para += nodes.Text("The default for every ")
+                para += nodes.literal(pattern, pattern)
+                para += nodes.Text(" id: ")
+                para += nodes.literal(command, command)
+                para += nodes.Text(" uses it unless ")
+                para += nodes.literal("--no-preset", "--no-preset")
+                para += nodes.Text(" is given.")
+            elif serves:
                 command = f"ppokit train {name}"
                 para += nodes.Text("The default for ")
                 for i, env in enumerate(serves):

@@ -16,6 +16,7 @@ what a run of several processes does differently.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -33,13 +34,25 @@ from ppokit.control.config import RESUMABLE_FIELDS, ControlConfig
 from ppokit.control.data_parallel import local_num_envs
 from ppokit.control.envs import torch_source
 from ppokit.control.envs.make import check_spaces, consent_flags
-from ppokit.control.envs.observations import ObservationReader, as_policy_input, predict_mask, split_dict_observation
+from ppokit.control.envs.observations import (
+    ObservationReader,
+    as_policy_input,
+    observation_layout,
+    predict_mask,
+    split_dict_observation,
+)
 from ppokit.control.envs.source import EnvSource
 from ppokit.control.envs.torch_source import TorchEnvSource
 from ppokit.control.evaluation import EvaluationEnvs, eval_vectorization, run_evaluation
 from ppokit.control.evaluation_checks import deterministic_gap
 from ppokit.control.policy.actions import ActionAdapter, all_discrete, first_of
-from ppokit.control.policy.networks import ActorCritic, PolicySpec, is_image_space
+from ppokit.control.policy.networks import (
+    DEFAULT_IMAGE_SCALE,
+    ActorCritic,
+    PolicySpec,
+    check_image_values,
+    is_image_space,
+)
 from ppokit.control.rollout.collectors import Collector, make_collector
 from ppokit.control.rollout.host import RolloutCollector, check_recurrent_inputs, observation_batch, policy_input
 from ppokit.core.collective import on_main
@@ -91,28 +104,40 @@ class PPO:
         #: The training vector env; None after :meth:`load` until :meth:`learn` makes one.
         self.env: Any = self.env_source.training(local_num_envs(config, self.collective), config.vectorization)
         reader = ObservationReader(self.env.single_observation_space, self.env.single_action_space,
-                                   config.action_mask_key)
+                                   config.action_mask_key, text=config.text_observations)
+        for key in reader.dropped:
+            log.warning("observation key %r holds text, which the policy cannot read: left out "
+                        "(text_observations: refuse makes this an error)", key)
         check_spaces(reader.observation_space, self.env.single_action_space, config.env_id)
+        self.env_observation_space = reader.env_space  # what the env gives, less any mask (and text)
         self._build(reader.observation_space, self.env.single_action_space, action_mask=reader.in_observation,
                     critic_shape=getattr(reader.critic_observation_space, "shape", ()))
-        self.env_observation_space = reader.env_space  # what the env gives, less any mask
         self.ensure_env()
 
     def _build(self, observation_space: Any, action_space: Any, action_mask: bool = False,
                critic_shape: tuple[int, ...] = ()) -> None:
         self.config = c = self.config.for_actions(all_discrete(action_space))  # fields left to the actions
         self.observation_space, self.action_space = observation_space, action_space
+        env_space = self.env_observation_space
+        layout = observation_layout(env_space) if env_space is not observation_space else ()
         spec = PolicySpec.from_spaces(
             observation_space, action_space, network=c.network, hidden_sizes=c.hidden_sizes,
             activation=c.activation, shared_trunk=c.shared_trunk, ortho_init=c.ortho_init,
             log_std_init=c.log_std_init, action_mask=action_mask, critic_obs_shape=critic_shape,
-            recurrent=c.recurrent, recurrent_size=c.recurrent_size,
+            recurrent=c.recurrent, recurrent_size=c.recurrent_size, obs_parts=layout,
+            image_scale=c.image_scale or DEFAULT_IMAGE_SCALE,
         )
+        #: Whether to look at the first rollout's image values: image_scale was left to its default.
+        self._check_image_scale = c.image_scale is None and spec.encoder != "mlp"
+        if self._check_image_scale:  # recorded as the number it is (config.yaml, checkpoints)
+            self.config = c = dataclasses.replace(c, image_scale=spec.image_scale)
         self.policy = ActorCritic(spec).to(self.device)
         # Builds the optimiser, which may move the parameters into one buffer: before any NumPy views.
         self.algorithm = PPOAlgorithm(c, self.policy, self.device, self.collective, on_device=self.torch_env)
         image = is_image_space(observation_space)
         self.obs_rms = RunningMeanStd(tuple(observation_space.shape)) if c.normalize_obs and not image else None
+        if self.obs_rms is not None:  # image values inside a Dict observation: the CNN scales them
+            self.obs_rms.keep_entries(spec.image_entries())
         self.ret_rms = RunningMeanStd(()) if c.normalize_reward else None
         self.to_env = ActionAdapter(action_space)
         self.numpy_policy = None
@@ -266,6 +291,9 @@ class PPO:
         assert self.collector is not None
         fraction = self.global_step / self.total_steps if self.total_steps else 0.0
         rollout = self.collector.collect()
+        if self._check_image_scale:
+            self._check_image_scale = False
+            check_image_values(self.policy.spec, rollout.obs)
         data_parallel.sync_normalisers(self.collective, (self.obs_rms, self.ret_rms))
         self.global_step += self.global_batch
         stats = self.algorithm.update(rollout, fraction)

@@ -95,6 +95,8 @@ class ControlConfig:
     recurrent: Literal["lstm", "gru"] | None = doc("A recurrent core ('lstm' or 'gru') after the MLP trunk, shared by actor and critic; its state is carried through rollouts and reset at episode starts. null: none.", default=None)
     recurrent_size: int = doc("Hidden size of the recurrent core.", default=64, rule=AT_LEAST_1)
     log_std_init: float = doc("Initial log standard deviation of the Gaussian head (Box actions).", default=0.0)
+    image_scale: float | None = doc("What the CNN multiplies image values by (plain images and images inside a Dict observation). null: 1/255 (uint8 0-255 to [0, 1]), recorded as the number; small codes such as MiniGrid's 0-10 are better served by 0.1 or 1.", default=None, rule=POSITIVE)
+    text_observations: Literal["drop", "refuse"] = doc("A Dict observation's key holding text (Gymnasium's Text, MiniGrid's mission): 'drop' leaves it out of what the policy sees (with a notice naming it), 'refuse' stops with an error.", default="drop")
 
     # --- normalisation ---
     normalize_obs: bool = doc("Running mean/std observation normalisation (saved with the policy; image observations are never normalised).", default=True)

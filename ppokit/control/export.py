@@ -2,7 +2,7 @@
 
 The exported function is the deterministic policy of :meth:`PPO.predict`, end to end: it takes the
 observations as the policy reads them (a batch; Dict, Tuple and Discrete observations flattened with
-``gymnasium.spaces.flatten``, images as uint8), applies the saved observation normalisation (mean,
+``gymnasium.spaces.flatten``, images inside them included as float32 values, plain images as uint8), applies the saved observation normalisation (mean,
 std and the ``clip_obs`` clip folded in as constants), runs the actor, and returns the actions the
 env takes (Box actions clipped to their bounds, Discrete and MultiDiscrete ones with their ``start``
 added). Inputs and outputs, by name (ONNX) or position (TorchScript):
@@ -48,6 +48,7 @@ class DeterministicPolicy(nn.Module):
     """Observation batch → env actions, with normalisation and action bounds inside (see module doc)."""
 
     obs_mean: Tensor
+    obs_keep: Tensor
     obs_inv_std: Tensor
     low: Tensor
     high: Tensor
@@ -82,6 +83,10 @@ class DeterministicPolicy(nn.Module):
             var = np.asarray(rms.var, dtype=np.float64)
             self.register_buffer("obs_mean", torch.as_tensor(np.asarray(rms.mean, dtype=np.float32)))
             self.register_buffer("obs_inv_std", torch.as_tensor((1.0 / np.sqrt(var + 1e-8)).astype(np.float32)))
+        #: Images inside a Dict observation: their entries of the flat vector pass unnormalised (the CNN scales them).
+        self.keep = rms is not None and rms.keep is not None
+        if rms is not None and rms.keep is not None:
+            self.register_buffer("obs_keep", torch.as_tensor(rms.keep))
         self.widths = [action_width(part) for _, part in self.parts]
         for i, (_, part) in enumerate(self.parts):
             if isinstance(part, spaces.Box):
@@ -95,6 +100,8 @@ class DeterministicPolicy(nn.Module):
         x = obs
         if self.normalize:
             x = ((obs.float() - self.obs_mean) * self.obs_inv_std).clamp(-self.clip_obs, self.clip_obs)
+            if self.keep:
+                x = torch.where(self.obs_keep, obs.float(), x)
         elif not self.image:
             x = obs.float()
         if state is not None and starts is not None:

@@ -34,6 +34,16 @@ class RunningMeanStd:
         #: Data parallel: the updates since the last merge across processes (see share_updates).
         self._pending: RunningMeanStd | None = None
         self._merged: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        #: Entries that normalising leaves as they are (the image values of a flattened Dict
+        #: observation, which the CNN scales itself); None: every entry is normalised. Their
+        #: statistics are still kept, so the saved state has the same shape either way.
+        self.keep: np.ndarray | None = None
+        self._keep_tensor: Tensor | None = None
+
+    def keep_entries(self, keep: np.ndarray | None) -> None:
+        """Leave the entries where ``keep`` is true as they are when normalising (see :attr:`keep`)."""
+        self.keep = None if keep is None or not np.any(keep) else np.asarray(keep, dtype=bool).reshape(self._mean.shape)
+        self._keep_tensor = None if self.keep is None else torch.from_numpy(self.keep)
 
     def share_updates(self) -> None:
         """Also keep the updates since the last :meth:`merge_pending` apart, so that processes that
@@ -94,6 +104,8 @@ class RunningMeanStd:
         out = ((x - self._mean) / np.sqrt(self._var + eps)).astype(np.float32)
         if clip is not None:
             np.minimum(np.maximum(out, -clip, out=out), clip, out=out)
+        if self.keep is not None:
+            out = np.where(self.keep, np.asarray(x, dtype=np.float32), out)
         return out
 
     def scale_array(self, x: np.ndarray, clip: float | None = None, eps: float = 1e-8) -> np.ndarray:
@@ -106,7 +118,10 @@ class RunningMeanStd:
     def normalize(self, x: Tensor, clip: float | None = None, eps: float = 1e-8) -> Tensor:
         """``(x - mean) / sqrt(var + eps)``, clipped to ``±clip``, in ``x``'s dtype."""
         out = (x - self.mean.to(x.device, x.dtype)) * torch.rsqrt(self.var.to(x.device, x.dtype) + eps)
-        return out.clamp(-clip, clip) if clip is not None else out
+        out = out.clamp(-clip, clip) if clip is not None else out
+        if self._keep_tensor is not None:
+            out = torch.where(self._keep_tensor.to(x.device), x, out)
+        return out
 
     def scale(self, x: Tensor, clip: float | None = None, eps: float = 1e-8) -> Tensor:
         """``x / sqrt(var + eps)`` without shifting the mean (used for rewards)."""
@@ -181,7 +196,10 @@ class DeviceMeanStd:
     def normalize(self, x: Tensor, clip: float | None = None, eps: float = 1e-8) -> Tensor:
         """``(x - mean) / sqrt(var + eps)``, clipped to ``±clip``, as float32."""
         out = ((x.to(self.dtype) - self.mean) * torch.rsqrt(self.var + eps)).to(torch.float32)
-        return out.clamp(-clip, clip) if clip is not None else out
+        out = out.clamp(-clip, clip) if clip is not None else out
+        if self.host.keep is not None:  # image entries, left for the CNN to scale
+            out = torch.where(torch.as_tensor(self.host.keep, device=out.device), x.to(torch.float32), out)
+        return out
 
     def scale(self, x: Tensor, clip: float | None = None, eps: float = 1e-8) -> Tensor:
         """``x / sqrt(var + eps)``, clipped to ``±clip`` (rewards), as float32."""

@@ -35,6 +35,9 @@ CASES = [
     ("mixed-tuple", "tests.envs:MixedActionEnv", {}, {"normalize_obs": True}, False),
     ("mixed-dict", "tests.envs:MixedActionEnv", {"as_dict": True}, {}, False),
     ("gru-mixed-dict", "tests.envs:MixedActionEnv", {"as_dict": True}, {"recurrent": "gru"}, False),
+    # Images inside a Dict: the file takes the flat vector; normalisation passes the image entries.
+    ("dict-images", "tests.envs:CameraEnv", {"text": True}, {"normalize_obs": True}, False),
+    ("gru-dict-images", "tests.envs:CameraEnv", {}, {"recurrent": "gru"}, False),
 ]
 
 

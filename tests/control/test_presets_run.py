@@ -9,7 +9,7 @@ from ppokit.configuration import from_mapping
 from ppokit.control.presets import list_presets, load_preset
 
 NEEDS = {"HalfCheetah-v5": "mujoco", "Hopper-v5": "mujoco", "Walker2d-v5": "mujoco", "LunarLander-v3": "Box2D",
-         "BreakoutNoFrameskip-v4": "ale_py", "PongNoFrameskip-v4": "ale_py"}
+         "BreakoutNoFrameskip-v4": "ale_py", "PongNoFrameskip-v4": "ale_py", "minigrid": "minigrid"}
 
 
 @pytest.mark.parametrize("name", sorted(list_presets()))

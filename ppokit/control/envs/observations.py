@@ -3,8 +3,19 @@
 **Observations.** A Box goes to the policy as it is. Dict, Tuple, Discrete, MultiDiscrete and
 MultiBinary observations are flattened by Gymnasium's own ``spaces.flatten`` (one-hot for the
 discrete parts, vector parts as they are, concatenated in the space's key order), so the MLP, the
-normalisation (element by element) and the fast path see one vector. Images inside a Dict are not
-supported yet (they would need the CNN per part).
+normalisation (element by element) and the fast path see one vector.
+
+Images inside a Dict or Tuple (uint8 boxes of rank 3: MiniGrid's ``image``, a robot's camera beside its
+joint angles) are flattened the same way, raw; :func:`observation_layout` tells the network where each
+part lies in the vector (offset, size, the image's shape), so it runs a CNN per image and concatenates
+the features with the other parts, as SB3's ``MultiInputPolicy`` does. The normalisation leaves the
+image entries alone (the network scales them by ``image_scale``).
+
+Text parts (Gymnasium's ``Text``, MiniGrid's ``mission``: any part whose values are strings) have no
+vector a policy can learn from: a Dict key holding one is dropped with a notice, or refused, as
+``ControlConfig.text_observations`` says. Parts that are not Box, Discrete, MultiDiscrete or
+MultiBinary (or Dicts and Tuples of them), such as Sequence, Graph or OneOf, are refused in one line
+naming the key.
 
 **Masks.** An env gives a mask (a boolean per action; for MultiDiscrete, each dimension's booleans concatenated)
 in one of two places, the conventions of Gymnasium and PettingZoo:
@@ -99,7 +110,10 @@ def split_dict_observation(obs: Any, action_mask: Any, env_space: spaces.Space, 
                            critic_key: str = "critic_obs") -> tuple[Any, Any]:
     """``(observation, action_mask)`` for ``predict`` given a Dict observation as the env returns it:
     the mask comes out of its ``mask_key`` (unless ``action_mask`` is given too), the critic's own
-    observation is dropped (acting needs only the actor's), and the rest is the observation."""
+    observation is dropped (acting needs only the actor's), and so are parts holding text (MiniGrid's
+    ``mission``: the policy was built without them), and the rest is the observation."""
+    if isinstance(obs, dict) and not (isinstance(env_space, spaces.Dict) and set(obs) == set(env_space.spaces)):
+        obs = {k: v for k, v in obs.items() if k in (mask_key, critic_key) or not _is_text_value(v)}
     if not isinstance(obs, dict) or (isinstance(env_space, spaces.Dict) and set(obs) == set(env_space.spaces)):
         return obs, action_mask
     if mask_key in obs and action_mask is None:
@@ -116,12 +130,89 @@ def split_dict_observation(obs: Any, action_mask: Any, env_space: spaces.Space, 
     return next(iter(rest.values())), action_mask
 
 
+#: One part of a flattened observation, in flatten order: ``(name, size, image shape)``; the image
+#: shape (HWC or CHW, as the env gives it) is ``()`` for a part that is not an image.
+ObservationPart = tuple[str, int, tuple[int, ...]]
+
+#: The spaces a policy reads as a vector, and the containers of them.
+_VECTOR_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+
+
+def _is_text_value(value: Any) -> bool:
+    """A string, or a batch of them (what a Text part of an observation holds)."""
+    if isinstance(value, str):
+        return True
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind in "US" or (value.dtype == object and value.size > 0
+                                            and all(isinstance(v, str) for v in value.ravel()))
+    return isinstance(value, (list, tuple)) and len(value) > 0 and all(isinstance(v, str) for v in value)
+
+
+def _is_image(space: spaces.Space) -> bool:
+    return isinstance(space, spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
+
+
 def _has_image(space: spaces.Space) -> bool:
     if isinstance(space, spaces.Dict):
         return any(_has_image(s) for s in space.spaces.values())
     if isinstance(space, spaces.Tuple):
         return any(_has_image(s) for s in space.spaces)
-    return isinstance(space, spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
+    return _is_image(space)
+
+
+def is_text_space(space: spaces.Space) -> bool:
+    """Whether the space's values are strings: Gymnasium's ``Text``, or a space of its own such as
+    MiniGrid's ``MissionSpace`` (which subclasses ``Space[str]`` only)."""
+    if isinstance(space, spaces.Text):
+        return True
+    if isinstance(space, (*_VECTOR_SPACES, spaces.Dict, spaces.Tuple)):
+        return False
+    try:
+        return isinstance(space.sample(), str)
+    except Exception:  # a space of the env's own that cannot sample: not text, refused by the caller
+        return False
+
+
+def check_flattenable(space: spaces.Space, where: str = "the observation") -> None:
+    """Refuse, in one line naming the part, a space the policy cannot read as a vector."""
+    if isinstance(space, spaces.Dict):
+        for key, part in space.spaces.items():
+            check_flattenable(part, f"observation key {key!r}" if where == "the observation" else f"{where}[{key!r}]")
+        return
+    if isinstance(space, spaces.Tuple):
+        for i, part in enumerate(space.spaces):
+            check_flattenable(part, f"observation part {i}" if where == "the observation" else f"{where}[{i}]")
+        return
+    if isinstance(space, _VECTOR_SPACES):
+        return
+    kind = "a Text space (strings)" if is_text_space(space) else f"a {type(space).__name__} space"
+    hint = (" (a Dict key holding text is dropped unless text_observations is 'refuse')"
+            if is_text_space(space) else "")
+    raise EnvError(f"{where} is {kind}, which the policy cannot read as a vector: Box, Discrete, MultiDiscrete and "
+                   f"MultiBinary parts (in Dicts and Tuples) can be read{hint}")
+
+
+def observation_layout(space: spaces.Space) -> tuple[ObservationPart, ...]:
+    """Where each part of ``space`` lies in its flattened vector, in ``spaces.flatten``'s order, when
+    some part is an image (a uint8 box of rank 3) inside a Dict or Tuple; ``()`` otherwise (the
+    policy reads the vector whole)."""
+    if not isinstance(space, (spaces.Dict, spaces.Tuple)) or not _has_image(space):
+        return ()
+    parts: list[ObservationPart] = []
+
+    def walk(part: spaces.Space, name: str) -> None:
+        if isinstance(part, spaces.Dict):
+            for key, sub in part.spaces.items():
+                walk(sub, f"{name}.{key}" if name else str(key))
+        elif isinstance(part, spaces.Tuple):
+            for i, sub in enumerate(part.spaces):
+                walk(sub, f"{name}.{i}" if name else str(i))
+        else:
+            shape = tuple(int(d) for d in part.shape or ()) if _is_image(part) else ()
+            parts.append((name, int(spaces.flatdim(part)), shape))
+
+    walk(space, "")
+    return tuple(parts)
 
 
 def flatten_one(space: spaces.Space, obs: Any) -> np.ndarray:
@@ -154,8 +245,12 @@ class ObservationReader:
     """Reads the policy's observation and the action mask out of what a (vector) env returns."""
 
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, key: str,
-                 critic_key: str = "critic_obs") -> None:
+                 critic_key: str = "critic_obs", text: str = "drop") -> None:
+        """``text``: what becomes of a Dict key holding text (``ControlConfig.text_observations``):
+        'drop' (listed in :attr:`dropped`, for the caller's notice) or 'refuse'."""
         self.key, self.critic_key = key, critic_key
+        #: The Dict keys holding text, left out of what the policy sees.
+        self.dropped: list[str] = []
         #: Steps read so far (the reset is step 0): where a bad mask is named.
         self.steps = -1
         self.expected = expected_mask(action_space)
@@ -187,6 +282,13 @@ class ObservationReader:
                 del parts[key]
             if critic_key in parts:
                 self.critic_env_space = parts.pop(critic_key)
+            for name, part in list(parts.items()):
+                if is_text_space(part):
+                    if text == "refuse":
+                        raise EnvError(f"observation key {name!r} holds text ({type(part).__name__}), which the policy "
+                                       "cannot read; set text_observations: drop to leave it out")
+                    self.dropped.append(str(name))
+                    del parts[name]
             if len(parts) < len(observation_space.spaces):
                 if not parts:
                     raise EnvError(f"observation space {observation_space} holds no observation for the actor")
@@ -194,9 +296,14 @@ class ObservationReader:
                 self.env_space = parts[self.obs_key] if self.obs_key else spaces.Dict(parts)
         #: Whether observations are flattened for the policy (anything but a Box).
         self.flatten = not isinstance(self.env_space, spaces.Box)
-        if self.flatten and _has_image(self.env_space):
-            raise EnvError(f"observation space {self.env_space}: images inside Dict or Tuple observations are not "
-                           "supported yet")
+        check_flattenable(self.env_space)
+        if self.critic_env_space is not None:
+            check_flattenable(self.critic_env_space, f"the critic's observation {critic_key!r}")
+            if _has_image(self.critic_env_space):
+                raise EnvError(f"the critic's own observation {critic_key!r} holds an image; a critic observation of "
+                               "its own is read by an MLP (give it vectors)")
+        #: Where the parts of a Dict or Tuple holding images lie in the flattened vector; () otherwise.
+        self.layout = observation_layout(self.env_space)
         #: What the policy sees.
         self.observation_space: spaces.Space = self.env_space
         if self.flatten:
@@ -250,7 +357,7 @@ class ObservationReader:
             return obs
         if self.obs_key:
             return obs[self.obs_key]
-        return {k: v for k, v in obs.items() if k not in (self.key, self.critic_key)}
+        return {k: v for k, v in obs.items() if k not in (self.key, self.critic_key) and k not in self.dropped}
 
     def read_single(self, obs: Any, info: dict[str, Any]) -> tuple[Any, np.ndarray | None]:
         """The same for one (unbatched) env: ``(observation [1, ...], mask [size] or None)``."""

@@ -36,6 +36,8 @@ POLICY: dict[str, Any] = {
     "critic_obs_shape": ((),),  # a critic with an observation of its own: the torch path
     "recurrent": (None,),
     "recurrent_size": ANY,
+    "obs_parts": ((),),  # images inside a Dict observation (the 'multi' encoder): the torch path
+    "image_scale": ANY,  # read by the CNN only, which the fast path refuses
 }
 
 #: PPOUpdateSettings field -> the values the NumPy update implements.

@@ -8,6 +8,7 @@ A new policy feature is a new spec field.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ def _action_part(space: spaces.Space) -> ActionPart:
     if isinstance(space, spaces.Box):
         return "gaussian", (int(np.prod(space.shape)),)
     raise ConfigError(f"unsupported action space {space}")
+
+log = logging.getLogger("ppokit")
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
 _ACTIVATION_FNS: dict[str, Callable[[Tensor], Tensor]] = {"tanh": torch.tanh, "relu": torch.relu, "elu": F.elu}
@@ -74,21 +77,51 @@ class MLP(nn.Sequential):
         return x
 
 
-class ImageEncoder(nn.Module):
-    """The Nature-DQN CNN (Mnih et al., 2015) for images of 36 px and more; a small one below that.
+#: What images are multiplied by when ``image_scale`` is not given: uint8 values to [0, 1].
+DEFAULT_IMAGE_SCALE = 1.0 / 255.0
+#: Image values that never exceed this in a first rollout look like codes (MiniGrid's objects,
+#: colours and states: 0-10), not pixels: divided by 255 they all but vanish.
+SMALL_IMAGE_VALUES = 15
 
-    Takes uint8 images (HWC or CHW), scales them to [0, 1] and returns a 512-wide feature vector.
+
+def check_image_values(spec: PolicySpec, obs: Tensor) -> None:
+    """Warn once when the image values of a rollout (``[T, N, ...]`` as the policy reads them) never
+    exceed :data:`SMALL_IMAGE_VALUES` while the CNN scales them by the default 1/255."""
+    entries = spec.image_entries()
+    values = obs.flatten(2)[..., torch.as_tensor(entries, device=obs.device)] if entries is not None else obs
+    if spec.encoder == "mlp" or values.numel() == 0:
+        return
+    top = float(values.max())
+    if top <= SMALL_IMAGE_VALUES:
+        log.warning("the image values of the first rollout never exceed %g, yet image_scale, left unset, scales them by "
+                    "1/255: set image_scale (e.g. 0.1 or 1.0) if they are codes rather than pixels", top)
+
+
+class ImageEncoder(nn.Module):
+    """A CNN chosen by the image's smaller side: the Nature-DQN CNN (Mnih et al., 2015) from 36 px (Atari),
+    two 3×3 convolutions (the second of stride 2) from 5 px (MiniGrid's 7×7 view), three 2×2
+    convolutions of stride 1 below that (grids of 2 to 4 cells).
+
+    Takes images (HWC or CHW, told apart by where the 1, 3 or 4 channels are), multiplies them by
+    ``scale`` (``image_scale``) and returns a 512-wide feature vector.
     """
 
-    def __init__(self, shape: tuple[int, ...]) -> None:
+    def __init__(self, shape: tuple[int, ...], scale: float = DEFAULT_IMAGE_SCALE) -> None:
         super().__init__()
         self.channels_last = _channels_last(shape)
+        self.shape, self.scale = tuple(shape), float(scale)
         c, h, w = (shape[2], shape[0], shape[1]) if self.channels_last else shape
         if min(h, w) >= 36:
             convs = [nn.Conv2d(c, 32, 8, stride=4), nn.ReLU(), nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
                      nn.Conv2d(64, 64, 3, stride=1), nn.ReLU()]
-        else:
+        elif min(h, w) >= 5:
             convs = [nn.Conv2d(c, 16, 3, stride=1), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2), nn.ReLU()]
+        elif min(h, w) >= 2:
+            convs = [nn.Conv2d(c, 16, 2), nn.ReLU(), nn.Conv2d(16, 32, 2, padding=1), nn.ReLU(),
+                     nn.Conv2d(32, 64, 2), nn.ReLU()]
+        else:
+            raise ConfigError(f"an image of shape {tuple(shape)} is too small for a CNN (2×2 pixels at least); "
+                              "set network: mlp to read it as a vector")
         self.convs = nn.Sequential(*convs, nn.Flatten())
         with torch.no_grad():
             n_flat = self.convs(torch.zeros(1, c, h, w)).shape[1]
@@ -96,10 +129,46 @@ class ImageEncoder(nn.Module):
         self.out_features = 512
 
     def forward(self, obs: Tensor) -> Tensor:
-        x = obs.float() / 255.0
+        x = obs.float().reshape(-1, *self.shape)
+        # The default divides, as ppokit always has: x * (1/255) can differ from x / 255 in the last bit.
+        x = x / 255.0 if self.scale == DEFAULT_IMAGE_SCALE else x * self.scale
         if self.channels_last:
             x = x.permute(0, 3, 1, 2)
         return self.fc(self.convs(x))
+
+
+class CombinedEncoder(nn.Module):
+    vector_index: Tensor
+
+    """SB3's ``CombinedExtractor`` for a flattened Dict (or Tuple) observation holding images: each
+    image part (its slice of the vector, reshaped) goes through an :class:`ImageEncoder` of its own,
+    the other parts as they are; the features are concatenated, image parts first in flatten order.
+    """
+
+    def __init__(self, parts: Sequence[tuple[str, int, tuple[int, ...]]], scale: float) -> None:
+        super().__init__()
+        self.images: list[ImageEncoder] = nn.ModuleList()  # type: ignore[assignment]  # of ImageEncoders
+        self.image_slices: list[tuple[int, int]] = []
+        vector: list[tuple[int, int]] = []
+        offset = 0
+        for _, size, shape in parts:
+            if shape:
+                self.images.append(ImageEncoder(shape, scale))
+                self.image_slices.append((offset, size))
+            else:
+                vector.append((offset, size))
+            offset += size
+        # The non-image entries, gathered by one index (they may lie on both sides of an image).
+        index = [i for start, size in vector for i in range(start, start + size)]
+        self.register_buffer("vector_index", torch.as_tensor(index, dtype=torch.long), persistent=False)
+        self.out_features: int = 512 * len(self.images) + len(index)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        x = obs if obs.dtype.is_floating_point else obs.float()
+        x = x.flatten(1)
+        features = [encoder(x[:, start:start + size]) for encoder, (start, size) in zip(self.images, self.image_slices)]
+        features.append(x.index_select(1, self.vector_index))
+        return torch.cat(features, dim=1)
 
 
 @dataclass(frozen=True)
@@ -108,8 +177,10 @@ class PolicySpec:
 
     #: Shape of one observation.
     obs_shape: tuple[int, ...]
-    #: 'mlp' (flattened vector input) or 'cnn' (the image encoder, one trunk shared by actor and critic).
-    encoder: Literal["mlp", "cnn"]
+    #: 'mlp' (flattened vector input), 'cnn' (the image encoder, one trunk shared by actor and critic)
+    #: or 'multi' (a Dict or Tuple holding images, flattened: a CNN per image part beside the other
+    #: parts, then the MLP trunk(s); see ``obs_parts``).
+    encoder: Literal["mlp", "cnn", "multi"]
     #: Hidden layer widths of the MLP trunk(s) (unused with the CNN).
     hidden_sizes: tuple[int, ...]
     #: Activation of the MLP trunk(s).
@@ -137,6 +208,17 @@ class PolicySpec:
     #: The env marks invalid actions (a boolean per action, per MultiDiscrete choice); their
     #: probability is 0 in sampling, log-probabilities, entropy and the PPO ratio.
     action_mask: bool = False
+    #: With the 'multi' encoder: each part of the flattened observation in order, ``(name, size,
+    #: image shape)`` (image shape ``()`` for a vector part); () otherwise.
+    obs_parts: tuple[tuple[str, int, tuple[int, ...]], ...] = ()
+    #: What the CNN multiplies image values by (``image_scale``).
+    image_scale: float = DEFAULT_IMAGE_SCALE
+
+    def image_entries(self) -> np.ndarray | None:
+        """Which entries of the flattened observation are image values (the 'multi' encoder); None for others."""
+        if self.encoder != "multi":
+            return None
+        return np.concatenate([np.full(size, bool(shape)) for _, size, shape in self.obs_parts])
 
     @classmethod
     def from_spaces(
@@ -154,15 +236,21 @@ class PolicySpec:
         critic_obs_shape: Sequence[int] = (),
         recurrent: str | None = None,
         recurrent_size: int = 64,
+        obs_parts: Sequence[tuple[str, int, tuple[int, ...]]] = (),
+        image_scale: float = DEFAULT_IMAGE_SCALE,
     ) -> PolicySpec:
+        """``obs_parts``: the layout of a flattened observation holding images (see
+        :func:`ppokit.control.envs.observations.observation_layout`); with it, 'auto' and 'cnn' build
+        the 'multi' encoder, 'mlp' reads the whole vector with the MLP."""
         obs_shape = tuple(int(d) for d in (observation_space.shape or ()))
-        cnn = network == "cnn" or (network == "auto" and is_image_space(observation_space))
+        multi = bool(obs_parts) and network != "mlp"
+        cnn = not multi and (network == "cnn" or (network == "auto" and is_image_space(observation_space)))
         critic_shape = tuple(int(d) for d in critic_obs_shape)
         if critic_shape and recurrent:
             raise ConfigError("a critic observation of its own is not supported with a recurrent policy yet")
         if recurrent:
             shared_trunk = True  # one recurrent core for actor and critic, as CleanRL's LSTM PPO
-        if critic_shape and (cnn or shared_trunk):
+        if critic_shape and (cnn or multi or shared_trunk):
             raise ConfigError("a critic observation of its own needs the critic's own trunk: set shared_trunk=false "
                               "(and an MLP network)")
         if cnn and len(obs_shape) != 3:
@@ -181,12 +269,15 @@ class PolicySpec:
             kind, dims = _action_part(action_space)
             head = kind  # type: ignore[assignment]  # one of the HeadKind values
         return cls(
-            obs_shape=obs_shape, encoder="cnn" if cnn else "mlp", hidden_sizes=tuple(hidden_sizes),
+            obs_shape=obs_shape, encoder="multi" if multi else "cnn" if cnn else "mlp", hidden_sizes=tuple(hidden_sizes),
             activation=activation,  # type: ignore[arg-type]  # checked by the config
             shared_trunk=True if cnn else shared_trunk, head=head, action_dims=dims,
             ortho_init=ortho_init, log_std_init=log_std_init, action_mask=action_mask, action_parts=parts,
             critic_obs_shape=critic_shape, recurrent=recurrent,  # type: ignore[arg-type]  # checked by the config
             recurrent_size=recurrent_size,
+            obs_parts=tuple((str(n), int(size), tuple(int(d) for d in shape)) for n, size, shape in obs_parts)
+            if multi else (),
+            image_scale=float(image_scale),
         )
 
 
@@ -219,13 +310,18 @@ class ActorCritic(nn.Module):
         self.use_cnn = spec.encoder == "cnn"
         self.actor_trunk: nn.Module
         self.critic_trunk: nn.Module | None
+        self.encoder: nn.Module
         if self.use_cnn:
-            self.encoder: nn.Module = ImageEncoder(self.obs_shape)
+            self.encoder = ImageEncoder(self.obs_shape, spec.image_scale)
             self.actor_trunk, self.critic_trunk = nn.Identity(), None
             actor_out = self.encoder.out_features
         else:
-            self.encoder = nn.Flatten()
-            feat = int(np.prod(self.obs_shape))
+            # 'multi': the encoder is shared by actor and critic (SB3's share_features_extractor),
+            # the MLP trunks on top of it are as for vectors.
+            multi = spec.encoder == "multi"
+            combined = CombinedEncoder(spec.obs_parts, spec.image_scale) if multi else None
+            self.encoder = combined or nn.Flatten()
+            feat = combined.out_features if combined is not None else int(np.prod(self.obs_shape))
             self.actor_trunk = MLP([feat, *spec.hidden_sizes], spec.activation)
             critic_in = int(np.prod(spec.critic_obs_shape)) if spec.critic_obs_shape else feat
             self.critic_trunk = None if spec.shared_trunk else MLP([critic_in, *spec.hidden_sizes], spec.activation)
@@ -252,7 +348,7 @@ class ActorCritic(nn.Module):
 
     def layers(self) -> Layers:
         """The linear layers of an MLP policy (a CNN's encoder is not described this way)."""
-        if not isinstance(self.actor_trunk, MLP) or isinstance(self.head, MixedHead):
+        if self.spec.encoder != "mlp" or not isinstance(self.actor_trunk, MLP) or isinstance(self.head, MixedHead):
             raise TypeError("layers(): only MLP policies with one head are described layer by layer")
         critic = self.critic_trunk.linears if isinstance(self.critic_trunk, MLP) else None
         log_std = self.head.log_std if isinstance(self.head, GaussianHead) else None
@@ -270,7 +366,7 @@ class ActorCritic(nn.Module):
         nn.init.orthogonal_(self.value_head.weight, 1.0)
 
     def _encode(self, obs: Tensor) -> Tensor:
-        if self.use_cnn:
+        if self.use_cnn or self.spec.encoder == "multi":
             out: Tensor = self.encoder(obs)
             return out
         x = obs if obs.dtype.is_floating_point else obs.float()

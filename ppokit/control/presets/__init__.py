@@ -48,10 +48,13 @@ def load_preset(name: str) -> dict[str, Any]:
 
 def default_preset_for(env_id: str) -> str | None:
     """The preset named after ``env_id``; an Atari game's is named by its ``<Game>NoFrameskip-v4`` id
-    and serves ``ALE/<Game>-v5`` too (the same game, with sticky actions)."""
+    and serves ``ALE/<Game>-v5`` too (the same game, with sticky actions); every ``MiniGrid-*`` id
+    (``minigrid:MiniGrid-DoorKey-5x5-v0`` as well) gets the ``minigrid`` preset."""
     files = _preset_files()
     if env_id in files:
         return env_id
     ale = re.fullmatch(r"ALE/([A-Za-z0-9]+)-v5", env_id)
     alias = f"{ale.group(1)}NoFrameskip-v4" if ale else None
+    if re.fullmatch(r"(minigrid:)?MiniGrid-[\w-]+", env_id):
+        alias = "minigrid"
     return alias if alias in files else None

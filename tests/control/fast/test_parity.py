@@ -39,6 +39,8 @@ SAMPLES: dict[str, list[typing.Any]] = {
     "critic_obs_shape": [(), (5,)],
     "recurrent_size": [64],
     "log_std_init": [-0.3, 0.5],
+    "obs_parts": [(), (("image", 6, (1, 2, 3)),)],  # images inside a Dict: refused
+    "image_scale": [1 / 255, 0.1],  # read by the CNN only
     # PPOUpdateSettings
     "num_epochs": [3, 1],
     "num_minibatches": [4, 1],
