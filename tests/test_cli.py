@@ -68,7 +68,7 @@ def test_train_writes_a_complete_run_directory_and_eval_reads_it(tmp_path):
         (["train", "CartPole-v1", "--preset", "nope"], "unknown preset 'nope'"),
         (["train", "CartPole-v1", "--set", "learnig_rate=1"], "unknown config field 'learnig_rate'"),
         (["train", "CartPole-v1", "--set", "clip_range=-0.2"], "'clip_range' = -0.2 is invalid"),
-        (["train", "CartPole-v1", "--set", "num_minibatches=3", "--set", "num_steps=512"], "does not divide the batch size"),
+        (["train", "CartPole-v1", "--set", "num_minibatches=3", "--set", "num_steps=512", "--set", "num_envs=4"], "does not divide the batch size"),
         (["train", "no_such_module:Env"], "cannot import module 'no_such_module'"),
         (["train", "CartPole-v1", "--total-steps", "3"], "less than one rollout"),
         (["eval", "/nonexistent/run"], "'/nonexistent/run' does not exist"),
