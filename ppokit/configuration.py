@@ -10,7 +10,9 @@ field and source.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -224,8 +226,66 @@ def check_choices(config: Any) -> None:
             )
 
 
-def from_mapping(cls: type[T], data: Mapping[str, Any], source: str = "config") -> T:
-    """Build ``cls`` from a mapping, rejecting unknown keys and ill-typed values by name."""
+#: The fields the user gave, for the config being built by :func:`from_mapping` (None: its keywords).
+_GIVEN: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVar("ppokit_given_fields", default=None)
+
+
+def records_given(cls: type[T]) -> type[T]:
+    """Class decorator (over ``@dataclass``): each instance remembers which fields its maker gave, so
+    its ``__post_init__`` can let the fields left to their defaults (or to a preset) adapt to the
+    ones the user set (:func:`adapt`), and refuse only a conflict between fields the user set.
+
+    In code the given fields are the arguments passed (``ControlConfig(recurrent="lstm")`` gives one);
+    :func:`from_mapping` is told them (the command line gives the config file's keys, the flags and
+    ``--set``, not the preset's); a copy made by :func:`replace` keeps its original's plus the changes."""
+    init = cls.__init__
+    names = [f.name for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        told = _GIVEN.get()
+        given = told if told is not None else frozenset(names[:len(args)]) | frozenset(kwargs)
+        object.__setattr__(self, "_given", given)
+        object.__setattr__(self, "_adapted", [])
+        token = _GIVEN.set(None)  # a config built inside this one's __post_init__ counts its own arguments
+        try:
+            init(self, *args, **kwargs)
+        finally:
+            _GIVEN.reset(token)
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    return cls
+
+
+def given_fields(config: Any) -> frozenset[str]:
+    """The fields of ``config`` its maker gave (every field, for a config not built by :func:`records_given`)."""
+    given = getattr(config, "_given", None)
+    return given if given is not None else frozenset(f.name for f in dataclasses.fields(config))
+
+
+def adapt(config: Any, name: str, value: Any, why: str) -> None:
+    """Set field ``name`` of ``config`` (one its maker did not give) to ``value`` because ``why``, and
+    keep a note of it (:func:`adapted_notes`): the run prints it, and config.yaml records the value."""
+    old = getattr(config, name)
+    object.__setattr__(config, name, value)
+    config._adapted.append(f"{name} = {value!r} (not {old!r}: {why}; set {name} to choose)")
+
+
+def adapted_notes(config: Any) -> list[str]:
+    """What :func:`adapt` changed in ``config``, one line each."""
+    return list(getattr(config, "_adapted", []))
+
+
+def nearest_divisor(whole: int, wanted: int) -> int:
+    """The divisor of ``whole`` nearest to ``wanted`` on a log scale (the smaller on a tie)."""
+    divisors = [d for d in range(1, whole + 1) if whole % d == 0]
+    return min(divisors, key=lambda d: (abs(math.log(d / wanted)), d))
+
+
+def from_mapping(cls: type[T], data: Mapping[str, Any], source: str = "config",
+                 given: frozenset[str] | set[str] | None = None) -> T:
+    """Build ``cls`` from a mapping, rejecting unknown keys and ill-typed values by name. ``given``:
+    the keys the user set (default: all of them); the others may adapt (:func:`records_given`)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: expected a mapping of field: value, got {type(data).__name__}")
     types_ = field_types(cls)
@@ -236,12 +296,15 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], source: str = "config") 
             + suggest(str(unknown[0]), types_)
         )
     values = {k: coerce(v, types_[k], f"{source}: field {k!r}") for k, v in data.items()}
+    token = _GIVEN.set(frozenset(data) if given is None else frozenset(given))
     try:
         return cls(**values)  # __post_init__ validates ranges and consistency
     except ConfigError as err:
         if source == "config":
             raise
         raise ConfigError(f"{source}: {err}") from None
+    finally:
+        _GIVEN.reset(token)
 
 
 def suggest(name: str, choices: Mapping[str, Any]) -> str:
@@ -370,7 +433,7 @@ def replace(config: T, source: str = "override", **changes: Any) -> T:
         if key not in types_:
             raise ConfigError(f"{source}: unknown config field {key!r}" + suggest(key, types_))
     data.update(changes)
-    return from_mapping(type(config), data, source)
+    return from_mapping(type(config), data, source, given=given_fields(config) | set(changes))
 
 
 def describe(cls: type) -> list[tuple[str, str, Any, str, str]]:

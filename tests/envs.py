@@ -491,3 +491,88 @@ class CameraEnv(gym.Env):
         self.t += 1
         self.target = int(self.np_random.integers(3))
         return self._obs(), reward, False, self.t >= self.length, {}
+
+
+class ComboEnv(gym.Env):
+    """One env for every kind of observation, action and mask the combination matrix crosses
+    (tests/control/test_combinations.py): ``obs`` 'box', 'image', 'dict', 'discrete', 'dict_image' (a camera
+    and joint readings); ``action``
+    'discrete', 'multidiscrete', 'box', 'mixed'; ``mask`` 'none', 'info' (``info["action_mask"]``),
+    'obs' (a Dict observation's ``"action_mask"`` key), 'method' (sb3-contrib's ``action_masks()``),
+    'both' (info and method). Raises if a masked action is taken. Episodes of 6 steps; reward 1
+    for action part 0 = the step's parity, so there is something to learn."""
+
+    def __init__(self, obs: str = "box", action: str = "discrete", mask: str = "none", critic_obs: bool = False):
+        self.kind, self.mask_kind = (obs, action), mask
+        inner: spaces.Space = {
+            "box": spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32),
+            "image": spaces.Box(0, 255, shape=(12, 12, 1), dtype=np.uint8),
+            "dict": spaces.Dict({"pos": spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32),
+                                 "flag": spaces.Discrete(3)}),
+            "discrete": spaces.Discrete(5),
+            "dict_image": spaces.Dict({"camera": spaces.Box(0, 255, shape=(8, 8, 3), dtype=np.uint8),
+                                       "joints": spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)}),
+        }[obs]
+        self.action_space = {
+            "discrete": spaces.Discrete(3),
+            "multidiscrete": spaces.MultiDiscrete([3, 2]),
+            "box": spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32),
+            "mixed": spaces.Tuple((spaces.Discrete(3), spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32))),
+        }[action]
+        self.inner = inner
+        self.mask_size = {"discrete": 3, "multidiscrete": 5}.get(action, 3)
+        parts: dict[str, spaces.Space] = {}
+        if mask == "obs":
+            parts = {"observation": inner, "action_mask": spaces.MultiBinary(self.mask_size)}
+        if critic_obs:
+            parts = parts or {"observation": inner}
+            parts["critic_obs"] = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+        self.observation_space = spaces.Dict(parts) if parts else inner
+        self.t = 0
+        self._mask = np.ones(self.mask_size, dtype=bool)
+
+    def _draw_mask(self) -> None:
+        mask = self.np_random.random(self.mask_size) < 0.6
+        splits = [3, 2] if self.kind[1] == "multidiscrete" else [self.mask_size]
+        start = 0
+        for size in splits:  # every part allows at least one action
+            if not mask[start:start + size].any():
+                mask[start + int(self.np_random.integers(size))] = True
+            start += size
+        self._mask = mask
+
+    def action_masks(self) -> np.ndarray:
+        if self.mask_kind not in ("method", "both"):
+            raise AttributeError("action_masks")  # only envs of the 'method' kind offer it
+        return self._mask.copy()
+
+    def _answer(self):
+        obs = self.inner.sample() if self.kind[0] != "box" else np.full(4, (self.t % 2) * 2 - 1, dtype=np.float32)
+        info = {"action_mask": self._mask.copy()} if self.mask_kind in ("info", "both") else {}
+        if isinstance(self.observation_space, spaces.Dict) and "observation" in self.observation_space.spaces:
+            obs = {"observation": obs}
+            if self.mask_kind == "obs":
+                obs["action_mask"] = self._mask.astype(np.int8)
+            if "critic_obs" in self.observation_space.spaces:
+                obs["critic_obs"] = np.array([self.t / 6, 0.5], dtype=np.float32)
+        return obs, info
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.inner.seed(int(self.np_random.integers(2**31)))
+        self.t = 0
+        self._draw_mask()
+        return self._answer()
+
+    def step(self, action):
+        assert self.action_space.contains(action), action
+        first = int(np.asarray(action[0] if isinstance(action, tuple) else action).reshape(-1)[0])
+        if self.mask_kind != "none" and self.kind[1] in ("discrete", "multidiscrete"):
+            chosen = [first] if self.kind[1] == "discrete" else [first, 3 + int(np.asarray(action)[1])]
+            if not all(self._mask[i] for i in chosen):
+                raise AssertionError(f"masked action {action} taken (mask {self._mask})")
+        reward = float(first == self.t % 2) if self.kind[1] != "box" else -abs(float(action[0]))
+        self.t += 1
+        self._draw_mask()
+        obs, info = self._answer()
+        return obs, reward, False, self.t >= 6, info

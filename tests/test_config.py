@@ -21,7 +21,7 @@ def test_defaults_are_valid_and_documented():
     "changes, message",
     [
         ({"clip_range": -0.1}, "'clip_range' = -0.1 is invalid"),
-        ({"num_minibatches": 3}, "does not divide the batch size"),
+        ({"num_minibatches": 3, "num_steps": 512, "num_envs": 4}, "does not divide the batch size"),
         ({"gamma": 1.5}, "'gamma' = 1.5 is invalid"),
         ({"loss": "ppo2"}, "expected one of .clip., .penalty."),
         ({"lr_schedule": "cosine"}, "'lr_schedule'"),

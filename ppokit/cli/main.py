@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from ppokit._version import __version__
 from ppokit.cli.exit_codes import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE
-from ppokit.cli.train_config import STOP_EVAL_MIN_STEPS, config_fields_help, resolve_train_config
+from ppokit.cli.train_config import config_fields_help, resolve_train_config
+from ppokit.control.config import STOP_EVAL_MIN_STEPS
 from ppokit.errors import PPOKitError, TrainingInterrupted
 from ppokit.launch import (
     EXIT_LOST_CONTACT,

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ppokit import runtime
-from ppokit.configuration import check_unchanged, replace
+from ppokit.configuration import adapted_notes, check_unchanged, replace
 from ppokit.control import checkpointing, data_parallel, device_evaluation, fast
 from ppokit.control.algorithm import PPOAlgorithm
 from ppokit.control.checkpointing import Counters, Spaces
@@ -89,8 +89,12 @@ class PPO:
         given = torch_source.given(env, config.env_kwargs) if env is not None else None
         if given is not None:
             overrides = torch_source.given_overrides(given, overrides)
+        notes = adapted_notes(config)
         if overrides:
             config = replace(config, source="PPO(...)", **overrides)
+            notes += adapted_notes(config)
+        for note in notes:
+            log.info("adapted %s", note)
         self.config = config
         #: Where the envs come from. A config given in code or on the command line is trusted; one read
         #: back from a file (load, resume) only with the user's consent.

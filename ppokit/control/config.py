@@ -11,11 +11,23 @@ every task. Per-environment presets (``ppokit presets``) override them with tune
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from ppokit.config_fields import shared
-from ppokit.configuration import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Rule, doc, validate
+from ppokit.configuration import (
+    AT_LEAST_1,
+    NON_NEGATIVE,
+    POSITIVE,
+    Rule,
+    adapt,
+    doc,
+    given_fields,
+    nearest_divisor,
+    records_given,
+    validate,
+)
 from ppokit.core.choices import DistBackend, Loss, OnNonFinite, ScheduleKind
 from ppokit.errors import ConfigError
 from ppokit.io.trackers import TrackerName
@@ -41,7 +53,11 @@ Activation = Literal["tanh", "relu", "elu"]
 #: path, ppokit.control.fast), or 'auto' (the fast path wherever its allow-list accepts the run).
 UpdateBackend = Literal["auto", "torch", "numpy"]
 
+#: Env steps between evaluations that ``stop_at_return`` asks for when ``eval_every`` is left to it.
+STOP_EVAL_MIN_STEPS = 1024
 
+
+@records_given
 @dataclass
 class ControlConfig:
     """Every knob of a control run (PPO on a Gymnasium env). Built from a preset, a YAML file,
@@ -173,18 +189,18 @@ class ControlConfig:
             return ConfigError(f"config field {name!r} = {getattr(self, name)!r} is invalid: {allowed}")
 
         validate(self)  # each field's type, choices and rule; what follows concerns several fields
+        self._adapt_to_given()
         if self.adaptive_clip and self.clip_schedule != "constant":
             raise bad("clip_schedule", "adaptive_clip sets ε itself; use clip_schedule='constant' with it")
         if self.recurrent is not None:
             if self.num_envs % self.num_minibatches:
                 raise bad("num_minibatches", f"must divide num_envs = {self.num_envs} with a recurrent policy "
-                          "(its minibatches are whole env sequences)")
-            if self.network == "cnn":
-                raise bad("recurrent", "is not supported with the CNN yet")
+                          "(its minibatches are whole env sequences); you set both (leave one unset to fit it)")
         if self.batch_size % self.num_minibatches != 0:
             raise ConfigError(
                 f"config field 'num_minibatches' = {self.num_minibatches} does not divide the batch "
-                f"size num_envs * num_steps = {self.num_envs} * {self.num_steps} = {self.batch_size}"
+                f"size num_envs * num_steps = {self.num_envs} * {self.num_steps} = {self.batch_size}; you set "
+                "them all (leave num_minibatches unset to fit it)"
             )
         if self.total_steps < self.batch_size:
             raise ConfigError(
@@ -195,3 +211,41 @@ class ControlConfig:
             raise bad("eval_episodes", "must be at least 1 when eval_every is set")
         if self.stop_at_return is not None and not self.eval_every:
             raise bad("stop_at_return", "needs periodic evaluation: set eval_every (updates between evaluations)")
+
+    def _adapt_to_given(self) -> None:
+        """Fit the fields the user left to the defaults or a preset to the ones they set, where the
+        two would conflict; a conflict between fields the user set is refused by the checks after.
+        Each change is noted (``configuration.adapted_notes``) and recorded in config.yaml."""
+        given = given_fields(self)
+        if self.recurrent is not None and self.num_envs % self.num_minibatches:
+            # A recurrent policy's minibatches are whole env sequences.
+            if "num_minibatches" not in given:
+                adapt(self, "num_minibatches", max(d for d in range(1, self.num_envs + 1)
+                                                   if self.num_envs % d == 0 and d <= self.num_minibatches),
+                      f"a recurrent policy's minibatches are whole env sequences, so it must divide num_envs = {self.num_envs}")
+            elif "num_envs" not in given:
+                adapt(self, "num_envs", -(-self.num_envs // self.num_minibatches) * self.num_minibatches,
+                      f"a recurrent policy's minibatches are whole env sequences: num_minibatches = "
+                      f"{self.num_minibatches} must divide it")
+        if self.total_steps < self.batch_size and "num_steps" not in given and self.total_steps >= self.num_envs:
+            adapt(self, "num_steps", self.total_steps // self.num_envs,
+                  f"one rollout of num_envs = {self.num_envs} envs must fit in total_steps = {self.total_steps}")
+        if self.batch_size % self.num_minibatches:
+            if "num_minibatches" not in given and not (self.recurrent is not None and "num_envs" in given):
+                adapt(self, "num_minibatches", nearest_divisor(self.batch_size, self.num_minibatches),
+                      f"it must divide the batch, num_envs * num_steps = {self.batch_size}")
+            elif "num_steps" not in given:
+                step = self.num_minibatches // math.gcd(self.num_minibatches, self.num_envs)
+                down = self.num_steps // step * step
+                fits = self.num_envs * (down + step) <= self.total_steps or down < step
+                adapt(self, "num_steps", down + step if fits else down,
+                      f"num_envs * num_steps must be a multiple of num_minibatches = {self.num_minibatches}")
+            elif "num_envs" not in given:
+                step = self.num_minibatches // math.gcd(self.num_minibatches, self.num_steps)
+                adapt(self, "num_envs", -(-self.num_envs // step) * step,
+                      f"num_envs * num_steps must be a multiple of num_minibatches = {self.num_minibatches}")
+        if self.adaptive_clip and self.clip_schedule != "constant" and "clip_schedule" not in given:
+            adapt(self, "clip_schedule", "constant", "adaptive_clip sets the clip range itself")
+        if self.stop_at_return is not None and not self.eval_every and "eval_every" not in given:
+            adapt(self, "eval_every", max(1, math.ceil(STOP_EVAL_MIN_STEPS / self.batch_size)),
+                  f"stop_at_return needs periodic evaluation (at least every {STOP_EVAL_MIN_STEPS} env steps)")

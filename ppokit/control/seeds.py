@@ -28,6 +28,7 @@ process and exact, without the batched forward pass.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 import shutil
@@ -39,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ppokit.configuration import replace
+from ppokit.configuration import adapted_notes, replace
 from ppokit.control.agent import PPO, check_budget
 from ppokit.control.config import ControlConfig
 from ppokit.control.fast.stacked import StackedPolicy
@@ -55,6 +56,8 @@ from ppokit.io.run_info import GROUP_FILE
 
 #: The most seeds one ``--seeds`` may name (a typo like ``1-10000`` should not start 10,000 runs).
 MAX_SEEDS = 256
+
+log = logging.getLogger("ppokit")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -131,6 +134,8 @@ class SeedGroup:
             raise ConfigError(f"seeds {self.seeds} name a seed twice")
         self.generators: list[Generators] = []
         self.agents: list[PPO] = []
+        for note in adapted_notes(config) if config is not None else []:
+            log.info("adapted %s", note)  # once for the group: each seed's copy of the config is already fitted
         for seed in self.seeds:
             # Built one after another: each seeds the process-wide generators and draws its initial
             # weights from them (a resumed one restores them), as a run alone would; what is left

@@ -10,11 +10,14 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from ppokit.config_fields import shared
-from ppokit.configuration import AT_LEAST_1, NON_NEGATIVE, POSITIVE, doc, validate
+from ppokit.configuration import AT_LEAST_1, NON_NEGATIVE, POSITIVE, adapt, doc, given_fields, records_given, validate
 from ppokit.core.choices import DistBackend, KLEstimator, OnNonFinite, ScheduleKind
 from ppokit.errors import ConfigError
 from ppokit.io.trackers import TrackerName
 from ppokit.urls import redact_url, url_scheme
+
+#: G for grpo and rloo when the config leaves num_generations to them (they compare a prompt's completions).
+GROUP_GENERATIONS = 4
 
 #: Fields that name files or directories; a run directory records them as absolute paths.
 PATH_FIELDS = ("model", "data", "eval_data", "policy", "reference", "rewards")
@@ -101,6 +104,7 @@ class SupervisedConfig(LMRuntime):
                               "it has rows")
 
 
+@records_given
 @dataclass
 class SFTConfig(SupervisedConfig):
     """Supervised fine-tuning of a causal LM on prompt/response pairs (loss on the response only)."""
@@ -111,6 +115,7 @@ class SFTConfig(SupervisedConfig):
     eval_fraction: float = shared("eval_fraction", default=0.0)
 
 
+@records_given
 @dataclass
 class RewardConfig(SupervisedConfig):
     """Reward-model training from human preferences: pairs, K-way rankings or scalar ratings."""
@@ -128,6 +133,7 @@ class RewardConfig(SupervisedConfig):
     head: Literal["classification", "value_head"] = doc("'classification' (AutoModelForSequenceClassification, num_labels=1) or 'value_head' (a linear head on a causal LM's last hidden state).", default="classification")
 
 
+@records_given
 @dataclass
 class RLHFConfig(LMRuntime):
     """PPO on a causal LM: generate completions for prompts, score them, and update the policy."""
@@ -213,6 +219,7 @@ class RLHFConfig(LMRuntime):
 
     def __post_init__(self) -> None:
         validate(self)  # each field's type, choices and rule; what follows concerns several fields
+        self._adapt_to_given()
         if not self.policy:
             raise ConfigError("config field 'policy' is required: a hub id or a local model directory")
         if self.batch_size % self.num_minibatches:
@@ -252,3 +259,26 @@ class RLHFConfig(LMRuntime):
                 f"reward_weights has {len(self.reward_weights)} entries but rewards has {len(self.rewards)}; "
                 "give one weight per reward source"
             )
+
+    def _adapt_to_given(self) -> None:
+        """Fit the fields the user left to their defaults to the ones they set (each change noted,
+        ``configuration.adapted_notes``, and recorded in config.yaml); a conflict between fields the
+        user set is refused by the checks after."""
+        given = given_fields(self)
+        if self.advantage in ("grpo", "rloo") and self.num_generations < 2 and "num_generations" not in given:
+            adapt(self, "num_generations", GROUP_GENERATIONS,
+                  f"advantage {self.advantage!r} compares completions of the same prompt")
+        completions = self.batch_size * self.num_generations
+        if "num_minibatches" not in given:
+            fits = [d for d in range(1, self.batch_size + 1) if self.batch_size % d == 0
+                    and completions % (d * self.gradient_accumulation_steps) == 0 and d <= self.num_minibatches]
+            if fits and fits[-1] != self.num_minibatches:
+                adapt(self, "num_minibatches", fits[-1], f"it and gradient_accumulation_steps = "
+                      f"{self.gradient_accumulation_steps} must divide the batch ({self.batch_size} prompts, "
+                      f"{completions} completions)")
+        if completions % (self.num_minibatches * self.gradient_accumulation_steps) and \
+                "gradient_accumulation_steps" not in given and completions % self.num_minibatches == 0:
+            per_minibatch = completions // self.num_minibatches
+            adapt(self, "gradient_accumulation_steps",
+                  max(d for d in range(1, self.gradient_accumulation_steps + 1) if per_minibatch % d == 0),
+                  f"it must divide each minibatch's {per_minibatch} completions")

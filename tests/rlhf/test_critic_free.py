@@ -102,7 +102,8 @@ def test_grpo_with_one_generation_is_refused_in_one_line(tiny_lm, tmp_path, caps
     data = tmp_path / "prompts.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
     code = main(["rlhf", "ppo", "--policy", tiny_lm, "--reward", "tests.rlhf.helpers:pleasant_minus_unpleasant",
-                 "--data", str(data), "--run-dir", str(tmp_path / "run"), "--no-progress", "--set", "advantage=grpo"])
+                 "--data", str(data), "--run-dir", str(tmp_path / "run"), "--no-progress", "--set", "advantage=grpo",
+                 "--set", "num_generations=1"])  # set by the user: refused (left unset, it adapts)
     err = capsys.readouterr().err.strip()
     assert code == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
     assert "'advantage' = 'grpo'" in err and "num_generations" in err

@@ -17,13 +17,12 @@ Imports no torch, gymnasium or Optuna: a trial passes itself in to :meth:`Param.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ppokit.configuration import coerce, field_types, from_mapping, load_yaml, suggest, to_dict
+from ppokit.configuration import coerce, field_types, from_mapping, load_yaml, nearest_divisor, suggest, to_dict
 from ppokit.control.config import ControlConfig
 from ppokit.errors import ConfigError
 
@@ -261,5 +260,4 @@ def fit_minibatches(data: Mapping[str, Any]) -> dict[str, int]:
         return {}  # the config check names the bad field
     if whole < 1 or wanted < 1 or whole % wanted == 0:
         return {}
-    divisors = [d for d in range(1, whole + 1) if whole % d == 0]
-    return {"num_minibatches": min(divisors, key=lambda d: abs(math.log(d / wanted)))}
+    return {"num_minibatches": nearest_divisor(whole, wanted)}

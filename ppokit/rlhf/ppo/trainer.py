@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ppokit.configuration import callable_label, with_absolute_paths
+from ppokit.configuration import adapted_notes, callable_label, with_absolute_paths
 from ppokit.core.advantages import masked_mean
 from ppokit.core.collective import check_world_size, on_main
 from ppokit.core.diagnostics import explained_variance
@@ -98,6 +98,8 @@ class RLHFTrainer:
         resume: bool = False,
     ) -> None:
         self.config = c = config
+        for note in adapted_notes(c):
+            log.info("adapted %s", note)
         self.device, self.dtype = setup_runtime(c)
         self.dtype = precision.weights_dtype(c, self.dtype)
         #: The weights dtype of the frozen roles (reference, reward models).
