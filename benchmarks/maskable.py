@@ -117,8 +117,8 @@ def table(rows: list[dict[str, Any]]) -> str:
                 continue
             returns = np.array([r["eval_return"] for r in group])
             lines.append(f"| {task} | {library} | {group[0]['steps']:,} | {len(group)} | {returns.mean():.1f} ± "
-                         f"{returns.std():.1f} | {sum(r['train_invalid'] for r in group)} of "
-                         f"{sum(r['train_actions'] for r in group):,} | {sum(r['eval_invalid'] for r in group)} of "
+                         f"{returns.std():.1f} | {sum(r['train_invalid'] for r in group):,} of "
+                         f"{sum(r['train_actions'] for r in group):,} | {sum(r['eval_invalid'] for r in group):,} of "
                          f"{sum(r['eval_actions'] for r in group):,} |")
     return "\n".join(lines)
 
