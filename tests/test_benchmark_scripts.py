@@ -101,3 +101,12 @@ def test_env_step_benchmark_script_runs():
     assert [r["envs"] for r in result["cartpole"]] == [1, 3]
     assert all(r["gymnasium_us"] > 0 and r["ppokit_us"] > 0 for r in result["cartpole"])
     assert result["sync"][0]["env"] == "Pendulum-v1" and result["sync"][0]["bare_us"] > 0
+
+
+def test_maskable_benchmark_script_runs():
+    pytest.importorskip("sb3_contrib")
+    result = _run("maskable.py", "--steps", "1024", "--seeds", "0", "--eval-episodes", "1")
+    rows = result["rows"]
+    assert {(r["library"], r["task"]) for r in rows} == {(lib, task) for lib in ("ppokit", "sb3-contrib MaskablePPO")
+                                                         for task in ("discrete", "multidiscrete")}
+    assert all(r["train_invalid"] == 0 and r["eval_invalid"] == 0 and r["train_actions"] > 0 for r in rows)

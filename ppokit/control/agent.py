@@ -58,7 +58,7 @@ from ppokit.control.rollout.host import RolloutCollector, check_recurrent_inputs
 from ppokit.core.collective import on_main
 from ppokit.core.health import HealthMonitor
 from ppokit.core.running_stats import RunningMeanStd
-from ppokit.errors import CheckpointError, ConfigError, EnvError
+from ppokit.errors import CheckpointError, ConfigError, EnvError, ObservationError
 from ppokit.io.atomic import atomic_write_json
 from ppokit.io.checkpoints import BEST, checkpoint_path, find_resumable, latest_checkpoint
 from ppokit.io.loop import Callback, LoopPlan, run_loop
@@ -107,8 +107,7 @@ class PPO:
                                                      settings=config)
         #: The training vector env; None after :meth:`load` until :meth:`learn` makes one.
         self.env: Any = self.env_source.training(local_num_envs(config, self.collective), config.vectorization)
-        reader = ObservationReader(self.env.single_observation_space, self.env.single_action_space,
-                                   config.action_mask_key, text=config.text_observations)
+        reader = ObservationReader.for_env(self.env, config.action_mask_key, text=config.text_observations)
         for key in reader.dropped:
             log.warning("observation key %r holds text, which the policy cannot read: left out "
                         "(text_observations: refuse makes this an error)", key)
@@ -340,13 +339,22 @@ class PPO:
 
     # ------------------------------------------------------------------ acting
     def predict(self, obs: np.ndarray, deterministic: bool = True, rng: np.random.Generator | None = None,
-                action_mask: np.ndarray | None = None, state: Any = None, episode_start: Any = None) -> Any:
+                action_mask: np.ndarray | None = None, state: Any = None, episode_start: Any = None, *,
+                action_masks: np.ndarray | None = None) -> Any:
         """Actions for one observation or a batch, in the env's format (clipped to Box bounds);
-        ``action_mask`` (a boolean per action, or a batch of them) rules actions out. A recurrent
+        ``action_mask`` (a boolean per action, or a batch of them) rules actions out; ``action_masks``
+        is the same under sb3-contrib's name (``predict(obs, action_masks=env.action_masks())``). A recurrent
         policy returns ``(actions, state)``: pass the state back in, and ``episode_start`` where an
         episode begins. Fast-path policies draw from ``rng`` (default: the agent's own generator).
         Torch observations (a torch env's) give torch actions, on the policy's device."""
+        if action_masks is not None:
+            if action_mask is not None:
+                raise ObservationError("predict: action_mask and action_masks were both given; they are one argument "
+                                       "under two names (ppokit's and sb3-contrib's): give one")
+            action_mask = action_masks
         if isinstance(obs, torch.Tensor) and self.torch_env:
+            if action_mask is not None:
+                raise ObservationError("predict: action_mask was given, but a torch env's policy acts unmasked")
             return device_evaluation.predict(self.policy, self.obs_rms, self.config.clip_obs,
                                              (self.observation_space, self.action_space), self.device, obs, deterministic)
         obs, action_mask = split_dict_observation(obs, action_mask, self.env_observation_space,

@@ -122,7 +122,7 @@ class ControlConfig:
 
     # --- runtime and output ---
     device: str = shared("device", default="cpu")
-    action_mask_key: str = doc("Where the env gives invalid-action masks: this key of each step's info, or of a Dict observation (docs/tutorials/masks-and-recurrence.md).", default="action_mask")
+    action_mask_key: str = doc("Where the env gives invalid-action masks: this key of each step's info, or of a Dict observation; an action_masks() method of the env is read too (docs/tutorials/masks-and-recurrence.md).", default="action_mask")
     update_backend: UpdateBackend = doc("'auto' (the NumPy fast path where it applies: MLP policies with categorical or Gaussian heads on a CPU), 'torch' (always the reference) or 'numpy' (the fast path; an error where it cannot apply).", default="auto")
     dist_backend: DistBackend = shared("dist_backend", default="auto")
     dist_timeout: float = shared("dist_timeout", default=600.0)

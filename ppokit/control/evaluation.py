@@ -110,7 +110,7 @@ def evaluate_policy(
 
     if episodes < 1:
         raise ValueError("episodes must be at least 1")
-    masks = ObservationReader(env.single_observation_space, env.single_action_space, mask_key)
+    masks = ObservationReader.for_env(env, mask_key)
     check_fits(env_id, masks.observation_space, env.single_action_space, policy_spaces)
     n = min(env.num_envs, episodes)
     # Envs beyond the first n (a shared env wider than needed) play nothing that counts.
@@ -200,7 +200,7 @@ def record_video(
     reports = bool(env.metadata.get("episode_statistics", False))
     try:
         try:
-            masks = ObservationReader(env.observation_space, env.action_space, mask_key)
+            masks = ObservationReader.for_env(env, mask_key)
             check_fits(env_id, masks.observation_space, env.action_space, policy_spaces)
         except EnvError:
             env.close()

@@ -18,24 +18,39 @@ MultiBinary (or Dicts and Tuples of them), such as Sequence, Graph or OneOf, are
 naming the key.
 
 **Masks.** An env gives a mask (a boolean per action; for MultiDiscrete, each dimension's booleans concatenated)
-in one of two places, the conventions of Gymnasium and PettingZoo:
+in one of three places, the conventions of Gymnasium, PettingZoo and sb3-contrib:
 
 - ``info["action_mask"]``, returned with each observation by ``reset`` and ``step``;
 - the ``"action_mask"`` key of a Dict observation whose only other key holds the observation itself
-  (``{"observation": Box, "action_mask": MultiBinary}``).
+  (``{"observation": Box, "action_mask": MultiBinary}``);
+- an ``action_masks()`` method of the env or of any wrapper around it (sb3-contrib's ``MaskablePPO``
+  convention), found through the wrappers with ``has_wrapper_attr`` and called on every sub-env of a
+  ``SyncVectorEnv`` or ``AsyncVectorEnv`` (``call``) after each ``reset`` and ``step``. A step answers
+  with the observation of the state the env is in when it returns (with next-step autoreset, an
+  ended episode's last observation, then the new episode's first), so the mask the method gives
+  right after is that observation's.
 
 The key is ``ControlConfig.action_mask_key``. Masked actions get probability 0 in sampling,
 log-probabilities, entropy and the PPO ratio (:mod:`ppokit.control.policy.heads`). An env that gives no
-mask for some step (or some env of the vector) allows every action there.
+mask for some step (or some env of the vector) allows every action there. **One rule when an env gives
+a mask in two places** (the key and the method): both are read, and they must be the same mask; a
+step where they differ is refused in one line naming both (ppokit never picks one silently).
 
 Every mask, from an env or given to ``predict``, goes through :func:`mask_values`: booleans, or 0/1
 integers or floats (cast); anything else (a string, other numbers, ``None``, the wrong number of
 entries) is refused in one line, as is a mask that allows no action at all, except on the step
 that ends an episode (its action is never taken).
+
+A mask the run does not use is said once, as a warning naming where it was found and the setting
+to use (:func:`unused_masks`, :meth:`ObservationReader.note_info`): an info key or a Dict
+observation key that looks like a mask (:data:`MASK_LIKE_KEYS`) other than ``action_mask_key``, or an
+``action_masks()`` method (or mask) beside actions that take none (Box, mixed Tuple/Dict actions).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -43,6 +58,68 @@ import numpy as np
 from gymnasium import spaces
 
 from ppokit.errors import EnvError, ObservationError, PPOKitError
+
+log = logging.getLogger("ppokit")
+
+#: sb3-contrib's convention: a method of the env (or a wrapper) giving the current state's mask.
+MASK_METHOD = "action_masks"
+#: Names under which envs commonly give masks (in ``info`` or a Dict observation); one that is not
+#: ``action_mask_key`` is warned about once (module docstring).
+MASK_LIKE_KEYS = ("action_mask", "action_masks", "mask", "legal_actions", "valid_actions", "invalid_action_mask")
+
+
+def maskable(action_space: spaces.Space) -> bool:
+    """Whether masks apply to ``action_space`` (Discrete and MultiDiscrete actions)."""
+    return isinstance(action_space, (spaces.Discrete, spaces.MultiDiscrete))
+
+
+def has_mask_method(env: Any) -> bool:
+    """Whether ``env`` (one env, or a Gymnasium vector env's sub-envs) offers ``action_masks()`` on
+    itself or on any wrapper. Sub-envs that disagree (some with the method, some without) are
+    refused: their masks would mean different things env by env."""
+    if isinstance(env, gym.Env):
+        return bool(env.has_wrapper_attr(MASK_METHOD))
+    vector = getattr(env, "unwrapped", env)
+    if not isinstance(vector, (gym.vector.SyncVectorEnv, gym.vector.AsyncVectorEnv)):
+        return False  # EnvPool, a torch env, another VectorEnv: no sub-envs to ask
+    found = [bool(x) for x in vector.call("has_wrapper_attr", MASK_METHOD)]
+    if any(found) and not all(found):
+        raise EnvError(f"sub-envs {[i for i, f in enumerate(found) if f]} of the vector env have an "
+                       f"{MASK_METHOD}() method and {[i for i, f in enumerate(found) if not f]} do not; "
+                       "give every sub-env the same masks")
+    return all(found) and bool(found)
+
+
+def mask_method(env: Any) -> Callable[[], Sequence[Any]]:
+    """A function returning the masks ``action_masks()`` gives now: one per sub-env of a vector env
+    (``call``), or a one-element list for one env (``get_wrapper_attr``, through every wrapper)."""
+    if isinstance(env, gym.Env):
+        return lambda: [env.get_wrapper_attr(MASK_METHOD)()]
+    vector = getattr(env, "unwrapped", env)
+    return lambda: vector.call(MASK_METHOD)
+
+
+def unused_masks(env: Any, observation_space: spaces.Space, action_space: spaces.Space, key: str,
+                 method: bool, torch_env: bool = False) -> str | None:
+    """Why masks ``env`` offers would go unused by this run (None when they would not): said once per
+    run by the training collector. ``method``: whether the env has ``action_masks()``."""
+    if torch_env:
+        if hasattr(env, MASK_METHOD):
+            return (f"the torch env has an {MASK_METHOD}() method, but torch envs train unmasked (their device "
+                    "collector takes no masks); use a Gymnasium env to train masked")
+        return None
+    if method and not maskable(action_space):
+        return (f"the env has an {MASK_METHOD}() method, but its action space {action_space} takes no mask "
+                "(only Discrete and MultiDiscrete actions); it is not called")
+    if isinstance(observation_space, spaces.Dict) and key not in observation_space.spaces:
+        found = [k for k in observation_space.spaces if str(k).lower() in MASK_LIKE_KEYS]
+        if found:
+            where = f"the Dict observation's key {found[0]!r}"
+            if not maskable(action_space):
+                return f"{where} looks like an action mask, but {action_space} actions take none; it is read as observation"
+            return (f"{where} looks like an action mask, but action_mask_key is {key!r}: it is read as observation; "
+                    f"set action_mask_key={found[0]} (--set action_mask_key={found[0]}) to mask with it")
+    return None
 
 
 def expected_mask(action_space: spaces.Space) -> str:
@@ -251,6 +328,13 @@ class ObservationReader:
         self.key, self.critic_key = key, critic_key
         #: The Dict keys holding text, left out of what the policy sees.
         self.dropped: list[str] = []
+        #: The env's ``action_masks()`` results now, one per env (set by :meth:`use_method`); None
+        #: when the env has no such method.
+        self.method: Callable[[], Sequence[Any]] | None = None
+        #: Whether an unused mask has been warned about (once per reader: the training collector's).
+        self.warned = False
+        self.warn = False
+        self.action_space = action_space
         #: Steps read so far (the reset is step 0): where a bad mask is named.
         self.steps = -1
         self.expected = expected_mask(action_space)
@@ -312,16 +396,68 @@ class ObservationReader:
             self.observation_space = spaces.Box(flat.low.astype(np.float32), flat.high.astype(np.float32),
                                                 dtype=np.float32)
 
+    @classmethod
+    def for_env(cls, env: Any, key: str, critic_key: str = "critic_obs", warn: bool = False,
+                text: str = "drop") -> ObservationReader:
+        """The reader of ``env`` (a vector env, or one env), reading its ``action_masks()`` method too
+        when it has one. ``warn``: say once (the training collector's reader) what masks the run leaves
+        unused; ``text``: as for the constructor."""
+        single = isinstance(env, gym.Env)
+        observation_space = env.observation_space if single else env.single_observation_space
+        action_space = env.action_space if single else env.single_action_space
+        reader = cls(observation_space, action_space, key, critic_key, text)
+        method = has_mask_method(env)
+        if method and reader.size is not None:
+            reader.method = mask_method(env)
+        reader.warn = warn
+        if warn:
+            reader.say(unused_masks(env, observation_space, action_space, key, method))
+        return reader
+
+    def say(self, problem: str | None) -> None:
+        """Warn about an unused mask, once."""
+        if problem and self.warn and not self.warned:
+            self.warned = True
+            log.warning("%s", problem)
+
+    def note_info(self, info: dict[str, Any]) -> None:
+        """Warn once when ``info`` holds a mask-like key the run does not read (module docstring)."""
+        if self.warned or not self.warn or not info:
+            return
+        found = [k for k in info if isinstance(k, str) and k.lower() in MASK_LIKE_KEYS
+                 and (k != self.key or self.size is None)]
+        if not found:
+            return
+        if self.size is None:
+            self.say(f"the env's info[{found[0]!r}] looks like an action mask, but {self.action_space} actions take "
+                     "none (only Discrete and MultiDiscrete actions); it is ignored")
+        elif self.mask_in_obs:
+            self.say(f"the env's info[{found[0]!r}] looks like an action mask; the run reads its masks from the Dict "
+                     f"observation's key {self.key!r} and ignores it")
+        elif self.method is not None:
+            self.say(f"the env's info[{found[0]!r}] looks like an action mask; the run reads its masks from "
+                     f"{MASK_METHOD}() and ignores it (set action_mask_key={found[0]} to read both, checked to agree)")
+        else:
+            self.say(f"the env's info[{found[0]!r}] looks like an action mask, but action_mask_key is {self.key!r}: "
+                     f"the run trains unmasked; set action_mask_key={found[0]} (--set action_mask_key={found[0]})")
+
     @property
     def passes_through(self) -> bool:
         """Whether the observation goes to the policy as the env gives it, with no critic part, so
         only a mask in ``info`` can make :meth:`read` return anything else."""
-        return self.obs_key is None and not self.flatten and not self.mask_in_obs and self.critic_env_space is None
+        return (self.obs_key is None and not self.flatten and not self.mask_in_obs and self.critic_env_space is None
+                and self.method is None)
+
+    @property
+    def where(self) -> str:
+        """Where a keyed mask comes from, as errors name it."""
+        return "the observation's" if self.mask_in_obs else "info"
 
     @property
     def in_observation(self) -> bool:
-        """Whether the mask is a key of the observation (so the policy is masked from the start)."""
-        return self.mask_in_obs
+        """Whether the policy is masked from the start: the mask is a key of the observation, or the
+        env has an ``action_masks()`` method."""
+        return self.mask_in_obs or self.method is not None
 
     @property
     def critic_observation_space(self) -> spaces.Box | None:
@@ -345,12 +481,29 @@ class ObservationReader:
         """``(observation, mask or None)`` for a vector env's batch; the mask is ``[num_envs, size]``.
         ``ended``: the envs whose episode ended at this step (their mask may allow nothing)."""
         self.steps += 1
+        self.note_info(info)
         mask = None
         if self.mask_in_obs:
             mask = self._rows(obs[self.key], num_envs, ended=ended)
         elif self.size is not None and self.key in info:
             mask = self._rows(info[self.key], num_envs, present=info.get(f"_{self.key}"), ended=ended)
+        if self.method is not None:
+            present = None if self.mask_in_obs or self.key not in info else info.get(f"_{self.key}")
+            mask = self._agree(mask, self._rows(self.method(), num_envs, ended=ended, where=f"{MASK_METHOD}()"),
+                               present, self.where)
         return self.policy_observation(self._actor_part(obs), num_envs), mask
+
+    def _agree(self, keyed: np.ndarray | None, called: np.ndarray, present: Any, where: str) -> np.ndarray:
+        """The one rule for a mask given in two places: both are read and must be the same."""
+        if keyed is None:
+            return called
+        for i in range(len(called)):
+            if (present is None or bool(present[i])) and not np.array_equal(keyed[i], called[i]):
+                raise EnvError(f"env {i}'s {where}[{self.key!r}] and its {MASK_METHOD}() give different masks at "
+                               f"step {self.steps} ({np.flatnonzero(keyed[i]).tolist()} vs "
+                               f"{np.flatnonzero(called[i]).tolist()} allowed); an env gives one mask, in one place "
+                               "or the same in both")
+        return called
 
     def _actor_part(self, obs: Any) -> Any:
         if self.obs_key is None:
@@ -364,10 +517,13 @@ class ObservationReader:
         self.steps += 1
         mask = None
         if self.mask_in_obs:
-            mask = self._rows([obs[self.key]], 1)[0]
+            mask = self._rows([obs[self.key]], 1)
         elif self.size is not None and self.key in info:
-            mask = self._rows([info[self.key]], 1)[0]
-        return self.policy_observation(self._actor_part(obs), None), mask
+            mask = self._rows([info[self.key]], 1)
+        if self.method is not None:
+            mask = self._agree(mask, self._rows(self.method(), 1, where=f"{MASK_METHOD}()"), None,
+                               self.where)
+        return self.policy_observation(self._actor_part(obs), None), None if mask is None else mask[0]
 
     def policy_observation(self, obs: Any, num_envs: int | None) -> Any:
         """The env's observation (a batch of ``num_envs``, or one when None) as the policy sees it."""
@@ -378,14 +534,16 @@ class ObservationReader:
         batched = gym.vector.utils.batch_space(self.env_space, num_envs)
         return np.stack([flatten_one(self.env_space, item) for item in gym.vector.utils.iterate(batched, obs)])
 
-    def _rows(self, masks: Any, num_envs: int, present: Any = None, ended: np.ndarray | None = None) -> np.ndarray:
+    def _rows(self, masks: Any, num_envs: int, present: Any = None, ended: np.ndarray | None = None,
+              where: str | None = None) -> np.ndarray:
         assert self.size is not None
         out = np.ones((num_envs, self.size), dtype=bool)
-        where = "the observation's" if self.mask_in_obs else "info"
+        if where is None:
+            where = f"{self.where}[{self.key!r}]"
         for i in range(num_envs):
             if present is not None and not bool(present[i]):
                 continue  # this env gave no mask this step: every action is allowed
-            what = f"env {i}'s {where}[{self.key!r}] at step {self.steps}"
+            what = f"env {i}'s {where} at step {self.steps}"
             row = mask_values(masks[i], what).reshape(-1)
             if row.size != self.size:
                 raise EnvError(f"{what} has {row.size} entries; the action space needs {self.expected}")

@@ -3,12 +3,13 @@ the device one (torch envs, nothing leaves the device); chosen once, by the env'
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ppokit.control.config import ControlConfig
-from ppokit.control.envs.observations import ObservationReader
+from ppokit.control.envs.observations import ObservationReader, unused_masks
 from ppokit.control.envs.torch_env import is_torch_env
 from ppokit.control.policy.networks import ActorCritic
 from ppokit.control.rollout.device import DeviceRolloutCollector
@@ -18,6 +19,8 @@ from ppokit.errors import ConfigError
 
 if TYPE_CHECKING:
     from ppokit.control.fast.policy import NumpyPolicy
+
+log = logging.getLogger("ppokit")
 
 Collector = RolloutCollector | DeviceRolloutCollector
 
@@ -32,9 +35,13 @@ def make_collector(env: Any, policy: ActorCritic, config: ControlConfig, device:
     if not is_torch_env(env):
         return RolloutCollector(
             env, policy, device, c.num_steps, numpy_policy=numpy_policy,
-            masks=ObservationReader(env.single_observation_space, env.single_action_space, c.action_mask_key),
+            masks=ObservationReader.for_env(env, c.action_mask_key, warn=True),
             obs_rms=obs_rms, ret_rms=ret_rms, gamma=c.gamma, clip_obs=c.clip_obs, clip_reward=c.clip_reward,
         )
+    unused = unused_masks(env, env.single_observation_space, env.single_action_space, c.action_mask_key,
+                          method=False, torch_env=True)
+    if unused:
+        log.warning("%s", unused)
     if data_parallel:
         raise ConfigError("a torch env trains in one process: data-parallel training (--nproc, torchrun) with torch "
                           "envs is not supported yet; run one process with more envs")
