@@ -530,6 +530,8 @@ class ComboEnv(gym.Env):
         self.observation_space = spaces.Dict(parts) if parts else inner
         self.t = 0
         self._mask = np.ones(self.mask_size, dtype=bool)
+        if mask in ("method", "both"):  # sb3-contrib's convention, on these kinds only
+            self.action_masks = self._action_masks
 
     def _draw_mask(self) -> None:
         mask = self.np_random.random(self.mask_size) < 0.6
@@ -541,9 +543,7 @@ class ComboEnv(gym.Env):
             start += size
         self._mask = mask
 
-    def action_masks(self) -> np.ndarray:
-        if self.mask_kind not in ("method", "both"):
-            raise AttributeError("action_masks")  # only envs of the 'method' kind offer it
+    def _action_masks(self) -> np.ndarray:
         return self._mask.copy()
 
     def _answer(self):

@@ -86,7 +86,9 @@ class PPO:
         """``env``: an id or an env object (see :mod:`ppokit.control.envs.source`; a torch env,
         :mod:`ppokit.control.envs.torch_env`) instead of ``env_id``."""
         config = config or ControlConfig()
-        given = torch_source.given(env, config.env_kwargs) if env is not None else None
+        # env_kwargs given beside the env (PPO(config, env=Cls, env_kwargs={...})) are the ones it is made with.
+        env_kwargs = dict(overrides.get("env_kwargs", config.env_kwargs))
+        given = torch_source.given(env, env_kwargs) if env is not None else None
         if given is not None:
             overrides = torch_source.given_overrides(given, overrides)
         notes = adapted_notes(config)

@@ -68,3 +68,15 @@ def test_anything_else_is_refused_by_name(tmp_path):
     with pytest.raises(EnvError, match="expected an env id, a gymnasium.Env"):
         PPO(_config(tmp_path, "bad"), env=42)
     assert PPO(_config(tmp_path, "id"), env="Acrobot-v1").config.env_id == "Acrobot-v1"
+
+
+def test_env_kwargs_given_beside_an_env_class_reach_it(tmp_path):
+    """``PPO(config, env=Cls, env_kwargs=...)``: the kwargs are those the env is made with, not only
+    those config.yaml records (they were recorded but not used)."""
+    from ppokit import PPO, ControlConfig
+    from tests.envs import CountingEnv
+
+    agent = PPO(ControlConfig(num_envs=2, num_steps=8, total_steps=16, progress=False, tensorboard=False),
+                env=CountingEnv, env_kwargs={"length": 7})
+    assert agent.env.envs[0].unwrapped.length == 7 and agent.config.env_kwargs == {"length": 7}
+    agent.close()
