@@ -118,7 +118,7 @@ def check_env_id(env_id: str) -> None:
     try:
         _spec(name)
     except gym.error.Error as err:
-        raise EnvError(f"unknown env id {env_id!r}: {err}{package_hint(env_id)}") from None
+        raise EnvError(f"unknown env id {env_id!r}: {str(err).rstrip('.')}{package_hint(env_id)}") from None
 
 
 # ---------------------------------------------------------------- wrappers named in the config
