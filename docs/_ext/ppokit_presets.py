@@ -91,10 +91,6 @@ class PresetsDirective(SphinxDirective):
                 para += nodes.Text("The default for every ")
                 para += nodes.literal(pattern, pattern)
                 para += nodes.Text(" id: ")
-                para += nodes.literal(command, command)
-                para += nodes.Text(" uses it unless ")
-                para += nodes.literal("--no-preset", "--no-preset")
-                para += nodes.Text(" is given.")
             elif serves:
                 command = f"ppokit train {name}"
                 para += nodes.Text("The default for ")
@@ -102,6 +98,7 @@ class PresetsDirective(SphinxDirective):
                     para += nodes.Text(" and " if i else "")
                     para += nodes.literal(env, env)
                 para += nodes.Text(": ")
+            if family is not None or serves:
                 para += nodes.literal(command, command)
                 para += nodes.Text(" uses it unless ")
                 para += nodes.literal("--no-preset", "--no-preset")
