@@ -214,14 +214,19 @@ class PPOAlgorithm:
     def update(self, rollout: Rollout, fraction: float) -> dict[str, Any]:
         """K epochs on the rollout at ``fraction`` of training done; the update's statistics."""
         c = self.config
-        lr = self.lr_schedule(fraction)
-        self.optimizer.set_learning_rate(lr)
-        settings = self.settings(fraction)
         batch: ControlBatch | SequenceBatch
         if rollout.starts is not None:  # a recurrent policy
             batch = make_sequence_batch(rollout, c.gamma, c.gae_lambda)
         else:
             batch = make_batch(rollout, c.gamma, c.gae_lambda, every_step_valid=self.on_device)
+        return self.train(batch, fraction)
+
+    def train(self, batch: ControlBatch | SequenceBatch, fraction: float) -> dict[str, Any]:
+        """K epochs on a batch whose advantages are estimated (what :meth:`update` does after GAE; the
+        multi-agent front end estimates them over each agent's own steps)."""
+        lr = self.lr_schedule(fraction)
+        self.optimizer.set_learning_rate(lr)
+        settings = self.settings(fraction)
         step = self.minibatch_step(batch, settings)
         # Rows are samples, or for a recurrent policy whole env sequences.
         stats = run_epochs(step, batch.rows, self.optimizer, settings, device=batch.logp.device,

@@ -81,6 +81,41 @@ def gae_arrays(rewards: np.ndarray, values: np.ndarray, next_values: np.ndarray,
     return advantages, advantages + values
 
 
+def gae_over_own_steps(rewards: np.ndarray, values: np.ndarray, acted: np.ndarray, ended: np.ndarray,
+                       end_values: np.ndarray, last_values: np.ndarray, gamma: float,
+                       lam: float) -> tuple[np.ndarray, np.ndarray]:
+    r""":func:`gae` for sequences that do not act at every step (time-major ``[T, N]``): each column's
+    steps where ``acted`` is true form its own sequence, and :math:`V'_t` is the value at *its* next
+    step. A multi-agent env is the case: an agent waiting for its turn, finished early or not yet
+    joined has no step there, and a step that is not its own must neither cut its advantage nor feed it.
+
+    For a column's own steps :math:`t_1 < t_2 < \dots`, :math:`V'_{t_k}` is ``end_values[t_k]`` where its
+    sequence ``ended`` at :math:`t_k` (0 on termination, :math:`V(\text{final obs})` on truncation),
+    else :math:`V(s_{t_{k+1}})`, and ``last_values`` after its last own step in the window. Each column's
+    own steps are moved to the front and :func:`gae_arrays` runs on them unchanged, so a column that acts
+    at every step gets exactly :func:`gae`. Rows that did not act get advantage and return 0.
+    """
+    T, N = rewards.shape
+    order = np.argsort(~acted, axis=0, kind="stable")  # each column's own steps first, in time order
+    counts = acted.sum(axis=0)
+    packed = np.arange(T)[:, None] < counts[None, :]
+
+    def front(x: np.ndarray) -> np.ndarray:
+        return np.take_along_axis(x, order, axis=0)
+
+    r, v, e, ev = front(rewards), front(values), front(ended) | ~packed, front(end_values)
+    following = np.concatenate([v[1:], np.zeros((1, N), dtype=v.dtype)])
+    is_last = np.arange(T)[:, None] == (counts - 1)[None, :]
+    following = np.where(is_last, last_values[None, :].astype(v.dtype), following)
+    next_values = np.where(e, ev, following)
+    r, v, next_values = (np.where(packed, x, np.zeros((), x.dtype)) for x in (r, v, next_values))
+    adv_front, _ = gae_arrays(r, v, next_values, e, gamma, lam)
+    advantages = np.zeros_like(adv_front)
+    np.put_along_axis(advantages, order, adv_front, axis=0)
+    advantages = np.where(acted, advantages, np.zeros((), advantages.dtype))
+    return advantages, np.where(acted, advantages + values, np.zeros((), advantages.dtype))
+
+
 
 
 def discounted_returns(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import sys
 import types
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -43,8 +44,8 @@ def _is_fixed(value: Any) -> bool:
         return True
     name = type(value).__name__
     # Renderers are rebuilt on demand; training never renders.
-    if "Renderer" in name or "Viewer" in name:
-        return True
+    if "Renderer" in name or "Viewer" in name or type(value).__module__.split(".")[0] == "pygame":
+        return True  # pygame: a window or font, made again when the env renders
     if isinstance(value, (list, tuple)) and all(_is_fixed(v) for v in value):
         return True
     if isinstance(value, dict) and all(_is_fixed(v) or encode(v) is not SKIP for v in value.values()):
@@ -56,16 +57,17 @@ def _is_env(value: Any) -> bool:
     return isinstance(value, (gym.Env, gym.vector.VectorEnv, gym.Wrapper, gym.vector.VectorWrapper))
 
 
-def _capture(obj: Any, path: str, problems: list[str]) -> dict[str, Any]:
+def _capture(obj: Any, path: str, problems: list[str],
+             is_child: Callable[[Any], bool] = _is_env) -> dict[str, Any]:
     mujoco = _mujoco()
     attrs: dict[str, Any] = {}
     children: dict[str, Any] = {}
     for key, value in vars(obj).items():
         where = f"{path}.{key}"
-        if _is_env(value):
-            children[key] = _capture(value, where, problems)
-        elif isinstance(value, list) and value and all(_is_env(v) for v in value):
-            children[key] = [_capture(v, f"{where}[{i}]", problems) for i, v in enumerate(value)]
+        if is_child(value):
+            children[key] = _capture(value, where, problems, is_child)
+        elif isinstance(value, list) and value and all(is_child(v) for v in value):
+            children[key] = [_capture(v, f"{where}[{i}]", problems, is_child) for i, v in enumerate(value)]
         elif mujoco is not None and isinstance(value, mujoco.MjData):
             model = getattr(obj, "model", None)
             if not isinstance(model, mujoco.MjModel):
@@ -153,3 +155,19 @@ def restore_env_state(env: gym.vector.VectorEnv, state: dict[str, Any]) -> None:
     answered the Gymnasium API in the run that saved it: its first-answer checks are taken out)."""
     settle_checks(env)
     _restore(env, state, "env")
+
+
+def capture_object_state(obj: Any, is_child: Callable[[Any], bool], name: str = "env") -> tuple[dict[str, Any] | None, str | None]:
+    """:func:`capture_env_state` for envs of another API (PettingZoo's): ``is_child`` says which attribute
+    values are parts of the env to walk into (the others must be plain data or fixed)."""
+    problems: list[str] = []
+    state = _capture(obj, name, problems, is_child)
+    if problems:
+        shown = ", ".join(problems[:3]) + (f" and {len(problems) - 3} more" if len(problems) > 3 else "")
+        return None, f"these env attributes are not plain data: {shown}"
+    return state, None
+
+
+def restore_object_state(obj: Any, state: dict[str, Any], name: str = "env") -> None:
+    """Put a state from :func:`capture_object_state` back into an env built the same way."""
+    _restore(obj, state, name)

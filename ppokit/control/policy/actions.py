@@ -68,7 +68,7 @@ class ActionAdapter:
     def __call__(self, actions: Tensor | np.ndarray) -> Any:
         if self.as_is and isinstance(actions, np.ndarray):
             return actions
-        a = actions if isinstance(actions, np.ndarray) else actions.detach().cpu().numpy()
+        a = actions.detach().cpu().numpy() if isinstance(actions, Tensor) else np.asarray(actions)
         if self.parts:
             out, start = [], 0
             for _, adapter, width in self.parts:
