@@ -501,6 +501,9 @@ class _Reading:
         self.device = torch.device("cpu")
         self.policy = _NoPolicy()
 
+    def observation_only(self, raw: Any) -> np.ndarray:
+        return np.asarray(self.reader.policy_observation(self.reader._actor_part(raw), None))
+
 
 class _NoPolicy:
     def initial_state(self, n: int, device: Any) -> torch.Tensor:

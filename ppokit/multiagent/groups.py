@@ -45,7 +45,7 @@ class PolicyGroup:
         self.obs_size = int(np.prod(observed.shape or ()))
         obs_shape = tuple(observed.shape or ())
         if self.ids:
-            obs_shape = (obs_shape[0] + self.ids,)
+            obs_shape = (self.obs_size + self.ids,)
             assert isinstance(observed, spaces.Box)
             low = np.concatenate([np.asarray(observed.low, np.float32).reshape(-1), np.zeros(self.ids, np.float32)])
             high = np.concatenate([np.asarray(observed.high, np.float32).reshape(-1), np.ones(self.ids, np.float32)])
@@ -63,7 +63,7 @@ class PolicyGroup:
             image_scale=c.image_scale or DEFAULT_IMAGE_SCALE)
         self.policy = ActorCritic(self.spec).to(device)
         self.algorithm = PPOAlgorithm(c, self.policy, device)
-        self.obs_rms = RunningMeanStd((self.obs_size,)) if c.normalize_obs and not self.image else None
+        self.obs_rms = RunningMeanStd(tuple(self.reader.observation_space.shape or ())) if c.normalize_obs and not self.image else None
         self.critic_rms = RunningMeanStd((state_size,)) if c.normalize_obs and state_size else None
         self.ret_rms = RunningMeanStd(()) if c.normalize_reward else None
         self.value_rms = RunningMeanStd(()) if config.normalize_value else None
@@ -71,6 +71,11 @@ class PolicyGroup:
         self.obs_dtype = np.uint8 if self.image and self.obs_rms is None else np.float32
 
     # ---------------------------------------------------------------------------- inputs
+    def observation_only(self, raw: Any) -> np.ndarray:
+        """One observation as the policy reads it (``[1, ...]``), its mask left unread: for an agent that is
+        not acting (waiting for its turn, or finished), whose mask may allow nothing."""
+        return np.asarray(self.reader.policy_observation(self.reader._actor_part(raw), None))
+
     def _with_ids(self, x: np.ndarray, slots: np.ndarray) -> np.ndarray:
         if not self.ids:
             return x
@@ -82,7 +87,7 @@ class PolicyGroup:
         """What the policy sees for observations ``raw`` ``[n, ...]`` of the agents in ``slots`` (their
         index in the group); the normaliser learns from the rows ``update`` marks (None: none)."""
         if self.obs_rms is not None and update is not None and update.any():
-            self.obs_rms.update_array(raw.reshape(len(raw), -1)[update])
+            self.obs_rms.update_array(raw[update])
         x = policy_input(raw, self.obs_rms, self.config.clip_obs, image=self.image)
         return self._with_ids(x, slots)
 

@@ -84,7 +84,7 @@ class MultiAgentCollector:
         for group in self.groups:
             for a in group.agents:
                 if a in live:
-                    obs, _ = group.reader.read_single(live[a], {})
+                    obs = group.observation_only(live[a])
                     parts.append(np.asarray(obs, dtype=np.float32).reshape(-1))
                 else:
                     parts.append(np.zeros(group.obs_size, dtype=np.float32))
@@ -129,7 +129,10 @@ class MultiAgentCollector:
                 if where[0] != g:
                     continue
                 row = e * n + where[1]
-                value, mask = group.reader.read_single(raw, env.infos.get(a, {}) if which == "acting" else {})
+                if which == "acting":
+                    value, mask = group.reader.read_single(raw, env.infos.get(a, {}))
+                else:
+                    value, mask = group.observation_only(raw), None
                 obs[row] = value[0]
                 present[row] = True
                 if mask is not None:
@@ -220,7 +223,7 @@ class MultiAgentCollector:
             if not mine:
                 continue
             rows = np.array([p[1] for p in mine])
-            raw = np.stack([group.reader.read_single(p[3], {})[0][0] for p in mine])
+            raw = np.stack([group.observation_only(p[3])[0] for p in mine])
             obs = group.policy_obs(raw, rows % len(group.agents), None)
             critic = None
             if self.global_state:
