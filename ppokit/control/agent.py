@@ -41,7 +41,7 @@ from ppokit.control.envs.observations import (
     predict_mask,
     split_dict_observation,
 )
-from ppokit.control.envs.source import EnvSource
+from ppokit.control.envs.source import EnvSource, given_for_evaluation
 from ppokit.control.envs.torch_source import TorchEnvSource
 from ppokit.control.evaluation import EvaluationEnvs, eval_vectorization, run_evaluation
 from ppokit.control.evaluation_checks import deterministic_gap
@@ -390,13 +390,16 @@ class PPO:
     ) -> dict[str, Any]:
         """Mean and std of the return over ``episodes`` fresh episodes, as written to eval.json.
 
-        ``env``: a vector env of this task to play them in (reset with ``seed``); by default one is
-        made for the call and closed after it."""
+        ``env``: a vector env of this task to play them in (reset with ``seed``), or one
+        ``gymnasium.Env`` (played as a vector env of one), checked as a training env object is; by
+        default one is made for the call and closed after it."""
         seed = self.config.seed + 10_000 if seed is None else seed
         if self.torch_env:  # batched episodes on the env's device
             return {**self._evaluate_on_device(episodes, deterministic, seed, video_dir, env),
                     "global_step": self.global_step}
         rng = np.random.default_rng([seed, 2])
+        if env is not None:
+            env = given_for_evaluation(env)
 
         memory: dict[str, Any] = {"state": None}  # a recurrent policy's state across the evaluation's steps
 

@@ -155,8 +155,73 @@ def test_a_vector_env_lacking_what_ppokit_needs_is_refused_in_one_line(tmp_path)
         PPO(_config(tmp_path, "bare", eval_episodes=0), env=NoSingleSpaces())
     listed = NoSingleSpaces(infos_as_list=True)
     listed.single_observation_space = gym.spaces.Box(-1, 1, (3,), np.float32)
+    listed.metadata = {"autoreset_mode": NEXT_STEP}
     with pytest.raises(EnvError, match="infos as a list"):
         PPO(_config(tmp_path, "listed", eval_episodes=0), env=listed).learn()
+
+
+class Batched(gym.vector.VectorEnv):
+    """A hand-made vector env with every attribute ppokit reads, whose episodes last 3 steps and reset on
+    the step after (next-step); ``metadata`` as given (a class default ``{}`` declares no mode)."""
+
+    def __init__(self, metadata=None) -> None:
+        self.num_envs = 2
+        self.single_observation_space = gym.spaces.Box(-10, 10, (2,), np.float32)
+        self.single_action_space = gym.spaces.Discrete(2)
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, 2)
+        self.action_space = gym.vector.utils.batch_space(self.single_action_space, 2)
+        if metadata is not None:
+            self.metadata = metadata
+        self.t = np.zeros(2)
+
+    def _infos(self):
+        return {}
+
+    def reset(self, *, seed=None, options=None):
+        self.t[:] = 0
+        return np.repeat(self.t[:, None], 2, 1).astype(np.float32), self._infos()
+
+    def step(self, actions):
+        self.t = np.where(self.t >= 3, 0, self.t + 1)
+        return np.repeat(self.t[:, None], 2, 1).astype(np.float32), np.ones(2), self.t >= 3, np.zeros(2, bool), \
+            self._infos()
+
+
+class ListedInfos(Batched):
+    def _infos(self):
+        return [{}, {}]  # SB3's and SuperSuit's convention
+
+
+def test_a_vector_env_that_declares_no_autoreset_mode_is_refused_in_one_line(tmp_path):
+    """Issue 32: ppokit cannot tell how such an env resets (SuperSuit's reset in the same step and declare
+    nothing), so it asks instead of assuming next-step; declared, the same env trains and evaluates."""
+    with pytest.raises(EnvError, match=r"Batched declares no metadata\['autoreset_mode'\].*AutoresetMode.NEXT_STEP"):
+        PPO(_config(tmp_path, "undeclared", eval_episodes=0), env=Batched())
+    agent = PPO(_config(tmp_path, "declared", eval_episodes=0), env=Batched({"autoreset_mode": NEXT_STEP}))
+    agent.learn()
+    assert agent.global_step == 32
+    assert agent.evaluate(2, env=Batched({"autoreset_mode": NEXT_STEP}))["mean_return"] == 3.0
+
+
+def test_evaluate_checks_the_env_it_is_given(tmp_path):
+    """Issue 32: ``evaluate(env=...)`` read ``single_observation_space`` unchecked (an AttributeError from
+    inside ppokit); it now checks the env as training does, and plays one gymnasium.Env as a vector env of
+    one."""
+    from tests.envs import CountingEnv
+
+    agent = PPO(_config(tmp_path, "run", eval_episodes=0), env=CountingEnv)
+    agent.learn()
+    with pytest.raises(EnvError, match="NoSingleSpaces has no 'single_observation_space'"):
+        agent.evaluate(2, env=NoSingleSpaces())
+    with pytest.raises(EnvError, match="declares no metadata"):
+        agent.evaluate(2, env=Batched())
+    with pytest.raises(EnvError, match="infos as a list"):
+        agent.evaluate(2, env=ListedInfos({"autoreset_mode": NEXT_STEP}))
+    with pytest.raises(EnvError, match=r"evaluate\(env=<object int>\): expected a Gymnasium vector env"):
+        agent.evaluate(2, env=42)
+    assert agent.evaluate(2, env=Batched({"autoreset_mode": NEXT_STEP}))["mean_return"] == 3.0
+    result = agent.evaluate(3, env=CountingEnv(length=5))
+    assert result["mean_return"] == 5.0 and result["episodes"] == 3
 
 
 @pytest.mark.parametrize("names", ["spec_entry_point", "spec_wrapper", "env_wrappers"])

@@ -113,26 +113,73 @@ class _FirstAnswers:
 #: What ppokit reads of every vector env, beyond reset and step.
 VECTOR_ATTRIBUTES = ("num_envs", "single_observation_space", "single_action_space", "observation_space", "action_space")
 
+#: Where a multi-agent env goes instead of ``PPO``.
+MULTI_AGENT = "ppokit.MultiAgentPPO (docs/guides/multi-agent.md)"
 
-def check_vector_api(env: Any, env_id: str) -> None:
-    """Refuse in one line a vector env that lacks what ppokit reads of it (SuperSuit's and PettingZoo's
-    vector envs have no ``single_observation_space``), or that resets another way than next-step."""
+_NEXT_STEP = (gym.vector.AutoresetMode.NEXT_STEP, "NextStep", "next_step")
+
+
+def foreign_env_hint(obj: Any) -> str:
+    """What to use instead of ``obj`` when it is another library's multi-agent or vector env that
+    ``PPO`` cannot train on ("" for anything else), as a clause to end a refusal with.
+
+    SuperSuit's vector envs (``pettingzoo_env_to_vec_env_v1``, ``concat_vec_envs_v1``, with or without
+    ``black_death_v3``) subclass ``VectorEnv`` but keep Stable-Baselines3's conventions: the unbatched
+    space as ``observation_space``, a list of infos, and an undeclared same-step reset that puts the
+    last observation in ``info['terminal_observation']``; black death also hides each agent's own end.
+    """
+    inner = obj
+    while isinstance(inner, gym.vector.VectorWrapper):
+        inner = inner.env
+    package = type(inner).__module__.partition(".")[0]
+    if package == "supersuit":
+        return ("; SuperSuit's vector envs keep Stable-Baselines3's conventions (the unbatched observation_space, a "
+                "list of infos, an undeclared same-step reset), which ppokit cannot train on: give the PettingZoo env "
+                f"to {MULTI_AGENT}")
+    if package == "pettingzoo" or hasattr(inner, "possible_agents"):
+        return f"; a PettingZoo env has many agents: train it with {MULTI_AGENT}"
+    if package in ("stable_baselines3", "sb3_contrib"):
+        return "; a Stable-Baselines3 VecEnv is not a Gymnasium vector env: pass the Gymnasium env or its factory"
+    return ""
+
+
+def vector_api_problem(env: Any) -> str | None:
+    """What ``env`` (a vector env) lacks of what ppokit reads of it, or None."""
     kind = type(env).__name__
+    missing = []
     for name in VECTOR_ATTRIBUTES:
         try:
             value = getattr(env, name)
         except AttributeError:
-            raise EnvError(f"env {env_id!r}: the vector env {kind} has no {name!r}, which ppokit needs of a "
-                           "Gymnasium VectorEnv (num_envs, single_observation_space, single_action_space, batched "
-                           "observation_space and action_space)") from None
+            missing.append(repr(name))
+            continue
         if name == "num_envs" and not (isinstance(value, (int, np.integer)) and value >= 1):
-            raise EnvError(f"env {env_id!r}: the vector env {kind} has num_envs = {value!r}; ppokit needs a count of 1 or more")
+            return f"the vector env {kind} has num_envs = {value!r}; ppokit needs a count of 1 or more"
         if name != "num_envs" and not isinstance(value, spaces.Space):
-            raise EnvError(f"env {env_id!r}: the vector env {kind}'s {name} is a {type(value).__name__}, not a gymnasium space")
-    mode = (getattr(env, "metadata", None) or {}).get("autoreset_mode")
-    if mode is not None and mode not in (gym.vector.AutoresetMode.NEXT_STEP, "NextStep", "next_step"):
-        raise EnvError(f"the vector env given ({kind}) resets with {mode}; ppokit needs Gymnasium's default, "
-                       "AutoresetMode.NEXT_STEP")
+            return f"the vector env {kind}'s {name} is a {type(value).__name__}, not a gymnasium space"
+    if missing:
+        return (f"the vector env {kind} has no {' or '.join(missing)}, which ppokit needs of a Gymnasium VectorEnv "
+                "(num_envs, single_observation_space, single_action_space, batched observation_space and "
+                "action_space)")
+    metadata = getattr(env, "metadata", None)
+    if not isinstance(metadata, Mapping) or "autoreset_mode" not in metadata:
+        # Gymnasium's wrappers assume next-step here; an env that resets otherwise would then train on
+        # transitions that cross episodes, so ppokit asks rather than assumes.
+        return (f"the vector env {kind} declares no metadata['autoreset_mode'], so ppokit cannot tell how it resets "
+                "an ended episode; if it resets on the step after (Gymnasium's default), say so: metadata = "
+                "{'autoreset_mode': gymnasium.vector.AutoresetMode.NEXT_STEP}")
+    mode = metadata["autoreset_mode"]
+    if mode not in _NEXT_STEP:
+        return f"the vector env {kind} resets with {mode}; ppokit needs Gymnasium's default, AutoresetMode.NEXT_STEP"
+    return None
+
+
+def check_vector_api(env: Any, env_id: str) -> None:
+    """Refuse in one line a vector env that lacks what ppokit reads of it (SuperSuit's vector envs have
+    no ``single_observation_space``), or that does not declare that it resets next-step."""
+    problem = vector_api_problem(env)
+    if problem:
+        raise EnvError(f"env {env_id!r}: {problem}{foreign_env_hint(env)}")
 
 
 def _vector_problem(env: Any, call: str, out: Any) -> str | None:

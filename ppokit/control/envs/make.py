@@ -15,6 +15,7 @@ import gymnasium as gym
 from gymnasium import spaces
 
 from ppokit.control.envs import atari
+from ppokit.control.envs.contract import foreign_env_hint
 from ppokit.envs import cartpole_vector
 from ppokit.errors import ConfigError, EnvError, UntrustedCodeError
 from ppokit.imports import import_user_module
@@ -245,7 +246,8 @@ def make_single_env(env_id: str, env_kwargs: dict[str, Any] | None = None, *, pr
         if factory is not None:
             env = factory(**kwargs)
             if not isinstance(env, gym.Env):
-                raise EnvError(f"env id {env_id!r}: the factory returned {type(env).__name__}, not a gymnasium.Env")
+                raise EnvError(f"env id {env_id!r}: the factory returned {type(env).__name__}, not a gymnasium.Env"
+                               f"{foreign_env_hint(env)}")
         else:
             _spec(_registered_id(env_id))
             env = gym.make(_registered_id(env_id), **kwargs)

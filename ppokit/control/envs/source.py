@@ -36,7 +36,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from ppokit.control.envs.contract import check_first_answers, check_vector_api
+from ppokit.control.envs.contract import check_first_answers, check_vector_api, foreign_env_hint
 from ppokit.control.envs.make import (
     apply_wrappers,
     make_from_spec,
@@ -136,6 +136,19 @@ def describe(obj: Any) -> tuple[str, dict[str, Any] | None]:
     return f"<object {type(obj).__qualname__}>", None
 
 
+def given_for_evaluation(env: Any) -> gym.vector.VectorEnv:
+    """An env passed to ``evaluate(env=...)``, checked like a training env object before it is played:
+    a vector env's attributes now and its first answers when they come; one ``gymnasium.Env`` played
+    in place as a vector env of one (as in training)."""
+    label = describe(env)[0]
+    if isinstance(env, gym.vector.VectorEnv):
+        return check_first_answers(env, label)
+    if isinstance(env, gym.Env):
+        return check_first_answers(gym.vector.SyncVectorEnv(
+            [lambda: env], autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP), label)
+    raise EnvError(f"evaluate(env={label}): expected a Gymnasium vector env or gymnasium.Env{foreign_env_hint(env)}")
+
+
 class EnvSource:
     """Makes the training, evaluation and video envs of a run."""
 
@@ -160,7 +173,8 @@ class EnvSource:
         elif isinstance(obj, gym.Env):
             self._prototype = copy.deepcopy(obj)
         elif obj is not None and not callable(obj):
-            raise EnvError(f"env={obj!r}: expected an env id, a gymnasium.Env, a vector env, or an env class or factory")
+            raise EnvError(f"env={obj!r}: expected an env id, a gymnasium.Env, a vector env, or an env class or factory"
+                           f"{foreign_env_hint(obj)}")
 
     def _evaluation_from_vector(self, obj: gym.vector.VectorEnv) -> None:
         """How evaluation envs are made for the vector env ``obj``: copies of its first env."""
@@ -299,7 +313,8 @@ class EnvSource:
     def _call(self, factory: Callable[..., gym.Env], **extra: Any) -> gym.Env:
         env = factory(**{**self.env_kwargs, **extra})
         if not isinstance(env, gym.Env):
-            raise EnvError(f"the env factory {self.env_id} returned {type(env).__name__}, not a gymnasium.Env")
+            raise EnvError(f"the env factory {self.env_id} returned {type(env).__name__}, not a gymnasium.Env"
+                           f"{foreign_env_hint(env)}")
         return apply_wrappers(env, self.wrappers)
 
     def _ensure_prototype(self) -> None:
