@@ -123,14 +123,15 @@ def test_core_imports_only_core_and_errors_and_never_mentions_the_fast_path(modu
 
 @pytest.mark.parametrize("module", sorted(m for m in _modules() if m.startswith("ppokit.io")))
 def test_io_knows_no_front_end(module):
-    assert {n for n in _imports(module) if n.startswith(("ppokit.control", "ppokit.rlhf"))} == set()
+    assert {n for n in _imports(module) if n.startswith(("ppokit.control", "ppokit.rlhf", "ppokit.multiagent"))} == set()
 
 
 @pytest.mark.parametrize("module", sorted(_modules()))
 def test_arrows_point_down(module):
     """The command line and the tools over finished runs (hub, analysis) sit on top: no library module
-    imports them; the two front ends do not import each other; nothing but the control front end
-    reaches its fast path."""
+    imports them; the two front ends do not import each other; the multi-agent front end, built on
+    control's parts, is imported by the top alone and imports no RLHF; nothing but the control front
+    end reaches its fast path."""
     imported = _imports(module)
     top = ("ppokit.cli", "ppokit.hub", "ppokit.analysis")
     if not module.startswith(top) and module not in ("ppokit", "ppokit.__main__"):
@@ -139,6 +140,10 @@ def test_arrows_point_down(module):
         assert not [n for n in imported if n.startswith("ppokit.rlhf")], module
     if module.startswith("ppokit.rlhf"):
         assert not [n for n in imported if n.startswith("ppokit.control")], module
+    if not module.startswith(("ppokit.multiagent", *top)) and module not in ("ppokit", "ppokit.__main__"):
+        assert not [n for n in imported if n.startswith("ppokit.multiagent")], module
+    if module.startswith("ppokit.multiagent"):
+        assert not [n for n in imported if n.startswith("ppokit.rlhf")], module
     if not module.startswith("ppokit.control"):
         assert not [n for n in imported if n.startswith("ppokit.control.fast")], module
 

@@ -6,7 +6,8 @@ values or range, once the configuration module provides it) and, until then, fro
 choices of the field's annotation. Fields are grouped as the dataclass source groups them
 (``# --- name ---`` comments). Every field is a target ``<ConfigClass>.<field>`` of the ``config-field``
 object type: it is in the general index and the search page, and pages link to it with
-``{config-field}`ControlConfig.clip_range```.
+``{config-field}`ControlConfig.clip_range```. The ``:own:`` flag lists only the fields the class itself
+declares, for a config that extends another one listed on the same page (``MultiAgentConfig``).
 """
 
 from __future__ import annotations
@@ -134,6 +135,7 @@ class ConfigFieldsDirective(SphinxDirective):
 
     required_arguments = 1
     has_content = False
+    option_spec = {"own": lambda argument: True}
 
     def run(self) -> list[nodes.Node]:
         from ppokit.configuration import describe, field_types
@@ -151,8 +153,11 @@ class ConfigFieldsDirective(SphinxDirective):
         result: list[nodes.Node] = []
         current_group: str | None = None
         deflist: nodes.definition_list | None = None
+        own = set(cls.__dict__.get("__annotations__", {})) if "own" in self.options else None
         for row in describe(cls):
             name, _, default, help_text = row[:4]
+            if own is not None and name not in own:
+                continue
             group = groups.get(name, "Fields")
             if group != current_group or deflist is None:
                 current_group = group
