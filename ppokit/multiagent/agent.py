@@ -44,7 +44,7 @@ from ppokit.io.loop import Callback, LoopPlan, run_loop
 from ppokit.io.metrics import MetricsLogger
 from ppokit.io.rng import rng_state, set_rng_state
 from ppokit.io.run_dir import default_run_dir, holds_run, open_run
-from ppokit.io.state_codec import SKIP, decode, encode
+from ppokit.io.state_codec import decode, encode
 from ppokit.multiagent import checkpointing
 from ppokit.multiagent.config import RESUMABLE_FIELDS, MultiAgentConfig
 from ppokit.multiagent.envs import (
@@ -363,7 +363,7 @@ class MultiAgentPPO:
     def save_checkpoint(self) -> Path:
         """A resumable checkpoint: weights, optimisers, RNGs, the collector's and the env copies' state."""
         assert self.run_dir is not None and self.collector is not None and self.envs is not None
-        env_states, why = checkpointing.capture_envs([e.env for e in self.envs], self.config.env_id)
+        env_states, why = checkpointing.capture_envs(self.envs, self.config.env_id)
         resume = {
             "format": checkpointing.FORMAT, "kind": checkpointing.KIND,
             "global_step": self.global_step, "num_updates": self.num_updates, "total_steps": self.total_steps,
@@ -371,11 +371,7 @@ class MultiAgentPPO:
             "health": [m.state_dict() for m in self.health],
             "rng": rng_state(), "collector": encode(self.collector.state_dict()),
             "env": env_states, "env_not_saved": why,
-            "acting": encode([{"acting": e.acting, "infos": _plain_infos(e.infos)} for e in self.envs])
-            if env_states is not None else None,
         }
-        if resume["acting"] is SKIP:
-            resume["env"], resume["env_not_saved"], resume["acting"] = None, "observations are not plain data", None
         path = self.checkpoint_path()
 
         def write_resume(tmp: Path) -> None:
@@ -455,9 +451,7 @@ class MultiAgentPPO:
             assert self.collector is not None and self.envs is not None
             collector_state = decode(saved["collector"])
             if saved["env"] is not None:
-                checkpointing.restore_envs([e.env for e in self.envs], saved["env"])
-                for env, live in zip(self.envs, decode(saved["acting"])):
-                    env.acting, env.infos = dict(live["acting"]), dict(live["infos"])
+                checkpointing.restore_envs(self.envs, saved["env"])
                 self.collector.load_state_dict(collector_state)
             else:
                 log.warning("resuming with fresh episodes, not bit-identically: %s", saved["env_not_saved"])
@@ -508,11 +502,6 @@ class _Reading:
 class _NoPolicy:
     def initial_state(self, n: int, device: Any) -> torch.Tensor:
         return torch.zeros(n, 0)
-
-
-def _plain_infos(infos: dict[str, Any]) -> dict[str, Any]:
-    """The infos a resumed step needs (its action masks); entries that are not plain data are left out."""
-    return {a: {k: v for k, v in (info or {}).items() if encode(v) is not SKIP} for a, info in infos.items()}
 
 
 def _json(value: Any) -> str:
