@@ -14,7 +14,9 @@ single-agent PPO on their stacked rows: nothing of the maths is written twice.
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +54,8 @@ from ppokit.multiagent.envs import (
     Group,
     agents_of,
     as_agent_env,
+    is_aec,
+    is_parallel,
     make_env,
     make_groups,
     require_consent,
@@ -83,14 +87,17 @@ class MultiAgentPPO:
     >>> actions = agent.predict(observations)   # {agent: observation} -> {agent: action}       # doctest: +SKIP
     """
 
-    def __init__(self, config: MultiAgentConfig | None = None, env: Callable[[], Any] | None = None,
-                 **overrides: Any) -> None:
-        """``env``: a function making one PettingZoo env (ParallelEnv or AEC), instead of ``env_id``;
-        it is called once per env copy."""
+    def __init__(self, config: MultiAgentConfig | None = None, env: Any = None, **overrides: Any) -> None:
+        """``env``: a function making one PettingZoo env (ParallelEnv or AEC), called once per env copy, or
+        such an env itself (the other copies, and the evaluation's, are deep copies of it), instead of
+        ``env_id``."""
+        if os.environ.get("WORLD_SIZE", "1") != "1":
+            raise ConfigError("multi-agent runs train in one process for now; launch it without torchrun / --nproc")
         config = config or MultiAgentConfig()
         notes = adapted_notes(config)
         if env is not None and "env_id" not in overrides:
-            overrides["env_id"] = f"<object {getattr(env, '__qualname__', type(env).__name__)}>"
+            name = getattr(env, "__qualname__", None) or getattr(env, "metadata", {}).get("name") or type(env).__name__
+            overrides["env_id"] = f"<object {name}>"
         if overrides:
             config = replace(config, source="MultiAgentPPO(...)", **overrides)
             notes += adapted_notes(config)
@@ -106,7 +113,15 @@ class MultiAgentPPO:
     def _make_one(self) -> Any:
         c = self.config
         if self._factory is not None:
-            env = self._factory()
+            if callable(self._factory) and not (is_parallel(self._factory) or is_aec(self._factory)):
+                env = self._factory()
+            else:  # an env object: a fresh copy of it as it was given
+                try:
+                    env = copy.deepcopy(self._factory)
+                except Exception as err:  # noqa: BLE001 - whatever the env holds may refuse to be copied
+                    raise EnvError(f"the env object {type(self._factory).__name__} cannot be copied for the env copies "
+                                   f"and evaluation ({type(err).__name__}: {err}); pass a function that makes one "
+                                   "instead (MultiAgentPPO(config, env=make_env))") from None
             return make_env(c.env_id, {}, factory=lambda: env)
         if c.env_id.startswith("<object"):
             raise EnvError(f"this run's env was an object given in code ({c.env_id}); pass it again: "

@@ -253,3 +253,16 @@ def test_an_env_copy_state_restores_exactly_references_included(env_id: str) -> 
     expected = play(original, 40)
     rng.bit_generator.state = state
     assert play(other, 40) == expected
+
+
+def test_an_env_object_or_a_function_making_one_trains_and_evaluates(tmp_path: Path) -> None:
+    from tests.multiagent.envs import LeakyDeathEnv
+
+    for given in (LeakyDeathEnv(length=4), lambda: LeakyDeathEnv(length=4)):
+        agent = MultiAgentPPO(MultiAgentConfig(critic="ippo", num_envs=2, num_steps=8, total_steps=16, **QUIET),
+                              env=given)
+        assert agent.config.env_id.startswith("<object")
+        agent.learn(run_dir=tmp_path / str(id(given)))
+        assert agent.evaluate(2)["mean_length"] == 4.0
+    with pytest.raises(EnvError, match="was an object given in code.*MultiAgentPPO.load\\(path, env=make_env\\)"):
+        MultiAgentPPO.load(tmp_path / str(id(given))).evaluate(1)
