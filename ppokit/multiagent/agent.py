@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,9 +26,12 @@ import torch
 
 from ppokit import runtime
 from ppokit.configuration import adapted_notes, check_unchanged, replace
+from ppokit.control import data_parallel
 from ppokit.control.agent import check_budget
 from ppokit.control.algorithm import ControlBatch, SequenceBatch
 from ppokit.control.checkpointing import save_model
+from ppokit.control.data_parallel import local_num_envs
+from ppokit.core.collective import check_world_size, gather_rank_states, on_main, rank_state
 from ppokit.core.health import HealthMonitor
 from ppokit.errors import CheckpointError, ConfigError, EnvError
 from ppokit.io.atomic import atomic_write_json
@@ -43,7 +45,7 @@ from ppokit.io.checkpoints import (
     read_resume_state,
 )
 from ppokit.io.loop import Callback, LoopPlan, run_loop
-from ppokit.io.metrics import MetricsLogger
+from ppokit.io.metrics import MetricsLogger, NullMetrics
 from ppokit.io.rng import rng_state, set_rng_state
 from ppokit.io.run_dir import default_run_dir, holds_run, open_run
 from ppokit.io.state_codec import decode, encode
@@ -91,8 +93,6 @@ class MultiAgentPPO:
         """``env``: a function making one PettingZoo env (ParallelEnv or AEC), called once per env copy, or
         such an env itself (the other copies, and the evaluation's, are deep copies of it), instead of
         ``env_id``."""
-        if os.environ.get("WORLD_SIZE", "1") != "1":
-            raise ConfigError("multi-agent runs train in one process for now; launch it without torchrun / --nproc")
         config = config or MultiAgentConfig()
         notes = adapted_notes(config)
         if env is not None and "env_id" not in overrides:
@@ -106,7 +106,10 @@ class MultiAgentPPO:
         self.config = config
         self._factory = env
         self.device = runtime.setup(config.seed, config.device, config.torch_threads)
-        envs = self._make_envs(config.num_envs)
+        #: The processes of a data-parallel run (one process: a no-op), each with its own env copies.
+        self.collective = runtime.join_processes(self.device, config.dist_backend, config.dist_timeout,
+                                                 settings=config)
+        envs = self._make_envs(local_num_envs(config, self.collective))
         self._setup(envs[0].env, envs)
 
     # ------------------------------------------------------------------ building
@@ -140,18 +143,21 @@ class MultiAgentPPO:
             if c.critic == "mappo":
                 assert envs is not None
                 probe_collector = MultiAgentCollector(envs, [_Reading(g, c) for g in groups], 1, c.gamma,  # type: ignore[misc]
-                                                      c.clip_reward, True, c.seed)
+                                                      c.clip_reward, True, self._env_seed(len(envs)))
                 state_size = probe_collector.state_size()
                 probe_collector._started = False
         else:
             groups, state_size = saved
-        self.groups = [PolicyGroup(g, c, self.device, state_size) for g in groups]
+        self.groups = [PolicyGroup(g, c, self.device, state_size, self.collective) for g in groups]
+        for group in self.groups:  # every rank starts from rank 0's weights, then its own random stream
+            data_parallel.start(self.collective, group.policy, c.seed, tuple(group.normalisers().values()))
         self.agents = [a for g in self.groups for a in g.agents]
         self.health = [HealthMonitor(target_kl=c.target_kl, normalize_reward=c.normalize_reward,
                                      shared_trunk=g.spec.shared_trunk) for g in self.groups]
         self.envs = envs
         self.collector = (MultiAgentCollector(envs, self.groups, c.num_steps, c.gamma, c.clip_reward,
-                                              c.critic == "mappo", c.seed) if envs is not None else None)
+                                              c.critic == "mappo", self._env_seed(len(envs)))
+                          if envs is not None else None)
         self.global_step = 0
         self.num_updates = 0
         self.total_steps: int | None = None
@@ -162,10 +168,14 @@ class MultiAgentPPO:
         if len(self.groups) > 1 or self.groups[0].agents != [self.agents[0]]:
             log.info("policies: %s", "; ".join(f"{g.group.name} -> {', '.join(g.agents)}" for g in self.groups))
 
+    def _env_seed(self, local_envs: int, num_updates: int = 0) -> int:
+        return data_parallel.env_seed(self.config, local_envs, self.collective.rank, num_updates)
+
     @property
     def global_batch(self) -> int:
-        """Env steps per update (each step of an env copy counts once, however many agents act in it)."""
-        return self.config.batch_size
+        """Env steps per update over every process (each step of an env copy counts once, however many
+        agents act in it)."""
+        return self.config.global_batch_size(self.collective.world_size)
 
     # ------------------------------------------------------------------ training
     def learn(self, total_steps: int | None = None, *, run_dir: str | Path | None = None, overwrite: bool = False,
@@ -173,10 +183,12 @@ class MultiAgentPPO:
         """Train until ``total_steps`` env steps (default: the config's), then save and evaluate; as
         :meth:`ppokit.PPO.learn` (run directory, checkpoints, SIGINT/SIGTERM, ``resume``, ``callback``)."""
         c = self.config
+        main = self.collective.is_main
         if self.resume_from is not None and self.run_dir is not None:
             directory = self.run_dir
-        else:
-            directory = Path(run_dir or c.run_dir or default_run_dir(c.env_id.replace(":", "."), c.seed))
+        else:  # rank 0's (a default name holds the time)
+            directory = self.collective.broadcast_object(
+                Path(run_dir or c.run_dir or default_run_dir(c.env_id.replace(":", "."), c.seed)))
         if resume and self.resume_from is None:
             if run_dir is None and c.run_dir is None:
                 raise ConfigError("resume=True needs the run directory to resume (run_dir)")
@@ -192,22 +204,28 @@ class MultiAgentPPO:
                               f"{c.num_envs} * {c.num_steps} = {c.batch_size}); nothing would be trained")
         self._ensure_envs()
         self.total_steps = total
-        self.run_dir, metrics = open_run(
+        launch = {"world_size": self.collective.world_size, "global_batch_size": self.global_batch}
+        self.run_dir, metrics = on_main(self.collective, lambda: open_run(
             directory, replace(c, total_steps=total, run_dir=str(directory)), overwrite=overwrite,
-            resume_update=self.num_updates if resuming else None, purge_step=self.global_step + 1 if resuming else None)
+            resume_update=self.num_updates if resuming else None, purge_step=self.global_step + 1 if resuming else None,
+            launch=launch if self.collective.active else None), lambda: (directory, NullMetrics()))
         self._start = (self.global_step, time.perf_counter())
         plan = LoopPlan(
             updates=num_updates, desc=c.env_id, checkpoint_every=c.checkpoint_every,
             checkpoint_minutes=c.checkpoint_minutes, x_axis=lambda record: int(record["global_step"]),
-            progress=c.progress, unit="step", total=self.global_step + num_updates * self.global_batch,
+            progress=c.progress and main, unit="step", total=self.global_step + num_updates * self.global_batch,
             position=lambda: self.global_step,
             postfix=lambda r: {"ret": "-" if r["episodic_return"] is None else f"{r['episodic_return']:.1f}"},
-            resume_flags="" if not checkpointing_needs_env(c.env_id) else f" --env {c.env_id}",
+            agree=self.collective.any,
+            resume_flags=("" if not checkpointing_needs_env(c.env_id) else f" --env {c.env_id}")
+            + f" --nproc {self.collective.world_size}" * self.collective.active,
         )
         with metrics:
             run_loop(self, plan, metrics, callback)
-            self.finish_run(metrics)
+            if main:  # the weights are the same on every rank
+                self.finish_run(metrics)
             self.resume_from = None
+            self.collective.barrier()
         return self
 
     def finish_run(self, metrics: MetricsLogger) -> None:
@@ -225,16 +243,19 @@ class MultiAgentPPO:
         assert self.collector is not None
         fraction = self.global_step / self.total_steps if self.total_steps else 0.0
         batches = self.collector.collect()
+        for group in self.groups:
+            data_parallel.sync_normalisers(self.collective, (group.obs_rms, group.critic_rms, group.ret_rms))
         self.global_step += self.global_batch
         per_group = [self._train(group, batch, fraction) for group, batch in zip(self.groups, batches)]
         self.num_updates += 1
         episodes = self.collector.episodes
-        record: dict[str, Any] = {
-            "global_step": self.global_step, "update": self.num_updates,
-            "episodic_return": float(np.mean(episodes.returns)) if episodes.returns else None,
-            "episodic_length": float(np.mean(episodes.lengths)) if episodes.lengths else None,
-            "episodes": len(episodes.last[0]),
-        }
+        record: dict[str, Any] = {"global_step": self.global_step, "update": self.num_updates}
+        if self.collective.active:
+            record.update(data_parallel.episode_figures(episodes, self.collective))
+        else:
+            record.update(episodic_return=float(np.mean(episodes.returns)) if episodes.returns else None,
+                          episodic_length=float(np.mean(episodes.lengths)) if episodes.lengths else None,
+                          episodes=len(episodes.last[0]))
         for key in per_group[0]:
             values = [s[key] for s in per_group if isinstance(s.get(key), (int, float))]
             if values:
@@ -253,6 +274,7 @@ class MultiAgentPPO:
             assert batch.returns is not None and batch.values is not None
             returns = batch.returns if batch.mask is None else batch.returns[batch.mask]
             group.value_rms.update_array(returns.detach().cpu().numpy().astype(np.float64).reshape(-1))
+            data_parallel.sync_normalisers(self.collective, (group.value_rms,))
             batch.returns = group.normalize_values(batch.returns)
             batch.values = group.normalize_values(batch.values)
         return group.algorithm.train(batch, fraction)
@@ -263,8 +285,8 @@ class MultiAgentPPO:
         elapsed = time.perf_counter() - start_time
         record["sps"] = (self.global_step - start_step) / max(elapsed, 1e-9)
         record["time_elapsed"] = elapsed
-        if not (c.eval_every and self.num_updates % c.eval_every == 0):
-            return False
+        if not (c.eval_every and self.num_updates % c.eval_every == 0) or not self.collective.is_main:
+            return False  # rank 0 evaluates; the loop shares its decision
         result = self.evaluate(c.eval_episodes, deterministic=c.eval_deterministic,
                                seed=c.seed + 10_000 + self.num_updates)
         record["eval_return"] = result["mean_return"]
@@ -379,15 +401,19 @@ class MultiAgentPPO:
         """A resumable checkpoint: weights, optimisers, RNGs, the collector's and the env copies' state."""
         assert self.run_dir is not None and self.collector is not None and self.envs is not None
         env_states, why = checkpointing.capture_envs(self.envs, self.config.env_id)
+        own = {"rng": rng_state(), "collector": encode(self.collector.state_dict()), "env": env_states,
+               "env_not_saved": why}
+        per_rank = gather_rank_states(self.collective, own)
+        path = self.checkpoint_path()
+        if not self.collective.is_main:
+            return path
         resume = {
             "format": checkpointing.FORMAT, "kind": checkpointing.KIND,
             "global_step": self.global_step, "num_updates": self.num_updates, "total_steps": self.total_steps,
             "best_eval_return": self.best_eval_return,
             "health": [m.state_dict() for m in self.health],
-            "rng": rng_state(), "collector": encode(self.collector.state_dict()),
-            "env": env_states, "env_not_saved": why,
+            **per_rank,
         }
-        path = self.checkpoint_path()
 
         def write_resume(tmp: Path) -> None:
             (tmp / RESUME_FILE).write_text(_json(resume) + "\n", encoding="utf-8")
@@ -414,6 +440,8 @@ class MultiAgentPPO:
             require_consent(agent.config.env_id, str(model_dir / checkpointing.STATE_FILE))
         runtime.set_threads(agent.config.torch_threads)
         agent.device = runtime.resolve_device(agent.config.device)
+        agent.collective = runtime.join_processes(agent.device, agent.config.dist_backend, agent.config.dist_timeout,
+                                                  settings=agent.config)
         agent._setup(None, None, saved=checkpointing.saved_groups(model_dir, state))
         checkpointing.load_weights(model_dir, agent.groups)
         agent.global_step = int(state.get("global_step", 0))
@@ -455,9 +483,11 @@ class MultiAgentPPO:
         return False
 
     def _restore_training(self, checkpoint: Path, run_dir: Path) -> None:
-        saved = read_resume_state(checkpoint, checkpointing.KIND, checkpointing.FORMAT)
+        resume = read_resume_state(checkpoint, checkpointing.KIND, checkpointing.FORMAT)
         file = checkpoint / RESUME_FILE
+        check_world_size(resume, self.collective, file, "env copies and random state")
         try:
+            saved = {**resume, **rank_state(resume, self.collective)}
             self.total_steps = saved["total_steps"]
             self.best_eval_return = saved["best_eval_return"]
             for monitor, health in zip(self.health, saved["health"]):
@@ -483,9 +513,10 @@ class MultiAgentPPO:
         if self.collector is not None:
             return
         c = self.config
-        self.envs = self._make_envs(c.num_envs)
+        local = local_num_envs(c, self.collective)
+        self.envs = self._make_envs(local)
         self.collector = MultiAgentCollector(self.envs, self.groups, c.num_steps, c.gamma, c.clip_reward,
-                                             c.critic == "mappo", c.seed + self.num_updates)
+                                             c.critic == "mappo", self._env_seed(local, self.num_updates))
         if reset:
             self.collector.reset()
         else:
