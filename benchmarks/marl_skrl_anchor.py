@@ -98,6 +98,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-cycles", type=int, default=25)
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--curve-every", type=int, default=0,
+                   help="also report the mean episode return per agent of each window of this many env steps")
     args = p.parse_args()
     for name in ("num_envs", "rollout", "epochs", "minibatches", "total_steps"):
         if getattr(args, name) < 1:
@@ -202,6 +204,7 @@ def main() -> None:
     calls = [0]
     running = np.zeros((args.num_envs, len(env.possible_agents)))
     finished: list[float] = []
+    finished_at: list[int] = []  # env steps taken (all copies) when each episode ended
     inner_step = env.step
 
     def step(actions: dict) -> tuple:
@@ -215,6 +218,7 @@ def main() -> None:
                         axis=1).all(axis=1)
         for i in np.flatnonzero(done):
             finished.append(float(running[i].mean()))
+            finished_at.append(calls[0] * args.num_envs)
             running[i] = 0.0
         return out
 
@@ -226,6 +230,11 @@ def main() -> None:
     trainer.train()
     seconds = time.perf_counter() - clock["start"]
     timed_steps = (timesteps - warmup) * args.num_envs
+    curve = []
+    if args.curve_every > 0:
+        for end in range(args.curve_every, timesteps * args.num_envs + 1, args.curve_every):
+            window = [r for r, at in zip(finished, finished_at) if end - args.curve_every < at <= end]
+            curve.append([end, float(np.mean(window)) if window else None])
     print(json.dumps({
         "library": "skrl", "skrl_version": __import__("skrl").__version__, "algo": args.algo,
         "env": "mpe2.simple_spread_v3", "num_envs": args.num_envs, "rollout": args.rollout,
@@ -235,6 +244,7 @@ def main() -> None:
         "threads": args.threads, "seed": args.seed, "episodes": len(finished),
         "first100_mean_return_per_agent": float(np.mean(finished[:100])) if finished else None,
         "last100_mean_return_per_agent": float(np.mean(finished[-100:])) if finished else None,
+        **({"curve": curve} if curve else {}),
     }))
 
 
