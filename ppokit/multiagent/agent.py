@@ -25,12 +25,13 @@ import numpy as np
 import torch
 
 from ppokit import runtime
-from ppokit.configuration import adapted_notes, check_unchanged, replace
+from ppokit.configuration import adapt, adapted_notes, check_unchanged, given_fields, replace
 from ppokit.control import data_parallel
 from ppokit.control.agent import check_budget
 from ppokit.control.algorithm import ControlBatch, SequenceBatch
 from ppokit.control.checkpointing import save_model
 from ppokit.control.data_parallel import local_num_envs
+from ppokit.control.policy.networks import is_image_space
 from ppokit.core.collective import check_world_size, gather_rank_states, on_main, rank_state
 from ppokit.core.health import HealthMonitor
 from ppokit.errors import CheckpointError, ConfigError, EnvError
@@ -140,6 +141,16 @@ class MultiAgentPPO:
             possible = agents_of(probe)
             groups = make_groups(c.policies, possible, probe.observation_space, probe.action_space)
             state_size = None
+            images = [g.name for g in groups if c.network != "mlp" and is_image_space(
+                _Reading(g, c).reader.observation_space)]
+            if c.critic == "mappo" and images:
+                # The image encoder is one trunk for actor and critic, so the critic reads what the actor does.
+                if "critic" in given_fields(c):
+                    raise ConfigError(f"config field 'critic' = 'mappo' cannot apply: group {images[0]!r} sees images, "
+                                      "and the CNN is one trunk for actor and critic, which reads the agent's own "
+                                      "observation; use critic: ippo")
+                adapt(c, "critic", "ippo", f"group {images[0]!r} sees images, and the CNN trunk serves actor and critic")
+                log.info("adapted %s", adapted_notes(c)[-1])
             if c.critic == "mappo":
                 assert envs is not None
                 probe_collector = MultiAgentCollector(envs, [_Reading(g, c) for g in groups], 1, c.gamma,  # type: ignore[misc]

@@ -266,3 +266,13 @@ def test_an_env_object_or_a_function_making_one_trains_and_evaluates(tmp_path: P
         assert agent.evaluate(2)["mean_length"] == 4.0
     with pytest.raises(EnvError, match="was an object given in code.*MultiAgentPPO.load\\(path, env=make_env\\)"):
         MultiAgentPPO.load(tmp_path / str(id(given))).evaluate(1)
+
+
+def test_image_observations_train_with_the_cnn_and_each_agent_own_critic(tmp_path: Path) -> None:
+    agent = MultiAgentPPO(MultiAgentConfig(env_id="tests.multiagent.envs:images", num_envs=1, num_steps=12,
+                                           total_steps=12, num_minibatches=2, num_epochs=1, **QUIET))
+    assert agent.config.critic == "ippo"  # adapted: the CNN is one trunk for actor and critic
+    assert agent.groups[0].spec.encoder == "cnn"
+    agent.learn(run_dir=tmp_path / "run")
+    with pytest.raises(ConfigError, match="group 'shared' sees images"):
+        MultiAgentPPO(MultiAgentConfig(env_id="tests.multiagent.envs:images", critic="mappo", **QUIET))
