@@ -3,6 +3,7 @@
 The public API, imported on first use (``import ppokit`` loads neither torch nor gymnasium)::
 
     from ppokit import PPO, ControlConfig, SeedGroup                      # control
+    from ppokit import MultiAgentPPO, MultiAgentConfig                    # many agents (PettingZoo)
     from ppokit import RLHFTrainer, RLHFConfig                            # RLHF PPO
     from ppokit import SFTTrainer, SFTConfig, RewardTrainer, RewardConfig  # the supervised stages
 """
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from ppokit.control.agent import PPO
     from ppokit.control.config import ControlConfig
     from ppokit.control.seeds import SeedGroup
+    from ppokit.multiagent.agent import MultiAgentPPO
+    from ppokit.multiagent.config import MultiAgentConfig
     from ppokit.rlhf.config import RewardConfig, RLHFConfig, SFTConfig
     from ppokit.rlhf.ppo.trainer import RLHFTrainer
     from ppokit.rlhf.supervised.reward_model import RewardTrainer
@@ -29,6 +32,8 @@ _PUBLIC = {
     "PPO": "ppokit.control.agent",
     "ControlConfig": "ppokit.control.config",
     "SeedGroup": "ppokit.control.seeds",
+    "MultiAgentPPO": "ppokit.multiagent.agent",
+    "MultiAgentConfig": "ppokit.multiagent.config",
     "RLHFTrainer": "ppokit.rlhf.ppo.trainer",
     "RLHFConfig": "ppokit.rlhf.config",
     "SFTTrainer": "ppokit.rlhf.supervised.sft",
@@ -38,7 +43,7 @@ _PUBLIC = {
 }
 
 __all__ = [
-    "PPO", "ControlConfig", "SeedGroup", "RLHFTrainer", "RLHFConfig", "SFTTrainer", "SFTConfig", "RewardTrainer",
+    "PPO", "ControlConfig", "SeedGroup", "MultiAgentPPO", "MultiAgentConfig", "RLHFTrainer", "RLHFConfig", "SFTTrainer", "SFTConfig", "RewardTrainer",
     "RewardConfig", "PPOKitError", "__version__",
 ]
 

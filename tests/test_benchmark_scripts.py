@@ -110,3 +110,24 @@ def test_maskable_benchmark_script_runs():
     assert {(r["library"], r["task"]) for r in rows} == {(lib, task) for lib in ("ppokit", "sb3-contrib MaskablePPO")
                                                          for task in ("discrete", "multidiscrete")}
     assert all(r["train_invalid"] == 0 and r["eval_invalid"] == 0 and r["train_actions"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("algo,num_envs", [("mappo", 1), ("ippo", 3)])
+def test_skrl_marl_anchor_runs(algo, num_envs):
+    """skrl's side of the multi-agent throughput row, tiny, in .venv-bench: it trains the steps asked for and
+    counts every 25-step simple_spread episode once, so the lock-step batch of copies (num_envs > 1) resets
+    each copy exactly when its episode ends. Needs skrl and mpe2 in .venv-bench."""
+    python = ROOT / ".venv-bench" / "bin" / "python"
+    if not list((ROOT / ".venv-bench").glob("lib/python*/site-packages/skrl/__init__.py")):
+        pytest.skip(".venv-bench has no skrl: bash benchmarks/make_bench_venv.sh")
+    proc = subprocess.run(
+        [str(python), str(ROOT / "benchmarks" / "marl_skrl_anchor.py"), "--algo", algo, "--num-envs", str(num_envs),
+         "--rollout", "50", "--epochs", "1", "--minibatches", "2", "--total-steps", "300", "--warmup-steps", "150"],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    per_update = 50 * num_envs
+    assert result["total_env_steps"] == (300 // per_update) * per_update
+    assert result["timed_env_steps"] == result["total_env_steps"] - (150 // per_update) * per_update
+    assert result["episodes"] == result["total_env_steps"] // 25
+    assert result["env_steps_per_s"] > 0 and result["last100_mean_return_per_agent"] < 0

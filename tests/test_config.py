@@ -122,7 +122,8 @@ def test_the_public_api_is_lazy_and_complete():
     code = ("import sys, ppokit; assert 'torch' not in sys.modules and 'gymnasium' not in sys.modules; "
             "from ppokit import *; print(sorted(n for n in ppokit.__all__ if not n.startswith('_')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert ast.literal_eval(out) == sorted(["PPO", "ControlConfig", "SeedGroup", "RLHFTrainer", "RLHFConfig", "SFTTrainer",
+    assert ast.literal_eval(out) == sorted(["PPO", "ControlConfig", "SeedGroup", "MultiAgentPPO", "MultiAgentConfig",
+                                            "RLHFTrainer", "RLHFConfig", "SFTTrainer",
                                 "SFTConfig", "RewardTrainer", "RewardConfig", "PPOKitError"])
 
 

@@ -14,6 +14,7 @@ single-agent PPO on their stacked rows: nothing of the maths is written twice.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -24,10 +25,14 @@ import numpy as np
 import torch
 
 from ppokit import runtime
-from ppokit.configuration import adapted_notes, check_unchanged, replace
+from ppokit.configuration import adapt, adapted_notes, check_unchanged, given_fields, replace
+from ppokit.control import data_parallel
 from ppokit.control.agent import check_budget
 from ppokit.control.algorithm import ControlBatch, SequenceBatch
 from ppokit.control.checkpointing import save_model
+from ppokit.control.data_parallel import local_num_envs
+from ppokit.control.policy.networks import is_image_space
+from ppokit.core.collective import check_world_size, gather_rank_states, on_main, rank_state
 from ppokit.core.health import HealthMonitor
 from ppokit.errors import CheckpointError, ConfigError, EnvError
 from ppokit.io.atomic import atomic_write_json
@@ -41,10 +46,10 @@ from ppokit.io.checkpoints import (
     read_resume_state,
 )
 from ppokit.io.loop import Callback, LoopPlan, run_loop
-from ppokit.io.metrics import MetricsLogger
+from ppokit.io.metrics import MetricsLogger, NullMetrics
 from ppokit.io.rng import rng_state, set_rng_state
 from ppokit.io.run_dir import default_run_dir, holds_run, open_run
-from ppokit.io.state_codec import SKIP, decode, encode
+from ppokit.io.state_codec import decode, encode
 from ppokit.multiagent import checkpointing
 from ppokit.multiagent.config import RESUMABLE_FIELDS, MultiAgentConfig
 from ppokit.multiagent.envs import (
@@ -52,6 +57,8 @@ from ppokit.multiagent.envs import (
     Group,
     agents_of,
     as_agent_env,
+    is_aec,
+    is_parallel,
     make_env,
     make_groups,
     require_consent,
@@ -83,14 +90,15 @@ class MultiAgentPPO:
     >>> actions = agent.predict(observations)   # {agent: observation} -> {agent: action}       # doctest: +SKIP
     """
 
-    def __init__(self, config: MultiAgentConfig | None = None, env: Callable[[], Any] | None = None,
-                 **overrides: Any) -> None:
-        """``env``: a function making one PettingZoo env (ParallelEnv or AEC), instead of ``env_id``;
-        it is called once per env copy."""
+    def __init__(self, config: MultiAgentConfig | None = None, env: Any = None, **overrides: Any) -> None:
+        """``env``: a function making one PettingZoo env (ParallelEnv or AEC), called once per env copy, or
+        such an env itself (the other copies, and the evaluation's, are deep copies of it), instead of
+        ``env_id``."""
         config = config or MultiAgentConfig()
         notes = adapted_notes(config)
         if env is not None and "env_id" not in overrides:
-            overrides["env_id"] = f"<object {getattr(env, '__qualname__', type(env).__name__)}>"
+            name = getattr(env, "__qualname__", None) or getattr(env, "metadata", {}).get("name") or type(env).__name__
+            overrides["env_id"] = f"<object {name}>"
         if overrides:
             config = replace(config, source="MultiAgentPPO(...)", **overrides)
             notes += adapted_notes(config)
@@ -99,14 +107,25 @@ class MultiAgentPPO:
         self.config = config
         self._factory = env
         self.device = runtime.setup(config.seed, config.device, config.torch_threads)
-        envs = self._make_envs(config.num_envs)
+        #: The processes of a data-parallel run (one process: a no-op), each with its own env copies.
+        self.collective = runtime.join_processes(self.device, config.dist_backend, config.dist_timeout,
+                                                 settings=config)
+        envs = self._make_envs(local_num_envs(config, self.collective))
         self._setup(envs[0].env, envs)
 
     # ------------------------------------------------------------------ building
     def _make_one(self) -> Any:
         c = self.config
         if self._factory is not None:
-            env = self._factory()
+            if callable(self._factory) and not (is_parallel(self._factory) or is_aec(self._factory)):
+                env = self._factory()
+            else:  # an env object: a fresh copy of it as it was given
+                try:
+                    env = copy.deepcopy(self._factory)
+                except Exception as err:  # noqa: BLE001 - whatever the env holds may refuse to be copied
+                    raise EnvError(f"the env object {type(self._factory).__name__} cannot be copied for the env copies "
+                                   f"and evaluation ({type(err).__name__}: {err}); pass a function that makes one "
+                                   "instead (MultiAgentPPO(config, env=make_env))") from None
             return make_env(c.env_id, {}, factory=lambda: env)
         if c.env_id.startswith("<object"):
             raise EnvError(f"this run's env was an object given in code ({c.env_id}); pass it again: "
@@ -122,21 +141,34 @@ class MultiAgentPPO:
             possible = agents_of(probe)
             groups = make_groups(c.policies, possible, probe.observation_space, probe.action_space)
             state_size = None
+            images = [g.name for g in groups if c.network != "mlp" and is_image_space(
+                _Reading(g, c).reader.observation_space)]
+            if c.critic == "mappo" and images:
+                # The image encoder is one trunk for actor and critic, so the critic reads what the actor does.
+                if "critic" in given_fields(c):
+                    raise ConfigError(f"config field 'critic' = 'mappo' cannot apply: group {images[0]!r} sees images, "
+                                      "and the CNN is one trunk for actor and critic, which reads the agent's own "
+                                      "observation; use critic: ippo")
+                adapt(c, "critic", "ippo", f"group {images[0]!r} sees images, and the CNN trunk serves actor and critic")
+                log.info("adapted %s", adapted_notes(c)[-1])
             if c.critic == "mappo":
                 assert envs is not None
                 probe_collector = MultiAgentCollector(envs, [_Reading(g, c) for g in groups], 1, c.gamma,  # type: ignore[misc]
-                                                      c.clip_reward, True, c.seed)
+                                                      c.clip_reward, True, self._env_seed(len(envs)))
                 state_size = probe_collector.state_size()
                 probe_collector._started = False
         else:
             groups, state_size = saved
-        self.groups = [PolicyGroup(g, c, self.device, state_size) for g in groups]
+        self.groups = [PolicyGroup(g, c, self.device, state_size, self.collective) for g in groups]
+        for group in self.groups:  # every rank starts from rank 0's weights, then its own random stream
+            data_parallel.start(self.collective, group.policy, c.seed, tuple(group.normalisers().values()))
         self.agents = [a for g in self.groups for a in g.agents]
         self.health = [HealthMonitor(target_kl=c.target_kl, normalize_reward=c.normalize_reward,
                                      shared_trunk=g.spec.shared_trunk) for g in self.groups]
         self.envs = envs
         self.collector = (MultiAgentCollector(envs, self.groups, c.num_steps, c.gamma, c.clip_reward,
-                                              c.critic == "mappo", c.seed) if envs is not None else None)
+                                              c.critic == "mappo", self._env_seed(len(envs)))
+                          if envs is not None else None)
         self.global_step = 0
         self.num_updates = 0
         self.total_steps: int | None = None
@@ -147,10 +179,14 @@ class MultiAgentPPO:
         if len(self.groups) > 1 or self.groups[0].agents != [self.agents[0]]:
             log.info("policies: %s", "; ".join(f"{g.group.name} -> {', '.join(g.agents)}" for g in self.groups))
 
+    def _env_seed(self, local_envs: int, num_updates: int = 0) -> int:
+        return data_parallel.env_seed(self.config, local_envs, self.collective.rank, num_updates)
+
     @property
     def global_batch(self) -> int:
-        """Env steps per update (each step of an env copy counts once, however many agents act in it)."""
-        return self.config.batch_size
+        """Env steps per update over every process (each step of an env copy counts once, however many
+        agents act in it)."""
+        return self.config.global_batch_size(self.collective.world_size)
 
     # ------------------------------------------------------------------ training
     def learn(self, total_steps: int | None = None, *, run_dir: str | Path | None = None, overwrite: bool = False,
@@ -158,10 +194,12 @@ class MultiAgentPPO:
         """Train until ``total_steps`` env steps (default: the config's), then save and evaluate; as
         :meth:`ppokit.PPO.learn` (run directory, checkpoints, SIGINT/SIGTERM, ``resume``, ``callback``)."""
         c = self.config
+        main = self.collective.is_main
         if self.resume_from is not None and self.run_dir is not None:
             directory = self.run_dir
-        else:
-            directory = Path(run_dir or c.run_dir or default_run_dir(c.env_id.replace(":", "."), c.seed))
+        else:  # rank 0's (a default name holds the time)
+            directory = self.collective.broadcast_object(
+                Path(run_dir or c.run_dir or default_run_dir(c.env_id.replace(":", "."), c.seed)))
         if resume and self.resume_from is None:
             if run_dir is None and c.run_dir is None:
                 raise ConfigError("resume=True needs the run directory to resume (run_dir)")
@@ -177,22 +215,28 @@ class MultiAgentPPO:
                               f"{c.num_envs} * {c.num_steps} = {c.batch_size}); nothing would be trained")
         self._ensure_envs()
         self.total_steps = total
-        self.run_dir, metrics = open_run(
+        launch = {"world_size": self.collective.world_size, "global_batch_size": self.global_batch}
+        self.run_dir, metrics = on_main(self.collective, lambda: open_run(
             directory, replace(c, total_steps=total, run_dir=str(directory)), overwrite=overwrite,
-            resume_update=self.num_updates if resuming else None, purge_step=self.global_step + 1 if resuming else None)
+            resume_update=self.num_updates if resuming else None, purge_step=self.global_step + 1 if resuming else None,
+            launch=launch if self.collective.active else None), lambda: (directory, NullMetrics()))
         self._start = (self.global_step, time.perf_counter())
         plan = LoopPlan(
             updates=num_updates, desc=c.env_id, checkpoint_every=c.checkpoint_every,
             checkpoint_minutes=c.checkpoint_minutes, x_axis=lambda record: int(record["global_step"]),
-            progress=c.progress, unit="step", total=self.global_step + num_updates * self.global_batch,
+            progress=c.progress and main, unit="step", total=self.global_step + num_updates * self.global_batch,
             position=lambda: self.global_step,
             postfix=lambda r: {"ret": "-" if r["episodic_return"] is None else f"{r['episodic_return']:.1f}"},
-            resume_flags="" if not checkpointing_needs_env(c.env_id) else f" --env {c.env_id}",
+            agree=self.collective.any,
+            resume_flags=("" if not checkpointing_needs_env(c.env_id) else f" --env {c.env_id}")
+            + f" --nproc {self.collective.world_size}" * self.collective.active,
         )
         with metrics:
             run_loop(self, plan, metrics, callback)
-            self.finish_run(metrics)
+            if main:  # the weights are the same on every rank
+                self.finish_run(metrics)
             self.resume_from = None
+            self.collective.barrier()
         return self
 
     def finish_run(self, metrics: MetricsLogger) -> None:
@@ -210,16 +254,19 @@ class MultiAgentPPO:
         assert self.collector is not None
         fraction = self.global_step / self.total_steps if self.total_steps else 0.0
         batches = self.collector.collect()
+        for group in self.groups:
+            data_parallel.sync_normalisers(self.collective, (group.obs_rms, group.critic_rms, group.ret_rms))
         self.global_step += self.global_batch
         per_group = [self._train(group, batch, fraction) for group, batch in zip(self.groups, batches)]
         self.num_updates += 1
         episodes = self.collector.episodes
-        record: dict[str, Any] = {
-            "global_step": self.global_step, "update": self.num_updates,
-            "episodic_return": float(np.mean(episodes.returns)) if episodes.returns else None,
-            "episodic_length": float(np.mean(episodes.lengths)) if episodes.lengths else None,
-            "episodes": len(episodes.last[0]),
-        }
+        record: dict[str, Any] = {"global_step": self.global_step, "update": self.num_updates}
+        if self.collective.active:
+            record.update(data_parallel.episode_figures(episodes, self.collective))
+        else:
+            record.update(episodic_return=float(np.mean(episodes.returns)) if episodes.returns else None,
+                          episodic_length=float(np.mean(episodes.lengths)) if episodes.lengths else None,
+                          episodes=len(episodes.last[0]))
         for key in per_group[0]:
             values = [s[key] for s in per_group if isinstance(s.get(key), (int, float))]
             if values:
@@ -238,6 +285,7 @@ class MultiAgentPPO:
             assert batch.returns is not None and batch.values is not None
             returns = batch.returns if batch.mask is None else batch.returns[batch.mask]
             group.value_rms.update_array(returns.detach().cpu().numpy().astype(np.float64).reshape(-1))
+            data_parallel.sync_normalisers(self.collective, (group.value_rms,))
             batch.returns = group.normalize_values(batch.returns)
             batch.values = group.normalize_values(batch.values)
         return group.algorithm.train(batch, fraction)
@@ -248,8 +296,8 @@ class MultiAgentPPO:
         elapsed = time.perf_counter() - start_time
         record["sps"] = (self.global_step - start_step) / max(elapsed, 1e-9)
         record["time_elapsed"] = elapsed
-        if not (c.eval_every and self.num_updates % c.eval_every == 0):
-            return False
+        if not (c.eval_every and self.num_updates % c.eval_every == 0) or not self.collective.is_main:
+            return False  # rank 0 evaluates; the loop shares its decision
         result = self.evaluate(c.eval_episodes, deterministic=c.eval_deterministic,
                                seed=c.seed + 10_000 + self.num_updates)
         record["eval_return"] = result["mean_return"]
@@ -363,20 +411,20 @@ class MultiAgentPPO:
     def save_checkpoint(self) -> Path:
         """A resumable checkpoint: weights, optimisers, RNGs, the collector's and the env copies' state."""
         assert self.run_dir is not None and self.collector is not None and self.envs is not None
-        env_states, why = checkpointing.capture_envs([e.env for e in self.envs], self.config.env_id)
+        env_states, why = checkpointing.capture_envs(self.envs, self.config.env_id)
+        own = {"rng": rng_state(), "collector": encode(self.collector.state_dict()), "env": env_states,
+               "env_not_saved": why}
+        per_rank = gather_rank_states(self.collective, own)
+        path = self.checkpoint_path()
+        if not self.collective.is_main:
+            return path
         resume = {
             "format": checkpointing.FORMAT, "kind": checkpointing.KIND,
             "global_step": self.global_step, "num_updates": self.num_updates, "total_steps": self.total_steps,
             "best_eval_return": self.best_eval_return,
             "health": [m.state_dict() for m in self.health],
-            "rng": rng_state(), "collector": encode(self.collector.state_dict()),
-            "env": env_states, "env_not_saved": why,
-            "acting": encode([{"acting": e.acting, "infos": _plain_infos(e.infos)} for e in self.envs])
-            if env_states is not None else None,
+            **per_rank,
         }
-        if resume["acting"] is SKIP:
-            resume["env"], resume["env_not_saved"], resume["acting"] = None, "observations are not plain data", None
-        path = self.checkpoint_path()
 
         def write_resume(tmp: Path) -> None:
             (tmp / RESUME_FILE).write_text(_json(resume) + "\n", encoding="utf-8")
@@ -403,6 +451,8 @@ class MultiAgentPPO:
             require_consent(agent.config.env_id, str(model_dir / checkpointing.STATE_FILE))
         runtime.set_threads(agent.config.torch_threads)
         agent.device = runtime.resolve_device(agent.config.device)
+        agent.collective = runtime.join_processes(agent.device, agent.config.dist_backend, agent.config.dist_timeout,
+                                                  settings=agent.config)
         agent._setup(None, None, saved=checkpointing.saved_groups(model_dir, state))
         checkpointing.load_weights(model_dir, agent.groups)
         agent.global_step = int(state.get("global_step", 0))
@@ -444,9 +494,11 @@ class MultiAgentPPO:
         return False
 
     def _restore_training(self, checkpoint: Path, run_dir: Path) -> None:
-        saved = read_resume_state(checkpoint, checkpointing.KIND, checkpointing.FORMAT)
+        resume = read_resume_state(checkpoint, checkpointing.KIND, checkpointing.FORMAT)
         file = checkpoint / RESUME_FILE
+        check_world_size(resume, self.collective, file, "env copies and random state")
         try:
+            saved = {**resume, **rank_state(resume, self.collective)}
             self.total_steps = saved["total_steps"]
             self.best_eval_return = saved["best_eval_return"]
             for monitor, health in zip(self.health, saved["health"]):
@@ -455,9 +507,7 @@ class MultiAgentPPO:
             assert self.collector is not None and self.envs is not None
             collector_state = decode(saved["collector"])
             if saved["env"] is not None:
-                checkpointing.restore_envs([e.env for e in self.envs], saved["env"])
-                for env, live in zip(self.envs, decode(saved["acting"])):
-                    env.acting, env.infos = dict(live["acting"]), dict(live["infos"])
+                checkpointing.restore_envs(self.envs, saved["env"])
                 self.collector.load_state_dict(collector_state)
             else:
                 log.warning("resuming with fresh episodes, not bit-identically: %s", saved["env_not_saved"])
@@ -474,9 +524,10 @@ class MultiAgentPPO:
         if self.collector is not None:
             return
         c = self.config
-        self.envs = self._make_envs(c.num_envs)
+        local = local_num_envs(c, self.collective)
+        self.envs = self._make_envs(local)
         self.collector = MultiAgentCollector(self.envs, self.groups, c.num_steps, c.gamma, c.clip_reward,
-                                             c.critic == "mappo", c.seed + self.num_updates)
+                                             c.critic == "mappo", self._env_seed(local, self.num_updates))
         if reset:
             self.collector.reset()
         else:
@@ -508,11 +559,6 @@ class _Reading:
 class _NoPolicy:
     def initial_state(self, n: int, device: Any) -> torch.Tensor:
         return torch.zeros(n, 0)
-
-
-def _plain_infos(infos: dict[str, Any]) -> dict[str, Any]:
-    """The infos a resumed step needs (its action masks); entries that are not plain data are left out."""
-    return {a: {k: v for k, v in (info or {}).items() if encode(v) is not SKIP} for a, info in infos.items()}
 
 
 def _json(value: Any) -> str:

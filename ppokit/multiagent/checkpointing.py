@@ -138,25 +138,25 @@ def load_optimizers(model_dir: Path, groups: list[PolicyGroup], device: torch.de
             raise CheckpointError(f"{file}: optimizer state of group {group.group.name!r} does not fit ({err})") from None
 
 
-def _is_part(value: Any) -> bool:
-    """Parts of a PettingZoo env to walk into: its own objects (wrappers, worlds, agents, selectors)."""
-    module = type(value).__module__.split(".")[0]
-    return module in OWN_PACKAGES and hasattr(value, "__dict__") and not isinstance(value, type)
-
-
-def _is_part_or_user(top: str) -> Any:
+def _parts_of(top: str) -> Any:
+    """Which objects of an env copy are parts to walk into: PettingZoo's and MPE2's own (wrappers,
+    worlds, agents, selectors), those of the env's own package, and ppokit's face of the copy."""
     def check(value: Any) -> bool:
-        module = type(value).__module__.split(".")[0]
-        return (module in OWN_PACKAGES or module == top) and hasattr(value, "__dict__") and not isinstance(value, type)
+        module = str(getattr(type(value), "__module__", "") or "").split(".")[0]
+        return ((module in OWN_PACKAGES or module in (top, "ppokit")) and hasattr(value, "__dict__")
+                and not isinstance(value, type))
     return check
 
 
 def capture_envs(envs: list[Any], env_module: str) -> tuple[list[dict[str, Any]] | None, str | None]:
-    """Every env copy's state, or why it cannot be captured exactly."""
-    check = _is_part_or_user(env_module.split(".")[0])
+    """Every env copy's state (the PettingZoo env and who acts on what), or why it cannot be captured exactly."""
+    check = _parts_of(env_module.split(".")[0])
     out = []
     for i, env in enumerate(envs):
-        state, why = capture_object_state(env, check, f"env[{i}]")
+        try:
+            state, why = capture_object_state(env, check, f"env[{i}]")
+        except (AttributeError, TypeError, RecursionError) as err:  # an env's own object that will not be walked
+            return None, f"env[{i}] could not be walked for its state ({type(err).__name__}: {err})"
         if state is None:
             return None, why
         out.append(state)

@@ -232,8 +232,8 @@ class AgentEnv:
         """The env's global ``state()``, or None when it has none."""
         try:
             return np.asarray(self.env.state(), dtype=np.float32).reshape(-1)
-        except (NotImplementedError, AttributeError):
-            return None
+        except (NotImplementedError, AttributeError, TypeError):
+            return None  # TypeError: an env whose 'state' attribute is data (rps_v2), not the method
 
     def close(self) -> None:
         self.env.close()
@@ -285,7 +285,8 @@ class TurnBasedAgents(AgentEnv):
     def __init__(self, env: Any) -> None:
         self.env = env
         self.acting, self.infos = {}, {}
-        self._acted: set[str] = set()
+        #: The agents that have acted in this episode and whose life goes on (a dict: plain data to save).
+        self._acted: dict[str, bool] = {}
 
     @property
     def live(self) -> dict[str, Any]:
@@ -319,14 +320,14 @@ class TurnBasedAgents(AgentEnv):
 
     def reset(self, seed: int | None = None) -> None:
         self.env.reset(seed=seed)
-        self._acted = set()
+        self._acted = {}
         self._settle(None)
 
     def step(self, actions: dict[str, Any]) -> StepResult:
         env = self.env
         result = StepResult()
         (agent, action), = actions.items()
-        self._acted.add(agent)
+        self._acted[agent] = True
         env.step(action)
         self._collect(result)
         # An agent that finished on another's turn is stepped out when its turn comes (in _settle),
@@ -336,7 +337,7 @@ class TurnBasedAgents(AgentEnv):
                 result.ended[a] = (bool(env.terminations[a]), None if env.terminations[a] else env.observe(a))
         self._settle(result)
         for a in result.ended:
-            self._acted.discard(a)
+            self._acted.pop(a, None)
         result.over = not env.agents
         return result
 

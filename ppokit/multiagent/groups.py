@@ -19,6 +19,7 @@ from ppokit.control.envs.observations import ObservationReader
 from ppokit.control.policy.actions import ActionAdapter, all_discrete
 from ppokit.control.policy.networks import DEFAULT_IMAGE_SCALE, ActorCritic, PolicySpec, is_image_space
 from ppokit.control.rollout.host import policy_input
+from ppokit.core.collective import SINGLE, Collective
 from ppokit.core.running_stats import RunningMeanStd
 from ppokit.errors import ConfigError
 from ppokit.multiagent.config import MultiAgentConfig
@@ -28,8 +29,10 @@ from ppokit.multiagent.envs import Group
 class PolicyGroup:
     """One policy and everything that goes with it, for the agents of ``group``."""
 
-    def __init__(self, group: Group, config: MultiAgentConfig, device: torch.device, state_size: int | None) -> None:
-        """``state_size``: entries of the critic's global input (MAPPO), or None (IPPO)."""
+    def __init__(self, group: Group, config: MultiAgentConfig, device: torch.device, state_size: int | None,
+                 collective: Collective = SINGLE) -> None:
+        """``state_size``: entries of the critic's global input (MAPPO), or None (IPPO); ``collective``: the
+        processes of a data-parallel run, each with its own env copies."""
         self.group, self.device = group, device
         self.agents = group.agents
         self.index = {a: i for i, a in enumerate(group.agents)}
@@ -62,7 +65,7 @@ class PolicyGroup:
             critic_obs_shape=critic_shape, recurrent=c.recurrent, recurrent_size=c.recurrent_size,
             image_scale=c.image_scale or DEFAULT_IMAGE_SCALE)
         self.policy = ActorCritic(self.spec).to(device)
-        self.algorithm = PPOAlgorithm(c, self.policy, device)
+        self.algorithm = PPOAlgorithm(c, self.policy, device, collective)
         self.obs_rms = RunningMeanStd(tuple(self.reader.observation_space.shape or ())) if c.normalize_obs and not self.image else None
         self.critic_rms = RunningMeanStd((state_size,)) if c.normalize_obs and state_size else None
         self.ret_rms = RunningMeanStd(()) if c.normalize_reward else None

@@ -119,6 +119,7 @@ class MultiAgentCollector:
         obs = np.zeros((rows, *(group.reader.observation_space.shape or ())), dtype=np.float32 if not group.image else np.uint8)
         present = np.zeros(rows, dtype=bool)
         masks = None
+        plain = group.reader.passes_through
         for e, env in enumerate(self.envs):
             seen = env.acting if which == "acting" else env.live
             for a, raw in seen.items():
@@ -129,8 +130,13 @@ class MultiAgentCollector:
                 if where[0] != g:
                     continue
                 row = e * n + where[1]
+                info = env.infos.get(a) if which == "acting" else None
+                if plain and not info:  # the observation as the env gives it, no mask to read
+                    obs[row] = raw
+                    present[row] = True
+                    continue
                 if which == "acting":
-                    value, mask = group.reader.read_single(raw, env.infos.get(a, {}))
+                    value, mask = group.reader.read_single(raw, info or {})
                 else:
                     value, mask = group.observation_only(raw), None
                 obs[row] = value[0]

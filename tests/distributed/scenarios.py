@@ -133,8 +133,28 @@ def learn(out: Path, env_id: str) -> None:
     agent.close()
 
 
+def multiagent(out: Path, resume: str) -> None:
+    """MAPPO on the leaky test env (agents finishing early and joining late), 2 env copies per process;
+    ``resume``: continue the run in ``out/run`` from its checkpoint to 8 updates."""
+    from ppokit.multiagent import MultiAgentConfig, MultiAgentPPO
+
+    if resume:
+        agent = MultiAgentPPO.resume(out / "run", trust=True, total_steps=8 * 2 * 2 * 16)
+    else:
+        agent = MultiAgentPPO(MultiAgentConfig(
+            env_id="tests.multiagent.envs:leaky", num_envs=2, num_steps=16, num_minibatches=2, num_epochs=2,
+            total_steps=8 * 2 * 2 * 16, progress=False, tensorboard=False, eval_episodes=2, seed=3,
+            run_dir=str(out / "run"), checkpoint_every=4, checkpoint_minutes=0))
+    agent.learn(callback=None if resume else (lambda row: row["update"] < 4))
+    group = agent.groups[0]
+    torch.save({"params": params(group.policy), "value_rms": group.value_rms.state_dict() if group.value_rms else None,
+                "global_step": agent.global_step, "updates": agent.num_updates},
+               out / f"rank{agent.collective.rank}{'_resumed' if resume else ''}.pt")
+    agent.close()
+
+
 if __name__ == "__main__":
     name, out_dir = sys.argv[1], Path(sys.argv[2])
     arg = sys.argv[3] if len(sys.argv) > 3 else ""
-    {"one_update": one_update, "learn": learn}[name](out_dir, arg)
+    {"one_update": one_update, "learn": learn, "multiagent": multiagent}[name](out_dir, arg)
     leave_processes()

@@ -192,3 +192,25 @@ def test_sigterm_to_the_launcher_checkpoints_once_and_stops(tmp_path):
     assert resume["world_size"] == 2
     assert resume["num_updates"] == len((run / "metrics.jsonl").read_text().splitlines())
     assert f"ppokit resume {run} --nproc 2" in err and "Traceback" not in err
+
+
+def test_two_processes_train_many_agents_with_identical_weights_and_resume(tmp_path):
+    """The multi-agent front end over 2 processes: every rank keeps rank 0's weights and merged value
+    statistics; rank 0 alone writes; a stopped run resumes on 2 processes and matches on both."""
+    pytest.importorskip("pettingzoo")
+    torchrun("multiagent", tmp_path)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert torch.equal(ranks[0]["params"], ranks[1]["params"])
+    for key in ("mean", "var", "count"):
+        assert torch.equal(ranks[0]["value_rms"][key], ranks[1]["value_rms"][key])
+    assert ranks[0]["global_step"] == 4 * 2 * 2 * 16  # stopped after 4 updates of both processes' copies
+    torchrun("multiagent", tmp_path, "resume")
+    resumed = [torch.load(tmp_path / f"rank{r}_resumed.pt") for r in range(2)]
+    assert torch.equal(resumed[0]["params"], resumed[1]["params"])
+    assert resumed[0]["updates"] == 8
+    run = tmp_path / "run"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["update"] for r in rows] == list(range(1, 9))
+    assert rows[-1]["global_step"] == 8 * 2 * 2 * 16
+    assert "world_size: 2" in (run / "config.yaml").read_text()
+    assert json.loads((run / "eval.json").read_text())["episodes"] == 2

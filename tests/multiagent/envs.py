@@ -94,3 +94,18 @@ class SilentAgentEnv(LeakyDeathEnv):
 
 def silent(**kwargs: Any) -> SilentAgentEnv:
     return SilentAgentEnv(**kwargs)
+
+
+class ImageEnv(LeakyDeathEnv):
+    """LeakyDeathEnv's agents seeing small images."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._obs_space = spaces.Box(0, 255, (36, 36, 3), np.uint8)
+
+    def _obs(self, agent: str) -> np.ndarray:
+        return np.full((36, 36, 3), 10 * self.t + self.possible_agents.index(agent), dtype=np.uint8)
+
+
+def images(**kwargs: Any) -> ImageEnv:
+    return ImageEnv(**kwargs)

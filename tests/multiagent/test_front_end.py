@@ -212,3 +212,67 @@ def test_a_shared_policy_learns_the_rewarded_action(tmp_path: Path) -> None:
     after = agent.evaluate(10)
     # Best return: early 2, late 3, steady 6 steps of reward 1 -> mean over agents 11/3.
     assert after["mean_return"] >= 0.95 * 11 / 3 > before, (before, after)
+
+
+@pytest.mark.parametrize("env_id", ["mpe2.simple_spread_v3", "mpe2.simple_speaker_listener_v4",
+                                    "mpe2.simple_reference_v3", "pettingzoo.classic.connect_four_v3"])
+def test_an_env_copy_state_restores_exactly_references_included(env_id: str) -> None:
+    """Saved mid-episode into JSON and put back into a copy reset with another seed, the copy steps on
+    exactly as the original (MPE agents point at goals among the landmarks: those references come back)."""
+    import json
+
+    from ppokit.multiagent.checkpointing import capture_envs, restore_envs
+    from ppokit.multiagent.envs import as_agent_env, make_env
+
+    pytest.importorskip(env_id.split(".")[0] if env_id.startswith("mpe2") else "pettingzoo.classic")
+    original, other = (as_agent_env(make_env(env_id, {})) for _ in range(2))
+    original.reset(seed=3)
+    other.reset(seed=11)
+    rng = np.random.default_rng(0)
+
+    def play(env: Any, steps: int) -> list[str]:
+        trace = []
+        for _ in range(steps):
+            actions = {}
+            for agent, obs in env.acting.items():
+                mask = obs["action_mask"] if isinstance(obs, dict) else None
+                choices = np.flatnonzero(mask) if mask is not None else np.arange(env.env.action_space(agent).n)
+                actions[agent] = int(rng.choice(choices))
+            result = env.step(actions)
+            trace.append(repr((sorted(env.acting), result.rewards, result.ended)))
+            if result.over:
+                env.reset()
+        return trace
+
+    play(original, 4)
+    saved, why = capture_envs([original], env_id)
+    assert why is None and saved is not None
+    saved = json.loads(json.dumps(saved))
+    restore_envs([other], saved)
+    state = rng.bit_generator.state
+    expected = play(original, 40)
+    rng.bit_generator.state = state
+    assert play(other, 40) == expected
+
+
+def test_an_env_object_or_a_function_making_one_trains_and_evaluates(tmp_path: Path) -> None:
+    from tests.multiagent.envs import LeakyDeathEnv
+
+    for given in (LeakyDeathEnv(length=4), lambda: LeakyDeathEnv(length=4)):
+        agent = MultiAgentPPO(MultiAgentConfig(critic="ippo", num_envs=2, num_steps=8, total_steps=16, **QUIET),
+                              env=given)
+        assert agent.config.env_id.startswith("<object")
+        agent.learn(run_dir=tmp_path / str(id(given)))
+        assert agent.evaluate(2)["mean_length"] == 4.0
+    with pytest.raises(EnvError, match="was an object given in code.*MultiAgentPPO.load\\(path, env=make_env\\)"):
+        MultiAgentPPO.load(tmp_path / str(id(given))).evaluate(1)
+
+
+def test_image_observations_train_with_the_cnn_and_each_agent_own_critic(tmp_path: Path) -> None:
+    agent = MultiAgentPPO(MultiAgentConfig(env_id="tests.multiagent.envs:images", num_envs=1, num_steps=12,
+                                           total_steps=12, num_minibatches=2, num_epochs=1, **QUIET))
+    assert agent.config.critic == "ippo"  # adapted: the CNN is one trunk for actor and critic
+    assert agent.groups[0].spec.encoder == "cnn"
+    agent.learn(run_dir=tmp_path / "run")
+    with pytest.raises(ConfigError, match="group 'shared' sees images"):
+        MultiAgentPPO(MultiAgentConfig(env_id="tests.multiagent.envs:images", critic="mappo", **QUIET))

@@ -157,11 +157,98 @@ def restore_env_state(env: gym.vector.VectorEnv, state: dict[str, Any]) -> None:
     _restore(env, state, "env")
 
 
+def _owners(root: Any, is_child: Callable[[Any], bool]) -> dict[int, tuple[Any, ...]]:
+    """Each part's owning trail (attribute names and list indices from ``root``): the shortest path to it,
+    breadth first, so a part several parts point to (an MPE landmark an agent has as its goal) is owned
+    where it lives (``world.landmarks[2]``), and the others hold a reference."""
+    owners: dict[int, tuple[Any, ...]] = {id(root): ()}
+    queue: list[tuple[Any, tuple[Any, ...]]] = [(root, ())]
+    while queue:
+        obj, trail = queue.pop(0)
+        for key, value in vars(obj).items():
+            items = ([((key,), value)] if is_child(value) else
+                     [((key, i), v) for i, v in enumerate(value)]
+                     if isinstance(value, list) and value and all(is_child(v) for v in value) else [])
+            for steps, part in items:
+                if id(part) not in owners:
+                    owners[id(part)] = trail + steps
+                    queue.append((part, trail + steps))
+    return owners
+
+
+def _capture_owned(obj: Any, trail: tuple[Any, ...], path: str, problems: list[str], is_child: Callable[[Any], bool],
+                   owners: dict[int, tuple[Any, ...]]) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
+    children: dict[str, Any] = {}
+    refs: dict[str, Any] = {}
+
+    def part(value: Any, steps: tuple[Any, ...], where: str) -> dict[str, Any]:
+        if owners[id(value)] == trail + steps:
+            return _capture_owned(value, trail + steps, where, problems, is_child, owners)
+        return {"ref": list(owners[id(value)])}
+
+    for key, value in vars(obj).items():
+        where = f"{path}.{key}"
+        if is_child(value):
+            captured = part(value, (key,), where)
+            (refs if "ref" in captured else children)[key] = captured
+        elif isinstance(value, list) and value and all(is_child(v) for v in value):
+            children[key] = [part(v, (key, i), f"{where}[{i}]") for i, v in enumerate(value)]
+        else:
+            encoded = encode(value)
+            if encoded is not SKIP:
+                attrs[key] = encoded
+            elif not _is_fixed(value):
+                problems.append(f"{where} ({type(value).__name__})")
+    return {"type": _kind(obj), "attrs": attrs, "children": children, "refs": refs}
+
+
+def _follow(root: Any, trail: list[Any], path: str) -> Any:
+    obj = root
+    for step in trail:
+        try:
+            obj = obj[step] if isinstance(step, int) and isinstance(obj, list) else getattr(obj, str(step))
+        except (AttributeError, IndexError, TypeError):
+            raise CheckpointError(f"saved env state at {path} refers to {trail}, which this env does not have") from None
+    return obj
+
+
+def _restore_owned(root: Any, obj: Any, state: dict[str, Any], path: str) -> None:
+    kind = _kind(obj)
+    if state.get("type") != kind:
+        raise CheckpointError(f"saved env state at {path} is for {state.get('type')!r}, but the env is {kind!r}")
+    for key, child in state.get("children", {}).items():
+        value = getattr(obj, key, None)
+        if isinstance(child, list):
+            if not isinstance(value, list) or len(value) != len(child):
+                raise CheckpointError(f"saved env state at {path}.{key} has {len(child)} parts; the env has "
+                                      f"{len(value) if isinstance(value, list) else 'none'}")
+            for i, sub_state in enumerate(child):
+                if "ref" in sub_state:
+                    value[i] = _follow(root, sub_state["ref"], f"{path}.{key}[{i}]")
+                else:
+                    _restore_owned(root, value[i], sub_state, f"{path}.{key}[{i}]")
+        elif value is None or not hasattr(value, "__dict__"):
+            raise CheckpointError(f"saved env state has {path}.{key}, the env has not")
+        else:
+            _restore_owned(root, value, child, f"{path}.{key}")
+    for key, ref in state.get("refs", {}).items():
+        setattr(obj, key, _follow(root, ref["ref"], f"{path}.{key}"))
+    for key, encoded in state.get("attrs", {}).items():
+        current = getattr(obj, key, None)
+        if callable(current) or isinstance(current, (types.ModuleType, spaces.Space)):
+            raise CheckpointError(f"saved env state would replace {path}.{key}, a {type(current).__name__}, with data; "
+                                  "refused")
+        setattr(obj, key, decode(encoded))
+
+
 def capture_object_state(obj: Any, is_child: Callable[[Any], bool], name: str = "env") -> tuple[dict[str, Any] | None, str | None]:
     """:func:`capture_env_state` for envs of another API (PettingZoo's): ``is_child`` says which attribute
-    values are parts of the env to walk into (the others must be plain data or fixed)."""
+    values are parts of the env to walk into (the others must be plain data or fixed). A part that
+    several parts point to is saved once, where it lives, and the others as references to it, so the
+    restored env points where the saved one did."""
     problems: list[str] = []
-    state = _capture(obj, name, problems, is_child)
+    state = _capture_owned(obj, (), name, problems, is_child, _owners(obj, is_child))
     if problems:
         shown = ", ".join(problems[:3]) + (f" and {len(problems) - 3} more" if len(problems) > 3 else "")
         return None, f"these env attributes are not plain data: {shown}"
@@ -169,5 +256,6 @@ def capture_object_state(obj: Any, is_child: Callable[[Any], bool], name: str = 
 
 
 def restore_object_state(obj: Any, state: dict[str, Any], name: str = "env") -> None:
-    """Put a state from :func:`capture_object_state` back into an env built the same way."""
-    _restore(obj, state, name)
+    """Put a state from :func:`capture_object_state` back into an env built the same way. References
+    are followed only inside the env, and only to its own parts."""
+    _restore_owned(obj, obj, state, name)
