@@ -50,18 +50,11 @@ def is_multiagent_dir(path: str | Path) -> bool:
 
 
 def refuse_processes(args: argparse.Namespace) -> None:
-    """``--nproc N`` (N > 1) or a torchrun worker on a multi-agent run: refused in one line, before any
-    process starts (multi-agent training runs in one process for now)."""
-    multi = False
-    if args.command == "train":
-        from ppokit.cli.train_config import resolve_train_config
-
-        multi = _is_multiagent_config(resolve_train_config(args)[0])
-    elif args.command == "resume":
-        multi = is_multiagent_dir(args.run_dir)
-    if multi:
-        raise ConfigError(f"--nproc {getattr(args, 'nproc', '?')}: multi-agent runs train in one process (data-parallel "
-                          "multi-agent training is not supported yet); drop --nproc")
+    """``resume GROUP --nproc N`` of a group of multi-agent seeds: refused in one line before any process
+    starts, as ``train --seeds --nproc`` is (a group's seeds train in one process, one after another)."""
+    if args.command == "resume" and (Path(args.run_dir) / "seeds.json").is_file() and is_multiagent_dir(args.run_dir):
+        raise ConfigError(f"--nproc {args.nproc}: {args.run_dir} is a group of seeds, which trains in one process, "
+                          "seed after seed; resume one seed's run with --nproc instead (RUN_DIR/seed_<k>)")
 
 
 def _is_multiagent_config(config: Any) -> bool:
@@ -74,24 +67,27 @@ def _is_multiagent_config(config: Any) -> bool:
 
 def train(args: argparse.Namespace, config: MultiAgentConfig, preset: str | None,
           run_learn: Callable[..., None], eval_line: Callable[[dict[str, Any]], str]) -> int:
-    """``ppokit train`` of a multi-agent config: one run, or ``--seeds`` one after another."""
-    from ppokit.launch import in_worker
-
-    if in_worker():
-        raise ConfigError("multi-agent runs train in one process: torchrun and --nproc are not supported for them yet")
+    """``ppokit train`` of a multi-agent config: one run (in each process of ``--nproc``), or ``--seeds``
+    one after another."""
     if args.seeds is not None:
         return _train_seeds(args, config, preset, run_learn, eval_line)
     from ppokit.multiagent import MultiAgentPPO
 
     agent = MultiAgentPPO(config)
-    print(f"ppokit: training {config.env_id} (multi-agent, {config.critic.upper()}) for {config.steps_trained()} env "
-          f"steps" + (f" with preset {preset!r}" if preset else " with the general defaults"), file=sys.stderr)
+    world = agent.collective.world_size
+    if agent.collective.is_main:
+        print(f"ppokit: training {config.env_id} (multi-agent, {config.critic.upper()}) for "
+              f"{config.steps_trained(world_size=world)} env steps"
+              + (f" with preset {preset!r}" if preset else " with the general defaults")
+              + (f" in {world} processes" if world > 1 else ""), file=sys.stderr)
     run_learn(agent, overwrite=args.overwrite, resume=args.resume)
     return report_run(agent, eval_line)
 
 
 def report_run(agent: MultiAgentPPO, eval_line: Callable[[dict[str, Any]], str]) -> int:
     assert agent.run_dir is not None
+    if not agent.collective.is_main:  # rank 0 reports for the job
+        return 0
     print(f"run directory: {agent.run_dir}")
     eval_file = agent.run_dir / "eval.json"
     if eval_file.exists():
@@ -235,8 +231,9 @@ def resume(args: argparse.Namespace, run_dir: Path, checkpoint: Path, run_learn:
     if args.env is not None:
         overrides["env_id"] = args.env
     agent = MultiAgentPPO.resume(run_dir, trust=args.trust, **overrides)
-    print(f"ppokit: resuming {agent.config.env_id} (multi-agent) at step {agent.global_step} from {checkpoint}",
-          file=sys.stderr)
+    if agent.collective.is_main:
+            print(f"ppokit: resuming {agent.config.env_id} (multi-agent) at step {agent.global_step} from {checkpoint}",
+              file=sys.stderr)
     run_learn(agent, total_steps=args.total_steps)
     return report_run(agent, eval_line)
 

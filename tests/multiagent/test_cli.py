@@ -180,13 +180,16 @@ def test_seeds_train_one_after_another_each_its_own_run(tmp_path, capsys):
         assert json.loads((group / f"seed_{seed}" / "model" / "state.json").read_text())["global_step"] == 300
     code, out, err = _run(["plot", str(group), "-o", str(tmp_path / "band.png")], capsys)
     assert code == 0
+    # a group trains in one process, seed after seed: refused before any process starts
+    code, out, err = _run(["resume", str(group), "--nproc", "2"], capsys)
+    _one_line(code, err, "is a group of seeds, which trains in one process")
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["train", LEAKY, *TINY], "it is a PettingZoo env: train it as a multi-agent run (ppokit train "
-                              f"{LEAKY} --set critic=mappo"),
+    (["train", LEAKY, *TINY], "a PettingZoo env has many agents: train it with ppokit.MultiAgentPPO (docs/guides/"
+                              f"multi-agent.md) (on the command line: ppokit train {LEAKY} --set critic=mappo, or "
+                              "critic=ippo)"),
     (["train", "CartPole-v1", "--set", "critic=ippo"], "'CartPole-v1' is a Gymnasium id"),
-    (["train", "mpe2.simple_spread_v3", "--nproc", "2"], "multi-agent runs train in one process"),
     (["train", "mpe2.simple_spread_v3", "--seeds", "1-2", "--seed", "3"], "--seed and --seeds"),
     (["train", "mpe2.simple_spread_v3", "--set", "critic=ipo"], "'critic': 'ipo' is not allowed"),
 ])
@@ -198,7 +201,6 @@ def test_bad_training_input_is_one_line(argv, message, tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["eval", "{run}", "--video", "{tmp}/video", "--trust"], "--video: recording is not supported for multi-agent"),
     (["resume", "{run}", "--total-updates", "100", "--trust"], "counted in env steps: pass --total-steps"),
-    (["resume", "{run}", "--nproc", "2"], "multi-agent runs train in one process"),
     (["resume", "{run}", "--total-steps", "1000"], "--trust"),
 ])
 def test_bad_input_on_a_saved_run_is_one_line(argv, message, run, tmp_path, capsys):
