@@ -2,10 +2,12 @@ import dataclasses
 
 import pytest
 
+from ppokit.cli.train_config import is_multiagent
 from ppokit.configuration import from_mapping, load_yaml, parse_overrides, replace
 from ppokit.control.config import ControlConfig
 from ppokit.control.presets import list_presets, load_preset
 from ppokit.errors import ConfigError
+from ppokit.multiagent import MultiAgentConfig
 
 
 def test_defaults_are_valid_and_documented():
@@ -71,8 +73,12 @@ def test_every_preset_builds_a_valid_config():
     for required in ("CartPole-v1", "Acrobot-v1", "Pendulum-v1", "LunarLander-v3", "HalfCheetah-v5", "Hopper-v5", "Walker2d-v5"):
         assert required in presets
     for name in presets:
-        cfg = from_mapping(ControlConfig, load_preset(name), f"preset {name}")
+        data = load_preset(name)
+        # A multi-agent preset (mpe) builds the config `ppokit train` would build from it.
+        cls = MultiAgentConfig if is_multiagent(data["env_id"], data) else ControlConfig
+        cfg = from_mapping(cls, data, f"preset {name}")
         assert cfg.env_id
+    assert is_multiagent(load_preset("mpe")["env_id"], load_preset("mpe"))
 
 
 @pytest.mark.parametrize("changes,message", [

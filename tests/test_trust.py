@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -168,3 +169,49 @@ def test_the_resume_command_printed_at_an_interruption_names_the_module_env(tmp_
     from ppokit.cli.main import main
 
     assert main([*info.value.resume_command.split()[1:], "--no-progress"]) == 0, capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------- multi-agent runs
+
+TRACE_PARALLEL_ENV = "tests.trace_code:make_parallel_env"
+
+
+@pytest.fixture(scope="module")
+def multiagent_run(tmp_path_factory) -> Path:
+    """A finished multi-agent run whose saved states name the tracing PettingZoo env, and a group of
+    seeds (train --seeds) whose seeds.json names it, holding that run as its seed 1."""
+    from ppokit.multiagent import MultiAgentConfig, MultiAgentPPO
+
+    root = tmp_path_factory.mktemp("multiagent")
+    run = root / "run"
+    agent = MultiAgentPPO(MultiAgentConfig(env_id="tests.multiagent.envs:leaky", critic="ippo", num_envs=2, num_steps=25,
+                                           total_steps=100, progress=False, tensorboard=False, eval_episodes=0))
+    agent.learn(run_dir=run)
+    agent.close()
+    for state_file in (run / "model" / "state.json", latest_checkpoint(run) / "state.json"):
+        state = json.loads(state_file.read_text())
+        state["config"]["env_id"] = TRACE_PARALLEL_ENV
+        state_file.write_text(json.dumps(state))
+    group = root / "group"
+    shutil.copytree(run, group / "seed_1")
+    config = {k: v for k, v in state["config"].items() if k not in ("seed", "run_dir")}
+    (group / "seeds.json").write_text(json.dumps({"kind": "ppokit.seeds", "front_end": "multiagent", "seeds": [1],
+                                                  "runs": ["seed_1"], "config": config}))
+    return root
+
+
+@pytest.mark.parametrize("command", [["eval", "{root}/run", "--episodes", "1"], ["resume", "{root}/run", "--no-progress"],
+                                     ["resume", "{root}/group", "--no-progress", "--total-steps", "200"]])
+def test_a_multiagent_run_naming_a_module_is_refused_until_allowed(multiagent_run, tmp_path, command):
+    trace = tmp_path / "trace"
+    proc = _run([a.format(root=multiagent_run) for a in command], trace)
+    assert proc.returncode == 2 and "import module 'tests.trace_code'" in proc.stderr, proc.stderr
+    assert "--trust" in proc.stderr and "Traceback" not in proc.stderr
+    assert not trace.exists()
+
+
+def test_exporting_a_multiagent_run_imports_nothing_it_names(multiagent_run, tmp_path):
+    trace = tmp_path / "trace"
+    proc = _run(["export", str(multiagent_run / "run"), "--format", "torchscript", "-o", str(tmp_path / "out")], trace)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "shared.pt").is_file() and not trace.exists()

@@ -25,3 +25,10 @@ def make_env(**kwargs):
 def reward(prompts, completions):
     _trace("reward called")
     return [0.0] * len(completions)
+
+
+def make_parallel_env(**kwargs):
+    _trace("parallel env made")
+    from tests.multiagent.envs import leaky
+
+    return leaky(**kwargs)

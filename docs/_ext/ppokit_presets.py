@@ -19,7 +19,7 @@ from sphinx.util.docutils import SphinxDirective
 from sphinx.util.nodes import make_id
 
 #: Presets that serve a family of env ids: (an example id, the ids they serve).
-FAMILIES = {"minigrid": ("minigrid:MiniGrid-DoorKey-5x5-v0", "MiniGrid-*")}
+FAMILIES = {"minigrid": ("minigrid:MiniGrid-DoorKey-5x5-v0", "MiniGrid-*"), "mpe": ("mpe2.simple_spread_v3", "mpe2.*")}
 
 
 def ale_alias(name: str) -> str | None:
@@ -66,13 +66,21 @@ class PresetsDirective(SphinxDirective):
     def run(self) -> list[nodes.Node]:
         from ppokit.control.config import ControlConfig
         from ppokit.control.presets import default_preset_for, list_presets, load_preset
+        from ppokit.multiagent.config import MultiAgentConfig
 
-        defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else
+        def defaults_of(cls: type) -> dict[str, Any]:
+            return {f.name: (f.default if f.default is not dataclasses.MISSING else
                              f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-                    for f in dataclasses.fields(ControlConfig)}
+                    for f in dataclasses.fields(cls)}
+
+        control = defaults_of(ControlConfig)
+        multiagent = defaults_of(MultiAgentConfig)
         sections: list[nodes.Node] = []
         for name, description in list_presets().items():
             settings = load_preset(name)
+            # A preset that sets a multi-agent field (mpe: critic) is MultiAgentConfig's, defaults and all.
+            multi = bool(set(settings) - set(control) & set(multiagent))
+            cls, defaults = (MultiAgentConfig, multiagent) if multi else (ControlConfig, control)
             section = nodes.section()
             section["ids"].append(make_id(self.env, self.state.document, "preset", name))
             section["names"].append(nodes.fully_normalize_name(f"preset {name}"))
@@ -109,7 +117,7 @@ class PresetsDirective(SphinxDirective):
                 para += nodes.literal(command, command)
                 para += nodes.Text(".")
             section += para
-            rows = [(field_link(ControlConfig.__name__, key) if key in defaults else nodes.literal(key, key),
+            rows = [(field_link(cls.__name__, key) if key in defaults else nodes.literal(key, key),
                      yaml_value(value), yaml_value(defaults[key]) if key in defaults else "(not a field)")
                     for key, value in settings.items()]
             section += settings_table(rows)

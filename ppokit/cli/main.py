@@ -46,12 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     train = sub.add_parser(
-        "train", help="train an agent on a Gymnasium env",
+        "train", help="train an agent on a Gymnasium env (or agents on a PettingZoo env)",
         description="Train with PPO. Settings come from, in increasing priority: ppokit's defaults, "
         "the preset (the one named after ENV_ID when there is one), --config, the flags, --set.",
         epilog=config_fields_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    train.add_argument("env_id", nargs="?", help="Gymnasium env id, or module:EnvClass (default: from the preset/config)")
+    train.add_argument("env_id", nargs="?", help="Gymnasium env id, or module:EnvClass; or a PettingZoo env module "
+                       "(mpe2.simple_spread_v3) for a multi-agent run (default: from the preset/config)")
     train.add_argument("--preset", help="named preset (see `ppokit presets`); default: the one for ENV_ID if any")
     train.add_argument("--no-preset", action="store_true", help="ignore the env's default preset")
     train.add_argument("--config", help="YAML file of config fields")
@@ -80,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("run_dir", help="the run directory")
     _add_trust_flags(rs, "resuming")
     budget = rs.add_mutually_exclusive_group()
-    budget.add_argument("--total-steps", type=int, help="control runs: train to this many env steps instead of the run's own total")
+    budget.add_argument("--total-steps", type=int, help="control and multi-agent runs: train to this many env steps "
+                        "instead of the run's own total")
     budget.add_argument("--total-updates", type=int, help="RLHF runs: train to this many PPO updates instead of the run's own total")
     rs.add_argument("--data", metavar="FILE", help="RLHF runs: the data file the run names, given again to allow "
                     "reading it (else --trust)")
@@ -116,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="file format (default onnx)")
     ex.add_argument("-o", "--output", required=True, metavar="FILE",
                     help="the file to write (not a device, FIFO, link or directory, nor inside a run's model, "
-                    "checkpoints or tensorboard)")
+                    "checkpoints or tensorboard); a multi-agent run: a directory, given one file per policy group "
+                    "(<group>.onnx or .pt) and policies.json")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing FILE (once the new one is complete)")
     ex.add_argument("--action-mask", action="store_true",
                     help="give the file an action_mask input (automatic when the policy reads masks from its observations)")
@@ -167,10 +170,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ppokit.io.run_dir import check_resume_flags
 
     config, preset = resolve_train_config(args)
-    check_env_id(config.env_id)
+    multi = _is_multiagent_config(config)
+    if not multi:
+        check_env_id(config.env_id)
     check_resume_flags(args.resume, args.overwrite, config.run_dir)
     if config.run_dir is not None:  # before anything is made or said
         check_run_dir(config.run_dir, group=args.seeds is not None)
+    if multi:
+        from ppokit.cli import multiagent
+
+        return multiagent.train(args, config, preset, _run_learn, _eval_line)
     if args.seeds is not None:
         if in_worker():  # torchrun started this process: refuse before joining the job
             check_nproc(int(os.environ.get("WORLD_SIZE", "2")), args.seeds)
@@ -183,6 +192,12 @@ def cmd_train(args: argparse.Namespace) -> int:
               + (f" in {world} processes" if world > 1 else ""), file=sys.stderr)
     _run_learn(agent, overwrite=args.overwrite, resume=args.resume)
     return _report_run(agent)
+
+
+def _is_multiagent_config(config: Any) -> bool:
+    from ppokit.cli.multiagent import _is_multiagent_config as check
+
+    return check(config)
 
 
 def _train_seeds(args: argparse.Namespace, config: ControlConfig, preset: str | None) -> int:
@@ -269,12 +284,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
             out = home / "evals" / f"eval_{stamp}-{n}.json"
     if args.video:
         check_output(args.video, kind="dir", overwrite=args.overwrite, flag="--video")
-    agent = PPO.load(model_dir, trust=args.trust, progress=False, **({"env_id": args.env} if args.env else {}))
-    result = agent.evaluate(args.episodes, deterministic=args.deterministic, seed=args.seed,
-                            video_dir=args.video)
+    from ppokit.cli import multiagent
+
+    if multiagent.is_multiagent_dir(model_dir):
+        result = multiagent.load(args, model_dir).evaluate(args.episodes, deterministic=args.deterministic,
+                                                           seed=args.seed)
+    else:
+        agent = PPO.load(model_dir, trust=args.trust, progress=False, **({"env_id": args.env} if args.env else {}))
+        result = agent.evaluate(args.episodes, deterministic=args.deterministic, seed=args.seed,
+                                video_dir=args.video)
     atomic_write_json(out, result)
     out = Path(args.out) if args.out else out
     print(_eval_line(result))
+    if "agent_returns" in result:
+        print(multiagent.agent_line(result))
     if args.video:
         print(f"videos: {args.video}")
     print(f"wrote {out}")
@@ -287,6 +310,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ppokit.io.run_info import refuse_group
 
     refuse_group(args.run_dir, "export")
+    from ppokit.cli import multiagent
+
+    if multiagent.is_multiagent_dir(args.run_dir):
+        return multiagent.export(args)
     # Loading makes no env, so nothing the saved files name is imported.
     agent = PPO.load(args.run_dir, progress=False)
     path = export_policy(agent, args.output, args.format, action_mask=args.action_mask or None,
@@ -335,9 +362,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     run_dir = Path(args.run_dir)
     if (run_dir / "seeds.json").is_file():  # a group of seeds (train --seeds)
+        from ppokit.cli import multiagent
         from ppokit.control.seeds import SeedGroup
 
         _refuse_rlhf_flags(args, run_dir)
+        if multiagent.is_multiagent_dir(run_dir):
+            return multiagent.resume_group(args, _run_learn, _eval_line)
 
         group = SeedGroup.resume(run_dir, trust=args.trust, **({"progress": False} if args.no_progress else {}))
         _run_learn(group, total_steps=args.total_steps)
@@ -377,6 +407,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
         if args.data is not None:
             overrides["data"] = args.data
         return resume_ppo(run_dir, args.total_updates, overrides, trust=args.trust, rewards=args.rewards)
+    if kind == "ppokit.multiagent":
+        from ppokit.cli import multiagent
+
+        return multiagent.resume(args, run_dir, checkpoint, _run_learn, _eval_line)
     if kind != "ppokit.control":
         raise CheckpointError(f"{checkpoint / RESUME_FILE}: unknown run kind {kind!r}")
     if args.total_updates is not None:
@@ -444,6 +478,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif getattr(args, "nproc", 1) != 1:
         try:
             check_nproc(args.nproc, getattr(args, "seeds", None))
+            from ppokit.cli.multiagent import refuse_processes
+
+            refuse_processes(args)
         except PPOKitError as err:
             print(f"ppokit: error: {err}", file=sys.stderr)
             return EXIT_USAGE

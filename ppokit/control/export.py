@@ -12,7 +12,13 @@ added). Inputs and outputs, by name (ONNX) or position (TorchScript):
 * with an action mask: ``obs, action_mask`` (bool, one per action; true = allowed) → ``action``;
 * a recurrent policy: ``obs, [action_mask,] state, episode_start`` → ``action, new_state``. ``state`` is
   float32 ``[batch, state_size]`` (zeros for a fresh episode; LSTM ``h`` and ``c`` side by side),
-  ``episode_start`` bool ``[batch]`` (true where an episode begins: the state is reset there).
+  ``episode_start`` bool ``[batch]`` (true where an episode begins: the state is reset there);
+* a multi-agent group's shared policy that reads its agents' index (``agent_id``) takes
+  ``obs, agent_id, ...``: ``agent_id`` float32 ``[batch, agents in the group]``, the agent's one-hot
+  index in its group, appended to the normalised observation as in training.
+
+:func:`export_policy` exports a :class:`~ppokit.control.agent.PPO`; :func:`export_parts` any policy
+given by its :class:`PolicyParts` (a multi-agent group's, one file per group).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -33,6 +40,8 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 from ppokit.control.policy.actions import action_width
+from ppokit.control.policy.networks import ActorCritic
+from ppokit.core.running_stats import RunningMeanStd
 from ppokit.errors import ConfigError
 from ppokit.io.atomic import current_umask, refuse_non_regular, reported_os_errors
 from ppokit.io.outputs import check_output
@@ -42,6 +51,31 @@ if TYPE_CHECKING:
 
 Format = Literal["onnx", "torchscript"]
 FORMATS: tuple[Format, ...] = ("onnx", "torchscript")
+
+
+@dataclass
+class PolicyParts:
+    """What an exported file is made of: the policy and what it reads and returns."""
+
+    policy: ActorCritic
+    #: What the policy reads (the observation reader's space: images as uint8, the rest flattened).
+    observation_space: spaces.Space
+    action_space: spaces.Space
+    obs_rms: RunningMeanStd | None
+    clip_obs: float
+    #: Size of the one-hot agent index appended to the normalised observation (0: none).
+    agent_ids: int = 0
+
+    @classmethod
+    def of(cls, agent: PPO) -> PolicyParts:
+        return cls(agent.policy, agent.observation_space, agent.action_space, agent.obs_rms,
+                   float(agent.config.clip_obs))
+
+
+def input_names(action_mask: bool, recurrent: bool, agent_ids: int = 0) -> list[str]:
+    """The exported file's inputs, in order (see the module doc)."""
+    return (["obs"] + ["agent_id"] * bool(agent_ids) + ["action_mask"] * action_mask
+            + ["state", "episode_start"] * recurrent)
 
 
 class DeterministicPolicy(nn.Module):
@@ -54,9 +88,9 @@ class DeterministicPolicy(nn.Module):
     high: Tensor
     start: Tensor
 
-    def __init__(self, agent: PPO, action_mask: bool) -> None:
+    def __init__(self, parts: PolicyParts, action_mask: bool) -> None:
         super().__init__()
-        space = agent.action_space
+        space = parts.action_space
         self.mixed = isinstance(space, (spaces.Tuple, spaces.Dict))
         #: (output name, space) of each action part: the space itself unless it is a Tuple or Dict.
         self.parts: list[tuple[str, spaces.Space]] = [("action", space)]
@@ -71,12 +105,13 @@ class DeterministicPolicy(nn.Module):
         if action_mask and any(isinstance(part, spaces.Box) for _, part in self.parts):
             raise ConfigError("export: an action mask needs Discrete or MultiDiscrete actions")
         # A frozen CPU copy: exporting leaves the agent's own policy (device, training mode) as it was.
-        self.policy = copy.deepcopy(agent.policy).to("cpu").eval().requires_grad_(False)
-        self.recurrent = agent.policy.core is not None
+        self.policy = copy.deepcopy(parts.policy).to("cpu").eval().requires_grad_(False)
+        self.recurrent = parts.policy.core is not None
         self.action_mask = action_mask
-        self.image = agent.observation_space.dtype == np.uint8
-        self.clip_obs = float(agent.config.clip_obs)
-        rms = agent.obs_rms
+        self.image = parts.observation_space.dtype == np.uint8
+        self.clip_obs = float(parts.clip_obs)
+        self.agent_ids = parts.agent_ids
+        rms = parts.obs_rms
         self.normalize = rms is not None and not self.image
         if rms is not None:
             # RunningMeanStd.normalize_array's float64 statistics, rounded once to float32.
@@ -96,7 +131,7 @@ class DeterministicPolicy(nn.Module):
                 self.register_buffer(f"start_{i}", torch.as_tensor(np.asarray(part.start), dtype=torch.int64))
 
     def act(self, obs: Tensor, mask: Tensor | None = None, state: Tensor | None = None,
-            starts: Tensor | None = None) -> Any:
+            starts: Tensor | None = None, ids: Tensor | None = None) -> Any:
         x = obs
         if self.normalize:
             x = ((obs.float() - self.obs_mean) * self.obs_inv_std).clamp(-self.clip_obs, self.clip_obs)
@@ -104,6 +139,8 @@ class DeterministicPolicy(nn.Module):
                 x = torch.where(self.obs_keep, obs.float(), x)
         elif not self.image:
             x = obs.float()
+        if ids is not None:
+            x = torch.cat([x.reshape(x.shape[0], -1), ids.float()], dim=1)
         if state is not None and starts is not None:
             action, _, _, state = self.policy.step(x, state, starts.bool(), mask, True)
             return (*self._to_env(action), state)
@@ -123,10 +160,12 @@ class DeterministicPolicy(nn.Module):
                 out.append(whole.long() + getattr(self, f"start_{i}"))
         return tuple(out)
 
-    def example_inputs(self, agent: PPO, batch: int = 2) -> tuple[Tensor, ...]:
-        space = agent.observation_space
+    def example_inputs(self, parts: PolicyParts, batch: int = 2) -> tuple[Tensor, ...]:
+        space = parts.observation_space
         obs = torch.as_tensor(np.stack([space.sample() for _ in range(batch)]))
         inputs = [obs if self.image else obs.float()]
+        if self.agent_ids:
+            inputs.append(torch.eye(self.agent_ids)[torch.arange(batch) % self.agent_ids])
         if self.action_mask:
             inputs.append(torch.ones(batch, sum(self.policy.spec.action_dims), dtype=torch.bool))
         if self.recurrent:
@@ -134,7 +173,7 @@ class DeterministicPolicy(nn.Module):
         return tuple(inputs)
 
     def input_names(self) -> list[str]:
-        return ["obs"] + ["action_mask"] * self.action_mask + ["state", "episode_start"] * self.recurrent
+        return input_names(self.action_mask, self.recurrent, self.agent_ids)
 
     def output_names(self) -> list[str]:
         return [name for name, _ in self.parts] + ["new_state"] * self.recurrent
@@ -161,6 +200,35 @@ class _MaskedRecurrent(DeterministicPolicy):
         return self.act(obs, action_mask, state, episode_start)
 
 
+# The same, with a shared multi-agent policy's one-hot agent index after the observation.
+class _Ids(DeterministicPolicy):
+    def forward(self, obs: Tensor, agent_id: Tensor) -> Any:
+        return self.act(obs, ids=agent_id)
+
+
+class _MaskedIds(DeterministicPolicy):
+    def forward(self, obs: Tensor, agent_id: Tensor, action_mask: Tensor) -> Any:
+        return self.act(obs, action_mask, ids=agent_id)
+
+
+class _RecurrentIds(DeterministicPolicy):
+    def forward(self, obs: Tensor, agent_id: Tensor, state: Tensor, episode_start: Tensor) -> Any:
+        return self.act(obs, None, state, episode_start, ids=agent_id)
+
+
+class _MaskedRecurrentIds(DeterministicPolicy):
+    def forward(self, obs: Tensor, agent_id: Tensor, action_mask: Tensor, state: Tensor, episode_start: Tensor) -> Any:
+        return self.act(obs, action_mask, state, episode_start, ids=agent_id)
+
+
+#: The layout of each (action mask, recurrent, agent index) combination.
+LAYOUTS: dict[tuple[bool, bool, bool], type[DeterministicPolicy]] = {
+    (False, False, False): _Plain, (True, False, False): _Masked, (False, True, False): _Recurrent,
+    (True, True, False): _MaskedRecurrent, (False, False, True): _Ids, (True, False, True): _MaskedIds,
+    (False, True, True): _RecurrentIds, (True, True, True): _MaskedRecurrentIds,
+}
+
+
 def export_policy(agent: PPO, path: str | Path, fmt: Format, action_mask: bool | None = None, *,
                   overwrite: bool = True, flag: str = "path") -> Path:
     """Write ``agent``'s deterministic policy to ``path`` as ``fmt`` (see the module doc); returns the path.
@@ -170,6 +238,12 @@ def export_policy(agent: PPO, path: str | Path, fmt: Format, action_mask: bool |
     (:func:`ppokit.io.outputs.check_output`): never a device, FIFO, link or directory, nor inside a
     run's or a saved model's directories; an existing file is replaced only with ``overwrite``
     (the default here; ``ppokit export`` asks for ``--overwrite``). ``flag``: how errors name the path."""
+    return export_parts(PolicyParts.of(agent), path, fmt, action_mask, overwrite=overwrite, flag=flag)
+
+
+def export_parts(parts: PolicyParts, path: str | Path, fmt: Format, action_mask: bool | None = None, *,
+                 overwrite: bool = True, flag: str = "path") -> Path:
+    """:func:`export_policy` of the policy ``parts`` describe."""
     if fmt not in FORMATS:
         raise ConfigError(f"export: unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if fmt == "onnx":
@@ -179,11 +253,9 @@ def export_policy(agent: PPO, path: str | Path, fmt: Format, action_mask: bool |
         except ImportError as err:
             raise ConfigError(f"export to ONNX needs onnx and onnxscript: pip install 'ppokit[export]' ({err})") from None
     target = check_output(path, overwrite=overwrite, flag=flag)
-    mask = agent.policy.spec.action_mask if action_mask is None else action_mask
-    layout = {(False, False): _Plain, (True, False): _Masked, (False, True): _Recurrent,
-              (True, True): _MaskedRecurrent}[(mask, agent.policy.core is not None)]
-    module = layout(agent, mask)
-    inputs = module.example_inputs(agent)
+    mask = parts.policy.spec.action_mask if action_mask is None else action_mask
+    module = LAYOUTS[(mask, parts.policy.core is not None, parts.agent_ids > 0)](parts, mask)
+    inputs = module.example_inputs(parts)
     with reported_os_errors(path):
         target.parent.mkdir(parents=True, exist_ok=True)
         # Written to a fresh name beside the target and renamed over it: a failed export leaves any

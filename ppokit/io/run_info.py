@@ -61,7 +61,8 @@ def _first_line(err: BaseException) -> str:
 
 
 def run_kind(config: dict[str, Any]) -> str:
-    """'control', 'rlhf ppo', 'reward' or 'sft', from the fields a run's config.yaml has."""
+    """'control', 'rlhf ppo', 'reward' or 'sft', from the fields a run's config.yaml has. A multi-agent
+    run is 'control' here (the same counters, curves and files; :func:`is_multiagent_config` tells it apart)."""
     if "env_id" in config:
         return "control"
     if "total_updates" in config:
@@ -71,6 +72,15 @@ def run_kind(config: dict[str, Any]) -> str:
     if "response_column" in config:
         return "sft"
     raise CheckpointError("config.yaml is not the config of a ppokit run (no env_id, total_updates or data columns)")
+
+
+#: Fields only a multi-agent run's config has (``ppokit.multiagent.MultiAgentConfig``).
+MULTIAGENT_FIELDS = ("critic", "policies")
+
+
+def is_multiagent_config(config: dict[str, Any]) -> bool:
+    """Whether a run's config.yaml is a multi-agent run's (PettingZoo env, ``ppokit.multiagent``)."""
+    return "env_id" in config and all(field in config for field in MULTIAGENT_FIELDS)
 
 
 def read_config(run_dir: Path) -> tuple[dict[str, Any], str]:
@@ -120,6 +130,8 @@ def describe_run(run_dir: str | Path) -> list[str]:
         lines.append(f"progress: {step:,} of {planned:,} env steps ({last.get('update', '?') if last else 0} updates)")
         state = read_json(run_dir / "model" / "state.json")
         done = state is not None and _count(state, "global_step", run_dir / "model", default=-1) >= planned
+        if is_multiagent_config(config):
+            lines.append(_groups(run_dir, state))
     elif kind == "rlhf ppo":
         update, total = int(last["update"]) if last else 0, _count(config, "total_updates", run_dir / "config.yaml")
         lines.append(f"progress: {update} of {total} PPO updates")
@@ -160,8 +172,10 @@ def describe_group(run_dir: Path) -> list[str]:
     seeds = group.get("seeds") if group else None
     if not isinstance(seeds, list) or not seeds or not all(isinstance(k, int) and not isinstance(k, bool) for k in seeds):
         raise CheckpointError(f"{run_dir / GROUP_FILE}: not a seed group's file (no list of seeds)")
-    lines = [f"{run_dir}: a group of {len(seeds)} seeds trained together ({', '.join(map(str, seeds))}; "
-             f"{GROUP_FILE}), control PPO on {group.get('env_id') if group else '?'}"]
+    multi = group is not None and group.get("front_end") == "multiagent"  # trained one after another
+    lines = [f"{run_dir}: a group of {len(seeds)} seeds trained {'one after another' if multi else 'together'} "
+             f"({', '.join(map(str, seeds))}; {GROUP_FILE}), {'multi-agent' if multi else 'control'} PPO on "
+             f"{group.get('env_id') if group else '?'}"]
     finished = True
     for seed in seeds:
         member = run_dir / f"seed_{seed}"
@@ -190,12 +204,25 @@ def _count(data: dict[str, Any], field: str, where: Path, default: int | None = 
 
 
 def _what(kind: str, config: dict[str, Any]) -> str:
+    if kind == "control" and is_multiagent_config(config):
+        return f"multi-agent PPO ({str(config['critic']).upper()}) on {config['env_id']}"
     if kind == "control":
         return f"control PPO on {config['env_id']}"
     if kind == "rlhf ppo":
         rewards = ", ".join(redact_text(str(r)) for r in config.get("rewards") or []) or "none"
         return f"RLHF PPO of {config.get('policy')} on {config.get('data')} (rewards: {rewards})"
     return f"{'reward model' if kind == 'reward' else 'supervised fine-tuning'} of {config.get('model')} on {config.get('data')}"
+
+
+def _groups(run_dir: Path, state: dict[str, Any] | None) -> str:
+    """The policy groups and their agents, as the run's saved model (or its latest checkpoint) records them."""
+    if state is None:
+        latest = latest_checkpoint(run_dir)
+        state = read_json(latest / "state.json") if latest is not None else None
+    groups = state.get("groups") if state is not None else None
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        return "policies: not saved yet"
+    return "policies: " + "; ".join(f"{g.get('name')} -> {', '.join(map(str, g.get('agents') or []))}" for g in groups)
 
 
 def _evaluation(kind: str, run_dir: Path) -> str:

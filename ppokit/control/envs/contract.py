@@ -119,9 +119,11 @@ MULTI_AGENT = "ppokit.MultiAgentPPO (docs/guides/multi-agent.md)"
 _NEXT_STEP = (gym.vector.AutoresetMode.NEXT_STEP, "NextStep", "next_step")
 
 
-def foreign_env_hint(obj: Any) -> str:
+def foreign_env_hint(obj: Any, env_id: str | None = None) -> str:
     """What to use instead of ``obj`` when it is another library's multi-agent or vector env that
-    ``PPO`` cannot train on ("" for anything else), as a clause to end a refusal with.
+    ``PPO`` cannot train on ("" for anything else), as a clause to end a refusal with. ``env_id``:
+    the id that made it, for the command that trains a PettingZoo env's factory as a multi-agent run
+    (``ppokit train`` takes a ``module:function`` as control's unless a multi-agent field is set).
 
     SuperSuit's vector envs (``pettingzoo_env_to_vec_env_v1``, ``concat_vec_envs_v1``, with or without
     ``black_death_v3``) subclass ``VectorEnv`` but keep Stable-Baselines3's conventions: the unbatched
@@ -137,7 +139,9 @@ def foreign_env_hint(obj: Any) -> str:
                 "list of infos, an undeclared same-step reset), which ppokit cannot train on: give the PettingZoo env "
                 f"to {MULTI_AGENT}")
     if package == "pettingzoo" or hasattr(inner, "possible_agents"):
-        return f"; a PettingZoo env has many agents: train it with {MULTI_AGENT}"
+        command = (f" (on the command line: ppokit train {env_id} --set critic=mappo, or critic=ippo)"
+                   if env_id is not None else "")
+        return f"; a PettingZoo env has many agents: train it with {MULTI_AGENT}{command}"
     if package in ("stable_baselines3", "sb3_contrib"):
         return "; a Stable-Baselines3 VecEnv is not a Gymnasium vector env: pass the Gymnasium env or its factory"
     return ""

@@ -247,7 +247,7 @@ def make_single_env(env_id: str, env_kwargs: dict[str, Any] | None = None, *, pr
             env = factory(**kwargs)
             if not isinstance(env, gym.Env):
                 raise EnvError(f"env id {env_id!r}: the factory returned {type(env).__name__}, not a gymnasium.Env"
-                               f"{foreign_env_hint(env)}")
+                               f"{foreign_env_hint(env, env_id)}")
         else:
             _spec(_registered_id(env_id))
             env = gym.make(_registered_id(env_id), **kwargs)

@@ -1,7 +1,8 @@
 """Named presets: tuned hyperparameters shipped as YAML files in this package (``ppokit/control/presets``).
 
 A preset named after an env id (``CartPole-v1``) is the default for that env; other presets
-(``CartPole-v1-cleanrl``) are alternatives a user picks with ``--preset``.
+(``CartPole-v1-cleanrl``) are alternatives a user picks with ``--preset``. A preset that sets a
+multi-agent field (``mpe``: ``critic``) is a multi-agent run's (``ppokit.cli.train_config.is_multiagent``).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def load_preset(name: str) -> dict[str, Any]:
 def default_preset_for(env_id: str) -> str | None:
     """The preset named after ``env_id``; an Atari game's is named by its ``<Game>NoFrameskip-v4`` id
     and serves ``ALE/<Game>-v5`` too (the same game, with sticky actions); every ``MiniGrid-*`` id
-    (``minigrid:MiniGrid-DoorKey-5x5-v0`` as well) gets the ``minigrid`` preset."""
+    (``minigrid:MiniGrid-DoorKey-5x5-v0`` as well) gets the ``minigrid`` preset, and every MPE env
+    of the ``mpe2`` package (``mpe2.simple_spread_v3``, ``mpe2:simple_spread_v3``) the ``mpe`` one."""
     files = _preset_files()
     if env_id in files:
         return env_id
@@ -57,4 +59,6 @@ def default_preset_for(env_id: str) -> str | None:
     alias = f"{ale.group(1)}NoFrameskip-v4" if ale else None
     if re.fullmatch(r"(minigrid:)?MiniGrid-[\w-]+", env_id):
         alias = "minigrid"
+    if re.fullmatch(r"mpe2[.:]\w+", env_id):
+        alias = "mpe"
     return alias if alias in files else None
