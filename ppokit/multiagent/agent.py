@@ -106,6 +106,8 @@ class MultiAgentPPO:
             log.info("adapted %s", note)
         self.config = config
         self._factory = env
+        #: Where the env id came from while making it needs the user's consent (a file read back); None in code.
+        self._unvouched: str | None = None
         self.device = runtime.setup(config.seed, config.device, config.torch_threads)
         #: The processes of a data-parallel run (one process: a no-op), each with its own env copies.
         self.collective = runtime.join_processes(self.device, config.dist_backend, config.dist_timeout,
@@ -130,6 +132,8 @@ class MultiAgentPPO:
         if c.env_id.startswith("<object"):
             raise EnvError(f"this run's env was an object given in code ({c.env_id}); pass it again: "
                            "MultiAgentPPO.load(path, env=make_env)")
+        if self._unvouched is not None:
+            require_consent(c.env_id, self._unvouched)
         return make_env(c.env_id, c.env_kwargs, factory=resolve_factory(c.env_id))
 
     def _make_envs(self, n: int) -> list[AgentEnv]:
@@ -274,8 +278,11 @@ class MultiAgentPPO:
         if len(self.groups) > 1:
             for group, stats in zip(self.groups, per_group):
                 record.update({f"{group.group.name}/{k}": stats[k] for k in GROUP_STATS if k in stats})
-        for monitor, stats in zip(self.health, per_group):
-            monitor.check({**record, **stats}, fraction, self.num_updates)
+        for group, monitor, stats in zip(self.groups, self.health, per_group):
+            found = monitor.check({**record, **stats}, fraction, self.num_updates)
+            if found:  # the row keeps them, as control's does (a group's named when there are several)
+                prefix = f"{group.group.name}: " if len(self.groups) > 1 else ""
+                record.setdefault("warnings", []).extend(prefix + w for w in found)
         return record
 
     def _train(self, group: PolicyGroup, batch: ControlBatch | SequenceBatch, fraction: float) -> dict[str, Any]:
@@ -447,8 +454,8 @@ class MultiAgentPPO:
         agent = cls.__new__(cls)
         agent.config = checkpointing.saved_config(model_dir, state, overrides)
         agent._factory = env
-        if env is None and not trust and "env_id" not in overrides and not agent.config.env_id.startswith("<object"):
-            require_consent(agent.config.env_id, str(model_dir / checkpointing.STATE_FILE))
+        agent._unvouched = (None if env is not None or trust or "env_id" in overrides
+                            else str(model_dir / checkpointing.STATE_FILE))
         runtime.set_threads(agent.config.torch_threads)
         agent.device = runtime.resolve_device(agent.config.device)
         agent.collective = runtime.join_processes(agent.device, agent.config.dist_backend, agent.config.dist_timeout,

@@ -71,7 +71,10 @@ def resolve_factory(env_id: str) -> Callable[..., Any]:
         try:
             target = getattr(target, attr)
         except AttributeError:
-            raise ConfigError(f"config field 'env_id' = {env_id!r}: module {module_name!r} has no {attr!r}") from None
+            try:  # 'mpe2:simple_spread_v3': an env module inside the package
+                target = import_user_module(f"{module_name}.{attr}")
+            except ImportError:
+                raise ConfigError(f"config field 'env_id' = {env_id!r}: module {module_name!r} has no {attr!r}") from None
     if isinstance(target, types.ModuleType):
         for name in ("parallel_env", "env"):
             if callable(getattr(target, name, None)):

@@ -194,8 +194,9 @@ def test_loading_a_run_whose_env_is_not_pettingzoos_own_needs_consent(tmp_path: 
     config = MultiAgentConfig(env_id="tests.multiagent.envs:leaky", critic="ippo", num_envs=1, num_steps=12,
                               total_steps=12, **QUIET)
     MultiAgentPPO(config).learn(run_dir=tmp_path / "run")
+    untrusted = MultiAgentPPO.load(tmp_path / "run")  # the weights alone: nothing is imported yet
     with pytest.raises(UntrustedCodeError, match="would import module 'tests.multiagent.envs'"):
-        MultiAgentPPO.load(tmp_path / "run")
+        untrusted.evaluate(1)
     loaded = MultiAgentPPO.load(tmp_path / "run", trust=True)
     assert loaded.evaluate(2)["episodes"] == 2
 
