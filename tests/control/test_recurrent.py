@@ -12,6 +12,7 @@ from ppokit import PPO, ControlConfig
 from ppokit.configuration import replace
 from ppokit.control.algorithm import make_sequence_batch
 from ppokit.errors import ConfigError
+from tests.seed_votes import median_passes
 
 
 def _config(tmp_path, name="run", recurrent="lstm", **changes) -> ControlConfig:
@@ -91,8 +92,11 @@ def test_cartpole_without_velocities_needs_memory(tmp_path):
         PPO(config).learn()
         return json.loads((tmp_path / name / "eval.json").read_text())["mean_return"]
 
-    assert np.median([run("lstm", seed) for seed in (1, 2, 3)]) >= 450.0
-    assert np.median([run(None, seed) for seed in (1, 2, 3)]) <= 150.0
+    # The median of three is decided by the first two seeds when they agree (tests/seed_votes.py).
+    solved, returns = median_passes(lambda seed: run("lstm", seed), (1, 2, 3), lambda r: r >= 450.0)
+    assert solved, returns
+    unsolved, returns = median_passes(lambda seed: run(None, seed), (1, 2, 3), lambda r: r <= 150.0)
+    assert unsolved, returns
 
 
 @pytest.mark.learning
