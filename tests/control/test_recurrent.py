@@ -107,10 +107,11 @@ def test_recurrence_masks_and_dict_observations_combine(tmp_path):
     import json
 
     config = ControlConfig(env_id="tests.envs:LowestValidEnv", env_kwargs={"strict": True, "in_obs": True},
-                           num_envs=8, num_steps=32, num_minibatches=4, num_epochs=4, total_steps=8 * 32 * 60,
+                           num_envs=8, num_steps=32, num_minibatches=4, num_epochs=4, total_steps=8 * 32 * 30,
                            learning_rate=1e-3, recurrent="gru", recurrent_size=64, hidden_sizes=[64],
                            normalize_reward=True, progress=False, tensorboard=False, eval_episodes=10,
                            run_dir=str(tmp_path / "run"), seed=1)
     agent = PPO(config).learn()
     assert agent.policy.core is not None and agent.policy.spec.action_mask
-    assert json.loads((tmp_path / "run" / "eval.json").read_text())["mean_return"] >= 15.0  # of 16; untrained about 5
+    # Of 16; untrained about 5. Seeds 1, 2 and 3 all reach 16.0 in these 30 updates (and in 60).
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["mean_return"] >= 15.0
