@@ -8,6 +8,7 @@ import yaml
 from ppokit import PPO, ControlConfig
 from ppokit.control.config import DISCRETE_ENT_COEF
 from ppokit.control.policy.actions import all_discrete
+from tests.seed_votes import median_passes
 
 BOX = gym.spaces.Box(-1.0, 1.0, (2,), dtype=np.float32)
 
@@ -44,19 +45,23 @@ def test_the_run_records_the_value_it_used(tmp_path, env_id, ent_coef):
 # seeds is asserted: one seed's result moves with any change in rounding (CartPole's seed 1 reached
 # 328 after the fast path's fused products; with a fresh install on 2026-12-07 (numpy 2.4.6, Gymnasium
 # 1.4.0, torch 2.13.0) seed 3 reaches 445, at the code of the day before too, and seeds 2, 4 to 8 all
-# 500), so CartPole takes five.
+# 500), so CartPole takes five. They run in the order 2, 4, 5, 1, 3 (the steady ones first) so that a
+# majority is usually reached in three runs; the order cannot change the median's verdict.
 @pytest.mark.learning
 @pytest.mark.parametrize("env_id, steps, threshold, seeds", [
-    ("CartPole-v1", 40_000, 475.0, (1, 2, 3, 4, 5)),
+    ("CartPole-v1", 40_000, 475.0, (2, 4, 5, 1, 3)),
     ("Acrobot-v1", 50_000, -100.0, (1, 2, 3)),
     ("Pendulum-v1", 100_000, -300.0, (1, 2, 3)),
 ])
 def test_the_general_defaults_learn_small_tasks_in_small_budgets(tmp_path, env_id, steps, threshold, seeds):
-    returns = []
-    for seed in seeds:
+    def run(seed: int) -> float:
         agent = PPO(ControlConfig(env_id=env_id, total_steps=steps, seed=seed, progress=False, tensorboard=False,
                                   eval_episodes=0, run_dir=str(tmp_path / f"run{seed}")))
         agent.learn()
-        returns.append(agent.evaluate(episodes=10)["mean_return"])
+        result = agent.evaluate(episodes=10)["mean_return"]
         agent.close()
-    assert sorted(returns)[len(returns) // 2] >= threshold, returns
+        return result
+
+    # Seeds run until a majority has passed or failed: the median's verdict, with fewer runs (tests/seed_votes.py).
+    learned, returns = median_passes(run, seeds, lambda r: r >= threshold)
+    assert learned, returns

@@ -48,12 +48,31 @@ def _parts(actions):
     return list(actions) if isinstance(actions, tuple) else [actions]
 
 
-def _trained(tmp_path, env_id, env_kwargs, changes):
-    config = ControlConfig(env_id=env_id, env_kwargs=env_kwargs, num_envs=2, num_steps=64, num_minibatches=2,
-                           num_epochs=2, total_steps=256, progress=False, tensorboard=False, eval_episodes=0,
-                           **changes)
-    PPO(config).learn(run_dir=tmp_path / "run")
-    return PPO.load(tmp_path / "run", trust=True)
+@pytest.fixture(scope="module")
+def trained_runs(tmp_path_factory):
+    """``run_dir(env_id, env_kwargs, changes)``: a short run of that setting, trained once for the module.
+
+    Both formats of a case, and the tests below that need the same setting, read one run's files
+    (only read: exporting and loading never write into a run), so each setting trains once."""
+    runs: dict[str, Path] = {}
+
+    def run_dir(env_id, env_kwargs, changes) -> Path:
+        key = repr((env_id, sorted(env_kwargs.items()), sorted(changes.items())))
+        if key not in runs:
+            runs[key] = tmp_path_factory.mktemp("trained") / "run"
+            config = ControlConfig(env_id=env_id, env_kwargs=env_kwargs, num_envs=2, num_steps=64,
+                                   num_minibatches=2, num_epochs=2, total_steps=256, progress=False,
+                                   tensorboard=False, eval_episodes=0, **changes)
+            PPO(config).learn(run_dir=runs[key]).close()
+        return runs[key]
+
+    return run_dir
+
+
+@pytest.fixture
+def trained(trained_runs):
+    """``trained(env_id, env_kwargs, changes)``: a fresh ``PPO.load`` of that setting's shared run."""
+    return lambda env_id, env_kwargs, changes: PPO.load(trained_runs(env_id, env_kwargs, changes), trust=True)
 
 
 def _inputs(agent, rng, n=6):
@@ -98,8 +117,8 @@ def _runner(path, fmt):
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 @pytest.mark.parametrize("name, env_id, env_kwargs, changes, mask", CASES, ids=[c[0] for c in CASES])
-def test_exported_policy_matches_predict(tmp_path, fmt, name, env_id, env_kwargs, changes, mask):
-    agent = _trained(tmp_path, env_id, env_kwargs, changes)
+def test_exported_policy_matches_predict(tmp_path, trained, fmt, name, env_id, env_kwargs, changes, mask):
+    agent = trained(env_id, env_kwargs, changes)
     path = export_policy(agent, tmp_path / f"policy.{fmt}", fmt, action_mask=mask or None)
     run = _runner(path, fmt)
     rng = np.random.default_rng(0)
@@ -133,15 +152,15 @@ def test_exported_policy_matches_predict(tmp_path, fmt, name, env_id, env_kwargs
         np.testing.assert_allclose(state, want_state.numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_mixed_actions_have_one_named_output_per_part(tmp_path):
-    agent = _trained(tmp_path, "tests.envs:MixedActionEnv", {"as_dict": True}, {})
+def test_mixed_actions_have_one_named_output_per_part(tmp_path, trained):
+    agent = trained("tests.envs:MixedActionEnv", {"as_dict": True}, {})
     session = ort.InferenceSession(str(export_policy(agent, tmp_path / "p.onnx", "onnx")))
     outputs = {o.name: o.type for o in session.get_outputs()}
     assert outputs == {"action_level": "tensor(float)", "action_mode": "tensor(int64)"}
 
 
-def test_export_refuses_what_it_cannot_write_and_keeps_an_earlier_file(tmp_path, monkeypatch):
-    agent = _trained(tmp_path, "tests.envs:MixedActionEnv", {}, {})
+def test_export_refuses_what_it_cannot_write_and_keeps_an_earlier_file(tmp_path, monkeypatch, trained):
+    agent = trained("tests.envs:MixedActionEnv", {}, {})
     earlier = tmp_path / "policy.onnx"
     earlier.write_bytes(b"an earlier export")
     with pytest.raises(ConfigError, match="an action mask needs Discrete"):  # the Tuple has a Box part
@@ -156,32 +175,32 @@ def test_export_refuses_what_it_cannot_write_and_keeps_an_earlier_file(tmp_path,
     assert earlier.read_bytes() == b"an earlier export"
     with pytest.raises(ConfigError, match="unknown format 'tflite'"):
         export_policy(agent, earlier, "tflite")  # type: ignore[arg-type]
-    box = _trained(tmp_path / "box", "Pendulum-v1", {}, {})
+    box = trained("Pendulum-v1", {}, {})
     with pytest.raises(ConfigError, match="an action mask needs Discrete"):
         export_policy(box, tmp_path / "p.onnx", "onnx", action_mask=True)
 
 
-def test_export_cli_writes_the_file_and_reports_bad_input(tmp_path, capsys):
-    _trained(tmp_path, "CartPole-v1", {}, {})
+def test_export_cli_writes_the_file_and_reports_bad_input(tmp_path, capsys, trained_runs):
+    run = trained_runs("CartPole-v1", {}, {})
     out = tmp_path / "cartpole.pt"
-    assert main(["export", str(tmp_path / "run"), "--format", "torchscript", "-o", str(out)]) == 0
+    assert main(["export", str(run), "--format", "torchscript", "-o", str(out)]) == 0
     assert "wrote" in capsys.readouterr().out
     obs = np.zeros((1, 4), np.float32)
-    assert torch.jit.load(str(out))(torch.as_tensor(obs)).numpy() == PPO.load(tmp_path / "run").predict(obs)
+    assert torch.jit.load(str(out))(torch.as_tensor(obs)).numpy() == PPO.load(run).predict(obs)
     assert main(["export", str(tmp_path / "nowhere"), "-o", str(tmp_path / "x.onnx")]) == 2
     assert "nowhere" in capsys.readouterr().err
-    assert main(["export", str(tmp_path / "run"), "-o", str(tmp_path)]) == 2
+    assert main(["export", str(run), "-o", str(tmp_path)]) == 2
     assert "is a directory" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_export_cli_prints_only_its_own_line(tmp_path, fmt):
+def test_export_cli_prints_only_its_own_line(tmp_path, fmt, trained_runs):
     # In a fresh process, as a user runs it: torch.onnx's and onnxscript's INFO records went through the
     # CLI's log handler as "ppokit: INFO: ..." lines, and torch's own handler warned of torchvision.
-    _trained(tmp_path, "CartPole-v1", {}, {})
+    run = trained_runs("CartPole-v1", {}, {})
     out = tmp_path / f"policy.{fmt}"
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, "-m", "ppokit", "export", str(tmp_path / "run"), "--format", fmt,
+    proc = subprocess.run([sys.executable, "-m", "ppokit", "export", str(run), "--format", fmt,
                            "-o", str(out)], capture_output=True, text=True, cwd=tmp_path, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(root)})
     assert proc.returncode == 0, proc.stderr

@@ -12,6 +12,7 @@ from ppokit import PPO, ControlConfig
 from ppokit.configuration import replace
 from ppokit.control.algorithm import make_sequence_batch
 from ppokit.errors import ConfigError
+from tests.seed_votes import median_passes
 
 
 def _config(tmp_path, name="run", recurrent="lstm", **changes) -> ControlConfig:
@@ -91,8 +92,11 @@ def test_cartpole_without_velocities_needs_memory(tmp_path):
         PPO(config).learn()
         return json.loads((tmp_path / name / "eval.json").read_text())["mean_return"]
 
-    assert np.median([run("lstm", seed) for seed in (1, 2, 3)]) >= 450.0
-    assert np.median([run(None, seed) for seed in (1, 2, 3)]) <= 150.0
+    # The median of three is decided by the first two seeds when they agree (tests/seed_votes.py).
+    solved, returns = median_passes(lambda seed: run("lstm", seed), (1, 2, 3), lambda r: r >= 450.0)
+    assert solved, returns
+    unsolved, returns = median_passes(lambda seed: run(None, seed), (1, 2, 3), lambda r: r <= 150.0)
+    assert unsolved, returns
 
 
 @pytest.mark.learning
@@ -103,10 +107,11 @@ def test_recurrence_masks_and_dict_observations_combine(tmp_path):
     import json
 
     config = ControlConfig(env_id="tests.envs:LowestValidEnv", env_kwargs={"strict": True, "in_obs": True},
-                           num_envs=8, num_steps=32, num_minibatches=4, num_epochs=4, total_steps=8 * 32 * 60,
+                           num_envs=8, num_steps=32, num_minibatches=4, num_epochs=4, total_steps=8 * 32 * 30,
                            learning_rate=1e-3, recurrent="gru", recurrent_size=64, hidden_sizes=[64],
                            normalize_reward=True, progress=False, tensorboard=False, eval_episodes=10,
                            run_dir=str(tmp_path / "run"), seed=1)
     agent = PPO(config).learn()
     assert agent.policy.core is not None and agent.policy.spec.action_mask
-    assert json.loads((tmp_path / "run" / "eval.json").read_text())["mean_return"] >= 15.0  # of 16; untrained about 5
+    # Of 16; untrained about 5. Seeds 1, 2 and 3 all reach 16.0 in these 30 updates (and in 60).
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["mean_return"] >= 15.0

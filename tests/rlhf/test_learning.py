@@ -179,7 +179,8 @@ def test_cli_rlhf_ppo_runs_and_bad_data_exits_cleanly(base_model, tmp_path, caps
 def test_demo_hidden_rule_score_rises(tmp_path):
     from ppokit.analysis.plots import plot_runs
 
-    summary = run_demo(tmp_path / "demo", seed=0, ppo_updates=40, progress=False, echo=lambda *a: None, plot=plot_runs)
+    # The hidden rule's score goes from +0.12 to +2.45 in 20 updates (+2.63 in 40): far past the +1.0 asked.
+    summary = run_demo(tmp_path / "demo", seed=0, ppo_updates=20, progress=False, echo=lambda *a: None, plot=plot_runs)
     assert summary["reward_model_eval_accuracy"] >= 0.9
     assert summary["hidden_score_after"] > summary["hidden_score_before"] + 1.0, summary
     assert (tmp_path / "demo" / "training.png").is_file()
