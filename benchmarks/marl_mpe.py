@@ -7,10 +7,10 @@ The settings are JaxMARL's IPPO feed-forward MPE config (``baselines/IPPO/config
 published baseline that runs on this very env: JaxMARL's MPE equals mpe2's to 1e-4): 16 envs × 128
 steps, 4 epochs of 4 minibatches, Adam 2.5e-4 annealed linearly, γ 0.99, λ 0.95, clip 0.2, entropy 0.01,
 value coefficient 0.5, gradient norm 0.5, separate tanh MLPs [64, 64] with orthogonal init, one policy
-shared by the agents, no observation or reward normalisation. MAPPO is the same with the critic on the
+shared by the agents, no observation or reward normalisation, the 25-step limit as the episode's end (no
+bootstrap, as JaxMARL and the MAPPO paper's code treat it). MAPPO is the same with the critic on the
 env's ``state()`` and value normalisation (the MAPPO paper's ``use_valuenorm``). Where agents differ
-(speaker_listener), each kind has its own policy (``policies: auto``). ppokit bootstraps at the 25-step
-time limit (a truncation); JaxMARL treats it as the episode's end.
+(speaker_listener), each kind has its own policy (``policies: auto``).
 
 Returns are ppokit's ``episodic_return``: the mean over agents of each agent's 25-step return (PettingZoo
 rewards). JaxMARL logs N times that (the sum over agents). Each run records the training curve
@@ -38,7 +38,7 @@ PUBLISHED = {
     "num_envs": 16, "num_steps": 128, "num_epochs": 4, "num_minibatches": 4, "learning_rate": 2.5e-4,
     "lr_schedule": "linear", "gamma": 0.99, "gae_lambda": 0.95, "clip_range": 0.2, "ent_coef": 0.01, "vf_coef": 0.5,
     "max_grad_norm": 0.5, "hidden_sizes": [64, 64], "activation": "tanh", "shared_trunk": False, "ortho_init": True,
-    "normalize_obs": False, "normalize_reward": False,
+    "normalize_obs": False, "normalize_reward": False, "bootstrap_truncation": False,
 }
 
 

@@ -23,14 +23,14 @@ def config_fields_help() -> str:
 
 #: The fields MultiAgentConfig adds to ControlConfig (a test keeps the list equal to them): written
 #: out so that building the parser imports neither torch nor the multi-agent front end.
-MULTIAGENT_FIELDS = frozenset({"policies", "agent_id", "critic", "normalize_value"})
+MULTIAGENT_FIELDS = frozenset({"policies", "agent_id", "critic", "normalize_value", "bootstrap_truncation"})
 
 
 def is_multiagent(env_id: str, fields: Iterable[str] = ()) -> bool:
     """Whether ``ppokit train`` trains ``env_id`` with MultiAgentPPO (else control's PPO). Decided here
     alone, from what the user wrote, never from what an env turns out to be:
 
-    * a config that sets a multi-agent-only field (``policies``, ``agent_id``, ``critic``,
+    * a config that sets a multi-agent-only field (``policies``, ``agent_id``, ``critic``, ``bootstrap_truncation``,
       ``normalize_value``: in the preset, the --config file or --set);
     * a dotted module path, PettingZoo's own form (``mpe2.simple_spread_v3``,
       ``pettingzoo.classic.connect_four_v3``): Gymnasium ids are not Python module paths;

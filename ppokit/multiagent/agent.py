@@ -171,7 +171,7 @@ class MultiAgentPPO:
                                      shared_trunk=g.spec.shared_trunk) for g in self.groups]
         self.envs = envs
         self.collector = (MultiAgentCollector(envs, self.groups, c.num_steps, c.gamma, c.clip_reward,
-                                              c.critic == "mappo", self._env_seed(len(envs)))
+                                              c.critic == "mappo", self._env_seed(len(envs)), c.bootstrap_truncation)
                           if envs is not None else None)
         self.global_step = 0
         self.num_updates = 0
@@ -534,7 +534,8 @@ class MultiAgentPPO:
         local = local_num_envs(c, self.collective)
         self.envs = self._make_envs(local)
         self.collector = MultiAgentCollector(self.envs, self.groups, c.num_steps, c.gamma, c.clip_reward,
-                                             c.critic == "mappo", self._env_seed(local, self.num_updates))
+                                             c.critic == "mappo", self._env_seed(local, self.num_updates),
+                                             c.bootstrap_truncation)
         if reset:
             self.collector.reset()
         else:

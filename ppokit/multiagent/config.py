@@ -50,6 +50,11 @@ class MultiAgentConfig(ControlConfig):
     critic: Critic = doc("'mappo' (a centralised critic on the env's global state(), or on every agent's observation "
                          "concatenated when the env has no state) or 'ippo' (each agent's critic sees its own "
                          "observation).", default="mappo")
+    bootstrap_truncation: bool = doc("When an agent's episode is truncated (a time limit), bootstrap from its "
+                                     "final observation's value; false ends it there as a termination does, as "
+                                     "the MAPPO and JaxMARL MPE baselines treat MPE's 25-step limit (with value "
+                                     "normalisation, bootstrapping there was measured to collapse MPE training: "
+                                     "BENCHMARKS.md).", default=True)
     normalize_value: bool = doc("Train the critic on returns normalised by their running mean and std, and "
                                 "de-normalise its outputs for GAE (the value normalisation the MAPPO paper found "
                                 "important).", default=True)

@@ -49,8 +49,11 @@ class MultiAgentCollector:
     """Owns the env copies' running state between rollouts: who acts, recurrent states, episode sums."""
 
     def __init__(self, envs: list[AgentEnv], groups: list[PolicyGroup], num_steps: int, gamma: float,
-                 clip_reward: float, global_state: bool, seed: int) -> None:
-        """``global_state``: the critics read the env's state (MAPPO) rather than each agent's observation."""
+                 clip_reward: float, global_state: bool, seed: int, bootstrap_truncation: bool = True) -> None:
+        """``global_state``: the critics read the env's state (MAPPO) rather than each agent's observation;
+        ``bootstrap_truncation``: a truncated life bootstraps from its final observation's value (else it
+        ends there, as a termination does)."""
+        self.bootstrap_truncation = bootstrap_truncation
         self.envs, self.groups, self.num_steps = envs, groups, num_steps
         self.gamma, self.clip_reward = gamma, clip_reward
         self.global_state = global_state
@@ -207,8 +210,9 @@ class MultiAgentCollector:
                     if last[g][row] < 0:
                         continue
                     buffers[g].ended[last[g][row], row] = True
-                    buffers[g].terminated[last[g][row], row] = terminated or final is None
-                    if not terminated and final is not None:
+                    ends_here = terminated or final is None or not self.bootstrap_truncation
+                    buffers[g].terminated[last[g][row], row] = ends_here
+                    if not ends_here:
                         bootstrap.append((g, row, int(last[g][row]), final, state_now))
                 if result.over:
                     finished_r.append(float(np.mean(list(self._ep_return[e].values()))) if self._ep_return[e] else 0.0)

@@ -13,6 +13,7 @@ import torch
 
 pytest.importorskip("pettingzoo")
 
+from ppokit.configuration import replace as replace_config  # noqa: E402
 from ppokit.control.algorithm import PPOAlgorithm  # noqa: E402
 from ppokit.control.rollout.storage import Rollout  # noqa: E402
 from ppokit.errors import ConfigError, EnvError, UntrustedCodeError  # noqa: E402
@@ -93,6 +94,14 @@ def test_agents_that_finished_or_have_not_joined_have_no_step_and_their_rewards_
     assert b.ended[5, rows["steady"][0]] and b.end_values[5, rows["steady"][0]] != 0  # truncation bootstraps
     assert batches[0].rows == int(b.acted.sum()) == 2 * 2 * (2 + 3 + 6)
     assert float(batches[0].returns.abs().max()) < 20
+
+    # bootstrap_truncation: false ends a truncated life there, as a termination does.
+    agent = MultiAgentPPO(replace_config(config, bootstrap_truncation=False))
+    seen = _spy(agent)
+    assert agent.collector is not None
+    agent.collector.collect()
+    b = seen[0]
+    assert b.ended[5, rows["steady"][0]] and b.terminated[5, rows["steady"][0]] and (b.end_values == 0).all()
 
 
 def test_mappo_critic_reads_the_global_state() -> None:
