@@ -48,9 +48,10 @@ def main() -> int:
     for r in range(args.rounds):
         for name, python, script, extra in variants:
             out = run(python, script, extra, env=ONE_THREAD)
-            results[name].append(float(out["sps"]))
+            sps = float(out["sps"] if "sps" in out else out["env_steps_per_s"])  # skrl's anchor names it so
+            results[name].append(sps)
             every.append({"round": r, "variant": name, **out})
-            print(f"round {r + 1}: {name} {out['sps']:.0f} env steps/s", file=sys.stderr, flush=True)
+            print(f"round {r + 1}: {name} {sps:.0f} env steps/s", file=sys.stderr, flush=True)
     med = {name: statistics.median(v) for name, v in results.items()}
     print(f"| {args.algo}, {args.num_envs} copies × {args.rollout} steps | ppokit | skrl | env only | ppokit / skrl |")
     print("|---|---|---|---|---|")

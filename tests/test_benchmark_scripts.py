@@ -112,6 +112,18 @@ def test_maskable_benchmark_script_runs():
     assert all(r["train_invalid"] == 0 and r["eval_invalid"] == 0 and r["train_actions"] > 0 for r in rows)
 
 
+def test_multiagent_benchmark_scripts_run():
+    pytest.importorskip("mpe2")
+    learning = _run("marl_mpe.py", "--task", "speaker_listener", "--algo", "mappo", "--seeds", "1", "--steps", "2048",
+                    "--eval-episodes", "1")
+    assert learning["groups"] == {"speaker": ["speaker_0"], "listener": ["listener_0"]}
+    assert learning["steps"] == 2048 and learning["final_training_return"] < 0
+    speed = _run("marl_ppokit.py", "--num-envs", "2", "--rollout", "64", "--total-steps", "384", "--warmup-steps", "128")
+    assert speed["timed_steps"] == 256 and speed["sps"] > 0
+    ceiling = _run("marl_env_limit.py", "--num-envs", "2", "--steps", "100")
+    assert ceiling["steps"] >= 100 and ceiling["sps"] > 0
+
+
 @pytest.mark.parametrize("algo,num_envs", [("mappo", 1), ("ippo", 3)])
 def test_skrl_marl_anchor_runs(algo, num_envs):
     """skrl's side of the multi-agent throughput row, tiny, in .venv-bench: it trains the steps asked for and
