@@ -70,11 +70,13 @@ def test_sb3_contrib_maskable_envs_train_and_evaluate_masked_with_no_wrapper(tmp
 @pytest.mark.learning
 def test_masked_training_on_sb3_contribs_discrete_env_learns_what_unmasked_does_not(tmp_path):
     CountedDiscrete.taken = CountedDiscrete.invalid = 0
-    config = _config(tmp_path, total_steps=8192, num_steps=256, eval_episodes=5,
+    config = _config(tmp_path, total_steps=8192, num_steps=256, eval_episodes=20,
                      env_kwargs={"dim": 80, "n_invalid_actions": 60})
     PPO(config, env=CountedDiscrete).learn()
     assert CountedDiscrete.invalid == 0
-    assert json.loads((tmp_path / "run" / "eval.json").read_text())["mean_return"] >= 60  # unmasked: about 20 of 100
+    # The env draws its states and invalid actions unseeded (sb3-contrib's), so the return varies from run
+    # to run: masked runs scored 59-74 of 100, unmasked about 20; 45 keeps a wide margin on both sides.
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["mean_return"] >= 45
 
 
 class StateEnv(gym.Env):
