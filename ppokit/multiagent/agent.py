@@ -15,6 +15,7 @@ single-agent PPO on their stacked rows: nothing of the maths is written twice.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -57,6 +58,7 @@ from ppokit.multiagent.envs import (
     Group,
     agents_of,
     as_agent_env,
+    imports_foreign_code,
     is_aec,
     is_parallel,
     make_env,
@@ -434,7 +436,7 @@ class MultiAgentPPO:
         }
 
         def write_resume(tmp: Path) -> None:
-            (tmp / RESUME_FILE).write_text(_json(resume) + "\n", encoding="utf-8")
+            (tmp / RESUME_FILE).write_text(json.dumps(resume) + "\n", encoding="utf-8")
 
         save_model(path, checkpointing.tensors(self.groups), self._model_state(), optimizer=_Optimizers(self.groups),  # type: ignore[arg-type]
                    extra=write_resume)
@@ -569,13 +571,5 @@ class _NoPolicy:
         return torch.zeros(n, 0)
 
 
-def _json(value: Any) -> str:
-    import json
-
-    return json.dumps(value)
-
-
 def checkpointing_needs_env(env_id: str) -> bool:
-    from ppokit.multiagent.envs import imports_foreign_code
-
     return not env_id.startswith("<object") and imports_foreign_code(env_id)

@@ -21,7 +21,6 @@ from ppokit._version import __version__
 from ppokit.configuration import from_mapping, to_dict
 from ppokit.control.envs.spaces import space_from_json, space_to_json
 from ppokit.control.envs.state import capture_object_state, restore_object_state
-from ppokit.core.running_stats import RunningMeanStd
 from ppokit.errors import CheckpointError, ConfigError
 from ppokit.io.checkpoints import load_safetensors, load_torch_state, refuse_non_finite
 from ppokit.multiagent.config import MultiAgentConfig
@@ -169,6 +168,3 @@ def restore_envs(envs: list[Any], states: list[dict[str, Any]]) -> None:
     for i, (env, state) in enumerate(zip(envs, states)):
         restore_object_state(env, state, f"env[{i}]")
 
-
-def normaliser_state(rms: RunningMeanStd | None) -> Any:
-    return None if rms is None else {k: v.tolist() for k, v in rms.state_dict().items()}
