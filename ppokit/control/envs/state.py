@@ -141,13 +141,17 @@ def _restore(obj: Any, state: dict[str, Any], path: str) -> None:
                 raise CheckpointError(f"saved MuJoCo state at {path}.{key} does not fit this model")
             mujoco.mj_setState(model, data, saved, spec)
         else:
-            # Saved data never goes where the env keeps code (a method, a class, a module): a
-            # resume.json can set plain values, which nothing calls, and nothing else.
-            current = getattr(obj, key, None)
-            if callable(current) or isinstance(current, (types.ModuleType, spaces.Space)):
-                raise CheckpointError(f"saved env state would replace {path}.{key}, a {type(current).__name__}, "
-                                      "with data; refused")
-            setattr(obj, key, decode(encoded))
+            _set_plain(obj, key, encoded, path)
+
+
+def _set_plain(obj: Any, key: str, encoded: Any, path: str) -> None:
+    """Set attribute ``key`` to saved plain data. Saved data never goes where the env keeps code (a
+    method, a class, a module): a resume.json can set plain values, which nothing calls, and nothing else."""
+    current = getattr(obj, key, None)
+    if callable(current) or isinstance(current, (types.ModuleType, spaces.Space)):
+        raise CheckpointError(f"saved env state would replace {path}.{key}, a {type(current).__name__}, "
+                              "with data; refused")
+    setattr(obj, key, decode(encoded))
 
 
 def restore_env_state(env: gym.vector.VectorEnv, state: dict[str, Any]) -> None:
@@ -235,11 +239,7 @@ def _restore_owned(root: Any, obj: Any, state: dict[str, Any], path: str) -> Non
     for key, ref in state.get("refs", {}).items():
         setattr(obj, key, _follow(root, ref["ref"], f"{path}.{key}"))
     for key, encoded in state.get("attrs", {}).items():
-        current = getattr(obj, key, None)
-        if callable(current) or isinstance(current, (types.ModuleType, spaces.Space)):
-            raise CheckpointError(f"saved env state would replace {path}.{key}, a {type(current).__name__}, with data; "
-                                  "refused")
-        setattr(obj, key, decode(encoded))
+        _set_plain(obj, key, encoded, path)
 
 
 def capture_object_state(obj: Any, is_child: Callable[[Any], bool], name: str = "env") -> tuple[dict[str, Any] | None, str | None]:
