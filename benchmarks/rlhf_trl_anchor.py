@@ -217,7 +217,8 @@ def instrument_trl(ppo_module, forced_gc: bool, pad_token_id: int) -> dict:
     """Patch names inside ``trl.experimental.ppo.ppo_trainer``; return the counters they fill."""
     import torch
 
-    stats = {"gc_seconds": 0.0, "generated_tokens": 0, "valid_tokens": 0}
+    stats = {"gc_seconds": 0.0, "generated_tokens": 0, "valid_tokens": 0,
+             "generate_s": 0.0, "score_s": 0.0, "forward_s": 0.0}
 
     if forced_gc:
         real_gc = ppo_module.gc
@@ -239,7 +240,9 @@ def instrument_trl(ppo_module, forced_gc: bool, pad_token_id: int) -> dict:
     real_batch_generation = ppo_module.batch_generation
 
     def counting_batch_generation(model, queries, *a, **k):
+        t0 = time.perf_counter()
         query_responses, logits = real_batch_generation(model, queries, *a, **k)
+        stats["generate_s"] += time.perf_counter() - t0
         responses = query_responses[:, queries.shape[1] :]
         is_pad = responses == pad_token_id
         # TRL treats everything from the first pad token on as padding.
@@ -250,7 +253,32 @@ def instrument_trl(ppo_module, forced_gc: bool, pad_token_id: int) -> dict:
         return query_responses, logits
 
     ppo_module.batch_generation = counting_batch_generation
+
+    # The phases of ppokit's table: rollout forwards (reference, value model) without gradients,
+    # scoring (the reward model, marked by main()), and the rest of the step is the update.
+    real_forward, real_get_reward = ppo_module.forward, ppo_module.get_reward
+
+    def timed_forward(model, *a, **k):
+        if torch.is_grad_enabled():  # the PPO epochs' forward: part of the update
+            return real_forward(model, *a, **k)
+        t0 = time.perf_counter()
+        try:
+            return real_forward(model, *a, **k)
+        finally:
+            stats["forward_s"] += time.perf_counter() - t0
+
+    def timed_get_reward(model, *a, **k):
+        t0 = time.perf_counter()
+        try:
+            return real_get_reward(model, *a, **k)
+        finally:
+            stats["score_s" if getattr(model, "_bench_is_reward", False) else "forward_s"] += time.perf_counter() - t0
+
+    ppo_module.forward, ppo_module.get_reward = timed_forward, timed_get_reward
     return stats
+
+
+PHASES = ("generate_s", "score_s", "forward_s")
 
 
 def make_step_timer(stats: dict):
@@ -264,6 +292,8 @@ def make_step_timer(stats: dict):
             self.step_seconds: list[float] = []
             self.step_gc_seconds: list[float] = []
             self.step_valid_tokens: list[int] = []
+            self.step_phases: list[dict[str, float]] = []
+            self._phase_mark = {k: 0.0 for k in PHASES}
             self._gc_mark = 0.0
             self._tok_mark = 0
 
@@ -271,12 +301,17 @@ def make_step_timer(stats: dict):
             self.last = time.perf_counter()
             self._gc_mark = stats["gc_seconds"]
             self._tok_mark = stats["valid_tokens"]
+            self._phase_mark = {k: stats[k] for k in PHASES}
 
         def on_step_end(self, args, state, control, **kwargs):
             now = time.perf_counter()
             self.step_seconds.append(now - self.last)
             self.step_gc_seconds.append(stats["gc_seconds"] - self._gc_mark)
             self.step_valid_tokens.append(stats["valid_tokens"] - self._tok_mark)
+            phases = {k: stats[k] - self._phase_mark[k] for k in PHASES}
+            phases["update_s"] = self.step_seconds[-1] - self.step_gc_seconds[-1] - sum(phases.values())
+            self.step_phases.append(phases)
+            self._phase_mark = {k: stats[k] for k in PHASES}
             self.last = now
             self._gc_mark = stats["gc_seconds"]
             self._tok_mark = stats["valid_tokens"]
@@ -386,6 +421,7 @@ def main(argv=None) -> int:
             callbacks=[timer],
             peft_config=peft_config,
         )
+        trainer.reward_model._bench_is_reward = True  # scoring, in the phase table
         n_trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         log(
             f"mixed_precision={trainer.accelerator.mixed_precision} device={trainer.accelerator.device} "
@@ -417,6 +453,10 @@ def main(argv=None) -> int:
         "valid_tokens_per_s": round(valid_fraction * args.batch * args.response_length / s_med, 1),
         "valid_token_fraction": round(valid_fraction, 4),
         "forced_gc_s_per_step_median": round(gc_med, 4),
+        # Medians per step (first left out): generation, reward model, reference and value forwards,
+        # and the update (the PPO epochs and the rest of the step, forced collection not counted).
+        "phases_s": {k: round(statistics.median(p[k] for p in timer.step_phases[1:]), 4)
+                     for k in (*PHASES, "update_s")},
         "peak_rss_mib": round(peak_rss_mib, 1),
         "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
         "batch": args.batch,

@@ -172,6 +172,7 @@ class RLHFConfig(LMRuntime):
     # --- generation ---
     max_new_tokens: int = doc("Maximum completion tokens per prompt.", default=32, rule=AT_LEAST_1)
     temperature: float = doc("Sampling temperature; log-probs are computed at the same temperature.", default=1.0, rule=POSITIVE)
+    old_logprobs: Literal["recompute", "sampling"] = doc("Where the old policy's log-probs (the PPO ratio's denominator) come from: 'recompute' (a forward pass over the sampled batch, so the first minibatch's ratio is exactly 1) or 'sampling' (the KV-cache logits the tokens were drawn from: one policy forward pass fewer per update, as TRL does; the first minibatch's deviation is logged as first_ratio_deviation). With value_model: head the forward pass runs anyway, for the values.", default="recompute")
     missing_eos_penalty: float | None = doc("Subtract this from the score of a completion that never emits EOS; null disables.", default=None, rule=NON_NEGATIVE)
 
     # --- reward shaping ---

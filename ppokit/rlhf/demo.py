@@ -93,7 +93,7 @@ def hidden_score_of(model_dir: str | Path, prompts: list[str], max_new_tokens: i
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         ids, mask = encode_prompts(tokenizer, prompts, torch.device("cpu"))
-        batch = sample(model, tokenizer, ids, mask, max_new_tokens, temperature)
+        batch, _ = sample(model, tokenizer, ids, mask, max_new_tokens, temperature)
     completions = decode(tokenizer, batch.completion_ids, batch.completion_mask)
     scores = hidden_rule_reward(prompts, completions)
     return sum(scores) / len(scores), list(zip(prompts, completions))

@@ -126,7 +126,7 @@ def outputs(trainer: Any, params: dict[str, torch.Tensor], batch: RolloutBatch) 
     """The policy's log-probs and the critic's values of the batch's tokens, with ``params`` loaded:
     what the weights compute, blind to directions the loss cannot see (a key bias, where Adam steps
     on rounding noise)."""
-    from ppokit.rlhf.models.generation import token_logprobs
+    from ppokit.rlhf.models.logprobs import token_logprobs
 
     models = trainer.models
     models.trainable.load_state_dict(params)
@@ -172,7 +172,7 @@ def learn(out: Path, policy: str, sharding: str) -> None:
 def supervised_outputs(kind: str, model_dir: Path, data: Path) -> torch.Tensor:
     """What a saved SFT model (its response log-probs) or reward model (its normalised scores)
     computes on the training rows."""
-    from ppokit.rlhf.models.generation import token_logprobs
+    from ppokit.rlhf.models.logprobs import token_logprobs
     from ppokit.rlhf.models.loading import (
         load_causal_lm,
         load_reward_model,

@@ -33,7 +33,7 @@ scenarios.KINDS.update(CRITIC_FREE_KINDS)
 
 def logprobs(trainer, params: dict[str, torch.Tensor], batch) -> torch.Tensor:
     """The policy's log-probs of the batch's tokens with ``params`` loaded (there are no values)."""
-    from ppokit.rlhf.models.generation import token_logprobs
+    from ppokit.rlhf.models.logprobs import token_logprobs
 
     trainer.models.trainable.load_state_dict(params)
     with torch.no_grad():

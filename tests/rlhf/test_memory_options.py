@@ -128,7 +128,7 @@ def _sample(models, tiny_lm):
     tokenizer = load_tokenizer(tiny_lm)
     ids, mask = encode_prompts(tokenizer, [p["prompt"] for p in PROMPTS[:4]], torch.device("cpu"))
     torch.manual_seed(3)
-    return sample(models.policy, tokenizer, ids, mask, max_new_tokens=6, temperature=1.0)
+    return sample(models.policy, tokenizer, ids, mask, max_new_tokens=6, temperature=1.0)[0]
 
 
 def _attention_modules(model: nn.Module) -> list[nn.Module]:

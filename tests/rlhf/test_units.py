@@ -13,7 +13,8 @@ from ppokit.errors import ConfigError, TrainingError
 from ppokit.rlhf import data as rdata
 from ppokit.rlhf.config import RewardConfig, RLHFConfig, SFTConfig
 from ppokit.rlhf.demo import WORDS
-from ppokit.rlhf.models.generation import completion_logits, completion_mask, encode_prompts, sample, token_logprobs
+from ppokit.rlhf.models.generation import completion_logits, completion_mask, encode_prompts, sample
+from ppokit.rlhf.models.logprobs import token_logprobs
 from ppokit.rlhf.models.loading import load_causal_lm, load_tokenizer, position_ids_from_mask
 from ppokit.rlhf.ppo.advantages import per_token_rewards
 from ppokit.rlhf.rewards.sources import CallableReward, CombinedReward, import_callable
@@ -99,7 +100,7 @@ def test_sampled_frequencies_match_logprobs_at_the_sampling_temperature(tiny):
     temperature = 0.6
     ids, mask = encode_prompts(tokenizer, ["describe the cat :"] * 4000, torch.device("cpu"))
     torch.manual_seed(0)
-    batch = sample(model, tokenizer, ids, mask, max_new_tokens=1, temperature=temperature)
+    batch, _ = sample(model, tokenizer, ids, mask, max_new_tokens=1, temperature=temperature)
     with torch.no_grad():
         logits = model(input_ids=ids[:1], attention_mask=mask[:1]).logits[0, -1]
     probs = torch.softmax(logits / temperature, dim=-1)
@@ -140,7 +141,7 @@ def test_sample_stops_rows_at_eos_and_pads_after(tiny):
     tokenizer, model = tiny
     ids, mask = encode_prompts(tokenizer, ["describe the cat :"] * 64, torch.device("cpu"))
     torch.manual_seed(1)
-    batch = sample(model, tokenizer, ids, mask, max_new_tokens=12, temperature=1.0)
+    batch, _ = sample(model, tokenizer, ids, mask, max_new_tokens=12, temperature=1.0)
     for row, m, eos in zip(batch.completion_ids, batch.completion_mask, batch.has_eos):
         if eos:
             n = int(m.sum())

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ppokit.rlhf.models.loading import position_ids_from_mask
+from ppokit.rlhf.models.logprobs import forward_takes
 
 
 @dataclass
@@ -36,6 +37,32 @@ class Completions:
     def lengths(self) -> Tensor:
         return self.completion_mask.sum(-1)
 
+    def select(self, rows: Tensor | slice) -> Completions:
+        """The given rows, without the columns that are padding in every one of them: prompt
+        columns left of every row's first prompt token, and completion columns after every row's
+        last valid token. Causal attention and mask-counted positions make the kept tokens' outputs
+        those of the full rows; read them back into full width with :func:`full_width`."""
+        mask, completion = self.attention_mask[rows], self.completion_mask[rows]
+        first = int(mask[:, : self.prompt_length].any(0).long().argmax())  # a prompt has a real token
+        valid_columns = completion.any(0).nonzero()
+        end = int(valid_columns[-1]) + 1 if len(valid_columns) else 1
+        columns = slice(first, self.prompt_length + end)
+        return Completions(
+            input_ids=self.input_ids[rows][:, columns], attention_mask=mask[:, columns],
+            prompt_length=self.prompt_length - first, completion_ids=self.completion_ids[rows][:, :end],
+            completion_mask=completion[:, :end], has_eos=self.has_eos[rows],
+        )
+
+
+def full_width(values: Tensor, length: int) -> Tensor:
+    """``[B, r, ...]`` per-token values of a :meth:`Completions.select` read back to ``length``
+    completion columns (zeros where every row was padding)."""
+    missing = length - values.shape[1]
+    if missing == 0:
+        return values
+    pad = values.new_zeros((values.shape[0], missing, *values.shape[2:]))
+    return torch.cat([values, pad], dim=1)
+
 
 def encode_prompts(tokenizer: Any, prompts: Sequence[str], device: torch.device) -> tuple[Tensor, Tensor]:
     """Left-pad a batch of prompts: generation appends to the right, so every row's last prompt
@@ -56,6 +83,16 @@ def completion_mask(completion_ids: Tensor, eos_token_id: int | Sequence[int]) -
     return ~eos_before, is_eos.any(-1)
 
 
+@dataclass
+class SamplingScores:
+    """What the sampling pass saw of each sampled token (``old_logprobs: sampling``): ``[B, R]`` float32."""
+
+    #: ``log softmax(z / T)[y]`` of each sampled token, from the KV-cache logits it was drawn from.
+    logp: Tensor
+    #: The entropy of each step's sampling distribution.
+    entropy: Tensor
+
+
 @torch.no_grad()
 def sample(
     model: Any,
@@ -65,33 +102,129 @@ def sample(
     max_new_tokens: int,
     temperature: float,
     synced: bool = False,
-) -> Completions:
-    """Sample completions with the KV cache, stopping each row at EOS.
-
-    ``synced``: the model is sharded over the processes (FSDP), so each of its forward passes needs
-    every process: they all keep stepping until every process's completions have ended.
+    keep_scores: bool = False,
+) -> tuple[Completions, SamplingScores | None]:
+    """Sample completions with the KV cache, stopping each row at EOS; with ``keep_scores``, also
+    the log-prob and entropy of each sampled token under the distribution it was drawn from.
 
     Sampling is from ``softmax(logits / temperature)`` over the whole vocabulary (top-k and top-p
     off), so the log-probs computed later at the same temperature are those of the sampling
-    distribution.
+    distribution. The loop draws exactly what transformers' ``generate`` draws for the same seed
+    (one ``multinomial`` over every row per step, a finished row's token replaced by pad, stopping
+    once every row has ended); it leaves out ``generate``'s per-step machinery, which on small
+    models costs more than the forward pass. A model whose forward cannot take the cache and
+    positions this way goes through ``generate``.
+
+    ``synced``: the model is sharded over the processes (FSDP), so each of its forward passes needs
+    every process: they all keep stepping until every process's completions have ended.
     """
+    if not _decodes_stepwise(model):
+        return _sample_with_generate(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens, temperature,
+                                     synced, keep_scores)
+    from transformers import DynamicCache
+
+    eos_ids = torch.tensor(_eos_list(tokenizer.eos_token_id), device=prompt_ids.device)
+    pad = tokenizer.pad_token_id
+    was_training = model.training
+    model.eval()
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cache = DynamicCache(config=base.config)
+    mask = prompt_mask
+    positions = position_ids_from_mask(mask)
+    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                use_cache=True, logits_to_keep=1)
+    unfinished = torch.ones(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
+    tokens: list[Tensor] = []
+    logps: list[Tensor] = []
+    entropies: list[Tensor] = []
+    positions = positions[:, -1:]
+    done_here = False
+    for step in range(max_new_tokens):
+        if not done_here:
+            scores = out.logits[:, -1].float() / temperature
+            probs = torch.softmax(scores, dim=-1)
+            drawn = torch.multinomial(probs, num_samples=1).squeeze(1)
+            if keep_scores:
+                log_probs = torch.log_softmax(scores, dim=-1)
+                logps.append(log_probs.gather(-1, drawn[:, None]).squeeze(-1))
+                entropies.append(-(probs * log_probs).sum(-1))
+            drawn = torch.where(unfinished, drawn, pad)
+            tokens.append(drawn)
+            unfinished &= ~torch.isin(drawn, eos_ids)
+            done_here = not bool(unfinished.any())
+        if step == max_new_tokens - 1 or not _any_running(synced, done_here, prompt_ids.device):
+            break
+        # A finished process (synced) steps with its last tokens: the others' forward passes need it.
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        positions = positions + 1
+        out = model(input_ids=tokens[-1][:, None], attention_mask=mask, position_ids=positions,
+                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+    del cache, out
+    model.train(was_training)
+    completion_ids = torch.stack(tokens, dim=1)
+    completions = _completions(prompt_ids, prompt_mask, completion_ids, tokenizer)
+    if not keep_scores:
+        return completions, None
+    valid = completions.completion_mask
+    return completions, SamplingScores(torch.stack(logps, dim=1) * valid, torch.stack(entropies, dim=1) * valid)
+
+
+def _eos_list(eos: int | Sequence[int]) -> list[int]:
+    return [eos] if isinstance(eos, int) else list(eos)
+
+
+def _any_running(synced: bool, done_here: bool, device: torch.device) -> bool:
+    """Whether this process, or with ``synced`` any process of the sharded run, is still sampling
+    (every process asks at every step, so the exchanges pair up)."""
+    if not synced:
+        return not done_here
+    import torch.distributed as dist
+
+    flag = torch.tensor(0.0 if done_here else 1.0, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.SUM)
+    return bool(flag.item() > 0)
+
+
+def _decodes_stepwise(model: Any) -> bool:
+    """Whether the model's forward takes a KV cache, positions and ``logits_to_keep`` (every recent
+    transformers causal LM), so the sampling loop can drive it."""
+    return forward_takes(model, "past_key_values", "position_ids", "logits_to_keep")
+
+
+def _sample_with_generate(model: Any, tokenizer: Any, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int,
+                          temperature: float, synced: bool, keep_scores: bool) -> tuple[Completions, SamplingScores | None]:
+    """:func:`sample` through transformers' ``generate``, for models the loop cannot drive."""
     from transformers import GenerationConfig
 
     eos = tokenizer.eos_token_id
     config = GenerationConfig(
         do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
         eos_token_id=eos, pad_token_id=tokenizer.pad_token_id, use_cache=True,
+        return_dict_in_generate=keep_scores, output_scores=keep_scores,
     )
     was_training = model.training
     model.eval()
     extra = {"synced_gpus": True} if synced else {}
     out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config, **extra)
     model.train(was_training)
+    sequences = out.sequences if keep_scores else out
+    completions = _completions(prompt_ids, prompt_mask, sequences[:, prompt_ids.shape[1]:], tokenizer)
+    if not keep_scores:
+        return completions, None
+    scores = torch.stack(out.scores, dim=1).float()  # the processed scores: logits / T
+    log_probs = torch.log_softmax(scores, dim=-1)
+    logp = log_probs.gather(-1, completions.completion_ids[:, :scores.shape[1], None]).squeeze(-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    valid = completions.completion_mask[:, :scores.shape[1]]
+    return completions, SamplingScores(logp * valid, entropy * valid)
+
+
+def _completions(prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, tokenizer: Any) -> Completions:
     prompt_length = prompt_ids.shape[1]
-    completion_ids = out[:, prompt_length:]
-    if completion_ids.shape[1] == 0:  # every row hit EOS at once is impossible; guard anyway
-        completion_ids = torch.full((out.shape[0], 1), tokenizer.pad_token_id, dtype=out.dtype, device=out.device)
-    mask, has_eos = completion_mask(completion_ids, eos)
+    if completion_ids.shape[1] == 0:  # max_new_tokens 0 is refused by the config; guard anyway
+        completion_ids = torch.full((prompt_ids.shape[0], 1), tokenizer.pad_token_id, dtype=prompt_ids.dtype,
+                                    device=prompt_ids.device)
+    mask, has_eos = completion_mask(completion_ids, tokenizer.eos_token_id)
     # Tokens after EOS are pad; setting them explicitly keeps the rows tidy when pad != what
     # generate filled in.
     completion_ids = completion_ids.masked_fill(~mask, tokenizer.pad_token_id)
@@ -108,24 +241,6 @@ def sample(
 def completion_logits(logits: Tensor, prompt_length: int) -> Tensor:
     """The logits that predict the completion tokens: position ``t`` predicts token ``t + 1``."""
     return logits[:, prompt_length - 1 : -1]
-
-
-def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
-    r"""Log-probability of each token under ``softmax(logits / T)``.
-
-    .. math:: \log \pi_T(y_t) = z_{y_t}/T - \log \textstyle\sum_v \exp(z_v / T)
-
-    computed as a gather minus a logsumexp, without materialising the full log-softmax.
-    """
-    scaled = logits.float() / temperature
-    picked = scaled.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(scaled, dim=-1)
-
-
-def token_entropy(logits: Tensor, temperature: float = 1.0) -> Tensor:
-    r"""Entropy :math:`-\sum_v \pi_T(v)\log\pi_T(v)` of each position's temperature-scaled distribution."""
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-    return -(logp.exp() * logp).sum(-1)
 
 
 def decode(tokenizer: Any, ids: Tensor, mask: Tensor | None = None) -> list[str]:

@@ -22,6 +22,7 @@ from ppokit import runtime
 from ppokit.errors import CheckpointError, ConfigError
 from ppokit.io.atomic import strict_json
 from ppokit.rlhf.config import LMRuntime
+from ppokit.rlhf.models.logprobs import completion_logits_of
 
 log = logging.getLogger("ppokit")
 
@@ -326,6 +327,15 @@ class PolicyWithValueHead(nn.Module):
         hidden = out.hidden_states[-1]
         values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
         return out.logits, values
+
+    def completion(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor,
+                   prompt_length: int) -> tuple[Tensor, Tensor]:
+        """Logits and values at the positions that predict the completion tokens only."""
+        logits, out = completion_logits_of(self.lm, input_ids, attention_mask, position_ids, prompt_length,
+                                           output_hidden_states=True)
+        hidden = out.hidden_states[-1][:, prompt_length - 1: -1]
+        values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
+        return logits, values
 
 
 # ---- reward models ----------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from ppokit.rlhf.models.loading import (
     load_trunk,
     trunk_of,
 )
+from ppokit.rlhf.models.logprobs import completion_logits_of
 from ppokit.rlhf.models.lora import save_adapter, with_lora
 from ppokit.rlhf.models.offload import CPUOffload
 from ppokit.rlhf.models.recompute import enable_gradient_checkpointing
@@ -160,27 +161,26 @@ class PPOModels:
             with self.policy.disable_adapter():
                 yield self.policy
 
-    def policy_forward(self, batch: Completions, rows: Tensor | slice = slice(None)) -> tuple[Tensor, Tensor | None]:
-        """Completion logits and (with a value head) values, for the selected rows."""
-        ids, mask = batch.input_ids[rows], batch.attention_mask[rows]
-        pos = batch.position_ids[rows]
+    def policy_forward(self, batch: Completions) -> tuple[Tensor, Tensor | None]:
+        """Completion logits and (with a value head) values; the head projects only the positions
+        that predict completion tokens."""
+        ids, mask, pos = batch.input_ids, batch.attention_mask, batch.position_ids
         if self.with_head is not None:
-            logits, values = self.with_head(ids, mask, pos)
-            return completion_logits(logits, batch.prompt_length), completion_logits(values, batch.prompt_length)
-        logits = self.policy(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
-        return completion_logits(logits, batch.prompt_length), None
+            return self.with_head.completion(ids, mask, pos, batch.prompt_length)
+        logits, _ = completion_logits_of(self.policy, ids, mask, pos, batch.prompt_length)
+        return logits, None
 
-    def values(self, batch: Completions, rows: Tensor | slice = slice(None)) -> Tensor:
-        """The separate critic's values of the completion tokens, for the selected rows."""
+    def values(self, batch: Completions) -> Tensor:
+        """The separate critic's values of the completion tokens."""
         assert self.critic is not None
-        values = self.critic(batch.input_ids[rows], batch.attention_mask[rows], batch.position_ids[rows])
+        values = self.critic(batch.input_ids, batch.attention_mask, batch.position_ids)
         return completion_logits(values, batch.prompt_length)
 
     def reference_logits(self, batch: Completions) -> Tensor:
         with self.reference_model() as reference:
-            logits = reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                               position_ids=batch.position_ids, use_cache=False).logits
-        return completion_logits(logits, batch.prompt_length)
+            logits, _ = completion_logits_of(reference, batch.input_ids, batch.attention_mask, batch.position_ids,
+                                             batch.prompt_length)
+        return logits
 
     def save(self, directory: str | Path, tokenizer: Any, state: dict[str, Tensor] | None = None) -> None:
         """Write ``policy/`` (an ordinary ``save_pretrained`` causal LM, LoRA merged in, plus the

@@ -17,7 +17,8 @@ from torch import Tensor
 
 from ppokit.rlhf.config import RLHFConfig
 from ppokit.rlhf.models import precision
-from ppokit.rlhf.models.generation import Completions, decode, encode_prompts, sample, token_entropy, token_logprobs
+from ppokit.rlhf.models.generation import Completions, decode, encode_prompts, sample
+from ppokit.rlhf.models.logprobs import token_entropy, token_logprobs
 from ppokit.rlhf.ppo.advantages import uses_critic
 from ppokit.rlhf.ppo.roles import PPOModels
 from ppokit.rlhf.rewards.sources import CombinedReward
@@ -65,9 +66,10 @@ def collect(models: PPOModels, tokenizer: Any, reward: CombinedReward, prompts: 
     t_start = time.perf_counter()
     prompts = [p for p in prompts for _ in range(c.num_generations)]
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
+    from_sampling = c.old_logprobs == "sampling"
     with precision.autocast(c.mixed_precision, device):
-        sequences = sample(models.policy, tokenizer, prompt_ids, prompt_mask, c.max_new_tokens, c.temperature,
-                           synced=models.sharded)
+        sequences, sampled = sample(models.policy, tokenizer, prompt_ids, prompt_mask, c.max_new_tokens,
+                                    c.temperature, synced=models.sharded, keep_scores=from_sampling)
     tokens = sequences.completion_ids
     t_generated = time.perf_counter()
 
@@ -83,11 +85,17 @@ def collect(models: PPOModels, tokenizer: Any, reward: CombinedReward, prompts: 
     t_scored = time.perf_counter()
 
     with torch.no_grad(), precision.autocast(c.mixed_precision, device):
-        logits, values = models.policy_forward(sequences)
-        logp = token_logprobs(logits, tokens, c.temperature)
-        entropy = token_entropy(logits, c.temperature)
-        del logits
-        if values is None:  # no critic (critic-free advantages): nothing to value
+        values = None
+        if sampled is not None:  # old_logprobs: sampling
+            logp, entropy = sampled.logp, sampled.entropy
+            if models.with_head is not None:  # the values need the policy's trunk anyway
+                _, values = models.policy_forward(sequences)
+        else:
+            logits, values = models.policy_forward(sequences)
+            logp = token_logprobs(logits, tokens, c.temperature)
+            entropy = token_entropy(logits, c.temperature)
+            del logits
+        if values is None:  # a separate critic, or none (critic-free advantages: nothing to value)
             values = models.values(sequences) if uses_critic(c.advantage) else torch.zeros_like(logp)
         ref_logp = token_logprobs(models.reference_logits(sequences), tokens, c.temperature)
     t_forward = time.perf_counter()

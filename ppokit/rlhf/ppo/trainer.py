@@ -55,7 +55,7 @@ from ppokit.rlhf import data_parallel
 from ppokit.rlhf.config import PATH_FIELDS, RLHFConfig
 from ppokit.rlhf.consent import resume_flags
 from ppokit.rlhf.models import precision, sharding
-from ppokit.rlhf.models.generation import token_entropy, token_logprobs
+from ppokit.rlhf.models.generation import full_width
 from ppokit.rlhf.models.loading import (
     check_tokenizes,
     length_limit,
@@ -63,6 +63,7 @@ from ppokit.rlhf.models.loading import (
     model_positions,
     setup_runtime,
 )
+from ppokit.rlhf.models.logprobs import token_entropy, token_logprobs
 from ppokit.rlhf.ppo import checkpointing
 from ppokit.rlhf.ppo.advantages import KLPlacement, TokenAdvantages, estimate_advantages, uses_critic
 from ppokit.rlhf.ppo.roles import PPOModels
@@ -268,7 +269,9 @@ class RLHFTrainer:
         critic = uses_critic(c.advantage)  # without one, nothing for a value loss to fit
         ppo_batch = PPOBatch(logp=batch.logp, advantages=adv.advantages, values=adv.values if critic else None,
                              returns=adv.returns if critic else None, mask=batch.mask, ref_logp=batch.ref_logp)
-        stats = ppo_update(ppo_batch, self._evaluate(batch), self.optimizer, self._settings(), **shared)
+        evaluate = self._evaluate(batch)
+        stats = ppo_update(ppo_batch, evaluate, self.optimizer, self._settings(), **shared)
+        stats.update(evaluate.first)  # type: ignore[attr-defined]
         # The last step's gradients would otherwise stay allocated through the next rollout, which is
         # then the peak of a run's memory (the benchmark of the memory options measured it).
         self.optimizer.zero_grad()
@@ -297,19 +300,30 @@ class RLHFTrainer:
         )
 
     def _evaluate(self, batch: RolloutBatch) -> Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]:
-        c, models, tokens = self.config, self.models, batch.tokens
+        c, models, width = self.config, self.models, batch.tokens.shape[1]
+        first: dict[str, float] = {}
 
         def evaluate(rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            # The minibatch's rows without the columns that are padding in all of them.
+            part = batch.sequences.select(rows)
             with precision.autocast(c.mixed_precision, self.device):
-                new_logits, new_values = models.policy_forward(batch.sequences, rows)
+                new_logits, new_values = models.policy_forward(part)
                 if new_values is None:  # a separate critic, or none (critic-free: ppo_update fits no values)
-                    new_values = (models.values(batch.sequences, rows) if uses_critic(c.advantage)
+                    new_values = (models.values(part) if uses_critic(c.advantage)
                                   else torch.zeros(new_logits.shape[:2], device=new_logits.device))
             # With no entropy bonus the entropy is only logged: skip its graph (a [B, T, vocab] tensor).
             with torch.set_grad_enabled(c.ent_coef > 0 and torch.is_grad_enabled()):
                 entropy = token_entropy(new_logits, c.temperature)
-            return token_logprobs(new_logits, tokens[rows], c.temperature), entropy, new_values.float()
+            logp = full_width(token_logprobs(new_logits, part.completion_ids, c.temperature), width)
+            if not first and c.old_logprobs == "sampling":
+                # Before any step the ratio would be exactly 1 with recomputed log-probs: how far the
+                # sampling pass's log-probs are from the trained forward pass's, as TRL reports it.
+                with torch.no_grad():
+                    ratio = torch.exp(logp - batch.logp[rows])
+                    first["first_ratio_deviation"] = float(masked_mean((ratio - 1).abs(), batch.mask[rows]))
+            return logp, full_width(entropy, width), full_width(new_values.float(), width)
 
+        evaluate.first = first  # type: ignore[attr-defined]
         return evaluate
 
     def _record(self, batch: RolloutBatch, adv: TokenAdvantages, stats: dict[str, float],

@@ -27,7 +27,7 @@ from ppokit.rlhf import data as rdata
 from ppokit.rlhf import data_parallel
 from ppokit.rlhf.config import SFTConfig
 from ppokit.rlhf.data import split_by_prompt
-from ppokit.rlhf.models.generation import token_logprobs
+from ppokit.rlhf.models.logprobs import token_logprobs
 from ppokit.rlhf.models.loading import (
     check_tokenizes,
     length_limit,
