@@ -3,6 +3,7 @@
 only in the library.
 
     .venv/bin/python benchmarks/rlhf_ppokit.py --batch 8 --response-length 24 --epochs 4 --steps 6 --threads 1 [--lora]
+        [--old-logprobs sampling]
 
 Settings mirror the anchor's TRL configuration: one step = generate ``--batch`` completions of up
 to ``--response-length`` tokens at temperature 0.7 (TRL's default), score them with a reward model,
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--minibatches", type=int, default=1)
     p.add_argument("--accumulation", type=int, default=1, help="gradient_accumulation_steps")
+    p.add_argument("--old-logprobs", choices=["recompute", "sampling"], default="recompute",
+                   help="where the old log-probs come from (sampling: TRL's way, one policy forward pass fewer)")
     args = p.parse_args(argv)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
@@ -96,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             sample_every=0, seed=0, mixed_precision=args.mixed_precision,
             gradient_checkpointing=args.gradient_checkpointing, num_minibatches=args.minibatches,
             gradient_accumulation_steps=args.accumulation, max_prompt_length=prompt_length,
+            # Only when asked, so the script also measures a checkout from before the option existed.
+            **({"old_logprobs": args.old_logprobs} if args.old_logprobs != "recompute" else {}),
         )
         trainer = RLHFTrainer(cfg, prompts=prompts, run_dir=os.path.join(tmp, "run"))
         marks = [time.perf_counter()]
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "phases_s": phases, "mixed_precision": args.mixed_precision,
         "gradient_checkpointing": args.gradient_checkpointing,
         "batch": args.batch, "response_length": args.response_length, "epochs": args.epochs,
-        "num_mini_batches": 1, "lora": args.lora, "value_head": args.value_head, "threads": args.threads,
+        "num_mini_batches": 1, "lora": args.lora, "old_logprobs": args.old_logprobs, "value_head": args.value_head, "threads": args.threads,
         "torch": torch.__version__,
     }
     print(json.dumps(result), flush=True)

@@ -172,7 +172,6 @@ def learn(out: Path, policy: str, sharding: str) -> None:
 def supervised_outputs(kind: str, model_dir: Path, data: Path) -> torch.Tensor:
     """What a saved SFT model (its response log-probs) or reward model (its normalised scores)
     computes on the training rows."""
-    from ppokit.rlhf.models.logprobs import token_logprobs
     from ppokit.rlhf.models.loading import (
         load_causal_lm,
         load_reward_model,
@@ -180,6 +179,7 @@ def supervised_outputs(kind: str, model_dir: Path, data: Path) -> torch.Tensor:
         pad_right,
         position_ids_from_mask,
     )
+    from ppokit.rlhf.models.logprobs import token_logprobs
     from ppokit.rlhf.supervised.reward_model import score_texts
 
     tokenizer = load_tokenizer(str(model_dir))

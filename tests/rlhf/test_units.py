@@ -14,8 +14,8 @@ from ppokit.rlhf import data as rdata
 from ppokit.rlhf.config import RewardConfig, RLHFConfig, SFTConfig
 from ppokit.rlhf.demo import WORDS
 from ppokit.rlhf.models.generation import completion_logits, completion_mask, encode_prompts, sample
-from ppokit.rlhf.models.logprobs import token_logprobs
 from ppokit.rlhf.models.loading import load_causal_lm, load_tokenizer, position_ids_from_mask
+from ppokit.rlhf.models.logprobs import token_logprobs
 from ppokit.rlhf.ppo.advantages import per_token_rewards
 from ppokit.rlhf.rewards.sources import CallableReward, CombinedReward, import_callable
 from ppokit.rlhf.tiny import build_tiny_gpt2

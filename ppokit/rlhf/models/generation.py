@@ -118,7 +118,8 @@ def sample(
     ``synced``: the model is sharded over the processes (FSDP), so each of its forward passes needs
     every process: they all keep stepping until every process's completions have ended.
     """
-    if not _decodes_stepwise(model):
+    cache_arg = _cache_argument(model)
+    if cache_arg is None:
         return _sample_with_generate(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens, temperature,
                                      synced, keep_scores)
     from transformers import DynamicCache
@@ -131,8 +132,8 @@ def sample(
     cache = DynamicCache(config=base.config)
     mask = prompt_mask
     positions = position_ids_from_mask(mask)
-    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                use_cache=True, logits_to_keep=1)
+    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                logits_to_keep=1, **{cache_arg: cache})
     unfinished = torch.ones(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
     tokens: list[Tensor] = []
     logps: list[Tensor] = []
@@ -157,8 +158,8 @@ def sample(
         # A finished process (synced) steps with its last tokens: the others' forward passes need it.
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         positions = positions + 1
-        out = model(input_ids=tokens[-1][:, None], attention_mask=mask, position_ids=positions,
-                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=tokens[-1][:, None], attention_mask=mask, position_ids=positions, use_cache=True,
+                    logits_to_keep=1, **{cache_arg: cache})
     del cache, out
     model.train(was_training)
     completion_ids = torch.stack(tokens, dim=1)
@@ -185,10 +186,13 @@ def _any_running(synced: bool, done_here: bool, device: torch.device) -> bool:
     return bool(flag.item() > 0)
 
 
-def _decodes_stepwise(model: Any) -> bool:
-    """Whether the model's forward takes a KV cache, positions and ``logits_to_keep`` (every recent
-    transformers causal LM), so the sampling loop can drive it."""
-    return forward_takes(model, "past_key_values", "position_ids", "logits_to_keep")
+def _cache_argument(model: Any) -> str | None:
+    """The name under which the model's forward takes a KV cache (``cache`` in recent transformers,
+    ``past_key_values`` before), when it also takes positions and ``logits_to_keep`` so that the
+    sampling loop can drive it; None otherwise."""
+    if not forward_takes(model, "position_ids", "logits_to_keep"):
+        return None
+    return next((name for name in ("cache", "past_key_values") if forward_takes(model, name)), None)
 
 
 def _sample_with_generate(model: Any, tokenizer: Any, prompt_ids: Tensor, prompt_mask: Tensor, max_new_tokens: int,

@@ -27,7 +27,6 @@ from ppokit.rlhf import data as rdata
 from ppokit.rlhf import data_parallel
 from ppokit.rlhf.config import SFTConfig
 from ppokit.rlhf.data import split_by_prompt
-from ppokit.rlhf.models.logprobs import token_logprobs
 from ppokit.rlhf.models.loading import (
     check_tokenizes,
     length_limit,
@@ -37,6 +36,7 @@ from ppokit.rlhf.models.loading import (
     pad_right,
     position_ids_from_mask,
 )
+from ppokit.rlhf.models.logprobs import token_logprobs
 from ppokit.rlhf.models.lora import save_adapter, with_lora
 from ppokit.rlhf.supervised.loop import SupervisedTrainer, data_fingerprint
 from ppokit.rlhf.supervised.steps import MicroBatch
