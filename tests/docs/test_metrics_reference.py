@@ -170,10 +170,11 @@ def runs(front_end: str, model: str | None) -> list[Run]:
     if front_end == "rlhf-ppo":
         return [
             Run("gae", rlhf_run(model), brings=frozenset({"value_mean", "value_loss", "explained_variance"})),
-            Run("grpo, two rewards, fp16", rlhf_run(model),
+            Run("grpo, two rewards, fp16, old log-probs from sampling", rlhf_run(model),
                 {"advantage": "grpo", "num_generations": 2, "mixed_precision": "fp16", "dtype": "float32",
-                 "rewards": ["tests.rlhf.helpers:pleasant_minus_unpleasant"] * 2, "reward_weights": [1.0, 0.5]},
-                brings=frozenset({"score_0", "score_1", "loss_scale", "loss_scale_overflows"}),
+                 "rewards": ["tests.rlhf.helpers:pleasant_minus_unpleasant"] * 2, "reward_weights": [1.0, 0.5],
+                 "old_logprobs": "sampling"},
+                brings=frozenset({"score_0", "score_1", "loss_scale", "loss_scale_overflows", "first_ratio_deviation"}),
                 lacks=frozenset({"value_mean", "value_loss", "explained_variance"})),
         ]
     if front_end == "sft":

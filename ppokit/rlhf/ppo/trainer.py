@@ -271,7 +271,7 @@ class RLHFTrainer:
                              returns=adv.returns if critic else None, mask=batch.mask, ref_logp=batch.ref_logp)
         evaluate = self._evaluate(batch)
         stats = ppo_update(ppo_batch, evaluate, self.optimizer, self._settings(), **shared)
-        stats.update(evaluate.first)  # type: ignore[attr-defined]
+        stats.update(evaluate.figures)  # type: ignore[attr-defined]
         # The last step's gradients would otherwise stay allocated through the next rollout, which is
         # then the peak of a run's memory (the benchmark of the memory options measured it).
         self.optimizer.zero_grad()
@@ -301,11 +301,15 @@ class RLHFTrainer:
 
     def _evaluate(self, batch: RolloutBatch) -> Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]:
         c, models, width = self.config, self.models, batch.tokens.shape[1]
-        first: dict[str, float] = {}
+        figures: dict[str, float] = {}  # the update's own metrics, filled as it runs
+        cells = [0, 0]  # token positions the minibatches' forward passes ran on, and would have without select
 
         def evaluate(rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             # The minibatch's rows without the columns that are padding in all of them.
             part = batch.sequences.select(rows)
+            cells[0] += part.input_ids.numel()
+            cells[1] += len(part.input_ids) * batch.sequences.input_ids.shape[1]
+            figures["padding_dropped"] = 1.0 - cells[0] / cells[1]
             with precision.autocast(c.mixed_precision, self.device):
                 new_logits, new_values = models.policy_forward(part)
                 if new_values is None:  # a separate critic, or none (critic-free: ppo_update fits no values)
@@ -315,15 +319,15 @@ class RLHFTrainer:
             with torch.set_grad_enabled(c.ent_coef > 0 and torch.is_grad_enabled()):
                 entropy = token_entropy(new_logits, c.temperature)
             logp = full_width(token_logprobs(new_logits, part.completion_ids, c.temperature), width)
-            if not first and c.old_logprobs == "sampling":
+            if c.old_logprobs == "sampling" and "first_ratio_deviation" not in figures:
                 # Before any step the ratio would be exactly 1 with recomputed log-probs: how far the
                 # sampling pass's log-probs are from the trained forward pass's, as TRL reports it.
                 with torch.no_grad():
                     ratio = torch.exp(logp - batch.logp[rows])
-                    first["first_ratio_deviation"] = float(masked_mean((ratio - 1).abs(), batch.mask[rows]))
+                    figures["first_ratio_deviation"] = float(masked_mean((ratio - 1).abs(), batch.mask[rows]))
             return logp, full_width(entropy, width), full_width(new_values.float(), width)
 
-        evaluate.first = first  # type: ignore[attr-defined]
+        evaluate.figures = figures  # type: ignore[attr-defined]
         return evaluate
 
     def _record(self, batch: RolloutBatch, adv: TokenAdvantages, stats: dict[str, float],
