@@ -45,6 +45,7 @@ Output: ``OUT/gpu_check.json``, ``OUT/gpu_check.md`` (also printed at the end) a
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
 import json
 import math
@@ -138,11 +139,20 @@ class Context:
             return None, f"no JSON result: {last_line(proc.stdout + proc.stderr)}"
 
 
+def _own_group_dying_with_parent() -> None:
+    """In the forked child, before it runs ``cmd``: a process group of its own (killed whole on
+    timeout), and SIGKILL when its parent dies (a section process killed with its group must not
+    leave its current run holding the GPU)."""
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
 def run_killable(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
     """``subprocess.run`` in a process group of its own that is killed whole on timeout (torchrun's
     workers, a benchmark's children), so nothing it started runs on."""
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            preexec_fn=_own_group_dying_with_parent)
     try:
         out, err = proc.communicate(timeout=max(1.0, timeout))
     except BaseException:
@@ -180,10 +190,10 @@ def summarise(rows: list[dict[str, Any]]) -> tuple[str, str]:
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
         return "failed", f"{len(failed)} of {len(rows)} runs failed; first: {failed[0]['name']}: {failed[0]['reason']}"
+    reasons = "; ".join(dict.fromkeys(r["reason"] for r in rows if r["status"] == "skipped"))
     if not rows or all(r["status"] == "skipped" for r in rows):
-        reasons = list(dict.fromkeys(r["reason"] for r in rows)) or ["nothing to run"]
-        return "skipped", "; ".join(reasons)
-    return "ok", ""
+        return "skipped", reasons or "nothing to run"
+    return "ok", reasons  # what did not run beside what did: 'trl not installed'
 
 
 # ------------------------------------------------------------------------------------------------ sections
@@ -439,6 +449,8 @@ def run_section(name: str, args: argparse.Namespace, timeout: float, log: Path) 
         f.write(f"\n===== {name} (exit {code}, {wall:.1f} s)\n{err or ''}")
     if code is None:
         result.update(status="failed", reason=f"timed out after {timeout:.0f} s")
+    elif code < 0:  # a signal: the kernel's out-of-memory killer, say
+        result.update(status="failed", reason=f"killed by {signal.Signals(-code).name}: {last_line(err)}")
     elif code != 0:
         result.update(status="failed", reason=f"exit {code}: {last_line(err)}")
     result.update(name=name, title=SECTIONS[name][0], wall_s=round(wall, 1))
