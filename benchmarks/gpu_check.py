@@ -139,13 +139,17 @@ class Context:
             return None, f"no JSON result: {last_line(proc.stdout + proc.stderr)}"
 
 
+#: libc's prctl, looked up here: after a fork only the call itself runs (no symbol lookup, no loader lock).
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
 def _own_group_dying_with_parent() -> None:
     """In the forked child, before it runs ``cmd``: a process group of its own (killed whole on
     timeout), and SIGKILL when its parent dies (a section process killed with its group must not
     leave its current run holding the GPU)."""
     os.setsid()
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    if _PRCTL is not None:
+        _PRCTL(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
 
 
 def run_killable(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
@@ -236,17 +240,28 @@ def section_cuda_tests(ctx: Context) -> None:
         ctx.result.update(status="ok", reason="", summary=f"{passed} passed, {counts.get('skipped', 0)} skipped")
 
 
+def rlhf_flags(dry_run: bool, threads: int) -> list[str]:
+    """``rlhf_gpu.py``'s flags for the check (tests/test_gpu_check.py parses both kinds)."""
+    if dry_run:
+        return ["--size", "small", "--device", "cpu", "--batch", "2", "--prompt-length", "4", "--response-length", "4",
+                "--epochs", "1", "--minibatches", "1", "--steps", "2", "--threads", "1", "--variants", "lora+gc"]
+    return ["--size", "qwen2-0.5b", "--device", "cuda", "--batch", "16", "--prompt-length", "64",
+            "--response-length", "64", "--epochs", "2", "--minibatches", "2", "--steps", "3",
+            "--threads", str(threads), "--precision", "bf16"]
+
+
+def memory_flags(dry_run: bool, threads: int) -> list[str]:
+    """``rlhf_memory.py``'s flags for the check: every option on a GPU, at the script's own GPT-2-small shape."""
+    if dry_run:
+        return ["--layers", "1", "--width", "32", "--heads", "2", "--batch", "2", "--new-tokens", "4",
+                "--device", "cpu", "--options", "all_of_them"]
+    return ["--device", "cuda", "--threads", str(threads)]
+
+
 def section_rlhf(ctx: Context) -> None:
     import rlhf_gpu
 
-    if ctx.dry_run:
-        flags = ["--size", "small", "--device", "cpu", "--batch", "2", "--prompt-length", "4", "--response-length", "4",
-                 "--epochs", "1", "--minibatches", "1", "--steps", "2", "--threads", "1", "--variants", "lora+gc"]
-    else:
-        flags = ["--size", "qwen2-0.5b", "--device", "cuda", "--batch", "16", "--prompt-length", "64",
-                 "--response-length", "64", "--epochs", "2", "--minibatches", "2", "--steps", "3",
-                 "--threads", str(ctx.threads), "--precision", "bf16"]
-    args = rlhf_gpu.parser().parse_args(flags)
+    args = rlhf_gpu.parser().parse_args(rlhf_flags(ctx.dry_run, ctx.threads))
     trl_py = ctx.python_with("trl", "peft", "transformers")
     ctx.result["settings"] = (f"{args.size} shape, {args.batch} prompts × {args.prompt_length} + {args.response_length} "
                               f"tokens, {args.steps} steps (the first left out) of {args.epochs} epochs × "
@@ -279,12 +294,7 @@ def section_rlhf(ctx: Context) -> None:
 def section_memory(ctx: Context) -> None:
     import rlhf_memory
 
-    if ctx.dry_run:
-        flags = ["--layers", "1", "--width", "32", "--heads", "2", "--batch", "2", "--new-tokens", "4",
-                 "--device", "cpu", "--options", "all_of_them"]
-    else:
-        flags = ["--device", "cuda", "--threads", str(ctx.threads)]
-    args = rlhf_memory.parser().parse_args(flags)
+    args = rlhf_memory.parser().parse_args(memory_flags(ctx.dry_run, ctx.threads))
     options = args.options.split(",")
     ctx.result["settings"] = (f"GPT-2 shape {args.layers} layers × {args.width}, {args.batch} prompts, "
                               f"{args.new_tokens} new tokens, {args.updates} updates, {args.device}")

@@ -83,6 +83,35 @@ def test_the_budget_skips_what_does_not_fit_and_the_timeout_stops_a_section(tmp_
     assert fsdp["wall_s"] < 30  # the section's process group was killed, torchrun's too
 
 
+def test_the_full_size_settings_parse_and_are_the_issue_s(tmp_path):
+    """The GPU branch's own flags, which no dry run passes: each benchmark script's parser takes them."""
+    code = """
+import json, gpu_check, rlhf_gpu, rlhf_memory
+rlhf = rlhf_gpu.parser().parse_args(gpu_check.rlhf_flags(False, 4))
+memory = rlhf_memory.parser().parse_args(gpu_check.memory_flags(False, 4))
+print(json.dumps({"rlhf": vars(rlhf) | {"precision_of": rlhf_gpu.precision_of(rlhf), "trl_python": None},
+                  "memory": vars(memory)}))
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), str(ROOT)])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout)
+    rlhf, memory = got["rlhf"], got["memory"]
+    assert (rlhf["size"], rlhf["device"], rlhf["precision_of"], rlhf["variants"]) == (
+        "qwen2-0.5b", "cuda", "bf16", ["base", "lora", "gc", "lora+gc"])
+    assert 16 <= rlhf["batch"] <= 32 and rlhf["prompt_length"] == rlhf["response_length"] == 64 and 2 <= rlhf["steps"] <= 4
+    assert memory["device"] == "cuda" and memory["updates"] == 2
+    assert memory["options"].split(",")[0] == "separate" and "all_of_them" in memory["options"]
+
+
+def test_without_cuda_and_without_dry_run_every_section_is_skipped(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    proc = _check(tmp_path, "--sections", "fsdp,rlhf")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert {(s["status"], s["reason"].split(" (")[0]) for s in _report(tmp_path)["sections"]} == {("skipped", "no CUDA")}
+
+
 def test_an_unknown_section_is_refused_in_one_line(tmp_path):
     proc = _check(tmp_path, "--dry-run", "--sections", "rlhf,gpus")
     assert proc.returncode == 2 and "--sections: unknown gpus; choose from cuda_tests" in proc.stderr
