@@ -45,13 +45,13 @@ BATCH = SETTINGS["num_envs"] * SETTINGS["num_steps"]
 SIDES = ("ppokit-gym", "ppokit-envpool", "sb3", "env-gym", "env-envpool")
 
 
-def run_ppokit(vectorization: str, steps: int, seed: int, threads: int) -> dict:
+def run_ppokit(vectorization: str, steps: int, seed: int, threads: int, device: str = "cpu") -> dict:
     from ppokit import PPO, ControlConfig
 
     config = ControlConfig(
         env_id=ENV_ID, vectorization=vectorization, total_steps=steps, seed=seed, lr_schedule="linear",
         clip_range_vf=SETTINGS["clip_range"], normalize_obs=False, normalize_reward=False, network="cnn",
-        torch_threads=threads, progress=False, tensorboard=False, eval_episodes=0, checkpoint_minutes=0,
+        torch_threads=threads, device=device, progress=False, tensorboard=False, eval_episodes=0, checkpoint_minutes=0,
         **SETTINGS,
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,12 +112,12 @@ def run_env(vectorization: str, steps: int, seed: int) -> dict:
             "sps": n * env.num_envs / seconds, "mean_game_score": None}
 
 
-def one_side(side: str, steps: int, seed: int, threads: int) -> dict:
+def one_side(side: str, steps: int, seed: int, threads: int, device: str = "cpu") -> dict:
     if side == "sb3":
         return run_sb3(steps, seed, threads)
     if side.startswith("env-"):
         return run_env(side.removeprefix("env-"), steps, seed)
-    return run_ppokit("envpool" if side == "ppokit-envpool" else "sync", steps, seed, threads)
+    return run_ppokit("envpool" if side == "ppokit-envpool" else "sync", steps, seed, threads, device)
 
 
 def main() -> int:
@@ -128,6 +128,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=49 * BATCH, help=f"env steps per run, rounded down to whole rollouts of {BATCH}")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="torch (and OpenMP) threads on every side")
+    p.add_argument("--device", default="cpu", help="ppokit's device (cpu, cuda); SB3 trains on the CPU")
     p.add_argument("--quick", action="store_true", help="a smoke run: 1 round of 2,048 steps")
     p.add_argument("--json", help="write every run's result here")
     args = p.parse_args()
@@ -135,7 +136,7 @@ def main() -> int:
         args.rounds, args.steps = 1, 2 * BATCH
     steps = max(BATCH, args.steps // BATCH * BATCH)
     if args.side:
-        print(json.dumps(one_side(args.side, steps, args.seed, args.threads)))
+        print(json.dumps(one_side(args.side, steps, args.seed, args.threads, args.device)))
         return 0
 
     from bench_run import pythons, run
@@ -147,7 +148,7 @@ def main() -> int:
         for side in args.sides:
             py = bench_py if side == "sb3" else ppokit_py
             result = run(py, "atari_throughput.py", ["--side", side, "--steps", str(steps), "--seed", str(args.seed),
-                                                     "--threads", str(args.threads)], threads)
+                                                     "--threads", str(args.threads), "--device", args.device], threads)
             results.setdefault(side, []).append(result)
             print(f"round {r + 1} {side:<15} {result['sps']:8.0f} steps/s", file=sys.stderr)
     med = {side: statistics.median(x["sps"] for x in runs) for side, runs in results.items()}

@@ -94,7 +94,7 @@ def build_models(size: str, directory: Path, prompt_length: int, n_prompts: int 
     return policy_dir, reward_dir, prompts
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", choices=sorted(SIZES), default="qwen2-0.5b")
     p.add_argument("--device", default="cuda")
@@ -109,43 +109,68 @@ def main() -> int:
     p.add_argument("--variants", nargs="+", default=["base", "lora", "gc", "lora+gc"],
                    help="any of base, lora, gc (gradient checkpointing), lora+gc")
     p.add_argument("--no-trl", action="store_true", help="ppokit only (no .venv-bench needed)")
+    p.add_argument("--trl-python", type=Path, default=ROOT / ".venv-bench" / "bin" / "python",
+                   help="the Python with TRL 1.12 (default: .venv-bench's)")
     p.add_argument("--json", help="write every run's result here")
-    args = p.parse_args()
-    precision = args.precision or ("bf16" if args.device.startswith("cuda") else "no")
-    ppokit_py = Path(sys.executable)  # the environment with ppokit: this one
-    trl_py = ROOT / ".venv-bench" / "bin" / "python"
-    if not args.no_trl and not trl_py.exists():
-        sys.exit(f"{trl_py} missing: run bash benchmarks/make_bench_venv.sh, or pass --no-trl")
-    results = []
-    with tempfile.TemporaryDirectory(prefix="rlhf-gpu-") as tmp:
-        policy_dir, reward_dir, prompts = build_models(args.size, Path(tmp), args.prompt_length)
-        common = ["--batch", str(args.batch), "--response-length", str(args.response_length),
-                  "--epochs", str(args.epochs), "--steps", str(args.steps), "--threads", str(args.threads),
-                  "--model-dir", str(policy_dir), "--reward-dir", str(reward_dir),
-                  "--prompts-file", str(prompts), "--device", args.device,
-                  "--lora-targets", *(["c_attn"] if SIZES[args.size]["arch"] == "gpt2" else ["q_proj", "v_proj"]),
-                  "--minibatches", str(args.minibatches)]
-        for variant in args.variants:
-            flags = (["--lora"] if "lora" in variant else []) + (["--gradient-checkpointing"] if "gc" in variant else [])
-            sides = [("ppokit", ppokit_py, "rlhf_ppokit.py", ["--mixed-precision", precision])]
-            if not args.no_trl:
-                sides.append(("trl", trl_py, "rlhf_trl_anchor.py", ["--no-forced-gc"] + (["--bf16"] if precision == "bf16" else [])))
-            for library, py, script, extra in sides:
-                result = run(py, script, common + flags + extra, env={"HF_HUB_OFFLINE": "1"})
-                result.update(variant=variant, side=library)
-                results.append(result)
-                print(f"{library} {variant}: {result['s_per_step_median']:.3f} s/step", file=sys.stderr, flush=True)
+    return p
 
-    print(f"\nsize {args.size}, device {args.device}, {args.batch} prompts × {args.prompt_length} + {args.response_length} "
-          f"tokens, {args.epochs} epochs × {args.minibatches} minibatches, precision {precision}\n")
-    print("| variant | library | s / step | generate | score | forward | update | tokens / s | peak memory MiB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+
+def precision_of(args: argparse.Namespace) -> str:
+    return args.precision or ("bf16" if args.device.startswith("cuda") else "no")
+
+
+def runs(args: argparse.Namespace, policy_dir: Path, reward_dir: Path, prompts: Path,
+         trl_py: Path | None) -> list[tuple[str, str, Path, str, list[str]]]:
+    """Every run of the comparison, in order: ``(variant, library, python, script, arguments)``;
+    TRL's only with ``trl_py``. (benchmarks/gpu_check.py runs the same list.)"""
+    precision = precision_of(args)
+    common = ["--batch", str(args.batch), "--response-length", str(args.response_length),
+              "--epochs", str(args.epochs), "--steps", str(args.steps), "--threads", str(args.threads),
+              "--model-dir", str(policy_dir), "--reward-dir", str(reward_dir),
+              "--prompts-file", str(prompts), "--device", args.device,
+              "--lora-targets", *(["c_attn"] if SIZES[args.size]["arch"] == "gpt2" else ["q_proj", "v_proj"]),
+              "--minibatches", str(args.minibatches)]
+    out = []
+    for variant in args.variants:
+        flags = (["--lora"] if "lora" in variant else []) + (["--gradient-checkpointing"] if "gc" in variant else [])
+        out.append((variant, "ppokit", Path(sys.executable), "rlhf_ppokit.py", common + flags + ["--mixed-precision", precision]))
+        if trl_py is not None:
+            out.append((variant, "trl", trl_py, "rlhf_trl_anchor.py",
+                        common + flags + ["--no-forced-gc"] + (["--bf16"] if precision == "bf16" else [])))
+    return out
+
+
+def table(results: list[dict]) -> str:
+    """The Markdown table of the runs' results (each with ``variant`` and ``side`` added)."""
+    lines = ["| variant | library | s / step | generate | score | forward | update | tokens / s | peak memory MiB |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         phases = r.get("phases_s") or {}
         split = [f"{phases[k]:.2f}" if k in phases else "–" for k in ("generate_s", "score_s", "forward_s", "epochs_s")]
         memory = r.get("peak_gpu_mib") or r["peak_rss_mib"]
-        print(f"| {r['variant']} | {r['side']} | {r['s_per_step_median']:.2f} | {' | '.join(split)} | "
-              f"{r['tokens_per_s']:.0f} | {memory:.0f} |")
+        lines.append(f"| {r['variant']} | {r['side']} | {r['s_per_step_median']:.2f} | {' | '.join(split)} | "
+                     f"{r['tokens_per_s']:.0f} | {memory:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    args = parser().parse_args()
+    precision = precision_of(args)
+    trl_py = None if args.no_trl else args.trl_python
+    if trl_py is not None and not trl_py.exists():
+        sys.exit(f"{trl_py} missing: run bash benchmarks/make_bench_venv.sh, or pass --no-trl")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="rlhf-gpu-") as tmp:
+        policy_dir, reward_dir, prompts = build_models(args.size, Path(tmp), args.prompt_length)
+        for variant, library, py, script, argv in runs(args, policy_dir, reward_dir, prompts, trl_py):
+            result = run(py, script, argv, env={"HF_HUB_OFFLINE": "1"})
+            result.update(variant=variant, side=library)
+            results.append(result)
+            print(f"{library} {variant}: {result['s_per_step_median']:.3f} s/step", file=sys.stderr, flush=True)
+
+    print(f"\nsize {args.size}, device {args.device}, {args.batch} prompts × {args.prompt_length} + {args.response_length} "
+          f"tokens, {args.epochs} epochs × {args.minibatches} minibatches, precision {precision}\n")
+    print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0

@@ -149,7 +149,7 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--layers", type=int, default=12)
     p.add_argument("--width", type=int, default=768)
@@ -163,6 +163,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--child", help=argparse.SUPPRESS)  # internal: measure this option in this process
     p.add_argument("--policy", help=argparse.SUPPRESS)
     p.add_argument("--reward", help=argparse.SUPPRESS)
+    return p
+
+
+def child_command(option: str, policy: Path, reward: Path, args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of the fresh process that measures ``option`` (benchmarks/gpu_check.py
+    runs them too)."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    common = ["--batch", str(args.batch), "--new-tokens", str(args.new_tokens), "--updates", str(args.updates),
+              "--threads", str(args.threads),
+              "--device", args.device, "--policy", str(policy), "--reward", str(reward)]
+    return [sys.executable, str(Path(__file__).resolve()), "--child", option, *common], env
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
     args = p.parse_args(argv)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
@@ -183,14 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="ppokit-memory-models-") as tmp:
         policy, reward = build_models(Path(tmp), args.layers, args.width, args.heads, seed=0)
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536",
-               "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
         for option in options:
-            common = ["--batch", str(args.batch), "--new-tokens", str(args.new_tokens), "--updates", str(args.updates),
-                      "--threads", str(args.threads),
-                      "--device", args.device, "--policy", str(policy), "--reward", str(reward)]
-            proc = subprocess.run([sys.executable, __file__, "--child", option, *common], capture_output=True,
-                                  text=True, env=env)
+            cmd, env = child_command(option, policy, reward, args)
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 print(proc.stderr[-3000:], file=sys.stderr)
                 raise SystemExit(f"option {option!r} failed (exit {proc.returncode})")

@@ -4,6 +4,17 @@ import pytest
 import torch
 
 
+def pytest_collection_modifyitems(config, items):
+    """A test marked ``cuda`` is skipped on a machine without a CUDA device (benchmarks/gpu_check.py
+    runs them, ``pytest -m cuda``, where there is one)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
     torch.set_num_threads(1)

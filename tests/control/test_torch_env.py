@@ -201,6 +201,20 @@ def host_reads():
             setattr(torch.Tensor, name, method)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_the_rollout_and_the_update_stay_on_the_env_s_device(tmp_path, device):
+    agent = PPO(_config(tmp_path, device=device, normalize_obs=True, normalize_reward=True), env=TorchPendulum)
+    assert isinstance(agent.collector, DeviceRolloutCollector)
+    rollout = agent.collector.collect()
+    tensors = {name: t for name, t in vars(rollout).items() if isinstance(t, torch.Tensor)}
+    assert {t.device.type for t in tensors.values()} == {device}, {n: t.device for n, t in tensors.items()}
+    before = [p.detach().clone() for p in agent.policy.parameters()]
+    stats = agent.algorithm.update(rollout, 0.5)
+    assert all(p.device.type == device for p in agent.policy.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, agent.policy.parameters()))
+    assert all(np.isfinite(v) for v in stats.values() if isinstance(v, float)), stats
+
+
 @pytest.mark.parametrize("env_class, normalize", [(TorchCartPole, False), (TorchPendulum, True)])
 def test_the_rollout_reads_nothing_back_per_step_and_the_update_little_per_minibatch(tmp_path, env_class, normalize):
     reads = {}

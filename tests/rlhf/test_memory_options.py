@@ -290,7 +290,7 @@ def test_cpu_offload_moves_the_weights_only_inside_the_block(monkeypatch):
     _offload_round_trip(torch.device("cpu"))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_cpu_offload_round_trip_on_cuda():
     _offload_round_trip(torch.device("cuda", 0))
 

@@ -28,9 +28,10 @@ def _weights(module):
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("mode", ["bf16", "fp16"])
-def test_mixed_precision_autocasts_the_forward_passes_and_keeps_float32_weights(tiny_lm, tmp_path, mode):
-    trainer = RLHFTrainer(_config(tiny_lm, mixed_precision=mode, dtype="auto"), prompts=PROMPTS,
+def test_mixed_precision_autocasts_the_forward_passes_and_keeps_float32_weights(tiny_lm, tmp_path, mode, device):
+    trainer = RLHFTrainer(_config(tiny_lm, mixed_precision=mode, dtype="auto", device=device), prompts=PROMPTS,
                           run_dir=tmp_path / "run")
     seen = []
     head = trainer.policy.get_output_embeddings()
@@ -39,7 +40,7 @@ def test_mixed_precision_autocasts_the_forward_passes_and_keeps_float32_weights(
     trainer.learn()
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
     assert seen and set(seen) == {half}, seen  # generation, rollout and update forwards all autocast
-    assert all(p.dtype == torch.float32 for p in trainer.policy.parameters())
+    assert all(p.dtype == torch.float32 and p.device.type == device for p in trainer.policy.parameters())
     after = _weights(trainer.policy)
     assert any(not torch.equal(before[k], after[k]) for k in before)
     for row in trainer.history:
