@@ -111,6 +111,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-trl", action="store_true", help="ppokit only (no .venv-bench needed)")
     p.add_argument("--trl-python", type=Path, default=ROOT / ".venv-bench" / "bin" / "python",
                    help="the Python with TRL 1.12 (default: .venv-bench's)")
+    p.add_argument("--sampling", action="store_true", help="also ppokit with old_logprobs: sampling (TRL's way)")
+    p.add_argument("--before", type=Path, help="also ppokit from this checkout (PYTHONPATH), e.g. a git worktree")
     p.add_argument("--json", help="write every run's result here")
     return p
 
@@ -133,7 +135,13 @@ def runs(args: argparse.Namespace, policy_dir: Path, reward_dir: Path, prompts: 
     out = []
     for variant in args.variants:
         flags = (["--lora"] if "lora" in variant else []) + (["--gradient-checkpointing"] if "gc" in variant else [])
-        out.append((variant, "ppokit", Path(sys.executable), "rlhf_ppokit.py", common + flags + ["--mixed-precision", precision]))
+        ours = common + flags + ["--mixed-precision", precision]
+        if getattr(args, "before", None):
+            out.append((variant, "ppokit-before", Path(sys.executable), "rlhf_ppokit.py", ours))
+        out.append((variant, "ppokit", Path(sys.executable), "rlhf_ppokit.py", ours))
+        if getattr(args, "sampling", False):
+            out.append((variant, "ppokit-sampling", Path(sys.executable), "rlhf_ppokit.py",
+                        ours + ["--old-logprobs", "sampling"]))
         if trl_py is not None:
             out.append((variant, "trl", trl_py, "rlhf_trl_anchor.py",
                         common + flags + ["--no-forced-gc"] + (["--bf16"] if precision == "bf16" else [])))
@@ -146,7 +154,8 @@ def table(results: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         phases = r.get("phases_s") or {}
-        split = [f"{phases[k]:.2f}" if k in phases else "–" for k in ("generate_s", "score_s", "forward_s", "epochs_s")]
+        update = "update_s" if r["side"] == "trl" else "epochs_s"  # TRL's anchor: the step less the other phases
+        split = [f"{phases[k]:.2f}" if k in phases else "–" for k in ("generate_s", "score_s", "forward_s", update)]
         memory = r.get("peak_gpu_mib") or r["peak_rss_mib"]
         lines.append(f"| {r['variant']} | {r['side']} | {r['s_per_step_median']:.2f} | {' | '.join(split)} | "
                      f"{r['tokens_per_s']:.0f} | {memory:.0f} |")
@@ -163,7 +172,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="rlhf-gpu-") as tmp:
         policy_dir, reward_dir, prompts = build_models(args.size, Path(tmp), args.prompt_length)
         for variant, library, py, script, argv in runs(args, policy_dir, reward_dir, prompts, trl_py):
-            result = run(py, script, argv, env={"HF_HUB_OFFLINE": "1"})
+            env = {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(args.before.resolve() if library == "ppokit-before" else ROOT)}
+            result = run(py, script, argv, env=env)
             result.update(variant=variant, side=library)
             results.append(result)
             print(f"{library} {variant}: {result['s_per_step_median']:.3f} s/step", file=sys.stderr, flush=True)
