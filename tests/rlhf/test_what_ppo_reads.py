@@ -218,3 +218,32 @@ def test_old_logprobs_sampling_changes_only_the_old_logprobs(tiny_lm, tmp_path):
     assert torch.allclose(a.logp * a.mask, b.logp, atol=1e-5)
     assert torch.equal(a.ref_logp, b.ref_logp) and torch.equal(a.values, b.values)
     assert not torch.equal(a.logp * a.mask, b.logp)  # taken from another pass, not copied
+
+
+@pytest.mark.parametrize("value_init", ["policy", "reward"])
+def test_critics_and_reward_models_compute_no_vocabulary_logits(tiny_lm, tmp_path, value_init):
+    from transformers import AutoModelForSequenceClassification
+
+    from ppokit.rlhf.ppo.rollout import collect
+
+    reward_dir = tmp_path / "reward"
+    torch.manual_seed(1)
+    AutoModelForSequenceClassification.from_pretrained(tiny_lm, num_labels=1).save_pretrained(reward_dir)
+    load_tokenizer(tiny_lm).save_pretrained(reward_dir)
+    trainer = _trainer(tiny_lm, tmp_path, rewards=[str(reward_dir)], value_init=value_init)
+    vocab = len(trainer.tokenizer)
+    critic, scorer = trainer.models.critic, trainer.reward.sources[0].model
+    widest: list[int] = []
+
+    def record(module, inputs, output):
+        tensors = [output] if isinstance(output, torch.Tensor) else [
+            t for t in (output.values() if isinstance(output, dict) else output if isinstance(output, tuple) else [])
+            if isinstance(t, torch.Tensor)]
+        widest.extend(t.shape[-1] for t in tensors if t.dim() >= 2)
+
+    hooks = [m.register_forward_hook(record) for model in (critic, scorer) for m in model.modules()]
+    collect(trainer.models, trainer.tokenizer, trainer.reward, trainer.prompts.next(), trainer.config, trainer.device)
+    for hook in hooks:
+        hook.remove()
+    assert widest and vocab not in widest  # hidden widths and scalars only, never [.., vocab]
+    assert vocab not in {32, 96, 128, 1}  # the tiny model's widths: the check above can tell them apart
