@@ -4,6 +4,9 @@
     python benchmarks/gpu_check.py --out /tmp/gc --dry-run      # the same script on the CPU, toy sizes (~1 min)
     python benchmarks/gpu_check.py --out gc --sections rlhf,fsdp --timeout 300 --budget-s 600
 
+On a lent GPU machine, first bring what its image lacks: ``bash benchmarks/gpu_wheels.sh`` here, then
+carry ``.whl`` and install it there (the script's header has the command).
+
 On one H100 it is sized to take under 8 minutes (``--budget-s 480`` caps it; not yet run on one: the
 section limits below are estimates). Each section runs in a fresh process of its own (so a failure, a
 hang or an out-of-memory in one leaves the others to run) and reports its status (ok, failed or
