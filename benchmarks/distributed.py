@@ -1,12 +1,16 @@
 """One process against two (``--nproc 2``, gloo) on the same global batch, alternated side by side.
 
     PYTHONPATH=. .venv/bin/python benchmarks/distributed.py --repeats 3
+    PYTHONPATH=. .venv/bin/python benchmarks/distributed.py --repeats 3 --variants 1 2 1-async
 
 Each task trains from the ``ppokit train`` command line with ``num_envs_scope: global``, so one process
 runs all the envs and two processes run half each: the same batch, minibatch size and update count.
-Prints, per task and process count, the median over repeats of the whole command's wall time
-(start-up included) and of the training throughput the run logged (``sps`` of its last metrics row:
-env steps per second of ``learn()``, start-up excluded), and the ratio of two processes to one.
+A variant is the number of processes, with ``-async`` for envs stepped in subprocesses
+(``vectorization: async``) or ``-envpool`` for EnvPool's C++ thread pool: one learner fed by env
+workers, the other way to use more cores.
+Prints, per task and variant, the median over repeats of the whole command's wall time (start-up
+included) and of the training throughput the run logged (``sps`` of its last metrics row: env steps
+per second of ``learn()``, start-up excluded), and each variant's ratio to one process.
 """
 
 from __future__ import annotations
@@ -28,15 +32,18 @@ TASKS: dict[str, tuple[str, int, list[str]]] = {
 }
 
 
-def run(task: str, nproc: int, root: Path, i: int, steps: int | None = None) -> tuple[float, float]:
+def run(task: str, variant: str, root: Path, i: int, steps: int | None = None) -> tuple[float, float]:
     env_id, task_steps, sets = TASKS[task]
     steps = steps or task_steps
-    run_dir = root / f"{task}-{nproc}-{i}"
+    nproc = int(variant.split("-")[0])
+    run_dir = root / f"{task}-{variant}-{i}"
     args = [sys.executable, "-m", "ppokit", "train", env_id, "--total-steps", str(steps), "--run-dir", str(run_dir),
             "--no-progress", "--set", "eval_episodes=0", "--set", "tensorboard=false",
             "--set", "num_envs_scope=global", "--set", "checkpoint_minutes=0"]
     for s in sets:
         args += ["--set", s]
+    if "-" in variant:
+        args += ["--set", f"vectorization={variant.split('-', 1)[1]}"]
     if nproc > 1:
         args += ["--nproc", str(nproc)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -52,21 +59,33 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--steps", type=int, default=None, help="env steps per run instead of the task's")
+    parser.add_argument("--variants", nargs="+", default=["1", "2"], type=variant_name,
+                        help="processes, with -async (envs in subprocesses) or -envpool (EnvPool's C++ threads): "
+                             "1 2 1-async 1-envpool (1 always runs)")
     args = parser.parse_args()
+    variants = ["1", *(v for v in dict.fromkeys(args.variants) if v != "1")]
     root = Path(tempfile.mkdtemp(prefix="ppokit-distributed-"))
-    results: dict[str, dict[int, list[tuple[float, float]]]] = {t: {1: [], 2: []} for t in args.tasks}
+    results: dict[str, dict[str, list[tuple[float, float]]]] = {t: {v: [] for v in variants} for t in args.tasks}
     for i in range(args.repeats):
         for task in args.tasks:
-            for nproc in (1, 2):
-                results[task][nproc].append(run(task, nproc, root, i, args.steps))
+            for variant in variants:
+                results[task][variant].append(run(task, variant, root, i, args.steps))
     summary = {}
-    for task, by_n in results.items():
-        wall = {n: statistics.median(w for w, _ in rows) for n, rows in by_n.items()}
-        sps = {n: statistics.median(s for _, s in rows) for n, rows in by_n.items()}
-        summary[task] = {"wall_s": wall, "sps": sps, "sps_ratio_2_over_1": sps[2] / sps[1]}
-        print(f"{task}: 1 process {sps[1]:.0f} steps/s ({wall[1]:.1f} s), 2 processes {sps[2]:.0f} steps/s "
-              f"({wall[2]:.1f} s): {sps[2] / sps[1]:.2f}x", file=sys.stderr)
+    for task, by_variant in results.items():
+        wall = {v: statistics.median(w for w, _ in rows) for v, rows in by_variant.items()}
+        sps = {v: statistics.median(s for _, s in rows) for v, rows in by_variant.items()}
+        summary[task] = {"wall_s": wall, "sps": sps, **{f"sps_ratio_{v}_over_1": sps[v] / sps["1"] for v in variants[1:]}}
+        print(f"{task}: " + ", ".join(f"{v}: {sps[v]:.0f} steps/s ({wall[v]:.1f} s, {sps[v] / sps['1']:.2f}x)"
+                                      for v in variants), file=sys.stderr)
     print(json.dumps(summary))
+
+
+def variant_name(text: str) -> str:
+    count, _, mode = text.partition("-")
+    if not count.isdigit() or int(count) < 1 or mode not in ("", "async", "envpool"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a variant: a number of processes, optionally with -async "
+                                         "or -envpool")
+    return text
 
 
 if __name__ == "__main__":

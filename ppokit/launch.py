@@ -45,10 +45,9 @@ def add_nproc_flag(parser: argparse.ArgumentParser) -> None:
 def max_processes() -> int:
     """The most processes ``--nproc`` starts: the CPU cores this process may use. Each process needs
     a core of its own to step its envs (on GPUs, too), and more only fight over them."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    from ppokit.runtime import usable_cores
+
+    return usable_cores()
 
 
 def check_nproc(nproc: int, seeds: str | None = None) -> None:
@@ -151,7 +150,7 @@ def relaunch(argv: Sequence[str], nproc: int) -> int:
 
     if "OMP_NUM_THREADS" not in os.environ:
         # Each process's torch would otherwise start a thread per core and they would fight over them.
-        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+        os.environ["OMP_NUM_THREADS"] = str(max(1, max_processes() // nproc))
     os.environ[PARENT_ENV] = str(os.getpid())  # the workers die with this process (ppokit.lifetime)
     for name in ("torch.distributed.elastic", "torch.distributed.launcher"):
         logging.getLogger(name).setLevel(logging.CRITICAL)  # the processes report their own errors

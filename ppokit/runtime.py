@@ -54,10 +54,32 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, which a container or ``taskset`` narrows)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def thread_count(requested: int) -> int:
+    """The intra-op threads a process takes for the setting ``requested``: ``requested`` itself when
+    it is above 0; for 0, in a job of N processes on this machine (torchrun), its share of the
+    cores, ``max(1, cores // N)`` (torch's default, a thread per core in every process, would have N
+    processes fight over each core; torchrun's ``OMP_NUM_THREADS=1`` would leave most cores idle);
+    0 (torch's default) for a process on its own."""
+    if requested > 0:
+        return requested
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1) if launched_by_torchrun() else 1
+    return max(1, usable_cores() // local) if local > 1 else 0
+
+
 def set_threads(count: int) -> None:
-    """torch's intra-op threads; 0 keeps torch's default."""
-    if count > 0:
-        torch.set_num_threads(count)
+    """torch's intra-op threads for the setting ``count`` (:func:`thread_count`); 0 on a process of
+    its own keeps torch's default."""
+    threads = thread_count(count)
+    if threads > 0:
+        torch.set_num_threads(threads)
 
 
 def setup(seed: int, device: str, threads: int) -> torch.device:

@@ -61,6 +61,26 @@ def test_distributed_benchmark_script_runs():
     assert result["cartpole"]["sps"]["1"] > 0 and result["cartpole"]["sps"]["2"] > 0
 
 
+def test_distributed_profile_script_reports_each_process(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "distributed_profile.py"), "--nproc", "2", "--", "train",
+         "CartPole-v1", "--total-steps", "2048", "--no-progress", "--set", "num_envs=4", "--set", "num_steps=128",
+         "--set", "num_epochs=2", "--set", "num_minibatches=4", "--set", "eval_episodes=0",
+         "--set", "tensorboard=false", "--run-dir", str(tmp_path / "run")],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = sorted((json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")),
+                  key=lambda row: row["rank"])
+    assert [row["rank"] for row in rows] == [0, 1] and all(row["exit_code"] == 0 for row in rows), proc.stdout
+    for row in rows:
+        update = row["per_update"]
+        assert row["updates"] == 2 and update["collect_s"] > 0 and update["run_epochs_s"] > 0, row
+        # each of the 2 epochs × 4 minibatches exchanges its gradient once
+        assert update["by_operation"]["mean_flat_"]["calls"] == 8, row
+        assert update["collective_calls"] >= 8 and update["collective_bytes"] > 0, row
+
+
 def test_purejaxrl_side_by_side_runs():
     """Both sides of benchmarks/vs_purejaxrl.py, tiny: every row trains the steps asked for and reports
     a return, so a row that silently trains nothing fails here. Needs JAX in .venv-bench."""

@@ -54,3 +54,56 @@ def test_an_nproc_that_cannot_work_is_refused_in_one_line_before_any_process(arg
     err = capsys.readouterr().err
     assert err.startswith(f"ppokit: error: {message}") and err.count("\n") == 1, err
     assert not run.exists()
+
+
+# ----------------------------------------------------------------------------- threads per process
+
+TORCHRUN_ENV = {"RANK": "0", "WORLD_SIZE": "4", "MASTER_ADDR": "localhost", "MASTER_PORT": "29500"}
+
+
+@pytest.mark.parametrize("local_processes, cores, setting, expected", [
+    (2, 2, 0, 1),    # 2 processes on 2 cores: one thread each, not torch's two
+    (4, 16, 0, 4),   # 4 on 16: a share each, not torchrun's OMP_NUM_THREADS=1
+    (3, 2, 0, 1),    # more processes than cores: still one
+    (2, 16, 3, 3),   # the user's torch_threads wins
+    (None, 16, 0, None),  # a process on its own keeps torch's default
+])
+def test_each_process_of_a_job_takes_its_share_of_the_cores(local_processes, cores, setting, expected, monkeypatch):
+    """Before: torch_threads 0 kept torch's default in every process of a job, a thread per core each
+    (or the one thread torchrun's OMP_NUM_THREADS=1 gives), so N processes fought over the cores or left them idle."""
+    import torch
+
+    from ppokit import runtime
+
+    for name in (*TORCHRUN_ENV, "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    if local_processes is not None:
+        for name, value in {**TORCHRUN_ENV, "LOCAL_WORLD_SIZE": str(local_processes)}.items():
+            monkeypatch.setenv(name, value)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    runtime.set_threads(setting)
+    assert calls == ([] if expected is None else [expected])
+
+
+def test_the_launcher_divides_the_cores_this_process_may_use(monkeypatch):
+    """``--nproc`` sets each process's OMP_NUM_THREADS from the cores of this process's affinity (a
+    container or taskset), not the machine's count."""
+    from ppokit import launch
+    from ppokit.lifetime import PARENT_ENV
+
+    for name in ("OMP_NUM_THREADS", PARENT_ENV):  # restored after the test, whatever relaunch sets
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    seen: dict[str, str] = {}
+
+    def fake_launch(config, entrypoint):
+        seen["threads"] = os.environ["OMP_NUM_THREADS"]
+        return lambda *args: None
+
+    monkeypatch.setattr("torch.distributed.launcher.api.elastic_launch", fake_launch)
+    assert launch.relaunch(["train", "CartPole-v1"], 2) == 0
+    assert seen["threads"] == "2"

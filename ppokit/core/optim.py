@@ -8,13 +8,13 @@ Adam for small networks on a CPU implements the same protocol).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
-from ppokit.core.collective import Collective
+from ppokit.core.collective import BUCKET_BYTES, Collective
 
 
 class Optimizer(Protocol):
@@ -152,37 +152,34 @@ class OptimizerWrapper:
 
 class AveragedGradients(OptimizerWrapper):
     """An :class:`Optimizer` whose gradients are averaged over the processes before they are
-    clipped or applied: data-parallel training, in one exchange of the whole gradient per step.
+    clipped or applied: data-parallel training, in one exchange of the whole gradient per step
+    (buckets of :data:`~ppokit.core.collective.BUCKET_BYTES` for a large model).
 
     Every process then clips the same gradient and takes the same step, so the parameters (and the
     optimiser's moments) stay identical across processes without ever being sent.
     """
 
-    def __init__(self, inner: Optimizer, collective: Collective) -> None:
+    def __init__(self, inner: Optimizer, collective: Collective, bucket_bytes: int = BUCKET_BYTES) -> None:
         super().__init__(inner)
         self.collective = collective
+        self.bucket_bytes = bucket_bytes
         self._averaged = False
 
     def zero_grad(self) -> None:
         self.inner.zero_grad()
         self._averaged = False
 
-    def average(self) -> None:
-        """Average the gradients over the processes (once per backward pass)."""
+    def average(self, extra: Sequence[float] = ()) -> list[float]:
+        """Average the gradients over the processes (once per backward pass), and with them the
+        numbers ``extra``, returned averaged: the epoch loop's loss and KL ride in the gradient's
+        exchange instead of taking one of their own."""
         if self._averaged:
-            return
-        grads = self.inner.gradients()
-        if len(grads) == 1:
-            self.collective.mean_(grads[0])
-        else:
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            self.collective.mean_(flat)
-            offset = 0
-            for g in grads:
-                n = g.numel()
-                g.copy_(flat[offset:offset + n].view_as(g))
-                offset += n
+            if extra:
+                raise RuntimeError("the gradients were averaged already; the numbers must ride in that exchange")
+            return []
+        averaged = self.collective.mean_flat_(self.inner.gradients(), extra, self.bucket_bytes)
         self._averaged = True
+        return averaged
 
     def clip_grad_norm(self, max_norm: float) -> Tensor | float:
         self.average()
@@ -191,6 +188,16 @@ class AveragedGradients(OptimizerWrapper):
     def step(self) -> None:
         self.average()
         self.inner.step()
+
+
+def gradient_averaging(optimizer: Optimizer) -> AveragedGradients | None:
+    """The :class:`AveragedGradients` that ``optimizer`` is or wraps (loss scaling wraps it), if any."""
+    while True:
+        if isinstance(optimizer, AveragedGradients):
+            return optimizer
+        if not isinstance(optimizer, OptimizerWrapper):
+            return None
+        optimizer = optimizer.inner
 
 
 class LossScaledOptimizer(OptimizerWrapper):

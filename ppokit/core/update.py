@@ -29,7 +29,7 @@ from ppokit.core.losses import (
     reference_kl_loss,
     value_loss,
 )
-from ppokit.core.optim import LossScaledOptimizer, Optimizer
+from ppokit.core.optim import LossScaledOptimizer, Optimizer, gradient_averaging
 from ppokit.errors import TrainingError
 
 #: ``evaluate(indices) -> (logp_new, entropy, values_new)`` for the rows ``indices`` of the batch.
@@ -119,6 +119,10 @@ class MinibatchStep(Protocol):
 
     :class:`AutogradStep` is the reference; a front end may bring an accelerated step that computes
     the same loss (held to the reference by parity tests).
+
+    Data parallel, a step may also have ``begin_epoch(split)``, which :func:`run_epochs` calls with
+    each epoch's minibatches before the first: there it exchanges what every minibatch of the epoch
+    needs of the other processes at once (:class:`UnionMoments`), instead of once per minibatch.
     """
 
     def forward(self, idx: Tensor) -> float:
@@ -146,6 +150,36 @@ STEP_STAT_NAMES = ("policy_loss", "value_loss", "entropy", "approx_kl_k1", "appr
 STAT_NAMES = (*STEP_STAT_NAMES, "grad_norm")
 
 
+class UnionMoments:
+    """Each minibatch's advantage moments over the union of every process's minibatch at the same
+    place (what the minibatch is whitened with, data parallel), a whole epoch's in one exchange.
+
+    :meth:`begin_epoch` takes the epoch's minibatches and exchanges their moments together;
+    :meth:`of` then hands out each minibatch's in turn. A minibatch that is not the epoch's next
+    (a step driven by something other than :func:`run_epochs`) gets its own exchange.
+    """
+
+    def __init__(self, collective: Collective, advantages: Tensor, mask: Tensor | None = None) -> None:
+        self.collective, self.advantages, self.mask = collective, advantages, mask
+        self._split: Sequence[Tensor] = ()
+        self._moments: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        self._next = 0
+
+    def begin_epoch(self, split: Sequence[Tensor]) -> None:
+        self._moments = self.collective.moments_of_parts([self._part(idx) for idx in split])
+        self._split, self._next = split, 0
+
+    def of(self, idx: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(local_count, count, mean, var)`` of minibatch ``idx`` (see :meth:`Collective.moments`)."""
+        if self._next < len(self._split) and self._split[self._next] is idx:
+            self._next += 1
+            return self._moments[self._next - 1]
+        return self.collective.moments(*self._part(idx))
+
+    def _part(self, idx: Tensor) -> tuple[Tensor, Tensor | None]:
+        return self.advantages[idx], None if self.mask is None else self.mask[idx]
+
+
 class AutogradStep:
     """The minibatch loss of :func:`ppo_update`, differentiated by autograd: the reference step.
 
@@ -162,20 +196,26 @@ class AutogradStep:
         self.batch, self.evaluate, self.settings = batch, evaluate, settings
         self.mask_all = batch.mask
         self.collective = collective if collective is not None and collective.active else None
+        self.moments = (UnionMoments(self.collective, batch.advantages, batch.mask)
+                        if self.collective is not None else None)
         #: This process's share of the minibatch mean (1 with one process), see Collective.share.
         self.scale = 1.0
         self.accumulate = settings.gradient_accumulation_steps > 1
         #: What the loss is multiplied by before the backward pass (float16 loss scaling; run_epochs sets it).
         self.loss_scale = 1.0
 
+    def begin_epoch(self, split: Sequence[Tensor]) -> None:
+        if self.moments is not None:
+            self.moments.begin_epoch(split)
+
     def forward(self, idx: Tensor) -> float:
         settings, batch = self.settings, self.batch
         mask = self.mask_all[idx] if self.mask_all is not None else None
         advantages = batch.advantages[idx]
-        if self.collective is not None:
+        if self.collective is not None and self.moments is not None:
             # The minibatch is the union of every process's rows: whiten with its statistics, and
             # weight this process's means by its share of the entries.
-            local, total, mean, var = self.collective.moments(advantages, mask)
+            local, total, mean, var = self.moments.of(idx)
             self.scale = self.collective.share(local, total)
             if settings.whiten_advantages:
                 advantages = masked_whiten(advantages, mask, moments=(mean, var))
@@ -302,6 +342,10 @@ def run_epochs(
     (:class:`~ppokit.core.optim.AveragedGradients`). Minibatch ``j`` is then the union of every
     process's minibatch ``j``; the loss and KL that decide the early stop and the finiteness checks
     are the union's, so every process takes the same branch, and the diagnostics are averaged.
+    The processes exchange once per minibatch: the gradient is computed first and the loss and KL
+    ride in its exchange (a minibatch the checks then drop was differentiated for nothing, and its
+    gradient is discarded), plus once per epoch if the step has ``begin_epoch`` (the whitening
+    moments) and once per update (the diagnostics).
     ``minibatches(epoch)``: an epoch's minibatches (row indices) instead of a random split.
 
     When ``target_kl`` is set, the epoch loop stops as soon as a minibatch's approximate KL
@@ -320,6 +364,9 @@ def run_epochs(
     skipped = 0
     last_step = (0, 0)
     shared = collective is not None and collective.active
+    # Where the gradient is averaged by an exchange of its own, the loss and KL ride in it.
+    averaging = gradient_averaging(optimizer) if shared else None
+    begin_epoch: Callable[[Sequence[Tensor]], None] | None = getattr(step, "begin_epoch", None) if shared else None
     scaler = optimizer if isinstance(optimizer, LossScaledOptimizer) else None
     if scaler is not None and not isinstance(step, AutogradStep):
         raise TypeError(f"loss scaling needs the autograd step, not {type(step).__name__}")
@@ -327,6 +374,8 @@ def run_epochs(
     for epoch in range(settings.num_epochs):
         split = (minibatches(epoch) if minibatches is not None
                  else torch.randperm(n, device=device).tensor_split(settings.num_minibatches))
+        if begin_epoch is not None:
+            begin_epoch(split)
         for mb, idx in enumerate(split):
             if idx.numel() == 0 and not shared:
                 continue
@@ -335,9 +384,12 @@ def run_epochs(
                 step.loss_scale = scaler.loss_scale  # type: ignore[attr-defined]
             loss = step.forward(idx)
             kl = step.approx_kl() if settings.target_kl is not None else 0.0
-            if shared:
+            if averaging is not None:
+                step.backward()
+                loss, kl = averaging.average((loss, kl))  # the union's, from each process's share
+            elif shared:
                 assert collective is not None
-                loss, kl = collective.mean_floats(loss, kl)  # the union's, from each process's share
+                loss, kl = collective.mean_floats(loss, kl)
             if settings.target_kl is not None and kl > 1.5 * settings.target_kl:
                 early_stopped = True
                 break
@@ -346,7 +398,8 @@ def run_epochs(
                     skipped += 1
                     continue
                 raise NonFiniteError("loss", epoch, mb)
-            step.backward()
+            if averaging is None:
+                step.backward()
             # The total norm is non-finite exactly when some gradient entry is; checked before the
             # step, so a bad gradient never reaches the weights or the optimiser's moments.
             grad_norm = float(optimizer.clip_grad_norm(max_norm))

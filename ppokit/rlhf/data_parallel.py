@@ -100,10 +100,11 @@ def batch_figures(batch: RolloutBatch, adv: TokenAdvantages, kl_coef: float, col
 
 def explained_variance(predicted: Tensor, target: Tensor, mask: Tensor, collective: Collective) -> float:
     """:func:`ppokit.core.diagnostics.explained_variance` over every rank's valid entries."""
-    var_y = collective.moments(target, mask)[3]
+    of_target, of_error = collective.moments_of_parts([(target, mask), (target - predicted, mask)])  # one exchange
+    var_y = of_target[3]
     if float(var_y) == 0.0:
         return float("nan")
-    return float(1.0 - collective.moments(target - predicted, mask)[3] / var_y)
+    return float(1.0 - of_error[3] / var_y)
 
 
 def gather_samples(samples: tuple[list[str], list[str], list[float]],

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from ppokit.core.optim import TorchOptimizer
+from ppokit.core.collective import Collective, Traffic
+from ppokit.core.optim import AveragedGradients, LossScaledOptimizer, TorchOptimizer
 from ppokit.core.update import NonFiniteError, PPOBatch, PPOUpdateSettings, ppo_update
 
 
@@ -116,3 +117,50 @@ def test_gradient_accumulation_stops_before_a_non_finite_step():
                                                    gradient_accumulation_steps=4))
     for p, b in zip(model.parameters(), before):
         torch.testing.assert_close(p, b)
+
+
+class _Mirror(Collective):
+    """Two processes that hold the same data, in one: each exchange returns what it would with two
+    such processes (sums doubled, rows repeated), and is recorded by name."""
+
+    def __init__(self) -> None:
+        self.world_size, self.rank, self.device = 2, 0, torch.device("cpu")
+        self.traffic = Traffic()
+        self.calls: list[str] = []
+
+    def _all_reduce(self, tensor):
+        self.calls.append("all_reduce")
+        tensor.mul_(2)
+
+    def _all_gather(self, out, local):
+        self.calls.append("all_gather")
+        out.copy_(local.repeat(2))
+
+    def mean_flat_(self, tensors, extra=(), bucket_bytes=0):
+        self.calls.append(f"gradient+{len(extra)}")
+        return list(extra)
+
+
+@pytest.mark.parametrize("wrap, accumulate, target_kl", [
+    ("plain", 1, None),
+    ("loss_scaled", 1, None),  # fp16 loss scaling wraps the averaging optimiser
+    ("plain", 3, None),        # micro-batches differentiated in forward
+    ("plain", 1, 1e-4),        # the KL stop: the stopped minibatch's gradient is exchanged and dropped
+])
+def test_data_parallel_exchanges_once_per_minibatch_and_once_per_epoch(wrap, accumulate, target_kl):
+    """Before: three exchanges per minibatch (the union's whitening moments, its loss and KL, the
+    gradient); now the loss and KL ride in the gradient's exchange and an epoch's moments are one
+    gather, whatever wraps the optimiser."""
+    model, batch, evaluate = _token_setup()
+    mirror = _Mirror()
+    inner = AveragedGradients(TorchOptimizer(torch.optim.SGD(model.parameters(), lr=5.0)), mirror)
+    opt = LossScaledOptimizer(inner, init_scale=4.0) if wrap == "loss_scaled" else inner
+    stats = ppo_update(batch, evaluate, opt, _settings(num_epochs=3, num_minibatches=2, target_kl=target_kl,
+                                                       gradient_accumulation_steps=accumulate), mirror)
+    epochs = int(stats["epochs"] + stats["early_stopped"])
+    attempts = int(stats["minibatch_steps"] + stats["early_stopped"])
+    assert stats["early_stopped"] == float(target_kl is not None)
+    expected: list[str] = []
+    for epoch in range(epochs):
+        expected += ["all_gather"] + ["gradient+2"] * min(2, attempts - 2 * epoch)
+    assert mirror.calls == [*expected, "all_reduce"]  # the diagnostics, once per update

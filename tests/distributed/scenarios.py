@@ -26,9 +26,11 @@ LOCAL_ENVS, STEPS, WORLD = 3, 16, 2
 
 
 def update_config(backend: str, num_envs: int) -> ControlConfig:
+    """``backend``: the update backend, with ``@KL`` for a target KL that stops the epochs early."""
+    name, _, target_kl = backend.partition("@")
     config = ControlConfig(env_id="CartPole-v1", num_envs=num_envs, num_steps=STEPS, num_epochs=3, num_minibatches=4,
-                           update_backend=backend, clip_range_vf=0.2, target_kl=0.5, learning_rate=3e-3,
-                           total_steps=num_envs * STEPS)
+                           update_backend=name, clip_range_vf=0.2, target_kl=float(target_kl or 0.5),
+                           learning_rate=3e-3, total_steps=num_envs * STEPS)
     return config.for_actions(True)
 
 
@@ -116,9 +118,44 @@ def one_update(out: Path, backend: str) -> None:
     rollout = rank_slice(full_rollout(policy), collective.rank)
     algorithm = PPOAlgorithm(config, policy, torch.device("cpu"), collective)
     torch.manual_seed(1000 + collective.rank)
+    before = collective.traffic.copy()
     stats = algorithm.update(rollout, 0.0)
-    torch.save({"params": params(policy), "stats": stats, "fast": bool(algorithm.fast_update)},
-               out / f"rank{collective.rank}.pt")
+    torch.save({"params": params(policy), "stats": stats, "fast": bool(algorithm.fast_update),
+                "exchanges": collective.traffic.since(before).calls}, out / f"rank{collective.rank}.pt")
+
+
+#: The tensors each process averages in the exchange scenario: float32 ones that fill several
+#: buckets of BUCKET, a bfloat16 one (a bucket of its own dtype), a non-contiguous float32 one.
+BUCKET = 64
+
+
+def exchange_tensors(rank: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(7 + rank)
+    return [torch.randn(5, generator=g), torch.randn(3, 4, generator=g), torch.randn(40, generator=g),
+            torch.randn(6, generator=g).to(torch.bfloat16), torch.randn(4, 3, generator=g).T, torch.randn(2, generator=g)]
+
+
+def exchange(out: Path, _: str) -> None:
+    """Collective.mean_flat_ over tensors of several dtypes and buckets, with numbers riding along;
+    moments_of_parts against moments one part at a time."""
+    collective = runtime.join_processes(torch.device("cpu"))
+    rank = collective.rank
+    result = {}
+    for name, tail_dtype in (("float32_last", torch.float32), ("bfloat16_last", torch.bfloat16)):
+        tensors = exchange_tensors(rank)
+        if tail_dtype == torch.bfloat16:
+            tensors = tensors[:-1] + [tensors[-1].to(torch.bfloat16)]
+        before = collective.traffic.copy()
+        extra = collective.mean_flat_(tensors, (1.5 + rank, -2.0 * rank), bucket_bytes=BUCKET)
+        result[name] = {"tensors": tensors, "extra": extra, "calls": collective.traffic.since(before).calls}
+    g = torch.Generator().manual_seed(11 + rank)
+    parts = [(torch.randn(n, generator=g), None if n % 2 else torch.rand(n, generator=g) > 0.3) for n in (5, 8, 1, 0)]
+    before = collective.traffic.copy()
+    together = collective.moments_of_parts(parts)
+    result["moments_calls"] = collective.traffic.since(before).calls
+    result["moments_together"] = [torch.stack([m.double() for m in row]) for row in together]
+    result["moments_apart"] = [torch.stack([m.double() for m in collective.moments(x, mask)]) for x, mask in parts]
+    torch.save(result, out / f"rank{rank}.pt")
 
 
 def learn(out: Path, env_id: str) -> None:
@@ -156,5 +193,5 @@ def multiagent(out: Path, resume: str) -> None:
 if __name__ == "__main__":
     name, out_dir = sys.argv[1], Path(sys.argv[2])
     arg = sys.argv[3] if len(sys.argv) > 3 else ""
-    {"one_update": one_update, "learn": learn, "multiagent": multiagent}[name](out_dir, arg)
+    {"one_update": one_update, "learn": learn, "multiagent": multiagent, "exchange": exchange}[name](out_dir, arg)
     leave_processes()

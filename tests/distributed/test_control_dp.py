@@ -41,17 +41,24 @@ def ppokit(*args: str, timeout: float = JOB_TIMEOUT) -> subprocess.CompletedProc
 
 # ----------------------------------------------------------------------------- the update
 
+#: A target KL that the one-update scenario's union minibatches pass part way through the epochs.
+EARLY_KL = 0.008
 
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
+
+@pytest.mark.parametrize("backend", ["numpy", "torch", f"numpy@{EARLY_KL}", f"torch@{EARLY_KL}"])
 def test_two_processes_take_the_update_of_one_process_on_their_union(backend, tmp_path):
     """Each process holds 3 of the 6 envs (with different numbers of valid rows); after one update of
     3 epochs × 4 minibatches their parameters equal one process's on all 6 envs, minibatch j being
-    the union of the processes' minibatch j."""
+    the union of the processes' minibatch j. With ``@KL`` the union's KL stops the epochs part way
+    (the KL now rides in the gradient's exchange, so the stopped minibatch's gradient is computed
+    and dropped): the processes stop where one process stops."""
     torchrun("one_update", tmp_path, backend)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert torch.equal(ranks[0]["params"], ranks[1]["params"])  # identical, not just close
-    assert ranks[0]["fast"] == (backend == "numpy")
+    assert ranks[0]["fast"] == backend.startswith("numpy")
     expected, stats = reference_update(backend)
+    assert stats["early_stopped"] == float("@" in backend)
+    assert ranks[0]["stats"]["minibatch_steps"] == stats["minibatch_steps"]
     from tests.distributed.scenarios import make_policy, params, update_config
 
     start = params(make_policy(update_config(backend, 6)))
@@ -59,6 +66,42 @@ def test_two_processes_take_the_update_of_one_process_on_their_union(backend, tm
     torch.testing.assert_close(ranks[0]["params"], expected, rtol=0, atol=2e-6)
     for name in ("policy_loss", "value_loss", "entropy", "approx_kl_k3", "clip_fraction", "grad_norm", "epochs"):
         assert ranks[0]["stats"][name] == pytest.approx(stats[name], rel=1e-5, abs=1e-7), name
+    # One exchange per minibatch (the gradient, the loss and KL riding in it), one per epoch for the
+    # whitening moments where the step takes them an epoch at a time, and per update the diagnostics
+    # and the explained variance.
+    from ppokit.control.fast.update import NumpyMinibatchStep
+
+    got = ranks[0]["stats"]
+    epochs_begun = int(got["epochs"] + got["early_stopped"])
+    attempts = int(got["minibatch_steps"] + got["early_stopped"] + got["skipped_minibatches"])
+    per_epoch = backend.startswith("torch") or hasattr(NumpyMinibatchStep, "begin_epoch")
+    expected_exchanges = attempts + (epochs_begun if per_epoch else attempts) + 2
+    assert ranks[0]["exchanges"] == ranks[1]["exchanges"] == expected_exchanges
+
+
+def test_gradients_average_in_buckets_with_the_numbers_riding_along(tmp_path):
+    """Collective.mean_flat_ over tensors of two dtypes, several buckets and a non-contiguous tensor:
+    each averaged in place, one exchange per bucket, the numbers in the last bucket when it is float32
+    (else one float64 exchange more); an epoch's whitening moments in one exchange, as one part at a time."""
+    torchrun("exchange", tmp_path)
+    from tests.distributed.scenarios import exchange_tensors
+
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for name, calls in (("float32_last", 5), ("bfloat16_last", 7)):
+        inputs = [exchange_tensors(r) for r in range(2)]
+        if name == "bfloat16_last":
+            inputs = [ts[:-1] + [ts[-1].to(torch.bfloat16)] for ts in inputs]
+        for r in range(2):
+            got = ranks[r][name]
+            assert got["calls"] == calls, name
+            assert got["extra"] == [2.0, -1.0]
+            for t, a, b in zip(got["tensors"], *inputs):
+                assert t.dtype == a.dtype and t.shape == a.shape
+                torch.testing.assert_close(t, (a + b) / 2, rtol=0, atol=1e-6 if a.dtype == torch.float32 else 1e-2)
+    for r in range(2):
+        assert ranks[r]["moments_calls"] == 1
+        for together, apart in zip(ranks[r]["moments_together"], ranks[r]["moments_apart"]):
+            torch.testing.assert_close(together, apart, rtol=1e-12, atol=0)
 
 
 def test_two_processes_learn_cartpole_and_keep_identical_weights(tmp_path):
