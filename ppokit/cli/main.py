@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "--set eval_every=N to choose)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--seeds", metavar="LIST", help="train these seeds together in one process (1-8, 1,3,5), each "
-                       "written to RUN_DIR/seed_<k> and equal to a run of that --seed alone; see docs/how-to/many-seeds.md")
+                       "written to RUN_DIR/seed_<k> and equal to a run of that --seed alone (unless --stack-updates); see "
+                       "docs/how-to/many-seeds.md")
     train.add_argument("--stack-updates", action="store_true",
                        help="with --seeds: run all the seeds' minibatch steps as one batched computation (faster; each "
                        "seed is then no longer bit-identical to its solo run, only equal up to float rounding at each "

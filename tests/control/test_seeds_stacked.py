@@ -14,6 +14,7 @@ from ppokit.cli.main import main
 from ppokit.configuration import from_mapping
 from ppokit.control.agent import PPO
 from ppokit.control.config import ControlConfig
+from ppokit.control.fast import refusal
 from ppokit.control.presets import load_preset
 from ppokit.control.seeds import SeedGroup
 from ppokit.errors import ConfigError
@@ -91,6 +92,35 @@ def test_what_the_fast_path_does_not_run_is_refused_in_one_line(extra, says):
     with pytest.raises(ConfigError, match="--stack-updates cannot apply") as err:
         SeedGroup(ControlConfig(**{**QUICK, **extra}), [1, 2], stack_updates=True)
     assert says in str(err.value) and "\n" not in str(err.value)
+
+
+KINDS = [(obs, action, "none") for obs in ("box", "discrete", "dict", "image", "dict_image")
+         for action in ("discrete", "box", "multidiscrete", "mixed")]
+KINDS += [("box", "discrete", mask) for mask in ("obs", "info")] + [("box", "box", "privileged")]
+
+
+@pytest.mark.parametrize("obs, action, mask", KINDS, ids=["-".join(k) for k in KINDS])
+def test_every_observation_action_and_mask_kind_stacks_or_is_refused_in_one_line(tmp_path, obs, action, mask):
+    """Stacked updates run exactly where the fast path runs the update; elsewhere the group is refused
+    when it is made, in one line naming why."""
+    kwargs = {"obs": obs, "action": action, "mask": "none" if mask == "privileged" else mask,
+              "critic_obs": mask == "privileged"}
+    config = ControlConfig(env_id="tests.envs:ComboEnv", env_kwargs=kwargs, num_envs=2, num_steps=16, total_steps=32,
+                           num_epochs=1, num_minibatches=2, progress=False, tensorboard=False, eval_episodes=0)
+    plain = SeedGroup(config, [1, 2])
+    # What PPOAlgorithm.minibatch_step checks before it takes the NumPy step (masks found in info
+    # switch the policy's spec after the algorithm is made).
+    fast = all(a.algorithm.fast_update and refusal(a.policy.spec, a.device, a.algorithm.settings(0.0)) is None
+               for a in plain.agents)
+    plain.close()
+    if not fast:
+        with pytest.raises(ConfigError, match="--stack-updates cannot apply") as err:
+            SeedGroup(config, [1, 2], stack_updates=True)
+        assert "\n" not in str(err.value)
+        return
+    group = SeedGroup(config, [1, 2], stack_updates=True).learn(run_dir=tmp_path / "g")
+    group.close()
+    assert [_rows(tmp_path / "g" / f"seed_{s}")[0]["minibatch_steps"] for s in (1, 2)] == [2, 2]
 
 
 def test_the_command_line_stacks_resumes_and_refuses(tmp_path, capsys):
