@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from ppokit.control.fast.flat_adam import FlatAdam
 from ppokit.control.fast.stacked_update import StackedMinibatchStep, common_settings
@@ -26,8 +27,8 @@ from ppokit.core.update import STAT_NAMES, STEP_STAT_NAMES, NonFiniteError, PPOU
 class StackedAdam:
     r"""``S`` seeds' :class:`FlatAdam` state stacked ``[S, P]`` for one update, then handed back.
 
-    :meth:`step` is ``torch.optim.Adam``'s rule (FlatAdam's) with each seed's own step count ``t_s``
-    and learning rate ``lr_s``, for the seeds named:
+    :meth:`step` is ``torch.optim.Adam``'s rule (FlatAdam's, by the same fused kernel where torch
+    has it) with each seed's own step count ``t_s`` and learning rate ``lr_s``, for the seeds named:
 
     .. math:: m \leftarrow m + (1-\beta_1)(g - m),\quad v \leftarrow \beta_2 v + (1-\beta_2) g^2,\quad
         \theta \leftarrow \theta - \frac{lr_s}{1-\beta_1^{t_s}}\,\frac{m}{\sqrt{v}/\sqrt{1-\beta_2^{t_s}} + \epsilon}
@@ -54,11 +55,19 @@ class StackedAdam:
         self.keep2 = self.beta2.astype(np.float32)[:, None]
         self.new2 = (1.0 - self.beta2).astype(np.float32)[:, None]
         self.eps = np.array([g["eps"] for g in groups], dtype=np.float32)[:, None]
+        #: torch's fused Adam kernel (FlatAdam's) where torch has it: one call for every seed at the
+        #: same step count with the same hyperparameters; else the same rule in NumPy.
+        self.fused = hasattr(torch, "_fused_adam_")
+        stacks = [torch.from_numpy(a) for a in (self.weights, self.grads, self.exp_avg, self.exp_avg_sq)]
+        self._whole = [[t.view(-1)] for t in stacks]
+        self._rows = [[t[k] for k in range(len(optimizers))] for t in stacks]
+        self._count = torch.zeros((), dtype=torch.float32)
+        self._hyper = [(float(g["lr"]), float(g["betas"][0]), float(g["betas"][1]), float(g["eps"])) for g in groups]
 
     def clip_grad_norm(self, max_norm: float) -> np.ndarray:
         """Scale each seed's gradient to an L2 norm of at most ``max_norm`` (the factor of
         ``clip_grad_norm_``, ``min(1, max_norm / (norm + 1e-6))``); each seed's norm before, ``[S]``."""
-        norms = np.sqrt(np.einsum("sp,sp->s", self.grads, self.grads, dtype=np.float64))
+        norms = np.sqrt(np.einsum("sp,sp->s", self.grads, self.grads).astype(np.float64))
         if max_norm != float("inf"):
             with np.errstate(all="ignore"):
                 scale = np.minimum(max_norm / (norms + 1e-6), 1.0).astype(np.float32)
@@ -67,10 +76,27 @@ class StackedAdam:
 
     def step(self, seeds: np.ndarray) -> None:
         """One Adam step of the seeds where ``seeds`` (``[S]`` bool) is set; the others are left as they are."""
-        if seeds.all():
-            self._step(slice(None))
-        elif seeds.any():
-            self._step(np.flatnonzero(seeds))
+        if not self.fused:
+            if seeds.all():
+                self._step(slice(None))
+            elif seeds.any():
+                self._step(np.flatnonzero(seeds))
+            return
+        at = np.flatnonzero(seeds)
+        self.steps[at] += 1
+        together: dict[tuple[Any, ...], list[int]] = {}
+        for k in at.tolist():
+            together.setdefault((int(self.steps[k]), *self._hyper[k]), []).append(k)
+        for (count, lr, beta1, beta2, eps), members in together.items():
+            self._count.fill_(count)  # read, never written, by the kernel: one tensor serves every row
+            if len(members) == len(self.optimizers):
+                params, grads, exp_avg, exp_avg_sq = self._whole
+                counts = [self._count]
+            else:
+                params, grads, exp_avg, exp_avg_sq = ([rows[k] for k in members] for rows in self._rows)
+                counts = [self._count] * len(members)
+            torch._fused_adam_(params, grads, exp_avg, exp_avg_sq, [], counts, amsgrad=False, lr=lr, beta1=beta1,
+                               beta2=beta2, weight_decay=0.0, eps=eps, maximize=False)
 
     def _step(self, at: slice | np.ndarray) -> None:
         self.steps[at] += 1

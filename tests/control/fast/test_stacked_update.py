@@ -185,8 +185,10 @@ def test_the_seeds_must_share_every_setting_but_clip_range_and_kl_coef():
         StackedMinibatchStep(policies[0], adam.weights, adam.grads, data, settings)
 
 
-def test_stacked_adam_is_torch_adam_per_seed():
-    """Each seed's row follows torch.optim.Adam with its own learning rate and step count."""
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-kernel", "numpy"])
+def test_stacked_adam_is_torch_adam_per_seed(fused):
+    """Each seed's row follows torch.optim.Adam with its own learning rate and step count (torch's
+    fused kernel where torch has it, else the same rule in NumPy)."""
     gen = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(40, generator=gen)) for _ in range(3)]
     twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
@@ -197,6 +199,7 @@ def test_stacked_adam_is_torch_adam_per_seed():
                                            (True, True, True), (True, True, False)]
     for t, which in enumerate(active):
         adam = StackedAdam(flats)
+        adam.fused = fused and adam.fused
         for k in range(3):
             adam.grads[k] = grads[k][t].numpy()
             if which[k]:
