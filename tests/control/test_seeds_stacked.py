@@ -73,6 +73,22 @@ def test_a_stacked_group_is_deterministic_and_resumes_exactly(tmp_path):
             assert _rows(tmp_path / other / f"seed_{seed}") == rows[seed], other
 
 
+def test_a_seed_that_stops_leaves_the_others_stacked(tmp_path):
+    """A seed stopped by the callback (or stop_at_return) sits out; the others' updates stay stacked and
+    are what they are without it (each seed's computation is its own)."""
+    config = ControlConfig(**{**QUICK, "total_steps": 1536, "eval_episodes": 0})
+    group = SeedGroup(config, [1, 2, 3], stack_updates=True)
+    group.learn(run_dir=tmp_path / "g", callback=lambda row: not (row["seed"] == 2 and row["update"] == 1))
+    group.close()
+    assert [len(_rows(tmp_path / "g" / f"seed_{s}")) for s in (1, 2, 3)] == [3, 1, 3]
+    pair = SeedGroup(config, [1, 3], stack_updates=True).learn(run_dir=tmp_path / "pair")
+    pair.close()
+    for seed in (1, 3):
+        stacked, alone = _weights(tmp_path / "g" / f"seed_{seed}"), _weights(tmp_path / "pair" / f"seed_{seed}")
+        for name in alone:
+            np.testing.assert_allclose(stacked[name], alone[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
 def test_resuming_a_group_in_the_other_mode_is_refused(tmp_path):
     config = ControlConfig(**{**QUICK, "total_steps": 1024, "eval_episodes": 0})
     group = SeedGroup(config, [1, 2], stack_updates=True)
