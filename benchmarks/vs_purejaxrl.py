@@ -15,8 +15,13 @@ jitted whole) against ``ppokit train CartPole-v1 --preset CartPole-v1-cleanrl`` 
 4 epochs, 4 minibatches, 500k steps), with ``--no-progress`` and, as PureJaxRL writes no event files and
 runs no evaluation, ``tensorboard=false eval_episodes=0``; ``--as-is`` adds a row with both left on.
 (b) several seeds (``--num-seeds``, 8): PureJaxRL's ``jax.vmap`` over the seeds' keys, against
-``ppokit train ... --seeds 1-8`` (skipped, with a note, while ppokit has no such flag) and against 8
-ppokit processes one after another (the time is the whole sequence).
+``ppokit train ... --seeds 1-8`` (skipped, with a note, while ppokit has no such flag), against the
+same with ``--stack-updates`` (the seeds' minibatch steps as one batched computation; skipped while
+ppokit has no such flag) and against 8 ppokit processes one after another (the time is the whole
+sequence). ``--no-purejaxrl`` leaves PureJaxRL's rows out (no ``.venv-bench`` needed), e.g. the
+issue-34 row, ``--seeds 1-4 --stack-updates`` against 4 solo processes at 50k steps each::
+
+    .venv/bin/python benchmarks/vs_purejaxrl.py --parts many --num-seeds 4 --total-steps 50000 --repeats 3
 
 Each row reports the median wall time, the final mean return (the last 100 training episodes, averaged
 over seeds), so a fast but broken run shows, and PureJaxRL's own split (import, compile, run). The
@@ -132,25 +137,35 @@ def _mean(values: list[Any]) -> float | None:
     return sum(present) / len(present) if present else None
 
 
+def train_flags() -> str:
+    """The help of this ppokit's ``train``: which of the flags built beside this benchmark it has."""
+    return subprocess.run([str(PPOKIT), "train", "--help"], capture_output=True, text=True, cwd=ROOT).stdout
+
+
 def has_seeds_flag() -> bool:
-    """Whether this ppokit's ``train`` takes ``--seeds`` (it is being built beside this benchmark)."""
-    proc = subprocess.run([str(PPOKIT), "train", "--help"], capture_output=True, text=True, cwd=ROOT)
-    return "--seeds" in proc.stdout
+    """Whether this ppokit's ``train`` takes ``--seeds``."""
+    return "--seeds" in train_flags()
 
 
-def variants(args: argparse.Namespace, runner: Runner, seeds_flag: bool) -> dict[str, Any]:
+def variants(args: argparse.Namespace, runner: Runner, seeds_flag: bool, stack_flag: bool = False) -> dict[str, Any]:
     """Row name → a function that runs it once, in the order each repeat runs them."""
     n = args.num_seeds
+    anchor = not getattr(args, "no_purejaxrl", False)
     rows: dict[str, Any] = {}
     if "one" in args.parts:
-        rows["PureJaxRL, 1 seed"] = lambda: runner.purejaxrl(1)
+        if anchor:
+            rows["PureJaxRL, 1 seed"] = lambda: runner.purejaxrl(1)
         rows["ppokit, 1 seed"] = lambda: runner.ppokit(["--seed", "1"], LEAN)
         if args.as_is:
             rows["ppokit, 1 seed, tensorboard + final eval"] = lambda: runner.ppokit(["--seed", "1"], [])
     if "many" in args.parts:
-        rows[f"PureJaxRL, {n} seeds (vmap)"] = lambda: runner.purejaxrl(n)
+        if anchor:
+            rows[f"PureJaxRL, {n} seeds (vmap)"] = lambda: runner.purejaxrl(n)
         if seeds_flag:
             rows[f"ppokit, {n} seeds (--seeds 1-{n})"] = lambda: runner.ppokit(["--seeds", f"1-{n}"], LEAN)
+        if stack_flag:
+            rows[f"ppokit, {n} seeds (--seeds 1-{n} --stack-updates)"] = lambda: runner.ppokit(
+                ["--seeds", f"1-{n}", "--stack-updates"], LEAN)
         rows[f"ppokit, {n} seeds (sequential processes)"] = lambda: runner.ppokit_sequential(n, LEAN)
     return rows
 
@@ -176,26 +191,30 @@ def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, A
 
 def table(summary: dict[str, dict[str, Any]], num_seeds: int, notes: list[str]) -> str:
     """The markdown table: each row's time also as a multiple of PureJaxRL's at the same seed count,
-    and the several-seed rows as a multiple of the same side's one-seed time."""
+    the several-seed rows as a multiple of the same side's one-seed time and ppokit's as a multiple
+    of its seeds' processes one after another."""
     def wall(name: str) -> float | None:
         return summary.get(name, {}).get("wall_s_median")
 
     lines = ["| run | whole process, s (median) | min–max, s | / PureJaxRL | / one seed of the same side | "
-             "final return (last 100 ep.) | PureJaxRL import / compile / run, s |", "|---|---|---|---|---|---|---|"]
+             "/ sequential processes | final return (last 100 ep.) | PureJaxRL import / compile / run, s |",
+             "|---|---|---|---|---|---|---|---|"]
+    sequential = wall(f"ppokit, {num_seeds} seeds (sequential processes)")
     for name, row in summary.items():
         if "wall_s_median" not in row:
-            lines.append(f"| {name} | failed: {row['error']} | | | | | |")
+            lines.append(f"| {name} | failed: {row['error']} | | | | | | |")
             continue
         many = f"{num_seeds} seeds" in name
         anchor = wall(f"PureJaxRL, {num_seeds} seeds (vmap)" if many else "PureJaxRL, 1 seed")
         one = wall("PureJaxRL, 1 seed" if name.startswith("PureJaxRL") else "ppokit, 1 seed")
         ratio = f"{row['wall_s_median'] / anchor:.2f}×" if anchor else "–"
         per_one = f"{row['wall_s_median'] / one:.2f}×" if many and one else "–"
+        per_seq = f"{row['wall_s_median'] / sequential:.2f}×" if many and sequential and name.startswith("ppokit") else "–"
         ret = "–" if row.get("final_return_mean") is None else f"{row['final_return_mean']:.1f}"
         split = (f"{row['time_import_s']:.2f} / {row['time_compile_s']:.2f} / {row['time_run_s']:.2f}"
                  if "time_compile_s" in row else "")
         lines.append(f"| {name} | {row['wall_s_median']:.2f} | {row['wall_s_min']:.2f}–{row['wall_s_max']:.2f} | "
-                     f"{ratio} | {per_one} | {ret} | {split} |")
+                     f"{ratio} | {per_one} | {per_seq} | {ret} | {split} |")
     return "\n".join(lines + [""] + [f"- {note}" for note in notes])
 
 
@@ -210,8 +229,13 @@ def main() -> int:
     p.add_argument("--cpu", type=int, default=0, help="the core every process is pinned to")
     p.add_argument("--quick", action="store_true", help=f"smoke mode: {QUICK_STEPS} steps, 1 repeat")
     p.add_argument("--json", help="also write the JSON here")
+    p.add_argument("--no-purejaxrl", action="store_true",
+                   help="ppokit's rows only (no .venv-bench needed): e.g. --seeds against sequential processes")
     args = p.parse_args()
-    for path, how in ((PPOKIT, "bash scripts/test.sh --co -q"), (BENCH_PY, "bash benchmarks/make_bench_venv.sh")):
+    needed = [(PPOKIT, "bash scripts/test.sh --co -q")]
+    if not args.no_purejaxrl:
+        needed.append((BENCH_PY, "bash benchmarks/make_bench_venv.sh"))
+    for path, how in needed:
         if not path.exists():
             sys.exit(f"{path} missing: run {how}")
     if args.num_seeds < 2:
@@ -219,17 +243,19 @@ def main() -> int:
     if args.quick:
         args.repeats = 1
     total_steps = args.total_steps or (QUICK_STEPS if args.quick else FULL_STEPS)
-    seeds_flag = has_seeds_flag()
+    flags = train_flags()
+    seeds_flag, stack_flag = "--seeds" in flags, "--stack-updates" in flags
     notes = [] if seeds_flag or "many" not in args.parts else [
         f"ppokit train has no --seeds flag yet: the row 'ppokit, {args.num_seeds} seeds (--seeds 1-{args.num_seeds})'"
         " was skipped."]
     results: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="vs_purejaxrl_") as work:
         runner = Runner(args.cpu, total_steps, Path(work))
-        rows = variants(args, runner, seeds_flag)
+        rows = variants(args, runner, seeds_flag, stack_flag)
         if not args.quick:  # untimed: bytecode caches written, files in the OS cache, for both sides
             warm = Runner(args.cpu, QUICK_STEPS, Path(work))
-            warm.purejaxrl(1)
+            if not args.no_purejaxrl:
+                warm.purejaxrl(1)
             warm.ppokit(["--seed", "1"], LEAN)
         for repeat in range(args.repeats):
             for name, run_once in rows.items():
@@ -242,7 +268,7 @@ def main() -> int:
               "Whole process: the parent's wall clock around subprocess.run (imports and compile included)."]
     print(table(summary, args.num_seeds, notes))
     out = {"total_steps": total_steps, "repeats": args.repeats, "num_seeds": args.num_seeds, "pinning": runner.pinned,
-           "ppokit_has_seeds_flag": seeds_flag, "summary": summary, "runs": results, "notes": notes}
+           "ppokit_has_seeds_flag": seeds_flag, "ppokit_has_stack_flag": stack_flag, "summary": summary, "runs": results, "notes": notes}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1), encoding="utf-8")
     print(json.dumps(out))

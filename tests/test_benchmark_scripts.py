@@ -92,6 +92,7 @@ def test_purejaxrl_side_by_side_runs():
     many = ["PureJaxRL, 2 seeds (vmap)", "ppokit, 2 seeds (sequential processes)"]
     if result["ppokit_has_seeds_flag"]:
         many.append("ppokit, 2 seeds (--seeds 1-2)")
+        many.append("ppokit, 2 seeds (--seeds 1-2 --stack-updates)")
     else:
         assert any("no --seeds flag" in note for note in result["notes"])
     assert sorted(summary) == sorted(one + many)
@@ -102,6 +103,19 @@ def test_purejaxrl_side_by_side_runs():
     assert runs["ppokit, 1 seed"][0]["steps_per_seed"] == [2048]
     assert len(runs["PureJaxRL, 2 seeds (vmap)"][0]["final_return"]) == 2
     assert len(runs["ppokit, 2 seeds (sequential processes)"][0]["final_return"]) == 2
+
+
+def test_purejaxrl_script_times_stacked_seeds_without_jax():
+    """The many-seeds rows alone (--no-purejaxrl): --seeds, --seeds --stack-updates and the sequential
+    processes each train every seed the steps asked for."""
+    result = _run("vs_purejaxrl.py", "--quick", "--num-seeds", "2", "--parts", "many", "--no-purejaxrl")
+    rows = ["ppokit, 2 seeds (--seeds 1-2)", "ppokit, 2 seeds (--seeds 1-2 --stack-updates)",
+            "ppokit, 2 seeds (sequential processes)"]
+    assert result["ppokit_has_stack_flag"] and sorted(result["summary"]) == sorted(rows)
+    for name in rows:
+        assert result["summary"][name]["failed"] == 0, result["summary"][name]["error"]
+        assert len(result["runs"][name][0]["final_return"]) == 2
+    assert result["runs"][rows[1]][0]["steps_per_seed"] == [2048, 2048]
 
 
 def test_torch_env_benchmark_script_runs():

@@ -70,7 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "--set eval_every=N to choose)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--seeds", metavar="LIST", help="train these seeds together in one process (1-8, 1,3,5), each "
-                       "written to RUN_DIR/seed_<k> and equal to a run of that --seed alone; see docs/how-to/many-seeds.md")
+                       "written to RUN_DIR/seed_<k> and equal to a run of that --seed alone (unless --stack-updates); see "
+                       "docs/how-to/many-seeds.md")
+    train.add_argument("--stack-updates", action="store_true",
+                       help="with --seeds: run all the seeds' minibatch steps as one batched computation (faster; each "
+                       "seed is then no longer bit-identical to its solo run, only equal up to float rounding at each "
+                       "step). MLP policies on the NumPy fast path only; resume continues a group as it was trained")
     add_nproc_flag(train)
 
     rs = sub.add_parser("resume", help="continue an interrupted run (control, RLHF PPO, SFT or reward training) from "
@@ -176,6 +181,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_resume_flags(args.resume, args.overwrite, config.run_dir)
     if config.run_dir is not None:  # before anything is made or said
         check_run_dir(config.run_dir, group=args.seeds is not None)
+    if args.stack_updates and args.seeds is None:
+        raise PPOKitError("--stack-updates stacks the updates of several seeds: give it with --seeds (1-4, 1,3,5)")
+    if multi and args.stack_updates:
+        raise PPOKitError("--stack-updates applies to control seed groups: a multi-agent group's seeds train one "
+                          "after another; leave it out")
     if multi:
         from ppokit.cli import multiagent
 
@@ -207,8 +217,9 @@ def _train_seeds(args: argparse.Namespace, config: ControlConfig, preset: str | 
     if args.seed is not None:
         raise PPOKitError("--seed and --seeds: give one of them")
     print(f"ppokit: training {config.env_id} for {config.steps_trained()} steps under {len(seeds)} seeds in one process"
+          + (", their updates stacked" if args.stack_updates else "")
           + (f" with preset {preset!r}" if preset else " with the general defaults"), file=sys.stderr)
-    group = SeedGroup(config, seeds)
+    group = SeedGroup(config, seeds, stack_updates=args.stack_updates)
     _run_learn(group, overwrite=args.overwrite, resume=args.resume)
     return _report_group(group)
 

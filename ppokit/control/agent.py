@@ -168,6 +168,7 @@ class PPO:
         #: The evaluation that reached ``stop_at_return``, and where learn() started (step, time).
         self._final_eval: dict[str, Any] | None = None
         self._start = (0, time.perf_counter())
+        self._fraction = 0.0
         data_parallel.start(self.collective, self.policy, c.seed, (self.obs_rms, self.ret_rms))
 
     @property
@@ -293,6 +294,12 @@ class PPO:
 
     def update(self) -> dict[str, Any]:
         """One update: collect a rollout, estimate advantages, run the K epochs; its metrics row."""
+        batch, fraction = self.begin_update()
+        return self.end_update(self.algorithm.train(batch, fraction))
+
+    def begin_update(self) -> tuple[Any, float]:
+        """The first half of :meth:`update`: collect a rollout and estimate its advantages; the batch
+        for the K epochs and the fraction of training done."""
         assert self.collector is not None
         fraction = self.global_step / self.total_steps if self.total_steps else 0.0
         rollout = self.collector.collect()
@@ -301,7 +308,12 @@ class PPO:
             check_image_values(self.policy.spec, rollout.obs)
         data_parallel.sync_normalisers(self.collective, (self.obs_rms, self.ret_rms))
         self.global_step += self.global_batch
-        stats = self.algorithm.update(rollout, fraction)
+        self._fraction = fraction  # the health check's, in end_update
+        return self.algorithm.batch(rollout), fraction
+
+    def end_update(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """The second half of :meth:`update`, given the K epochs' statistics: the metrics row."""
+        assert self.collector is not None
         self.num_updates += 1
         episodes = self.collector.episodes
         record: dict[str, Any] = {"global_step": self.global_step, "update": self.num_updates}
@@ -312,7 +324,7 @@ class PPO:
                           episodic_length=float(np.mean(episodes.lengths)) if episodes.lengths else None,
                           episodes=len(episodes.last[0]))
         record.update(stats)
-        self.health.check(record, fraction, self.num_updates)
+        self.health.check(record, self._fraction, self.num_updates)
         return record
 
     def after_update(self, record: dict[str, Any]) -> bool:

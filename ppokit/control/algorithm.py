@@ -213,24 +213,44 @@ class PPOAlgorithm:
 
     def update(self, rollout: Rollout, fraction: float) -> dict[str, Any]:
         """K epochs on the rollout at ``fraction`` of training done; the update's statistics."""
+        return self.train(self.batch(rollout), fraction)
+
+    def batch(self, rollout: Rollout) -> ControlBatch | SequenceBatch:
+        """GAE over the rollout, as the batch the K epochs run on."""
         c = self.config
-        batch: ControlBatch | SequenceBatch
         if rollout.starts is not None:  # a recurrent policy
-            batch = make_sequence_batch(rollout, c.gamma, c.gae_lambda)
-        else:
-            batch = make_batch(rollout, c.gamma, c.gae_lambda, every_step_valid=self.on_device)
-        return self.train(batch, fraction)
+            return make_sequence_batch(rollout, c.gamma, c.gae_lambda)
+        return make_batch(rollout, c.gamma, c.gae_lambda, every_step_valid=self.on_device)
 
     def train(self, batch: ControlBatch | SequenceBatch, fraction: float) -> dict[str, Any]:
         """K epochs on a batch whose advantages are estimated (what :meth:`update` does after GAE; the
         multi-agent front end estimates them over each agent's own steps)."""
-        lr = self.lr_schedule(fraction)
-        self.optimizer.set_learning_rate(lr)
-        settings = self.settings(fraction)
+        settings = self.begin_train(fraction)
         step = self.minibatch_step(batch, settings)
         # Rows are samples, or for a recurrent policy whole env sequences.
         stats = run_epochs(step, batch.rows, self.optimizer, settings, device=batch.logp.device,
                            collective=self.collective)
+        return self.end_train(batch, stats, settings)
+
+    def begin_train(self, fraction: float) -> PPOUpdateSettings:
+        """The schedules' learning rate set on the optimiser, and the epochs' settings, at ``fraction``
+        of training done. :meth:`train` is ``begin_train``, the K epochs, :meth:`end_train`; a seed
+        group with stacked updates runs the epochs of all its seeds in between (``control.seeds``)."""
+        self.optimizer.set_learning_rate(self.lr_schedule(fraction))
+        return self.settings(fraction)
+
+    def stacks(self, settings: PPOUpdateSettings) -> bool:
+        """Whether the epochs under ``settings`` can run in a stacked update of several seeds: the
+        NumPy fast path runs them, over a FlatAdam."""
+        from ppokit.control.fast.flat_adam import FlatAdam
+
+        return (self.fast_update and isinstance(self.optimizer, FlatAdam)
+                and fast.refusal(self.policy.spec, self.device, settings) is None)
+
+    def end_train(self, batch: ControlBatch | SequenceBatch, stats: dict[str, Any],
+                  settings: PPOUpdateSettings) -> dict[str, Any]:
+        """After the K epochs' ``stats``: the adaptive controllers' step and the update's statistics."""
+        lr = self.optimizer.learning_rate
         if self.kl_controller is not None or self.clip_controller is not None:
             with torch.no_grad():
                 if isinstance(batch, SequenceBatch):

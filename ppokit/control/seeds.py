@@ -23,6 +23,12 @@ be the ones a seed computes alone (BENCHMARKS.md, "ppokit vs PureJaxRL", has wha
 seed too: each seed's envs must draw from that seed's generators. Policies the fast path does not
 run (CNN, recurrent, action masks, ``update_backend: torch``) act seed by seed as well: still one
 process and exact, without the batched forward pass.
+
+**Stacked updates** (``stack_updates=True``, ``--stack-updates``) trade that exactness for speed:
+the K epochs of every seed run as one computation (:mod:`ppokit.control.fast.stacked_epochs`), each
+seed with its own shuffles, Adam state, clipping and early stop, its minibatches padded and masked to
+the longest; a seed's losses and gradients are its solo run's up to float rounding, and the group is
+deterministic and resumes exactly (``seeds.json`` records the mode).
 """
 
 from __future__ import annotations
@@ -35,13 +41,15 @@ import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from ppokit.configuration import adapted_notes, replace
+from ppokit.control import fast
 from ppokit.control.agent import PPO, check_budget
+from ppokit.control.algorithm import ControlBatch
 from ppokit.control.config import ControlConfig
 from ppokit.control.fast.stacked import StackedPolicy
 from ppokit.control.rollout.host import RolloutCollector
@@ -124,9 +132,13 @@ class SeedGroup:
     """
 
     def __init__(self, config: ControlConfig | None, seeds: Sequence[int], *,
-                 build: Callable[[int], PPO] | None = None) -> None:
+                 build: Callable[[int], PPO] | None = None, stack_updates: bool = False) -> None:
         """``build(seed)``: how to make a seed's agent (default: ``PPO`` of ``config`` with that seed;
-        ``config`` may then be None: the first agent's is the group's)."""
+        ``config`` may then be None: the first agent's is the group's). ``stack_updates``: run every
+        seed's minibatch steps as one batched computation (faster; a seed is then no longer its solo
+        run bit for bit, see :mod:`ppokit.control.fast.stacked_update`); a policy or setting the
+        NumPy fast path does not run is refused here, in one line."""
+        self.stack_updates = bool(stack_updates)
         self.seeds = [int(s) for s in seeds]
         if not self.seeds:
             raise ConfigError("a seed group needs at least one seed")
@@ -151,6 +163,13 @@ class SeedGroup:
             self.agents.append(agent)
             self.generators.append(Generators())
         self.config = config if config is not None else self.agents[0].config
+        if self.stack_updates:
+            for agent in self.agents:
+                why = stacking_refusal(agent)
+                if why is not None:
+                    self.close()
+                    raise ConfigError(f"--stack-updates cannot apply: {why}; leave it out (the seeds then update "
+                                      "one after another, each exactly its solo run)")
         self.run_dir: Path | None = None
         self.num_updates = 0
         #: Seeds that stopped (stop_at_return, or a callback): they sit out the remaining updates.
@@ -164,7 +183,8 @@ class SeedGroup:
         seeds = read_group(root)
         if seeds is None:
             raise ConfigError(f"{root}: not a seed group (no {GROUP_FILE})")
-        group = cls(None, seeds, build=lambda seed: PPO.resume(root / f"seed_{seed}", trust=trust, **overrides))
+        group = cls(None, seeds, build=lambda seed: PPO.resume(root / f"seed_{seed}", trust=trust, **overrides),
+                    stack_updates=group_stacks_updates(root))
         group.run_dir = root
         return group
 
@@ -174,11 +194,54 @@ class SeedGroup:
         active = [i for i in range(len(self.agents)) if i not in self.stopped]
         self._collect_together([self.agents[i] for i in active])
         rows = {}
-        for i in active:
-            with self.generators[i].active():
-                rows[i] = self.agents[i].update()
+        if self.stack_updates:
+            rows = self._update_stacked(active)
+        else:
+            for i in active:
+                with self.generators[i].active():
+                    rows[i] = self.agents[i].update()
         self.num_updates += 1
         return {"rows": rows, "global_step": sum(a.global_step for a in self.agents)}
+
+    def _update_stacked(self, active: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """Each active seed's update, the K epochs of all of them as one stacked computation
+        (:func:`ppokit.control.fast.stacked_epochs.stacked_update`). Each seed's minibatches are
+        those of its own shuffle, drawn as its solo update draws them (``torch.randperm`` from its
+        generators, once per epoch it enters): a seed that stops early is given back the generator
+        state after its last epoch's draw, as alone."""
+        from ppokit.control.fast.flat_adam import FlatAdam
+        from ppokit.control.fast.stacked_epochs import stacked_update
+
+        begun = []
+        for i in active:
+            agent = self.agents[i]
+            with self.generators[i].active():
+                batch, fraction = agent.begin_update()
+                settings = agent.algorithm.begin_train(fraction)
+                if not agent.algorithm.stacks(settings) or not isinstance(batch, ControlBatch):
+                    raise ConfigError(f"seed {self.seeds[i]}: its update settings left the NumPy fast path, "
+                                      "which --stack-updates needs")
+                splits, states = [], []
+                for _ in range(settings.num_epochs):
+                    perm = torch.randperm(batch.rows, device=batch.logp.device)
+                    splits.append([part.numpy() for part in perm.tensor_split(settings.num_minibatches)])
+                    states.append(torch.get_rng_state())
+            begun.append((batch, settings, splits, states))
+        # algorithm.stacks() checked that each optimiser is a FlatAdam
+        optimizers = [cast(FlatAdam, self.agents[i].algorithm.optimizer) for i in active]
+        results = stacked_update(
+            self.agents[active[0]].policy, optimizers,
+            [(batch.obs, batch.actions, batch) for batch, _, _, _ in begun], [b[1] for b in begun],
+            [b[2] for b in begun], [f"seed {self.seeds[i]}" for i in active])
+        rows = {}
+        for i, (batch, settings, _, states), stats in zip(active, begun, results):
+            agent = self.agents[i]
+            with self.generators[i].active():
+                drawn = int(stats["epochs"] + stats["early_stopped"])
+                if 0 < drawn < len(states):
+                    torch.set_rng_state(states[drawn - 1])
+                rows[i] = agent.end_update(agent.algorithm.end_train(batch, stats, settings))
+        return rows
 
     def after_update(self, record: dict[str, Any]) -> bool:
         """Each seed's evaluation and stop; the group stops when every seed has."""
@@ -215,6 +278,10 @@ class SeedGroup:
         if run_dir is None and c.run_dir is None and self.run_dir is None and resume:
             raise ConfigError("resume=True needs the group's directory (run_dir)")
         self.run_dir = Path(run_dir or self.run_dir or c.run_dir or default_group_dir(c.env_id, self.seeds))
+        if resume and read_group(self.run_dir) is not None and group_stacks_updates(self.run_dir) != self.stack_updates:
+            flag = "without" if self.stack_updates else "with"
+            raise ConfigError(f"{self.run_dir} holds a group trained {flag} --stack-updates; continue it as it was "
+                              f"trained (`ppokit resume {self.run_dir}`), or start another --run-dir")
         if resume:
             for agent, seed, generators in zip(self.agents, self.seeds, self.generators):
                 if agent.resume_from is None:
@@ -240,8 +307,11 @@ class SeedGroup:
         # old group's other seeds go, so a refused or failed start leaves the old group whole.
         for member, lock in zip(stale, stale_locks):
             remove_member(member, lock)
-        atomic_write_json(self.run_dir / GROUP_FILE, {"kind": "ppokit.seeds", "env_id": c.env_id, "seeds": self.seeds,
-                                                     "runs": [f"seed_{s}" for s in self.seeds]})
+        group: dict[str, Any] = {"kind": "ppokit.seeds", "env_id": c.env_id, "seeds": self.seeds,
+                                 "runs": [f"seed_{s}" for s in self.seeds]}
+        if self.stack_updates:  # read back by resume: a stacked group continues stacked
+            group["stack_updates"] = True
+        atomic_write_json(self.run_dir / GROUP_FILE, group)
         batch = c.batch_size
         remaining = [max(0, (total - a.global_step) // batch) for a in self.agents]
         self.num_updates = min(a.num_updates for a in self.agents)
@@ -353,6 +423,32 @@ def remove_member(path: Path, lock: RunLock) -> None:
             child.unlink()
     lock.release()
     shutil.rmtree(path, ignore_errors=True)
+
+
+def stacking_refusal(agent: PPO) -> str | None:
+    """Why ``agent``'s updates cannot be stacked with other seeds' (``--stack-updates``); None when they
+    can: the stacked update is the NumPy fast path's, for what that path runs."""
+    c = agent.config
+    if c.update_backend == "torch":
+        return "update_backend is 'torch', and stacked updates are the NumPy fast path's"
+    if agent.torch_env:
+        return "a torch env's rollout stays on its device, and stacked updates work on host arrays"
+    settings = agent.algorithm.settings(0.0)
+    why = fast.refusal(agent.policy.spec, agent.device, settings)
+    if why is not None:
+        return why.replace("the NumPy fast path", "stacked updates (the NumPy fast path)")
+    if not agent.algorithm.stacks(settings):
+        return "the NumPy fast path does not run this policy's update"
+    return None
+
+
+def group_stacks_updates(run_dir: str | Path) -> bool:
+    """Whether the group in ``run_dir`` was trained with ``--stack-updates`` (its seeds.json says so)."""
+    path = Path(run_dir) / GROUP_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("stack_updates", False) is True
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return False
 
 
 def read_group(run_dir: str | Path) -> list[int] | None:

@@ -173,7 +173,8 @@ def describe_group(run_dir: Path) -> list[str]:
     if not isinstance(seeds, list) or not seeds or not all(isinstance(k, int) and not isinstance(k, bool) for k in seeds):
         raise CheckpointError(f"{run_dir / GROUP_FILE}: not a seed group's file (no list of seeds)")
     multi = group is not None and group.get("front_end") == "multiagent"  # trained one after another
-    lines = [f"{run_dir}: a group of {len(seeds)} seeds trained {'one after another' if multi else 'together'} "
+    together = "together, their updates stacked" if group is not None and group.get("stack_updates") is True else "together"
+    lines = [f"{run_dir}: a group of {len(seeds)} seeds trained {'one after another' if multi else together} "
              f"({', '.join(map(str, seeds))}; {GROUP_FILE}), {'multi-agent' if multi else 'control'} PPO on "
              f"{group.get('env_id') if group else '?'}"]
     finished = True

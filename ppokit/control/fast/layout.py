@@ -19,6 +19,7 @@ the blocks), up to the order in which BLAS adds terms.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import numpy as np
@@ -66,11 +67,11 @@ def _contiguous(tensors: list[Tensor]) -> bool:
 
 
 def _block(tensors: list[Tensor], shape: tuple[int, ...], base: np.ndarray | None) -> np.ndarray:
-    """The tensors as one array of ``shape``: a view of ``base`` (their whole storage) when they lie
-    back to back there, else (``base`` None) a copy."""
+    """The tensors as one array of ``shape``: a view of ``base`` (their whole storage, or ``[S, storage]``:
+    then ``[S, *shape]``) when they lie back to back there, else (``base`` None) a copy."""
     if base is not None:
         start = tensors[0].storage_offset()
-        return base[start:start + sum(t.numel() for t in tensors)].reshape(shape)
+        return base[..., start:start + sum(t.numel() for t in tensors)].reshape(*base.shape[:-1], *shape)
     return np.concatenate([t.detach().numpy().reshape(-1) for t in tensors]).reshape(shape)
 
 
@@ -85,7 +86,10 @@ class FusedArrays:
     as FlatAdam keeps them); otherwise they are copies, taken now.
     """
 
-    def __init__(self, policy: ActorCritic, grads: bool = False) -> None:
+    def __init__(self, policy: ActorCritic, grads: bool = False, rows: np.ndarray | None = None) -> None:
+        """``rows``: ``[S, P]``, each row a buffer laid out as this policy's parameters are (FlatAdam's
+        flat buffer, ``P`` numbers): every array is then a view of it with a leading axis of ``S``,
+        in the shapes above (the stacked update's weights and gradients of ``S`` seeds)."""
         order = fused_order(policy)
         if order is None:
             raise ValueError("FusedArrays: only MLP policies with one head have the fused form")
@@ -96,6 +100,10 @@ class FusedArrays:
         ts: list[Tensor] = [t for t in tensors if t is not None]
         self.views = _contiguous(ts)
         base = torch.empty(0, dtype=ts[0].dtype).set_(ts[0].untyped_storage()).numpy() if self.views else None
+        if rows is not None:
+            if base is None or rows.shape[-1] != base.shape[0]:
+                raise ValueError("FusedArrays: rows need the parameters laid out in fused_order, one buffer a row")
+            base = rows
         if grads and not self.views:
             raise ValueError("the NumPy update needs the gradients laid out in fused_order (FlatAdam with "
                              "layout=fused_order(policy))")
@@ -132,12 +140,19 @@ class FusedArrays:
         out.twin, out.num_out, out.views, out.version = first.twin, first.num_out, False, ()
         out.weights = [np.stack(ws) for ws in zip(*(a.weights for a in many))]
         out.biases = [np.stack(bs) for bs in zip(*(a.biases for a in many))]
-        out.biases = [b[:, None] if b.ndim == 2 else b for b in out.biases]  # [S, 2H] -> [S, 1, 2H]
         out.out_w, out.out_b = np.stack([a.out_w for a in many]), np.stack([a.out_b for a in many])
-        if first.twin:
-            out.out_w, out.out_b = out.out_w[:, None], out.out_b[:, None]
         log_stds = [a.log_std for a in many if a.log_std is not None]
         out.log_std = np.stack(log_stds)[:, None, :] if log_stds else None
+        return out.broadcasting()
+
+    def broadcasting(self) -> FusedArrays:
+        """Arrays with a leading seed axis (:meth:`stacked`, or ``rows``) as views that broadcast in
+        :func:`features` and :func:`heads`: biases ``[S, 2H]`` as ``[S, 1, 2H]``, the output layer of
+        twins on ``[S, 1, A + 1, H]`` (over the two nets). ``log_std`` is left as it is."""
+        out = copy.copy(self)
+        out.biases = [b[:, None] if b.ndim == 2 else b for b in self.biases]
+        if self.twin:
+            out.out_w, out.out_b = self.out_w[:, None], self.out_b[:, None]
         return out
 
 
