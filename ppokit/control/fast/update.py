@@ -34,17 +34,16 @@ The gradients, for a minibatch of :math:`B` rows and the total loss
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from ppokit.control.fast.layout import LiveViews, features, heads, split_twin, trunk_output
 from ppokit.control.fast.policy import HALF_LOG_2PI, NUMPY_ACTIVATIONS
 from ppokit.control.policy.networks import ActorCritic
 from ppokit.core.collective import Collective
-from ppokit.core.update import PPOBatch, PPOUpdateSettings
+from ppokit.core.update import PPOBatch, PPOUpdateSettings, UnionMoments
 
 # Each activation's derivative, written in terms of the activation's output.
 _DERIVATIVES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -72,6 +71,7 @@ class NumpyMinibatchStep:
         # Data parallel: whiten with the union minibatch's statistics and weight this process's
         # means by its share of it, as core.update.AutogradStep does.
         self.collective = collective if collective is not None and collective.active else None
+        self.moments = UnionMoments(self.collective, batch.advantages) if self.collective is not None else None
         self.scale = 1.0
         name = policy.spec.activation
         self.activation, self.activation_grad = NUMPY_ACTIVATIONS[name], _DERIVATIVES[name]
@@ -94,6 +94,11 @@ class NumpyMinibatchStep:
                              dtype=np.float32)
         self.arange = np.arange(self.obs.shape[0])
         self.ones = np.ones(self.obs.shape[0], dtype=np.float32)
+
+    def begin_epoch(self, split: Sequence[Tensor]) -> None:
+        """Exchange the whitening moments of the epoch's minibatches at once (data parallel)."""
+        if self.moments is not None:
+            self.moments.begin_epoch(split)
 
     def forward(self, idx: Tensor) -> float:
         s = self.settings
@@ -127,8 +132,8 @@ class NumpyMinibatchStep:
                 entropy = -float(np.add.reduce(self.plogp)) / b
                 self.probs, self.log_probs = probs, log_probs
 
-            if self.collective is not None:
-                local, total_n, mb_mean, mb_var = self.collective.moments(torch.from_numpy(adv))
+            if self.collective is not None and self.moments is not None:
+                local, total_n, mb_mean, mb_var = self.moments.of(idx)
                 self.scale = self.collective.share(local, total_n)
                 if s.whiten_advantages:
                     adv = ((adv - mb_mean.item()) / np.sqrt(mb_var.item() + 1e-8)).astype(np.float32)
