@@ -58,7 +58,7 @@ def worker(argv: list[str]) -> None:
     from ppokit.core.collective import Collective
 
     timed(rollout.RolloutCollector, "collect", "collect")
-    timed(algorithm.PPOAlgorithm, "update", "update")
+    timed(algorithm.PPOAlgorithm, "train", "update")  # an update's K epochs, from PPO.update
     timed(algorithm, "run_epochs", "run_epochs")
     for op in ("mean_flat_", "moments_of_parts", "gather_rows", "sum_floats", "mean_", "gather_objects",
                "broadcast_object", "broadcast_tensors_", "barrier"):

@@ -47,7 +47,9 @@ def main(argv: list[str]) -> None:
 
     TIMES["import"] = time.perf_counter() - start
     timed(rollout.RolloutCollector, "collect", "collect")
-    timed(algorithm.PPOAlgorithm, "update", "update")
+    # PPO.update runs GAE (PPOAlgorithm.batch), then the K epochs (PPOAlgorithm.train): both are "update".
+    timed(algorithm.PPOAlgorithm, "batch", "update")
+    timed(algorithm.PPOAlgorithm, "train", "update")
     timed(algorithm, "run_epochs", "  run_epochs")
     timed(algorithm, "make_batch", "  make_batch")
     timed(fast_update.NumpyMinibatchStep, "forward", "    minibatch forward")
