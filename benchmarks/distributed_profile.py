@@ -19,33 +19,18 @@ a shared machine say little: compare runs made side by side.
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from phase_times import CALLS, TIMES, timed  # noqa: E402  (one timer for both profiles)
+
 ARGV_ENV = "PPOKIT_PROFILE_ARGV"
-TIMES: dict[str, float] = collections.defaultdict(float)
-CALLS: dict[str, int] = collections.defaultdict(int)
-
-
-def timed(owner: Any, name: str, key: str) -> None:
-    """Replace ``owner.name`` by a wrapper that adds its calls and wall time under ``key``."""
-    inner: Callable[..., Any] = getattr(owner, name)
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return inner(*args, **kwargs)
-        finally:
-            TIMES[key] += time.perf_counter() - start
-            CALLS[key] += 1
-
-    setattr(owner, name, wrapper)
 
 
 def worker(argv: list[str]) -> None:

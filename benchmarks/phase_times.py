@@ -21,10 +21,12 @@ from collections.abc import Callable
 from typing import Any
 
 TIMES: dict[str, float] = collections.defaultdict(float)
+CALLS: dict[str, int] = collections.defaultdict(int)
 
 
 def timed(owner: Any, name: str, key: str) -> None:
-    """Replace ``owner.name`` by a wrapper that adds its wall time to ``TIMES[key]``."""
+    """Replace ``owner.name`` by a wrapper that adds its wall time to ``TIMES[key]`` and its calls to
+    ``CALLS[key]`` (``distributed_profile.py`` uses it too)."""
     inner: Callable[..., Any] = getattr(owner, name)
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -33,6 +35,7 @@ def timed(owner: Any, name: str, key: str) -> None:
             return inner(*args, **kwargs)
         finally:
             TIMES[key] += time.perf_counter() - start
+            CALLS[key] += 1
 
     setattr(owner, name, wrapper)
 
