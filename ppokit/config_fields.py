@@ -29,7 +29,8 @@ SHARED: dict[str, tuple[str, Rule | None]] = {
              "data order.", Rule(lambda v: 0 <= v <= MAX_SEED, f"in [0, {MAX_SEED}]")),
     "device": ("'auto' (CUDA when available, else the CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'.",
                Rule(lambda v: v in DEVICES or v.startswith("cuda:"), "'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'")),
-    "torch_threads": ("torch intra-op threads; 0 keeps torch's default, or with N processes on one machine (--nproc, "
+    "torch_threads": ("torch's intra-op threads, and NumPy's BLAS threads (the NumPy fast path's products); 0 keeps "
+                      "the libraries' defaults, or with N processes on one machine (--nproc, "
                       "torchrun) gives each its share of the cores (small MLPs run fastest on 1).",
                       Rule(lambda v: 0 <= v <= MAX_THREADS, f"in [0, {MAX_THREADS}]")),
     "dist_backend": ("torch.distributed backend with several processes (--nproc, torchrun): 'auto' (NCCL on CUDA, "

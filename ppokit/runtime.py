@@ -75,11 +75,26 @@ def thread_count(requested: int) -> int:
 
 
 def set_threads(count: int) -> None:
-    """torch's intra-op threads for the setting ``count`` (:func:`thread_count`); 0 on a process of
-    its own keeps torch's default."""
+    """torch's intra-op threads and NumPy's BLAS threads for the setting ``count`` (:func:`thread_count`);
+    0 on a process of its own keeps both libraries' defaults."""
     threads = thread_count(count)
     if threads > 0:
         torch.set_num_threads(threads)
+        limit_blas_threads(threads)
+
+
+def limit_blas_threads(threads: int) -> None:
+    """Hold the BLAS libraries loaded in this process (NumPy's OpenBLAS, MKL) to ``threads`` threads.
+
+    torch's setting does not reach them, and the NumPy fast path (acting, the MLP update) multiplies
+    small matrices: with a BLAS pool of a thread per core, every product wakes the pool and waits
+    for it, and a busy core stalls it (BENCHMARKS.md, "PureJaxRL, phase by phase"). The limit is
+    process-wide, as ``torch.set_num_threads`` is; without threadpoolctl it is left alone."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - a dependency; kept optional for stripped installs
+        return
+    threadpool_limits(limits=threads, user_api="blas")
 
 
 def setup(seed: int, device: str, threads: int) -> torch.device:

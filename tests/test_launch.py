@@ -107,3 +107,22 @@ def test_the_launcher_divides_the_cores_this_process_may_use(monkeypatch):
     monkeypatch.setattr("torch.distributed.launcher.api.elastic_launch", fake_launch)
     assert launch.relaunch(["train", "CartPole-v1"], 2) == 0
     assert seen["threads"] == "2"
+
+
+@pytest.mark.parametrize("setting, expected", [(1, 1), (2, 2)])
+def test_numpy_blas_threads_follow_the_thread_setting(setting, expected, monkeypatch):
+    """Before: torch_threads reached only torch, so NumPy's OpenBLAS kept a thread per core; the NumPy
+    fast path's small products then woke the whole pool each time (a minibatch's forward pass 6x
+    slower with the other core busy). ``set_threads`` now holds the BLAS pool to the same count."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import torch
+
+    from ppokit import runtime
+
+    for name in (*TORCHRUN_ENV, "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    with threadpoolctl.threadpool_limits(limits=4, user_api="blas"):  # restored after the test
+        runtime.set_threads(setting)
+        blas = [info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"]
+    assert blas and all(n == expected for n in blas)
