@@ -8,13 +8,14 @@ The arguments are ``ppokit``'s. Printed, in seconds: the imports, the collector 
 it ``advance``, and inside that the env's ``step``), the update (inside it ``make_batch`` and
 ``run_epochs``; inside that the fast path's minibatch ``forward``/``backward`` and FlatAdam's clip and
 step) and the whole ``main()``. Each timer adds ~0.5 µs per call, so the totals run a little over a
-plain run's. To compare two commits, run this script from each (``PYTHONPATH`` at a worktree of the
+plain run's. The last line is the same as JSON (``benchmarks/purejaxrl_phases.py`` reads it). To compare two commits, run this script from each (``PYTHONPATH`` at a worktree of the
 other) alternately on one core; one run's numbers alone say little on a shared machine.
 """
 
 from __future__ import annotations
 
 import collections
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -78,6 +79,7 @@ def main(argv: list[str]) -> None:
     for key in ("import", "collect", "  advance", "    env step", "update", "  make_batch", "  run_epochs",
                 "    minibatch forward", "    minibatch backward", "    clip", "    Adam step", "main"):
         print(f"{key:24s} {TIMES.get(key, 0.0):7.3f}")
+    print(json.dumps({"times": {k.strip(): v for k, v in TIMES.items()}, "calls": {k.strip(): n for k, n in CALLS.items()}}))
 
 
 if __name__ == "__main__":

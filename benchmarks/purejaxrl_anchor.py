@@ -19,6 +19,11 @@ which CartPole needs neither of. What it keeps, because it is what is measured:
   as the per-step metrics the run returns. Its ``FlattenObservationWrapper`` is left out: CartPole's
   observation is already flat, so the reshape it adds is the identity.
 
+``--phase rollout`` compiles only the rollouts (the policy acting and the env stepping, the update and
+GAE left out, so the parameters never change) and ``--phase env`` only the env steps (uniform random
+actions drawn in the loop instead of the policy's): ``benchmarks/purejaxrl_phases.py`` takes the
+differences of the three runs as the time of the update, of acting and of the env steps.
+
 ``--seeds N`` trains N independent agents at once as PureJaxRL's README does:
 ``jax.jit(jax.vmap(make_train(config)))(jax.random.split(key, N))``. ``--debug`` adds PureJaxRL's
 ``DEBUG`` callback (its ``__main__`` turns it on), which prints every finished episode from inside the
@@ -61,8 +66,10 @@ CARTPOLE_CONFIG: dict[str, Any] = {
     "LR": 2.5e-4, "NUM_ENVS": 4, "NUM_STEPS": 128, "TOTAL_TIMESTEPS": 500_000, "UPDATE_EPOCHS": 4,
     "NUM_MINIBATCHES": 4, "GAMMA": 0.99, "GAE_LAMBDA": 0.95, "CLIP_EPS": 0.2, "ENT_COEF": 0.01,
     "VF_COEF": 0.5, "MAX_GRAD_NORM": 0.5, "ACTIVATION": "tanh", "ENV_NAME": "CartPole-v1",
-    "ANNEAL_LR": True, "DEBUG": False,
+    "ANNEAL_LR": True, "DEBUG": False, "PHASE": "full",
 }
+#: What ``--phase`` compiles: the whole run, the rollouts only, or the env steps only (module docstring).
+PHASES = ("full", "rollout", "env")
 
 
 class ActorCritic(nn.Module):
@@ -124,7 +131,9 @@ def make_train(config: dict[str, Any]) -> Callable[[jax.Array], dict[str, Any]]:
     batch_size = n_envs * n_steps
     gamma, lam, clip_eps = config["GAMMA"], config["GAE_LAMBDA"], config["CLIP_EPS"]
     env, env_params = gymnax.make(config["ENV_NAME"])
-    network = ActorCritic(int(env.action_space(env_params).n))
+    n_actions = int(env.action_space(env_params).n)
+    network = ActorCritic(n_actions)
+    phase = config.get("PHASE", "full")
 
     def learning_rate(count: jax.Array) -> jax.Array:
         # one optimiser step per minibatch; the rate falls once per update, to 1/n_updates of LR at the last
@@ -162,6 +171,16 @@ def make_train(config: dict[str, Any]) -> Callable[[jax.Array], dict[str, Any]]:
             next_obs, env_state, reward, done, info = jax.vmap(env_step)(
                 jax.random.split(step_key, n_envs), env_state, action)
             return (state, env_state, next_obs, key), Step(obs, action, pi.log_prob(action), value, reward, done, info)
+
+        def random_step(carry: tuple, _: None) -> tuple[tuple, Step]:
+            # --phase env: the env steps alone, on uniform random actions instead of the policy's
+            state, env_state, obs, key = carry
+            key, act_key, step_key = jax.random.split(key, 3)
+            action = jax.random.randint(act_key, (n_envs,), 0, n_actions)
+            next_obs, env_state, reward, done, info = jax.vmap(env_step)(
+                jax.random.split(step_key, n_envs), env_state, action)
+            zero = jnp.zeros(n_envs)
+            return (state, env_state, next_obs, key), Step(obs, action, zero, zero, reward, done, info)
 
         def gae(rollout: Step, last_value: jax.Array) -> tuple[jax.Array, jax.Array]:
             def back(carry: tuple, step: Step) -> tuple[tuple, jax.Array]:
@@ -203,7 +222,9 @@ def make_train(config: dict[str, Any]) -> Callable[[jax.Array], dict[str, Any]]:
             return (state, rollout, adv, target, key), losses
 
         def update(carry: tuple, _: None) -> tuple[tuple, dict[str, jax.Array]]:
-            carry, rollout = jax.lax.scan(act_and_step, carry, None, n_steps)
+            carry, rollout = jax.lax.scan(random_step if phase == "env" else act_and_step, carry, None, n_steps)
+            if phase != "full":
+                return carry, rollout.info
             state, env_state, obs, key = carry
             _, last_value = network.apply(state.params, obs)
             adv, target = gae(rollout, last_value)
@@ -245,8 +266,10 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=1, help="the key the seeds' keys are split from")
     p.add_argument("--total-steps", type=int, default=CARTPOLE_CONFIG["TOTAL_TIMESTEPS"], help="env steps per agent")
     p.add_argument("--debug", action="store_true", help="print every finished episode as PureJaxRL's __main__ does")
+    p.add_argument("--phase", choices=PHASES, default="full",
+                   help="compile the whole run, or only its rollouts, or only its env steps (module docstring)")
     args = p.parse_args()
-    config = {**CARTPOLE_CONFIG, "TOTAL_TIMESTEPS": args.total_steps, "DEBUG": args.debug}
+    config = {**CARTPOLE_CONFIG, "TOTAL_TIMESTEPS": args.total_steps, "DEBUG": args.debug, "PHASE": args.phase}
     t0 = time.perf_counter()
     key = jax.random.PRNGKey(args.seed)
     if args.seeds == 1:
@@ -265,7 +288,7 @@ def main() -> int:
     t4 = time.perf_counter()
     n_updates = metrics["returned_episode"].shape[1]
     result = {
-        "side": "purejaxrl", "seeds": args.seeds, "jax": jax.__version__, "backend": jax.default_backend(),
+        "side": "purejaxrl", "phase": args.phase, "seeds": args.seeds, "jax": jax.__version__, "backend": jax.default_backend(),
         "steps_per_seed": int(n_updates * config["NUM_STEPS"] * config["NUM_ENVS"]),
         "final_return": returns, "final_return_mean": float(np.mean([r for r in returns if r is not None] or [np.nan])),
         "time_import_s": _T_IMPORTED - _T_START, "time_build_s": t1 - t0, "time_compile_s": t2 - t1,
