@@ -105,6 +105,37 @@ def test_purejaxrl_side_by_side_runs():
     assert len(runs["ppokit, 2 seeds (sequential processes)"][0]["final_return"]) == 2
 
 
+def test_phase_split_of_ppokit_adds_up(tmp_path):
+    """ppokit's side of benchmarks/purejaxrl_phases.py, tiny: every phase is measured (none left at 0
+    but compile, which ppokit has none of) and they add up to the timed process."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import purejaxrl_phases as phases
+        from vs_purejaxrl import Runner
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    result = phases.ppokit_phases(Runner(0, 2048, tmp_path))
+    assert "error" not in result, result.get("error")
+    split = result["phases"]
+    assert split["compile"] == 0.0
+    for row in ("start-up (interpreter, imports, exit)", "env steps", "acting", "update (GAE + epochs)"):
+        assert split[row] > 0, (row, split)
+    parts = sum(v for k, v in split.items() if k != "whole process")
+    assert parts == pytest.approx(result["timed_wall_s"], rel=1e-6)
+    assert result["final_return"] is not None and split["whole process"] > 0
+
+
+def test_phase_split_of_purejaxrl_adds_up():
+    """Both sides of benchmarks/purejaxrl_phases.py at 2,048 steps. Needs JAX in .venv-bench."""
+    if not list((ROOT / ".venv-bench").glob("lib/python*/site-packages/jax/__init__.py")):
+        pytest.skip(".venv-bench has no JAX: bash benchmarks/make_bench_venv.sh")
+    result = _run("purejaxrl_phases.py", "--repeats", "1", "--total-steps", "2048")
+    (jax_run,) = result["results"]["purejaxrl"]
+    assert sorted(jax_run["runs"]) == ["env", "full", "rollout"]
+    assert all(run["steps_per_seed"] == 2048 for run in jax_run["runs"].values())
+    assert jax_run["phases"]["compile"] > 0 and jax_run["phases"]["env steps"] > 0
+
+
 def test_purejaxrl_script_times_stacked_seeds_without_jax():
     """The many-seeds rows alone (--no-purejaxrl): --seeds, --seeds --stack-updates and the sequential
     processes each train every seed the steps asked for."""
