@@ -162,10 +162,17 @@ class PPOAlgorithm:
             AdaptiveKLController(c.kl_coef, c.kl_target) if c.loss == "penalty" and c.adaptive_kl else None
         )
         self.clip_controller = AdaptiveClipController(c.clip_range, c.kl_target) if c.adaptive_clip else None
-        #: The NumPy minibatch step runs the updates (where it is selected, the optimiser is FlatAdam,
-        #: whose gradient views it writes into).
-        self.fast_update = not on_device and fast.select(c.update_backend, policy.spec, device, self.settings(0.0))
+        # The NumPy minibatch step was selected (the optimiser is then FlatAdam, whose gradient views
+        # it writes into); fast_update says whether it still applies.
+        self._fast_selected = not on_device and fast.select(c.update_backend, policy.spec, device, self.settings(0.0))
         self._fused_views: LiveViews | None = None
+
+    @property
+    def fast_update(self) -> bool:
+        """Whether the NumPy minibatch step runs the updates: selected when the algorithm was made, and
+        the policy still one it implements. An env whose first action mask comes in ``info`` mid-run
+        turns the policy masked, and from then on the updates take the torch path."""
+        return self._fast_selected and fast.refusal(self.policy.spec, self.device, self.settings(0.0)) is None
 
     @property
     def kl_coef(self) -> float:

@@ -66,7 +66,10 @@ def test_masks_from_every_source_are_honoured(tmp_path, env_kwargs):
 
 def test_masks_take_the_torch_path_and_survive_save_load_and_resume(tmp_path):
     config = _config(tmp_path, "straight", total_steps=4 * 128 * 4)
-    straight = PPO(config).learn()
+    agent = PPO(config)
+    straight = agent.learn()
+    # The masks came in info after the algorithm was made; the flag follows the path the updates took.
+    assert straight.policy.spec.action_mask and not straight.algorithm.fast_update
     assert isinstance(straight.algorithm.minibatch_step(
         ControlBatch(obs=torch.zeros(2, 1), actions=torch.zeros(2, dtype=torch.long), logp=torch.zeros(2),
                      values=torch.zeros(2), advantages=torch.zeros(2), returns=torch.zeros(2),
