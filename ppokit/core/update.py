@@ -326,6 +326,24 @@ def ppo_update(
                       settings, device=batch.logp.device, collective=collective)
 
 
+def epochs_summary(means: Sequence[float] | None, grad_norms: Sequence[float], epochs: int, early_stopped: bool,
+                   steps: int, skipped: int) -> dict[str, float]:
+    """What an update reports of its K epochs (:func:`run_epochs`, and each seed of a stacked update):
+    ``means`` of the minibatch steps' statistics (:data:`STEP_STAT_NAMES`; None when no step was
+    taken, and every statistic is then NaN) and the mean gradient norm, then the epochs run, whether
+    the KL stopped them, and the minibatch steps taken and skipped."""
+    if means is not None:
+        stats = dict(zip(STEP_STAT_NAMES, means))
+        stats["grad_norm"] = math.fsum(grad_norms) / len(grad_norms)
+    else:
+        stats = {name: float("nan") for name in STAT_NAMES}
+    stats["epochs"] = float(epochs)
+    stats["early_stopped"] = float(early_stopped)
+    stats["minibatch_steps"] = float(steps)
+    stats["skipped_minibatches"] = float(skipped)
+    return stats
+
+
 def run_epochs(
     step: MinibatchStep,
     n: int,
@@ -423,6 +441,7 @@ def run_epochs(
 
     if rows and not optimizer.params_finite():
         raise NonFiniteError("parameter", *last_step)
+    means: list[float] | None = None
     if rows:
         table = (torch.tensor(rows, dtype=torch.float64) if isinstance(rows[0], tuple)
                  else torch.stack(rows).to(torch.float64))  # type: ignore[arg-type]
@@ -431,14 +450,7 @@ def run_epochs(
             assert collective is not None
             mean_row = collective.mean_(mean_row.to(collective.device)).cpu()
         means = mean_row.tolist()
-        stats = dict(zip(STEP_STAT_NAMES, means))
-        stats["grad_norm"] = math.fsum(grad_norms) / len(grad_norms)
-    else:
-        stats = {name: float("nan") for name in STAT_NAMES}
-    stats["epochs"] = float(epochs_done)
-    stats["early_stopped"] = float(early_stopped)
-    stats["minibatch_steps"] = float(len(rows))
-    stats["skipped_minibatches"] = float(skipped)
+    stats = epochs_summary(means, grad_norms, epochs_done, early_stopped, len(rows), skipped)
     if scaler is not None:
         stats["loss_scale_overflows"] = float(overflows)
         stats["loss_scale"] = scaler.loss_scale

@@ -12,7 +12,6 @@ minibatches; the others go on. The statistics returned are ``run_epochs``'s, one
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +20,7 @@ import torch
 
 from ppokit.control.fast.flat_adam import FlatAdam
 from ppokit.control.fast.stacked_update import StackedMinibatchStep, common_settings
-from ppokit.core.update import STAT_NAMES, STEP_STAT_NAMES, NonFiniteError, PPOUpdateSettings
+from ppokit.core.update import NonFiniteError, PPOUpdateSettings, epochs_summary
 
 
 class StackedAdam:
@@ -210,17 +209,8 @@ def run_stacked_epochs(step: StackedMinibatchStep, adam: StackedAdam, settings: 
 
 def _summary(rows: list[np.ndarray], norms: list[float], epochs: int, early: bool, skipped: int) -> dict[str, Any]:
     """One seed's statistics, as :func:`~ppokit.core.update.run_epochs` gives them."""
-    if rows:
-        means = np.mean(np.stack(rows), axis=0).tolist()
-        stats = dict(zip(STEP_STAT_NAMES, means))
-        stats["grad_norm"] = math.fsum(norms) / len(norms)
-    else:
-        stats = {name: float("nan") for name in STAT_NAMES}
-    stats["epochs"] = float(epochs)
-    stats["early_stopped"] = float(early)
-    stats["minibatch_steps"] = float(len(rows))
-    stats["skipped_minibatches"] = float(skipped)
-    return stats
+    means = np.mean(np.stack(rows), axis=0).tolist() if rows else None
+    return epochs_summary(means, norms, epochs, early, len(rows), skipped)
 
 
 def stacked_update(policy: Any, optimizers: Sequence[FlatAdam], data: Sequence[Any],
