@@ -208,3 +208,38 @@ def test_skrl_marl_anchor_runs(algo, num_envs):
     assert result["timed_env_steps"] == result["total_env_steps"] - (150 // per_update) * per_update
     assert result["episodes"] == result["total_env_steps"] // 25
     assert result["env_steps_per_s"] > 0 and result["last100_mean_return_per_agent"] < 0
+
+
+def test_atari_learning_script_reads_a_runs_curve(tmp_path, monkeypatch):
+    """benchmarks/atari_learning.py: the command it runs sets only real config fields, and the summary
+    reads a run's curve at the reference's marks (the training row at or before each) and its final
+    evaluation. (A real run is ~90 minutes; the Atari preset's training is tested in tests/control.)"""
+    import dataclasses
+
+    from ppokit import ControlConfig
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import atari_learning
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    seen: list[list[str]] = []
+    monkeypatch.setattr(atari_learning.subprocess, "run", lambda cmd, **kw: seen.append(cmd))
+    atari_learning.train(1024, tmp_path / "run", 0, 1, 3)
+    (cmd,) = seen
+    fields = {f.name for f in dataclasses.fields(ControlConfig)}
+    sets = [cmd[i + 1].split("=")[0] for i, arg in enumerate(cmd) if arg == "--set"]
+    assert sets and set(sets) <= fields and "BreakoutNoFrameskip-v4" in cmd
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"global_step": step, "episodic_return": step / 50_000, "time_elapsed": step / 200}
+            for step in range(8192, 520_000, 8192)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "eval.json").write_text(json.dumps({"mean_return": 9.5, "std_return": 2.0, "returns": [7.5, 11.5]}))
+    result = atari_learning.summary(run)
+    last = rows[-1]["global_step"]
+    assert list(result["curve"]) == [250_000, 500_000, last]
+    assert result["curve"][250_000] == 245_760 / 50_000  # the last row at or before the mark
+    assert "| 500,000 (2M) | 10.0 |" in atari_learning.table(result)
+    assert "9.5 ± 2.0 over 2 games" in atari_learning.table(result)
