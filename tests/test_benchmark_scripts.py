@@ -243,3 +243,9 @@ def test_atari_learning_script_reads_a_runs_curve(tmp_path, monkeypatch):
     assert result["curve"][250_000] == 245_760 / 50_000  # the last row at or before the mark
     assert "| 500,000 (2M) | 10.0 |" in atari_learning.table(result)
     assert "9.5 ± 2.0 over 2 games" in atari_learning.table(result)
+
+
+def test_blas_threads_script_runs_both_sides_without_thread_variables():
+    """benchmarks/blas_threads.py, tiny, this checkout on both sides: each side trains and is timed."""
+    result = _run("blas_threads.py", "--before", str(ROOT), "--after", str(ROOT), "--rounds", "1", "--steps", "1024")
+    assert set(result["times"]) == {"before", "after"} and all(len(v) == 1 and v[0] > 0 for v in result["times"].values())
