@@ -68,7 +68,8 @@ def _check(table: dict[str, Any], obj: Any, what: str) -> str | None:
             return f"{what} {field.name!r} is not implemented by the NumPy fast path"
         allowed = table[field.name]
         if allowed is not ANY and value not in allowed:
-            return f"{what} {field.name} = {value!r} is not implemented by the NumPy fast path (it has {', '.join(map(repr, allowed))})"
+            only = " or ".join(map(repr, allowed))
+            return f"{what} {field.name} = {value!r} is not implemented by the NumPy fast path (only {only} is)"
     return None
 
 
