@@ -50,9 +50,14 @@ class StackedPolicy:
         x = obs.reshape(obs.shape[0], obs.shape[1], -1)
         out, value = heads(a, trunk_output(a, features(a, x, self.activation)))
         n = x.shape[1]
+        # Each seed's draws straight into its row: the same numbers as rng.random(n) alone.
         if a.log_std is not None:
-            draws = np.stack([rng.standard_normal((n, a.num_out), dtype=np.float32) for rng in rngs])
+            draws = np.empty((len(rngs), n, a.num_out), dtype=np.float32)
+            for rng, row in zip(rngs, draws):
+                rng.standard_normal(dtype=np.float32, out=row)
         else:
-            draws = np.stack([rng.random(n, dtype=np.float32) for rng in rngs])
+            draws = np.empty((len(rngs), n), dtype=np.float32)
+            for rng, row in zip(rngs, draws):
+                rng.random(dtype=np.float32, out=row)
         action, logp = sample(out, a.log_std, None, False, draws)
         return action, logp, value
