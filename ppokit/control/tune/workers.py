@@ -7,11 +7,11 @@ missing trials, so the study ends with exactly the trials asked for. A script th
 guard, as every spawning program does.
 
 Ctrl-C reaches every process of the terminal's group: each worker ends its trial after the current
-update (the trial is marked failed, and a resume runs it again) and the parent waits for them. A
-SIGTERM to the parent alone is passed on to the workers, with the same effect. A worker that has not
-stopped after ``GRACE_SECONDS`` is asked again with SIGTERM, then killed; a trial it left RUNNING is
-marked failed. Every worker dies with the parent (:mod:`ppokit.lifetime`): a SIGKILL of the parent
-stops them as a SIGTERM does, and the next run of the study marks failed the RUNNING trials whose
+update (the trial is marked failed, and a resume runs it again) and the parent waits for them
+(:mod:`ppokit.io.workers`: a SIGTERM to the parent alone is passed on, and a worker that does not stop
+is signalled again, then killed); a trial a killed worker left RUNNING is marked failed. Every worker
+dies with the parent (:mod:`ppokit.lifetime`): a SIGKILL of the parent stops them as a SIGTERM does,
+and the next run of the study marks failed the RUNNING trials whose
 process is gone (:func:`ppokit.control.tune.study.fail_abandoned`).
 """
 
@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
 import traceback
 from typing import Any
 
@@ -34,10 +32,10 @@ from ppokit.control.tune.study import (
     run_trials,
 )
 from ppokit.errors import PPOKitError, TrainingError
+from ppokit.io.workers import Terminated, join_all
 from ppokit.lifetime import die_with_parent
 
-#: Seconds the parent waits for an interrupted worker before it signals it again, then kills it.
-GRACE_SECONDS = 15.0
+__all__ = ["Terminated", "run_workers", "worker"]
 
 
 def worker(job: Job, index: int, n_trials: int, existing: int) -> str | None:
@@ -60,14 +58,6 @@ def worker(job: Job, index: int, n_trials: int, existing: int) -> str | None:
         traceback.print_exc()
         return f"{type(err).__name__}: {err} (traceback above)"
     return None
-
-
-class Terminated(KeyboardInterrupt):
-    """The parent got SIGTERM while its workers ran (told apart from Ctrl-C for the exit code)."""
-
-
-def _terminate(signum: int, frame: Any) -> None:
-    raise Terminated
 
 
 def _process_main(job: Job, index: int, n_trials: int, existing: int, conn: Any, parent: int) -> None:
@@ -93,17 +83,9 @@ def run_workers(job: Job, missing: int, existing: int) -> None:
         process.start()
         send.close()  # the child holds the sending end; the parent's would keep the pipe open
         workers.append((process, receive))
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
-        for process, _ in workers:
-            process.join()
-    except KeyboardInterrupt as err:
-        _stop(workers, first=signal.SIGTERM if isinstance(err, Terminated) else None)
-        raise
+        join_all([process for process, _ in workers])
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
         # A worker killed in the middle of a trial leaves it RUNNING: it never finishes now.
         fail_abandoned(job.settings, {p.pid for p, _ in workers if p.pid is not None and not p.is_alive()})
     for i, (process, receive) in enumerate(workers):
@@ -112,16 +94,3 @@ def run_workers(job: Job, missing: int, existing: int) -> None:
         if error is not None:
             raise TrainingError(f"worker {i + 1} of {jobs}: {error}; the study keeps the trials that finished, "
                                 "and the same command runs the missing ones")
-
-
-def _stop(workers: list[tuple[Any, Any]], first: signal.Signals | None = None) -> None:
-    """After Ctrl-C (which reached the workers too; ``first`` None) or a SIGTERM to this process alone
-    (``first`` SIGTERM, passed on): let the workers end their trials, ask the ones that do not again,
-    then kill them."""
-    for ask in (first, signal.SIGTERM, signal.SIGKILL) if first is not None else (None, signal.SIGTERM, signal.SIGKILL):
-        alive = [p for p, _ in workers if p.is_alive()]
-        for process in alive:
-            if ask is not None and process.pid is not None:
-                os.kill(process.pid, ask)
-        for process in alive:
-            process.join(GRACE_SECONDS)
