@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --seeds: run all the seeds' minibatch steps as one batched computation (faster; each "
                        "seed is then no longer bit-identical to its solo run, only equal up to float rounding at each "
                        "step). MLP policies on the NumPy fast path only; resume continues a group as it was trained")
+    _add_jobs_flag(train, "with --seeds: train the seeds in N processes at once, each a share of them (one process "
+                   "runs on one core; each seed is still its solo run, bit for bit)")
     add_nproc_flag(train)
 
     rs = sub.add_parser("resume", help="continue an interrupted run (control, RLHF PPO, SFT or reward training) from "
@@ -97,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="RLHF PPO runs: the reward sources the run names, given again (repeatable, in order) to "
                     "allow calling them (else --trust)")
     rs.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_jobs_flag(rs, "a group of seeds (train --seeds): continue them in N processes at once")
     add_nproc_flag(rs)
 
     ev = sub.add_parser("eval", help="evaluate a saved policy and write eval.json into its run directory")
@@ -168,6 +171,15 @@ def _add_trust_flags(parser: argparse.ArgumentParser, doing: str) -> None:
                         "rewards and trust_remote_code (never on by default: a run directory may come from anyone)")
 
 
+def _add_jobs_flag(parser: argparse.ArgumentParser, text: str) -> None:
+    def count(value: str) -> int:
+        if not value.isdigit() or int(value) < 1:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a number of processes (1 or more)")
+        return int(value)
+
+    parser.add_argument("--jobs", type=count, default=1, metavar="N", help=text + "; see docs/how-to/many-seeds.md")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from ppokit.control.agent import PPO
     from ppokit.control.envs.make import check_env_id
@@ -186,6 +198,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if multi and args.stack_updates:
         raise PPOKitError("--stack-updates applies to control seed groups: a multi-agent group's seeds train one "
                           "after another; leave it out")
+    from ppokit.control.seed_jobs import check_jobs
+
+    check_jobs(args.jobs, args.seeds, args.stack_updates)
+    if multi and args.jobs > 1:
+        raise PPOKitError(f"--jobs {args.jobs} applies to control seed groups: a multi-agent group's seeds train one "
+                          "after another in one process; leave it out")
     if multi:
         from ppokit.cli import multiagent
 
@@ -216,18 +234,33 @@ def _train_seeds(args: argparse.Namespace, config: ControlConfig, preset: str | 
     seeds = parse_seeds(args.seeds)
     if args.seed is not None:
         raise PPOKitError("--seed and --seeds: give one of them")
-    print(f"ppokit: training {config.env_id} for {config.steps_trained()} steps under {len(seeds)} seeds in one process"
+    jobs = min(args.jobs, len(seeds))
+    where = f"in {jobs} processes" if jobs > 1 else "in one process"
+    print(f"ppokit: training {config.env_id} for {config.steps_trained()} steps under {len(seeds)} seeds {where}"
           + (", their updates stacked" if args.stack_updates else "")
           + (f" with preset {preset!r}" if preset else " with the general defaults"), file=sys.stderr)
+    if jobs > 1:
+        from ppokit.configuration import replace
+        from ppokit.control.seed_jobs import SeedJob, check_group_dir, default_job_dir, run_jobs
+
+        run_dir = default_job_dir(config, seeds)
+        check_group_dir(run_dir, seeds)
+        run_jobs(SeedJob(replace(config, progress=False), (), tuple(seeds), str(run_dir), overwrite=args.overwrite,
+                         resume=args.resume), jobs)
+        return _report_seeds(run_dir, seeds)
     group = SeedGroup(config, seeds, stack_updates=args.stack_updates)
     _run_learn(group, overwrite=args.overwrite, resume=args.resume)
     return _report_group(group)
 
 
 def _report_group(group: Any) -> int:
-    print(f"run directory: {group.run_dir} (seeds {', '.join(map(str, group.seeds))}: seed_<k>)")
-    for seed in group.seeds:
-        eval_file = group.member_dir(seed) / "eval.json"
+    return _report_seeds(group.run_dir, group.seeds)
+
+
+def _report_seeds(run_dir: Path, seeds: Sequence[int]) -> int:
+    print(f"run directory: {run_dir} (seeds {', '.join(map(str, seeds))}: seed_<k>)")
+    for seed in seeds:
+        eval_file = Path(run_dir) / f"seed_{seed}" / "eval.json"
         if eval_file.exists():
             print(f"seed {seed}: {_eval_line(json.loads(eval_file.read_text()))}")
     return 0
@@ -367,6 +400,21 @@ def _check_budget(run_dir: Path, saved: dict[str, Any], total_steps: int | None,
                               f"already done; give {done:,} or more")
 
 
+def _resume_in_jobs(args: argparse.Namespace, run_dir: Path) -> int:
+    from ppokit.control.seed_jobs import SeedJob, run_jobs
+    from ppokit.control.seeds import group_stacks_updates, read_group
+
+    if group_stacks_updates(run_dir):
+        raise PPOKitError(f"--jobs {args.jobs}: {run_dir} was trained with --stack-updates, whose seeds continue "
+                          f"together in one process; leave --jobs out")
+    seeds = read_group(run_dir) or []
+    jobs = min(args.jobs, len(seeds))
+    print(f"ppokit: continuing the {len(seeds)} seeds of {run_dir} in {jobs} processes", file=sys.stderr)
+    run_jobs(SeedJob(None, (), tuple(seeds), str(run_dir), total_steps=args.total_steps, trust=args.trust,
+                     overrides=(("progress", False),)), jobs)
+    return _report_seeds(run_dir, seeds)
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
     from ppokit.errors import CheckpointError, ConfigError
     from ppokit.io.checkpoints import RESUME_FILE, find_resumable, read_resume_state
@@ -378,11 +426,19 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
         _refuse_rlhf_flags(args, run_dir)
         if multiagent.is_multiagent_dir(run_dir):
+            if args.jobs > 1:
+                raise ConfigError(f"--jobs {args.jobs}: {run_dir} is a multi-agent group, whose seeds train one after "
+                                  "another in one process; leave it out")
             return multiagent.resume_group(args, _run_learn, _eval_line)
-
-        group = SeedGroup.resume(run_dir, trust=args.trust, **({"progress": False} if args.no_progress else {}))
+        if args.jobs > 1:
+            return _resume_in_jobs(args, run_dir)
+        quiet: dict[str, Any] = {"progress": False} if args.no_progress else {}
+        group = SeedGroup.resume(run_dir, trust=args.trust, **quiet)
         _run_learn(group, total_steps=args.total_steps)
         return _report_group(group)
+    if args.jobs > 1:
+        raise ConfigError(f"--jobs {args.jobs} continues a group of seeds (train --seeds) in several processes; "
+                          f"{run_dir} is one run (for one run in several processes: --nproc)")
     checkpoint = find_resumable(run_dir)
     saved = read_resume_state(checkpoint)
     kind = saved.get("kind")

@@ -132,18 +132,24 @@ class SeedGroup:
     """
 
     def __init__(self, config: ControlConfig | None, seeds: Sequence[int], *,
-                 build: Callable[[int], PPO] | None = None, stack_updates: bool = False) -> None:
+                 build: Callable[[int], PPO] | None = None, stack_updates: bool = False,
+                 group_seeds: Sequence[int] | None = None) -> None:
         """``build(seed)``: how to make a seed's agent (default: ``PPO`` of ``config`` with that seed;
         ``config`` may then be None: the first agent's is the group's). ``stack_updates``: run every
         seed's minibatch steps as one batched computation (faster; a seed is then no longer its solo
         run bit for bit, see :mod:`ppokit.control.fast.stacked_update`); a policy or setting the
-        NumPy fast path does not run is refused here, in one line."""
+        NumPy fast path does not run is refused here, in one line. ``group_seeds``: the whole group
+        when this process trains only ``seeds``, a share of it (``--jobs``, :mod:`ppokit.control.seed_jobs`):
+        ``seeds.json`` lists them all, and the other shares' run directories are the group's."""
         self.stack_updates = bool(stack_updates)
         self.seeds = [int(s) for s in seeds]
         if not self.seeds:
             raise ConfigError("a seed group needs at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds {self.seeds} name a seed twice")
+        self.group_seeds = self.seeds if group_seeds is None else [int(s) for s in group_seeds]
+        if not set(self.seeds) <= set(self.group_seeds):
+            raise ConfigError(f"seeds {self.seeds} are not all in the group's {self.group_seeds}")
         self.generators: list[Generators] = []
         self.agents: list[PPO] = []
         for note in adapted_notes(config) if config is not None else []:
@@ -176,15 +182,18 @@ class SeedGroup:
         self.stopped: set[int] = set()
 
     @classmethod
-    def resume(cls, run_dir: str | Path, *, trust: bool = False, **overrides: Any) -> SeedGroup:
+    def resume(cls, run_dir: str | Path, *, trust: bool = False, share: Sequence[int] | None = None,
+               **overrides: Any) -> SeedGroup:
         """The group in ``run_dir`` (its seeds.json) as of each seed's latest checkpoint, ready for
-        :meth:`learn` to continue; ``overrides`` and ``trust`` as for :meth:`PPO.resume`."""
+        :meth:`learn` to continue; ``overrides`` and ``trust`` as for :meth:`PPO.resume`. ``share``:
+        only these of its seeds (one job's, ``--jobs``)."""
         root = Path(run_dir)
         seeds = read_group(root)
         if seeds is None:
             raise ConfigError(f"{root}: not a seed group (no {GROUP_FILE})")
-        group = cls(None, seeds, build=lambda seed: PPO.resume(root / f"seed_{seed}", trust=trust, **overrides),
-                    stack_updates=group_stacks_updates(root))
+        group = cls(None, seeds if share is None else share,
+                    build=lambda seed: PPO.resume(root / f"seed_{seed}", trust=trust, **overrides),
+                    stack_updates=group_stacks_updates(root), group_seeds=seeds)
         group.run_dir = root
         return group
 
@@ -307,8 +316,8 @@ class SeedGroup:
         # old group's other seeds go, so a refused or failed start leaves the old group whole.
         for member, lock in zip(stale, stale_locks):
             remove_member(member, lock)
-        group: dict[str, Any] = {"kind": "ppokit.seeds", "env_id": c.env_id, "seeds": self.seeds,
-                                 "runs": [f"seed_{s}" for s in self.seeds]}
+        group: dict[str, Any] = {"kind": "ppokit.seeds", "env_id": c.env_id, "seeds": self.group_seeds,
+                                 "runs": [f"seed_{s}" for s in self.group_seeds]}
         if self.stack_updates:  # read back by resume: a stacked group continues stacked
             group["stack_updates"] = True
         atomic_write_json(self.run_dir / GROUP_FILE, group)
@@ -338,13 +347,13 @@ class SeedGroup:
         assert self.run_dir is not None
         old = read_group(self.run_dir) or []
         members = [self.run_dir / name for name in sorted(p.name for p in self.run_dir.glob("seed_*"))
-                   if _seed_of(name) is not None and _seed_of(name) not in self.seeds]
+                   if _seed_of(name) is not None and _seed_of(name) not in self.group_seeds]
         stale = [m for m in members if _seed_of(m.name) in old or holds_run(m)]
         if stale and not overwrite:
             raise CheckpointError(
                 f"{self.run_dir} holds the seed group {old or [_seed_of(m.name) for m in stale]}; continue it with "
                 f"`ppokit resume {self.run_dir}`, choose another --run-dir, or pass --overwrite to replace it by "
-                f"seeds {self.seeds}")
+                f"seeds {self.group_seeds}")
         return [m for m in stale if holds_run(m)]
 
     def close(self) -> None:
