@@ -69,9 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                             f"or every few when updates are under {STOP_EVAL_MIN_STEPS} env steps; "
                             "--set eval_every=N to choose)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    train.add_argument("--seeds", metavar="LIST", help="train these seeds together in one process (1-8, 1,3,5), each "
-                       "written to RUN_DIR/seed_<k> and equal to a run of that --seed alone (unless --stack-updates); see "
-                       "docs/how-to/many-seeds.md")
+    train.add_argument("--seeds", metavar="LIST", help="train these seeds together in one process (1-8, 1,3,5; in N "
+                       "with --jobs N), each written to RUN_DIR/seed_<k> and equal to a run of that --seed alone (unless "
+                       "--stack-updates); see docs/how-to/many-seeds.md")
     train.add_argument("--stack-updates", action="store_true",
                        help="with --seeds: run all the seeds' minibatch steps as one batched computation (faster; each "
                        "seed is then no longer bit-identical to its solo run, only equal up to float rounding at each "
@@ -401,9 +401,10 @@ def _check_budget(run_dir: Path, saved: dict[str, Any], total_steps: int | None,
 
 
 def _resume_in_jobs(args: argparse.Namespace, run_dir: Path) -> int:
-    from ppokit.control.seed_jobs import SeedJob, run_jobs
+    from ppokit.control.seed_jobs import SeedJob, check_cores, run_jobs
     from ppokit.control.seeds import group_stacks_updates, read_group
 
+    check_cores(args.jobs)
     if group_stacks_updates(run_dir):
         raise PPOKitError(f"--jobs {args.jobs}: {run_dir} was trained with --stack-updates, whose seeds continue "
                           f"together in one process; leave --jobs out")

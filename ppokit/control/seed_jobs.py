@@ -66,6 +66,17 @@ def check_jobs(jobs: int, seeds: Sequence[int] | None, stack_updates: bool) -> N
     if stack_updates:
         raise ConfigError(f"--jobs {jobs} and --stack-updates: stacked updates batch the seeds of one process, and "
                           "a stacked group must continue with the same seeds together; give one of them")
+    check_cores(jobs)
+
+
+def check_cores(jobs: int) -> None:
+    """More jobs than the cores this process may use only fight over them (as ``--nproc``)."""
+    from ppokit.launch import max_processes
+
+    limit = max_processes()
+    if jobs > limit:
+        raise ConfigError(f"--jobs {jobs}: this machine gives ppokit {limit} CPU core{'s' * (limit != 1)}, and each "
+                          f"job runs on one; use --jobs {limit} or fewer")
 
 
 def check_group_dir(run_dir: Path, seeds: Sequence[int]) -> None:
@@ -125,18 +136,24 @@ def run_jobs(template: SeedJob, jobs: int) -> None:
     from ppokit.launch import max_processes
 
     parts = shares(template.seeds, jobs)
-    if "OMP_NUM_THREADS" not in os.environ:
-        # Each job's torch and BLAS would otherwise start a thread per core and they would fight over them.
-        os.environ["OMP_NUM_THREADS"] = str(max(1, max_processes() // len(parts)))
+    # Each job's torch and BLAS would otherwise start a thread per core and they would fight over them
+    # (the children read the variable when they start; this process's is left as it was).
+    threads = None if "OMP_NUM_THREADS" in os.environ else str(max(1, max_processes() // len(parts)))
     context = multiprocessing.get_context("spawn")
     workers = []
-    for i, share in enumerate(parts):
-        receive, send = context.Pipe(duplex=False)
-        process = context.Process(target=_job_main, args=(replace(template, share=share), send, os.getpid()),
-                                  name=f"ppokit-seeds-{i + 1}")
-        process.start()
-        send.close()  # the child holds the sending end; the parent's would keep the pipe open
-        workers.append((process, receive))
+    try:
+        if threads is not None:
+            os.environ["OMP_NUM_THREADS"] = threads
+        for i, share in enumerate(parts):
+            receive, send = context.Pipe(duplex=False)
+            process = context.Process(target=_job_main, args=(replace(template, share=share), send, os.getpid()),
+                                      name=f"ppokit-seeds-{i + 1}")
+            process.start()
+            send.close()  # the child holds the sending end; the parent's would keep the pipe open
+            workers.append((process, receive))
+    finally:
+        if threads is not None:
+            os.environ.pop("OMP_NUM_THREADS", None)
     join_all([process for process, _ in workers])
     errors = []
     for i, (process, receive) in enumerate(workers):

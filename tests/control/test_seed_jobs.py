@@ -32,6 +32,12 @@ def test_seeds_are_dealt_out_in_turn_to_at_most_one_job_each():
     assert shares([7, 9], 4) == [(7,), (9,)]
 
 
+@pytest.fixture(autouse=True)
+def _two_cores(monkeypatch):
+    """Two jobs are allowed wherever this runs (CI has 2 cores; --jobs refuses more than there are)."""
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+
+
 def test_a_seed_trained_in_jobs_is_its_solo_run_and_the_group_is_whole(tmp_path, capsys):
     assert main([*TRAIN, "--seeds", "1-3", "--jobs", "2", "--run-dir", str(tmp_path / "group")]) == 0
     assert "under 3 seeds in 2 processes" in capsys.readouterr().err
@@ -55,6 +61,7 @@ def test_a_group_trained_in_jobs_continues_in_jobs_as_in_one_process(tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["--jobs", "2"], "give --seeds too"),
     (["--seeds", "1-2", "--jobs", "2", "--stack-updates"], "give one of them"),
+    (["--seeds", "1-9", "--jobs", "9"], "use --jobs 2 or fewer"),
 ])
 def test_jobs_that_cannot_apply_are_refused_before_anything_starts(tmp_path, capsys, extra, message):
     assert main([*TRAIN, *extra, "--run-dir", str(tmp_path / "run")]) == 2
