@@ -23,6 +23,9 @@ issue-34 row, ``--seeds 1-4 --stack-updates`` against 4 solo processes at 50k st
 
     .venv/bin/python benchmarks/vs_purejaxrl.py --parts many --num-seeds 4 --total-steps 50000 --repeats 3
 
+``--jobs J`` adds ``--seeds 1-N --jobs J`` with its processes on J cores (``taskset -c CPU-CPU+J-1``): the
+only row that uses more than one core.
+
 Each row reports the median wall time, the final mean return (the last 100 training episodes, averaged
 over seeds), so a fast but broken run shows, and PureJaxRL's own split (import, compile, run). The
 markdown table goes to stdout, then the JSON of every run as the last line (and to ``--json``).
@@ -83,6 +86,16 @@ class Runner:
         start = time.perf_counter()
         proc = subprocess.run([*self.prefix, *cmd], cwd=ROOT, env=env, capture_output=True, text=True)
         return time.perf_counter() - start, proc
+
+    def widened(self, cores: int) -> Runner:
+        """A runner whose processes may use ``cores`` cores from this one's on (``--jobs``' row)."""
+        wide = Runner(0, self.total_steps, self.work)
+        wide.env, wide._n = dict(self.env), 1000
+        if self.prefix:
+            first = int(self.prefix[-1])
+            wide.prefix = ["taskset", "-c", f"{first}-{first + cores - 1}"]
+            wide.pinned = f"taskset -c {first}-{first + cores - 1}, OMP_NUM_THREADS=1"
+        return wide
 
     def run_dir(self) -> Path:
         self._n += 1
@@ -167,6 +180,11 @@ def variants(args: argparse.Namespace, runner: Runner, seeds_flag: bool, stack_f
             rows[f"ppokit, {n} seeds (--seeds 1-{n} --stack-updates)"] = lambda: runner.ppokit(
                 ["--seeds", f"1-{n}", "--stack-updates"], LEAN)
         rows[f"ppokit, {n} seeds (sequential processes)"] = lambda: runner.ppokit_sequential(n, LEAN)
+        jobs = getattr(args, "jobs", 1)
+        if jobs > 1 and seeds_flag:
+            wide = runner.widened(jobs)
+            rows[f"ppokit, {n} seeds (--seeds 1-{n} --jobs {jobs}, on {jobs} cores)"] = lambda: wide.ppokit(
+                ["--seeds", f"1-{n}", "--jobs", str(jobs)], LEAN)
     return rows
 
 
@@ -229,6 +247,8 @@ def main() -> int:
     p.add_argument("--cpu", type=int, default=0, help="the core every process is pinned to")
     p.add_argument("--quick", action="store_true", help=f"smoke mode: {QUICK_STEPS} steps, 1 repeat")
     p.add_argument("--json", help="also write the JSON here")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="also time --seeds 1-N --jobs J, its processes on J cores from --cpu on (part (b))")
     p.add_argument("--no-purejaxrl", action="store_true",
                    help="ppokit's rows only (no .venv-bench needed): e.g. --seeds against sequential processes")
     args = p.parse_args()

@@ -139,9 +139,12 @@ def test_phase_split_of_purejaxrl_adds_up():
 def test_purejaxrl_script_times_stacked_seeds_without_jax():
     """The many-seeds rows alone (--no-purejaxrl): --seeds, --seeds --stack-updates and the sequential
     processes each train every seed the steps asked for."""
-    result = _run("vs_purejaxrl.py", "--quick", "--num-seeds", "2", "--parts", "many", "--no-purejaxrl")
+    jobs = ["--jobs", "2"] if len(os.sched_getaffinity(0)) >= 2 else []
+    result = _run("vs_purejaxrl.py", "--quick", "--num-seeds", "2", "--parts", "many", "--no-purejaxrl", *jobs)
     rows = ["ppokit, 2 seeds (--seeds 1-2)", "ppokit, 2 seeds (--seeds 1-2 --stack-updates)",
             "ppokit, 2 seeds (sequential processes)"]
+    if jobs:
+        rows.append("ppokit, 2 seeds (--seeds 1-2 --jobs 2, on 2 cores)")
     assert result["ppokit_has_stack_flag"] and sorted(result["summary"]) == sorted(rows)
     for name in rows:
         assert result["summary"][name]["failed"] == 0, result["summary"][name]["error"]
