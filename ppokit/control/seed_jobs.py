@@ -10,7 +10,7 @@ to ``RUN_DIR/seed_<k>`` as ever, and every job writes the same ``seeds.json`` fo
 One process of a group runs on one core (its acting, env steps and updates are sequential), so on a
 machine with more cores the jobs train side by side. Each job takes ``cores // jobs`` threads when
 ``OMP_NUM_THREADS`` is unset, as ``--nproc`` does. Ctrl-C stops every job at its next update with a
-checkpoint (:mod:`ppokit.io.workers`). A job that fails is named when every job has ended; the
+checkpoint (:mod:`ppokit.lifetime`). A job that fails is named when every job has ended; the
 others train their seeds to the end.
 """
 
@@ -27,8 +27,7 @@ from typing import Any
 from ppokit.control.config import ControlConfig
 from ppokit.errors import ConfigError, PPOKitError, TrainingError, TrainingInterrupted
 from ppokit.io.run_dir import holds_run
-from ppokit.io.workers import join_all
-from ppokit.lifetime import die_with_parent
+from ppokit.lifetime import die_with_parent, join_all
 
 
 @dataclass(frozen=True)

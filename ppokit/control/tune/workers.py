@@ -8,7 +8,7 @@ guard, as every spawning program does.
 
 Ctrl-C reaches every process of the terminal's group: each worker ends its trial after the current
 update (the trial is marked failed, and a resume runs it again) and the parent waits for them
-(:mod:`ppokit.io.workers`: a SIGTERM to the parent alone is passed on, and a worker that does not stop
+(:mod:`ppokit.lifetime`: a SIGTERM to the parent alone is passed on, and a worker that does not stop
 is signalled again, then killed); a trial a killed worker left RUNNING is marked failed. Every worker
 dies with the parent (:mod:`ppokit.lifetime`): a SIGKILL of the parent stops them as a SIGTERM does,
 and the next run of the study marks failed the RUNNING trials whose
@@ -32,8 +32,7 @@ from ppokit.control.tune.study import (
     run_trials,
 )
 from ppokit.errors import PPOKitError, TrainingError
-from ppokit.io.workers import Terminated, join_all
-from ppokit.lifetime import die_with_parent
+from ppokit.lifetime import Terminated, die_with_parent, join_all
 
 __all__ = ["Terminated", "run_workers", "worker"]
 
