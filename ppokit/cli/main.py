@@ -241,13 +241,12 @@ def _train_seeds(args: argparse.Namespace, config: ControlConfig, preset: str | 
           + (f" with preset {preset!r}" if preset else " with the general defaults"), file=sys.stderr)
     if jobs > 1:
         from ppokit.configuration import replace
-        from ppokit.control.seed_jobs import SeedJob, check_group_dir, default_job_dir, run_jobs
+        from ppokit.control.seed_jobs import SeedJob, check_group_dir, default_job_dir
 
         run_dir = default_job_dir(config, seeds)
         check_group_dir(run_dir, seeds)
-        run_jobs(SeedJob(replace(config, progress=False), (), tuple(seeds), str(run_dir), overwrite=args.overwrite,
-                         resume=args.resume), jobs)
-        return _report_seeds(run_dir, seeds)
+        return _in_jobs(SeedJob(replace(config, progress=False), (), tuple(seeds), str(run_dir),
+                                overwrite=args.overwrite, resume=args.resume), jobs)
     group = SeedGroup(config, seeds, stack_updates=args.stack_updates)
     _run_learn(group, overwrite=args.overwrite, resume=args.resume)
     return _report_group(group)
@@ -401,7 +400,7 @@ def _check_budget(run_dir: Path, saved: dict[str, Any], total_steps: int | None,
 
 
 def _resume_in_jobs(args: argparse.Namespace, run_dir: Path) -> int:
-    from ppokit.control.seed_jobs import SeedJob, check_cores, run_jobs
+    from ppokit.control.seed_jobs import SeedJob, check_cores
     from ppokit.control.seeds import group_stacks_updates, read_group
 
     check_cores(args.jobs)
@@ -411,9 +410,23 @@ def _resume_in_jobs(args: argparse.Namespace, run_dir: Path) -> int:
     seeds = read_group(run_dir) or []
     jobs = min(args.jobs, len(seeds))
     print(f"ppokit: continuing the {len(seeds)} seeds of {run_dir} in {jobs} processes", file=sys.stderr)
-    run_jobs(SeedJob(None, (), tuple(seeds), str(run_dir), total_steps=args.total_steps, trust=args.trust,
-                     overrides=(("progress", False),)), jobs)
-    return _report_seeds(run_dir, seeds)
+    return _in_jobs(SeedJob(None, (), tuple(seeds), str(run_dir), total_steps=args.total_steps, trust=args.trust,
+                            overrides=(("progress", False),)), jobs)
+
+
+def _in_jobs(job: Any, jobs: int) -> int:
+    """Run a group's seeds in ``jobs`` processes (:func:`ppokit.control.seed_jobs.run_jobs`) and report them."""
+    from ppokit.control.seed_jobs import run_jobs
+    from ppokit.io.interrupt import EXIT_CODES
+    from ppokit.lifetime import Terminated
+
+    try:
+        run_jobs(job, jobs)
+    except KeyboardInterrupt as err:  # the jobs had it too: each saved a checkpoint after its update
+        print(f"ppokit: interrupted; each job saved a checkpoint of its seeds after its current update: "
+              f"`ppokit resume {job.run_dir} --jobs {jobs}` continues the group", file=sys.stderr)
+        return EXIT_CODES["SIGTERM"] if isinstance(err, Terminated) else EXIT_INTERRUPTED
+    return _report_seeds(Path(job.run_dir), job.seeds)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

@@ -92,3 +92,36 @@ def test_a_failing_job_is_named_with_its_seeds_and_the_others_finish(tmp_path, c
     err = capsys.readouterr().err
     assert code == 2 and "job 1 of 2 (seeds 1, 3)" in err and "Traceback" not in err
     assert (tmp_path / "group" / "seed_2" / "model").is_dir()  # the other job trained its seeds
+
+
+def test_ctrl_c_stops_every_job_with_a_checkpoint_and_resume_in_jobs_continues(tmp_path):
+    """Ctrl-C reaches the whole process group: each job saves after its update, the parent says how to
+    continue (exit 130, no traceback), and resume --jobs continues every seed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[2]
+    run = tmp_path / "group"
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "ppokit", *TRAIN[:3], "1000000", *TRAIN[4:], "--seeds", "1-2",
+                             "--jobs", "2", "--run-dir", str(run)], stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=root, start_new_session=True)
+    deadline = time.monotonic() + 120
+    def rows(seed: int) -> list[str]:
+        metrics = run / f"seed_{seed}" / "metrics.jsonl"
+        return metrics.read_text().splitlines() if metrics.is_file() else []
+
+    while not all(rows(s) for s in (1, 2)):  # every job is training
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert f"ppokit resume {run} --jobs 2" in err
+    steps = [json.loads(rows(s)[-1])["global_step"] for s in (1, 2)]
+    assert all(0 < n < 1_000_000 for n in steps)
+    assert main(["resume", str(run), "--jobs", "2", "--total-steps", str(max(steps) + 512), "--no-progress"]) == 0
+    assert all(json.loads(rows(s)[-1])["global_step"] >= max(steps) for s in (1, 2))
