@@ -53,7 +53,7 @@ def shares(seeds: Sequence[int], jobs: int) -> list[tuple[int, ...]]:
     return [tuple(seeds[i::jobs]) for i in range(jobs)]
 
 
-def check_jobs(jobs: int, seeds: Sequence[int] | None, stack_updates: bool) -> None:
+def check_jobs(jobs: int, seeds: str | Sequence[int] | None, stack_updates: bool) -> None:
     """Refuse, before anything starts, a ``--jobs`` that cannot apply (one line each)."""
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs}: a number of processes, 1 or more")
