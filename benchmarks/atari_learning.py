@@ -63,7 +63,12 @@ def summary(run_dir: Path) -> dict[str, Any]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if line]
     train_rows = [r for r in rows if "global_step" in r and r.get("episodic_return") is not None]
     last = max(r["global_step"] for r in train_rows)
-    marks = sorted({m for ref in REFERENCE.values() for m in ref if m <= last} | {last})
+    # A budget is trained in whole rollouts (1M steps of 8 x 128 is 999,424): a mark less than one
+    # rollout past the last row counts as reached.
+    rollout = train_rows[-1]["global_step"] - train_rows[-2]["global_step"] if len(train_rows) > 1 else 0
+    marks = sorted({m for ref in REFERENCE.values() for m in ref if m < last + rollout})
+    if not marks or marks[-1] < last - rollout:
+        marks.append(last)
     curve: dict[int, float] = {}
     for mark in marks:  # the training row nearest each mark at or before it
         before = [r for r in train_rows if r["global_step"] <= mark]
@@ -84,7 +89,7 @@ def table(result: dict[str, Any]) -> str:
              "|---|---|" + "---|" * len(names)]
     for mark, score in result["curve"].items():
         refs = [f"{REFERENCE[n][mark]:g}" if mark in REFERENCE[n] else "–" for n in names]
-        lines.append(f"| {mark:,} ({4 * mark / 1e6:g}M) | {score:.1f} | " + " | ".join(refs) + " |")
+        lines.append(f"| {mark:,} ({4 * mark / 1e6:.3g}M) | {score:.1f} | " + " | ".join(refs) + " |")
     ev = result["evaluation"]
     if ev:
         returns = ev.get("returns") or []

@@ -242,7 +242,7 @@ def test_atari_learning_script_reads_a_runs_curve(tmp_path, monkeypatch):
     (run / "eval.json").write_text(json.dumps({"mean_return": 9.5, "std_return": 2.0, "returns": [7.5, 11.5]}))
     result = atari_learning.summary(run)
     last = rows[-1]["global_step"]
-    assert list(result["curve"]) == [250_000, 500_000, last]
+    assert last == 516_096 and list(result["curve"]) == [250_000, 500_000, last]
     assert result["curve"][250_000] == 245_760 / 50_000  # the last row at or before the mark
     assert "| 500,000 (2M) | 10.0 |" in atari_learning.table(result)
     assert "9.5 ± 2.0 over 2 games" in atari_learning.table(result)
