@@ -106,6 +106,32 @@ def _terminate(signum: int, frame: Any) -> None:
     raise Terminated
 
 
+def start_workers(target: Any, argsets: Sequence[tuple[Any, ...]], name: str) -> list[tuple[Any, Any]]:
+    """One spawned process per entry of ``argsets``, each running ``target(*args, conn, parent_pid)``
+    ("spawn": torch's threads and a forked copy of them do not mix). ``target`` calls
+    :func:`die_with_parent` with ``parent_pid`` first and sends one reply on ``conn``: None when it
+    succeeded, else what went wrong as one line (:func:`worker_replies`). Returns
+    ``[(process, receiving end)]``, named ``name-1``, ``name-2``, ..."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    workers = []
+    for i, args in enumerate(argsets):
+        receive, send = context.Pipe(duplex=False)
+        process = context.Process(target=target, args=(*args, send, os.getpid()), name=f"{name}-{i + 1}")
+        process.start()
+        send.close()  # the child holds the sending end; the parent's would keep the pipe open
+        workers.append((process, receive))
+    return workers
+
+
+def worker_replies(workers: Sequence[tuple[Any, Any]]) -> list[str | None]:
+    """After :func:`join_all`: each worker's reply, or, for one that sent none, how it died."""
+    return [receive.recv() if receive.poll()
+            else f"the process died with exit code {process.exitcode} (killed, or out of memory?)"
+            for process, receive in workers]
+
+
 def join_all(processes: Sequence[Any]) -> None:
     """Wait for every process (``multiprocessing.Process``). On Ctrl-C, or a SIGTERM to this process
     (raised here as :class:`Terminated`), stop them (:func:`stop`) and raise it again."""

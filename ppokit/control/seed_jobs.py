@@ -27,7 +27,7 @@ from typing import Any
 from ppokit.control.config import ControlConfig
 from ppokit.errors import ConfigError, PPOKitError, TrainingError, TrainingInterrupted
 from ppokit.io.run_dir import holds_run
-from ppokit.lifetime import die_with_parent, join_all
+from ppokit.lifetime import die_with_parent, join_all, start_workers, worker_replies
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,6 @@ def _job_main(job: SeedJob, conn: Any, parent: int) -> None:
 def run_jobs(template: SeedJob, jobs: int) -> None:
     """Train ``template.seeds`` in ``jobs`` spawned processes (each ``template`` with its share) and
     wait for them; the first job's error becomes a TrainingError naming it."""
-    import multiprocessing
     from dataclasses import replace
 
     from ppokit.launch import max_processes
@@ -138,28 +137,16 @@ def run_jobs(template: SeedJob, jobs: int) -> None:
     # Each job's torch and BLAS would otherwise start a thread per core and they would fight over them
     # (the children read the variable when they start; this process's is left as it was).
     threads = None if "OMP_NUM_THREADS" in os.environ else str(max(1, max_processes() // len(parts)))
-    context = multiprocessing.get_context("spawn")
-    workers = []
     try:
         if threads is not None:
             os.environ["OMP_NUM_THREADS"] = threads
-        for i, share in enumerate(parts):
-            receive, send = context.Pipe(duplex=False)
-            process = context.Process(target=_job_main, args=(replace(template, share=share), send, os.getpid()),
-                                      name=f"ppokit-seeds-{i + 1}")
-            process.start()
-            send.close()  # the child holds the sending end; the parent's would keep the pipe open
-            workers.append((process, receive))
+        workers = start_workers(_job_main, [(replace(template, share=share),) for share in parts], "ppokit-seeds")
     finally:
         if threads is not None:
             os.environ.pop("OMP_NUM_THREADS", None)
     join_all([process for process, _ in workers])
-    errors = []
-    for i, (process, receive) in enumerate(workers):
-        died = f"the process died with exit code {process.exitcode} (killed, or out of memory?)"
-        error = receive.recv() if receive.poll() else died
-        if error is not None:
-            errors.append(f"job {i + 1} of {len(parts)} (seeds {', '.join(map(str, parts[i]))}): {error}")
+    errors = [f"job {i + 1} of {len(parts)} (seeds {', '.join(map(str, parts[i]))}): {error}"
+              for i, error in enumerate(worker_replies(workers)) if error is not None]
     if errors:
         raise TrainingError(f"{errors[0]}{f' (and {len(errors) - 1} more)' if len(errors) > 1 else ''}; the seeds' "
                             f"runs keep their checkpoints: `ppokit resume {template.run_dir}` continues the group")

@@ -18,7 +18,6 @@ process is gone (:func:`ppokit.control.tune.study.fail_abandoned`).
 from __future__ import annotations
 
 import logging
-import os
 import traceback
 from typing import Any
 
@@ -32,7 +31,7 @@ from ppokit.control.tune.study import (
     run_trials,
 )
 from ppokit.errors import PPOKitError, TrainingError
-from ppokit.lifetime import Terminated, die_with_parent, join_all
+from ppokit.lifetime import Terminated, die_with_parent, join_all, start_workers, worker_replies
 
 __all__ = ["Terminated", "run_workers", "worker"]
 
@@ -69,27 +68,16 @@ def run_workers(job: Job, missing: int, existing: int) -> None:
     """Share ``missing`` trials out among ``job.settings.jobs`` spawned processes and wait for them;
     the first error of any becomes a TrainingError naming the worker. ``existing``: the trials the
     study held before, which seeds the samplers apart from those of earlier runs."""
-    import multiprocessing
-
-    context = multiprocessing.get_context("spawn")
     jobs = min(int(job.settings.jobs), missing)
     shares = [missing // jobs + (i < missing % jobs) for i in range(jobs)]
-    workers = []
-    for i, share in enumerate(shares):
-        receive, send = context.Pipe(duplex=False)
-        process = context.Process(target=_process_main, args=(job, i, share, existing, send, os.getpid()),
-                                  name=f"ppokit-tune-{i + 1}")
-        process.start()
-        send.close()  # the child holds the sending end; the parent's would keep the pipe open
-        workers.append((process, receive))
+    workers = start_workers(_process_main, [(job, i, share, existing) for i, share in enumerate(shares)],
+                            "ppokit-tune")
     try:
         join_all([process for process, _ in workers])
     finally:
         # A worker killed in the middle of a trial leaves it RUNNING: it never finishes now.
         fail_abandoned(job.settings, {p.pid for p, _ in workers if p.pid is not None and not p.is_alive()})
-    for i, (process, receive) in enumerate(workers):
-        died = f"the process died with exit code {process.exitcode} (killed, or out of memory?)"
-        error = receive.recv() if receive.poll() else died
+    for i, error in enumerate(worker_replies(workers)):
         if error is not None:
             raise TrainingError(f"worker {i + 1} of {jobs}: {error}; the study keeps the trials that finished, "
                                 "and the same command runs the missing ones")
